@@ -1,0 +1,208 @@
+// Package audit owns the audit record: the schema of the JSON event written
+// for every proxied request, and the Recorder contract through which the proxy
+// hands a finished event to whatever keeps it.
+//
+// # Event schema, version 1
+//
+// One JSON object per inference:
+//
+//	{"v":1,"type":"inference","id":"<event uuid>","time":"2026-11-23T07:47:16.123456789Z",
+//	 "request_id":"…","method":"POST","path":"/v1/chat/completions","stream":true,
+//	 "model":{"name":"<from the request body>"},
+//	 "input":{"hash":"blake3:<hex>","bytes":N,"tokens":N},
+//	 "output":{"hash":"blake3:<hex>","bytes":N,"tokens":N,"finish_reason":"stop"},
+//	 "api_key_id":"k1:<hex>"|null,
+//	 "latency_ms":{"total":F,"ttft":F,"upstream":F,"overhead":F},
+//	 "status":{"code":200,"outcome":"ok"},
+//	 "source":{"host":"…","version":"…"}}
+//
+// time is when the request was received, in UTC with nanoseconds. input.hash
+// digests the exact request body bytes the client sent; output.hash digests
+// the exact response body bytes written to the client (after transfer
+// decoding: the bytes an HTTP client library hands its caller). Token counts
+// are vLLM's usage and are absent when the upstream reported none.
+//
+// Fields are only ever added to version 1; a change of meaning or a removal
+// bumps "v".
+package audit
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"time"
+)
+
+// SchemaVersion is the value of every event's "v" field.
+const SchemaVersion = 1
+
+// Event types.
+const (
+	TypeInference = "inference"
+)
+
+// Outcome says how a proxied exchange ended. It complements the HTTP status
+// code: a stream can fail after its 200 was sent.
+type Outcome string
+
+// The outcomes.
+const (
+	// OutcomeOK: the upstream answered without error and the whole answer
+	// reached the client.
+	OutcomeOK Outcome = "ok"
+	// OutcomeUpstreamError: the upstream answered with an error status
+	// (>= 400), sent an error inside a 200 stream, or broke off its answer.
+	OutcomeUpstreamError Outcome = "upstream_error"
+	// OutcomeUpstreamUnreachable: no connection to the upstream could be made
+	// or the request could not be sent; the client got a 502.
+	OutcomeUpstreamUnreachable Outcome = "upstream_unreachable"
+	// OutcomeUpstreamTimeout: the upstream sent no byte for the idle timeout;
+	// the client got a 504, or its stream was cut.
+	OutcomeUpstreamTimeout Outcome = "upstream_timeout"
+	// OutcomeClientCancelled: the client went away (or stopped reading for the
+	// idle timeout) before the whole answer was written to it.
+	OutcomeClientCancelled Outcome = "client_cancelled"
+	// OutcomeRejected: the proxy refused the request itself (for example a
+	// body over the size limit) and the upstream never saw it.
+	OutcomeRejected Outcome = "rejected"
+)
+
+// Event is one audit record. Its JSON encoding is the wire format described
+// in the package documentation; field order in the struct is the order of
+// keys on the wire.
+type Event struct {
+	V         int       `json:"v"`
+	Type      string    `json:"type"`
+	ID        string    `json:"id"`
+	Time      Timestamp `json:"time"`
+	RequestID string    `json:"request_id"`
+	Method    string    `json:"method"`
+	Path      string    `json:"path"`
+	Stream    bool      `json:"stream"`
+	Model     Model     `json:"model"`
+	Input     Body      `json:"input"`
+	Output    Body      `json:"output"`
+	// APIKeyID is the keyed id of the bearer token (see package hashing), or
+	// nil when the request carried none.
+	APIKeyID *string `json:"api_key_id"`
+	Latency  Latency `json:"latency_ms"`
+	Status   Status  `json:"status"`
+	Source   Source  `json:"source"`
+}
+
+// Model identifies the model a request asked for.
+type Model struct {
+	// Name is the "model" field of the request body; empty when the body had
+	// none (GET /v1/models, malformed JSON).
+	Name string `json:"name"`
+}
+
+// Body describes one message body.
+type Body struct {
+	// Hash is the digest string of the body bytes (see package hashing).
+	// Empty only when the bytes were never seen, as for a request rejected
+	// before its body was read.
+	Hash string `json:"hash,omitempty"`
+	// Bytes is the body's length in bytes.
+	Bytes int64 `json:"bytes"`
+	// Tokens is vLLM's token count (prompt_tokens for input,
+	// completion_tokens for output); nil when the upstream reported none.
+	Tokens *int64 `json:"tokens"`
+	// FinishReason is the first choice's finish_reason (output only).
+	FinishReason string `json:"finish_reason,omitempty"`
+}
+
+// Latency holds durations in milliseconds.
+type Latency struct {
+	// Total runs from the request being received to the last response byte
+	// being written to the client.
+	Total float64 `json:"total"`
+	// TTFT runs from the request being received to the first response body
+	// byte from the upstream; set for streamed responses only.
+	TTFT *float64 `json:"ttft,omitempty"`
+	// Upstream is the time spent waiting on the upstream: for its response
+	// header and, for streamed bodies, blocked reading its body.
+	Upstream float64 `json:"upstream"`
+	// Overhead is Total minus Upstream: what the proxy (and a slow client)
+	// added.
+	Overhead float64 `json:"overhead"`
+}
+
+// Status is how the exchange ended.
+type Status struct {
+	// Code is the HTTP status code sent to the client.
+	Code    int     `json:"code"`
+	Outcome Outcome `json:"outcome"`
+	// Error is a short machine-readable reason for an outcome other than ok,
+	// such as "upstream_idle_timeout" or "body_too_large". It never holds
+	// request or response content.
+	Error string `json:"error,omitempty"`
+	// UpstreamError is the type of an error the upstream reported inside a
+	// 200 stream ("InternalServerError"); never its message, which may quote
+	// the prompt.
+	UpstreamError string `json:"upstream_error,omitempty"`
+}
+
+// Source identifies the sidecar that wrote the event.
+type Source struct {
+	Host    string `json:"host"`
+	Version string `json:"version"`
+}
+
+// Recorder keeps finished events. The proxy calls Record once per request,
+// after the response was written (or failed), from the goroutine that served
+// the request. Implementations must be safe for concurrent use and must not
+// retain ev after Record returns: the caller reuses it.
+//
+// Record returns an error when the event could not be kept; the proxy counts
+// and logs it, since the response has already gone.
+type Recorder interface {
+	Record(ev *Event) error
+}
+
+// NewID returns a random (version 4) UUID in its canonical text form.
+func NewID() string {
+	var u [16]byte
+	if _, err := rand.Read(u[:]); err != nil {
+		panic("audit: crypto/rand failed: " + err.Error())
+	}
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	var buf [36]byte
+	hex.Encode(buf[0:8], u[0:4])
+	buf[8] = '-'
+	hex.Encode(buf[9:13], u[4:6])
+	buf[13] = '-'
+	hex.Encode(buf[14:18], u[6:8])
+	buf[18] = '-'
+	hex.Encode(buf[19:23], u[8:10])
+	buf[23] = '-'
+	hex.Encode(buf[24:], u[10:])
+	return string(buf[:])
+}
+
+// Timestamp is a time written as RFC 3339 in UTC with exactly nine fractional
+// digits, so that events sort as strings in time order.
+type Timestamp time.Time
+
+const timestampLayout = "2006-01-02T15:04:05.000000000Z"
+
+// MarshalJSON implements json.Marshaler.
+func (t Timestamp) MarshalJSON() ([]byte, error) {
+	b := make([]byte, 0, len(timestampLayout)+2)
+	b = append(b, '"')
+	b = time.Time(t).UTC().AppendFormat(b, timestampLayout)
+	return append(b, '"'), nil
+}
+
+// UnmarshalJSON implements json.Unmarshaler. It accepts any RFC 3339 time.
+func (t *Timestamp) UnmarshalJSON(b []byte) error {
+	if len(b) < 2 || b[0] != '"' || b[len(b)-1] != '"' {
+		return &time.ParseError{Layout: time.RFC3339Nano, Value: string(b), Message: ": event time is not a JSON string"}
+	}
+	v, err := time.Parse(time.RFC3339Nano, string(b[1:len(b)-1]))
+	if err != nil {
+		return err
+	}
+	*t = Timestamp(v)
+	return nil
+}

@@ -1,0 +1,56 @@
+// Command fakevllm runs the simulated vLLM OpenAI server of package
+// bench/fakevllm as its own process, so that load tests measure it apart from
+// the load generator and the proxy.
+//
+//	fakevllm -listen 127.0.0.1:8000 -model NAME -ttft 0s -itl 0s -output-tokens 16
+//
+// It serves until SIGINT or SIGTERM.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/auditproxy/auditproxy/bench/fakevllm"
+)
+
+func main() {
+	var cfg fakevllm.Config
+	listen := flag.String("listen", "127.0.0.1:8000", "address to listen on (port 0 picks a free one)")
+	flag.StringVar(&cfg.Model, "model", "meta-llama/Llama-3.1-8B-Instruct", "served model name")
+	flag.StringVar(&cfg.Root, "root", "", "model root reported by /v1/models (default /models/<model>)")
+	flag.IntVar(&cfg.MaxModelLen, "max-model-len", 8192, "context length")
+	flag.DurationVar(&cfg.TTFT, "ttft", 0, "delay before the first token")
+	flag.DurationVar(&cfg.InterTokenLatency, "itl", 0, "delay between tokens")
+	flag.IntVar(&cfg.OutputTokens, "output-tokens", 16, "tokens generated when a request has no max_tokens; max_tokens caps it")
+	flag.StringVar(&cfg.Version, "version", "0.11.0", "vLLM version reported by /version")
+	flag.BoolVar(&cfg.RequireModel, "require-model", false, `reject requests without "model" (vLLM accepts them)`)
+	flag.Parse()
+	if flag.NArg() > 0 {
+		log.Fatalf("fakevllm: unexpected arguments %q", flag.Args())
+	}
+
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Fatalf("fakevllm: %v", err)
+	}
+	srv := fakevllm.New(cfg)
+	// The resolved address on stdout lets a parent that asked for port 0
+	// learn where to connect.
+	fmt.Printf("fakevllm listening on http://%s\n", ln.Addr())
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-sig
+		srv.Close()
+	}()
+	if err := srv.Serve(ln); err != nil {
+		log.Fatalf("fakevllm: %v", err)
+	}
+}

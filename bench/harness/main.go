@@ -1,0 +1,200 @@
+// Command harness is auditproxy's load harness: it measures what the proxy
+// adds in front of vLLM by comparing, in one run and in interleaved rounds
+// (direct, proxy, direct, proxy, …), a direct connection to the simulated
+// vLLM server of bench/fakevllm with the same traffic sent through auditproxy.
+//
+//	go run ./bench/harness [-workload nonstream|stream|all] [-rounds 3] [-duration 10s] [-out FILE]
+//
+// By default it builds bench/cmd/fakevllm and cmd/auditproxy, runs each as
+// its own process on 127.0.0.1, and kills them when it exits (also on
+// Ctrl-C). -fake-bin and -proxy-bin skip the builds; -fake-url and -proxy-url
+// use servers that are already running. All traffic stays on 127.0.0.1 and
+// the run ends by itself (see -timeout).
+//
+// Workloads:
+//
+//   - nonstream: non-streamed chat completions, ~1 KiB request, ~2 KiB answer,
+//     no model delay, many keep-alive connections: the proxy's throughput and
+//     latency cost when it is the bottleneck.
+//   - stream: streamed chat completions, 200 chunks 5 ms apart, at modest
+//     concurrency: the time to first token and per-chunk delay the proxy adds.
+//     The fake stamps each chunk's id with its send time, so per-chunk delay
+//     is receive time minus send time.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// options are the harness's flags.
+type options struct {
+	workload    string
+	rounds      int
+	duration    time.Duration
+	warmup      time.Duration
+	concurrency int
+	out         string
+	timeout     time.Duration
+
+	proxyBin, proxyURL string
+	fakeBin, fakeURL   string
+	fakeListen         string
+	keepTmp            bool
+
+	promptBytes  int
+	answerBytes  int
+	streamChunks int
+	streamITL    time.Duration
+}
+
+const (
+	defaultNonstreamConcurrency = 64
+	defaultStreamConcurrency    = 32
+	minRounds                   = 3
+)
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("harness", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.workload, "workload", "all", "nonstream, stream or all")
+	fs.IntVar(&o.rounds, "rounds", 3, "rounds per target; each round runs direct, then proxy (at least 3)")
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "measured time per round and target")
+	fs.DurationVar(&o.warmup, "warmup", 0, "unmeasured load before each round on fresh connections (default duration/10, at most 1s)")
+	fs.IntVar(&o.concurrency, "concurrency", 0, fmt.Sprintf("concurrent connections (default %d for nonstream, %d for stream)",
+		defaultNonstreamConcurrency, defaultStreamConcurrency))
+	fs.StringVar(&o.out, "out", "", "append the results and the command line to this markdown file")
+	fs.DurationVar(&o.timeout, "timeout", 0, "give up after this long (default: twice the planned run plus 5 minutes for builds)")
+	fs.StringVar(&o.proxyBin, "proxy-bin", "", "auditproxy binary to run instead of building ./cmd/auditproxy")
+	fs.StringVar(&o.proxyURL, "proxy-url", "", "use an auditproxy already running at this URL (its upstream must be the fake: see -fake-listen, -fake-url)")
+	fs.StringVar(&o.fakeBin, "fake-bin", "", "fakevllm binary to run instead of building ./bench/cmd/fakevllm")
+	fs.StringVar(&o.fakeURL, "fake-url", "", "use a fakevllm already running at this URL (start it with -output-tokens 4096)")
+	fs.StringVar(&o.fakeListen, "fake-listen", "127.0.0.1:0", "address for the fake the harness starts")
+	fs.BoolVar(&o.keepTmp, "keep-tmp", false, "keep the temporary directory (binaries, logs, proxy data)")
+	fs.IntVar(&o.promptBytes, "prompt-bytes", 1024, "nonstream request body size")
+	fs.IntVar(&o.answerBytes, "answer-bytes", 2048, "nonstream answer body size (max_tokens is calibrated to it)")
+	fs.IntVar(&o.streamChunks, "stream-chunks", 200, "content chunks per stream")
+	fs.DurationVar(&o.streamITL, "stream-itl", 5*time.Millisecond, "delay between stream chunks")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	switch o.workload {
+	case "nonstream", "stream", "all":
+	default:
+		return o, fmt.Errorf("-workload %q: want nonstream, stream or all", o.workload)
+	}
+	if o.rounds < minRounds {
+		return o, fmt.Errorf("-rounds %d: at least %d rounds are needed to see run-to-run spread", o.rounds, minRounds)
+	}
+	if o.duration <= 0 || o.concurrency < 0 || o.streamChunks < 1 || o.streamITL < 0 || o.promptBytes < 64 || o.answerBytes < 512 {
+		return o, errors.New("-duration, -concurrency, -stream-chunks, -stream-itl, -prompt-bytes (>= 64) and -answer-bytes (>= 512) must be positive")
+	}
+	if o.warmup == 0 {
+		o.warmup = min(o.duration/10, time.Second)
+	}
+	for _, u := range []struct{ flag, v string }{{"-proxy-url", o.proxyURL}, {"-fake-url", o.fakeURL}} {
+		if u.v != "" {
+			if err := checkLoopbackURL(u.v); err != nil {
+				return o, fmt.Errorf("%s: %w", u.flag, err)
+			}
+		}
+	}
+	if o.proxyURL != "" && o.fakeURL == "" && strings.HasSuffix(o.fakeListen, ":0") {
+		return o, errors.New("-proxy-url needs the fake at the proxy's upstream address: give -fake-listen ADDR or -fake-url URL")
+	}
+	return o, nil
+}
+
+// checkLoopbackURL keeps the harness's traffic on this machine.
+func checkLoopbackURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return err
+	}
+	if u.Scheme != "http" {
+		return fmt.Errorf("%q: only http:// is supported", s)
+	}
+	if h := u.Hostname(); h != "127.0.0.1" && h != "localhost" && h != "::1" {
+		return fmt.Errorf("%q: the harness only sends traffic to 127.0.0.1", s)
+	}
+	if u.Port() == "" {
+		return fmt.Errorf("%q: give a port", s)
+	}
+	return nil
+}
+
+// plannedRun is how long the measurements take, builds and start-up aside.
+func (o options) plannedRun() time.Duration {
+	per := 2 * time.Duration(o.rounds) * (o.duration + o.warmup + time.Second)
+	d := time.Duration(0)
+	if o.workload != "stream" {
+		d += per
+	}
+	if o.workload != "nonstream" {
+		d += per + 2*time.Duration(o.rounds)*time.Duration(o.streamChunks)*o.streamITL
+	}
+	return d
+}
+
+func main() {
+	o, err := parseFlags(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "harness:", err)
+		os.Exit(2)
+	}
+	timeout := o.timeout
+	if timeout == 0 {
+		timeout = 2*o.plannedRun() + 5*time.Minute
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// After the first Ctrl-C the run cleans up; a second one kills the
+	// harness outright (the children then die by their parent-death signal).
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
+	ctx, cancel := context.WithTimeoutCause(ctx, timeout, fmt.Errorf("run exceeded -timeout %v", timeout))
+	defer cancel()
+
+	err = run(ctx, o, os.Stdout, os.Stderr, commandLine())
+	if err != nil {
+		if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
+			err = fmt.Errorf("%w (stopped: %v)", err, cause)
+		}
+		fmt.Fprintln(os.Stderr, "harness:", err)
+		os.Exit(1)
+	}
+}
+
+// commandLine is how the run was started, for the record in -out.
+func commandLine() string {
+	prog := os.Args[0]
+	if strings.Contains(prog, "go-build") {
+		prog = "go run ./bench/harness"
+	}
+	parts := []string{prog}
+	for _, a := range os.Args[1:] {
+		if strings.ContainsAny(a, " \t'\"$\\") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		parts = append(parts, a)
+	}
+	return strings.Join(parts, " ")
+}

@@ -1,0 +1,19 @@
+//go:build !linux
+
+package main
+
+import (
+	"os"
+	"syscall"
+	"time"
+)
+
+// Outside Linux there is no parent-death signal; children are stopped by
+// the harness's own cleanup only.
+func childSysProcAttr() *syscall.SysProcAttr { return nil }
+
+func terminate(p *os.Process) { p.Signal(os.Interrupt) }
+
+func kill(p *os.Process) { p.Kill() }
+
+func selfCPU() (time.Duration, bool) { return 0, false }

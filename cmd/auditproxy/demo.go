@@ -1,0 +1,171 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/bench/fakevllm"
+)
+
+const demoAPIKey = "sk-demo-0123456789"
+
+func runDemo(args []string, stdout, stderr io.Writer) error {
+	var c serveConfig
+	fs := newFlagSet("demo", "demo [flags]", stderr)
+	c.register(fs, "127.0.0.1:8080")
+	c.logLevel, c.logFormat = "warn", "text"
+	fs.Lookup("log-level").DefValue, fs.Lookup("log-format").DefValue = "warn", "text"
+	fs.Lookup("data-dir").DefValue = "a new temporary directory"
+	c.dataDir = ""
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if c.upstream != "" {
+		return usageError{"demo: --upstream is not used (the demo runs its own simulated vLLM); use serve"}
+	}
+	if c.dataDir == "" {
+		dir, err := os.MkdirTemp("", "auditproxy-demo-")
+		if err != nil {
+			return err
+		}
+		c.dataDir = dir
+	}
+
+	fake := fakevllm.New(fakevllm.Config{TTFT: 120 * time.Millisecond, InterTokenLatency: 25 * time.Millisecond, OutputTokens: 12})
+	upstream, err := fake.Start("127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("start simulated vLLM: %w", err)
+	}
+	defer fake.Close()
+	c.upstream = upstream
+
+	// Events are printed after the response that produced them, so the
+	// output reads in order: the event is recorded the moment the last byte
+	// is written, while the client may still be printing.
+	var outMu sync.Mutex
+	events := make(chan []byte, 64)
+	queueEvent := func(ev *audit.Event) {
+		b, _ := json.MarshalIndent(ev, "  ", "  ")
+		select {
+		case events <- b:
+		default: // the demo's printer fell behind; the event is in the log
+		}
+	}
+	printEvent := func(b []byte) {
+		outMu.Lock()
+		defer outMu.Unlock()
+		fmt.Fprintf(stdout, "  audit event:\n  %s\n\n", b)
+	}
+	inst, err := start(c, stderr, queueEvent)
+	if err != nil {
+		return err
+	}
+	base := "http://" + inst.ln.Addr().String()
+	fmt.Fprintf(stdout, "auditproxy demo: simulated vLLM at %s, proxy at %s, events in %s\n\n", upstream, base, c.dataDir)
+
+	model := "meta-llama/Llama-3.1-8B-Instruct"
+	requests := []struct{ title, path, body string }{
+		{"chat completion", "/v1/chat/completions",
+			`{"model":"` + model + `","messages":[{"role":"user","content":"Which model answered this?"}],"max_tokens":8}`},
+		{"streamed chat completion", "/v1/chat/completions",
+			`{"model":"` + model + `","messages":[{"role":"user","content":"Stream me a short answer."}],"stream":true}`},
+		{"streamed completion", "/v1/completions",
+			`{"model":"` + model + `","prompt":"Once upon a time","max_tokens":6,"stream":true}`},
+		{"embeddings", "/v1/embeddings",
+			`{"model":"` + model + `","input":["an audit trail","for every inference"]}`},
+	}
+	for _, r := range requests {
+		outMu.Lock()
+		fmt.Fprintf(stdout, "> POST %s (%s)\n", r.path, r.title)
+		outMu.Unlock()
+		if err := demoRequest(base+r.path, r.body, stdout, &outMu); err != nil {
+			inst.shutdown()
+			return fmt.Errorf("demo request %s: %w", r.path, err)
+		}
+		select {
+		case b := <-events:
+			printEvent(b)
+		case <-time.After(2 * time.Second):
+			fmt.Fprintln(stderr, "auditproxy demo: no audit event within 2s")
+		}
+	}
+	go func() {
+		for b := range events {
+			printEvent(b)
+		}
+	}()
+	outMu.Lock()
+	fmt.Fprintf(stdout, `The proxy keeps serving until Ctrl-C. Try:
+  curl -s %[1]s/v1/models
+  curl -sN %[1]s/v1/chat/completions -H 'Authorization: Bearer %[2]s' -H 'Content-Type: application/json' \
+    -d '{"model":"%[3]s","messages":[{"role":"user","content":"hi"}],"stream":true}'
+  curl -s http://%[4]s/metrics | grep ^auditproxy_
+  go run ./cmd/auditproxy export --data-dir %[5]s
+
+`, base, demoAPIKey, model, c.adminListen, c.dataDir)
+	outMu.Unlock()
+	return inst.waitForSignal()
+}
+
+// demoRequest sends one request as an OpenAI client would and prints what
+// came back: each streamed event's text as it arrives, or a non-streamed
+// answer's size.
+func demoRequest(url, body string, stdout io.Writer, mu *sync.Mutex) error {
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+demoAPIKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		fmt.Fprintf(stdout, "< %d, %d bytes, X-Request-Id %s\n", resp.StatusCode, len(b), resp.Header.Get("X-Request-Id"))
+		mu.Unlock()
+		return nil
+	}
+	mu.Lock()
+	fmt.Fprintf(stdout, "< %d, streaming, X-Request-Id %s\n< ", resp.StatusCode, resp.Header.Get("X-Request-Id"))
+	mu.Unlock()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		data, ok := bytes.CutPrefix(sc.Bytes(), []byte("data: "))
+		if !ok || string(data) == "[DONE]" {
+			continue
+		}
+		var chunk struct {
+			Choices []struct {
+				Text  string `json:"text"`
+				Delta struct {
+					Content string `json:"content"`
+				} `json:"delta"`
+			} `json:"choices"`
+		}
+		if json.Unmarshal(data, &chunk) == nil && len(chunk.Choices) > 0 {
+			mu.Lock()
+			fmt.Fprint(stdout, chunk.Choices[0].Text+chunk.Choices[0].Delta.Content)
+			mu.Unlock()
+		}
+	}
+	mu.Lock()
+	fmt.Fprintln(stdout)
+	mu.Unlock()
+	return sc.Err()
+}

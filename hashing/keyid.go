@@ -1,0 +1,104 @@
+package hashing
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/zeebo/blake3"
+)
+
+// KeyIDSecretSize is the size in bytes of the secret that keys API key ids.
+const KeyIDSecretSize = 32
+
+// keyIDVersion prefixes every key id so that a later change of construction
+// (another length, another function) cannot be confused with this one.
+const keyIDVersion = "k1:"
+
+// KeyIDer computes API key ids. It is safe for concurrent use.
+type KeyIDer struct {
+	// A keyed BLAKE3 hasher whose state after the key schedule is cloned for
+	// every id, so the key schedule runs once.
+	base *blake3.Hasher
+}
+
+// NewKeyIDer returns a KeyIDer keyed with secret, which must be
+// KeyIDSecretSize bytes.
+func NewKeyIDer(secret []byte) (*KeyIDer, error) {
+	if len(secret) != KeyIDSecretSize {
+		return nil, fmt.Errorf("key id secret is %d bytes, want %d", len(secret), KeyIDSecretSize)
+	}
+	h, err := blake3.NewKeyed(secret)
+	if err != nil {
+		return nil, err
+	}
+	return &KeyIDer{base: h}, nil
+}
+
+// ID returns the key id of token, the bearer credential as the client sent it
+// (without the "Bearer " prefix).
+func (k *KeyIDer) ID(token []byte) string {
+	h := k.base.Clone()
+	_, _ = h.Write(token)
+	var sum [32]byte
+	h.Sum(sum[:0])
+	buf := make([]byte, len(keyIDVersion)+32)
+	n := copy(buf, keyIDVersion)
+	hex.Encode(buf[n:], sum[:16])
+	return string(buf)
+}
+
+// LoadOrCreateKeyIDSecret reads the secret from path. If the file does not
+// exist it generates a random secret and writes it there with mode 0600,
+// creating the parent directory (mode 0700) if needed. The file holds the
+// secret in hex, so an operator can copy it between sidecars that must
+// produce the same ids.
+func LoadOrCreateKeyIDSecret(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		return parseKeyIDSecret(path, b)
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("read key id secret: %w", err)
+	}
+	secret := make([]byte, KeyIDSecretSize)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, fmt.Errorf("generate key id secret: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create key id secret directory: %w", err)
+	}
+	// O_EXCL: two sidecars sharing a data dir must not each write their own.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return LoadOrCreateKeyIDSecret(path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create key id secret: %w", err)
+	}
+	_, err = f.WriteString(hex.EncodeToString(secret) + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("write key id secret %s: %w", path, err)
+	}
+	return secret, nil
+}
+
+func parseKeyIDSecret(path string, b []byte) ([]byte, error) {
+	b = bytes.TrimSpace(b)
+	secret := make([]byte, hex.DecodedLen(len(b)))
+	if _, err := hex.Decode(secret, b); err != nil || len(secret) != KeyIDSecretSize {
+		return nil, fmt.Errorf("key id secret %s: want %d hex characters", path, 2*KeyIDSecretSize)
+	}
+	return secret, nil
+}

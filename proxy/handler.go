@@ -1,0 +1,208 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
+
+	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/hashing"
+)
+
+// exchange is the state of one proxied request, from the handler to the
+// moment the response body is written. It is pooled; everything in it is
+// reset by reset.
+type exchange struct {
+	p      *Proxy
+	ev     audit.Event
+	start  time.Time
+	in     *hashing.Hasher
+	parser fastjson.Parser
+	// reqBody holds a request body rewritten for include_usage.
+	reqBody []byte
+	// Storage that the event's pointer fields point into, so building an
+	// event allocates nothing for them.
+	apiKeyID   string
+	ttft       float64
+	inTokens   int64
+	outTokens  int64
+	upstream   time.Duration
+	clientConn bool // the client asked for Connection: close
+
+	tap responseTap
+}
+
+func newExchange(p *Proxy) *exchange {
+	x := &exchange{p: p, in: hashing.NewHasher(p.cfg.Hash)}
+	x.tap.x = x
+	x.tap.out = hashing.NewHasher(p.cfg.Hash)
+	return x
+}
+
+func (p *Proxy) acquireExchange() *exchange {
+	x := p.exchPool.Get().(*exchange)
+	x.start = time.Now()
+	x.ev = audit.Event{
+		V:      audit.SchemaVersion,
+		Type:   audit.TypeInference,
+		ID:     audit.NewID(),
+		Time:   audit.Timestamp(x.start),
+		Source: p.cfg.Source,
+	}
+	p.metrics.inFlight.Inc()
+	return x
+}
+
+func (p *Proxy) releaseExchange(x *exchange) {
+	x.in.Reset()
+	x.reqBody = x.reqBody[:0]
+	x.upstream = 0
+	x.tap.reset()
+	p.exchPool.Put(x)
+}
+
+// handle proxies one request.
+func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
+	x := p.acquireExchange()
+	ev := &x.ev
+	ev.RequestID = requestIDFor(ctx.Request.Header.Peek(requestIDHeader))
+	ev.Method = string(ctx.Method())
+	ev.Path = string(ctx.Path())
+	x.identifyCaller(&ctx.Request.Header)
+
+	body := ctx.Request.Body()
+	_, _ = x.in.Write(body)
+	ev.Input.Hash = x.in.Digest()
+	ev.Input.Bytes = int64(len(body))
+	f := parseRequestFields(&x.parser, body)
+	ev.Model.Name = f.model
+	ev.Stream = f.stream
+	if f.valid && f.stream && !f.includeUsage {
+		x.reqBody = withIncludeUsage(x.reqBody[:0], &x.parser, body, f)
+		ctx.Request.SetBodyRaw(x.reqBody)
+		x.tap.stripUsage = true
+	}
+
+	x.clientConn = prepareUpstreamRequest(&ctx.Request.Header, ev.RequestID)
+	resp := fasthttp.AcquireResponse()
+	sent := time.Now()
+	err := p.client.Do(&ctx.Request, resp)
+	x.upstream = time.Since(sent)
+	restoreClientRequest(&ctx.Request.Header, x.clientConn)
+	if err != nil {
+		fasthttp.ReleaseResponse(resp)
+		p.answerUpstreamFailure(ctx, x, err)
+		return
+	}
+
+	x.tap.status = resp.Header.StatusCode()
+	copyResponseHeader(&ctx.Response.Header, &resp.Header, ev.RequestID)
+	stream := resp.BodyStream()
+	if stream == nil {
+		// No body: a HEAD request, or a 204 or 304.
+		fasthttp.ReleaseResponse(resp)
+		x.tap.finish(nil)
+		return
+	}
+	size := resp.Header.ContentLength()
+	if size < 0 || x.tap.stripUsage {
+		// Unknown length, or a stream that may lose its usage chunk: send
+		// chunked, flushed after every piece.
+		size = -1
+		ctx.Response.Header.Del("Content-Length")
+	}
+	x.tap.start(resp, stream, resp.Header.ContentType())
+	ctx.Response.SetBodyStream(&x.tap, size)
+}
+
+// identifyCaller sets api_key_id from the Authorization header: the keyed id
+// of the bearer token, or of the whole credential for another scheme.
+func (x *exchange) identifyCaller(h *fasthttp.RequestHeader) {
+	auth := h.Peek("Authorization")
+	if len(auth) == 0 {
+		x.ev.APIKeyID = nil
+		return
+	}
+	if len(auth) > 7 && bytes.EqualFold(auth[:7], []byte("bearer ")) {
+		auth = bytes.TrimSpace(auth[7:])
+	}
+	x.apiKeyID = x.p.cfg.KeyIDer.ID(auth)
+	x.ev.APIKeyID = &x.apiKeyID
+}
+
+// answerUpstreamFailure answers a request whose upstream exchange failed
+// before a response header arrived.
+func (p *Proxy) answerUpstreamFailure(ctx *fasthttp.RequestCtx, x *exchange, err error) {
+	pe, outcome, reason := errUpstreamUnreachable, audit.OutcomeUpstreamUnreachable, "upstream_unreachable"
+	switch {
+	case errors.Is(err, fasthttp.ErrNoFreeConns):
+		pe, reason = errUpstreamBusy, "upstream_no_free_connections"
+	case isTimeout(err):
+		pe, outcome, reason = errUpstreamTimeout, audit.OutcomeUpstreamTimeout, "upstream_idle_timeout"
+	}
+	p.log.Warn("upstream request failed", "request_id", x.ev.RequestID, "reason", reason, "err", err)
+	x.ev.Status.Error = reason
+	p.answerWithError(ctx, x, pe, outcome)
+}
+
+// answerWithError writes pe as the response and records the exchange.
+func (p *Proxy) answerWithError(ctx *fasthttp.RequestCtx, x *exchange, pe proxyError, outcome audit.Outcome) {
+	ctx.Response.Reset()
+	ctx.Response.SetStatusCode(pe.status)
+	ctx.Response.Header.SetContentType("application/json")
+	ctx.Response.Header.Set(requestIDHeader, x.ev.RequestID)
+	body := pe.appendJSON(ctx.Response.Body()[:0])
+	ctx.Response.SetBodyRaw(body)
+	x.ev.Output.Hash = hashing.Sum(p.cfg.Hash, body)
+	x.ev.Output.Bytes = int64(len(body))
+	x.ev.Status.Code = pe.status
+	x.ev.Status.Outcome = outcome
+	p.record(x)
+}
+
+// handleRequestError answers a request that fasthttp could not read (too
+// large, malformed, too slow), and records it as rejected: the upstream
+// never saw it, but an auditor sees that it was attempted.
+func (p *Proxy) handleRequestError(ctx *fasthttp.RequestCtx, err error) {
+	x := p.acquireExchange()
+	x.ev.RequestID = requestIDFor(ctx.Request.Header.Peek(requestIDHeader))
+	x.ev.Method = string(ctx.Method())
+	x.ev.Path = string(ctx.Path())
+	x.identifyCaller(&ctx.Request.Header)
+	if n := ctx.Request.Header.ContentLength(); n > 0 {
+		x.ev.Input.Bytes = int64(n)
+	}
+	pe, reason := errBadRequest, "malformed_request"
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		pe, reason = errBodyTooLarge, "body_too_large"
+	case isTimeout(err):
+		pe, reason = errRequestTimeout, "request_timeout"
+	case errors.As(err, new(*fasthttp.ErrSmallBuffer)):
+		pe, reason = errHeaderTooLarge, "headers_too_large"
+	}
+	x.ev.Status.Error = reason
+	p.answerWithError(ctx, x, pe, audit.OutcomeRejected)
+}
+
+// record finishes the event's timings, hands it to the Recorder, updates the
+// metrics and releases the exchange.
+func (p *Proxy) record(x *exchange) {
+	ev := &x.ev
+	total := time.Since(x.start)
+	ev.Latency.Total = ms(total)
+	ev.Latency.Upstream = ms(x.upstream)
+	ev.Latency.Overhead = ms(total - x.upstream)
+	err := p.cfg.Recorder.Record(ev)
+	if err != nil {
+		p.log.Error("audit event not recorded", "request_id", ev.RequestID, "event_id", ev.ID, "err", err)
+	}
+	p.metrics.observe(ev, err)
+	p.metrics.inFlight.Dec()
+	p.releaseExchange(x)
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

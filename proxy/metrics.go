@@ -1,0 +1,152 @@
+package proxy
+
+import (
+	"strconv"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/auditproxy/auditproxy/audit"
+)
+
+// maxModelLabels bounds the distinct values of the "model" label. The model
+// name comes from request bodies, which any client can fill with anything;
+// past this many names, new ones are counted as "other".
+const maxModelLabels = 64
+
+// Metrics holds the proxy's Prometheus collectors. Register them with
+// Register.
+type Metrics struct {
+	requests       *prometheus.CounterVec
+	duration       *prometheus.HistogramVec
+	ttft           *prometheus.HistogramVec
+	overhead       prometheus.Histogram
+	inputTokens    *prometheus.CounterVec
+	outputTokens   *prometheus.CounterVec
+	inFlight       prometheus.Gauge
+	eventsRecorded prometheus.Counter
+	eventsDropped  prometheus.Counter
+
+	modelsMu sync.RWMutex
+	models   map[string]struct{}
+}
+
+// NewMetrics returns unregistered collectors.
+func NewMetrics() *Metrics {
+	latencyBuckets := []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300}
+	return &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "auditproxy_requests_total",
+			Help: "Proxied requests by model, HTTP status code sent to the client, and outcome.",
+		}, []string{"model", "code", "outcome"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "auditproxy_request_duration_seconds",
+			Help:    "Time from request received to last response byte written, by model.",
+			Buckets: latencyBuckets,
+		}, []string{"model"}),
+		ttft: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "auditproxy_time_to_first_token_seconds",
+			Help:    "Time from request received to the first upstream body byte of a streamed response, by model.",
+			Buckets: latencyBuckets,
+		}, []string{"model"}),
+		overhead: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "auditproxy_proxy_overhead_seconds",
+			Help:    "Request duration minus time spent waiting on the upstream.",
+			Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1, 1},
+		}),
+		inputTokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "auditproxy_input_tokens_total",
+			Help: "Prompt tokens reported by the upstream, by model.",
+		}, []string{"model"}),
+		outputTokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "auditproxy_output_tokens_total",
+			Help: "Completion tokens reported by the upstream, by model.",
+		}, []string{"model"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "auditproxy_requests_in_flight",
+			Help: "Requests being proxied now, streams included.",
+		}),
+		eventsRecorded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "auditproxy_events_recorded_total",
+			Help: "Audit events accepted by the event log.",
+		}),
+		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "auditproxy_events_dropped_total",
+			Help: "Audit events the event log failed to accept. Anything but 0 is a bug or a full disk.",
+		}),
+		models: make(map[string]struct{}),
+	}
+}
+
+// Register registers every collector with r.
+func (m *Metrics) Register(r prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.ttft, m.overhead,
+		m.inputTokens, m.outputTokens, m.inFlight, m.eventsRecorded, m.eventsDropped} {
+		if err := r.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// modelLabel bounds the label's cardinality; see maxModelLabels.
+func (m *Metrics) modelLabel(name string) string {
+	if name == "" {
+		return "none"
+	}
+	m.modelsMu.RLock()
+	_, ok := m.models[name]
+	n := len(m.models)
+	m.modelsMu.RUnlock()
+	if ok {
+		return name
+	}
+	if n >= maxModelLabels {
+		return "other"
+	}
+	m.modelsMu.Lock()
+	defer m.modelsMu.Unlock()
+	if len(m.models) >= maxModelLabels {
+		return "other"
+	}
+	m.models[name] = struct{}{}
+	return name
+}
+
+// observe records one finished exchange.
+func (m *Metrics) observe(ev *audit.Event, recordErr error) {
+	model := m.modelLabel(ev.Model.Name)
+	m.requests.WithLabelValues(model, statusLabel(ev.Status.Code), string(ev.Status.Outcome)).Inc()
+	m.duration.WithLabelValues(model).Observe(ev.Latency.Total / 1e3)
+	if ev.Latency.TTFT != nil {
+		m.ttft.WithLabelValues(model).Observe(*ev.Latency.TTFT / 1e3)
+	}
+	m.overhead.Observe(ev.Latency.Overhead / 1e3)
+	if ev.Input.Tokens != nil {
+		m.inputTokens.WithLabelValues(model).Add(float64(*ev.Input.Tokens))
+	}
+	if ev.Output.Tokens != nil {
+		m.outputTokens.WithLabelValues(model).Add(float64(*ev.Output.Tokens))
+	}
+	if recordErr != nil {
+		m.eventsDropped.Inc()
+	} else {
+		m.eventsRecorded.Inc()
+	}
+}
+
+// statusLabels avoids formatting the common codes on every request.
+var statusLabels = func() map[int]string {
+	l := make(map[int]string)
+	for _, c := range []int{200, 201, 204, 304, 400, 401, 403, 404, 405, 408, 413, 422, 429, 431, 500, 502, 503, 504} {
+		l[c] = strconv.Itoa(c)
+	}
+	return l
+}()
+
+func statusLabel(code int) string {
+	if s, ok := statusLabels[code]; ok {
+		return s
+	}
+	return strconv.Itoa(code)
+}

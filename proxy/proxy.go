@@ -1,0 +1,210 @@
+// Package proxy is the audited reverse proxy: it serves OpenAI-compatible
+// clients, forwards every request to one upstream (a vLLM server) and its
+// answer back unchanged, and taps both bodies on the way through to build the
+// request's audit event, which it hands to an audit.Recorder.
+//
+// The proxy owns the hot path and nothing after it: where events are stored
+// or shipped is the Recorder's business.
+//
+// # What passes through
+//
+// Method, path, query, headers and status pass unchanged, except the
+// hop-by-hop headers of RFC 9110 section 7.6.1 and X-Request-Id, which the
+// proxy validates or assigns and returns to the client. Response bodies are
+// streamed: a Server-Sent Events stream reaches the client event by event as
+// the upstream sends it, and nothing waits for a whole body.
+//
+// One change is made to a request, and undone in its response: a streamed
+// completion that did not ask for usage gets stream_options.include_usage, so
+// that the audit record can carry vLLM's token counts, and the usage-only
+// chunk that this adds is removed from the stream the client receives. The
+// client gets the bytes it would have got from vLLM directly.
+//
+// # Timeouts
+//
+// fasthttp's ReadTimeout and WriteTimeout are deadlines for a whole response
+// and would cut long generations, so the proxy sets them for neither side of
+// a stream. Instead each connection has an idle timeout: a read from the
+// upstream, or a write to the client, that makes no progress for that long
+// fails.
+//
+// The handler (handler.go), the upstream connection (transport.go), the
+// response body tap (tap.go) and the header rules (headers.go) live in
+// separate files.
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/hashing"
+)
+
+// Config configures a Proxy. Zero values take the defaults documented on each
+// field.
+type Config struct {
+	// Upstream is the base URL of the server to proxy to, such as
+	// "http://127.0.0.1:8000". Only scheme and host:port are used.
+	Upstream string
+	// MaxRequestBodySize bounds request bodies; larger ones are answered 413
+	// without contacting the upstream. Default 32 MiB.
+	MaxRequestBodySize int
+	// UpstreamIdleTimeout fails an upstream exchange when the upstream sends
+	// no byte for this long: 504 before the response started, a cut stream
+	// after. vLLM sends nothing until a non-streamed answer is complete, so
+	// this bounds the longest non-streamed generation. Default 10 minutes.
+	UpstreamIdleTimeout time.Duration
+	// ClientIdleTimeout fails a write to a client that accepts no byte for
+	// this long, and bounds reading a request. Default 2 minutes.
+	ClientIdleTimeout time.Duration
+	// UpstreamMaxConns bounds concurrent upstream connections, so the number
+	// of requests in flight at the upstream. Default 4096.
+	UpstreamMaxConns int
+	// Hash is the digest algorithm for bodies. Default BLAKE3.
+	Hash hashing.Algorithm
+	// KeyIDer computes api_key_id. Required.
+	KeyIDer *hashing.KeyIDer
+	// Recorder receives every finished event. Required.
+	Recorder audit.Recorder
+	// Metrics receives the proxy's measurements. Default: fresh, unregistered.
+	Metrics *Metrics
+	// Logger receives operational messages; never request content. Default
+	// slog.Default().
+	Logger *slog.Logger
+	// Source is written into every event.
+	Source audit.Source
+}
+
+// Proxy is the audited reverse proxy. Create one with New.
+type Proxy struct {
+	cfg      Config
+	client   *fasthttp.HostClient
+	server   *fasthttp.Server
+	metrics  *Metrics
+	log      *slog.Logger
+	exchPool sync.Pool
+}
+
+// New validates cfg and returns a Proxy.
+func New(cfg Config) (*Proxy, error) {
+	if cfg.Recorder == nil {
+		return nil, errors.New("proxy: Config.Recorder is required")
+	}
+	if cfg.KeyIDer == nil {
+		return nil, errors.New("proxy: Config.KeyIDer is required")
+	}
+	if cfg.MaxRequestBodySize <= 0 {
+		cfg.MaxRequestBodySize = 32 << 20
+	}
+	if cfg.UpstreamIdleTimeout <= 0 {
+		cfg.UpstreamIdleTimeout = 10 * time.Minute
+	}
+	if cfg.ClientIdleTimeout <= 0 {
+		cfg.ClientIdleTimeout = 2 * time.Minute
+	}
+	if cfg.UpstreamMaxConns <= 0 {
+		cfg.UpstreamMaxConns = 4096
+	}
+	if cfg.Hash == "" {
+		cfg.Hash = hashing.BLAKE3
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	up, err := ParseUpstream(cfg.Upstream)
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{cfg: cfg, metrics: cfg.Metrics, log: cfg.Logger}
+	p.client = newUpstreamClient(up, cfg)
+	p.exchPool.New = func() any { return newExchange(p) }
+	p.server = &fasthttp.Server{
+		Handler:            p.handle,
+		ErrorHandler:       p.handleRequestError,
+		Name:               "",
+		MaxRequestBodySize: cfg.MaxRequestBodySize,
+		ReadTimeout:        cfg.ClientIdleTimeout,
+		IdleTimeout:        cfg.ClientIdleTimeout,
+		// Headers pass through as the upstream wrote them: no added Server,
+		// Date or Content-Type, no renamed header names.
+		NoDefaultServerHeader:         true,
+		NoDefaultDate:                 true,
+		NoDefaultContentType:          true,
+		DisableHeaderNamesNormalizing: true,
+		DisablePreParseMultipartForm:  true,
+		ReadBufferSize:                16 << 10,
+		Logger:                        fasthttpLogger{p.log},
+	}
+	return p, nil
+}
+
+// Upstream is a parsed upstream base URL.
+type Upstream struct {
+	Addr  string // host:port
+	IsTLS bool
+}
+
+// ParseUpstream parses an upstream base URL such as "http://127.0.0.1:8000".
+func ParseUpstream(s string) (Upstream, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return Upstream{}, fmt.Errorf("upstream %q: %w", s, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return Upstream{}, fmt.Errorf("upstream %q: scheme must be http or https", s)
+	}
+	if u.Host == "" {
+		return Upstream{}, fmt.Errorf("upstream %q: no host", s)
+	}
+	if u.Path != "" && u.Path != "/" {
+		return Upstream{}, fmt.Errorf("upstream %q: a path prefix is not supported; give scheme://host:port", s)
+	}
+	up := Upstream{Addr: u.Host, IsTLS: u.Scheme == "https"}
+	if u.Port() == "" {
+		port := "80"
+		if up.IsTLS {
+			port = "443"
+		}
+		up.Addr = net.JoinHostPort(u.Hostname(), port)
+	}
+	return up, nil
+}
+
+// Handler returns the proxy's fasthttp request handler, for serving it with
+// a fasthttp.Server of one's own (as tests and benchmarks do). Serve uses
+// the Proxy's configured server, which also applies the body size limit and
+// the request error handling.
+func (p *Proxy) Handler() fasthttp.RequestHandler { return p.handle }
+
+// Serve accepts client connections on ln until Shutdown.
+func (p *Proxy) Serve(ln net.Listener) error {
+	return p.server.Serve(idleListener{Listener: ln, writeIdle: p.cfg.ClientIdleTimeout})
+}
+
+// Shutdown stops accepting connections and waits for in-flight requests,
+// streams included, to finish.
+func (p *Proxy) Shutdown() error {
+	return p.server.Shutdown()
+}
+
+// Metrics returns the proxy's metrics.
+func (p *Proxy) Metrics() *Metrics { return p.metrics }
+
+// fasthttpLogger sends fasthttp's own messages (accept errors, panics) to
+// slog.
+type fasthttpLogger struct{ l *slog.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) {
+	f.l.Warn("fasthttp", "msg", fmt.Sprintf(format, args...))
+}

@@ -1,0 +1,294 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/hashing"
+)
+
+const (
+	// tapBufferSize is a tap's initial buffer. It grows only while one SSE
+	// event is larger, up to maxSSEEventSize.
+	tapBufferSize = 8 << 10
+	// maxSSEEventSize bounds the bytes held back for one incomplete SSE
+	// event. A larger event is passed through unparsed, and the rest of that
+	// stream with it.
+	maxSSEEventSize = 1 << 20
+	// jsonKeepLimit bounds the non-streamed JSON body kept for reading its
+	// usage; past it only the last jsonTailSize bytes are kept, where vLLM
+	// writes usage.
+	jsonKeepLimit = 256 << 10
+	jsonTailSize  = 16 << 10
+	// tapRetainLimit: a pooled tap whose buffers grew past this lets them go.
+	tapRetainLimit = 64 << 10
+)
+
+// responseTap is the response body as fasthttp's server reads it: it reads
+// the upstream body, hands the bytes on, and on the way hashes them, parses
+// SSE events for usage and errors, and removes the usage-only chunk that the
+// proxy's include_usage added.
+//
+// A piece handed to the server is hashed only when the server asks for the
+// next one (by then it has written the piece to the client connection) or
+// closes the stream without error. So the output hash covers what was
+// written to the client, also when the client goes away mid-stream.
+//
+// The buffer holds, in order: the piece last handed out (outStart:outEnd),
+// bytes ready to hand out (outEnd:ready), and bytes of an SSE event whose end
+// has not arrived yet (ready:end). SSE events are handed out whole, so a
+// usage-only event can be removed before any byte of it leaves.
+type responseTap struct {
+	x    *exchange
+	out  *hashing.Hasher
+	resp *fasthttp.Response
+	body io.Reader
+
+	status     int
+	sse        bool // the body is an SSE stream
+	json       bool // the body is JSON
+	stripUsage bool // remove usage-only SSE chunks (the proxy asked for them)
+	unparsed   bool // an SSE event overflowed maxSSEEventSize: pass the rest through
+
+	buf                             []byte
+	outStart, outEnd, ready, end    int
+	eof, readFailed, gotFirst, done bool
+	readErr                         error
+
+	usage    usageInfo
+	scratch  []byte
+	jsonBody []byte
+	jsonTail bool // jsonBody holds only the body's tail
+}
+
+// start prepares the tap for the upstream response resp, whose body is read
+// from body. The tap owns resp from now on and releases it in finish.
+func (t *responseTap) start(resp *fasthttp.Response, body io.Reader, contentType []byte) {
+	t.resp = resp
+	t.body = body
+	t.sse = bytes.HasPrefix(contentType, []byte("text/event-stream"))
+	t.json = !t.sse && bytes.Contains(contentType, []byte("json"))
+	if t.buf == nil {
+		t.buf = make([]byte, tapBufferSize)
+	}
+}
+
+func (t *responseTap) reset() {
+	t.resp, t.body = nil, nil
+	t.out.Reset()
+	t.status = 0
+	t.sse, t.json, t.stripUsage, t.unparsed = false, false, false, false
+	t.outStart, t.outEnd, t.ready, t.end = 0, 0, 0, 0
+	t.eof, t.readFailed, t.gotFirst, t.done = false, false, false, false
+	t.readErr = nil
+	t.usage = usageInfo{}
+	if cap(t.buf) > tapRetainLimit {
+		t.buf = nil
+	}
+	if cap(t.jsonBody) > tapRetainLimit {
+		t.jsonBody = nil
+	}
+	t.jsonBody = t.jsonBody[:0]
+	t.jsonTail = false
+}
+
+// Read implements io.Reader for fasthttp's server.
+func (t *responseTap) Read(p []byte) (int, error) {
+	t.commit()
+	for t.ready == t.outEnd {
+		if t.eof {
+			return 0, t.readErr
+		}
+		t.fill()
+	}
+	n := copy(p, t.buf[t.outEnd:t.ready])
+	t.outEnd += n
+	return n, nil
+}
+
+// CloseWithError implements fasthttp.ReadCloserWithError. fasthttp calls it
+// once the response is written, with the error that ended the write: nil, an
+// error of Read's, or the client connection's write error.
+func (t *responseTap) CloseWithError(err error) error {
+	t.finish(err)
+	return nil
+}
+
+// commit hashes the piece last handed out: the server has written it.
+func (t *responseTap) commit() {
+	if t.outEnd > t.outStart {
+		_, _ = t.out.Write(t.buf[t.outStart:t.outEnd])
+		t.outStart = t.outEnd
+	}
+}
+
+// fill reads once from the upstream. Called only when everything handed out
+// is committed.
+func (t *responseTap) fill() {
+	if t.outEnd > 0 {
+		n := copy(t.buf, t.buf[t.outEnd:t.end])
+		t.ready -= t.outEnd
+		t.end = n
+		t.outStart, t.outEnd = 0, 0
+	}
+	if t.end == len(t.buf) {
+		if len(t.buf) < maxSSEEventSize {
+			t.buf = append(t.buf, make([]byte, len(t.buf))...)
+		} else {
+			t.unparsed = true
+			t.ready = t.end
+			return
+		}
+	}
+	before := time.Now()
+	n, err := t.body.Read(t.buf[t.end:])
+	now := time.Now()
+	t.x.upstream += now.Sub(before)
+	if n > 0 && !t.gotFirst {
+		t.gotFirst = true
+		if t.sse {
+			t.x.ttft = ms(now.Sub(t.x.start))
+			t.x.ev.Latency.TTFT = &t.x.ttft
+		}
+	}
+	prev := t.end
+	t.end += n
+	switch {
+	case t.sse && !t.unparsed:
+		t.scanEvents()
+	case t.json:
+		t.keepJSON(t.buf[prev:t.end])
+		t.ready = t.end
+	default:
+		t.ready = t.end
+	}
+	if err != nil {
+		t.eof = true
+		// Whatever is left, a torn last event too, goes to the client as the
+		// upstream sent it.
+		t.ready = t.end
+		t.readErr = err
+		if err != io.EOF {
+			t.readFailed = true
+		}
+	}
+}
+
+// scanEvents moves ready past every complete SSE event after it, removing
+// the usage-only events the client did not ask for.
+func (t *responseTap) scanEvents() {
+	for {
+		ev, ok := nextSSEEvent(t.buf[t.ready:t.end], &t.scratch)
+		if !ok {
+			return
+		}
+		if t.inspectEvent(ev) {
+			copy(t.buf[t.ready:], t.buf[t.ready+ev.size:t.end])
+			t.end -= ev.size
+			continue
+		}
+		t.ready += ev.size
+	}
+}
+
+// inspectEvent reads usage, finish reason, errors and the end marker from one
+// event, and reports whether the event is to be removed. Most chunks carry
+// only content and "finish_reason":null; they are recognised without a parse.
+func (t *responseTap) inspectEvent(ev sseEvent) (remove bool) {
+	if !ev.hasData {
+		return false
+	}
+	d := ev.data
+	if string(d) == "[DONE]" {
+		t.done = true
+		return false
+	}
+	if !bytes.Contains(d, []byte(`"usage"`)) && !bytes.Contains(d, []byte(`"error"`)) &&
+		(!bytes.Contains(d, []byte(`"finish_reason"`)) || bytes.Contains(d, []byte(`"finish_reason":null`))) {
+		return false
+	}
+	usageOnly := scanResponseObject(&t.x.parser, d, &t.usage)
+	return usageOnly && t.stripUsage
+}
+
+func (t *responseTap) keepJSON(b []byte) {
+	if !t.jsonTail && len(t.jsonBody)+len(b) <= jsonKeepLimit {
+		t.jsonBody = append(t.jsonBody, b...)
+		return
+	}
+	t.jsonTail = true
+	t.jsonBody = append(t.jsonBody, b...)
+	if len(t.jsonBody) > 2*jsonTailSize {
+		n := copy(t.jsonBody, t.jsonBody[len(t.jsonBody)-jsonTailSize:])
+		t.jsonBody = t.jsonBody[:n]
+	}
+}
+
+// finish completes the event once the response is written or has failed, and
+// records it. err is the error that ended the write, nil if none.
+func (t *responseTap) finish(err error) {
+	x := t.x
+	ev := &x.ev
+	clientFailed := err != nil && !t.readFailed
+	if !clientFailed {
+		t.commit()
+	}
+	if t.resp != nil {
+		// Releasing a response whose body was not read to its end closes its
+		// upstream connection rather than reusing it half-read; for vLLM that
+		// aborts the generation.
+		fasthttp.ReleaseResponse(t.resp)
+		t.resp, t.body = nil, nil
+	}
+	if t.json && len(t.jsonBody) > 0 {
+		if t.jsonTail {
+			scanUsageTail(&x.parser, t.jsonBody, &t.usage)
+		} else {
+			scanResponseObject(&x.parser, t.jsonBody, &t.usage)
+		}
+	}
+
+	ev.Output.Hash = t.out.Digest()
+	ev.Output.Bytes = t.out.Bytes()
+	ev.Output.FinishReason = t.usage.finishReason
+	if t.usage.hasUsage {
+		x.inTokens, x.outTokens = t.usage.promptTokens, t.usage.completionTokens
+		ev.Input.Tokens, ev.Output.Tokens = &x.inTokens, &x.outTokens
+	}
+	ev.Status.Code = t.status
+	switch {
+	case clientFailed:
+		ev.Status.Outcome = audit.OutcomeClientCancelled
+		ev.Status.Error = "client_disconnected"
+		if isTimeout(err) {
+			ev.Status.Error = "client_idle_timeout"
+		}
+	case t.readFailed && isTimeout(t.readErr):
+		ev.Status.Outcome = audit.OutcomeUpstreamTimeout
+		ev.Status.Error = "upstream_idle_timeout"
+	case t.readFailed:
+		ev.Status.Outcome = audit.OutcomeUpstreamError
+		ev.Status.Error = "upstream_broke_off"
+	case t.usage.isError:
+		ev.Status.Outcome = audit.OutcomeUpstreamError
+		ev.Status.UpstreamError = t.usage.errorType
+		if t.status < 400 {
+			ev.Status.Error = "upstream_error_in_stream"
+		}
+	case t.status >= 400:
+		ev.Status.Outcome = audit.OutcomeUpstreamError
+	case t.sse && ev.Stream && !t.done:
+		ev.Status.Outcome = audit.OutcomeUpstreamError
+		ev.Status.Error = "stream_incomplete"
+	default:
+		ev.Status.Outcome = audit.OutcomeOK
+	}
+	if clientFailed || t.readFailed {
+		x.p.log.Info("response not completed", "request_id", ev.RequestID, "reason", ev.Status.Error, "err", err)
+	}
+	x.p.record(x)
+}
