@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -669,5 +670,30 @@ func TestNoSecretsWritten(t *testing.T) {
 	}
 	if !strings.Contains(written, e.keyIDer.ID([]byte(key))) {
 		t.Error("the key id is missing from the events")
+	}
+}
+
+// TestClientStopsReading: a client that sends a request and then reads
+// nothing is cut after the client idle timeout, and the event says so.
+func TestClientStopsReading(t *testing.T) {
+	e := newTestEnv(t, fakevllm.Config{OutputTokens: 200_000, MaxModelLen: 1 << 20}, func(c *proxy.Config) { c.ClientIdleTimeout = 500 * time.Millisecond })
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.proxyURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.(*net.TCPConn).SetReadBuffer(4096)
+	body := chatBody
+	_, err = io.WriteString(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "+
+		strconv.Itoa(len(body))+"\r\n\r\n"+body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := e.events.next(t)
+	if ev.Status.Outcome != audit.OutcomeClientCancelled || ev.Status.Error != "client_idle_timeout" {
+		t.Errorf("status %+v, want client_cancelled / client_idle_timeout", ev.Status)
+	}
+	if ev.Output.Bytes == 0 {
+		t.Error("output.bytes is 0; the proxy wrote until the client's buffers were full")
 	}
 }
