@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -12,14 +13,19 @@ import (
 )
 
 // AdminHandler serves the admin listener: /metrics in the Prometheus text
-// format, /healthz (the process is up) and /readyz (the upstream answers its
-// /health). It is a net/http handler: the admin port is not a hot path.
+// format, /healthz (the process is up), /readyz (the upstream answers its
+// /health) and Go's profiler under /debug/pprof/. It is a net/http handler:
+// the admin port is not a hot path, and it must not be exposed beyond
+// operators (its default address is loopback).
 func (p *Proxy) AdminHandler(g prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorLog: nil}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	probe := &upstreamProbe{p: p}
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if err := probe.check(); err != nil {

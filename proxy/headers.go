@@ -34,6 +34,9 @@ func prepareUpstreamRequest(h *fasthttp.RequestHeader, requestID string) (client
 	for _, name := range hopByHopHeaders {
 		h.Del(name)
 	}
+	// The proxy has read the whole body already; the upstream must not wait
+	// for a go-ahead that nobody will send.
+	h.Del("Expect")
 	h.ResetConnectionClose()
 	h.Set(requestIDHeader, requestID)
 	return clientClose

@@ -137,14 +137,16 @@ func New(cfg Config) (*Proxy, error) {
 		ReadTimeout:        cfg.ClientIdleTimeout,
 		IdleTimeout:        cfg.ClientIdleTimeout,
 		// Headers pass through as the upstream wrote them: no added Server,
-		// Date or Content-Type, no renamed header names.
-		NoDefaultServerHeader:         true,
-		NoDefaultDate:                 true,
-		NoDefaultContentType:          true,
-		DisableHeaderNamesNormalizing: true,
-		DisablePreParseMultipartForm:  true,
-		ReadBufferSize:                16 << 10,
-		Logger:                        fasthttpLogger{p.log},
+		// Date or Content-Type. Header names are normalized (x-request-id
+		// becomes X-Request-Id): names are case-insensitive, and lookups of
+		// Authorization or hop-by-hop headers must match whatever case a
+		// client used.
+		NoDefaultServerHeader:        true,
+		NoDefaultDate:                true,
+		NoDefaultContentType:         true,
+		DisablePreParseMultipartForm: true,
+		ReadBufferSize:               16 << 10,
+		Logger:                       fasthttpLogger{p.log},
 	}
 	return p, nil
 }

@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strconv"
 	"strings"
@@ -695,5 +697,57 @@ func TestClientStopsReading(t *testing.T) {
 	}
 	if ev.Output.Bytes == 0 {
 		t.Error("output.bytes is 0; the proxy wrote until the client's buffers were full")
+	}
+}
+
+// TestHeaders checks header handling against an upstream that echoes what it
+// received: any-case lookups, hop-by-hop removal both ways, X-Request-Id.
+func TestHeaders(t *testing.T) {
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "X-Hop")
+		w.Header().Set("X-Hop", "must not reach the client")
+		w.Header().Set("Keep-Alive", "timeout=5")
+		w.Header().Set("X-End-To-End", "kept")
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(r.Header)
+	}))
+	defer upstream.Close()
+	e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) { c.Upstream = upstream.URL })
+
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.proxyURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := `{"model":"m"}`
+	io.WriteString(conn, "POST /v1/completions?beta=1 HTTP/1.1\r\nhost: x\r\nauthorization: bearer sk-lower\r\n"+
+		"x-request-id: lower-case-id\r\nconnection: keep-alive, x-secret-hop\r\nx-secret-hop: 1\r\n"+
+		"keep-alive: 300\r\nproxy-authorization: Basic Zm9v\r\nte: trailers\r\nx-custom: v\r\n"+
+		"content-length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got http.Header
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{"X-Secret-Hop", "Keep-Alive", "Proxy-Authorization", "Te"} {
+		if v := got.Get(h); v != "" {
+			t.Errorf("hop-by-hop %s: %q reached the upstream", h, v)
+		}
+	}
+	if got.Get("X-Custom") != "v" || got.Get("Authorization") != "bearer sk-lower" || got.Get("X-Request-Id") != "lower-case-id" {
+		t.Errorf("end-to-end headers at the upstream: %v", got)
+	}
+	if resp.Header.Get("X-Hop") != "" || resp.Header.Get("Keep-Alive") != "" || resp.Header.Get("X-End-To-End") != "kept" {
+		t.Errorf("response headers at the client: %v", resp.Header)
+	}
+	if resp.Header.Get("X-Request-Id") != "lower-case-id" {
+		t.Errorf("X-Request-Id %q", resp.Header.Get("X-Request-Id"))
+	}
+	ev := e.events.next(t)
+	if ev.RequestID != "lower-case-id" || ev.APIKeyID == nil || *ev.APIKeyID != e.keyIDer.ID([]byte("sk-lower")) {
+		t.Errorf("event request_id %q api_key_id %v", ev.RequestID, ev.APIKeyID)
 	}
 }

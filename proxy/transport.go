@@ -29,16 +29,15 @@ func newUpstreamClient(up Upstream, cfg Config) *fasthttp.HostClient {
 			return &idleConn{Conn: c, readIdle: idle, writeIdle: idle}, nil
 		},
 		// Bodies are streamed both ways; see the package documentation.
-		StreamResponseBody:            true,
-		MaxConns:                      cfg.UpstreamMaxConns,
-		MaxConnWaitTimeout:            5 * time.Second,
-		MaxIdleConnDuration:           upstreamIdleConnDuration,
-		NoDefaultUserAgentHeader:      true,
-		DisableHeaderNamesNormalizing: true,
-		DisablePathNormalizing:        true,
-		ReadBufferSize:                16 << 10,
-		MaxIdemponentCallAttempts:     2,
-		RetryIfErr:                    retryUnansweredRequest,
+		StreamResponseBody:        true,
+		MaxConns:                  cfg.UpstreamMaxConns,
+		MaxConnWaitTimeout:        5 * time.Second,
+		MaxIdleConnDuration:       upstreamIdleConnDuration,
+		NoDefaultUserAgentHeader:  true,
+		DisablePathNormalizing:    true,
+		ReadBufferSize:            16 << 10,
+		MaxIdemponentCallAttempts: 2,
+		RetryIfErr:                retryUnansweredRequest,
 	}
 }
 
