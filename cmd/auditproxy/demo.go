@@ -103,6 +103,10 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 			printEvent(b)
 		}
 	}()
+	adminAddr := "(admin listener disabled)"
+	if inst.adminLn != nil {
+		adminAddr = inst.adminLn.Addr().String()
+	}
 	outMu.Lock()
 	fmt.Fprintf(stdout, `The proxy keeps serving until Ctrl-C. Try:
   curl -s %[1]s/v1/models
@@ -111,7 +115,7 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
   curl -s http://%[4]s/metrics | grep ^auditproxy_
   go run ./cmd/auditproxy export --data-dir %[5]s
 
-`, base, demoAPIKey, model, c.adminListen, c.dataDir)
+`, base, demoAPIKey, model, adminAddr, c.dataDir)
 	outMu.Unlock()
 	return inst.waitForSignal()
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -184,4 +185,80 @@ func waitReady(t *testing.T, url string, stderr fmt.Stringer) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("%s not ready within 15s\n%s", url, stderr)
+}
+
+// TestDemoProcess runs `auditproxy demo` as a user would: it must print one
+// audit event per request it sends, keep serving, and exit cleanly on Ctrl-C.
+func TestDemoProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "auditproxy")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	dataDir := t.TempDir()
+	cmd := exec.Command(bin, "demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", dataDir)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var out strings.Builder
+	timeout := time.After(30 * time.Second)
+	for !strings.Contains(out.String(), "keeps serving until Ctrl-C") {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("demo ended early:\n%s\n%s", out.String(), stderr.String())
+			}
+			out.WriteString(l + "\n")
+		case <-timeout:
+			t.Fatalf("demo did not finish its requests in 30s:\n%s", out.String())
+		}
+	}
+	if n := strings.Count(out.String(), "audit event:"); n != 4 {
+		t.Errorf("%d audit events printed, want 4 (chat, streamed chat, streamed completion, embeddings)", n)
+	}
+	if n := strings.Count(out.String(), `"outcome": "ok"`); n != 4 {
+		t.Errorf("%d ok outcomes, want 4:\n%s", n, out.String())
+	}
+	// The closing hint shows a curl command with the demo key; the events
+	// before it must not contain it.
+	if events, _, _ := strings.Cut(out.String(), "The proxy keeps serving"); strings.Contains(events, demoAPIKey) {
+		t.Error("the demo's API key appears in an event")
+	}
+	cmd.Process.Signal(os.Interrupt)
+	go func() {
+		for range lines {
+		}
+	}()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("demo exited with %v on Ctrl-C\n%s", err, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("demo did not exit within 10s of Ctrl-C")
+	}
+	var exported bytes.Buffer
+	if code := run([]string{"export", "--data-dir", dataDir}, &exported, io.Discard); code != 0 || strings.Count(exported.String(), "\n") != 4 {
+		t.Errorf("export after the demo: code %d, %q", code, exported.String())
+	}
 }
