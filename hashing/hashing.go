@@ -61,19 +61,27 @@ func (a Algorithm) New() hash.Hash {
 // The zero value is not usable; call NewHasher. A Hasher is not safe for
 // concurrent use.
 type Hasher struct {
-	alg   Algorithm
+	alg Algorithm
+	// b3 is set for BLAKE3: called directly rather than through hash.Hash,
+	// so the digest buffer stays on the stack.
+	b3    *blake3.Hasher
 	h     hash.Hash
 	bytes int64
 }
 
 // NewHasher returns a Hasher for alg.
 func NewHasher(alg Algorithm) *Hasher {
-	return &Hasher{alg: alg, h: alg.New()}
+	h := &Hasher{alg: alg, h: alg.New()}
+	h.b3, _ = h.h.(*blake3.Hasher)
+	return h
 }
 
 // Write adds p to the digest. It never fails.
 func (h *Hasher) Write(p []byte) (int, error) {
 	h.bytes += int64(len(p))
+	if h.b3 != nil {
+		return h.b3.Write(p)
+	}
 	return h.h.Write(p)
 }
 
@@ -89,8 +97,11 @@ func (h *Hasher) Reset() {
 // Digest returns the digest string ("blake3:<hex>") of the bytes written so
 // far. It does not change the Hasher's state.
 func (h *Hasher) Digest() string {
-	var sum [32]byte
-	return FormatDigest(h.alg, h.h.Sum(sum[:0]))
+	if h.b3 != nil {
+		var sum [32]byte
+		return FormatDigest(h.alg, h.b3.Sum(sum[:0]))
+	}
+	return FormatDigest(h.alg, h.h.Sum(nil))
 }
 
 // Sum returns the digest string of b.

@@ -11,7 +11,6 @@ package shipper
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,8 +32,7 @@ const EventLogName = "events.ndjson"
 type FileLog struct {
 	mu       sync.Mutex
 	f        *os.File
-	buf      bytes.Buffer
-	enc      *json.Encoder
+	buf      []byte
 	recorded atomic.Int64
 }
 
@@ -50,10 +48,7 @@ func OpenFileLog(dataDir string) (*FileLog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open event log: %w", err)
 	}
-	l := &FileLog{f: f}
-	l.enc = json.NewEncoder(&l.buf)
-	l.enc.SetEscapeHTML(false)
-	return l, nil
+	return &FileLog{f: f}, nil
 }
 
 // Record appends ev as one line.
@@ -63,11 +58,8 @@ func (l *FileLog) Record(ev *audit.Event) error {
 	if l.f == nil {
 		return errors.New("event log is closed")
 	}
-	l.buf.Reset()
-	if err := l.enc.Encode(ev); err != nil {
-		return fmt.Errorf("encode event: %w", err)
-	}
-	if _, err := l.f.Write(l.buf.Bytes()); err != nil {
+	l.buf = append(ev.AppendJSON(l.buf[:0]), '\n')
+	if _, err := l.f.Write(l.buf); err != nil {
 		return fmt.Errorf("append event: %w", err)
 	}
 	l.recorded.Add(1)
