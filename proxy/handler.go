@@ -107,14 +107,14 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		x.tap.finish(nil)
 		return
 	}
+	x.tap.start(resp, stream, resp.Header.ContentType())
 	size := resp.Header.ContentLength()
-	if size < 0 || x.tap.stripUsage {
+	if size < 0 || (x.tap.sse && x.tap.stripUsage) {
 		// Unknown length, or a stream that may lose its usage chunk: send
 		// chunked, flushed after every piece.
 		size = -1
 		ctx.Response.Header.Del("Content-Length")
 	}
-	x.tap.start(resp, stream, resp.Header.ContentType())
 	ctx.Response.SetBodyStream(&x.tap, size)
 }
 

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -85,13 +86,7 @@ func TestParseSize(t *testing.T) {
 // TestServeProcess runs the real binary: serve in front of a fake vLLM, one
 // request through it, SIGTERM, then export.
 func TestServeProcess(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binary")
-	}
-	bin := filepath.Join(t.TempDir(), "auditproxy")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	fake := fakevllm.New(fakevllm.Config{})
 	upstream, err := fake.Start("127.0.0.1:0")
 	if err != nil {
@@ -190,13 +185,7 @@ func waitReady(t *testing.T, url string, stderr fmt.Stringer) {
 // TestDemoProcess runs `auditproxy demo` as a user would: it must print one
 // audit event per request it sends, keep serving, and exit cleanly on Ctrl-C.
 func TestDemoProcess(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binary")
-	}
-	bin := filepath.Join(t.TempDir(), "auditproxy")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	dataDir := t.TempDir()
 	cmd := exec.Command(bin, "demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", dataDir)
 	stdout, err := cmd.StdoutPipe()
@@ -261,4 +250,42 @@ func TestDemoProcess(t *testing.T) {
 	if code := run([]string{"export", "--data-dir", dataDir}, &exported, io.Discard); code != 0 || strings.Count(exported.String(), "\n") != 4 {
 		t.Errorf("export after the demo: code %d, %q", code, exported.String())
 	}
+}
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// buildBinary builds auditproxy once for all the tests that run it as a
+// process.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "auditproxy-test-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "auditproxy")
+		if out, err := exec.Command("go", "build", "-o", builtBin, ".").CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtBin
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtBin != "" {
+		os.RemoveAll(filepath.Dir(builtBin))
+	}
+	os.Exit(code)
 }
