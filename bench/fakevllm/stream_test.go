@@ -71,7 +71,7 @@ type chunk struct {
 }
 
 func TestStreamSequence(t *testing.T) {
-	_, base := startServer(t, Config{OutputTokens: 50})
+	s, base := startServer(t, Config{OutputTokens: 50})
 	chatBody := func(extra string) string {
 		return `{"model":"` + testModel + `","messages":[{"role":"user","content":"tell me a story"}],"stream":true,"max_tokens":3` + extra + `}`
 	}
@@ -135,6 +135,11 @@ func TestStreamSequence(t *testing.T) {
 		},
 	}
 	const n, prompt = 3, 4
+	defer func() {
+		if st := s.Stats(); st.StreamsCompleted != int64(len(tests)) || st.CompletionTokens != int64(n*len(tests)) {
+			t.Errorf("stats %+v, want %d completed streams of %d tokens", st, len(tests), n)
+		}
+	}()
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, events, err := postStream(t, base+tc.path, tc.body, nil)
@@ -226,7 +231,7 @@ func TestStreamSequence(t *testing.T) {
 }
 
 func TestMidstreamError(t *testing.T) {
-	_, base := startServer(t, Config{OutputTokens: 5})
+	s, base := startServer(t, Config{OutputTokens: 5})
 	body := `{"messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}`
 	tests := []struct {
 		name, after, format string
@@ -274,6 +279,10 @@ func TestMidstreamError(t *testing.T) {
 				t.Errorf("chunk before the error %s: finish sent %v, want %v", lastContent, hasFinish, tc.wantFinishSent)
 			}
 		})
+	}
+	// A stream ended by an error event still ends with [DONE]: completed.
+	if st, n := s.Stats(), int64(len(tests)); st.StreamsStarted != n || st.StreamsCompleted != n || st.StreamsAborted != 0 {
+		t.Errorf("stats %+v, want %d streams started and completed", st, n)
 	}
 }
 

@@ -91,7 +91,9 @@ func TestReadBenchStream(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t0 := time.Now().Add(-time.Millisecond)
-			ttft, events, delays, err := readBenchStream(bufio.NewReader(strings.NewReader(tc.body)), t0, nil)
+			win := window{from: t0, to: t0.Add(time.Hour)}
+			st, err := readBenchStream(bufio.NewReader(strings.NewReader(tc.body)), t0, win, streamStats{})
+			ttft, events, delays := st.ttft, st.events, st.delays
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err %v, want one containing %q", err, tc.wantErr)
@@ -112,7 +114,17 @@ func TestReadBenchStream(t *testing.T) {
 					t.Errorf("delay %v, want about 3ms", time.Duration(d))
 				}
 			}
+			if st.inWindow != events {
+				t.Errorf("%d of %d events counted in a window covering the whole stream", st.inWindow, events)
+			}
 		})
+	}
+	// Outside the window events are still counted, but give no samples.
+	body := ev(bench) + ev(bench) + "data: [DONE]\n\n"
+	past := window{from: time.Now().Add(-time.Hour), to: time.Now().Add(-time.Minute)}
+	st, err := readBenchStream(bufio.NewReader(strings.NewReader(body)), time.Now(), past, streamStats{})
+	if err != nil || st.events != 2 || st.inWindow != 0 || len(st.delays) != 0 {
+		t.Errorf("closed window: %+v, %v; want 2 events, none in the window, no samples", st, err)
 	}
 }
 
@@ -134,11 +146,23 @@ func TestParseFlags(t *testing.T) {
 			}
 		}},
 		{name: "too few rounds", args: []string{"-rounds", "2"}, wantErr: "at least 3"},
-		{name: "unknown workload", args: []string{"-workload", "mixed"}, wantErr: "nonstream, stream or all"},
+		{name: "unknown workload", args: []string{"-workload", "mixed"}, wantErr: "nonstream, nonstream-rate, stream or all"},
+		{name: "all: closed loop, open loop at the default rate, stream", args: nil, check: wantLoops(true, defaultRate, true)},
+		{name: "all at a rate", args: []string{"-rate", "500"}, check: wantLoops(true, 500, true)},
+		{name: "nonstream", args: []string{"-workload", "nonstream"}, check: wantLoops(true, 0, false)},
+		{name: "nonstream at a rate is open-loop", args: []string{"-workload", "nonstream", "-rate", "500"}, check: wantLoops(false, 500, false)},
+		{name: "nonstream-rate", args: []string{"-workload", "nonstream-rate"}, check: wantLoops(false, defaultRate, false)},
+		{name: "nonstream-rate at a rate", args: []string{"-workload", "nonstream-rate", "-rate", "1500.5"}, check: wantLoops(false, 1500.5, false)},
+		{name: "stream", args: []string{"-workload", "stream"}, check: wantLoops(false, 0, true)},
+		{name: "stream at a rate", args: []string{"-workload", "stream", "-rate", "100"}, wantErr: "not to stream"},
+		{name: "negative rate", args: []string{"-rate", "-5"}, wantErr: "-rate"},
+		{name: "NaN rate", args: []string{"-rate", "NaN"}, wantErr: "-rate"},
+		{name: "rate too low for a round", args: []string{"-rate", "5", "-duration", "1s"}, wantErr: "fewer than 10"},
 		{name: "remote proxy", args: []string{"-proxy-url", "http://10.0.0.1:8080", "-fake-url", "http://127.0.0.1:8000"}, wantErr: "only sends traffic to 127.0.0.1"},
 		{name: "https proxy", args: []string{"-proxy-url", "https://127.0.0.1:8080", "-fake-url", "http://127.0.0.1:8000"}, wantErr: "only http://"},
 		{name: "proxy-url without a known upstream", args: []string{"-proxy-url", "http://127.0.0.1:8080"}, wantErr: "-fake-listen"},
 		{name: "proxy-url with fake-listen", args: []string{"-proxy-url", "http://127.0.0.1:8080", "-fake-listen", "127.0.0.1:8000"}},
+		{name: "fake listening beyond loopback", args: []string{"-fake-listen", "0.0.0.0:8000"}, wantErr: "-fake-listen"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected arguments"},
 	}
 	for _, tc := range tests {
@@ -160,30 +184,74 @@ func TestParseFlags(t *testing.T) {
 	}
 }
 
+func wantLoops(closed bool, rate float64, stream bool) func(*testing.T, options) {
+	return func(t *testing.T, o options) {
+		if o.closedLoop() != closed || o.openLoopRate() != rate || o.streams() != stream {
+			t.Errorf("closed loop %v, open loop at %v/s, stream %v; want %v, %v, %v",
+				o.closedLoop(), o.openLoopRate(), o.streams(), closed, rate, stream)
+		}
+	}
+}
+
 // quickOptions are flags for a run that takes a couple of seconds.
-func quickOptions(workload string) options {
+func quickOptions(t *testing.T, workload string) options {
 	o, err := parseFlags([]string{
 		"-workload", workload, "-rounds", "3", "-duration", "150ms", "-warmup", "30ms",
 		"-concurrency", "4", "-stream-chunks", "10", "-stream-itl", "2ms", "-timeout", "30s",
 	}, io.Discard)
 	if err != nil {
-		panic(err)
+		t.Fatal(err)
 	}
+	o.tmpParent = t.TempDir()
 	return o
 }
 
 var (
 	nonstreamRow = regexp.MustCompile(`(?m)^\| (direct|proxy) \| (\d+) \| (\d+) \| (\d+) \| `)
 	streamRow    = regexp.MustCompile(`(?m)^\| (direct|proxy) \| (\d+) \| (\d+) \| (\d+) \| ([0-9.]+) \| `)
+	// target, requests, errors, target rate, achieved rate
+	rateRow = regexp.MustCompile(`(?m)^\| (direct|proxy) \| (\d+) \| (\d+) \| ([0-9.]+) \| (\d+) \| `)
 )
 
+// section returns the part of report under the heading that starts with
+// "### "+name, "" if there is none.
+func section(report, name string) string {
+	i := strings.Index(report, "### "+name+":")
+	if i < 0 {
+		return ""
+	}
+	s := report[i+4:]
+	if j := strings.Index(s, "### "); j >= 0 {
+		s = s[:j]
+	}
+	return s
+}
+
 // checkReport asserts that each target row of each workload in report shows
-// traffic and no errors.
-func checkReport(t *testing.T, report string, nonstream, stream bool) {
+// traffic and no errors, and that the open loop, if rate > 0, ran at rate.
+func checkReport(t *testing.T, report string, nonstream bool, rate float64, stream bool) {
 	t.Helper()
-	ns, st := report, ""
-	if i := strings.Index(report, "### stream"); i >= 0 {
-		ns, st = report[:i], report[i:]
+	ns, st, nr := section(report, "nonstream"), section(report, "stream"), section(report, "nonstream-rate")
+	if (ns != "") != nonstream || (st != "") != stream || (nr != "") != (rate > 0) {
+		t.Fatalf("want sections nonstream %v, nonstream-rate %v, stream %v in:\n%s", nonstream, rate > 0, stream, report)
+	}
+	if rate > 0 {
+		head := strings.SplitN(nr, "\n", 2)[0]
+		if want := "open loop at " + fmtRate(rate) + " requests/s; latencies count from each request's intended send time"; !strings.Contains(head, want) {
+			t.Errorf("open-loop heading %q does not say %q", head, want)
+		}
+		rows := rateRow.FindAllStringSubmatch(nr, -1)
+		if len(rows) != 2 {
+			t.Fatalf("want 2 nonstream-rate rows, got %d in:\n%s", len(rows), report)
+		}
+		for _, r := range rows {
+			target, _ := strconv.ParseFloat(r[4], 64)
+			achieved, _ := strconv.ParseFloat(r[5], 64)
+			if r[2] == "0" || r[3] != "0" || target != rate || achieved < rate*0.9 || achieved > rate*1.1 {
+				t.Errorf("nonstream-rate %s: %s requests, %s errors, %s/s achieved of %s/s; want traffic, no errors, %v/s ±10%%\n%s",
+					r[1], r[2], r[3], r[5], r[4], rate, report)
+			}
+		}
 	}
 	if nonstream {
 		rows := nonstreamRow.FindAllStringSubmatch(ns, -1)
@@ -207,8 +275,10 @@ func checkReport(t *testing.T, report string, nonstream, stream bool) {
 			}
 		}
 	}
-	if !strings.Contains(report, "| proxy − direct |") {
-		t.Errorf("report lacks the difference row:\n%s", report)
+	for _, sec := range []string{ns, nr, st} {
+		if sec != "" && !strings.Contains(sec, "| proxy − direct |") {
+			t.Errorf("section lacks the difference row:\n%s", sec)
+		}
 	}
 }
 
@@ -223,15 +293,18 @@ func TestRunInProcess(t *testing.T) {
 	t.Cleanup(func() { fake.Close() })
 	proxyURL := startPassProxy(t, fakeURL)
 
-	o := quickOptions("all")
+	o := quickOptions(t, "all")
 	o.fakeURL, o.proxyURL = fakeURL, proxyURL
+	// Below the default, which the race detector's slowdown could turn
+	// into a rate this process cannot keep.
+	o.rate = 500
 	o.out = t.TempDir() + "/results.md"
 	var stdout, stderr bytes.Buffer
 	const cmdline = "harness -workload all (test)"
 	if err := run(context.Background(), o, &stdout, &stderr, cmdline); err != nil {
 		t.Fatalf("run: %v\nstderr:\n%s", err, stderr.String())
 	}
-	checkReport(t, stdout.String(), true, true)
+	checkReport(t, stdout.String(), true, o.rate, true)
 	saved, err := os.ReadFile(o.out)
 	if err != nil {
 		t.Fatal(err)
@@ -266,7 +339,7 @@ func TestRunChildProcesses(t *testing.T) {
 			pidDir := t.TempDir()
 			t.Setenv(childEnv, "1")
 			t.Setenv(pidDirEnv, pidDir)
-			o := quickOptions("nonstream")
+			o := quickOptions(t, "nonstream")
 			o.fakeBin, o.proxyBin = self, self
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
@@ -279,7 +352,7 @@ func TestRunChildProcesses(t *testing.T) {
 				t.Fatalf("run error %v, want error %v\nstderr:\n%s", err, tc.wantErr, stderr.String())
 			}
 			if !tc.wantErr {
-				checkReport(t, stdout.String(), true, false)
+				checkReport(t, stdout.String(), true, 0, false)
 				if !strings.Contains(stdout.String(), "auditproxy ") {
 					t.Errorf("report shows no proxy CPU use:\n%s", stdout.String())
 				}
@@ -305,7 +378,7 @@ func TestRunProxyFailsToStart(t *testing.T) {
 	}
 	t.Setenv(childEnv, "1")
 	t.Setenv(failNowEnv, "1")
-	o := quickOptions("nonstream")
+	o := quickOptions(t, "nonstream")
 	o.fakeBin, o.proxyBin = self, self
 	err = run(context.Background(), o, io.Discard, io.Discard, "harness (test)")
 	if err == nil || !strings.Contains(err.Error(), failMessage) || !strings.Contains(err.Error(), "exited") {

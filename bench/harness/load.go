@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -29,13 +30,15 @@ func (t *target) addr() string {
 
 // roundResult is what one round against one target measured.
 type roundResult struct {
-	requests int64         // requests (or streams) completed in the window
-	errors   int64         // failed requests, all kinds
-	firstErr string        // the first failure, to explain errors
-	window   time.Duration // measured time
-	lat      []int64       // ns: request latency (nonstream) or TTFT (stream)
-	delays   []int64       // ns: per-chunk delay (stream)
-	chunks   int64
+	requests int64                    // requests (streams) started in the window and completed
+	errors   int64                    // failed requests, all kinds
+	firstErr string                   // the first failure, to explain errors
+	window   time.Duration            // measured time
+	lat      []int64                  // ns: request latency (nonstream) or TTFT (stream)
+	delays   []int64                  // ns: per-chunk delay (stream)
+	chunks   int64                    // stream data events received in the window
+	lags     []int64                  // ns: open loop, actual send minus intended send time
+	unsent   int64                    // open loop: requests due in the window, still unsent after the grace
 	cpu      map[string]time.Duration // CPU used by each child during the window
 }
 
@@ -44,7 +47,8 @@ type loadSpec struct {
 	stream      bool
 	body        []byte
 	headers     map[string]string
-	concurrency int
+	concurrency int     // connections, and workers
+	rate        float64 // nonstream open loop: requests per second over all workers; 0: closed loop
 	warmup      time.Duration
 	duration    time.Duration
 	wantLen     int  // nonstream: exact answer length
@@ -52,12 +56,12 @@ type loadSpec struct {
 	once        bool // stop after the first request (pre-flight checks)
 }
 
-// worker state: each worker keeps its own samples and merges at the end,
-// so the measured path takes no locks.
+// workerResult is one worker's share of a round. Each worker keeps its own
+// samples, merged when the round ends, so the measured path takes no locks.
 type workerResult struct {
-	requests, errors, chunks int64
-	firstErr                 string
-	lat, delays              []int64
+	requests, errors, chunks, unsent int64
+	firstErr                         string
+	lat, delays, lags                []int64
 }
 
 func newClient(addr string, spec loadSpec) *fasthttp.HostClient {
@@ -107,15 +111,25 @@ func runRound(ctx context.Context, t *target, spec loadSpec) roundResult {
 		}
 	}()
 
+	// The open-loop schedule starts with the warm-up, so the warm-up
+	// already runs at the measured rate. Requests due just before the
+	// window closes may go out a little after it; only a backlog longer
+	// than the grace is dropped, which bounds a round the target cannot
+	// keep up with.
+	sched := newSchedule(start, spec.rate)
+	sendBy := end.Add(openLoopGrace(spec.duration))
 	results := make([]workerResult, spec.concurrency)
 	var wg sync.WaitGroup
 	for i := range results {
 		wg.Add(1)
 		go func(w *workerResult) {
 			defer wg.Done()
-			if spec.stream {
+			switch {
+			case spec.stream:
 				streamWorker(ctx, hc, t.url, spec, mStart, end, w)
-			} else {
+			case spec.rate > 0:
+				openLoopWorker(ctx, hc, t.url, spec, sched, window{from: mStart, to: end}, sendBy, w)
+			default:
 				nonstreamWorker(ctx, hc, t.url, spec, mStart, end, w)
 			}
 		}(&results[i])
@@ -128,11 +142,13 @@ func runRound(ctx context.Context, t *target, spec loadSpec) roundResult {
 		r.requests += w.requests
 		r.errors += w.errors
 		r.chunks += w.chunks
+		r.unsent += w.unsent
 		if r.firstErr == "" {
 			r.firstErr = w.firstErr
 		}
 		r.lat = append(r.lat, w.lat...)
 		r.delays = append(r.delays, w.delays...)
+		r.lags = append(r.lags, w.lags...)
 	}
 	for name, after := range cpuAfter {
 		if before, ok := cpuBefore[name]; ok {
@@ -210,6 +226,104 @@ func nonstreamWorker(ctx context.Context, hc *fasthttp.HostClient, base string, 
 	}
 }
 
+// schedule hands out the open loop's intended send times, 1/rate apart from
+// start, to whichever worker asks next. Workers ask as soon as they are
+// free, so while one waits for a slow answer the others keep the schedule.
+type schedule struct {
+	start time.Time
+	rate  float64
+	next  atomic.Int64
+}
+
+func newSchedule(start time.Time, rate float64) *schedule {
+	return &schedule{start: start, rate: rate}
+}
+
+// due claims the next send time.
+func (s *schedule) due() time.Time {
+	k := s.next.Add(1) - 1
+	// From k rather than by adding an interval, so rounding does not drift.
+	return s.start.Add(time.Duration(float64(k) * float64(time.Second) / s.rate))
+}
+
+// clock lets tests run the open loop on simulated time.
+type clock interface {
+	now() time.Time
+	// sleepUntil returns at t, or earlier if ctx ends.
+	sleepUntil(ctx context.Context, t time.Time)
+}
+
+type wallClock struct{}
+
+func (wallClock) now() time.Time { return time.Now() }
+
+func (wallClock) sleepUntil(ctx context.Context, t time.Time) {
+	// In slices, so a cancelled run does not wait for a worker whose next
+	// request is due late in the window.
+	for ctx.Err() == nil {
+		d := time.Until(t)
+		if d <= 0 {
+			return
+		}
+		preciseSleep(min(d, 50*time.Millisecond))
+	}
+}
+
+func openLoopGrace(duration time.Duration) time.Duration { return min(duration/10, time.Second) }
+
+// openLoopWorker is one of the open loop's workers, on a shared connection
+// pool.
+func openLoopWorker(ctx context.Context, hc *fasthttp.HostClient, base string, spec loadSpec, sched *schedule, win window, sendBy time.Time, w *workerResult) {
+	req := newRequest(base, "/v1/chat/completions", spec)
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	openLoop(ctx, sched, win, sendBy, wallClock{}, func() error {
+		if err := hc.Do(req, resp); err != nil {
+			return err
+		}
+		return checkAnswer(resp, spec.wantLen)
+	}, w)
+}
+
+// openLoop sends requests at the times sched hands out, as wrk2 does. A
+// request whose time has passed before a worker is free (the target is
+// slow, or the workers are all busy) goes out at once, and its latency
+// still runs from the intended time: measuring from the late send would
+// drop exactly the waiting a real client at this rate sees (coordinated
+// omission). Requests due in the window are measured; one not sent by
+// sendBy is counted as unsent instead, so a target that cannot keep up does
+// not stretch the round without end.
+func openLoop(ctx context.Context, sched *schedule, win window, sendBy time.Time, clk clock, send func() error, w *workerResult) {
+	for ctx.Err() == nil {
+		due := sched.due()
+		if !due.Before(win.to) {
+			return
+		}
+		clk.sleepUntil(ctx, due)
+		sent := clk.now()
+		measured := win.contains(due)
+		if !sent.Before(sendBy) || ctx.Err() != nil {
+			if measured {
+				w.unsent++
+			}
+			continue
+		}
+		err := send()
+		done := clk.now()
+		if !measured {
+			continue
+		}
+		if err != nil {
+			w.fail(err)
+			continue
+		}
+		w.requests++
+		w.lat = append(w.lat, int64(done.Sub(due)))
+		w.lags = append(w.lags, int64(sent.Sub(due)))
+	}
+}
+
 func checkAnswer(resp *fasthttp.Response, wantLen int) error {
 	if resp.StatusCode() != fasthttp.StatusOK {
 		return fmt.Errorf("status %d: %.200s", resp.StatusCode(), resp.Body())
@@ -220,22 +334,25 @@ func checkAnswer(resp *fasthttp.Response, wantLen int) error {
 	return nil
 }
 
+// streamWorker runs streams back to back. Chunk delays count for chunks
+// received inside the measured window, whichever stream they belong to, so
+// a round measures its window even when streams outlast it; TTFT and the
+// stream count cover streams started inside the window. Streams still
+// running when the window closes are read to their end (not cut, which
+// would look like client disconnects to the proxy) but add no samples.
 func streamWorker(ctx context.Context, hc *fasthttp.HostClient, base string, spec loadSpec, mStart, end time.Time, w *workerResult) {
 	req := newRequest(base, "/v1/chat/completions", spec)
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
 	br := bufio.NewReaderSize(nil, 64<<10)
-	var delays []int64
+	win := window{from: mStart, to: end}
 	for ctx.Err() == nil {
 		t0 := time.Now()
 		if !t0.Before(end) {
 			return
 		}
-		measured := !t0.Before(mStart)
-		delays = delays[:0]
-		var ttft time.Duration
-		var events int
+		var st streamStats
 		err := hc.Do(req, resp)
 		if err == nil && resp.StatusCode() != fasthttp.StatusOK {
 			body, _ := io.ReadAll(io.LimitReader(resp.BodyStream(), 200))
@@ -246,30 +363,45 @@ func streamWorker(ctx context.Context, hc *fasthttp.HostClient, base string, spe
 		}
 		if err == nil {
 			br.Reset(resp.BodyStream())
-			ttft, events, delays, err = readBenchStream(br, t0, delays)
+			st.delays = w.delays // samples go straight into the worker's list
+			st, err = readBenchStream(br, t0, win, st)
+			w.delays = st.delays
 		}
-		if err == nil && events != spec.wantEvents {
-			err = fmt.Errorf("stream had %d data events before [DONE], want %d", events, spec.wantEvents)
+		if err == nil && st.events != spec.wantEvents {
+			err = fmt.Errorf("stream had %d data events before [DONE], want %d", st.events, spec.wantEvents)
 		}
 		resp.CloseBodyStream()
-		if !measured {
-			continue
-		}
+		w.chunks += int64(st.inWindow)
 		if err != nil {
-			w.fail(err)
+			if win.contains(t0) || win.contains(time.Now()) {
+				w.fail(err)
+			}
 			if spec.once {
 				return
 			}
 			continue
 		}
-		w.requests++
-		w.chunks += int64(events)
-		w.lat = append(w.lat, int64(ttft))
-		w.delays = append(w.delays, delays...)
+		if win.contains(t0) {
+			w.requests++
+			w.lat = append(w.lat, int64(st.ttft))
+		}
 		if spec.once {
 			return
 		}
 	}
+}
+
+// window is a round's measured time, [from, to).
+type window struct{ from, to time.Time }
+
+func (w window) contains(t time.Time) bool { return !t.Before(w.from) && t.Before(w.to) }
+
+// streamStats is what reading one stream found.
+type streamStats struct {
+	ttft     time.Duration // request sent to first data event
+	events   int           // data events before [DONE]
+	inWindow int           // of which received inside the window
+	delays   []int64       // ns, send-to-receive, for events inside the window
 }
 
 var (
@@ -278,33 +410,32 @@ var (
 	idField    = []byte(`"id":"`)
 )
 
-// readBenchStream reads an SSE body to its end. It returns the time from t0
-// to the first data event, the number of data events before [DONE], and
-// appends to delays, for every event whose id carries the fake's send
-// timestamp, the time from sending to receiving it.
-func readBenchStream(br *bufio.Reader, t0 time.Time, delays []int64) (ttft time.Duration, events int, _ []int64, err error) {
+// readBenchStream reads an SSE body to its end. For every data event whose
+// id carries the fake's send timestamp and which arrives inside win, it
+// appends to st.delays the time from sending to receiving it.
+func readBenchStream(br *bufio.Reader, t0 time.Time, win window, st streamStats) (streamStats, error) {
 	done := false
 	for {
 		line, err := br.ReadSlice('\n')
 		now := time.Now()
 		if errors.Is(err, io.EOF) && len(line) == 0 {
 			if !done {
-				return ttft, events, delays, errors.New("stream ended without data: [DONE]")
+				return st, errors.New("stream ended without data: [DONE]")
 			}
-			return ttft, events, delays, nil
+			return st, nil
 		}
 		if err != nil {
 			if errors.Is(err, bufio.ErrBufferFull) {
 				err = fmt.Errorf("SSE line longer than %d bytes", br.Size())
 			}
-			return ttft, events, delays, fmt.Errorf("reading stream after %d events: %w", events, err)
+			return st, fmt.Errorf("reading stream after %d events: %w", st.events, err)
 		}
 		payload, ok := bytes.CutPrefix(line, dataPrefix)
 		if !ok {
 			continue
 		}
-		if ttft == 0 {
-			ttft = now.Sub(t0)
+		if st.ttft == 0 {
+			st.ttft = now.Sub(t0)
 		}
 		payload = bytes.TrimRight(payload, "\r\n")
 		if bytes.Equal(payload, doneData) {
@@ -312,14 +443,18 @@ func readBenchStream(br *bufio.Reader, t0 time.Time, delays []int64) (ttft time.
 			continue
 		}
 		if done {
-			return ttft, events, delays, errors.New("data after [DONE]")
+			return st, errors.New("data after [DONE]")
 		}
 		if bytes.HasPrefix(payload, []byte(`{"error"`)) || bytes.HasPrefix(payload, []byte(`{"object":"error"`)) {
-			return ttft, events, delays, fmt.Errorf("error event in stream: %.200s", payload)
+			return st, fmt.Errorf("error event in stream: %.200s", payload)
 		}
-		events++
+		st.events++
+		if !win.contains(now) {
+			continue
+		}
+		st.inWindow++
 		if ns, ok := benchTimestamp(payload); ok {
-			delays = append(delays, now.UnixNano()-ns)
+			st.delays = append(st.delays, now.UnixNano()-ns)
 		}
 	}
 }

@@ -3,7 +3,7 @@
 // (direct, proxy, direct, proxy, …), a direct connection to the simulated
 // vLLM server of bench/fakevllm with the same traffic sent through auditproxy.
 //
-//	go run ./bench/harness [-workload nonstream|stream|all] [-rounds 3] [-duration 10s] [-out FILE]
+//	go run ./bench/harness [-workload nonstream|nonstream-rate|stream|all] [-rate 2000] [-rounds 3] [-duration 10s] [-out FILE]
 //
 // By default it builds bench/cmd/fakevllm and cmd/auditproxy, runs each as
 // its own process on 127.0.0.1, and kills them when it exits (also on
@@ -11,11 +11,18 @@
 // use servers that are already running. All traffic stays on 127.0.0.1 and
 // the run ends by itself (see -timeout).
 //
-// Workloads:
+// Workloads (all, the default, runs the three in this order):
 //
 //   - nonstream: non-streamed chat completions, ~1 KiB request, ~2 KiB answer,
-//     no model delay, many keep-alive connections: the proxy's throughput and
-//     latency cost when it is the bottleneck.
+//     no model delay, many keep-alive connections, each sending its next
+//     request as soon as the answer is in (closed loop): the proxy's
+//     throughput and CPU cost when it is the bottleneck. Its latencies are
+//     mostly queueing at saturation, not what the proxy adds to a request.
+//   - nonstream-rate: the same requests in an open loop, as wrk2 sends them:
+//     due at a fixed rate (-rate, default 2000 req/s) below saturation,
+//     whatever the answers, with latency counted from each request's
+//     intended send time. This is where the proxy's added latency is read.
+//     `-workload nonstream -rate N` runs this one alone, too.
 //   - stream: streamed chat completions, 200 chunks 5 ms apart, at modest
 //     concurrency: the time to first token and per-chunk delay the proxy adds.
 //     The fake stamps each chunk's id with its send time, so per-chunk delay
@@ -28,6 +35,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"os/signal"
@@ -43,6 +51,7 @@ type options struct {
 	duration    time.Duration
 	warmup      time.Duration
 	concurrency int
+	rate        float64 // -rate as given; see openLoopRate
 	out         string
 	timeout     time.Duration
 
@@ -55,33 +64,41 @@ type options struct {
 	answerBytes  int
 	streamChunks int
 	streamITL    time.Duration
+
+	tmpParent string // where the run's temporary directory goes ("": the system's); tests set it
 }
 
 const (
 	defaultNonstreamConcurrency = 64
 	defaultStreamConcurrency    = 32
 	minRounds                   = 3
+	// defaultRate is the open loop's rate when -rate is not given: well
+	// below where the proxy saturates a couple of shared cores, so the
+	// latencies it measures are the proxy's own cost, not queueing.
+	defaultRate = 2000
 )
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("harness", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.workload, "workload", "all", "nonstream, stream or all")
+	fs.StringVar(&o.workload, "workload", "all", "nonstream, nonstream-rate, stream or all")
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds per target; each round runs direct, then proxy (at least 3)")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "measured time per round and target")
 	fs.DurationVar(&o.warmup, "warmup", 0, "unmeasured load before each round on fresh connections (default duration/10, at most 1s)")
-	fs.IntVar(&o.concurrency, "concurrency", 0, fmt.Sprintf("concurrent connections (default %d for nonstream, %d for stream)",
+	fs.IntVar(&o.concurrency, "concurrency", 0, fmt.Sprintf("concurrent connections (default %d for nonstream and nonstream-rate, %d for stream); in the open loop, also the workers that share its schedule",
 		defaultNonstreamConcurrency, defaultStreamConcurrency))
+	fs.Float64Var(&o.rate, "rate", 0, fmt.Sprintf("open loop: requests per second in total, for nonstream-rate and all (default %d); with -workload nonstream, "+
+		"runs it open-loop at this rate instead of closed-loop", defaultRate))
 	fs.StringVar(&o.out, "out", "", "append the results and the command line to this markdown file")
 	fs.DurationVar(&o.timeout, "timeout", 0, "give up after this long (default: twice the planned run plus 5 minutes for builds)")
 	fs.StringVar(&o.proxyBin, "proxy-bin", "", "auditproxy binary to run instead of building ./cmd/auditproxy")
 	fs.StringVar(&o.proxyURL, "proxy-url", "", "use an auditproxy already running at this URL (its upstream must be the fake: see -fake-listen, -fake-url)")
 	fs.StringVar(&o.fakeBin, "fake-bin", "", "fakevllm binary to run instead of building ./bench/cmd/fakevllm")
-	fs.StringVar(&o.fakeURL, "fake-url", "", "use a fakevllm already running at this URL (start it with -output-tokens 4096)")
+	fs.StringVar(&o.fakeURL, "fake-url", "", "use a fakevllm already running at this URL (start it with -output-tokens 4096 and the default -ttft/-itl 0s)")
 	fs.StringVar(&o.fakeListen, "fake-listen", "127.0.0.1:0", "address for the fake the harness starts")
 	fs.BoolVar(&o.keepTmp, "keep-tmp", false, "keep the temporary directory (binaries, logs, proxy data)")
-	fs.IntVar(&o.promptBytes, "prompt-bytes", 1024, "nonstream request body size")
+	fs.IntVar(&o.promptBytes, "prompt-bytes", 1024, "request body size, both workloads")
 	fs.IntVar(&o.answerBytes, "answer-bytes", 2048, "nonstream answer body size (max_tokens is calibrated to it)")
 	fs.IntVar(&o.streamChunks, "stream-chunks", 200, "content chunks per stream")
 	fs.DurationVar(&o.streamITL, "stream-itl", 5*time.Millisecond, "delay between stream chunks")
@@ -92,9 +109,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	switch o.workload {
-	case "nonstream", "stream", "all":
+	case "nonstream", "nonstream-rate", "stream", "all":
 	default:
-		return o, fmt.Errorf("-workload %q: want nonstream, stream or all", o.workload)
+		return o, fmt.Errorf("-workload %q: want nonstream, nonstream-rate, stream or all", o.workload)
 	}
 	if o.rounds < minRounds {
 		return o, fmt.Errorf("-rounds %d: at least %d rounds are needed to see run-to-run spread", o.rounds, minRounds)
@@ -105,12 +122,24 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if o.warmup == 0 {
 		o.warmup = min(o.duration/10, time.Second)
 	}
+	if !(o.rate >= 0 && o.rate <= 1e7) { // also NaN and Inf, which the flag package accepts
+		return o, fmt.Errorf("-rate %g: want requests per second, up to 1e7", o.rate)
+	}
+	if o.rate > 0 && o.workload == "stream" {
+		return o, errors.New("-rate applies to the nonstream workloads, not to stream")
+	}
+	if r := o.openLoopRate(); r > 0 && r*o.duration.Seconds() < 10 {
+		return o, fmt.Errorf("-rate %g over -duration %v: fewer than 10 requests per round", r, o.duration)
+	}
 	for _, u := range []struct{ flag, v string }{{"-proxy-url", o.proxyURL}, {"-fake-url", o.fakeURL}} {
 		if u.v != "" {
 			if err := checkLoopbackURL(u.v); err != nil {
 				return o, fmt.Errorf("%s: %w", u.flag, err)
 			}
 		}
+	}
+	if h, _, err := net.SplitHostPort(o.fakeListen); err != nil || !isLoopback(h) {
+		return o, fmt.Errorf("-fake-listen %q: want 127.0.0.1:PORT; the harness keeps its traffic on this machine", o.fakeListen)
 	}
 	if o.proxyURL != "" && o.fakeURL == "" && strings.HasSuffix(o.fakeListen, ":0") {
 		return o, errors.New("-proxy-url needs the fake at the proxy's upstream address: give -fake-listen ADDR or -fake-url URL")
@@ -127,7 +156,7 @@ func checkLoopbackURL(s string) error {
 	if u.Scheme != "http" {
 		return fmt.Errorf("%q: only http:// is supported", s)
 	}
-	if h := u.Hostname(); h != "127.0.0.1" && h != "localhost" && h != "::1" {
+	if !isLoopback(u.Hostname()) {
 		return fmt.Errorf("%q: the harness only sends traffic to 127.0.0.1", s)
 	}
 	if u.Port() == "" {
@@ -136,14 +165,43 @@ func checkLoopbackURL(s string) error {
 	return nil
 }
 
+func isLoopback(host string) bool {
+	return host == "127.0.0.1" || host == "localhost" || host == "::1"
+}
+
+// closedLoop reports whether the run includes the closed-loop nonstream
+// workload.
+func (o options) closedLoop() bool {
+	return o.workload == "all" || o.workload == "nonstream" && o.rate == 0
+}
+
+// openLoopRate is the rate of the run's open-loop nonstream workload, 0
+// when it has none.
+func (o options) openLoopRate() float64 {
+	switch {
+	case o.workload == "nonstream" && o.rate > 0:
+		return o.rate
+	case o.workload != "nonstream-rate" && o.workload != "all":
+		return 0
+	case o.rate > 0:
+		return o.rate
+	}
+	return defaultRate
+}
+
+func (o options) streams() bool { return o.workload == "all" || o.workload == "stream" }
+
 // plannedRun is how long the measurements take, builds and start-up aside.
 func (o options) plannedRun() time.Duration {
 	per := 2 * time.Duration(o.rounds) * (o.duration + o.warmup + time.Second)
 	d := time.Duration(0)
-	if o.workload != "stream" {
+	if o.closedLoop() {
 		d += per
 	}
-	if o.workload != "nonstream" {
+	if o.openLoopRate() > 0 {
+		d += per
+	}
+	if o.streams() {
 		d += per + 2*time.Duration(o.rounds)*time.Duration(o.streamChunks)*o.streamITL
 	}
 	return d

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -21,7 +22,7 @@ import (
 // stdout (and -out); progress goes to stderr.
 func run(ctx context.Context, o options, stdout, stderr io.Writer, cmdline string) (err error) {
 	logf := func(format string, args ...any) { fmt.Fprintf(stderr, "harness: "+format+"\n", args...) }
-	tmp, err := os.MkdirTemp("", "auditproxy-harness-")
+	tmp, err := os.MkdirTemp(o.tmpParent, "auditproxy-harness-")
 	if err != nil {
 		return err
 	}
@@ -96,14 +97,27 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer, cmdline strin
 	fmt.Fprintf(&report, "- %d interleaved rounds per workload (direct, proxy, direct, proxy, …), each %v measured after %v of warm-up on fresh connections; "+
 		"percentiles are nearest-rank over all samples of all rounds\n", o.rounds, o.duration, o.warmup)
 
-	if o.workload != "stream" {
-		sec, err := nonstreamWorkload(ctx, o, targets, model, logf)
+	if rate := o.openLoopRate(); o.closedLoop() || rate > 0 {
+		tr, err := prepareNonstream(ctx, o, targets, model)
 		if err != nil {
 			return fmt.Errorf("nonstream workload: %w", err)
 		}
-		report.WriteString(sec)
+		if o.closedLoop() {
+			sec, err := nonstreamWorkload(ctx, o, targets, tr, logf)
+			if err != nil {
+				return fmt.Errorf("nonstream workload: %w", err)
+			}
+			report.WriteString(sec)
+		}
+		if rate > 0 {
+			sec, err := nonstreamRateWorkload(ctx, o, targets, tr, rate, logf)
+			if err != nil {
+				return fmt.Errorf("nonstream-rate workload: %w", err)
+			}
+			report.WriteString(sec)
+		}
 	}
-	if o.workload != "nonstream" {
+	if o.streams() {
 		sec, err := streamWorkload(ctx, o, targets, model, logf)
 		if err != nil {
 			return fmt.Errorf("stream workload: %w", err)
@@ -238,6 +252,16 @@ func rounds(ctx context.Context, o options, targets []*target, spec loadSpec, la
 				unit = "streams/s"
 			}
 			msg := fmt.Sprintf("%s round %d/%d %-6s %8.0f %s", label, r, o.rounds, t.name, float64(res.requests)/res.window.Seconds(), unit)
+			if spec.rate > 0 {
+				// A round's own p99 shows whether one round's hiccup
+				// makes the pooled tail.
+				lat := slices.Clone(res.lat)
+				slices.Sort(lat)
+				msg += fmt.Sprintf(" (target %s), p99 %s ms", fmtRate(spec.rate), fmtMs(ms(percentile(lat, 99))))
+			}
+			if res.unsent > 0 {
+				msg += fmt.Sprintf(", %d due but never sent", res.unsent)
+			}
 			if res.errors > 0 {
 				msg += fmt.Sprintf(", %d errors (first: %s)", res.errors, res.firstErr)
 			}
@@ -247,30 +271,56 @@ func rounds(ctx context.Context, o options, targets []*target, spec loadSpec, la
 	return aggs, ctx.Err()
 }
 
-func nonstreamWorkload(ctx context.Context, o options, targets []*target, model string, logf func(string, ...any)) (string, error) {
+// nonstreamTraffic is the calibrated request of the nonstream workloads.
+type nonstreamTraffic struct {
+	body                 []byte
+	maxTokens, answerLen int
+}
+
+func prepareNonstream(ctx context.Context, o options, targets []*target, model string) (nonstreamTraffic, error) {
 	body, maxTokens, answerLen, err := calibrate(ctx, o, targets[0].url, model)
 	if err != nil {
-		return "", err
+		return nonstreamTraffic{}, err
 	}
 	// One request through the proxy first: a proxy that fails or changes
 	// the answer should stop the run with a reason, not fill the table
 	// with errors.
 	if n, _, err := probe(ctx, targets[1].url, body); err != nil {
-		return "", fmt.Errorf("request through the proxy: %w", err)
+		return nonstreamTraffic{}, fmt.Errorf("request through the proxy: %w", err)
 	} else if n != answerLen {
-		return "", fmt.Errorf("through the proxy the answer is %d bytes, direct %d", n, answerLen)
+		return nonstreamTraffic{}, fmt.Errorf("through the proxy the answer is %d bytes, direct %d", n, answerLen)
 	}
+	return nonstreamTraffic{body: body, maxTokens: maxTokens, answerLen: answerLen}, nil
+}
+
+func (tr nonstreamTraffic) spec(o options) loadSpec {
 	conc := o.concurrency
 	if conc == 0 {
 		conc = defaultNonstreamConcurrency
 	}
-	spec := loadSpec{body: body, concurrency: conc, warmup: o.warmup, duration: o.duration, wantLen: answerLen}
-	logf("nonstream: %d-byte requests, %d-byte answers (max_tokens %d), %d connections", len(body), answerLen, maxTokens, conc)
+	return loadSpec{body: tr.body, concurrency: conc, warmup: o.warmup, duration: o.duration, wantLen: tr.answerLen}
+}
+
+func nonstreamWorkload(ctx context.Context, o options, targets []*target, tr nonstreamTraffic, logf func(string, ...any)) (string, error) {
+	spec := tr.spec(o)
+	logf("nonstream: %d-byte requests, %d-byte answers (max_tokens %d), %d connections", len(tr.body), tr.answerLen, tr.maxTokens, spec.concurrency)
 	aggs, err := rounds(ctx, o, targets, spec, "nonstream", logf)
 	if err != nil {
 		return "", err
 	}
-	return nonstreamReport(o, spec, maxTokens, targets, aggs), nil
+	return nonstreamReport(o, spec, tr.maxTokens, targets, aggs), nil
+}
+
+func nonstreamRateWorkload(ctx context.Context, o options, targets []*target, tr nonstreamTraffic, rate float64, logf func(string, ...any)) (string, error) {
+	spec := tr.spec(o)
+	spec.rate = rate
+	logf("nonstream-rate: open loop at %s requests/s, %d-byte requests, %d-byte answers (max_tokens %d), %d workers",
+		fmtRate(rate), len(tr.body), tr.answerLen, tr.maxTokens, spec.concurrency)
+	aggs, err := rounds(ctx, o, targets, spec, "nonstream-rate", logf)
+	if err != nil {
+		return "", err
+	}
+	return nonstreamRateReport(spec, tr.maxTokens, targets, aggs), nil
 }
 
 func streamWorkload(ctx context.Context, o options, targets []*target, model string, logf func(string, ...any)) (string, error) {
@@ -315,7 +365,7 @@ func checkStream(ctx context.Context, t *target, spec loadSpec) error {
 	defer hc.CloseIdleConnections()
 	var w workerResult
 	now := time.Now()
-	streamWorker(ctx, hc, t.url, one, now, now.Add(time.Minute), &w)
+	streamWorker(ctx, hc, t.url, one, now, now.Add(time.Hour), &w)
 	if w.errors > 0 {
 		return fmt.Errorf("%s", w.firstErr)
 	}
@@ -404,12 +454,46 @@ func nonstreamReport(o options, spec loadSpec, maxTokens int, targets []*target,
 	return b.String()
 }
 
+func nonstreamRateReport(spec loadSpec, maxTokens int, targets []*target, aggs []*aggregate) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n### nonstream-rate: open loop at %s requests/s; latencies count from each request's intended send time\n\n", fmtRate(spec.rate))
+	fmt.Fprintf(&b, "POST /v1/chat/completions, %d-byte request, %d-byte answer (max_tokens %d), fake TTFT 0 and ITL 0. "+
+		"Open loop, as wrk2 runs: a request is due every %v whatever the answers, and goes out from the first of %d workers "+
+		"to be free (up to %d keep-alive connections, fasthttp client). Latency runs from the intended send time to the whole answer, "+
+		"so time spent waiting behind a slow answer counts (coordinated omission is not hidden). "+
+		"Achieved: answered requests due in the window, per second. Send lag: actual minus intended send time, "+
+		"the load generator's timer slack plus any backlog.\n\n",
+		len(spec.body), spec.wantLen, maxTokens, time.Duration(float64(time.Second)/spec.rate), spec.concurrency, spec.concurrency)
+	b.WriteString("| target | requests | errors | target req/s | achieved req/s | achieved per round | p50 ms | p99 ms | p99.9 ms | send lag p99 ms | CPU µs/request |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|\n")
+	for i, a := range aggs {
+		fmt.Fprintf(&b, "| %s | %d | %d | %s | %.0f | %s | %s | %s | %s | %s | %s |\n", targets[i].name, a.requests, a.errors,
+			fmtRate(spec.rate), a.rps(), roundList(a), fmtMs(a.latMs(50)), fmtMs(a.latMs(99)), fmtMs(a.latMs(99.9)),
+			fmtMs(a.lagMs(99)), cpuPer(a, targets[i], a.requests))
+	}
+	d, p := aggs[0], aggs[1]
+	fmt.Fprintf(&b, "| proxy − direct | | | | | | %s | %s | %s | | |\n",
+		fmtAdded(p.latMs(50), d.latMs(50)), fmtAdded(p.latMs(99), d.latMs(99)), fmtAdded(p.latMs(99.9), d.latMs(99.9)))
+	for i, a := range aggs {
+		if a.unsent > 0 {
+			fmt.Fprintf(&b, "\n%d requests due via %s were still unsent %v after their round's window closed: the rate was not kept, "+
+				"so its latencies are queueing; lower -rate\n", a.unsent, targets[i].name, openLoopGrace(spec.duration))
+		}
+	}
+	b.WriteString(errorNotes(targets, aggs))
+	return b.String()
+}
+
+// fmtRate writes a rate without a spurious fraction: 2000, 2500.5.
+func fmtRate(r float64) string { return strconv.FormatFloat(r, 'f', -1, 64) }
+
 func streamReport(o options, spec loadSpec, targets []*target, aggs []*aggregate) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n### stream: streamed chat completions\n\n")
 	fmt.Fprintf(&b, "POST /v1/chat/completions with stream and include_usage, %d-byte request, %d content chunks %v apart, TTFT 0; "+
 		"%d concurrent streams. TTFT: request sent to first data event received. Chunk delay: receive time minus the send "+
-		"time the fake stamps into each chunk's id (all %d data events of a stream).\n\n",
+		"time the fake stamps into each chunk's id, for every data event (%d per stream) received in the measured window. "+
+		"Streams: started in the window; chunks: received in it.\n\n",
 		len(spec.body), o.streamChunks, o.streamITL, spec.concurrency, spec.wantEvents)
 	b.WriteString("| target | streams | chunks | errors | TTFT p50 ms | TTFT p99 ms | chunk delay p50 ms | chunk delay p99 ms | chunk delay p99.9 ms | CPU µs/chunk |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")

@@ -1,9 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
@@ -116,10 +116,11 @@ func waitForSignal() {
 }
 
 // passProxy is a bare fasthttp reverse proxy: the floor any proxy's cost is
-// measured against. Known-length answers up to 1 MiB are buffered; others
-// (SSE) are streamed to the client as they arrive.
+// measured against. Requests that ask for a stream are answered as the
+// upstream's bytes arrive; others are read whole and answered in one go,
+// which costs far less per request.
 type passProxy struct {
-	hc *fasthttp.HostClient
+	buffered, streaming *fasthttp.HostClient
 }
 
 func newPassProxy(upstream string) (*passProxy, error) {
@@ -127,31 +128,28 @@ func newPassProxy(upstream string) (*passProxy, error) {
 	if err != nil || u.Host == "" {
 		return nil, fmt.Errorf("--upstream %q: want http://host:port", upstream)
 	}
-	return &passProxy{hc: &fasthttp.HostClient{
-		Addr:               u.Host,
-		MaxConns:           4096,
-		StreamResponseBody: true,
-	}}, nil
+	return &passProxy{
+		buffered:  &fasthttp.HostClient{Addr: u.Host, MaxConns: 4096},
+		streaming: &fasthttp.HostClient{Addr: u.Host, MaxConns: 4096, StreamResponseBody: true},
+	}, nil
 }
 
+var streamTrue = []byte(`"stream":true`)
+
 func (p *passProxy) handle(ctx *fasthttp.RequestCtx) {
+	if !bytes.Contains(ctx.PostBody(), streamTrue) {
+		if err := p.buffered.Do(&ctx.Request, &ctx.Response); err != nil {
+			ctx.Error("upstream: "+err.Error(), fasthttp.StatusBadGateway)
+		}
+		return
+	}
 	resp := fasthttp.AcquireResponse()
-	if err := p.hc.Do(&ctx.Request, resp); err != nil {
+	if err := p.streaming.Do(&ctx.Request, resp); err != nil {
 		fasthttp.ReleaseResponse(resp)
 		ctx.Error("upstream: "+err.Error(), fasthttp.StatusBadGateway)
 		return
 	}
 	resp.Header.CopyTo(&ctx.Response.Header)
-	if cl := resp.Header.ContentLength(); cl >= 0 && cl <= 1<<20 {
-		_, err := io.Copy(ctx, resp.BodyStream())
-		resp.CloseBodyStream()
-		fasthttp.ReleaseResponse(resp)
-		if err != nil {
-			ctx.ResetBody()
-			ctx.Error("upstream: "+err.Error(), fasthttp.StatusBadGateway)
-		}
-		return
-	}
 	ctx.SetBodyStream(&releasingBody{resp: resp}, -1)
 }
 

@@ -9,25 +9,27 @@ import (
 // aggregate pools every round of one target. Percentiles come from all
 // samples of all rounds; RPS from all requests over all measured time.
 type aggregate struct {
-	requests, errors, chunks int64
-	window                   time.Duration
-	firstErr                 string
-	lat, delays              []int64
-	roundRPS                 []float64
-	cpu                      map[string]time.Duration
-	sorted                   bool
+	requests, errors, chunks, unsent int64
+	window                           time.Duration
+	firstErr                         string
+	lat, delays, lags                []int64
+	roundRPS                         []float64
+	cpu                              map[string]time.Duration
+	sorted                           bool
 }
 
 func (a *aggregate) add(r roundResult) {
 	a.requests += r.requests
 	a.errors += r.errors
 	a.chunks += r.chunks
+	a.unsent += r.unsent
 	a.window += r.window
 	if a.firstErr == "" {
 		a.firstErr = r.firstErr
 	}
 	a.lat = append(a.lat, r.lat...)
 	a.delays = append(a.delays, r.delays...)
+	a.lags = append(a.lags, r.lags...)
 	a.roundRPS = append(a.roundRPS, float64(r.requests)/r.window.Seconds())
 	if a.cpu == nil {
 		a.cpu = map[string]time.Duration{}
@@ -49,11 +51,12 @@ func (a *aggregate) sort() {
 	if !a.sorted {
 		slices.Sort(a.lat)
 		slices.Sort(a.delays)
+		slices.Sort(a.lags)
 		a.sorted = true
 	}
 }
 
-// latMs and delayMs return the p-th percentile in milliseconds, NaN when
+// latMs, delayMs and lagMs return the p-th percentile in milliseconds, NaN when
 // there are no samples.
 func (a *aggregate) latMs(p float64) float64 {
 	a.sort()
@@ -63,6 +66,11 @@ func (a *aggregate) latMs(p float64) float64 {
 func (a *aggregate) delayMs(p float64) float64 {
 	a.sort()
 	return ms(percentile(a.delays, p))
+}
+
+func (a *aggregate) lagMs(p float64) float64 {
+	a.sort()
+	return ms(percentile(a.lags, p))
 }
 
 // percentile returns the nearest-rank p-th percentile (0 < p <= 100) of

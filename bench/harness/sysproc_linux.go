@@ -26,3 +26,18 @@ func selfCPU() (time.Duration, bool) {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), true
 }
+
+// preciseSleep sleeps in a nanosleep system call. time.Sleep can wake up to
+// a millisecond late on Linux, because the runtime's poller waits in whole
+// milliseconds; in the open loop that lateness would count as the target's
+// latency. nanosleep is late by the kernel's timer slack, about 50µs.
+func preciseSleep(d time.Duration) {
+	ts := syscall.NsecToTimespec(int64(d))
+	for {
+		var left syscall.Timespec
+		if err := syscall.Nanosleep(&ts, &left); err != syscall.EINTR {
+			return
+		}
+		ts = left // the runtime's preemption signals interrupt the call
+	}
+}
