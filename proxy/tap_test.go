@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
 	"github.com/zeebo/blake3"
 
 	"github.com/auditproxy/auditproxy/audit"
@@ -152,4 +153,48 @@ func FuzzTap(f *testing.F) {
 			t.Fatal("output hash is not the digest of what the client got")
 		}
 	})
+}
+
+type discardRecorder struct{}
+
+func (discardRecorder) Record(*audit.Event) error { return nil }
+
+// BenchmarkTap is the proxy's per-response work on a 200-chunk vLLM stream
+// with its usage chunk removed: hashing, SSE parsing, stripping and building
+// the event (no network). SetBytes is the stream's size.
+func BenchmarkTap(b *testing.B) {
+	kid, _ := hashing.NewKeyIDer(make([]byte, 32))
+	p, err := New(Config{Upstream: "http://127.0.0.1:1", KeyIDer: kid, Recorder: discardRecorder{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	stream := []byte(vllmStream(200))
+	buf := make([]byte, 4096)
+	r := &bytes.Reader{}
+	b.SetBytes(int64(len(stream)))
+	b.ReportAllocs()
+	for b.Loop() {
+		x := p.acquireExchange()
+		x.tap.stripUsage = true
+		x.tap.status = 200
+		r.Reset(stream)
+		x.tap.start(nil, r, []byte("text/event-stream"))
+		for {
+			if _, err := x.tap.Read(buf); err != nil {
+				break
+			}
+		}
+		x.tap.CloseWithError(nil)
+	}
+}
+
+func BenchmarkParseRequestFields(b *testing.B) {
+	body := []byte(`{"model":"meta-llama/Llama-3.1-8B-Instruct","max_tokens":300,"stream":true,"messages":[{"role":"user","content":"` +
+		strings.Repeat("audit every inference ", 44) + `"}]}`)
+	var p fastjson.Parser
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = parseRequestFields(&p, body)
+	}
 }
