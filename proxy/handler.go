@@ -154,8 +154,9 @@ func (p *Proxy) answerWithError(ctx *fasthttp.RequestCtx, x *exchange, pe proxyE
 	ctx.Response.SetStatusCode(pe.status)
 	ctx.Response.Header.SetContentType("application/json")
 	ctx.Response.Header.Set(requestIDHeader, x.ev.RequestID)
-	body := pe.appendJSON(ctx.Response.Body()[:0])
-	ctx.Response.SetBodyRaw(body)
+	var buf [256]byte
+	body := pe.appendJSON(buf[:0])
+	ctx.Response.SetBody(body)
 	x.ev.Output.Hash = hashing.Sum(p.cfg.Hash, body)
 	x.ev.Output.Bytes = int64(len(body))
 	x.ev.Status.Code = pe.status

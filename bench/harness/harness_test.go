@@ -6,8 +6,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -43,6 +45,78 @@ func TestPercentile(t *testing.T) {
 				t.Errorf("percentile(p%v) = %d, want %d", tc.p, got, tc.want)
 			}
 		})
+	}
+}
+
+func TestMedianMs(t *testing.T) {
+	nan := math.NaN()
+	tests := []struct {
+		name     string
+		perRound []float64
+		want     float64
+	}{
+		{"one stalled round of three", []float64{0.473, 6.108, 0.660}, 0.660},
+		{"one stalled round of five", []float64{0.5, 0.7, 120, 0.6, 0.4}, 0.6},
+		{"even count: mean of the middle two", []float64{4, 1, 100, 2}, 3},
+		{"a round without samples is left out", []float64{0.9, nan, 0.3, 0.5}, 0.5},
+		{"single", []float64{2.5}, 2.5},
+		{"no samples at all", []float64{nan, nan}, nan},
+		{"no rounds", nil, nan},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			in := slices.Clone(tc.perRound)
+			got := medianMs(in)
+			if math.IsNaN(tc.want) != math.IsNaN(got) || !math.IsNaN(got) && got != tc.want {
+				t.Errorf("medianMs(%v) = %v, want %v", tc.perRound, got, tc.want)
+			}
+			// The per-round column is printed after the median is taken.
+			for i := range in {
+				if in[i] != tc.perRound[i] && !(math.IsNaN(in[i]) && math.IsNaN(tc.perRound[i])) {
+					t.Fatalf("medianMs reordered its input: %v, was %v", in, tc.perRound)
+				}
+			}
+		})
+	}
+}
+
+// TestAggregateRoundP99 feeds rounds where one stalls: the pooled p99 is
+// the stall's, the median of the rounds' p99s is not.
+func TestAggregateRoundP99(t *testing.T) {
+	round := func(latMs, stallMs float64, delays bool) roundResult {
+		r := roundResult{requests: 100, window: time.Second}
+		for i := range 100 {
+			v := latMs
+			if i >= 95 { // 5% of the round: inside its p99
+				v = stallMs
+			}
+			r.lat = append(r.lat, int64(v*1e6))
+			if delays {
+				r.delays = append(r.delays, int64(v*1e6))
+			}
+		}
+		// Out of order, as workers append them.
+		slices.Reverse(r.lat)
+		return r
+	}
+	var a aggregate
+	a.add(round(0.5, 0.5, true))
+	a.add(round(0.5, 150, true)) // the stalled round
+	a.add(round(0.6, 0.6, false))
+	if got := a.latMs(99); got != 150 {
+		t.Errorf("pooled p99 %v ms, want the stall's 150", got)
+	}
+	if got, want := msList(a.roundLatP99), "0.500 / 150.000 / 0.600"; got != want {
+		t.Errorf("p99 per round %q, want %q", got, want)
+	}
+	if got := medianMs(a.roundLatP99); got != 0.6 {
+		t.Errorf("median of round p99s %v ms, want 0.6", got)
+	}
+	if got, want := msList(a.roundDelayP99), "0.500 / 150.000 / n/a"; got != want {
+		t.Errorf("chunk delay p99 per round %q, want %q", got, want)
+	}
+	if got := medianMs(a.roundDelayP99); got != 75.25 {
+		t.Errorf("median of chunk delay round p99s %v ms, want 75.25 (two rounds with samples)", got)
 	}
 }
 
@@ -136,7 +210,7 @@ func TestParseFlags(t *testing.T) {
 		check   func(t *testing.T, o options)
 	}{
 		{name: "defaults", args: nil, check: func(t *testing.T, o options) {
-			if o.workload != "all" || o.rounds != 3 || o.duration != 10*time.Second || o.warmup != time.Second {
+			if o.workload != "all" || o.rounds != 5 || o.duration != 10*time.Second || o.warmup != time.Second {
 				t.Errorf("defaults %+v", o)
 			}
 		}},
@@ -213,6 +287,72 @@ var (
 	rateRow = regexp.MustCompile(`(?m)^\| (direct|proxy) \| (\d+) \| (\d+) \| ([0-9.]+) \| (\d+) \| `)
 )
 
+// table returns the cells of the markdown table in sec by column name,
+// one map per row, keyed by the row's first cell.
+func table(t *testing.T, sec string) map[string]map[string]string {
+	t.Helper()
+	var header []string
+	rows := map[string]map[string]string{}
+	for _, line := range strings.Split(sec, "\n") {
+		if !strings.HasPrefix(line, "| ") {
+			continue
+		}
+		cells := strings.Split(strings.TrimSuffix(strings.TrimPrefix(line, "| "), " |"), " | ")
+		if header == nil {
+			header = cells
+			continue
+		}
+		if len(cells) != len(header) {
+			t.Fatalf("row %q has %d cells, the header %d:\n%s", line, len(cells), len(header), sec)
+		}
+		row := map[string]string{}
+		for i, c := range cells {
+			row[header[i]] = strings.TrimSpace(c)
+		}
+		rows[cells[0]] = row
+	}
+	return rows
+}
+
+// checkMedianOfRounds asserts that the table in sec lists one p99 per round
+// under col+" per round ms", their median under col+" median of rounds ms",
+// and the proxy's added median in the difference row.
+func checkMedianOfRounds(t *testing.T, sec, col string, rounds int) {
+	t.Helper()
+	if !strings.Contains(sec, "median of the p99s each round measured on its own") || !strings.Contains(sec, "VM stall") {
+		t.Errorf("description does not explain the median of rounds:\n%s", sec)
+	}
+	rows := table(t, sec)
+	medians := map[string]float64{}
+	for _, target := range []string{"direct", "proxy"} {
+		row := rows[target]
+		list, ok := row[col+" per round ms"]
+		if !ok {
+			t.Fatalf("no %q column in:\n%s", col+" per round ms", sec)
+		}
+		var perRound []float64
+		for _, f := range strings.Split(list, " / ") {
+			v, err := strconv.ParseFloat(f, 64)
+			if err != nil || v <= 0 {
+				t.Fatalf("%s %s per round: %q, want %d positive values", target, col, list, rounds)
+			}
+			perRound = append(perRound, v)
+		}
+		if len(perRound) != rounds {
+			t.Fatalf("%s %s per round: %q, want %d values", target, col, list, rounds)
+		}
+		got, err := strconv.ParseFloat(row[col+" median of rounds ms"], 64)
+		if want := medianMs(perRound); err != nil || math.Abs(got-want) > 0.0015 {
+			t.Errorf("%s %s median of rounds %q, want %.3f, the median of %q", target, col, row[col+" median of rounds ms"], want, list)
+		}
+		medians[target] = got
+	}
+	added, err := strconv.ParseFloat(rows["proxy − direct"][col+" median of rounds ms"], 64)
+	if want := medians["proxy"] - medians["direct"]; err != nil || math.Abs(added-want) > 0.0025 {
+		t.Errorf("proxy − direct %s median of rounds %q, want %+.3f", col, rows["proxy − direct"][col+" median of rounds ms"], want)
+	}
+}
+
 // section returns the part of report under the heading that starts with
 // "### "+name, "" if there is none.
 func section(report, name string) string {
@@ -247,8 +387,10 @@ func checkReport(t *testing.T, report string, nonstream bool, rate float64, stre
 		for _, r := range rows {
 			target, _ := strconv.ParseFloat(r[4], 64)
 			achieved, _ := strconv.ParseFloat(r[5], 64)
-			if r[2] == "0" || r[3] != "0" || target != rate || achieved < rate*0.9 || achieved > rate*1.1 {
-				t.Errorf("nonstream-rate %s: %s requests, %s errors, %s/s achieved of %s/s; want traffic, no errors, %v/s ±10%%\n%s",
+			// The schedule caps the rate exactly; how close a loaded CI machine
+			// comes to it is not this test's business, so the floor is loose.
+			if r[2] == "0" || r[3] != "0" || target != rate || achieved < rate*0.5 || achieved > rate*1.1 {
+				t.Errorf("nonstream-rate %s: %s requests, %s errors, %s/s achieved of %s/s; want traffic, no errors, at most %v/s +10%%\n%s",
 					r[1], r[2], r[3], r[5], r[4], rate, report)
 			}
 		}
@@ -279,6 +421,16 @@ func checkReport(t *testing.T, report string, nonstream bool, rate float64, stre
 		if sec != "" && !strings.Contains(sec, "| proxy − direct |") {
 			t.Errorf("section lacks the difference row:\n%s", sec)
 		}
+	}
+	// quickOptions runs 3 rounds.
+	for _, sec := range []string{ns, nr} {
+		if sec != "" {
+			checkMedianOfRounds(t, sec, "p99", 3)
+		}
+	}
+	if st != "" {
+		checkMedianOfRounds(t, st, "TTFT p99", 3)
+		checkMedianOfRounds(t, st, "chunk delay p99", 3)
 	}
 }
 

@@ -3,7 +3,7 @@
 // (direct, proxy, direct, proxy, …), a direct connection to the simulated
 // vLLM server of bench/fakevllm with the same traffic sent through auditproxy.
 //
-//	go run ./bench/harness [-workload nonstream|nonstream-rate|stream|all] [-rate 2000] [-rounds 3] [-duration 10s] [-out FILE]
+//	go run ./bench/harness [-workload nonstream|nonstream-rate|stream|all] [-rate 2000] [-rounds 5] [-duration 10s] [-out FILE]
 //
 // By default it builds bench/cmd/fakevllm and cmd/auditproxy, runs each as
 // its own process on 127.0.0.1, and kills them when it exits (also on
@@ -83,7 +83,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("harness", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.workload, "workload", "all", "nonstream, nonstream-rate, stream or all")
-	fs.IntVar(&o.rounds, "rounds", 3, "rounds per target; each round runs direct, then proxy (at least 3)")
+	fs.IntVar(&o.rounds, "rounds", 5, "rounds per target; each round runs direct, then proxy (at least 3; the tables' median of round p99s "+
+		"needs enough rounds that one stalled round cannot decide it)")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "measured time per round and target")
 	fs.DurationVar(&o.warmup, "warmup", 0, "unmeasured load before each round on fresh connections (default duration/10, at most 1s)")
 	fs.IntVar(&o.concurrency, "concurrency", 0, fmt.Sprintf("concurrent connections (default %d for nonstream and nonstream-rate, %d for stream); in the open loop, also the workers that share its schedule",

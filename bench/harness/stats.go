@@ -8,12 +8,17 @@ import (
 
 // aggregate pools every round of one target. Percentiles come from all
 // samples of all rounds; RPS from all requests over all measured time.
+// Each round's own p99 is kept as well: on a shared VM one round in a few
+// is hit by a stall that decides the pooled p99 alone, and only the
+// rounds' p99s show that and give a tail figure (their median) it cannot
+// move.
 type aggregate struct {
 	requests, errors, chunks, unsent int64
 	window                           time.Duration
 	firstErr                         string
 	lat, delays, lags                []int64
 	roundRPS                         []float64
+	roundLatP99, roundDelayP99       []float64 // ms, NaN for a round without samples
 	cpu                              map[string]time.Duration
 	sorted                           bool
 }
@@ -31,6 +36,8 @@ func (a *aggregate) add(r roundResult) {
 	a.delays = append(a.delays, r.delays...)
 	a.lags = append(a.lags, r.lags...)
 	a.roundRPS = append(a.roundRPS, float64(r.requests)/r.window.Seconds())
+	a.roundLatP99 = append(a.roundLatP99, p99Ms(r.lat))
+	a.roundDelayP99 = append(a.roundDelayP99, p99Ms(r.delays))
 	if a.cpu == nil {
 		a.cpu = map[string]time.Duration{}
 	}
@@ -89,4 +96,33 @@ func ms(ns int64) float64 {
 		return math.NaN()
 	}
 	return float64(ns) / 1e6
+}
+
+// p99Ms is the p99 of unsorted samples in milliseconds, NaN when there are
+// none. It sorts a copy: the round's samples are pooled as they are.
+func p99Ms(samples []int64) float64 {
+	s := slices.Clone(samples)
+	slices.Sort(s)
+	return ms(percentile(s, 99))
+}
+
+// medianMs is the median of per-round values, the mean of the middle two
+// for an even count. Rounds without samples (NaN) are left out rather than
+// counted as fast or slow; NaN when no round has a value.
+func medianMs(perRound []float64) float64 {
+	v := make([]float64, 0, len(perRound))
+	for _, x := range perRound {
+		if !math.IsNaN(x) {
+			v = append(v, x)
+		}
+	}
+	if len(v) == 0 {
+		return math.NaN()
+	}
+	slices.Sort(v)
+	n := len(v)
+	if n%2 == 1 {
+		return v[n/2]
+	}
+	return (v[n/2-1] + v[n/2]) / 2
 }
