@@ -295,9 +295,12 @@ func table(t *testing.T, sec string) map[string]map[string]string {
 	rows := map[string]map[string]string{}
 	for _, line := range strings.Split(sec, "\n") {
 		if !strings.HasPrefix(line, "| ") {
-			continue
+			continue // also the |---| alignment row
 		}
-		cells := strings.Split(strings.TrimSuffix(strings.TrimPrefix(line, "| "), " |"), " | ")
+		cells := strings.Split(strings.Trim(line, "|"), "|")
+		for i := range cells {
+			cells[i] = strings.TrimSpace(cells[i])
+		}
 		if header == nil {
 			header = cells
 			continue
@@ -307,7 +310,7 @@ func table(t *testing.T, sec string) map[string]map[string]string {
 		}
 		row := map[string]string{}
 		for i, c := range cells {
-			row[header[i]] = strings.TrimSpace(c)
+			row[header[i]] = c
 		}
 		rows[cells[0]] = row
 	}
