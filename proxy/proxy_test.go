@@ -751,3 +751,50 @@ func TestHeaders(t *testing.T) {
 		t.Errorf("event request_id %q api_key_id %v", ev.RequestID, ev.APIKeyID)
 	}
 }
+
+// gatedRecorder holds every Record until its gate opens.
+type gatedRecorder struct {
+	next audit.Recorder
+	gate chan struct{}
+}
+
+func (g gatedRecorder) Record(ev *audit.Event) error {
+	<-g.gate
+	return g.next.Record(ev)
+}
+
+// TestResponseCompletesOnlyAfterItsEvent: while the event log has not taken
+// the event, the client does not see the end of the response.
+func TestResponseCompletesOnlyAfterItsEvent(t *testing.T) {
+	for _, body := range []string{chatBody, strings.Replace(chatBody, `"stream":true`, `"stream":false`, 1)} {
+		gate := make(chan struct{})
+		sink := newEventSink()
+		e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) { c.Recorder = gatedRecorder{next: sink, gate: gate} })
+		done := make(chan []byte)
+		go func() {
+			resp, err := http.Post(e.proxyURL+"/v1/chat/completions", "application/json", strings.NewReader(body))
+			if err != nil {
+				done <- nil
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			done <- b
+		}()
+		select {
+		case <-done:
+			t.Fatal("the response completed while its event was not yet recorded")
+		case <-time.After(300 * time.Millisecond):
+		}
+		close(gate)
+		select {
+		case b := <-done:
+			ev := sink.next(t)
+			if want := "blake3:" + b3hex(b); ev.Output.Hash != want || ev.Status.Outcome != audit.OutcomeOK {
+				t.Errorf("event %s %s, want ok and the hash of the %d bytes received", ev.Output.Hash, ev.Status.Outcome, len(b))
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the response did not complete after its event was recorded")
+		}
+	}
+}
