@@ -25,12 +25,12 @@ type exchange struct {
 	reqBody []byte
 	// Storage that the event's pointer fields point into, so building an
 	// event allocates nothing for them.
-	apiKeyID   string
-	ttft       float64
-	inTokens   int64
-	outTokens  int64
-	upstream   time.Duration
-	clientConn bool // the client asked for Connection: close
+	apiKeyID    string
+	ttft        float64
+	inTokens    int64
+	outTokens   int64
+	upstream    time.Duration
+	clientClose bool // the client asked for Connection: close
 
 	tap responseTap
 }
@@ -86,12 +86,12 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		x.tap.stripUsage = true
 	}
 
-	x.clientConn = prepareUpstreamRequest(&ctx.Request.Header, ev.RequestID)
+	x.clientClose = prepareUpstreamRequest(&ctx.Request.Header, ev.RequestID)
 	resp := fasthttp.AcquireResponse()
 	sent := time.Now()
 	err := p.client.Do(&ctx.Request, resp)
 	x.upstream = time.Since(sent)
-	restoreClientRequest(&ctx.Request.Header, x.clientConn)
+	restoreClientRequest(&ctx.Request.Header, x.clientClose)
 	if err != nil {
 		fasthttp.ReleaseResponse(resp)
 		p.answerUpstreamFailure(ctx, x, err)
@@ -113,7 +113,6 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		// Unknown length, or a stream that may lose its usage chunk: send
 		// chunked, flushed after every piece.
 		size = -1
-		ctx.Response.Header.Del("Content-Length")
 	}
 	ctx.Response.SetBodyStream(&x.tap, size)
 }
