@@ -15,8 +15,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/auditproxy/auditproxy/bench/fakevllm"
 )
 
 func TestPercentile(t *testing.T) {
@@ -440,13 +438,7 @@ func checkReport(t *testing.T, report string, nonstream bool, rate float64, stre
 // TestRunInProcess runs the whole harness against a fake and a stand-in
 // proxy that live in this process (the -fake-url / -proxy-url path).
 func TestRunInProcess(t *testing.T) {
-	fake := fakevllm.New(fakevllm.Config{OutputTokens: 4096})
-	fakeURL, err := fake.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fake.Close() })
-	proxyURL := startPassProxy(t, fakeURL)
+	fake, fakeURL, proxyURL := startFakeAndPassProxy(t)
 
 	o := quickOptions(t, "all")
 	o.fakeURL, o.proxyURL = fakeURL, proxyURL

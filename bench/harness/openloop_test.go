@@ -8,8 +8,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/auditproxy/auditproxy/bench/fakevllm"
 )
 
 // fakeClock is simulated time for one worker: sleeping jumps ahead, and
@@ -162,13 +160,7 @@ func TestOpenLoopSlowAnswer(t *testing.T) {
 // TestOpenLoopAchievedRate runs open-loop rounds against a fake and the
 // stand-in proxy in this process: the rate achieved is the rate asked for.
 func TestOpenLoopAchievedRate(t *testing.T) {
-	fake := fakevllm.New(fakevllm.Config{OutputTokens: 4096})
-	fakeURL, err := fake.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fake.Close() })
-	proxyURL := startPassProxy(t, fakeURL)
+	_, fakeURL, proxyURL := startFakeAndPassProxy(t)
 	ctx := context.Background()
 	model, err := servedModel(ctx, fakeURL)
 	if err != nil {

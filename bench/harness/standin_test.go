@@ -184,3 +184,16 @@ func startPassProxy(t *testing.T, upstream string) string {
 	t.Cleanup(func() { srv.Shutdown() })
 	return "http://" + ln.Addr().String()
 }
+
+// startFakeAndPassProxy starts, in this process, a fake and the stand-in
+// proxy in front of it, both stopped when the test ends.
+func startFakeAndPassProxy(t *testing.T) (fake *fakevllm.Server, fakeURL, proxyURL string) {
+	t.Helper()
+	fake = fakevllm.New(fakevllm.Config{OutputTokens: 4096})
+	fakeURL, err := fake.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fake.Close() })
+	return fake, fakeURL, startPassProxy(t, fakeURL)
+}
