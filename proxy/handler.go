@@ -56,7 +56,9 @@ func (p *Proxy) acquireExchange() *exchange {
 	return x
 }
 
+// releaseExchange returns x to the pool once fasthttp is done with it.
 func (p *Proxy) releaseExchange(x *exchange) {
+	p.metrics.inFlight.Dec()
 	x.in.Reset()
 	x.reqBody = x.reqBody[:0]
 	x.upstream = 0
@@ -105,9 +107,10 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		// No body: a HEAD request, or a 204 or 304.
 		fasthttp.ReleaseResponse(resp)
 		x.tap.finish(nil)
+		p.releaseExchange(x)
 		return
 	}
-	x.tap.start(resp, stream, resp.Header.ContentType())
+	x.tap.start(resp, stream, resp.Header.ContentType(), resp.Header.ContentLength())
 	size := resp.Header.ContentLength()
 	if size < 0 || (x.tap.sse && x.tap.stripUsage) {
 		// Unknown length, or a stream that may lose its usage chunk: send
@@ -161,6 +164,7 @@ func (p *Proxy) answerWithError(ctx *fasthttp.RequestCtx, x *exchange, pe proxyE
 	x.ev.Status.Code = pe.status
 	x.ev.Status.Outcome = outcome
 	p.record(x)
+	p.releaseExchange(x)
 }
 
 // handleRequestError answers a request that fasthttp could not read (too
@@ -188,8 +192,8 @@ func (p *Proxy) handleRequestError(ctx *fasthttp.RequestCtx, err error) {
 	p.answerWithError(ctx, x, pe, audit.OutcomeRejected)
 }
 
-// record finishes the event's timings, hands it to the Recorder, updates the
-// metrics and releases the exchange.
+// record finishes the event's timings, hands it to the Recorder and updates
+// the metrics. The exchange stays in use until releaseExchange.
 func (p *Proxy) record(x *exchange) {
 	ev := &x.ev
 	total := time.Since(x.start)
@@ -201,8 +205,6 @@ func (p *Proxy) record(x *exchange) {
 		p.log.Error("audit event not recorded", "request_id", ev.RequestID, "event_id", ev.ID, "err", err)
 	}
 	p.metrics.observe(ev, err)
-	p.metrics.inFlight.Dec()
-	p.releaseExchange(x)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -763,38 +763,74 @@ func (g gatedRecorder) Record(ev *audit.Event) error {
 	return g.next.Record(ev)
 }
 
-// TestResponseCompletesOnlyAfterItsEvent: while the event log has not taken
-// the event, the client does not see the end of the response.
-func TestResponseCompletesOnlyAfterItsEvent(t *testing.T) {
-	for _, body := range []string{chatBody, strings.Replace(chatBody, `"stream":true`, `"stream":false`, 1)} {
-		gate := make(chan struct{})
-		sink := newEventSink()
-		e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) { c.Recorder = gatedRecorder{next: sink, gate: gate} })
-		done := make(chan []byte)
-		go func() {
-			resp, err := http.Post(e.proxyURL+"/v1/chat/completions", "application/json", strings.NewReader(body))
-			if err != nil {
-				done <- nil
-				return
+// TestAnswerEndsOnlyAfterItsEvent: while the event log has not taken the
+// event, the client gets neither a stream's [DONE] nor the end of a
+// non-streamed body; once it has, the client gets everything.
+func TestAnswerEndsOnlyAfterItsEvent(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		before     func(got []byte) bool // what the client may have seen while the event waits
+	}{
+		{"stream", chatBody, func(got []byte) bool {
+			return bytes.Contains(got, []byte("data: {")) && !bytes.Contains(got, []byte("[DONE]"))
+		}},
+		{"non-streamed", strings.Replace(chatBody, `"stream":true`, `"stream":false`, 1), func(got []byte) bool {
+			return len(got) == 0
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gate := make(chan struct{})
+			sink := newEventSink()
+			e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) { c.Recorder = gatedRecorder{next: sink, gate: gate} })
+			var mu sync.Mutex
+			var got []byte
+			done := make(chan error, 1)
+			// A non-streamed answer's headers wait with its body, so the
+			// request runs where it may block.
+			go func() {
+				resp, err := http.Post(e.proxyURL+"/v1/chat/completions", "application/json", strings.NewReader(tc.body))
+				if err != nil {
+					done <- err
+					return
+				}
+				defer resp.Body.Close()
+				buf := make([]byte, 512)
+				for {
+					n, err := resp.Body.Read(buf)
+					mu.Lock()
+					got = append(got, buf[:n]...)
+					mu.Unlock()
+					if err != nil {
+						done <- err
+						return
+					}
+				}
+			}()
+			time.Sleep(300 * time.Millisecond)
+			mu.Lock()
+			early := append([]byte(nil), got...)
+			mu.Unlock()
+			if !tc.before(early) {
+				t.Fatalf("while the event was not recorded the client got %q", early)
 			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			done <- b
-		}()
-		select {
-		case <-done:
-			t.Fatal("the response completed while its event was not yet recorded")
-		case <-time.After(300 * time.Millisecond):
-		}
-		close(gate)
-		select {
-		case b := <-done:
+			select {
+			case <-done:
+				t.Fatal("the response ended before its event was recorded")
+			default:
+			}
+			close(gate)
+			select {
+			case err := <-done:
+				if err != io.EOF {
+					t.Fatalf("read: %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the response did not complete after its event was recorded")
+			}
 			ev := sink.next(t)
-			if want := "blake3:" + b3hex(b); ev.Output.Hash != want || ev.Status.Outcome != audit.OutcomeOK {
-				t.Errorf("event %s %s, want ok and the hash of the %d bytes received", ev.Output.Hash, ev.Status.Outcome, len(b))
+			if want := "blake3:" + b3hex(got); ev.Output.Hash != want || ev.Status.Outcome != audit.OutcomeOK || ev.Output.Tokens == nil {
+				t.Errorf("event %s %s %v, want ok, tokens, and the hash of the %d bytes received", ev.Output.Hash, ev.Status.Outcome, ev.Output.Tokens, len(got))
 			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("the response did not complete after its event was recorded")
-		}
+		})
 	}
 }

@@ -34,14 +34,23 @@ const (
 // proxy's include_usage added.
 //
 // A piece handed to the server is hashed only when the server asks for the
-// next one (by then it has written the piece to the client connection) or
-// closes the stream without error. So the output hash covers what was
-// written to the client, also when the client goes away mid-stream.
+// next one (by then it has written the piece to the client connection). So
+// when the client goes away mid-stream, the output hash covers what was
+// written to it.
+//
+// The end of the answer is held back until the event is recorded: an SSE
+// stream's "data: [DONE]" event and everything after it, the last bytes of
+// a body of known length. When the upstream body ends, the tap hashes what it
+// still holds, records the event, and only then hands the rest out. So a
+// client that received a complete answer had its event recorded first. If
+// that last write fails, the event already says the answer was delivered;
+// the failure is logged.
 //
 // The buffer holds, in order: the piece last handed out (outStart:outEnd),
-// bytes ready to hand out (outEnd:ready), and bytes of an SSE event whose end
-// has not arrived yet (ready:end). SSE events are handed out whole, so a
-// usage-only event can be removed before any byte of it leaves.
+// bytes ready to hand out (outEnd:ready), and bytes held back (ready:end):
+// an SSE event whose end has not arrived yet, or the end of the answer. SSE
+// events are handed out whole, so a usage-only event can be removed before
+// any byte of it leaves.
 type responseTap struct {
 	x    *exchange
 	out  *hashing.Hasher
@@ -53,6 +62,11 @@ type responseTap struct {
 	json       bool // the body is JSON
 	stripUsage bool // remove usage-only SSE chunks (the proxy asked for them)
 	unparsed   bool // an SSE event overflowed maxSSEEventSize: pass the rest through
+	// size is the body's Content-Length, -1 if unknown; read counts the
+	// body bytes read so far.
+	size, read int64
+	held       bool // the end of the answer has arrived and is held back
+	recorded   bool // the event is recorded; every byte in buf is hashed
 
 	buf                             []byte
 	outStart, outEnd, ready, end    int
@@ -67,9 +81,10 @@ type responseTap struct {
 
 // start prepares the tap for the upstream response resp, whose body is read
 // from body. The tap owns resp from now on and releases it in finish.
-func (t *responseTap) start(resp *fasthttp.Response, body io.Reader, contentType []byte) {
+func (t *responseTap) start(resp *fasthttp.Response, body io.Reader, contentType []byte, size int) {
 	t.resp = resp
 	t.body = body
+	t.size = int64(size)
 	t.sse = bytes.HasPrefix(contentType, []byte("text/event-stream"))
 	t.json = !t.sse && bytes.Contains(contentType, []byte("json"))
 	if t.buf == nil {
@@ -84,6 +99,7 @@ func (t *responseTap) reset() {
 	t.sse, t.json, t.stripUsage, t.unparsed = false, false, false, false
 	t.outStart, t.outEnd, t.ready, t.end = 0, 0, 0, 0
 	t.eof, t.readFailed, t.gotFirst, t.done = false, false, false, false
+	t.size, t.read, t.held, t.recorded = 0, 0, false, false
 	t.readErr = nil
 	t.usage = usageInfo{}
 	if cap(t.buf) > tapRetainLimit {
@@ -112,15 +128,23 @@ func (t *responseTap) Read(p []byte) (int, error) {
 
 // CloseWithError implements fasthttp.ReadCloserWithError. fasthttp calls it
 // once the response is written, with the error that ended the write: nil, an
-// error of Read's, or the client connection's write error.
+// error of Read's, or the client connection's write error. It releases the
+// exchange: fasthttp is done with the tap.
 func (t *responseTap) CloseWithError(err error) error {
-	t.finish(err)
+	x := t.x
+	switch {
+	case !t.recorded:
+		t.finish(err) // the answer did not reach its end
+	case err != nil && !t.readFailed:
+		x.p.log.Info("the end of a recorded answer was not delivered", "request_id", x.ev.RequestID, "err", err)
+	}
+	x.p.releaseExchange(x)
 	return nil
 }
 
 // commit hashes the piece last handed out: the server has written it.
 func (t *responseTap) commit() {
-	if t.outEnd > t.outStart {
+	if t.outEnd > t.outStart && !t.recorded {
 		_, _ = t.out.Write(t.buf[t.outStart:t.outEnd])
 		t.outStart = t.outEnd
 	}
@@ -136,6 +160,13 @@ func (t *responseTap) fill() {
 		t.outStart, t.outEnd = 0, 0
 	}
 	if t.end == len(t.buf) {
+		if t.held && !t.recorded {
+			// More than a buffer after [DONE]: nothing a vLLM sends. Record
+			// now rather than hold an unbounded tail.
+			t.finish(nil)
+			t.ready = t.end
+			return
+		}
 		if len(t.buf) < maxSSEEventSize {
 			t.buf = append(t.buf, make([]byte, len(t.buf))...)
 		} else {
@@ -157,24 +188,32 @@ func (t *responseTap) fill() {
 	}
 	prev := t.end
 	t.end += n
+	t.read += int64(n)
+	if t.json {
+		t.keepJSON(t.buf[prev:t.end])
+	}
 	switch {
+	case t.recorded:
+		t.ready = t.end
+	case t.held:
 	case t.sse && !t.unparsed:
 		t.scanEvents()
-	case t.json:
-		t.keepJSON(t.buf[prev:t.end])
-		t.ready = t.end
+	case t.size >= 0 && t.read >= t.size:
+		t.held = true // the body's last bytes
 	default:
 		t.ready = t.end
 	}
 	if err != nil {
 		t.eof = true
-		// Whatever is left, a torn last event too, goes to the client as the
-		// upstream sent it.
-		t.ready = t.end
 		t.readErr = err
 		if err != io.EOF {
 			t.readFailed = true
 		}
+		// The answer is complete, or as complete as it will get: record the
+		// event, then let the rest (held bytes, a torn last event) go to the
+		// client as the upstream sent it.
+		t.finish(nil)
+		t.ready = t.end
 	}
 }
 
@@ -190,6 +229,10 @@ func (t *responseTap) scanEvents() {
 			copy(t.buf[t.ready:], t.buf[t.ready+ev.size:t.end])
 			t.end -= ev.size
 			continue
+		}
+		if t.done {
+			t.held = true // [DONE] and anything after it wait for the event
+			return
 		}
 		t.ready += ev.size
 	}
@@ -228,15 +271,19 @@ func (t *responseTap) keepJSON(b []byte) {
 	}
 }
 
-// finish completes the event once the response is written or has failed, and
-// records it. err is the error that ended the write, nil if none.
+// finish completes the event and records it: when the upstream body ended
+// (err nil; everything not yet handed out is about to be and is hashed now),
+// or when the write to the client failed first (err; what was not written is
+// not hashed).
 func (t *responseTap) finish(err error) {
 	x := t.x
 	ev := &x.ev
 	clientFailed := err != nil && !t.readFailed
 	if !clientFailed {
 		t.commit()
+		_, _ = t.out.Write(t.buf[t.outEnd:t.end])
 	}
+	t.recorded = true
 	if t.resp != nil {
 		// Releasing a response whose body was not read to its end closes its
 		// upstream connection rather than reusing it half-read; for vLLM that

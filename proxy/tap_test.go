@@ -76,7 +76,7 @@ func runTap(t *testing.T, stream string, strip bool, upSizes []byte, bufSize int
 	x.ev.Stream = true
 	x.tap.stripUsage = strip
 	x.tap.status = 200
-	x.tap.start(fasthttp.AcquireResponse(), &splitReader{data: []byte(stream), sizes: upSizes}, []byte("text/event-stream; charset=utf-8"))
+	x.tap.start(fasthttp.AcquireResponse(), &splitReader{data: []byte(stream), sizes: upSizes}, []byte("text/event-stream; charset=utf-8"), -1)
 	var got []byte
 	buf := make([]byte, bufSize)
 	for {
@@ -178,7 +178,7 @@ func BenchmarkTap(b *testing.B) {
 		x.tap.stripUsage = true
 		x.tap.status = 200
 		r.Reset(stream)
-		x.tap.start(nil, r, []byte("text/event-stream"))
+		x.tap.start(nil, r, []byte("text/event-stream"), -1)
 		for {
 			if _, err := x.tap.Read(buf); err != nil {
 				break
