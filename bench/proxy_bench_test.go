@@ -29,7 +29,7 @@ func startPath(b *testing.B, viaProxy bool) *fasthttp.HostClient {
 	b.Cleanup(func() { fake.Close() })
 	addr := strings.TrimPrefix(upstream, "http://")
 	if viaProxy {
-		log, err := shipper.OpenFileLog(b.TempDir())
+		log, err := shipper.OpenFileLog(b.TempDir(), shipper.FileLogOptions{})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -4,9 +4,10 @@
 //
 // Until the durable spool exists, events are appended to one NDJSON file,
 // events.ndjson, in the data directory: one JSON object per line, oldest
-// first, each written with a single write(2) on a file opened with O_APPEND,
-// so a crash leaves at most the last line torn and never interleaves two
-// events.
+// first. Writes are group commits: the events recorded since the last commit
+// go out in one write(2) on a file opened with O_APPEND, followed by one
+// fsync, at most once per fsync interval. A crash leaves at most the last
+// line torn and never interleaves two events.
 package shipper
 
 import (
@@ -20,6 +21,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/auditproxy/auditproxy/audit"
 )
@@ -27,19 +29,75 @@ import (
 // EventLogName is the events file's name inside the data directory.
 const EventLogName = "events.ndjson"
 
+// Durability says when Record returns.
+type Durability string
+
+const (
+	// DurabilitySync: Record returns once the event is fsynced. The proxy
+	// holds back the end of an answer until then, so every answer a client
+	// received completely has a durable event.
+	DurabilitySync Durability = "sync"
+	// DurabilityAsync: Record returns at once; the event is written and
+	// fsynced within the fsync interval. A crash can lose that interval.
+	DurabilityAsync Durability = "async"
+)
+
+// ParseDurability returns the Durability named s.
+func ParseDurability(s string) (Durability, error) {
+	switch Durability(s) {
+	case DurabilitySync, DurabilityAsync:
+		return Durability(s), nil
+	}
+	return "", fmt.Errorf("unknown durability %q (want %q or %q)", s, DurabilitySync, DurabilityAsync)
+}
+
+// FileLogOptions configure a FileLog. Zero values take the defaults.
+type FileLogOptions struct {
+	// Durability defaults to DurabilitySync.
+	Durability Durability
+	// FsyncInterval is the least time between two commits; events recorded
+	// meanwhile share the next one. Default 5 ms.
+	FsyncInterval time.Duration
+}
+
 // FileLog appends events to the data directory's NDJSON file. It implements
 // audit.Recorder and is safe for concurrent use.
 type FileLog struct {
-	mu       sync.Mutex
-	f        *os.File
-	buf      []byte
+	opts FileLogOptions
+	f    *os.File
+	// sync is f.Sync; tests count commits through it.
+	sync func() error
+
+	mu     sync.Mutex
+	cur    *batch // collecting events for the next commit
+	spare  []byte // the last committed batch's buffer, for reuse
+	closed bool
+	kick   chan struct{} // a batch has its first event
+	stop   chan struct{} // closed by Close: commit what is pending and exit
+	done   chan struct{} // the committer has exited
+
 	recorded atomic.Int64
+}
+
+// batch is the events of one commit.
+type batch struct {
+	buf       []byte
+	n         int
+	committed chan struct{} // closed after the commit
+	err       error         // the commit's error, set before committed closes
 }
 
 var _ audit.Recorder = (*FileLog)(nil)
 
-// OpenFileLog opens (creating if needed) the events file in dataDir.
-func OpenFileLog(dataDir string) (*FileLog, error) {
+// OpenFileLog opens (creating if needed) the events file in dataDir and
+// starts its committer. Close stops it.
+func OpenFileLog(dataDir string, opts FileLogOptions) (*FileLog, error) {
+	if opts.Durability == "" {
+		opts.Durability = DurabilitySync
+	}
+	if opts.FsyncInterval <= 0 {
+		opts.FsyncInterval = 5 * time.Millisecond
+	}
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
@@ -48,49 +106,111 @@ func OpenFileLog(dataDir string) (*FileLog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open event log: %w", err)
 	}
-	return &FileLog{f: f}, nil
+	l := &FileLog{opts: opts, f: f, sync: f.Sync, cur: newBatch(nil),
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	go l.commitLoop()
+	return l, nil
 }
 
-// Record appends ev as one line.
+func newBatch(buf []byte) *batch {
+	return &batch{buf: buf[:0], committed: make(chan struct{})}
+}
+
+// Record appends ev to the next commit and, with DurabilitySync, waits for
+// that commit.
 func (l *FileLog) Record(ev *audit.Event) error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.f == nil {
+	if l.closed {
+		l.mu.Unlock()
 		return errors.New("event log is closed")
 	}
-	l.buf = append(ev.AppendJSON(l.buf[:0]), '\n')
-	if _, err := l.f.Write(l.buf); err != nil {
-		return fmt.Errorf("append event: %w", err)
+	b := l.cur
+	b.buf = append(ev.AppendJSON(b.buf), '\n')
+	b.n++
+	if b.n == 1 {
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
 	}
-	l.recorded.Add(1)
+	l.mu.Unlock()
+	if l.opts.Durability == DurabilityAsync {
+		return nil
+	}
+	<-b.committed
+	return b.err
+}
+
+// commitLoop commits a batch whenever one has events, at most once per
+// fsync interval, until Close.
+func (l *FileLog) commitLoop() {
+	defer close(l.done)
+	var last time.Time
+	for {
+		open := true
+		select {
+		case <-l.kick:
+			if wait := l.opts.FsyncInterval - time.Since(last); wait > 0 {
+				t := time.NewTimer(wait)
+				select {
+				case <-t.C:
+				case <-l.stop:
+					t.Stop()
+					open = false
+				}
+			}
+		case <-l.stop:
+			open = false
+		}
+		last = time.Now()
+		l.mu.Lock()
+		b := l.cur
+		l.cur = newBatch(l.spare)
+		l.mu.Unlock()
+		if b.n > 0 {
+			b.err = l.commit(b)
+		}
+		close(b.committed)
+		l.spare = b.buf
+		if !open {
+			return
+		}
+	}
+}
+
+// commit writes and fsyncs one batch.
+func (l *FileLog) commit(b *batch) error {
+	if _, err := l.f.Write(b.buf); err != nil {
+		return fmt.Errorf("append %d events: %w", b.n, err)
+	}
+	if err := l.sync(); err != nil {
+		return fmt.Errorf("fsync %d events: %w", b.n, err)
+	}
+	l.recorded.Add(int64(b.n))
 	return nil
 }
 
-// Recorded reports how many events this FileLog appended.
+// Recorded reports how many events this FileLog committed.
 func (l *FileLog) Recorded() int64 { return l.recorded.Load() }
 
-// Sync flushes the file to stable storage.
-func (l *FileLog) Sync() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.f == nil {
-		return nil
-	}
-	return l.f.Sync()
-}
-
-// Close syncs and closes the file. Record fails after Close.
+// Close commits what was recorded, stops the committer and closes the file.
+// Record fails after Close.
 func (l *FileLog) Close() error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.f == nil {
+	if l.closed {
+		l.mu.Unlock()
 		return nil
 	}
-	err := l.f.Sync()
+	l.closed = true
+	pending := l.cur
+	close(l.stop)
+	l.mu.Unlock()
+	<-l.done
+	<-pending.committed
+	err := pending.err
 	if cerr := l.f.Close(); err == nil {
 		err = cerr
 	}
-	l.f = nil
 	return err
 }
 

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,7 +16,7 @@ import (
 
 func TestFileLogAndExport(t *testing.T) {
 	dir := t.TempDir()
-	l, err := OpenFileLog(dir)
+	l, err := OpenFileLog(dir, FileLogOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,5 +89,101 @@ func TestExportErrors(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, EventLogName), []byte("{\"v\":1}\ngarbage\n"), 0o600)
 	if _, err := Export(dir, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "line 2") {
 		t.Errorf("corrupt line: error %v", err)
+	}
+}
+
+// TestGroupCommit: in sync mode Record returns only once its event is on
+// disk (written and fsynced), concurrent events share fsyncs, and at most
+// one fsync runs per interval.
+func TestGroupCommit(t *testing.T) {
+	dir := t.TempDir()
+	const interval = 20 * time.Millisecond
+	l, err := OpenFileLog(dir, FileLogOptions{Durability: DurabilitySync, FsyncInterval: interval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var syncs atomic.Int64
+	var syncedSize atomic.Int64
+	realSync := l.sync
+	l.sync = func() error {
+		syncs.Add(1)
+		fi, _ := l.f.Stat()
+		syncedSize.Store(fi.Size())
+		return realSync()
+	}
+	const n = 64
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ev := audit.Event{V: 1, ID: strings.Repeat("x", i)}
+			if err := l.Record(&ev); err != nil {
+				t.Error(err)
+				return
+			}
+			// Returned: its line must be within what was fsynced.
+			b, _ := os.ReadFile(filepath.Join(dir, EventLogName))
+			line := `"id":"` + ev.ID + `"`
+			idx := strings.Index(string(b), line)
+			if idx < 0 || int64(idx) >= syncedSize.Load() {
+				t.Errorf("Record returned before its event was fsynced")
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if got := syncs.Load(); got >= n || got > int64(elapsed/interval)+2 {
+		t.Errorf("%d fsyncs for %d concurrent events in %v; want them grouped, at most one per %v", got, n, elapsed, interval)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if l.Recorded() != n {
+		t.Errorf("Recorded() = %d, want %d", l.Recorded(), n)
+	}
+}
+
+// TestAsyncDurability: Record returns before the commit; Close commits
+// everything.
+func TestAsyncDurability(t *testing.T) {
+	dir := t.TempDir()
+	l, err := OpenFileLog(dir, FileLogOptions{Durability: DurabilityAsync, FsyncInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first commit runs at once (none ran for an interval); the
+	// second waits an hour, so these events can only be pending.
+	l.Record(&audit.Event{ID: "first"})
+	deadline := time.Now().Add(5 * time.Second)
+	for l.Recorded() != 1 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	for i := range 10 {
+		if err := l.Record(&audit.Event{ID: strings.Repeat("y", i+1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := l.Recorded(); got != 1 {
+		t.Errorf("%d events committed before the interval; want 1", got)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if st, err := Export(dir, &out); err != nil || st.Events != 11 {
+		t.Errorf("after Close: %+v %v, want 11 events", st, err)
+	}
+}
+
+func TestParseDurability(t *testing.T) {
+	for _, s := range []string{"sync", "async"} {
+		if d, err := ParseDurability(s); err != nil || string(d) != s {
+			t.Errorf("ParseDurability(%q) = %q, %v", s, d, err)
+		}
+	}
+	if _, err := ParseDurability("eventually"); err == nil {
+		t.Error("ParseDurability(eventually) succeeded")
 	}
 }

@@ -37,6 +37,7 @@ func TestUsageErrors(t *testing.T) {
 		{"bad size", []string{"serve", "--upstream", "http://127.0.0.1:1", "--max-request-body-size", "lots"}, nil, 2, `invalid size "lots"`},
 		{"bad env value", []string{"serve", "--upstream", "http://127.0.0.1:1"}, map[string]string{"AUDITPROXY_UPSTREAM_IDLE_TIMEOUT": "soon"}, 2, "$AUDITPROXY_UPSTREAM_IDLE_TIMEOUT"},
 		{"env upstream is used", []string{"serve"}, map[string]string{"AUDITPROXY_UPSTREAM": "gopher://x"}, 2, "scheme must be http or https"},
+		{"bad durability", []string{"serve", "--upstream", "http://127.0.0.1:1", "--durability", "eventually"}, nil, 2, `unknown durability "eventually"`},
 		{"stray argument", []string{"export", "extra"}, nil, 2, `unexpected argument "extra"`},
 		{"export of a missing dir", []string{"export", "--data-dir", "/nonexistent/auditproxy"}, nil, 1, "export: data dir"},
 	}
@@ -63,7 +64,7 @@ func TestHelpListsEveryFlagWithItsEnvVar(t *testing.T) {
 		t.Fatalf("serve --help exited %d", code)
 	}
 	for _, flag := range []string{"upstream", "listen", "admin-listen", "data-dir", "hash", "key-id-secret-file",
-		"max-request-body-size", "upstream-idle-timeout", "client-idle-timeout"} {
+		"max-request-body-size", "upstream-idle-timeout", "client-idle-timeout", "durability", "fsync-interval"} {
 		if !strings.Contains(errOut.String(), "--"+flag+" ") || !strings.Contains(errOut.String(), "$"+envName(flag)) {
 			t.Errorf("serve --help does not document --%s and $%s", flag, envName(flag))
 		}

@@ -36,6 +36,8 @@ type serveConfig struct {
 	upstreamIdleTimeout time.Duration
 	clientIdleTimeout   time.Duration
 	upstreamMaxConns    int
+	durability          string
+	fsyncInterval       time.Duration
 	shutdownTimeout     time.Duration
 	logLevel            string
 	logFormat           string
@@ -53,6 +55,8 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.DurationVar(&c.upstreamIdleTimeout, "upstream-idle-timeout", 10*time.Minute, "fail an upstream exchange that sends no byte for this `duration` (504, or a cut stream); bounds the longest non-streamed generation")
 	fs.DurationVar(&c.clientIdleTimeout, "client-idle-timeout", 2*time.Minute, "fail a client that reads no byte of its response, or sends no byte of its request, for this `duration`")
 	fs.IntVar(&c.upstreamMaxConns, "upstream-max-conns", 4096, "most concurrent upstream `connections` (requests in flight at vLLM)")
+	fs.StringVar(&c.durability, "durability", "sync", "`mode`: sync holds back the end of each answer until its event is fsynced; async fsyncs within --fsync-interval without holding back (a crash can lose that interval)")
+	fs.DurationVar(&c.fsyncInterval, "fsync-interval", 5*time.Millisecond, "group commit: fsync the event log at most once per `duration`, for every event recorded since the last")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "log `format` on stderr: json or text")
@@ -112,7 +116,11 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 	if err != nil {
 		return nil, err
 	}
-	events, err := shipper.OpenFileLog(c.dataDir)
+	durability, err := shipper.ParseDurability(c.durability)
+	if err != nil {
+		return nil, usageError{"--durability: " + err.Error()}
+	}
+	events, err := shipper.OpenFileLog(c.dataDir, shipper.FileLogOptions{Durability: durability, FsyncInterval: c.fsyncInterval})
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +173,8 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 	}
 	go func() { inst.serveErr <- p.Serve(inst.ln) }()
 	logger.Info("auditproxy serving", "version", buildVersion(), "listen", inst.ln.Addr().String(),
-		"admin", c.adminListen, "upstream", c.upstream, "data_dir", c.dataDir, "hash", string(alg))
+		"admin", c.adminListen, "upstream", c.upstream, "data_dir", c.dataDir, "hash", string(alg),
+		"durability", string(durability), "fsync_interval", c.fsyncInterval.String())
 	return inst, nil
 }
 
