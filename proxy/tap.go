@@ -212,7 +212,9 @@ func (t *responseTap) fill() {
 		// The answer is complete, or as complete as it will get: record the
 		// event, then let the rest (held bytes, a torn last event) go to the
 		// client as the upstream sent it.
-		t.finish(nil)
+		if !t.recorded {
+			t.finish(nil)
+		}
 		t.ready = t.end
 	}
 }

@@ -198,3 +198,69 @@ func BenchmarkParseRequestFields(b *testing.B) {
 		_ = parseRequestFields(&p, body)
 	}
 }
+
+// recordWatcher records how many bytes the client had been handed when the
+// event was recorded.
+type recordWatcher struct {
+	handed *int
+	atRec  int
+	n      int
+}
+
+func (r *recordWatcher) Record(*audit.Event) error {
+	r.atRec = *r.handed
+	r.n++
+	return nil
+}
+
+// TestTapHoldsBackTheEnd: the event is recorded before the last bytes of a
+// known-length body, or a stream's [DONE], are handed to the server, and
+// exactly once.
+func TestTapHoldsBackTheEnd(t *testing.T) {
+	body := `{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"content":"` + strings.Repeat("z", 5000) +
+		`"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4}}`
+	for _, tc := range []struct {
+		name, stream, ctype string
+		size                int
+		lastPart            string
+	}{
+		{"json of known length", body, "application/json", len(body), ""},
+		{"sse", vllmStream(20), "text/event-stream", -1, doneChunk},
+	} {
+		for _, sizes := range [][]byte{{255}, {0, 17}, {99}} {
+			handed := 0
+			rec := &recordWatcher{handed: &handed}
+			kid, _ := hashing.NewKeyIDer(make([]byte, 32))
+			p, err := New(Config{Upstream: "http://127.0.0.1:1", KeyIDer: kid, Recorder: rec})
+			if err != nil {
+				t.Fatal(err)
+			}
+			x := p.acquireExchange()
+			x.tap.status = 200
+			x.tap.start(nil, &splitReader{data: []byte(tc.stream), sizes: sizes}, []byte(tc.ctype), tc.size)
+			var got []byte
+			buf := make([]byte, 1000)
+			for {
+				n, err := x.tap.Read(buf)
+				got = append(got, buf[:n]...)
+				handed = len(got)
+				if err != nil {
+					break
+				}
+			}
+			x.tap.CloseWithError(nil)
+			if string(got) != tc.stream {
+				t.Fatalf("%s: client got %d bytes, want %d", tc.name, len(got), len(tc.stream))
+			}
+			if rec.n != 1 {
+				t.Fatalf("%s: recorded %d times", tc.name, rec.n)
+			}
+			if rec.atRec >= len(tc.stream) {
+				t.Errorf("%s split %v: event recorded after all %d bytes were handed out", tc.name, sizes, rec.atRec)
+			}
+			if tc.lastPart != "" && rec.atRec > len(tc.stream)-len(tc.lastPart) {
+				t.Errorf("%s: %d bytes handed out before the event, past the start of %q", tc.name, rec.atRec, tc.lastPart)
+			}
+		}
+	}
+}
