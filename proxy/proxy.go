@@ -14,6 +14,11 @@
 // streamed: a Server-Sent Events stream reaches the client event by event as
 // the upstream sends it, and nothing waits for a whole body.
 //
+// The end of every answer (a stream's "data: [DONE]", the last bytes of a
+// body of known length) is held back until the Recorder has taken the
+// answer's event, so a client never holds a complete answer without its
+// event.
+//
 // One change is made to a request, and undone in its response: a streamed
 // completion that did not ask for usage gets stream_options.include_usage, so
 // that the audit record can carry vLLM's token counts, and the usage-only
