@@ -149,12 +149,15 @@ type Source struct {
 }
 
 // Recorder keeps finished events. The proxy calls Record once per request,
-// after the response was written (or failed), from the goroutine that served
-// the request. Implementations must be safe for concurrent use and must not
-// retain ev after Record returns: the caller reuses it.
+// from the goroutine that serves it: when the upstream's answer has ended,
+// before the answer's last bytes go to the client (they wait until Record
+// returns), or when the exchange failed. Implementations must be safe for
+// concurrent use and must not retain ev after Record returns: the caller
+// reuses it.
 //
 // Record returns an error when the event could not be kept; the proxy counts
-// and logs it, since the response has already gone.
+// it in auditproxy_events_dropped_total and logs it, and the answer still
+// completes.
 type Recorder interface {
 	Record(ev *Event) error
 }
