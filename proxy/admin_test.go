@@ -43,6 +43,7 @@ func TestAdminEndpointsAndMetrics(t *testing.T) {
 		`auditproxy_input_tokens_total{model="` + testModel + `"} 3`,
 		`auditproxy_output_tokens_total{model="` + testModel + `"} 32`,
 		`auditproxy_requests_in_flight 0`,
+		`auditproxy_event_record_seconds_count 2`,
 		`auditproxy_events_recorded_total 2`,
 		`auditproxy_events_dropped_total 0`,
 	} {

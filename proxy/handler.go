@@ -200,7 +200,9 @@ func (p *Proxy) record(x *exchange) {
 	ev.Latency.Total = ms(total)
 	ev.Latency.Upstream = ms(x.upstream)
 	ev.Latency.Overhead = ms(total - x.upstream)
+	start := time.Now()
 	err := p.cfg.Recorder.Record(ev)
+	p.metrics.recordWait.Observe(time.Since(start).Seconds())
 	if err != nil {
 		p.log.Error("audit event not recorded", "request_id", ev.RequestID, "event_id", ev.ID, "err", err)
 	}

@@ -24,6 +24,7 @@ type Metrics struct {
 	inputTokens    *prometheus.CounterVec
 	outputTokens   *prometheus.CounterVec
 	inFlight       prometheus.Gauge
+	recordWait     prometheus.Histogram
 	eventsRecorded prometheus.Counter
 	eventsDropped  prometheus.Counter
 
@@ -66,6 +67,11 @@ func NewMetrics() *Metrics {
 			Name: "auditproxy_requests_in_flight",
 			Help: "Requests being proxied now, streams included.",
 		}),
+		recordWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "auditproxy_event_record_seconds",
+			Help:    "Time the end of an answer waited for the event log to take its event (with sync durability: write and fsync).",
+			Buckets: []float64{.00001, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1, 1},
+		}),
 		eventsRecorded: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "auditproxy_events_recorded_total",
 			Help: "Audit events accepted by the event log.",
@@ -81,7 +87,7 @@ func NewMetrics() *Metrics {
 // Register registers every collector with r.
 func (m *Metrics) Register(r prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.ttft, m.overhead,
-		m.inputTokens, m.outputTokens, m.inFlight, m.eventsRecorded, m.eventsDropped} {
+		m.inputTokens, m.outputTokens, m.inFlight, m.recordWait, m.eventsRecorded, m.eventsDropped} {
 		if err := r.Register(c); err != nil {
 			return err
 		}
