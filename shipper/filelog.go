@@ -12,6 +12,7 @@ package shipper
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -77,6 +78,57 @@ type FileLog struct {
 	done   chan struct{} // the committer has exited
 
 	recorded atomic.Int64
+
+	// TornBytesCut is how many bytes of a partial last line, left by a
+	// process that died while writing, were cut off when the log was
+	// opened. Their event's Record had not returned, so no client got the
+	// end of that answer.
+	TornBytesCut int64
+}
+
+// cutTornTail truncates the file at path after its last newline, so that the
+// next event starts a line of its own. It returns the bytes cut.
+func cutTornTail(path string) (int64, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("open event log: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	size := fi.Size()
+	buf := make([]byte, 64<<10)
+	for end := size; end > 0; {
+		start := max(end-int64(len(buf)), 0)
+		n, err := f.ReadAt(buf[:end-start], start)
+		if err != nil && err != io.EOF {
+			return 0, fmt.Errorf("read event log: %w", err)
+		}
+		if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
+			keep := start + int64(i) + 1
+			if keep == size {
+				return 0, nil
+			}
+			return size - keep, truncate(f, keep)
+		}
+		end = start
+	}
+	if size == 0 {
+		return 0, nil
+	}
+	return size, truncate(f, 0) // a single torn line
+}
+
+func truncate(f *os.File, size int64) error {
+	if err := f.Truncate(size); err != nil {
+		return fmt.Errorf("cut torn tail of event log: %w", err)
+	}
+	return f.Sync()
 }
 
 // batch is the events of one commit.
@@ -102,11 +154,15 @@ func OpenFileLog(dataDir string, opts FileLogOptions) (*FileLog, error) {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
 	path := filepath.Join(dataDir, EventLogName)
+	cut, err := cutTornTail(path)
+	if err != nil {
+		return nil, err
+	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open event log: %w", err)
 	}
-	l := &FileLog{opts: opts, f: f, sync: f.Sync, cur: newBatch(nil),
+	l := &FileLog{opts: opts, f: f, sync: f.Sync, cur: newBatch(nil), TornBytesCut: cut,
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go l.commitLoop()
 	return l, nil

@@ -187,3 +187,43 @@ func TestParseDurability(t *testing.T) {
 		t.Error("ParseDurability(eventually) succeeded")
 	}
 }
+
+// TestOpenCutsTornTail: a log left with a partial last line at every
+// possible cut is repaired on open, and the next event starts a line of its
+// own.
+func TestOpenCutsTornTail(t *testing.T) {
+	full := `{"v":1,"id":"a"}` + "\n" + `{"v":1,"id":"b"}` + "\n"
+	firstLine := len(full) / 2
+	for cut := 0; cut <= len(full); cut++ {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, EventLogName), []byte(full[:cut]), 0o600)
+		l, err := OpenFileLog(dir, FileLogOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantCut := int64(0)
+		switch {
+		case cut < firstLine:
+			wantCut = int64(cut)
+		case cut < len(full):
+			wantCut = int64(cut - firstLine)
+		}
+		if l.TornBytesCut != wantCut {
+			t.Errorf("cut at %d: TornBytesCut %d, want %d", cut, l.TornBytesCut, wantCut)
+		}
+		if err := l.Record(&audit.Event{V: 1, ID: "c"}); err != nil {
+			t.Fatal(err)
+		}
+		l.Close()
+		var out bytes.Buffer
+		st, err := Export(dir, &out)
+		if err != nil || st.TornTail {
+			t.Fatalf("cut at %d: export %+v %v:\n%s", cut, st, err, out.String())
+		}
+		kept := strings.Count(full[:cut], "\n")
+		lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+		if st.Events != kept+1 || !strings.Contains(lines[len(lines)-1], `"id":"c"`) {
+			t.Errorf("cut at %d: exported %d events (%q), want the %d whole ones and the new one last", cut, st.Events, out.String(), kept)
+		}
+	}
+}

@@ -124,6 +124,10 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 	if err != nil {
 		return nil, err
 	}
+	if events.TornBytesCut > 0 {
+		logger.Warn("cut a partial last line from the event log (the previous process died while writing it; no client got the end of that answer)",
+			"bytes", events.TornBytesCut)
+	}
 	var rec audit.Recorder = events
 	if tee != nil {
 		rec = teeRecorder{next: events, tee: tee}
