@@ -6,8 +6,8 @@
 // events.ndjson, in the data directory: one JSON object per line, oldest
 // first. Writes are group commits: the events recorded since the last commit
 // go out in one write(2) on a file opened with O_APPEND, followed by one
-// fsync, at most once per fsync interval. A crash leaves at most the last
-// line torn and never interleaves two events.
+// fsync. A crash leaves at most the last line torn, which the next open cuts
+// off, and never interleaves two events.
 package shipper
 
 import (
@@ -56,8 +56,9 @@ func ParseDurability(s string) (Durability, error) {
 type FileLogOptions struct {
 	// Durability defaults to DurabilitySync.
 	Durability Durability
-	// FsyncInterval is the least time between two commits; events recorded
-	// meanwhile share the next one. Default 5 ms.
+	// FsyncInterval, with DurabilityAsync, is the time between two commits;
+	// events recorded meanwhile share the next one. Default 5 ms. With
+	// DurabilitySync commits run back to back (see commitLoop).
 	FsyncInterval time.Duration
 }
 
@@ -197,8 +198,15 @@ func (l *FileLog) Record(ev *audit.Event) error {
 	return b.err
 }
 
-// commitLoop commits a batch whenever one has events, at most once per
-// fsync interval, until Close.
+// commitLoop commits a batch whenever one has events, until Close.
+//
+// With DurabilityAsync a commit waits until an fsync interval has passed
+// since the last one, so the disk sees at most one fsync per interval and an
+// event waits at most an interval. With DurabilitySync an answer waits for
+// its commit, so commits run back to back: the events that arrive while one
+// fsync runs form the next batch. Batches grow with load, and the fsync rate
+// is bounded by the disk's fsync time instead of by a timer that would add
+// up to an interval to every answer (measured: +5 ms at p50 with 5 ms).
 func (l *FileLog) commitLoop() {
 	defer close(l.done)
 	var last time.Time
@@ -206,7 +214,7 @@ func (l *FileLog) commitLoop() {
 		open := true
 		select {
 		case <-l.kick:
-			if wait := l.opts.FsyncInterval - time.Since(last); wait > 0 {
+			if wait := l.opts.FsyncInterval - time.Since(last); wait > 0 && l.opts.Durability == DurabilityAsync {
 				t := time.NewTimer(wait)
 				select {
 				case <-t.C:

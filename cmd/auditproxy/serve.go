@@ -56,7 +56,7 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.DurationVar(&c.clientIdleTimeout, "client-idle-timeout", 2*time.Minute, "fail a client that reads no byte of its response, or sends no byte of its request, for this `duration`")
 	fs.IntVar(&c.upstreamMaxConns, "upstream-max-conns", 4096, "most concurrent upstream `connections` (requests in flight at vLLM)")
 	fs.StringVar(&c.durability, "durability", "sync", "`mode`: sync holds back the end of each answer until its event is fsynced; async fsyncs within --fsync-interval without holding back (a crash can lose that interval)")
-	fs.DurationVar(&c.fsyncInterval, "fsync-interval", 5*time.Millisecond, "group commit: fsync the event log at most once per `duration`, for every event recorded since the last")
+	fs.DurationVar(&c.fsyncInterval, "fsync-interval", 5*time.Millisecond, "with --durability async, commit (write and fsync) the event log once per `duration`; with sync, commits run back to back and each takes every event that arrived during the last")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "log `format` on stderr: json or text")
