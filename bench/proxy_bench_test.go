@@ -16,10 +16,11 @@ import (
 	"github.com/auditproxy/auditproxy/shipper"
 )
 
-// startPath starts a fake vLLM and, when viaProxy, auditproxy in front of it
-// (recording to a real event file), all in this process over loopback TCP.
-// It returns a client for whichever the benchmark talks to.
-func startPath(b *testing.B, viaProxy bool) *fasthttp.HostClient {
+// startPath starts a fake vLLM and, when durability is not empty, auditproxy
+// in front of it (recording to a real event file with that durability), all
+// in this process over loopback TCP. It returns a client for whichever the
+// benchmark talks to.
+func startPath(b *testing.B, durability shipper.Durability) *fasthttp.HostClient {
 	b.Helper()
 	fake := fakevllm.New(fakevllm.Config{})
 	upstream, err := fake.Start("127.0.0.1:0")
@@ -28,8 +29,8 @@ func startPath(b *testing.B, viaProxy bool) *fasthttp.HostClient {
 	}
 	b.Cleanup(func() { fake.Close() })
 	addr := strings.TrimPrefix(upstream, "http://")
-	if viaProxy {
-		log, err := shipper.OpenFileLog(b.TempDir(), shipper.FileLogOptions{})
+	if durability != "" {
+		log, err := shipper.OpenFileLog(b.TempDir(), shipper.FileLogOptions{Durability: durability})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -78,17 +79,22 @@ func benchRequest(b *testing.B, c *fasthttp.HostClient, body string, wantSuffix 
 	}
 }
 
+// paths are the ways a benchmark request goes: straight to the fake, or
+// through auditproxy with async durability (the proxy's own work) or sync
+// durability (plus waiting for write and fsync, one request at a time).
+var paths = []struct {
+	name       string
+	durability shipper.Durability
+}{{"direct", ""}, {"proxy-async", shipper.DurabilityAsync}, {"proxy-sync", shipper.DurabilitySync}}
+
 // BenchmarkNonStream is one client, one request at a time: a non-streamed
 // chat completion with a 1 KiB prompt and a 2 KiB answer. allocs/op covers
 // the whole process (client, proxy, fake); the proxy's share is proxy minus
 // direct.
 func BenchmarkNonStream(b *testing.B) {
-	for _, via := range []struct {
-		name  string
-		proxy bool
-	}{{"direct", false}, {"proxy", true}} {
+	for _, via := range paths {
 		b.Run(via.name, func(b *testing.B) {
-			benchRequest(b, startPath(b, via.proxy), prompt1KiB, []byte("}"))
+			benchRequest(b, startPath(b, via.durability), prompt1KiB, []byte("}"))
 		})
 	}
 }
@@ -97,12 +103,9 @@ func BenchmarkNonStream(b *testing.B) {
 // pacing: the cost of tapping, parsing and stripping an SSE stream.
 func BenchmarkStream(b *testing.B) {
 	body := `{"model":"meta-llama/Llama-3.1-8B-Instruct","max_tokens":200,"stream":true,"messages":[{"role":"user","content":"hi"}]}`
-	for _, via := range []struct {
-		name  string
-		proxy bool
-	}{{"direct", false}, {"proxy", true}} {
+	for _, via := range paths {
 		b.Run(via.name, func(b *testing.B) {
-			benchRequest(b, startPath(b, via.proxy), body, []byte("data: [DONE]\n\n"))
+			benchRequest(b, startPath(b, via.durability), body, []byte("data: [DONE]\n\n"))
 		})
 	}
 }

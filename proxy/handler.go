@@ -31,6 +31,9 @@ type exchange struct {
 	outTokens   int64
 	upstream    time.Duration
 	clientClose bool // the client asked for Connection: close
+	// lastModel is the model name of the last request this pooled exchange
+	// served; most requests name the same one.
+	lastModel string
 
 	tap responseTap
 }
@@ -71,16 +74,17 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	x := p.acquireExchange()
 	ev := &x.ev
 	ev.RequestID = requestIDFor(ctx.Request.Header.Peek(requestIDHeader))
-	ev.Method = string(ctx.Method())
-	ev.Path = string(ctx.Path())
+	ev.Method = internString(ctx.Method(), commonMethods)
+	ev.Path = internString(ctx.Path(), commonPaths)
 	x.identifyCaller(&ctx.Request.Header)
 
 	body := ctx.Request.Body()
 	_, _ = x.in.Write(body)
 	ev.Input.Hash = x.in.Digest()
 	ev.Input.Bytes = int64(len(body))
-	f := parseRequestFields(&x.parser, body)
+	f := parseRequestFields(&x.parser, body, x.lastModel)
 	ev.Model.Name = f.model
+	x.lastModel = f.model
 	ev.Stream = f.stream
 	if f.valid && f.stream && !f.includeUsage {
 		x.reqBody = withIncludeUsage(x.reqBody[:0], &x.parser, body, f)
@@ -173,8 +177,8 @@ func (p *Proxy) answerWithError(ctx *fasthttp.RequestCtx, x *exchange, pe proxyE
 func (p *Proxy) handleRequestError(ctx *fasthttp.RequestCtx, err error) {
 	x := p.acquireExchange()
 	x.ev.RequestID = requestIDFor(ctx.Request.Header.Peek(requestIDHeader))
-	x.ev.Method = string(ctx.Method())
-	x.ev.Path = string(ctx.Path())
+	x.ev.Method = internString(ctx.Method(), commonMethods)
+	x.ev.Path = internString(ctx.Path(), commonPaths)
 	x.identifyCaller(&ctx.Request.Header)
 	if n := ctx.Request.Header.ContentLength(); n > 0 {
 		x.ev.Input.Bytes = int64(n)
@@ -210,3 +214,22 @@ func (p *Proxy) record(x *exchange) {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// The methods and paths nearly every request has, so that the event's copies
+// of them need no allocation.
+var (
+	commonMethods = []string{"POST", "GET", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"}
+	commonPaths   = []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
+		"/v1/responses", "/health", "/metrics", "/version", "/tokenize", "/detokenize", "/pooling", "/score",
+		"/rerank", "/v1/rerank", "/v1/score", "/v1/audio/transcriptions", "/v1/audio/translations"}
+)
+
+// internString returns the string in known equal to b, or a copy of b.
+func internString(b []byte, known []string) string {
+	for _, k := range known {
+		if string(b) == k {
+			return k
+		}
+	}
+	return string(b)
+}

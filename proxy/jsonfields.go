@@ -23,15 +23,20 @@ type requestFields struct {
 
 // parseRequestFields extracts requestFields from body. A body that is not a
 // JSON object yields valid == false and is forwarded unchanged: the upstream
-// owns the error message.
-func parseRequestFields(p *fastjson.Parser, body []byte) (f requestFields) {
+// owns the error message. prevModel is a model name seen before; when the
+// body names the same model, that string is reused rather than allocated.
+func parseRequestFields(p *fastjson.Parser, body []byte, prevModel string) (f requestFields) {
 	v, err := p.ParseBytes(body)
 	if err != nil || v.Type() != fastjson.TypeObject {
 		return f
 	}
 	f.valid = true
 	if m := v.Get("model"); m != nil && m.Type() == fastjson.TypeString {
-		f.model = string(m.GetStringBytes())
+		if b := m.GetStringBytes(); string(b) == prevModel {
+			f.model = prevModel
+		} else {
+			f.model = string(b)
+		}
 	}
 	f.stream = v.GetBool("stream")
 	if so := v.Get("stream_options"); so != nil {

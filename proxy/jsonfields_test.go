@@ -25,7 +25,7 @@ func TestParseRequestFields(t *testing.T) {
 	}
 	var p fastjson.Parser
 	for _, tt := range tests {
-		if got := parseRequestFields(&p, []byte(tt.body)); got != tt.want {
+		if got := parseRequestFields(&p, []byte(tt.body), ""); got != tt.want {
 			t.Errorf("parseRequestFields(%s) = %+v, want %+v", tt.body, got, tt.want)
 		}
 	}
@@ -45,7 +45,7 @@ func TestWithIncludeUsage(t *testing.T) {
 	}
 	var p fastjson.Parser
 	for _, tt := range tests {
-		f := parseRequestFields(&p, []byte(tt.in))
+		f := parseRequestFields(&p, []byte(tt.in), "")
 		got := string(withIncludeUsage(nil, &p, []byte(tt.in), f))
 		if got != tt.want {
 			t.Errorf("withIncludeUsage(%s) = %s, want %s", tt.in, got, tt.want)
@@ -104,7 +104,7 @@ func FuzzRequestFields(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var p fastjson.Parser
-		fields := parseRequestFields(&p, body)
+		fields := parseRequestFields(&p, body, "m")
 		if !fields.valid {
 			return
 		}

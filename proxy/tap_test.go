@@ -195,7 +195,7 @@ func BenchmarkParseRequestFields(b *testing.B) {
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {
-		_ = parseRequestFields(&p, body)
+		_ = parseRequestFields(&p, body, "meta-llama/Llama-3.1-8B-Instruct")
 	}
 }
 
