@@ -155,11 +155,20 @@ type Source struct {
 // concurrent use and must not retain ev after Record returns: the caller
 // reuses it.
 //
-// Record returns an error when the event could not be kept; the proxy counts
-// it in auditproxy_events_dropped_total and logs it, and the answer still
-// completes.
+// Record returns an error when the event could not be kept. The proxy counts
+// it in auditproxy_events_dropped_total, logs it, and withholds the end of
+// the answer (the connection is cut), so that no client holds a complete
+// answer without its record.
 type Recorder interface {
 	Record(ev *Event) error
+}
+
+// An Admitter is a Recorder that can tell in advance that it cannot keep
+// events, such as a spool at its size bound. The proxy calls Admit before it
+// sends a request upstream and, on an error, answers 503 without running the
+// inference: none runs without a place for its record.
+type Admitter interface {
+	Admit() error
 }
 
 // NewID returns a random (version 4) UUID in its canonical text form.

@@ -30,7 +30,7 @@ func startPath(b *testing.B, durability shipper.Durability) *fasthttp.HostClient
 	b.Cleanup(func() { fake.Close() })
 	addr := strings.TrimPrefix(upstream, "http://")
 	if durability != "" {
-		log, err := shipper.OpenFileLog(b.TempDir(), shipper.FileLogOptions{Durability: durability})
+		log, err := shipper.OpenSpool(b.TempDir(), shipper.SpoolOptions{Durability: durability})
 		if err != nil {
 			b.Fatal(err)
 		}

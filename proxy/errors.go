@@ -29,6 +29,8 @@ var (
 		"the request was not received within the idle timeout"}
 	errHeaderTooLarge = proxyError{fasthttp.StatusRequestHeaderFieldsTooLarge, "invalid_request_error", "headers_too_large",
 		"request headers are too large"}
+	errAuditUnavailable = proxyError{fasthttp.StatusServiceUnavailable, "server_error", "audit_log_unavailable",
+		"audit log unavailable: the proxy cannot record this request, so it was not run; retry later"}
 	errBadRequest = proxyError{fasthttp.StatusBadRequest, "invalid_request_error", "malformed_request",
 		"the request is not valid HTTP"}
 )

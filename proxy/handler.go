@@ -92,6 +92,13 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		x.tap.stripUsage = true
 	}
 
+	if p.admitter != nil {
+		if err := p.admitter.Admit(); err != nil {
+			p.refuseUnrecordable(ctx, x, err)
+			return
+		}
+	}
+
 	x.clientClose = prepareUpstreamRequest(&ctx.Request.Header, ev.RequestID)
 	resp := fasthttp.AcquireResponse()
 	sent := time.Now()
@@ -110,7 +117,7 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	if stream == nil {
 		// No body: a HEAD request, or a 204 or 304.
 		fasthttp.ReleaseResponse(resp)
-		x.tap.finish(nil)
+		_ = x.tap.finish(nil) // the header is all there is to withhold
 		p.releaseExchange(x)
 		return
 	}
@@ -196,9 +203,25 @@ func (p *Proxy) handleRequestError(ctx *fasthttp.RequestCtx, err error) {
 	p.answerWithError(ctx, x, pe, audit.OutcomeRejected)
 }
 
+// refuseUnrecordable answers 503 to a request the Recorder cannot take the
+// event of. The request does not reach the upstream and, there being no
+// place for it, has no event; auditproxy_requests_total counts it.
+func (p *Proxy) refuseUnrecordable(ctx *fasthttp.RequestCtx, x *exchange, err error) {
+	p.log.Warn("request refused: the audit log cannot take its event", "request_id", x.ev.RequestID, "err", err)
+	ctx.Response.Reset()
+	ctx.Response.SetStatusCode(errAuditUnavailable.status)
+	ctx.Response.Header.SetContentType("application/json")
+	ctx.Response.Header.Set(requestIDHeader, x.ev.RequestID)
+	ctx.Response.Header.Set("Retry-After", "5")
+	var buf [256]byte
+	ctx.Response.SetBody(errAuditUnavailable.appendJSON(buf[:0]))
+	p.metrics.refused(x.ev.Model.Name)
+	p.releaseExchange(x)
+}
+
 // record finishes the event's timings, hands it to the Recorder and updates
 // the metrics. The exchange stays in use until releaseExchange.
-func (p *Proxy) record(x *exchange) {
+func (p *Proxy) record(x *exchange) error {
 	ev := &x.ev
 	total := time.Since(x.start)
 	ev.Latency.Total = ms(total)
@@ -211,6 +234,7 @@ func (p *Proxy) record(x *exchange) {
 		p.log.Error("audit event not recorded", "request_id", ev.RequestID, "event_id", ev.ID, "err", err)
 	}
 	p.metrics.observe(ev, err)
+	return err
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

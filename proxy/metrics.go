@@ -69,16 +69,16 @@ func NewMetrics() *Metrics {
 		}),
 		recordWait: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "auditproxy_event_record_seconds",
-			Help:    "Time the end of an answer waited for the event log to take its event (with sync durability: write and fsync).",
+			Help:    "Time the end of an answer waited for the audit log (the spool) to take its event (with sync durability: write and fsync).",
 			Buckets: []float64{.00001, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1, 1},
 		}),
 		eventsRecorded: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "auditproxy_events_recorded_total",
-			Help: "Audit events accepted by the event log.",
+			Help: "Audit events accepted by the audit log (the spool).",
 		}),
 		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "auditproxy_events_dropped_total",
-			Help: "Audit events the event log failed to accept. Anything but 0 is a bug or a full disk.",
+			Help: "Audit events the audit log failed to accept (their answers were cut before the end). Anything but 0 is a bug or a failing disk.",
 		}),
 		models: make(map[string]struct{}),
 	}
@@ -139,6 +139,11 @@ func (m *Metrics) observe(ev *audit.Event, recordErr error) {
 	} else {
 		m.eventsRecorded.Inc()
 	}
+}
+
+// refused counts a request answered 503 because its event could not be kept.
+func (m *Metrics) refused(model string) {
+	m.requests.WithLabelValues(m.modelLabel(model), "503", string(audit.OutcomeRejected)).Inc()
 }
 
 // statusLabels avoids formatting the common codes on every request.

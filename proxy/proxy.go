@@ -96,6 +96,7 @@ type Proxy struct {
 	metrics  *Metrics
 	log      *slog.Logger
 	exchPool sync.Pool
+	admitter audit.Admitter // the Recorder, if it can refuse in advance
 }
 
 // New validates cfg and returns a Proxy.
@@ -132,6 +133,7 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p := &Proxy{cfg: cfg, metrics: cfg.Metrics, log: cfg.Logger}
+	p.admitter, _ = cfg.Recorder.(audit.Admitter)
 	p.client = newUpstreamClient(up, cfg)
 	p.exchPool.New = func() any { return newExchange(p) }
 	p.server = &fasthttp.Server{

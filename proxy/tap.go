@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"time"
 
@@ -10,6 +11,10 @@ import (
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/hashing"
 )
+
+// errEventNotRecorded ends an answer whose event the Recorder refused: the
+// client's connection is cut before the answer's end.
+var errEventNotRecorded = errors.New("audit event not recorded; the end of the answer is withheld")
 
 const (
 	// tapBufferSize is a tap's initial buffer. It grows only while one SSE
@@ -163,7 +168,10 @@ func (t *responseTap) fill() {
 		if t.held && !t.recorded {
 			// More than a buffer after [DONE]: nothing a vLLM sends. Record
 			// now rather than hold an unbounded tail.
-			t.finish(nil)
+			if t.finish(nil) != nil {
+				t.eof, t.readErr, t.readFailed = true, errEventNotRecorded, true
+				return
+			}
 			t.ready = t.end
 			return
 		}
@@ -211,9 +219,11 @@ func (t *responseTap) fill() {
 		}
 		// The answer is complete, or as complete as it will get: record the
 		// event, then let the rest (held bytes, a torn last event) go to the
-		// client as the upstream sent it.
-		if !t.recorded {
-			t.finish(nil)
+		// client as the upstream sent it. If the event could not be kept,
+		// the rest is withheld and the client's connection cut instead.
+		if !t.recorded && t.finish(nil) != nil {
+			t.readErr, t.readFailed = errEventNotRecorded, true
+			return
 		}
 		t.ready = t.end
 	}
@@ -277,7 +287,7 @@ func (t *responseTap) keepJSON(b []byte) {
 // (err nil; everything not yet handed out is about to be and is hashed now),
 // or when the write to the client failed first (err; what was not written is
 // not hashed).
-func (t *responseTap) finish(err error) {
+func (t *responseTap) finish(err error) error {
 	x := t.x
 	ev := &x.ev
 	clientFailed := err != nil && !t.readFailed
@@ -339,5 +349,5 @@ func (t *responseTap) finish(err error) {
 	if clientFailed || t.readFailed {
 		x.p.log.Info("response not completed", "request_id", ev.RequestID, "reason", ev.Status.Error, "err", err)
 	}
-	x.p.record(x)
+	return x.p.record(x)
 }

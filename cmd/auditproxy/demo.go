@@ -14,6 +14,7 @@ import (
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
+	"github.com/auditproxy/auditproxy/bench/forwardrecv"
 )
 
 const demoAPIKey = "sk-demo-0123456789"
@@ -26,6 +27,7 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 	fs.Lookup("log-level").DefValue, fs.Lookup("log-format").DefValue = "warn", "text"
 	fs.Lookup("data-dir").DefValue = "a new temporary directory"
 	c.dataDir = ""
+	fs.Lookup("forward").DefValue = "a built-in forward receiver on loopback"
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -47,6 +49,17 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 	}
 	defer fake.Close()
 	c.upstream = upstream
+	var recv *forwardrecv.Receiver
+	if c.forward == "" {
+		// An aggregator of the demo's own, so that shipping with acks runs
+		// too; --forward points the demo at a real Fluent Bit instead.
+		recv, err = forwardrecv.Start("127.0.0.1:0", forwardrecv.Config{})
+		if err != nil {
+			return fmt.Errorf("start the demo's forward receiver: %w", err)
+		}
+		defer recv.Close()
+		c.forward = "tcp://" + recv.Addr()
+	}
 
 	// Events are printed after the response that produced them, so the
 	// output reads in order: the event is recorded the moment the last byte
@@ -70,7 +83,8 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	base := "http://" + inst.ln.Addr().String()
-	fmt.Fprintf(stdout, "auditproxy demo: simulated vLLM at %s, proxy at %s, events in %s\n\n", upstream, base, c.dataDir)
+	fmt.Fprintf(stdout, "auditproxy demo: simulated vLLM at %s, proxy at %s, spool in %s, shipping to %s\n\n",
+		upstream, base, c.dataDir, c.forward)
 
 	model := "meta-llama/Llama-3.1-8B-Instruct"
 	requests := []struct{ title, path, body string }{
@@ -103,6 +117,12 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 			printEvent(b)
 		}
 	}()
+	if recv != nil {
+		recv.WaitFor(len(requests), 2*time.Second)
+		outMu.Lock()
+		fmt.Fprintf(stdout, "aggregator (the demo's forward receiver at %s): %d events received and acknowledged\n\n", c.forward, recv.Len())
+		outMu.Unlock()
+	}
 	adminAddr := "(admin listener disabled)"
 	if inst.adminLn != nil {
 		adminAddr = inst.adminLn.Addr().String()

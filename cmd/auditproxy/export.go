@@ -17,8 +17,8 @@ func runExport(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
-	if st.TornTail {
-		fmt.Fprintln(stderr, "auditproxy: export: the event log ends in a partial line (the proxy died while writing it); it was skipped")
+	if st.TornBytes > 0 {
+		fmt.Fprintf(stderr, "auditproxy: export: skipped %d bytes at the end of the newest segment that are not a whole record (a proxy died while committing them, or is committing them now)\n", st.TornBytes)
 	}
 	return nil
 }

@@ -3,8 +3,10 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -12,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +24,7 @@ import (
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
+	"github.com/auditproxy/auditproxy/bench/forwardrecv"
 )
 
 func TestUsageErrors(t *testing.T) {
@@ -40,14 +44,31 @@ func TestUsageErrors(t *testing.T) {
 		{"bad env value", []string{"serve", "--upstream", "http://127.0.0.1:1"}, map[string]string{"AUDITPROXY_UPSTREAM_IDLE_TIMEOUT": "soon"}, 2, "$AUDITPROXY_UPSTREAM_IDLE_TIMEOUT"},
 		{"env upstream is used", []string{"serve"}, map[string]string{"AUDITPROXY_UPSTREAM": "gopher://x"}, 2, "scheme must be http or https"},
 		{"bad durability", []string{"serve", "--upstream", "http://127.0.0.1:1", "--durability", "eventually"}, nil, 2, `unknown durability "eventually"`},
+		{"bad forward scheme", []string{"serve", "--upstream", "http://127.0.0.1:1", "--forward", "udp://x:1"}, nil, 2, "--forward: forward address \"udp://x:1\": scheme must be tcp or tls"},
+		{"forward without port", []string{"serve", "--upstream", "http://127.0.0.1:1", "--forward", "tls://agg"}, nil, 2, "want tls://HOST:PORT"},
+		{"skip verify without forward", []string{"serve", "--upstream", "http://127.0.0.1:1", "--forward-insecure-skip-verify"}, nil, 2, "without --forward"},
+		{"unknown spool-full policy", []string{"serve", "--upstream", "http://127.0.0.1:1", "--on-spool-full", "drop"}, nil, 2, "the only policy is reject"},
+		{"tiny spool", []string{"serve", "--upstream", "http://127.0.0.1:1", "--spool-max-bytes", "10KiB"}, nil, 2, "want at least 1MiB"},
+		{"segment larger than spool", []string{"serve", "--upstream", "http://127.0.0.1:1", "--spool-max-bytes", "1MiB", "--segment-max-bytes", "1MiB"}, nil, 2, "half of --spool-max-bytes"},
 		{"stray argument", []string{"export", "extra"}, nil, 2, `unexpected argument "extra"`},
 		{"export of a missing dir", []string{"export", "--data-dir", "/nonexistent/auditproxy"}, nil, 1, "export: data dir"},
 	}
+	// A usage error creates nothing: run in an empty directory and check.
+	wd, _ := os.Getwd()
+	t.Cleanup(func() { os.Chdir(wd) })
+	empty := t.TempDir()
+	os.Chdir(empty)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for k, v := range tt.env {
 				t.Setenv(k, v)
 			}
+			defer func() {
+				if entries, _ := os.ReadDir(empty); len(entries) > 0 {
+					t.Errorf("%q created %s", tt.args, entries[0].Name())
+					os.RemoveAll(filepath.Join(empty, entries[0].Name()))
+				}
+			}()
 			var out, errOut bytes.Buffer
 			code := run(tt.args, &out, &errOut)
 			if code != tt.code || !strings.Contains(errOut.String(), tt.want) {
@@ -66,7 +87,9 @@ func TestHelpListsEveryFlagWithItsEnvVar(t *testing.T) {
 		t.Fatalf("serve --help exited %d", code)
 	}
 	for _, flag := range []string{"upstream", "listen", "admin-listen", "data-dir", "hash", "key-id-secret-file",
-		"max-request-body-size", "upstream-idle-timeout", "client-idle-timeout", "durability", "fsync-interval"} {
+		"max-request-body-size", "upstream-idle-timeout", "client-idle-timeout", "durability", "fsync-interval",
+		"spool-max-bytes", "on-spool-full", "segment-max-bytes", "segment-max-age", "retention", "forward", "forward-tag",
+		"forward-insecure-skip-verify", "forward-ack-timeout", "drain-timeout"} {
 		if !strings.Contains(errOut.String(), "--"+flag+" ") || !strings.Contains(errOut.String(), "$"+envName(flag)) {
 			t.Errorf("serve --help does not document --%s and $%s", flag, envName(flag))
 		}
@@ -226,6 +249,9 @@ func TestDemoProcess(t *testing.T) {
 	if n := strings.Count(out.String(), "audit event:"); n != 4 {
 		t.Errorf("%d audit events printed, want 4 (chat, streamed chat, streamed completion, embeddings)", n)
 	}
+	if !strings.Contains(out.String(), ": 4 events received and acknowledged") {
+		t.Errorf("the demo's aggregator did not report 4 events:\n%s", out.String())
+	}
 	if n := strings.Count(out.String(), `"outcome": "ok"`); n != 4 {
 		t.Errorf("%d ok outcomes, want 4:\n%s", n, out.String())
 	}
@@ -294,13 +320,22 @@ func TestMain(m *testing.M) {
 }
 
 // TestKill9KeepsEveryCompletedAnswer SIGKILLs a loaded serve process five
-// times at random moments and restarts it on the same data dir. Every answer
-// whose end a client received (a stream's [DONE], a whole non-streamed body)
-// must have its event in the log afterwards: the proxy holds the end back
-// until the event is fsynced. (With --durability async the same test loses
-// events: 17 of 302 in one run.)
+// times at random moments and restarts it on the same data dir, shipping to
+// an independent forward-protocol receiver. Every answer whose end a client
+// received (a stream's [DONE], a whole non-streamed body) must have its
+// event in the local spool and, after a last run drains, at the receiver:
+// the proxy holds the end back until the event is fsynced, and the spool
+// ships from the last acknowledged position. Duplicates at the receiver
+// (a batch sent again after a kill) carry the same event id. (With
+// --durability async the same test loses events: 17 of 302 in one run.)
 func TestKill9KeepsEveryCompletedAnswer(t *testing.T) {
 	bin := buildBinary(t)
+	recv, err := forwardrecv.Start("127.0.0.1:0", forwardrecv.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer recv.Close()
+	forward := "tcp://" + recv.Addr()
 	fake := fakevllm.New(fakevllm.Config{InterTokenLatency: time.Millisecond, OutputTokens: 30})
 	upstream, err := fake.Start("127.0.0.1:0")
 	if err != nil {
@@ -315,7 +350,7 @@ func TestKill9KeepsEveryCompletedAnswer(t *testing.T) {
 	for round := range 5 {
 		listen, admin := freeAddr(t), freeAddr(t)
 		cmd := exec.Command(bin, "serve", "--upstream", upstream, "--listen", listen, "--admin-listen", admin,
-			"--data-dir", dataDir, "--log-level", "warn")
+			"--data-dir", dataDir, "--log-level", "warn", "--forward", forward, "--segment-max-bytes", "64KiB")
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		if err := cmd.Start(); err != nil {
@@ -394,5 +429,251 @@ func TestKill9KeepsEveryCompletedAnswer(t *testing.T) {
 	}
 	if missing > 0 {
 		t.Errorf("%d of %d completed answers have no event", missing, len(completed))
+	}
+
+	// A last run ships what the killed ones left, and drains on SIGTERM.
+	listen, admin := freeAddr(t), freeAddr(t)
+	cmd := exec.Command(bin, "serve", "--upstream", upstream, "--listen", listen, "--admin-listen", admin,
+		"--data-dir", dataDir, "--log-level", "warn", "--forward", forward)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, "http://"+admin+"/readyz", &stderr)
+	if m := scrapeMetric(t, admin, "auditproxy_events_dropped_total"); m != 0 {
+		t.Errorf("auditproxy_events_dropped_total %v", m)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("last run: %v\n%s", err, stderr.String())
+	}
+	eventIDs := map[string]map[string]bool{} // request id -> event ids
+	for _, e := range recv.Entries() {
+		rid, _ := e.Record["request_id"].(string)
+		eid, _ := e.Record["id"].(string)
+		if eventIDs[rid] == nil {
+			eventIDs[rid] = map[string]bool{}
+		}
+		eventIDs[rid][eid] = true
+	}
+	missing = 0
+	for id := range completed {
+		if len(eventIDs[id]) == 0 {
+			missing++
+			if missing <= 5 {
+				t.Errorf("answer %s reached its client but its event never reached the aggregator", id)
+			}
+		}
+	}
+	for rid, ids := range eventIDs {
+		if len(ids) > 1 {
+			t.Errorf("request %s arrived as %d different events %v; a resend must carry the same event id", rid, len(ids), ids)
+		}
+	}
+	if missing > 0 {
+		t.Errorf("%d of %d completed answers missing at the aggregator", missing, len(completed))
+	}
+	if len(recorded) != len(eventIDs) {
+		t.Errorf("%d requests in the spool, %d at the aggregator", len(recorded), len(eventIDs))
+	}
+	t.Logf("%d completed answers; %d events at the aggregator (%d requests)", len(completed), recv.Len(), len(eventIDs))
+}
+
+// scrapeMetric returns the value of an unlabelled metric from the admin port.
+func scrapeMetric(t *testing.T, admin, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metric %s: %q", name, v)
+			}
+			return f
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
+}
+
+// TestAggregatorOutageUnderLoad stops the aggregator while requests flow and
+// restarts it: the ship lag rises while it is away and returns to 0, the
+// spool stays within its bound, and every event arrives.
+func TestAggregatorOutageUnderLoad(t *testing.T) {
+	bin := buildBinary(t)
+	fake := fakevllm.New(fakevllm.Config{OutputTokens: 20})
+	upstream, err := fake.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	recv, err := forwardrecv.Start("127.0.0.1:0", forwardrecv.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recvAddr := recv.Addr()
+	listen, admin := freeAddr(t), freeAddr(t)
+	const maxBytes = 4 << 20
+	cmd := exec.Command(bin, "serve", "--upstream", upstream, "--listen", listen, "--admin-listen", admin,
+		"--data-dir", t.TempDir(), "--log-level", "error", "--forward", "tcp://"+recvAddr,
+		"--spool-max-bytes", "4MiB", "--segment-max-bytes", "64KiB", "--drain-timeout", "5s")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	waitReady(t, "http://"+admin+"/readyz", &stderr)
+
+	var ok atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := &http.Client{Timeout: 10 * time.Second}
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				req, _ := http.NewRequest("POST", "http://"+listen+"/v1/chat/completions",
+					strings.NewReader(`{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"user","content":"hi"}]}`))
+				req.Header.Set("X-Request-Id", fmt.Sprintf("out-%d-%d", w, i))
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					ok.Add(1)
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	recv.Close()
+	down := time.Now()
+	waitUntil(t, "ship lag to rise", 10*time.Second, func() bool {
+		return scrapeMetric(t, admin, "auditproxy_forward_ship_lag_seconds") >= 0.5
+	})
+	if used := scrapeMetric(t, admin, "auditproxy_spool_bytes"); used > maxBytes+64<<10 {
+		t.Errorf("spool at %v bytes, bound %d", used, maxBytes)
+	}
+	var recv2 *forwardrecv.Receiver
+	for range 50 {
+		if recv2, err = forwardrecv.Start(recvAddr, forwardrecv.Config{}); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer recv2.Close()
+	t.Logf("aggregator down for %v", time.Since(down).Round(time.Millisecond))
+	waitUntil(t, "ship lag to recover", 10*time.Second, func() bool {
+		return scrapeMetric(t, admin, "auditproxy_forward_ship_lag_seconds") < 0.5
+	})
+	t.Logf("recovered %v after the restart", time.Since(down).Round(time.Millisecond))
+	close(stop)
+	wg.Wait()
+	if m := scrapeMetric(t, admin, "auditproxy_forward_reconnects_total"); m < 1 {
+		t.Errorf("reconnects %v", m)
+	}
+	if m := scrapeMetric(t, admin, "auditproxy_events_dropped_total"); m != 0 {
+		t.Errorf("auditproxy_events_dropped_total %v", m)
+	}
+	term := time.Now()
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("serve: %v\n%s", err, stderr.String())
+	}
+	t.Logf("stopped %v after SIGTERM", time.Since(term).Round(time.Millisecond))
+	ids := map[string]bool{}
+	for _, e := range append(recv.Entries(), recv2.Entries()...) {
+		ids[e.Record["request_id"].(string)] = true
+	}
+	if int64(len(ids)) != ok.Load() || ok.Load() < 100 {
+		t.Errorf("%d answered requests, %d distinct events at the aggregator", ok.Load(), len(ids))
+	}
+	t.Logf("%d requests answered; events at the aggregator: %d before the outage, %d after", ok.Load(), recv.Len(), recv2.Len())
+}
+
+// TestFullSpoolAnswers503WithoutUpstreamCall starts on a spool that is
+// already at its bound (no aggregator, so nothing may be deleted).
+func TestFullSpoolAnswers503WithoutUpstreamCall(t *testing.T) {
+	bin := buildBinary(t)
+	fake := fakevllm.New(fakevllm.Config{})
+	upstream, err := fake.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	dataDir := t.TempDir()
+	// Fill the spool with one big event from an earlier run.
+	var ev bytes.Buffer
+	ev.WriteString(`{"v":1,"type":"inference","id":"filler","pad":"`)
+	ev.WriteString(strings.Repeat("x", 1<<20))
+	ev.WriteString(`"}`)
+	frame := binary.LittleEndian.AppendUint32([]byte("apspool\x01"), uint32(ev.Len()))
+	frame = binary.LittleEndian.AppendUint32(frame, crc32.Checksum(ev.Bytes(), crc32.MakeTable(crc32.Castagnoli)))
+	frame = append(frame, ev.Bytes()...)
+	os.MkdirAll(filepath.Join(dataDir, "spool"), 0o700)
+	if err := os.WriteFile(filepath.Join(dataDir, "spool", "00000000000000000001.seg"), frame, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	listen, admin := freeAddr(t), freeAddr(t)
+	cmd := exec.Command(bin, "serve", "--upstream", upstream, "--listen", listen, "--admin-listen", admin,
+		"--data-dir", dataDir, "--log-level", "error", "--spool-max-bytes", "1MiB", "--segment-max-bytes", "256KiB")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	waitReady(t, "http://"+admin+"/readyz", &stderr)
+	before := fake.Stats().Requests // /readyz probes the upstream's /health
+	resp, err := http.Post("http://"+listen+"/v1/chat/completions", "application/json",
+		strings.NewReader(`{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"user","content":"hi"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || !bytes.Contains(b, []byte(`"code":"audit_log_unavailable"`)) {
+		t.Errorf("full spool: %d %s", resp.StatusCode, b)
+	}
+	if n := fake.Stats().Requests - before; n != 0 {
+		t.Errorf("upstream called %d times with a full spool", n)
+	}
+	if m := scrapeMetric(t, admin, "auditproxy_spool_full_rejections_total"); m != 1 {
+		t.Errorf("rejections metric %v", m)
+	}
+	if m := scrapeMetric(t, admin, "auditproxy_events_dropped_total"); m != 0 {
+		t.Errorf("dropped %v", m)
+	}
+}
+
+func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -38,6 +38,16 @@ type serveConfig struct {
 	upstreamMaxConns    int
 	durability          string
 	fsyncInterval       time.Duration
+	spoolMaxBytes       byteSize
+	onSpoolFull         string
+	segmentMaxBytes     byteSize
+	segmentMaxAge       time.Duration
+	retention           time.Duration
+	forward             string
+	forwardTag          string
+	forwardSkipVerify   bool
+	forwardAckTimeout   time.Duration
+	drainTimeout        time.Duration
 	shutdownTimeout     time.Duration
 	logLevel            string
 	logFormat           string
@@ -47,7 +57,7 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.StringVar(&c.upstream, "upstream", "", "base `URL` of the vLLM server, e.g. http://127.0.0.1:8000 (required)")
 	fs.StringVar(&c.listen, "listen", listenDefault, "`address` for clients (OpenAI-compatible API)")
 	fs.StringVar(&c.adminListen, "admin-listen", "127.0.0.1:9090", "`address` for /metrics, /healthz and /readyz; empty disables")
-	fs.StringVar(&c.dataDir, "data-dir", "./auditproxy-data", "`directory` for the event log and the key id secret")
+	fs.StringVar(&c.dataDir, "data-dir", "./auditproxy-data", "`directory` for the spool (DATA-DIR/spool) and the key id secret")
 	fs.StringVar(&c.hash, "hash", "blake3", "body digest `algorithm`: blake3 or sha256")
 	fs.StringVar(&c.keyIDSecretFile, "key-id-secret-file", "", "`file` with the 32-byte secret (hex) that keys api_key_id; generated with mode 0600 if absent (default DATA-DIR/key-id.secret)")
 	c.maxRequestBodySize = 32 << 20
@@ -56,7 +66,19 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.DurationVar(&c.clientIdleTimeout, "client-idle-timeout", 2*time.Minute, "fail a client that reads no byte of its response, or sends no byte of its request, for this `duration`")
 	fs.IntVar(&c.upstreamMaxConns, "upstream-max-conns", 4096, "most concurrent upstream `connections` (requests in flight at vLLM)")
 	fs.StringVar(&c.durability, "durability", "sync", "`mode`: sync holds back the end of each answer until its event is fsynced; async fsyncs within --fsync-interval without holding back (a crash can lose that interval)")
-	fs.DurationVar(&c.fsyncInterval, "fsync-interval", 5*time.Millisecond, "with --durability async, commit (write and fsync) the event log once per `duration`; with sync, commits run back to back and each takes every event that arrived during the last")
+	fs.DurationVar(&c.fsyncInterval, "fsync-interval", 5*time.Millisecond, "with --durability async, commit (write and fsync) the spool once per `duration`; with sync, commits run back to back and each takes every event that arrived during the last")
+	c.spoolMaxBytes = 4 << 30
+	fs.Var(&c.spoolMaxBytes, "spool-max-bytes", "bound on the total `size` of the spool's files; at the bound, acknowledged segments are deleted to make room, and if none can be, new requests get 503 (see --on-spool-full)")
+	fs.StringVar(&c.onSpoolFull, "on-spool-full", "reject", "`policy` when the spool is full: reject answers 503 with an OpenAI error (\"audit log unavailable\") without calling the upstream; the only policy, since no inference may run without its record")
+	c.segmentMaxBytes = 64 << 20
+	fs.Var(&c.segmentMaxBytes, "segment-max-bytes", "rotate the active spool segment at this `size` (then compress it with zstd)")
+	fs.DurationVar(&c.segmentMaxAge, "segment-max-age", time.Hour, "rotate the active spool segment after this `duration`")
+	fs.DurationVar(&c.retention, "retention", 0, "delete sealed segments older than this `duration` (with --forward, only once acknowledged); 0 keeps them until space is needed")
+	fs.StringVar(&c.forward, "forward", "", "aggregator `address`, tcp://HOST:PORT or tls://HOST:PORT (Fluent Bit or Fluentd forward input with acks); TLS verifies against the system roots, or SSL_CERT_FILE for a private CA")
+	fs.StringVar(&c.forwardTag, "forward-tag", shipper.DefaultTag, "forward-protocol `tag` for events")
+	fs.BoolVar(&c.forwardSkipVerify, "forward-insecure-skip-verify", false, "accept any TLS certificate from the aggregator (insecure: anyone on the path can read and drop the audit log)")
+	fs.DurationVar(&c.forwardAckTimeout, "forward-ack-timeout", 10*time.Second, "resend a batch on a new connection when its ack takes longer than this `duration`")
+	fs.DurationVar(&c.drainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM, how long to keep shipping the spool to the aggregator before exiting (the rest ships at the next start)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "log `format` on stderr: json or text")
@@ -79,21 +101,24 @@ func runServe(args []string, _, stderr io.Writer) error {
 	return inst.waitForSignal()
 }
 
-// instance is a running proxy with its admin listener and event log.
+// instance is a running proxy with its admin listener and spool (and shipper).
 type instance struct {
 	cfg      serveConfig
 	log      *slog.Logger
 	proxy    *proxy.Proxy
-	events   *shipper.FileLog
+	spool    *shipper.Spool
+	shipper  *shipper.Shipper // nil without --forward
 	ln       net.Listener
 	admin    *http.Server
 	adminLn  net.Listener
 	serveErr chan error
 }
 
-// start opens the data dir and listeners and serves in the background. tee,
-// if not nil, also receives every event (demo prints them).
+// start checks the configuration, opens the data dir and listeners, and
+// serves in the background. tee, if not nil, also receives every event
+// (demo prints them).
 func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, error) {
+	// Every flag is checked before anything is created on disk.
 	logger, err := newLogger(c.logLevel, c.logFormat, stderr)
 	if err != nil {
 		return nil, err
@@ -105,8 +130,32 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 	if _, err := proxy.ParseUpstream(c.upstream); err != nil {
 		return nil, usageError{"--upstream: " + err.Error()}
 	}
+	durability, err := shipper.ParseDurability(c.durability)
+	if err != nil {
+		return nil, usageError{"--durability: " + err.Error()}
+	}
+	if c.onSpoolFull != "reject" {
+		return nil, usageError{fmt.Sprintf("--on-spool-full %q: the only policy is reject (an inference never runs without its record)", c.onSpoolFull)}
+	}
+	if c.spoolMaxBytes < 1<<20 {
+		return nil, usageError{fmt.Sprintf("--spool-max-bytes %s: want at least 1MiB", c.spoolMaxBytes.String())}
+	}
+	if c.segmentMaxBytes < 4<<10 || c.segmentMaxBytes > c.spoolMaxBytes/2 {
+		return nil, usageError{fmt.Sprintf("--segment-max-bytes %s: want 4KiB to half of --spool-max-bytes", c.segmentMaxBytes.String())}
+	}
+	if c.forward != "" {
+		if _, _, err := shipper.ParseForwardAddress(c.forward); err != nil {
+			return nil, usageError{"--forward: " + err.Error()}
+		}
+	} else if c.forwardSkipVerify {
+		return nil, usageError{"--forward-insecure-skip-verify without --forward"}
+	}
+
 	if c.keyIDSecretFile == "" {
 		c.keyIDSecretFile = filepath.Join(c.dataDir, "key-id.secret")
+	}
+	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
 	}
 	secret, err := hashing.LoadOrCreateKeyIDSecret(c.keyIDSecretFile)
 	if err != nil {
@@ -116,30 +165,53 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 	if err != nil {
 		return nil, err
 	}
-	durability, err := shipper.ParseDurability(c.durability)
-	if err != nil {
-		return nil, usageError{"--durability: " + err.Error()}
-	}
-	events, err := shipper.OpenFileLog(c.dataDir, shipper.FileLogOptions{Durability: durability, FsyncInterval: c.fsyncInterval})
+	spool, err := shipper.OpenSpool(c.dataDir, shipper.SpoolOptions{
+		Durability:      durability,
+		FsyncInterval:   c.fsyncInterval,
+		MaxBytes:        int64(c.spoolMaxBytes),
+		SegmentMaxBytes: int64(c.segmentMaxBytes),
+		SegmentMaxAge:   c.segmentMaxAge,
+		Retention:       c.retention,
+		Forwarding:      c.forward != "",
+		Logger:          logger,
+	})
 	if err != nil {
 		return nil, err
-	}
-	if events.TornBytesCut > 0 {
-		logger.Warn("cut a partial last line from the event log (the previous process died while writing it; no client got the end of that answer)",
-			"bytes", events.TornBytesCut)
-	}
-	var rec audit.Recorder = events
-	if tee != nil {
-		rec = teeRecorder{next: events, tee: tee}
 	}
 	host, _ := os.Hostname()
 	metrics := proxy.NewMetrics()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if err := metrics.Register(reg); err != nil {
+		spool.Close()
 		return nil, err
 	}
-	p, err := proxy.New(proxy.Config{
+	if err := spool.Register(reg); err != nil {
+		spool.Close()
+		return nil, err
+	}
+	inst := &instance{cfg: c, log: logger, spool: spool, serveErr: make(chan error, 2)}
+	if c.forward != "" {
+		inst.shipper, err = shipper.NewShipper(spool, shipper.ForwardOptions{
+			Address:            c.forward,
+			Tag:                c.forwardTag,
+			InsecureSkipVerify: c.forwardSkipVerify,
+			AckTimeout:         c.forwardAckTimeout,
+			Logger:             logger,
+		})
+		if err == nil {
+			err = inst.shipper.Register(reg)
+		}
+		if err != nil {
+			spool.Close()
+			return nil, err
+		}
+	}
+	var rec audit.Recorder = spool
+	if tee != nil {
+		rec = teeRecorder{spool: spool, tee: tee}
+	}
+	inst.proxy, err = proxy.New(proxy.Config{
 		Upstream:            c.upstream,
 		MaxRequestBodySize:  int(c.maxRequestBodySize),
 		UpstreamIdleTimeout: c.upstreamIdleTimeout,
@@ -153,32 +225,44 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 		Source:              audit.Source{Host: host, Version: buildVersion()},
 	})
 	if err != nil {
+		spool.Close()
 		return nil, err
 	}
-	inst := &instance{cfg: c, log: logger, proxy: p, events: events, serveErr: make(chan error, 2)}
 	inst.ln, err = net.Listen("tcp", c.listen)
 	if err != nil {
-		events.Close()
+		spool.Close()
 		return nil, fmt.Errorf("listen %s: %w", c.listen, err)
 	}
 	if c.adminListen != "" {
 		inst.adminLn, err = net.Listen("tcp", c.adminListen)
 		if err != nil {
 			inst.ln.Close()
-			events.Close()
+			spool.Close()
 			return nil, fmt.Errorf("admin listen %s: %w", c.adminListen, err)
 		}
-		inst.admin = &http.Server{Handler: p.AdminHandler(reg), ReadHeaderTimeout: 10 * time.Second}
+		inst.admin = &http.Server{Handler: inst.proxy.AdminHandler(reg), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := inst.admin.Serve(inst.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				inst.serveErr <- fmt.Errorf("admin server: %w", err)
 			}
 		}()
 	}
-	go func() { inst.serveErr <- p.Serve(inst.ln) }()
+	if rep := spool.Recovery; rep.RecordsCut > 0 || rep.CommittedLost {
+		logger.Warn("spool recovered after a crash", "records_cut", rep.RecordsCut, "bytes_cut", rep.BytesCut,
+			"committed_data_lost", rep.CommittedLost)
+	}
+	if inst.shipper != nil {
+		inst.shipper.Start()
+	} else {
+		logger.Warn("no --forward: audit events stay only in the spool on this machine; ship them to an aggregator so that this server is not the only place they live",
+			"spool", spool.Dir())
+	}
+	go func() { inst.serveErr <- inst.proxy.Serve(inst.ln) }()
 	logger.Info("auditproxy serving", "version", buildVersion(), "listen", inst.ln.Addr().String(),
 		"admin", c.adminListen, "upstream", c.upstream, "data_dir", c.dataDir, "hash", string(alg),
-		"durability", string(durability), "fsync_interval", c.fsyncInterval.String())
+		"durability", string(durability), "fsync_interval", c.fsyncInterval.String(),
+		"spool_max_bytes", int64(c.spoolMaxBytes), "forward", c.forward, "resumed_at", spool.Recovery.Resumed.String(),
+		"acked", spool.Recovery.Acked.String())
 	return inst, nil
 }
 
@@ -198,7 +282,8 @@ func (inst *instance) waitForSignal() error {
 }
 
 // shutdown stops accepting, lets in-flight requests finish for up to the
-// shutdown timeout, and closes the event log.
+// shutdown timeout, commits and closes the spool, and ships what it can for
+// up to the drain timeout.
 func (inst *instance) shutdown() error {
 	done := make(chan error, 1)
 	go func() { done <- inst.proxy.Shutdown() }()
@@ -213,10 +298,20 @@ func (inst *instance) shutdown() error {
 		_ = inst.admin.Shutdown(ctx)
 		cancel()
 	}
-	if cerr := inst.events.Close(); err == nil {
+	if cerr := inst.spool.Close(); err == nil {
 		err = cerr
 	}
-	inst.log.Info("stopped", "events_recorded", inst.events.Recorded())
+	drained := true
+	if inst.shipper != nil {
+		drained = inst.shipper.Drain(inst.cfg.drainTimeout)
+		if !drained {
+			inst.log.Warn("aggregator did not acknowledge every event within the drain timeout; the rest ships at the next start",
+				"drain_timeout", inst.cfg.drainTimeout.String(), "acked", inst.spool.Acked().String())
+		}
+	}
+	committed, _ := inst.spool.Committed()
+	inst.log.Info("stopped", "events_recorded", inst.spool.Recorded(), "committed", committed.String(),
+		"acked", inst.spool.Acked().String(), "all_shipped", inst.shipper != nil && drained)
 	return err
 }
 
@@ -235,14 +330,16 @@ func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 	return nil, usageError{fmt.Sprintf("--log-format %q: want json or text", format)}
 }
 
-// teeRecorder records to next, then shows the event to tee.
+// teeRecorder records to the spool, then shows the event to tee.
 type teeRecorder struct {
-	next audit.Recorder
-	tee  func(*audit.Event)
+	spool *shipper.Spool
+	tee   func(*audit.Event)
 }
 
+func (t teeRecorder) Admit() error { return t.spool.Admit() }
+
 func (t teeRecorder) Record(ev *audit.Event) error {
-	err := t.next.Record(ev)
+	err := t.spool.Record(ev)
 	if err == nil {
 		t.tee(ev)
 	}

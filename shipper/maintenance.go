@@ -1,0 +1,211 @@
+package shipper
+
+import (
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// maintenanceLoop seals (compresses) segments the committer has finished
+// with and deletes segments that retention or space allow, off the
+// committer's path, until Close.
+func (s *Spool) maintenanceLoop() {
+	defer close(s.maintDone)
+	period := time.Minute
+	if s.opts.Retention > 0 {
+		period = min(period, max(s.opts.Retention/10, 10*time.Millisecond))
+	}
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-s.maint:
+		case <-tick.C:
+		}
+		s.sealPending()
+		s.reclaim(time.Now())
+	}
+}
+
+// sealPending compresses every segment queued for sealing.
+func (s *Spool) sealPending() {
+	for {
+		s.stateMu.Lock()
+		if len(s.sealQueue) == 0 {
+			s.stateMu.Unlock()
+			return
+		}
+		id := s.sealQueue[0]
+		s.stateMu.Unlock()
+		err := s.seal(id)
+		if errors.Is(err, errStopped) {
+			return // resumes at the next open
+		}
+		s.stateMu.Lock()
+		s.sealQueue = s.sealQueue[1:]
+		s.stateMu.Unlock()
+		if err != nil {
+			// The plain segment stays; it is as readable, only larger.
+			s.log.Error("cannot compress a sealed spool segment; keeping it uncompressed", "segment", segmentName(id), "err", err)
+		}
+	}
+}
+
+var errStopped = errors.New("spool closing")
+
+// seal compresses segment id to NAME.seg.zst and removes the plain file once
+// the compressed one is fsynced, renamed into place and checked to
+// decompress to the same bytes.
+func (s *Spool) seal(id uint64) error {
+	base := filepath.Join(s.dir, segmentName(id))
+	src, err := os.Open(base + segmentExt)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	tmp := base + sealedExt + tmpExt
+	dst, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp) // a no-op after the rename
+	enc, err := zstd.NewWriter(dst, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+	if err != nil {
+		dst.Close()
+		return err
+	}
+	plainCRC := crc32.New(crcTable)
+	_, err = io.Copy(enc, io.TeeReader(stopReader{src, s.stop}, plainCRC))
+	if cerr := enc.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = dst.Sync()
+	}
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := checkCompressed(tmp, plainCRC.Sum32()); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, base+sealedExt); err != nil {
+		return err
+	}
+	if err := syncDir(s.dir); err != nil {
+		return err
+	}
+	if err := os.Remove(base + segmentExt); err != nil {
+		return err
+	}
+	fi, err := os.Stat(base + sealedExt)
+	if err != nil {
+		return err
+	}
+	s.stateMu.Lock()
+	for i := range s.segs {
+		if s.segs[i].id == id {
+			s.used.Add(fi.Size() - s.segs[i].size)
+			s.segs[i].sealed, s.segs[i].size = true, fi.Size()
+		}
+	}
+	s.stateMu.Unlock()
+	s.metrics.sealed.Inc()
+	return nil
+}
+
+// checkCompressed decompresses path and compares its checksum with want.
+func checkCompressed(path string, want uint32) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	dec, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1))
+	if err != nil {
+		return err
+	}
+	defer dec.Close()
+	h := crc32.New(crcTable)
+	if _, err := io.Copy(h, dec); err != nil {
+		return fmt.Errorf("check compressed segment: %w", err)
+	}
+	if h.Sum32() != want {
+		return errors.New("compressed segment does not decompress to the original bytes")
+	}
+	return nil
+}
+
+// stopReader fails with errStopped once stop is closed, so that a long
+// compression does not hold up Close.
+type stopReader struct {
+	r    io.Reader
+	stop <-chan struct{}
+}
+
+func (r stopReader) Read(p []byte) (int, error) {
+	select {
+	case <-r.stop:
+		return 0, errStopped
+	default:
+	}
+	return r.r.Read(p)
+}
+
+// reclaim deletes sealed segments, oldest first, that may go: with
+// forwarding only acknowledged ones, and those either past retention or,
+// while the spool is nearly full, to make room; without forwarding only past
+// retention. Unacknowledged events are never deleted.
+func (s *Spool) reclaim(now time.Time) {
+	for {
+		s.stateMu.Lock()
+		if len(s.segs) < 2 {
+			s.stateMu.Unlock()
+			return
+		}
+		oldest := s.segs[0]
+		acked := s.acked
+		queued := len(s.sealQueue) > 0 && s.sealQueue[0] == oldest.id
+		s.stateMu.Unlock()
+		if queued || (s.opts.Forwarding && acked.Segment <= oldest.id) {
+			return
+		}
+		name := segmentName(oldest.id) + segmentExt
+		if oldest.sealed {
+			name = segmentName(oldest.id) + sealedExt
+		}
+		path := filepath.Join(s.dir, name)
+		reason := ""
+		if s.opts.Retention > 0 {
+			if fi, err := os.Stat(path); err == nil && now.Sub(fi.ModTime()) > s.opts.Retention {
+				reason = "retention"
+			}
+		}
+		if reason == "" && s.opts.Forwarding && s.used.Load() >= s.opts.MaxBytes*9/10 {
+			reason = "space"
+		}
+		if reason == "" {
+			return
+		}
+		if err := os.Remove(path); err != nil {
+			s.log.Error("cannot delete a spool segment", "segment", name, "err", err)
+			return
+		}
+		s.stateMu.Lock()
+		s.segs = s.segs[1:]
+		s.used.Add(-oldest.size)
+		s.stateMu.Unlock()
+		s.metrics.deleted.WithLabelValues(reason).Inc()
+		s.log.Info("deleted a spool segment", "segment", name, "reason", reason, "acknowledged", s.opts.Forwarding)
+	}
+}

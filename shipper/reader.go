@@ -1,0 +1,99 @@
+package shipper
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+)
+
+// spoolReader reads committed records in order, from a position on. Only
+// the committer writes segments, and only records before the committed end
+// are read, so a reader never sees a batch that is still being written or
+// that a failed commit is about to cut off.
+type spoolReader struct {
+	s   *Spool
+	seg *segmentReader
+	pos Pos // where the next record starts
+}
+
+func (s *Spool) newReader(from Pos) *spoolReader {
+	return &spoolReader{s: s, pos: from}
+}
+
+// next returns the next committed record (valid until the following call)
+// and the position after it, or ok false when the reader is at the
+// committed end.
+func (r *spoolReader) next() (rec []byte, end Pos, ok bool, err error) {
+	committed, _ := r.s.Committed()
+	for {
+		if !r.pos.Less(committed) {
+			return nil, r.pos, false, nil
+		}
+		if r.seg == nil || r.seg.id != r.pos.Segment {
+			if err := r.open(committed); err != nil {
+				return nil, r.pos, false, err
+			}
+			continue
+		}
+		// A segment before the committed one is complete: the commit that
+		// rotated it is in the committed end too.
+		limit := int64(math.MaxInt64)
+		if r.pos.Segment == committed.Segment {
+			limit = committed.Offset
+		}
+		r.seg.limit(limit)
+		rec, err := r.seg.next()
+		if err == io.EOF && r.pos.Segment < committed.Segment {
+			r.seg.Close()
+			r.seg = nil
+			r.pos = Pos{r.pos.Segment + 1, 0}
+			continue
+		}
+		if err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, r.pos, false, fmt.Errorf("segment %s ends at %d before the committed end %s", segmentName(r.pos.Segment), r.seg.off, committed)
+		}
+		if err != nil {
+			return nil, r.pos, false, fmt.Errorf("segment %s: %w", segmentName(r.pos.Segment), err)
+		}
+		r.pos.Offset = r.seg.off
+		return rec, r.pos, true, nil
+	}
+}
+
+// open opens the segment at r.pos, or the oldest one if r.pos is before it.
+func (r *spoolReader) open(committed Pos) error {
+	if r.seg != nil {
+		r.seg.Close()
+		r.seg = nil
+	}
+	if first := r.s.firstSegment(); r.pos.Segment < first {
+		r.pos = Pos{first, 0}
+	}
+	sr, err := openSegment(r.s.dir, r.pos.Segment)
+	if errors.Is(err, os.ErrNotExist) && r.pos.Segment < committed.Segment {
+		r.s.log.Error("a spool segment vanished before it was shipped; skipping it", "segment", segmentName(r.pos.Segment))
+		r.pos = Pos{r.pos.Segment + 1, 0}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if r.pos.Offset < sr.off {
+		r.pos.Offset = sr.off
+	}
+	if err := sr.skipTo(r.pos.Offset); err != nil {
+		sr.Close()
+		return err
+	}
+	r.seg = sr
+	return nil
+}
+
+func (r *spoolReader) Close() {
+	if r.seg != nil {
+		r.seg.Close()
+		r.seg = nil
+	}
+}

@@ -1,0 +1,72 @@
+package shipper
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// stateFileName is the spool's state file. It is replaced atomically (write
+// a temporary file, fsync it, rename it over the old one, fsync the
+// directory), so it is always the old or the new state, never a mix.
+const stateFileName = "state.json"
+
+// spoolState is what the spool keeps between runs. Written is where the
+// committed records ended when the state was saved (a check: the segments
+// must hold at least that much); Acked is the end of the last event the
+// aggregator acknowledged, where shipping resumes.
+type spoolState struct {
+	Version int `json:"version"`
+	Written Pos `json:"written"`
+	Acked   Pos `json:"acked"`
+}
+
+func loadState(dir string) (spoolState, error) {
+	var st spoolState
+	b, err := os.ReadFile(filepath.Join(dir, stateFileName))
+	if errors.Is(err, os.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return spoolState{}, fmt.Errorf("%s: %w", stateFileName, err)
+	}
+	if st.Version != 1 {
+		return spoolState{}, fmt.Errorf("%s: unknown version %d", stateFileName, st.Version)
+	}
+	return st, nil
+}
+
+func saveState(dir string, st spoolState) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(dir, stateFileName)
+	tmp := path + tmpExt
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write spool state: %w", err)
+	}
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		err = syncDir(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("write spool state: %w", err)
+	}
+	return nil
+}
