@@ -9,6 +9,7 @@ type spoolMetrics struct {
 	spool         *Spool
 	rejected      prometheus.Counter
 	commitSeconds prometheus.Histogram
+	commitErrors  prometheus.Counter
 	sealed        prometheus.Counter
 	deleted       *prometheus.CounterVec
 }
@@ -23,6 +24,10 @@ func newSpoolMetrics() *spoolMetrics {
 			Name:    "auditproxy_spool_commit_seconds",
 			Help:    "Time of one group commit to the spool: write and fsync.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+		}),
+		commitErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "auditproxy_spool_commit_errors_total",
+			Help: "Group commits that failed to write or fsync. With sync durability their answers were cut before the end; with async their events are lost.",
 		}),
 		sealed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "auditproxy_spool_segments_sealed_total",
@@ -41,7 +46,7 @@ func (s *Spool) Register(reg prometheus.Registerer) error {
 	s.stateMu.Lock()
 	rec := s.Recovery
 	s.stateMu.Unlock()
-	cs := []prometheus.Collector{m.rejected, m.commitSeconds, m.sealed, m.deleted,
+	cs := []prometheus.Collector{m.rejected, m.commitSeconds, m.commitErrors, m.sealed, m.deleted,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "auditproxy_spool_bytes",
 			Help: "Bytes of spool segment files on disk.",

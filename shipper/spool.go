@@ -466,12 +466,14 @@ func (s *Spool) commit(b *batch) error {
 	}
 	start := time.Now()
 	if _, err := s.active.Write(b.buf); err != nil {
+		s.metrics.commitErrors.Inc()
 		s.undo(err)
 		return fmt.Errorf("append %d events to the spool: %w", b.n, err)
 	}
 	if err := s.sync(s.active); err != nil {
 		// After a failed fsync the kernel may have dropped the dirty pages;
 		// nothing written since the last good fsync can be trusted.
+		s.metrics.commitErrors.Inc()
 		s.undo(err)
 		return fmt.Errorf("fsync %d events: %w", b.n, err)
 	}

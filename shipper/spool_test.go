@@ -550,6 +550,9 @@ func TestCommitFailureIsUndoneAndReported(t *testing.T) {
 	if s.Admit() != nil {
 		t.Error("spool refuses after a failure it undid")
 	}
+	if got := testutil.ToFloat64(s.metrics.commitErrors); got != 1 {
+		t.Errorf("commit errors counted: %v", got)
+	}
 	s.Close()
 	if ids, _ := exportIDs(t, dir); strings.Join(ids, ",") != "ev-000001,ev-000003" {
 		t.Errorf("events after a failed commit: %v", ids)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -676,4 +677,91 @@ func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() boo
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestForwardOverTLSWithPrivateCA: with the aggregator's CA in
+// SSL_CERT_FILE (as the README says) events arrive over TLS; without it the
+// certificate is refused and nothing is sent.
+func TestForwardOverTLSWithPrivateCA(t *testing.T) {
+	bin := buildBinary(t)
+	fake := fakevllm.New(fakevllm.Config{})
+	upstream, err := fake.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	serverTLS, _, err := forwardrecv.SelfSignedTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: serverTLS.Certificates[0].Leaf.Raw})
+	if err := os.WriteFile(caFile, caPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	recv, err := forwardrecv.Start("127.0.0.1:0", forwardrecv.Config{TLS: serverTLS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer recv.Close()
+	for _, tc := range []struct {
+		name   string
+		env    []string
+		arrive bool
+	}{
+		{"CA in SSL_CERT_FILE", []string{"SSL_CERT_FILE=" + caFile}, true},
+		{"system roots only", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := recv.Len()
+			listen, admin := freeAddr(t), freeAddr(t)
+			cmd := exec.Command(bin, "serve", "--upstream", upstream, "--listen", listen, "--admin-listen", admin,
+				"--data-dir", t.TempDir(), "--log-level", "warn", "--forward", "tls://"+recv.Addr(), "--drain-timeout", "1s")
+			cmd.Env = append(os.Environ(), tc.env...)
+			var stderr syncBuffer
+			cmd.Stderr = &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+			waitReady(t, "http://"+admin+"/readyz", &stderr)
+			resp, err := http.Post("http://"+listen+"/v1/chat/completions", "application/json",
+				strings.NewReader(`{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"user","content":"hi"}]}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if tc.arrive {
+				if !recv.WaitFor(before+1, 5*time.Second) {
+					t.Fatalf("no event arrived over TLS\n%s", stderr.String())
+				}
+				return
+			}
+			waitUntil(t, "a refused certificate in the log", 5*time.Second, func() bool {
+				return strings.Contains(stderr.String(), "certificate")
+			})
+			if recv.Len() != before {
+				t.Error("an event was sent to an aggregator whose certificate is not trusted")
+			}
+		})
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a child's stderr and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
