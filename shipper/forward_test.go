@@ -16,16 +16,7 @@ import (
 
 func startReceiver(t *testing.T, addr string, cfg forwardrecv.Config) *forwardrecv.Receiver {
 	t.Helper()
-	var r *forwardrecv.Receiver
-	var err error
-	// Restarting on the address of a receiver just closed can race with
-	// the kernel releasing it.
-	for range 50 {
-		if r, err = forwardrecv.Start(addr, cfg); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	r, err := forwardrecv.Start(addr, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

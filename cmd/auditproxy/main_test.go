@@ -330,34 +330,18 @@ func TestMain(m *testing.M) {
 // (a batch sent again after a kill) carry the same event id. (With
 // --durability async the same test loses events: 17 of 302 in one run.)
 func TestKill9KeepsEveryCompletedAnswer(t *testing.T) {
-	bin := buildBinary(t)
-	recv, err := forwardrecv.Start("127.0.0.1:0", forwardrecv.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer recv.Close()
+	recv := startReceiver(t, "127.0.0.1:0", forwardrecv.Config{})
 	forward := "tcp://" + recv.Addr()
-	fake := fakevllm.New(fakevllm.Config{InterTokenLatency: time.Millisecond, OutputTokens: 30})
-	upstream, err := fake.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fake.Close()
+	_, upstream := startFake(t, fakevllm.Config{InterTokenLatency: time.Millisecond, OutputTokens: 30})
 	dataDir := t.TempDir()
 
 	var mu sync.Mutex
 	completed := map[string]bool{}
 	var seq atomic.Int64
 	for round := range 5 {
-		listen, admin := freeAddr(t), freeAddr(t)
-		cmd := exec.Command(bin, "serve", "--upstream", upstream, "--listen", listen, "--admin-listen", admin,
-			"--data-dir", dataDir, "--log-level", "warn", "--forward", forward, "--segment-max-bytes", "64KiB")
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		waitReady(t, "http://"+admin+"/readyz", &stderr)
+		p := startServe(t, upstream, nil, "--data-dir", dataDir, "--log-level", "warn", "--forward", forward,
+			"--segment-max-bytes", "64KiB")
+		listen := p.listen
 
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
@@ -395,8 +379,8 @@ func TestKill9KeepsEveryCompletedAnswer(t *testing.T) {
 			}()
 		}
 		time.Sleep(time.Duration(150+rand.IntN(400)) * time.Millisecond)
-		cmd.Process.Signal(syscall.SIGKILL)
-		cmd.Wait()
+		p.cmd.Process.Signal(syscall.SIGKILL)
+		p.cmd.Wait()
 		close(stop)
 		wg.Wait()
 		t.Logf("round %d: %d answers completed so far", round, len(completed))
@@ -433,21 +417,12 @@ func TestKill9KeepsEveryCompletedAnswer(t *testing.T) {
 	}
 
 	// A last run ships what the killed ones left, and drains on SIGTERM.
-	listen, admin := freeAddr(t), freeAddr(t)
-	cmd := exec.Command(bin, "serve", "--upstream", upstream, "--listen", listen, "--admin-listen", admin,
-		"--data-dir", dataDir, "--log-level", "warn", "--forward", forward)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitReady(t, "http://"+admin+"/readyz", &stderr)
-	if m := scrapeMetric(t, admin, "auditproxy_events_dropped_total"); m != 0 {
+	last := startServe(t, upstream, nil, "--data-dir", dataDir, "--log-level", "warn", "--forward", forward)
+	if m := scrapeMetric(t, last.admin, "auditproxy_events_dropped_total"); m != 0 {
 		t.Errorf("auditproxy_events_dropped_total %v", m)
 	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("last run: %v\n%s", err, stderr.String())
+	if err := last.stop(); err != nil {
+		t.Fatalf("last run: %v\n%s", err, last.stderr.String())
 	}
 	eventIDs := map[string]map[string]bool{} // request id -> event ids
 	for _, e := range recv.Entries() {
@@ -508,30 +483,13 @@ func scrapeMetric(t *testing.T, admin, name string) float64 {
 // restarts it: the ship lag rises while it is away and returns to 0, the
 // spool stays within its bound, and every event arrives.
 func TestAggregatorOutageUnderLoad(t *testing.T) {
-	bin := buildBinary(t)
-	fake := fakevllm.New(fakevllm.Config{OutputTokens: 20})
-	upstream, err := fake.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fake.Close()
-	recv, err := forwardrecv.Start("127.0.0.1:0", forwardrecv.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, upstream := startFake(t, fakevllm.Config{OutputTokens: 20})
+	recv := startReceiver(t, "127.0.0.1:0", forwardrecv.Config{})
 	recvAddr := recv.Addr()
-	listen, admin := freeAddr(t), freeAddr(t)
 	const maxBytes = 4 << 20
-	cmd := exec.Command(bin, "serve", "--upstream", upstream, "--listen", listen, "--admin-listen", admin,
-		"--data-dir", t.TempDir(), "--log-level", "error", "--forward", "tcp://"+recvAddr,
+	p := startServe(t, upstream, nil, "--data-dir", t.TempDir(), "--log-level", "error", "--forward", "tcp://"+recvAddr,
 		"--spool-max-bytes", "4MiB", "--segment-max-bytes", "64KiB", "--drain-timeout", "5s")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	waitReady(t, "http://"+admin+"/readyz", &stderr)
+	listen, admin := p.listen, p.admin
 
 	var ok atomic.Int64
 	stop := make(chan struct{})
@@ -573,17 +531,7 @@ func TestAggregatorOutageUnderLoad(t *testing.T) {
 	if used := scrapeMetric(t, admin, "auditproxy_spool_bytes"); used > maxBytes+64<<10 {
 		t.Errorf("spool at %v bytes, bound %d", used, maxBytes)
 	}
-	var recv2 *forwardrecv.Receiver
-	for range 50 {
-		if recv2, err = forwardrecv.Start(recvAddr, forwardrecv.Config{}); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer recv2.Close()
+	recv2 := startReceiver(t, recvAddr, forwardrecv.Config{})
 	t.Logf("aggregator down for %v", time.Since(down).Round(time.Millisecond))
 	waitUntil(t, "ship lag to recover", 10*time.Second, func() bool {
 		return scrapeMetric(t, admin, "auditproxy_forward_ship_lag_seconds") < 0.5
@@ -598,9 +546,8 @@ func TestAggregatorOutageUnderLoad(t *testing.T) {
 		t.Errorf("auditproxy_events_dropped_total %v", m)
 	}
 	term := time.Now()
-	cmd.Process.Signal(syscall.SIGTERM)
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("serve: %v\n%s", err, stderr.String())
+	if err := p.stop(); err != nil {
+		t.Fatalf("serve: %v\n%s", err, p.stderr.String())
 	}
 	t.Logf("stopped %v after SIGTERM", time.Since(term).Round(time.Millisecond))
 	ids := map[string]bool{}
@@ -616,13 +563,7 @@ func TestAggregatorOutageUnderLoad(t *testing.T) {
 // TestFullSpoolAnswers503WithoutUpstreamCall starts on a spool that is
 // already at its bound (no aggregator, so nothing may be deleted).
 func TestFullSpoolAnswers503WithoutUpstreamCall(t *testing.T) {
-	bin := buildBinary(t)
-	fake := fakevllm.New(fakevllm.Config{})
-	upstream, err := fake.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fake.Close()
+	fake, upstream := startFake(t, fakevllm.Config{})
 	dataDir := t.TempDir()
 	// Fill the spool with one big event from an earlier run.
 	var ev bytes.Buffer
@@ -636,16 +577,9 @@ func TestFullSpoolAnswers503WithoutUpstreamCall(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dataDir, "spool", "00000000000000000001.seg"), frame, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	listen, admin := freeAddr(t), freeAddr(t)
-	cmd := exec.Command(bin, "serve", "--upstream", upstream, "--listen", listen, "--admin-listen", admin,
-		"--data-dir", dataDir, "--log-level", "error", "--spool-max-bytes", "1MiB", "--segment-max-bytes", "256KiB")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
-	waitReady(t, "http://"+admin+"/readyz", &stderr)
+	p := startServe(t, upstream, nil, "--data-dir", dataDir, "--log-level", "error", "--spool-max-bytes", "1MiB",
+		"--segment-max-bytes", "256KiB")
+	listen, admin := p.listen, p.admin
 	before := fake.Stats().Requests // /readyz probes the upstream's /health
 	resp, err := http.Post("http://"+listen+"/v1/chat/completions", "application/json",
 		strings.NewReader(`{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"user","content":"hi"}]}`))
@@ -683,13 +617,7 @@ func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() boo
 // SSL_CERT_FILE (as the README says) events arrive over TLS; without it the
 // certificate is refused and nothing is sent.
 func TestForwardOverTLSWithPrivateCA(t *testing.T) {
-	bin := buildBinary(t)
-	fake := fakevllm.New(fakevllm.Config{})
-	upstream, err := fake.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fake.Close()
+	_, upstream := startFake(t, fakevllm.Config{})
 	serverTLS, _, err := forwardrecv.SelfSignedTLS()
 	if err != nil {
 		t.Fatal(err)
@@ -699,11 +627,7 @@ func TestForwardOverTLSWithPrivateCA(t *testing.T) {
 	if err := os.WriteFile(caFile, caPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	recv, err := forwardrecv.Start("127.0.0.1:0", forwardrecv.Config{TLS: serverTLS})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer recv.Close()
+	recv := startReceiver(t, "127.0.0.1:0", forwardrecv.Config{TLS: serverTLS})
 	for _, tc := range []struct {
 		name   string
 		env    []string
@@ -714,18 +638,10 @@ func TestForwardOverTLSWithPrivateCA(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := recv.Len()
-			listen, admin := freeAddr(t), freeAddr(t)
-			cmd := exec.Command(bin, "serve", "--upstream", upstream, "--listen", listen, "--admin-listen", admin,
-				"--data-dir", t.TempDir(), "--log-level", "warn", "--forward", "tls://"+recv.Addr(), "--drain-timeout", "1s")
-			cmd.Env = append(os.Environ(), tc.env...)
-			var stderr syncBuffer
-			cmd.Stderr = &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
-			waitReady(t, "http://"+admin+"/readyz", &stderr)
-			resp, err := http.Post("http://"+listen+"/v1/chat/completions", "application/json",
+			p := startServe(t, upstream, tc.env, "--data-dir", t.TempDir(), "--log-level", "warn",
+				"--forward", "tls://"+recv.Addr(), "--drain-timeout", "1s")
+			stderr := p.stderr
+			resp, err := http.Post("http://"+p.listen+"/v1/chat/completions", "application/json",
 				strings.NewReader(`{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"user","content":"hi"}]}`))
 			if err != nil {
 				t.Fatal(err)
@@ -764,4 +680,65 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// startFake starts a fake vLLM for the rest of the test and returns it and
+// its URL.
+func startFake(t *testing.T, cfg fakevllm.Config) (*fakevllm.Server, string) {
+	t.Helper()
+	fake := fakevllm.New(cfg)
+	upstream, err := fake.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fake.Close() })
+	return fake, upstream
+}
+
+// startReceiver starts a forward-protocol receiver for the rest of the
+// test.
+func startReceiver(t *testing.T, addr string, cfg forwardrecv.Config) *forwardrecv.Receiver {
+	t.Helper()
+	r, err := forwardrecv.Start(addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// served is a running `auditproxy serve`.
+type served struct {
+	cmd           *exec.Cmd
+	listen, admin string
+	stderr        *syncBuffer
+}
+
+// startServe runs `auditproxy serve` in front of upstream on fresh loopback
+// ports, with args added to its flags and env to its environment, and waits
+// until it is ready. It is killed at the end of the test if still running.
+func startServe(t *testing.T, upstream string, env []string, args ...string) *served {
+	t.Helper()
+	s := &served{listen: freeAddr(t), admin: freeAddr(t), stderr: &syncBuffer{}}
+	s.cmd = exec.Command(buildBinary(t), append([]string{"serve", "--upstream", upstream,
+		"--listen", s.listen, "--admin-listen", s.admin}, args...)...)
+	s.cmd.Env = append(os.Environ(), env...)
+	s.cmd.Stderr = s.stderr
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if s.cmd.ProcessState == nil {
+			s.cmd.Process.Kill()
+			s.cmd.Wait()
+		}
+	})
+	waitReady(t, "http://"+s.admin+"/readyz", s.stderr)
+	return s
+}
+
+// stop sends SIGTERM and waits for the exit.
+func (s *served) stop() error {
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	return s.cmd.Wait()
 }
