@@ -56,7 +56,16 @@ func (ev *Event) AppendJSON(dst []byte) []byte {
 	dst = append(dst, `},"source":{"host":`...)
 	dst = appendString(dst, ev.Source.Host)
 	dst = appendField(dst, "version", ev.Source.Version)
-	return append(dst, "}}"...)
+	dst = append(dst, '}')
+	if ev.Log != nil {
+		dst = append(dst, `,"log":{"origin":`...)
+		dst = appendString(dst, ev.Log.Origin)
+		dst = append(dst, `,"seq":`...)
+		dst = strconv.AppendInt(dst, ev.Log.Seq, 10)
+		dst = appendField(dst, "prev", ev.Log.Prev)
+		dst = append(dst, '}')
+	}
+	return append(dst, '}')
 }
 
 func (b *Body) appendJSON(dst []byte) []byte {

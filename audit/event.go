@@ -87,6 +87,9 @@ type Event struct {
 	Latency  Latency `json:"latency_ms"`
 	Status   Status  `json:"status"`
 	Source   Source  `json:"source"`
+	// Log is the event's place in its log. The proxy leaves it nil; the
+	// spool's Chain adds it as the event is committed (see LogRef).
+	Log *LogRef `json:"log,omitempty"`
 }
 
 // Model identifies the model a request asked for.

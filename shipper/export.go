@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // ExportStats reports what Export read.
@@ -85,4 +86,43 @@ func exportSegment(dir string, id uint64, w *bufio.Writer, newest bool) (events 
 		}
 		events++
 	}
+}
+
+// ReadSegmentFile calls fn with each record of the spool segment file at
+// path, plain (.seg) or sealed (.seg.zst), until fn returns an error. A torn
+// tail (a crash while committing) ends the records without error; its size
+// is returned.
+func ReadSegmentFile(path string, fn func(record []byte) error) (torn int64, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	sr, err := newSegmentReader(f, 0, strings.HasSuffix(path, sealedExt))
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	defer sr.Close()
+	for {
+		rec, err := sr.next()
+		if err == io.EOF {
+			return 0, nil
+		}
+		var corrupt *errCorruptFrame
+		if !sr.sealed && (errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &corrupt)) {
+			if fi, serr := sr.f.Stat(); serr == nil {
+				return fi.Size() - sr.off, nil
+			}
+		}
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", path, err)
+		}
+		if err := fn(rec); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// IsSegmentFile reports whether name is a spool segment's file name.
+func IsSegmentFile(name string) bool {
+	return strings.HasSuffix(name, segmentExt) || strings.HasSuffix(name, sealedExt)
 }

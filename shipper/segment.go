@@ -119,15 +119,22 @@ type segmentReader struct {
 // the two always exists.
 func openSegment(dir string, id uint64) (*segmentReader, error) {
 	base := filepath.Join(dir, segmentName(id))
-	sr := &segmentReader{id: id}
 	f, err := os.Open(base + segmentExt)
+	sealed := false
 	if errors.Is(err, os.ErrNotExist) {
 		f, err = os.Open(base + sealedExt)
-		sr.sealed = true
+		sealed = true
 	}
 	if err != nil {
 		return nil, err
 	}
+	return newSegmentReader(f, id, sealed)
+}
+
+// newSegmentReader reads the segment in f, which it takes over.
+func newSegmentReader(f *os.File, id uint64, sealed bool) (*segmentReader, error) {
+	var err error
+	sr := &segmentReader{id: id, sealed: sealed}
 	sr.f = f
 	if sr.sealed {
 		sr.dec, err = zstd.NewReader(f, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))

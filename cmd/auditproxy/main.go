@@ -6,6 +6,10 @@
 //	auditproxy serve    proxy a real vLLM server
 //	auditproxy demo     proxy a built-in simulated vLLM and show its events
 //	auditproxy export   print every recorded event, oldest first
+//	auditproxy keygen   make a checkpoint signing key
+//	auditproxy verify   check logs: chains, checkpoints, signatures, completeness
+//	auditproxy prove    print an inclusion proof for one request's event
+//	auditproxy verify-proof  check such a proof with only the verifier key
 //	auditproxy version  print the version
 //
 // Every flag can also be set as an environment variable AUDITPROXY_<FLAG>,
@@ -35,6 +39,10 @@ Usage:
   auditproxy serve --upstream http://127.0.0.1:8000 [flags]   proxy a vLLM server
   auditproxy demo [flags]                                     proxy a simulated vLLM, print events
   auditproxy export --data-dir DIR                            print recorded events as NDJSON
+  auditproxy keygen --out FILE [--name NAME]                  make a checkpoint signing key
+  auditproxy verify --pubkey FILE.pub PATH...                 verify logs from their events
+  auditproxy prove --request-id ID PATH...                    inclusion proof for one request's event
+  auditproxy verify-proof --pubkey FILE.pub [PROOF]           check a proof without the log
   auditproxy version                                          print the version
 
 Run "auditproxy COMMAND --help" for a command's flags. Every flag can also be
@@ -56,6 +64,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runDemo(rest, stdout, stderr)
 	case "export":
 		err = runExport(rest, stdout, stderr)
+	case "keygen":
+		err = runKeygen(rest, stdout, stderr)
+	case "verify":
+		err = runVerify(rest, stdout, stderr)
+	case "prove":
+		err = runProve(rest, stdout, stderr)
+	case "verify-proof":
+		err = runVerifyProof(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "auditproxy", buildVersion())
 	case "help", "-h", "--help", "-help":
@@ -69,6 +85,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.As(err, new(silentError)):
+		return 1
 	case errors.As(err, new(usageError)):
 		fmt.Fprintln(stderr, "auditproxy:", err)
 		return 2

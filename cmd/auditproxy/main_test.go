@@ -171,9 +171,17 @@ func TestServeProcess(t *testing.T) {
 	if code := run([]string{"export", "--data-dir", dataDir}, &out, &errOut); code != 0 {
 		t.Fatalf("export exited %d: %s", code, errOut.String())
 	}
+	// The log: log_started, the request's event, the checkpoint at shutdown.
+	types := eventTypes(t, out.Bytes())
+	if strings.Join(types, ",") != "log_started,inference,checkpoint" {
+		t.Errorf("exported event types %v", types)
+	}
 	var ev audit.Event
-	if err := json.Unmarshal(out.Bytes(), &ev); err != nil {
+	if err := json.Unmarshal(bytes.Split(out.Bytes(), []byte("\n"))[1], &ev); err != nil {
 		t.Fatalf("export printed %q: %v", out.String(), err)
+	}
+	if ev.Log == nil || ev.Log.Seq != 1 || ev.Log.Prev == "" {
+		t.Errorf("exported event's log member %+v", ev.Log)
 	}
 	if ev.Path != "/v1/completions" || !ev.Stream || ev.Status.Outcome != audit.OutcomeOK || ev.RequestID != resp.Header.Get("X-Request-Id") || ev.APIKeyID == nil {
 		t.Errorf("exported event %+v", ev)
@@ -277,7 +285,7 @@ func TestDemoProcess(t *testing.T) {
 		t.Fatal("demo did not exit within 10s of Ctrl-C")
 	}
 	var exported bytes.Buffer
-	if code := run([]string{"export", "--data-dir", dataDir}, &exported, io.Discard); code != 0 || strings.Count(exported.String(), "\n") != 4 {
+	if code := run([]string{"export", "--data-dir", dataDir}, &exported, io.Discard); code != 0 || strings.Count(exported.String(), `"type":"inference"`) != 4 {
 		t.Errorf("export after the demo: code %d, %q", code, exported.String())
 	}
 }
@@ -398,7 +406,9 @@ func TestKill9KeepsEveryCompletedAnswer(t *testing.T) {
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 			t.Fatalf("exported line %q: %v", sc.Text(), err)
 		}
-		recorded[ev.RequestID] = true
+		if ev.Type == audit.TypeInference {
+			recorded[ev.RequestID] = true
+		}
 	}
 	if len(completed) < 20 {
 		t.Fatalf("only %d answers completed; the test did not exercise the proxy", len(completed))
@@ -426,6 +436,9 @@ func TestKill9KeepsEveryCompletedAnswer(t *testing.T) {
 	}
 	eventIDs := map[string]map[string]bool{} // request id -> event ids
 	for _, e := range recv.Entries() {
+		if e.Record["type"] != audit.TypeInference {
+			continue
+		}
 		rid, _ := e.Record["request_id"].(string)
 		eid, _ := e.Record["id"].(string)
 		if eventIDs[rid] == nil {
@@ -452,6 +465,27 @@ func TestKill9KeepsEveryCompletedAnswer(t *testing.T) {
 	}
 	if len(recorded) != len(eventIDs) {
 		t.Errorf("%d requests in the spool, %d at the aggregator", len(recorded), len(eventIDs))
+	}
+
+	// The log verifies, from the spool and from what the aggregator
+	// decoded out of msgpack (re-encoded as JSON with other key order and
+	// number formatting: the leaf hashes are over canonical JSON).
+	var shipped bytes.Buffer
+	for _, e := range recv.Entries() {
+		b, err := json.Marshal(e.Record)
+		if err != nil {
+			t.Fatal(err)
+		}
+		shipped.Write(append(b, '\n'))
+	}
+	shippedFile := filepath.Join(t.TempDir(), "shipped.ndjson")
+	os.WriteFile(shippedFile, shipped.Bytes(), 0o600)
+	pub := filepath.Join(dataDir, "signing.key.pub")
+	for _, input := range []string{filepath.Join(dataDir, "spool"), shippedFile} {
+		var report, errOut bytes.Buffer
+		if code := run([]string{"verify", "--pubkey", pub, input}, &report, &errOut); code != 0 {
+			t.Errorf("verify %s exited %d:\n%s%s", input, code, report.String(), errOut.String())
+		}
 	}
 	t.Logf("%d completed answers; %d events at the aggregator (%d requests)", len(completed), recv.Len(), len(eventIDs))
 }
@@ -552,7 +586,9 @@ func TestAggregatorOutageUnderLoad(t *testing.T) {
 	t.Logf("stopped %v after SIGTERM", time.Since(term).Round(time.Millisecond))
 	ids := map[string]bool{}
 	for _, e := range append(recv.Entries(), recv2.Entries()...) {
-		ids[e.Record["request_id"].(string)] = true
+		if rid, ok := e.Record["request_id"].(string); ok {
+			ids[rid] = true
+		}
 	}
 	if int64(len(ids)) != ok.Load() || ok.Load() < 100 {
 		t.Errorf("%d answered requests, %d distinct events at the aggregator", ok.Load(), len(ids))
@@ -741,4 +777,18 @@ func startServe(t *testing.T, upstream string, env []string, args ...string) *se
 func (s *served) stop() error {
 	s.cmd.Process.Signal(syscall.SIGTERM)
 	return s.cmd.Wait()
+}
+
+// eventTypes returns the "type" of each exported event.
+func eventTypes(t *testing.T, ndjson []byte) []string {
+	t.Helper()
+	var types []string
+	for _, line := range bytes.Split(bytes.TrimSpace(ndjson), []byte("\n")) {
+		var ev struct{ Type string }
+		if err := json.Unmarshal(line, &ev); err != nil {
+			t.Fatalf("exported line %q: %v", line, err)
+		}
+		types = append(types, ev.Type)
+	}
+	return types
 }

@@ -12,11 +12,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
+	"unicode"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/hashing"
@@ -48,6 +51,11 @@ type serveConfig struct {
 	forwardSkipVerify   bool
 	forwardAckTimeout   time.Duration
 	drainTimeout        time.Duration
+	logName             string
+	signingKey          string
+	checkpointInterval  time.Duration
+	checkpointEvery     int
+	checkpointDir       string
 	shutdownTimeout     time.Duration
 	logLevel            string
 	logFormat           string
@@ -79,6 +87,12 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.BoolVar(&c.forwardSkipVerify, "forward-insecure-skip-verify", false, "accept any TLS certificate from the aggregator (insecure: anyone on the path can read and drop the audit log)")
 	fs.DurationVar(&c.forwardAckTimeout, "forward-ack-timeout", 10*time.Second, "resend a batch on a new connection when its ack takes longer than this `duration`")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM, how long to keep shipping the spool to the aggregator before exiting (the rest ships at the next start)")
+	host, _ := os.Hostname()
+	fs.StringVar(&c.logName, "log-name", host, "stable instance `name` of this sidecar; its log's origin is NAME/EPOCH")
+	fs.StringVar(&c.signingKey, "signing-key", "", "checkpoint signing key `file` from auditproxy keygen (default DATA-DIR/signing.key, generated if absent)")
+	fs.DurationVar(&c.checkpointInterval, "checkpoint-interval", 10*time.Second, "sign a checkpoint of the log at least this often, idle or not (`duration`)")
+	fs.IntVar(&c.checkpointEvery, "checkpoint-every", 1000, "sign a checkpoint after this many `events` at the latest")
+	fs.StringVar(&c.checkpointDir, "checkpoint-dir", "", "`directory` (another volume) that keeps a second copy of every checkpoint, apart from the spool and the aggregator")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "log `format` on stderr: json or text")
@@ -107,7 +121,8 @@ type instance struct {
 	log      *slog.Logger
 	proxy    *proxy.Proxy
 	spool    *shipper.Spool
-	shipper  *shipper.Shipper // nil without --forward
+	shipper  *shipper.Shipper       // nil without --forward
+	cpDir    *shipper.CheckpointDir // nil without --checkpoint-dir
 	ln       net.Listener
 	admin    *http.Server
 	adminLn  net.Listener
@@ -143,6 +158,12 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 	if c.segmentMaxBytes < 4<<10 || c.segmentMaxBytes > c.spoolMaxBytes/2 {
 		return nil, usageError{fmt.Sprintf("--segment-max-bytes %s: want 4KiB to half of --spool-max-bytes", c.segmentMaxBytes.String())}
 	}
+	if c.logName == "" || strings.ContainsAny(c.logName, "\n") {
+		return nil, usageError{fmt.Sprintf("--log-name %q: want a non-empty name on one line", c.logName)}
+	}
+	if c.checkpointInterval < 10*time.Millisecond || c.checkpointEvery < 1 {
+		return nil, usageError{"--checkpoint-interval must be at least 10ms and --checkpoint-every at least 1"}
+	}
 	if c.forward != "" {
 		if _, _, err := shipper.ParseForwardAddress(c.forward); err != nil {
 			return nil, usageError{"--forward: " + err.Error()}
@@ -165,6 +186,21 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 	if err != nil {
 		return nil, err
 	}
+	signer, err := openSigner(c, logger)
+	if err != nil {
+		return nil, err
+	}
+	host, _ := os.Hostname()
+	source := audit.Source{Host: host, Version: buildVersion()}
+	logOpts := &shipper.LogOptions{Name: c.logName, Signer: signer, CheckpointInterval: c.checkpointInterval,
+		CheckpointEvery: c.checkpointEvery, Source: source}
+	var cpDir *shipper.CheckpointDir
+	if c.checkpointDir != "" {
+		if cpDir, logOpts.PreviousCheckpoint, err = shipper.OpenCheckpointDir(c.checkpointDir, logger); err != nil {
+			return nil, err
+		}
+		logOpts.OnCheckpoint = cpDir.Write
+	}
 	spool, err := shipper.OpenSpool(c.dataDir, shipper.SpoolOptions{
 		Durability:      durability,
 		FsyncInterval:   c.fsyncInterval,
@@ -173,12 +209,15 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 		SegmentMaxAge:   c.segmentMaxAge,
 		Retention:       c.retention,
 		Forwarding:      c.forward != "",
+		Log:             logOpts,
 		Logger:          logger,
 	})
 	if err != nil {
+		if cpDir != nil {
+			cpDir.Close()
+		}
 		return nil, err
 	}
-	host, _ := os.Hostname()
 	metrics := proxy.NewMetrics()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -190,7 +229,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 		spool.Close()
 		return nil, err
 	}
-	inst := &instance{cfg: c, log: logger, spool: spool, serveErr: make(chan error, 2)}
+	inst := &instance{cfg: c, log: logger, spool: spool, cpDir: cpDir, serveErr: make(chan error, 2)}
 	if c.forward != "" {
 		inst.shipper, err = shipper.NewShipper(spool, shipper.ForwardOptions{
 			Address:            c.forward,
@@ -222,7 +261,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 		Recorder:            rec,
 		Metrics:             metrics,
 		Logger:              logger,
-		Source:              audit.Source{Host: host, Version: buildVersion()},
+		Source:              source,
 	})
 	if err != nil {
 		spool.Close()
@@ -301,6 +340,11 @@ func (inst *instance) shutdown() error {
 	if cerr := inst.spool.Close(); err == nil {
 		err = cerr
 	}
+	if inst.cpDir != nil {
+		if cerr := inst.cpDir.Close(); err == nil {
+			err = cerr
+		}
+	}
 	drained := true
 	if inst.shipper != nil {
 		drained = inst.shipper.Drain(inst.cfg.drainTimeout)
@@ -344,4 +388,28 @@ func (t teeRecorder) Record(ev *audit.Event) error {
 		t.tee(ev)
 	}
 	return err
+}
+
+// openSigner loads the checkpoint signing key, generating it in the data dir
+// on first start when no --signing-key is given.
+func openSigner(c serveConfig, logger *slog.Logger) (note.Signer, error) {
+	path := c.signingKey
+	if path == "" {
+		path = filepath.Join(c.dataDir, "signing.key")
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			name := strings.Map(func(r rune) rune {
+				if r == '+' || unicode.IsSpace(r) {
+					return '-'
+				}
+				return r
+			}, c.logName)
+			vkey, err := writeSigningKey(path, name)
+			if err != nil {
+				return nil, err
+			}
+			logger.Warn("generated a checkpoint signing key; give its verifier key to auditors (auditproxy verify --pubkey), and keep the private key only here",
+				"key", path, "verifier_key", vkey)
+		}
+	}
+	return loadSigner(path)
 }

@@ -1,0 +1,132 @@
+package audit
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// TypeCheckpoint is the type of a checkpoint event.
+const TypeCheckpoint = "checkpoint"
+
+// Checkpoint is a log's size and root hash, the body of a C2SP
+// tlog-checkpoint:
+//
+//	<origin>\n
+//	<size, decimal>\n
+//	<root hash, standard base64>\n
+//
+// It is signed as a signed note (golang.org/x/mod/sumdb/note, Ed25519).
+type Checkpoint struct {
+	Origin string
+	Size   int64
+	Root   tlog.Hash
+}
+
+// Text returns the checkpoint's note text.
+func (c Checkpoint) Text() string {
+	return c.Origin + "\n" + strconv.FormatInt(c.Size, 10) + "\n" + base64.StdEncoding.EncodeToString(c.Root[:]) + "\n"
+}
+
+// ParseCheckpoint parses a checkpoint's note text. Extension lines after the
+// root are allowed and ignored, as C2SP tlog-checkpoint says.
+func ParseCheckpoint(text string) (Checkpoint, error) {
+	var c Checkpoint
+	lines := strings.SplitAfterN(text, "\n", 4)
+	if len(lines) < 3 || !strings.HasSuffix(lines[2], "\n") {
+		return c, errors.New("checkpoint: want origin, size and root hash lines")
+	}
+	c.Origin = strings.TrimSuffix(lines[0], "\n")
+	if c.Origin == "" {
+		return c, errors.New("checkpoint: empty origin")
+	}
+	sizeText := strings.TrimSuffix(lines[1], "\n")
+	size, err := strconv.ParseInt(sizeText, 10, 64)
+	if err != nil || size < 0 || strconv.FormatInt(size, 10) != sizeText {
+		return c, fmt.Errorf("checkpoint: size %q is not a non-negative decimal number", sizeText)
+	}
+	c.Size = size
+	root, err := base64.StdEncoding.DecodeString(strings.TrimSuffix(lines[2], "\n"))
+	if err != nil || len(root) != tlog.HashSize {
+		return c, fmt.Errorf("checkpoint: root hash %q is not %d bytes of base64", strings.TrimSuffix(lines[2], "\n"), tlog.HashSize)
+	}
+	copy(c.Root[:], root)
+	return c, nil
+}
+
+// SignCheckpoint returns the signed note of c.
+func SignCheckpoint(c Checkpoint, s note.Signer) ([]byte, error) {
+	return note.Sign(&note.Note{Text: c.Text()}, s)
+}
+
+// OpenCheckpoint verifies a signed checkpoint note against known keys and
+// parses it. A note signed by no known key fails with
+// *note.UnverifiedNoteError.
+func OpenCheckpoint(msg []byte, known note.Verifiers) (Checkpoint, *note.Note, error) {
+	n, err := note.Open(msg, known)
+	if err != nil {
+		return Checkpoint{}, n, err
+	}
+	c, err := ParseCheckpoint(n.Text)
+	return c, n, err
+}
+
+// CheckpointRecord is the "checkpoint" member of a checkpoint event. Origin,
+// Size and Root repeat the signed note's body for readers; the note is what
+// counts. IntervalMS is the sidecar's checkpoint interval: a verifier flags
+// longer gaps between checkpoints. Final marks the checkpoint a sidecar
+// writes as it stops: the gap after it is downtime, not missing checkpoints.
+type CheckpointRecord struct {
+	Origin     string `json:"origin"`
+	Size       int64  `json:"size"`
+	Root       string `json:"root"`
+	Note       string `json:"note"`
+	IntervalMS int64  `json:"interval_ms"`
+	Final      bool   `json:"final,omitempty"`
+}
+
+// checkpointEvent is the wire form of a checkpoint event (the chain adds its
+// "log" member):
+//
+//	{"v":1,"type":"checkpoint","id":"<uuid>","time":"…","checkpoint":{…},"source":{…}}
+//
+// It is the log's next leaf: the checkpoint with size N is itself event N,
+// so checkpoints are chained like any event and one cannot be removed
+// unnoticed.
+type checkpointEvent struct {
+	V          int              `json:"v"`
+	Type       string           `json:"type"`
+	ID         string           `json:"id"`
+	Time       Timestamp        `json:"time"`
+	Checkpoint CheckpointRecord `json:"checkpoint"`
+	Source     Source           `json:"source"`
+}
+
+// AppendCheckpointEvent signs a checkpoint of the chain's current tree and
+// appends it to dst as the chain's next event.
+func (c *Chain) AppendCheckpointEvent(dst []byte, s note.Signer, now time.Time, interval time.Duration, final bool, src Source) ([]byte, error) {
+	cp := Checkpoint{Origin: c.origin, Size: c.tree.n, Root: c.tree.Root()}
+	signed, err := SignCheckpoint(cp, s)
+	if err != nil {
+		return dst, fmt.Errorf("sign checkpoint: %w", err)
+	}
+	ev := checkpointEvent{V: 1, Type: TypeCheckpoint, ID: NewID(), Time: Timestamp(now),
+		Checkpoint: CheckpointRecord{Origin: cp.Origin, Size: cp.Size, Root: base64.StdEncoding.EncodeToString(cp.Root[:]),
+			Note: string(signed), IntervalMS: interval.Milliseconds(), Final: final},
+		Source: src}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(ev); err != nil {
+		return dst, err
+	}
+	return c.Append(dst, bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
+}

@@ -1,0 +1,213 @@
+package audit
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/valyala/fastjson"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// LogRef is an event's place in its log: the "log" member of every event
+// written by a sidecar.
+//
+//	"log":{"origin":"<origin>","seq":N,"prev":"<hex>"}
+//
+// Origin names the log (one sidecar instance and epoch); Seq numbers its
+// events from 0 without gaps; Prev is the leaf hash (below) of the event with
+// seq N-1, in lower-case hex, and "" for seq 0.
+//
+// An event's leaf hash is the RFC 6962 leaf hash of its canonical bytes,
+// SHA-256(0x00 || JCS(event)), with JCS as in AppendCanonical and the "log"
+// member included. The events of one origin, in seq order, are the leaves of
+// an RFC 6962 Merkle tree, which checkpoints sign.
+type LogRef struct {
+	Origin string `json:"origin"`
+	Seq    int64  `json:"seq"`
+	Prev   string `json:"prev"`
+}
+
+// LeafHash returns the leaf hash of an event given as JSON.
+func LeafHash(p *fastjson.Parser, scratch []byte, event []byte) (tlog.Hash, []byte, error) {
+	canon, err := AppendCanonical(scratch[:0], p, event)
+	if err != nil {
+		return tlog.Hash{}, canon, err
+	}
+	return tlog.RecordHash(canon), canon, nil
+}
+
+// Tree is the right edge of an RFC 6962 Merkle tree: enough to append leaves
+// and compute the root, in O(log n) space. Its stored hashes (in the order of
+// tlog.StoredHashIndex) are handed to the caller as they are produced.
+type Tree struct {
+	n int64
+	// frontier[l] is the root of the complete subtree of 2^l leaves that
+	// ends the tree's leftmost part, when bit l of n is set.
+	frontier [64]tlog.Hash
+}
+
+// Size returns the number of leaves.
+func (t *Tree) Size() int64 { return t.n }
+
+// Append adds a leaf and appends the stored hashes it creates (the leaf
+// hash, then one hash for every subtree it completes) to stored.
+func (t *Tree) Append(leaf tlog.Hash, stored []tlog.Hash) []tlog.Hash {
+	stored = append(stored, leaf)
+	h := leaf
+	l := 0
+	for ; t.n&(1<<l) != 0; l++ {
+		h = tlog.NodeHash(t.frontier[l], h)
+		stored = append(stored, h)
+	}
+	t.frontier[l] = h
+	t.n++
+	return stored
+}
+
+// Root returns the tree hash: RFC 6962's Merkle tree hash of the leaves, as
+// tlog.TreeHash computes it; for the empty tree, as RFC 6962 says,
+// SHA-256 of the empty string (tlog returns zero there).
+func (t *Tree) Root() tlog.Hash {
+	if t.n == 0 {
+		return emptyTreeHash
+	}
+	var h tlog.Hash
+	first := true
+	for l := 0; l < 64; l++ {
+		if t.n&(1<<l) == 0 {
+			continue
+		}
+		if first {
+			h, first = t.frontier[l], false
+		} else {
+			h = tlog.NodeHash(t.frontier[l], h)
+		}
+	}
+	return h
+}
+
+// TreeFromStored rebuilds the edge of a tree of n leaves from its stored
+// hashes.
+func TreeFromStored(n int64, r tlog.HashReader) (Tree, error) {
+	t := Tree{n: n}
+	var idx []int64
+	var levels []int
+	var start int64
+	for l := 63; l >= 0; l-- {
+		if n&(1<<l) == 0 {
+			continue
+		}
+		idx = append(idx, tlog.StoredHashIndex(l, start>>l))
+		levels = append(levels, l)
+		start += 1 << l
+	}
+	hashes, err := r.ReadHashes(idx)
+	if err != nil {
+		return Tree{}, err
+	}
+	if len(hashes) != len(idx) {
+		return Tree{}, fmt.Errorf("read %d stored hashes, want %d", len(hashes), len(idx))
+	}
+	for i, l := range levels {
+		t.frontier[l] = hashes[i]
+	}
+	return t, nil
+}
+
+var emptyTreeHash = tlog.Hash(sha256.Sum256(nil))
+
+// Chain assigns events their place in one log: it adds the "log" member to
+// each, keeps the previous leaf hash and the tree. It is not safe for
+// concurrent use; the spool's committer owns it.
+type Chain struct {
+	origin    string
+	originLit []byte // origin as a JSON string
+	prev      tlog.Hash
+	tree      Tree
+	stored    []tlog.Hash // produced since the last TakeStored
+	p         fastjson.Parser
+	canon     []byte
+}
+
+// ChainState is a Chain's position, to continue a log after a restart.
+type ChainState struct {
+	Origin string
+	Tree   Tree
+	Prev   tlog.Hash // leaf hash of the last event; zero when the tree is empty
+}
+
+// NewChain continues the log described by st.
+func NewChain(st ChainState) (*Chain, error) {
+	if st.Origin == "" {
+		return nil, errors.New("audit: log origin is empty")
+	}
+	return &Chain{origin: st.Origin, originLit: strconv.AppendQuote(nil, st.Origin), prev: st.Prev, tree: st.Tree}, nil
+}
+
+// State returns the chain's position.
+func (c *Chain) State() ChainState {
+	return ChainState{Origin: c.origin, Tree: c.tree, Prev: c.prev}
+}
+
+// Restore returns the chain to st, taken earlier by State, and forgets the
+// stored hashes produced since: their events were not committed.
+func (c *Chain) Restore(st ChainState, storedLen int) {
+	c.tree, c.prev = st.Tree, st.Prev
+	c.stored = c.stored[:storedLen]
+}
+
+// Origin returns the log's origin.
+func (c *Chain) Origin() string { return c.origin }
+
+// Size returns the number of events in the log.
+func (c *Chain) Size() int64 { return c.tree.n }
+
+// Root returns the tree hash of the log.
+func (c *Chain) Root() tlog.Hash { return c.tree.Root() }
+
+// StoredLen and TakeStored hand over the stored hashes produced by Append
+// since the last TakeStored, for the caller to keep (see LogRef).
+func (c *Chain) StoredLen() int { return len(c.stored) }
+
+func (c *Chain) TakeStored() []tlog.Hash {
+	s := c.stored
+	c.stored = c.stored[len(c.stored):]
+	if cap(c.stored) > 1<<16 {
+		c.stored = nil
+	}
+	return s
+}
+
+// Append appends event, a JSON object without a "log" member, to dst with
+// its "log" member added as its last member, and makes it the log's next
+// event.
+func (c *Chain) Append(dst, event []byte) ([]byte, error) {
+	if len(event) < 2 || event[0] != '{' || event[len(event)-1] != '}' {
+		return dst, errors.New("audit: event is not a JSON object")
+	}
+	start := len(dst)
+	dst = append(dst, event[:len(event)-1]...)
+	if len(event) > 2 {
+		dst = append(dst, ',')
+	}
+	dst = append(dst, `"log":{"origin":`...)
+	dst = append(dst, c.originLit...)
+	dst = append(dst, `,"seq":`...)
+	dst = strconv.AppendInt(dst, c.tree.n, 10)
+	dst = append(dst, `,"prev":"`...)
+	if c.tree.n > 0 {
+		dst = hex.AppendEncode(dst, c.prev[:])
+	}
+	dst = append(dst, `"}}`...)
+	leaf, canon, err := LeafHash(&c.p, c.canon, dst[start:])
+	c.canon = canon
+	if err != nil {
+		return dst[:start], fmt.Errorf("audit: event is not valid JSON: %w", err)
+	}
+	c.stored = c.tree.Append(leaf, c.stored)
+	c.prev = leaf
+	return dst, nil
+}

@@ -1,0 +1,122 @@
+package audit
+
+import (
+	"encoding/hex"
+	"fmt"
+	"testing"
+
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// The Certificate Transparency reference leaves and roots (RFC 6962 trees of
+// 0 to 8 leaves), as used by every CT implementation's tests.
+var (
+	ctLeaves = []string{"", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"}
+	ctRoots  = []string{
+		"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+		"6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+		"fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+		"aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+		"d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+		"4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+		"76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+		"ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+		"5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+	}
+	ctInclusion = []struct {
+		index, size int64
+		proof       []string
+	}{
+		{0, 8, []string{"96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+			"5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+			"6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"}},
+		{5, 8, []string{"bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+			"ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+			"d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"}},
+	}
+)
+
+// memHashes is a tlog.HashReader over stored hashes kept in memory.
+type memHashes []tlog.Hash
+
+func (m memHashes) ReadHashes(idx []int64) ([]tlog.Hash, error) {
+	out := make([]tlog.Hash, len(idx))
+	for i, x := range idx {
+		if x >= int64(len(m)) {
+			return nil, fmt.Errorf("stored hash %d of %d", x, len(m))
+		}
+		out[i] = m[x]
+	}
+	return out, nil
+}
+
+func TestTreeMatchesRFC6962Vectors(t *testing.T) {
+	var tree Tree
+	var stored memHashes
+	check := func() {
+		t.Helper()
+		if got := func() string { r := tree.Root(); return hex.EncodeToString(r[:]) }(); got != ctRoots[tree.Size()] {
+			t.Errorf("%d leaves: root %s, RFC 6962 says %s", tree.Size(), got, ctRoots[tree.Size()])
+		}
+	}
+	check()
+	for _, l := range ctLeaves {
+		data, _ := hex.DecodeString(l)
+		stored = tree.Append(tlog.RecordHash(data), stored)
+		check()
+	}
+	for _, tc := range ctInclusion {
+		proof, err := tlog.ProveRecord(tc.size, tc.index, stored)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(proof) != len(tc.proof) {
+			t.Fatalf("proof for %d in %d has %d hashes, want %d", tc.index, tc.size, len(proof), len(tc.proof))
+		}
+		for i := range proof {
+			if got := hex.EncodeToString(proof[i][:]); got != tc.proof[i] {
+				t.Errorf("proof for %d in %d, hash %d: %s, want %s", tc.index, tc.size, i, got, tc.proof[i])
+			}
+		}
+	}
+}
+
+// TestTreeMatchesTlog: the stored hashes and roots of Tree are tlog's, for
+// every size up to 300, and a tree rebuilt from stored hashes continues the
+// same.
+func TestTreeMatchesTlog(t *testing.T) {
+	var tree Tree
+	var stored memHashes
+	for n := int64(0); n < 300; n++ {
+		leaf := tlog.RecordHash([]byte(fmt.Sprint(n)))
+		want, err := tlog.StoredHashesForRecordHash(n, leaf, stored)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := len(stored)
+		stored = tree.Append(leaf, stored)
+		for i, h := range want {
+			if stored[before+i] != h {
+				t.Fatalf("leaf %d: stored hash %d differs from tlog's", n, i)
+			}
+		}
+		th, err := tlog.TreeHash(n+1, stored)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tree.Root() != th {
+			t.Fatalf("root of %d leaves differs from tlog.TreeHash", n+1)
+		}
+		rebuilt, err := TreeFromStored(n+1, stored)
+		if err != nil || rebuilt.Size() != tree.Size() || rebuilt.Root() != tree.Root() {
+			t.Fatalf("TreeFromStored(%d) = %v, differs from the tree", n+1, err)
+		}
+		next := tlog.RecordHash([]byte("next"))
+		a, b := tree, rebuilt
+		a.Append(next, nil)
+		b.Append(next, nil)
+		if a.Root() != b.Root() {
+			t.Fatalf("a tree rebuilt at %d leaves continues differently", n+1)
+		}
+	}
+}

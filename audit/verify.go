@@ -1,0 +1,383 @@
+package audit
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/valyala/fastjson"
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// A Verifier checks logs from their events alone, given in any order and
+// possibly repeated (shipping is at least once): for each origin, that seq
+// numbers have no gaps, that each prev is the leaf hash of the event before,
+// that the leaves hash to the root each checkpoint signs, that checkpoints
+// are signed by a known key and come at their cadence, and how much of what
+// the newest checkpoint commits to is present.
+type Verifier struct {
+	// Keys verify checkpoint signatures. A checkpoint no key verifies is a
+	// failure.
+	Keys note.Verifiers
+	// Until, if set, is the time the logs are expected to reach (when they
+	// were exported, say): a log whose newest checkpoint is older than that
+	// by more than its cadence lost its tail.
+	Until time.Time
+
+	p         fastjson.Parser
+	canon     []byte
+	origins   map[string]*originLog
+	ids       []idRef
+	seed      maphash.Seed
+	unchained int
+	invalid   int
+	firstBad  []string
+}
+
+type idRef struct {
+	id     uint64 // maphash of the event id
+	origin *originLog
+	seq    int64
+}
+
+// originLog is what a Verifier gathered about one origin.
+type originLog struct {
+	origin      string
+	leaves      []leafRec // indexed by seq
+	duplicates  int
+	conflicts   []int64 // seqs claimed by two different events
+	checkpoints []cpRec
+}
+
+type leafRec struct {
+	hash    tlog.Hash
+	prev    tlog.Hash
+	time    int64 // unix nanos
+	present bool
+	noPrev  bool // prev was "" (seq 0, or a malformed event)
+}
+
+type cpRec struct {
+	seq      int64
+	rec      CheckpointRecord
+	final    bool
+	time     int64
+	eventErr string // the event's own fields disagree with its note
+}
+
+// NewVerifier returns a Verifier that checks signatures with keys.
+func NewVerifier(keys note.Verifiers) *Verifier {
+	return &Verifier{Keys: keys, origins: map[string]*originLog{}, seed: maphash.MakeSeed()}
+}
+
+// Add reads one event (a JSON object). An event that is not JSON, or whose
+// "log" member is malformed, is counted as invalid; one without a "log"
+// member as unchained. Both are failures in the report.
+func (v *Verifier) Add(event []byte) {
+	event = bytes.TrimSpace(event)
+	if len(event) == 0 {
+		return
+	}
+	if err := v.add(event); err != nil {
+		v.invalid++
+		if len(v.firstBad) < 5 {
+			snippet := event
+			if len(snippet) > 80 {
+				snippet = snippet[:80]
+			}
+			v.firstBad = append(v.firstBad, fmt.Sprintf("%v: %s", err, snippet))
+		}
+	}
+}
+
+func (v *Verifier) add(event []byte) error {
+	val, err := v.p.ParseBytes(event)
+	if err != nil {
+		return fmt.Errorf("not JSON (%v)", err)
+	}
+	logv := val.Get("log")
+	if logv == nil {
+		v.unchained++
+		return nil
+	}
+	origin := string(logv.GetStringBytes("origin"))
+	seqv := logv.Get("seq")
+	if origin == "" || seqv == nil {
+		return errors.New(`"log" lacks origin or seq`)
+	}
+	seq, err := seqv.Int64()
+	if err != nil || seq < 0 {
+		return errors.New(`"log" seq is not a non-negative integer`)
+	}
+	var rec leafRec
+	rec.present = true
+	if prev := logv.GetStringBytes("prev"); len(prev) == 0 {
+		rec.noPrev = true
+	} else if n, err := hex.Decode(rec.prev[:], prev); err != nil || n != tlog.HashSize {
+		return errors.New(`"log" prev is not a 64-digit hex hash`)
+	}
+	id := string(val.GetStringBytes("id"))
+	typ := string(val.GetStringBytes("type"))
+	if t, err := time.Parse(time.RFC3339Nano, string(val.GetStringBytes("time"))); err == nil {
+		rec.time = t.UnixNano()
+	}
+	var cp *cpRec
+	if typ == TypeCheckpoint {
+		c := val.Get("checkpoint")
+		if c == nil {
+			return errors.New(`checkpoint event without "checkpoint"`)
+		}
+		cp = &cpRec{seq: seq, time: rec.time, final: c.GetBool("final"), rec: CheckpointRecord{
+			Origin: string(c.GetStringBytes("origin")), Size: c.GetInt64("size"),
+			Root: string(c.GetStringBytes("root")), Note: string(c.GetStringBytes("note")),
+			IntervalMS: c.GetInt64("interval_ms")}}
+	}
+	// val is reused by the parser in LeafHash: read everything first.
+	var leaf tlog.Hash
+	leaf, v.canon, err = LeafHash(&v.p, v.canon, event)
+	if err != nil {
+		return fmt.Errorf("not canonicalisable (%v)", err)
+	}
+	rec.hash = leaf
+
+	o := v.origins[origin]
+	if o == nil {
+		o = &originLog{origin: origin}
+		v.origins[origin] = o
+	}
+	if seq >= int64(len(o.leaves)) {
+		if seq >= 1<<32 {
+			return fmt.Errorf("seq %d is implausibly large", seq)
+		}
+		o.leaves = slices.Grow(o.leaves, int(seq+1)-len(o.leaves))[:seq+1]
+	}
+	if old := &o.leaves[seq]; old.present {
+		if old.hash == leaf {
+			o.duplicates++
+			return nil
+		}
+		o.conflicts = append(o.conflicts, seq)
+		return nil
+	}
+	o.leaves[seq] = rec
+	if cp != nil {
+		o.checkpoints = append(o.checkpoints, *cp)
+	}
+	if id != "" {
+		v.ids = append(v.ids, idRef{id: maphash.String(v.seed, id), origin: o, seq: seq})
+	}
+	return nil
+}
+
+// Report is the outcome of a verification.
+type Report struct {
+	Origins   []OriginReport `json:"origins"`
+	Unchained int            `json:"unchained_events"`
+	Invalid   int            `json:"invalid_events"`
+	Problems  []string       `json:"problems"` // not tied to one origin
+	OK        bool           `json:"ok"`
+}
+
+// OriginReport is the verification of one origin's log.
+type OriginReport struct {
+	Origin              string   `json:"origin"`
+	Events              int64    `json:"events"` // distinct seqs present
+	MaxSeq              int64    `json:"max_seq"`
+	Duplicates          int      `json:"duplicates"` // repeated copies of the same event (at-least-once shipping)
+	Checkpoints         int      `json:"checkpoints"`
+	CheckpointsVerified int      `json:"checkpoints_verified"`
+	NewestCheckpoint    int64    `json:"newest_checkpoint_size"` // -1: none
+	NewestCheckpointAt  string   `json:"newest_checkpoint_time"` // RFC 3339
+	Committed           int64    `json:"committed_present"`      // events below the newest checkpoint's size that are present
+	Problems            []string `json:"problems"`
+	OK                  bool     `json:"ok"`
+}
+
+// Report finishes the verification.
+func (v *Verifier) Report() *Report {
+	r := &Report{Unchained: v.unchained, Invalid: v.invalid, OK: true}
+	if v.unchained > 0 {
+		r.Problems = append(r.Problems, fmt.Sprintf("%d events have no \"log\" member: they are in no log and cannot be verified", v.unchained))
+	}
+	if v.invalid > 0 {
+		r.Problems = append(r.Problems, fmt.Sprintf("%d events could not be read: %v", v.invalid, v.firstBad))
+	}
+	r.Problems = append(r.Problems, v.duplicateIDs()...)
+	names := make([]string, 0, len(v.origins))
+	for name := range v.origins {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		or := v.verifyOrigin(v.origins[name])
+		r.Origins = append(r.Origins, or)
+		r.OK = r.OK && or.OK
+	}
+	if len(r.Problems) > 0 || len(r.Origins) == 0 {
+		r.OK = false
+		if len(r.Origins) == 0 && len(r.Problems) == 0 {
+			r.Problems = append(r.Problems, "no events")
+		}
+	}
+	return r
+}
+
+// duplicateIDs reports event ids found at two different places.
+func (v *Verifier) duplicateIDs() []string {
+	slices.SortFunc(v.ids, func(a, b idRef) int {
+		switch {
+		case a.id < b.id:
+			return -1
+		case a.id > b.id:
+			return 1
+		}
+		return 0
+	})
+	var out []string
+	for i := 1; i < len(v.ids); i++ {
+		a, b := v.ids[i-1], v.ids[i]
+		if a.id == b.id && (a.origin != b.origin || a.seq != b.seq) {
+			if len(out) < 10 {
+				out = append(out, fmt.Sprintf("one event id appears at %s seq %d and at %s seq %d (a replayed or copied event)",
+					a.origin.origin, a.seq, b.origin.origin, b.seq))
+			}
+		}
+	}
+	return out
+}
+
+func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
+	r := OriginReport{Origin: o.origin, MaxSeq: int64(len(o.leaves)) - 1, Duplicates: o.duplicates,
+		Checkpoints: len(o.checkpoints), NewestCheckpoint: -1}
+	problem := func(format string, args ...any) {
+		if len(r.Problems) < 50 {
+			r.Problems = append(r.Problems, fmt.Sprintf(format, args...))
+		}
+	}
+	for _, seq := range o.conflicts {
+		problem("seq %d: two different events claim it (an event was modified or forged)", seq)
+	}
+	// Gaps and prev links.
+	for seq := int64(0); seq < int64(len(o.leaves)); {
+		if !o.leaves[seq].present {
+			end := seq
+			for end < int64(len(o.leaves)) && !o.leaves[end].present {
+				end++
+			}
+			if end-seq == 1 {
+				problem("seq %d missing (an event was removed)", seq)
+			} else {
+				problem("seq %d..%d missing (%d events removed)", seq, end-1, end-seq)
+			}
+			seq = end
+			continue
+		}
+		r.Events++
+		l := o.leaves[seq]
+		switch {
+		case seq == 0 && !l.noPrev:
+			problem("seq 0 has a prev link; a log starts with an empty prev")
+		case seq > 0 && l.noPrev:
+			problem("seq %d has no prev link", seq)
+		case seq > 0 && o.leaves[seq-1].present && l.prev != o.leaves[seq-1].hash:
+			problem("seq %d: prev does not match event %d (events reordered, modified or inserted)", seq, seq-1)
+		}
+		seq++
+	}
+	// Checkpoints, in seq order, against the tree of the leaves.
+	slices.SortFunc(o.checkpoints, func(a, b cpRec) int { return int(a.seq - b.seq) })
+	var tree Tree
+	treeOK := true // every leaf so far present
+	var prevCP *cpRec
+	for i := range o.checkpoints {
+		cp := &o.checkpoints[i]
+		for tree.Size() < cp.seq && treeOK {
+			l := o.leaves[tree.Size()]
+			if !l.present {
+				treeOK = false
+				break
+			}
+			tree.Append(l.hash, nil)
+		}
+		ck, _, err := OpenCheckpoint([]byte(cp.rec.Note), v.Keys)
+		var unknown *note.UnverifiedNoteError
+		switch {
+		case errors.As(err, &unknown):
+			problem("checkpoint at seq %d: signed by no known key (%s)", cp.seq, signerNames(unknown.Note))
+			continue
+		case err != nil:
+			problem("checkpoint at seq %d: %v", cp.seq, err)
+			continue
+		}
+		switch {
+		case ck.Origin != o.origin:
+			problem("checkpoint at seq %d is for origin %q, not this log's (a checkpoint replayed from another log)", cp.seq, ck.Origin)
+			continue
+		case ck.Size != cp.seq:
+			problem("checkpoint at seq %d commits to size %d; a checkpoint commits to the events before it", cp.seq, ck.Size)
+			continue
+		case cp.rec.Size != ck.Size || cp.rec.Origin != ck.Origin:
+			problem("checkpoint at seq %d: its fields disagree with its signed note", cp.seq)
+		}
+		if !treeOK {
+			problem("checkpoint at size %d: cannot check its root, events before it are missing", ck.Size)
+		} else if root := tree.Root(); root != ck.Root {
+			problem("checkpoint at size %d: the events do not hash to its signed root (an event before it was changed, removed, inserted or reordered)", ck.Size)
+		} else {
+			r.CheckpointsVerified++
+		}
+		if prevCP != nil && !prevCP.final && prevCP.time > 0 && cp.time > 0 {
+			gap := time.Duration(cp.time - prevCP.time)
+			if cadence := time.Duration(prevCP.rec.IntervalMS) * time.Millisecond; cadence > 0 && gap > cadence*3/2+time.Second {
+				problem("checkpoints at sizes %d and %d are %s apart, cadence %s: checkpoints between them are missing", prevCP.seq, cp.seq, gap.Round(time.Millisecond), cadence)
+			}
+		}
+		prevCP = cp
+		r.NewestCheckpoint = ck.Size
+		r.NewestCheckpointAt = time.Unix(0, cp.time).UTC().Format(time.RFC3339Nano)
+	}
+	if prevCP == nil {
+		problem("no verifiable checkpoint: nothing vouches for these events")
+	} else {
+		for seq := int64(0); seq < r.NewestCheckpoint; seq++ {
+			if o.leaves[seq].present {
+				r.Committed++
+			}
+		}
+		// Events after the newest checkpoint: its successor should have come
+		// within the cadence of the newest of them.
+		cadence := time.Duration(prevCP.rec.IntervalMS) * time.Millisecond
+		var newest int64
+		for seq := prevCP.seq + 1; seq < int64(len(o.leaves)); seq++ {
+			newest = max(newest, o.leaves[seq].time)
+		}
+		if cadence > 0 && newest > 0 && time.Duration(newest-prevCP.time) > cadence*3/2+time.Second {
+			problem("%d events after the newest checkpoint (size %d) span %s, cadence %s: the checkpoints after it are missing (the log's tail was cut?)",
+				int64(len(o.leaves))-prevCP.seq-1, prevCP.seq, time.Duration(newest-prevCP.time).Round(time.Millisecond), cadence)
+		}
+		if !v.Until.IsZero() && !prevCP.final && cadence > 0 && v.Until.Sub(time.Unix(0, prevCP.time)) > cadence*3/2+time.Second {
+			problem("the newest checkpoint (size %d) is from %s, %s before %s, cadence %s: the log's tail was cut",
+				prevCP.seq, time.Unix(0, prevCP.time).UTC().Format(time.RFC3339), v.Until.Sub(time.Unix(0, prevCP.time)).Round(time.Second),
+				v.Until.UTC().Format(time.RFC3339), cadence)
+		}
+	}
+	r.OK = len(r.Problems) == 0
+	return r
+}
+
+func signerNames(n *note.Note) string {
+	if n == nil || len(n.UnverifiedSigs) == 0 {
+		return "no signature"
+	}
+	var names []string
+	for _, s := range n.UnverifiedSigs {
+		names = append(names, fmt.Sprintf("%s+%08x", s.Name, s.Hash))
+	}
+	return fmt.Sprint(names)
+}

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"golang.org/x/mod/sumdb/note"
+)
+
+// runKeygen writes a new checkpoint signing key.
+func runKeygen(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("keygen", "keygen --out FILE [--name NAME]", stderr)
+	host, _ := os.Hostname()
+	name := fs.String("name", "auditproxy-"+host, "key `name`, shown in every signature line (no spaces or '+')")
+	out := fs.String("out", "", "`file` for the private key (mode 0600, never overwritten); the verifier key goes to FILE.pub and stdout")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *out == "" {
+		return usageError{"keygen: --out is required"}
+	}
+	vkey, err := writeSigningKey(*out, *name)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, vkey)
+	return nil
+}
+
+// writeSigningKey generates an Ed25519 note key named name, writes the
+// private key to path (0600, refusing to overwrite) and the verifier key to
+// path.pub, and returns the verifier key.
+func writeSigningKey(path, name string) (string, error) {
+	if name == "" || strings.ContainsAny(name, "+ \t\n") {
+		return "", usageError{fmt.Sprintf("key name %q: want a non-empty name without spaces or '+'", name)}
+	}
+	skey, vkey, err := note.GenerateKey(rand.Reader, name)
+	if err != nil {
+		return "", err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return "", fmt.Errorf("signing key %s exists; not overwriting it", path)
+	}
+	if err != nil {
+		return "", fmt.Errorf("write signing key: %w", err)
+	}
+	_, err = f.WriteString(skey + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.WriteFile(path+".pub", []byte(vkey+"\n"), 0o644)
+	}
+	if err != nil {
+		return "", fmt.Errorf("write signing key: %w", err)
+	}
+	return vkey, nil
+}
+
+// loadSigner reads a private key written by keygen.
+func loadSigner(path string) (note.Signer, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("signing key: %w", err)
+	}
+	s, err := note.NewSigner(strings.TrimSpace(string(b)))
+	if err != nil {
+		return nil, fmt.Errorf("signing key %s: not a key written by auditproxy keygen (%v)", path, err)
+	}
+	return s, nil
+}
+
+// loadVerifiers reads verifier keys (keygen's FILE.pub, one key per line;
+// a line may also be given directly as the key text).
+func loadVerifiers(specs []string) (note.Verifiers, error) {
+	var vs []note.Verifier
+	for _, spec := range specs {
+		text := spec
+		if b, err := os.ReadFile(spec); err == nil {
+			text = string(b)
+		} else if !strings.Contains(spec, "+") {
+			return nil, fmt.Errorf("--pubkey %s: %w", spec, err)
+		}
+		for _, line := range strings.Split(text, "\n") {
+			line = strings.TrimSpace(line)
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			v, err := note.NewVerifier(line)
+			if err != nil {
+				return nil, fmt.Errorf("--pubkey %s: %q is not a verifier key (%v)", spec, line, err)
+			}
+			vs = append(vs, v)
+		}
+	}
+	return note.VerifierList(vs...), nil
+}

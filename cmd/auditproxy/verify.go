@@ -1,0 +1,179 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/shipper"
+)
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
+
+// runVerify checks logs from their events.
+func runVerify(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("verify", "verify --pubkey FILE [--json] PATH...", stderr)
+	var pubkeys stringList
+	fs.Var(&pubkeys, "pubkey", "verifier key `file` (keygen's FILE.pub) or key text; repeat for several")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	until := fs.String("until", "", "RFC 3339 `time` the logs should reach (e.g. when they were exported); an older newest checkpoint means a cut tail")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var untilTime time.Time
+	if *until != "" {
+		t, err := time.Parse(time.RFC3339Nano, *until)
+		if err != nil {
+			return usageError{fmt.Sprintf("verify: --until %q: want an RFC 3339 time like 2026-11-23T10:00:00Z", *until)}
+		}
+		untilTime = t
+	}
+	if fs.NArg() == 0 {
+		return usageError{"verify: give at least one PATH (event files, directories, spool segments, or - for stdin)"}
+	}
+	keys, err := loadVerifiers(pubkeys)
+	if err != nil {
+		return usageError{"verify: " + err.Error()}
+	}
+	v := audit.NewVerifier(keys)
+	v.Until = untilTime
+	for _, path := range fs.Args() {
+		if err := readEvents(path, v.Add); err != nil {
+			return fmt.Errorf("verify: %w", err)
+		}
+	}
+	r := v.Report()
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+	} else {
+		printReport(stdout, r, len(pubkeys) == 0)
+	}
+	if !r.OK {
+		return errVerifyFailed
+	}
+	return nil
+}
+
+// errVerifyFailed makes verify exit 1 after its report, without another line.
+var errVerifyFailed = silentError{"verification failed"}
+
+type silentError struct{ msg string }
+
+func (e silentError) Error() string { return e.msg }
+
+func printReport(w io.Writer, r *audit.Report, noKeys bool) {
+	for _, o := range r.Origins {
+		status := "OK"
+		if !o.OK {
+			status = "FAIL"
+		}
+		fmt.Fprintf(w, "%s %s\n", status, o.Origin)
+		fmt.Fprintf(w, "  events: %d (seq 0..%d), duplicates: %d\n", o.Events, o.MaxSeq, o.Duplicates)
+		fmt.Fprintf(w, "  checkpoints: %d, verified: %d", o.Checkpoints, o.CheckpointsVerified)
+		if o.NewestCheckpoint >= 0 {
+			fmt.Fprintf(w, ", newest: size %d at %s\n", o.NewestCheckpoint, o.NewestCheckpointAt)
+			fmt.Fprintf(w, "  complete: %d of the %d events the newest checkpoint commits to are present\n", o.Committed, o.NewestCheckpoint)
+		} else {
+			fmt.Fprintln(w)
+		}
+		for _, p := range o.Problems {
+			fmt.Fprintf(w, "  problem: %s\n", p)
+		}
+	}
+	for _, p := range r.Problems {
+		fmt.Fprintf(w, "problem: %s\n", p)
+	}
+	if noKeys {
+		fmt.Fprintln(w, "note: no --pubkey given, so no checkpoint signature could be verified")
+	}
+	if r.OK {
+		fmt.Fprintln(w, "verified")
+	} else {
+		fmt.Fprintln(w, "NOT verified")
+	}
+}
+
+// readEvents calls add with every event found at path: a file of JSON lines,
+// a spool segment (.seg, .seg.zst), a directory (read recursively: *.ndjson,
+// *.jsonl, *.json, segments), or - for stdin.
+func readEvents(path string, add func([]byte)) error {
+	if path == "-" {
+		return readLines(os.Stdin, add)
+	}
+	info, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !info.IsDir() {
+		return readEventFile(path, add)
+	}
+	return filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		name := d.Name()
+		if d.IsDir() || !(shipper.IsSegmentFile(name) || strings.HasSuffix(name, ".ndjson") ||
+			strings.HasSuffix(name, ".jsonl") || strings.HasSuffix(name, ".json")) {
+			return nil
+		}
+		if name == "state.json" || name == "log.json" {
+			return nil // a spool's own state files
+		}
+		return readEventFile(p, add)
+	})
+}
+
+func readEventFile(path string, add func([]byte)) error {
+	if shipper.IsSegmentFile(path) {
+		_, err := shipper.ReadSegmentFile(path, func(rec []byte) error { add(rec); return nil })
+		return err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := readLines(f, add); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+func readLines(r io.Reader, add func([]byte)) error {
+	br := bufio.NewReaderSize(r, 1<<20)
+	for {
+		line, err := br.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			long := append([]byte(nil), line...)
+			for err == bufio.ErrBufferFull {
+				line, err = br.ReadSlice('\n')
+				long = append(long, line...)
+			}
+			line = long
+		}
+		if len(line) > 0 {
+			add(line)
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}

@@ -1,0 +1,428 @@
+package shipper
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/valyala/fastjson"
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/auditproxy/auditproxy/audit"
+)
+
+// LogOptions make a spool a verifiable log (see audit.LogRef): the committer
+// gives every event its place in the log (origin, seq, prev) as it commits
+// it, keeps the log's Merkle tree, and commits signed checkpoints among the
+// events.
+type LogOptions struct {
+	// Name is the sidecar's stable instance name. The log's origin is
+	// Name + "/" + epoch, the epoch being the UTC time the log started
+	// (20261123T101500Z): a new epoch starts when no earlier log can be
+	// continued (a new data dir, or one whose log state is lost).
+	Name string
+	// Signer signs checkpoints. Required.
+	Signer note.Signer
+	// CheckpointInterval and CheckpointEvery: a checkpoint is committed
+	// when either has passed since the last one (idle or not), and at
+	// Close. Defaults: 10 s and 1,000 events.
+	CheckpointInterval time.Duration
+	CheckpointEvery    int
+	// Source goes into checkpoint events.
+	Source audit.Source
+	// PreviousCheckpoint is the newest checkpoint event known from outside
+	// the spool (the checkpoint directory), cited by the first event of a
+	// new epoch.
+	PreviousCheckpoint []byte
+	// OnCheckpoint, if set, receives each checkpoint event once the commit
+	// holding it is durable; the slice is the callee's.
+	OnCheckpoint func(event []byte)
+}
+
+const (
+	hashesFileName = "tree.hashes" // the log's stored hashes, tlog.StoredHashIndex order
+	logFileName    = "log.json"    // {"origin": …} of the current log
+)
+
+// spoolLog is the log side of a spool. The committer goroutine owns it.
+type spoolLog struct {
+	opts     LogOptions
+	logger   *slog.Logger
+	chain    *audit.Chain
+	hashes   *os.File
+	nHashes  int64
+	sinceCP  int
+	lastCP   time.Time
+	cps      [][]byte // checkpoint events of the commit in progress
+	starting []byte   // the log_started event still to commit, for a new epoch
+}
+
+// logMark is a spoolLog's state before a commit, to undo a failed one.
+type logMark struct {
+	st        audit.ChainState
+	storedLen int
+	sinceCP   int
+	lastCP    time.Time
+	starting  []byte
+}
+
+func (l *spoolLog) mark() logMark {
+	return logMark{l.chain.State(), l.chain.StoredLen(), l.sinceCP, l.lastCP, l.starting}
+}
+
+func (l *spoolLog) rollback(m logMark) {
+	l.chain.Restore(m.st, m.storedLen)
+	l.sinceCP, l.lastCP, l.starting = m.sinceCP, m.lastCP, m.starting
+	l.cps = l.cps[:0]
+}
+
+// committed keeps the stored hashes of the commit that just completed and
+// hands over its checkpoints. The hashes are written without fsync: after a
+// crash they are recomputed from the spool.
+func (l *spoolLog) committed() {
+	if stored := l.chain.TakeStored(); len(stored) > 0 {
+		buf := make([]byte, 0, len(stored)*tlog.HashSize)
+		for _, h := range stored {
+			buf = append(buf, h[:]...)
+		}
+		if _, err := l.hashes.WriteAt(buf, l.nHashes*tlog.HashSize); err != nil {
+			l.logger.Error("cannot write the log's stored hashes; they are recomputed from the spool at the next start", "err", err)
+		}
+		l.nHashes += int64(len(stored))
+	}
+	for _, cp := range l.cps {
+		if l.opts.OnCheckpoint != nil {
+			l.opts.OnCheckpoint(cp)
+		}
+	}
+	l.cps = l.cps[:0]
+}
+
+func (l *spoolLog) due(now time.Time) bool {
+	return l.sinceCP >= l.opts.CheckpointEvery || now.Sub(l.lastCP) >= l.opts.CheckpointInterval
+}
+
+func (l *spoolLog) appendEvent(dst, event []byte) ([]byte, error) {
+	dst, err := l.chain.Append(dst, event)
+	if err == nil {
+		l.sinceCP++
+	}
+	return dst, err
+}
+
+func (l *spoolLog) appendCheckpoint(dst []byte, now time.Time, final bool) ([]byte, error) {
+	start := len(dst)
+	dst, err := l.chain.AppendCheckpointEvent(dst, l.opts.Signer, now, l.opts.CheckpointInterval, final, l.opts.Source)
+	if err != nil {
+		return dst[:start], err
+	}
+	l.cps = append(l.cps, bytes.Clone(dst[start:]))
+	l.sinceCP, l.lastCP = 0, now
+	return dst, nil
+}
+
+// logStarted is the first event of every epoch.
+type logStarted struct {
+	V       int             `json:"v"`
+	Type    string          `json:"type"`
+	ID      string          `json:"id"`
+	Time    audit.Timestamp `json:"time"`
+	Started struct {
+		Reason string `json:"reason"`
+		// PreviousCheckpoint is the newest checkpoint event found when the
+		// epoch started, from the spool or the checkpoint directory; null if
+		// none.
+		PreviousCheckpoint json.RawMessage `json:"previous_checkpoint"`
+	} `json:"log_started"`
+	Source audit.Source `json:"source"`
+}
+
+// openLog recovers the log state of spool s: it continues the log of the
+// spool's newest event, repairing the stored hashes from the spool if a
+// crash left them short, or starts a new epoch.
+func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
+	if opts.Signer == nil {
+		return nil, errors.New("spool log: a checkpoint signer is required")
+	}
+	if opts.Name == "" {
+		return nil, errors.New("spool log: an instance name is required")
+	}
+	if opts.CheckpointInterval <= 0 {
+		opts.CheckpointInterval = 10 * time.Second
+	}
+	if opts.CheckpointEvery <= 0 {
+		opts.CheckpointEvery = 1000
+	}
+	l := &spoolLog{opts: opts, logger: s.log, lastCP: time.Now()}
+	f, err := os.OpenFile(filepath.Join(s.dir, hashesFileName), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open the log's stored hashes: %w", err)
+	}
+	l.hashes = f
+	st, reason, err := l.recover(s)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if reason != "" {
+		st = audit.ChainState{Origin: opts.Name + "/" + time.Now().UTC().Format("20060102T150405Z")}
+		if err := f.Truncate(0); err != nil {
+			f.Close()
+			return nil, err
+		}
+		l.nHashes = 0
+		var ev logStarted
+		ev.V, ev.Type, ev.ID, ev.Time, ev.Source = 1, "log_started", audit.NewID(), audit.Timestamp(time.Now()), opts.Source
+		ev.Started.Reason = reason
+		ev.Started.PreviousCheckpoint = json.RawMessage("null")
+		if prev := bytes.TrimSpace(l.opts.PreviousCheckpoint); len(prev) > 0 && json.Valid(prev) {
+			ev.Started.PreviousCheckpoint = prev
+		}
+		if l.starting, err = json.Marshal(ev); err != nil {
+			f.Close()
+			return nil, err
+		}
+		s.log.Info("starting a new log epoch", "origin", st.Origin, "reason", reason)
+	}
+	if err := saveLogFile(s.dir, st.Origin); err != nil {
+		f.Close()
+		return nil, err
+	}
+	l.chain, err = audit.NewChain(st)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// recover returns the state of the log to continue, or the reason a new
+// epoch starts.
+func (l *spoolLog) recover(s *Spool) (audit.ChainState, string, error) {
+	last, lastCP, err := lastRecords(s.dir)
+	if err != nil {
+		return audit.ChainState{}, "", err
+	}
+	if lastCP != nil && l.opts.PreviousCheckpoint == nil {
+		l.opts.PreviousCheckpoint = lastCP
+	}
+	if last == nil {
+		origin, err := loadLogFile(s.dir)
+		if err != nil || origin == "" || !isOwnOrigin(origin, l.opts.Name) {
+			return audit.ChainState{}, "new data dir", nil
+		}
+		return audit.ChainState{Origin: origin}, "", nil // started, nothing committed yet
+	}
+	var p fastjson.Parser
+	v, err := p.ParseBytes(last)
+	if err != nil {
+		return audit.ChainState{}, "the newest spooled event is not JSON", nil
+	}
+	origin := string(v.GetStringBytes("log", "origin"))
+	seq := v.GetInt64("log", "seq")
+	if origin == "" || v.Get("log", "seq") == nil {
+		return audit.ChainState{}, "the newest spooled event has no log member", nil
+	}
+	if !isOwnOrigin(origin, l.opts.Name) {
+		return audit.ChainState{}, fmt.Sprintf("instance name changed (was the log %q)", origin), nil
+	}
+	leaf, _, err := audit.LeafHash(&p, nil, last)
+	if err != nil {
+		return audit.ChainState{}, "the newest spooled event is not canonicalisable JSON", nil
+	}
+	n := seq + 1
+	// Keep the stored hashes of whole leaves only, then recompute the rest
+	// from the spool.
+	fi, err := l.hashes.Stat()
+	if err != nil {
+		return audit.ChainState{}, "", err
+	}
+	have := fi.Size() / tlog.HashSize
+	k := n
+	for k > 0 && tlog.StoredHashCount(k) > have {
+		k--
+	}
+	if err := l.hashes.Truncate(tlog.StoredHashCount(k) * tlog.HashSize); err != nil {
+		return audit.ChainState{}, "", err
+	}
+	l.nHashes = tlog.StoredHashCount(k)
+	tree, err := audit.TreeFromStored(k, l)
+	if err != nil {
+		return audit.ChainState{}, "", fmt.Errorf("read the log's stored hashes: %w", err)
+	}
+	if k < n {
+		s.log.Warn("recomputing the log's stored hashes from the spool", "from_seq", k, "to_seq", n-1)
+		if tree, err = l.replay(s.dir, origin, tree, n); err != nil {
+			return audit.ChainState{}, fmt.Sprintf("the log's stored hashes cannot be rebuilt: %v", err), nil
+		}
+	}
+	return audit.ChainState{Origin: origin, Tree: tree, Prev: leaf}, "", nil
+}
+
+// replay appends the leaves tree.Size() to n-1 of origin, read from the
+// spool, to tree and to the stored hashes file.
+func (l *spoolLog) replay(dir, origin string, tree audit.Tree, n int64) (audit.Tree, error) {
+	var p fastjson.Parser
+	var scratch []byte
+	var stored []tlog.Hash
+	err := forEachRecord(dir, func(rec []byte) error {
+		v, err := p.ParseBytes(rec)
+		if err != nil || string(v.GetStringBytes("log", "origin")) != origin {
+			return nil
+		}
+		seq := v.GetInt64("log", "seq")
+		if seq != tree.Size() {
+			if seq < tree.Size() {
+				return nil
+			}
+			return fmt.Errorf("event %d missing from the spool", tree.Size())
+		}
+		var leaf tlog.Hash
+		leaf, scratch, err = audit.LeafHash(&p, scratch, rec)
+		if err != nil {
+			return err
+		}
+		stored = tree.Append(leaf, stored[:0])
+		buf := make([]byte, 0, len(stored)*tlog.HashSize)
+		for _, h := range stored {
+			buf = append(buf, h[:]...)
+		}
+		if _, err := l.hashes.WriteAt(buf, l.nHashes*tlog.HashSize); err != nil {
+			return err
+		}
+		l.nHashes += int64(len(stored))
+		if tree.Size() == n {
+			return io.EOF
+		}
+		return nil
+	})
+	if err != nil && err != io.EOF {
+		return tree, err
+	}
+	if tree.Size() != n {
+		return tree, fmt.Errorf("the spool holds events up to %d of %d", tree.Size(), n)
+	}
+	return tree, nil
+}
+
+// ReadHashes implements tlog.HashReader over the stored hashes file.
+func (l *spoolLog) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+	out := make([]tlog.Hash, len(indexes))
+	for i, idx := range indexes {
+		if idx >= l.nHashes {
+			return nil, fmt.Errorf("stored hash %d not written (have %d)", idx, l.nHashes)
+		}
+		if _, err := l.hashes.ReadAt(out[i][:], idx*tlog.HashSize); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func (l *spoolLog) close() error { return l.hashes.Close() }
+
+func isOwnOrigin(origin, name string) bool {
+	return len(origin) > len(name)+1 && origin[:len(name)] == name && origin[len(name)] == '/'
+}
+
+func loadLogFile(dir string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, logFileName))
+	if err != nil {
+		return "", err
+	}
+	var st struct{ Origin string }
+	err = json.Unmarshal(b, &st)
+	return st.Origin, err
+}
+
+func saveLogFile(dir, origin string) error {
+	b, _ := json.Marshal(struct {
+		Origin string `json:"origin"`
+	}{origin})
+	path := filepath.Join(dir, logFileName)
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(bytes.TrimSpace(old), b) {
+		return nil
+	}
+	tmp := path + tmpExt
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+// lastRecords returns the spool's newest record and its newest checkpoint
+// event (nil when there is none), reading from the newest segment back.
+func lastRecords(dir string) (last, lastCP []byte, err error) {
+	segs, _, err := listSegments(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i := len(segs) - 1; i >= 0 && (last == nil || lastCP == nil); i-- {
+		var segLast, segCP []byte
+		err := readSegment(dir, segs[i].id, func(rec []byte) error {
+			segLast = append(segLast[:0], rec...)
+			if bytes.Contains(rec, []byte(`"type":"checkpoint"`)) {
+				segCP = append(segCP[:0], rec...)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		if last == nil && segLast != nil {
+			last = segLast
+		}
+		if lastCP == nil && segCP != nil {
+			lastCP = segCP
+		}
+	}
+	return last, lastCP, nil
+}
+
+// forEachRecord calls fn with every record of the spool in dir, oldest
+// first, until fn returns an error.
+func forEachRecord(dir string, fn func([]byte) error) error {
+	segs, _, err := listSegments(dir)
+	if err != nil {
+		return err
+	}
+	for _, sg := range segs {
+		if err := readSegment(dir, sg.id, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readSegment calls fn with each record of segment id. The spool's newest
+// segment has been repaired before this is called, so any damage is an
+// error.
+func readSegment(dir string, id uint64, fn func([]byte) error) error {
+	sr, err := openSegment(dir, id)
+	if err != nil {
+		return err
+	}
+	defer sr.Close()
+	for {
+		rec, err := sr.next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("segment %s: %w", segmentName(id), err)
+		}
+		if err := fn(rec); err != nil {
+			return err
+		}
+	}
+}
