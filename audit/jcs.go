@@ -167,6 +167,7 @@ func (c *jcsState) object(dst []byte, o *fastjson.Object) ([]byte, error) {
 		return dst, errors.New("jcs: too many member names")
 	}
 	var err error
+	wide := false // a name is not ASCII
 	o.Visit(func(k []byte, v *fastjson.Value) {
 		var class byte
 		var pre uint64
@@ -189,12 +190,16 @@ func (c *jcsState) object(dst []byte, o *fastjson.Object) ([]byte, error) {
 		}
 		off := len(c.keys)
 		c.keys = append(c.keys, k...)
-		c.members = append(c.members, jcsMember{
-			pre: pre, off: uint32(off), end: uint32(len(c.keys)),
-			value: uint32(len(c.values)),
-			esc:   class&(jcsQuote|jcsBackslash|jcsControl) != 0,
-			wide:  class&jcsNonASCII != 0,
-		})
+		// Filled in place: a struct built aside and copied in is read back
+		// with wider loads than it was written with, which stalls.
+		c.members = append(c.members, jcsMember{})
+		m := &c.members[len(c.members)-1]
+		m.pre = pre
+		m.off, m.end = uint32(off), uint32(len(c.keys))
+		m.value = uint32(len(c.values))
+		m.esc = class&(jcsQuote|jcsBackslash|jcsControl) != 0
+		m.wide = class&jcsNonASCII != 0
+		wide = wide || m.wide
 		c.values = append(c.values, v)
 	})
 	if err != nil {
@@ -202,7 +207,7 @@ func (c *jcsState) object(dst []byte, o *fastjson.Object) ([]byte, error) {
 	}
 	ms, keys := c.members[base:], c.keys
 	if len(ms) > 1 {
-		jcsSortMembers(ms, keys)
+		jcsSortMembers(ms, keys, wide)
 		for i := 1; i < len(ms); i++ {
 			if ms[i].pre != ms[i-1].pre {
 				continue
@@ -231,17 +236,22 @@ func (c *jcsState) object(dst []byte, o *fastjson.Object) ([]byte, error) {
 	return append(dst, '}'), nil
 }
 
-// jcsSortMembers sorts ms by name (see compareUTF16): insertion sort for the
-// small objects of audit events, which is cheaper there than a general sort.
-func jcsSortMembers(ms []jcsMember, keys []byte) {
-	if len(ms) > 24 {
+// jcsSortMembers sorts ms by name (see compareUTF16); wide says whether a
+// name is not ASCII. It uses insertion sort for the small objects of audit
+// events, which is cheaper there than a general sort.
+func jcsSortMembers(ms []jcsMember, keys []byte, wide bool) {
+	if len(ms) > 24 || wide {
 		slices.SortFunc(ms, func(a, b jcsMember) int { return jcsCompareMembers(&a, &b, keys) })
 		return
 	}
 	for i := 1; i < len(ms); i++ {
 		m := ms[i]
 		j := i
-		for ; j > 0 && jcsCompareMembers(&m, &ms[j-1], keys) < 0; j-- {
+		for ; j > 0; j-- {
+			// ASCII names (see jcsMember.pre).
+			if p := &ms[j-1]; p.pre < m.pre || p.pre == m.pre && string(keys[p.off:p.end]) <= string(keys[m.off:m.end]) {
+				break
+			}
 			ms[j] = ms[j-1]
 		}
 		ms[j] = m

@@ -792,3 +792,67 @@ func eventTypes(t *testing.T, ndjson []byte) []string {
 	}
 	return types
 }
+
+// TestVerifyProveAndVerifyProof: the auditor's commands on a real sidecar's
+// log: verify passes on the spool, a proof for one request verifies with
+// only the verifier key, and a changed proof does not.
+func TestVerifyProveAndVerifyProof(t *testing.T) {
+	_, upstream := startFake(t, fakevllm.Config{})
+	dataDir := t.TempDir()
+	p := startServe(t, upstream, nil, "--data-dir", dataDir, "--log-level", "warn", "--checkpoint-every", "3")
+	for i := range 10 {
+		req, _ := http.NewRequest("POST", "http://"+p.listen+"/v1/chat/completions",
+			strings.NewReader(`{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"user","content":"hi"}]}`))
+		req.Header.Set("X-Request-Id", fmt.Sprintf("prove-me-%d", i))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	if err := p.stop(); err != nil {
+		t.Fatal(err)
+	}
+	pub := filepath.Join(dataDir, "signing.key.pub")
+	spool := filepath.Join(dataDir, "spool")
+
+	var out, errOut bytes.Buffer
+	if code := run([]string{"verify", "--pubkey", pub, spool}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "verified") {
+		t.Fatalf("verify: %d\n%s%s", code, out.String(), errOut.String())
+	}
+	out.Reset()
+	if code := run([]string{"verify", spool}, &out, &errOut); code != 1 || !strings.Contains(out.String(), "signed by no known key") {
+		t.Errorf("verify without a key: %d\n%s", code, out.String())
+	}
+
+	out.Reset()
+	if code := run([]string{"prove", "--request-id", "prove-me-4", spool}, &out, &errOut); code != 0 {
+		t.Fatalf("prove: %d %s", code, errOut.String())
+	}
+	proofFile := filepath.Join(t.TempDir(), "proof.json")
+	os.WriteFile(proofFile, out.Bytes(), 0o600)
+	var proof audit.InclusionProof
+	if err := json.Unmarshal(out.Bytes(), &proof); err != nil || !bytes.Contains(proof.Event, []byte(`"request_id":"prove-me-4"`)) {
+		t.Fatalf("proof %s: %v", out.String(), err)
+	}
+	out.Reset()
+	if code := run([]string{"verify-proof", "--pubkey", pub, proofFile}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "verified: event") {
+		t.Fatalf("verify-proof: %d %s %s", code, out.String(), errOut.String())
+	}
+	for name, change := range map[string][2]string{
+		"event changed":      {`"bytes":`, `"bytes":1`},
+		"leaf index changed": {fmt.Sprintf(`"leaf_index":%d`, proof.LeafIndex), fmt.Sprintf(`"leaf_index":%d`, proof.LeafIndex+1)},
+	} {
+		bad := filepath.Join(t.TempDir(), "bad.json")
+		b, _ := os.ReadFile(proofFile)
+		os.WriteFile(bad, bytes.Replace(b, []byte(change[0]), []byte(change[1]), 1), 0o600)
+		errOut.Reset()
+		if code := run([]string{"verify-proof", "--pubkey", pub, bad}, io.Discard, &errOut); code != 1 {
+			t.Errorf("%s: verify-proof exited %d: %s", name, code, errOut.String())
+		}
+	}
+	if code := run([]string{"prove", "--request-id", "nobody", spool}, io.Discard, &errOut); code != 1 || !strings.Contains(errOut.String(), `no event with request_id "nobody"`) {
+		t.Errorf("prove of an unknown request: %d %s", code, errOut.String())
+	}
+}
