@@ -134,6 +134,7 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
     -d '{"model":"%[3]s","messages":[{"role":"user","content":"hi"}],"stream":true}'
   curl -s http://%[4]s/metrics | grep ^auditproxy_
   go run ./cmd/auditproxy export --data-dir %[5]s
+  go run ./cmd/auditproxy verify --pubkey %[5]s/signing.key.pub %[5]s/spool
 
 `, base, demoAPIKey, model, adminAddr, c.dataDir)
 	outMu.Unlock()

@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,7 +91,8 @@ func TestHelpListsEveryFlagWithItsEnvVar(t *testing.T) {
 	for _, flag := range []string{"upstream", "listen", "admin-listen", "data-dir", "hash", "key-id-secret-file",
 		"max-request-body-size", "upstream-idle-timeout", "client-idle-timeout", "durability", "fsync-interval",
 		"spool-max-bytes", "on-spool-full", "segment-max-bytes", "segment-max-age", "retention", "forward", "forward-tag",
-		"forward-insecure-skip-verify", "forward-ack-timeout", "drain-timeout"} {
+		"forward-insecure-skip-verify", "forward-ack-timeout", "drain-timeout", "log-name", "signing-key",
+		"checkpoint-interval", "checkpoint-every", "checkpoint-dir", "checkpoint-url"} {
 		if !strings.Contains(errOut.String(), "--"+flag+" ") || !strings.Contains(errOut.String(), "$"+envName(flag)) {
 			t.Errorf("serve --help does not document --%s and $%s", flag, envName(flag))
 		}
@@ -287,6 +289,11 @@ func TestDemoProcess(t *testing.T) {
 	var exported bytes.Buffer
 	if code := run([]string{"export", "--data-dir", dataDir}, &exported, io.Discard); code != 0 || strings.Count(exported.String(), `"type":"inference"`) != 4 {
 		t.Errorf("export after the demo: code %d, %q", code, exported.String())
+	}
+	// The command the demo suggests verifies its log.
+	var report bytes.Buffer
+	if code := run([]string{"verify", "--pubkey", filepath.Join(dataDir, "signing.key.pub"), filepath.Join(dataDir, "spool")}, &report, io.Discard); code != 0 {
+		t.Errorf("verify after the demo exited %d:\n%s", code, report.String())
 	}
 }
 
@@ -798,8 +805,18 @@ func eventTypes(t *testing.T, ndjson []byte) []string {
 // only the verifier key, and a changed proof does not.
 func TestVerifyProveAndVerifyProof(t *testing.T) {
 	_, upstream := startFake(t, fakevllm.Config{})
-	dataDir := t.TempDir()
-	p := startServe(t, upstream, nil, "--data-dir", dataDir, "--log-level", "warn", "--checkpoint-every", "3")
+	dataDir, cpDir := t.TempDir(), t.TempDir()
+	var postedMu sync.Mutex
+	var posted [][]byte
+	cpServer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		postedMu.Lock()
+		posted = append(posted, b)
+		postedMu.Unlock()
+	}))
+	defer cpServer.Close()
+	p := startServe(t, upstream, nil, "--data-dir", dataDir, "--log-level", "warn", "--checkpoint-every", "3",
+		"--checkpoint-dir", cpDir, "--checkpoint-url", cpServer.URL+"/checkpoints")
 	for i := range 10 {
 		req, _ := http.NewRequest("POST", "http://"+p.listen+"/v1/chat/completions",
 			strings.NewReader(`{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"user","content":"hi"}]}`))
@@ -816,6 +833,15 @@ func TestVerifyProveAndVerifyProof(t *testing.T) {
 	}
 	pub := filepath.Join(dataDir, "signing.key.pub")
 	spool := filepath.Join(dataDir, "spool")
+	// Both second destinations hold every checkpoint: 10 events (and
+	// log_started) with one every 3, and the final one.
+	dirCopies, _ := os.ReadFile(filepath.Join(cpDir, "checkpoints.ndjson"))
+	postedMu.Lock()
+	nPosted := len(posted)
+	postedMu.Unlock()
+	if n := bytes.Count(dirCopies, []byte("\n")); n < 4 || n != nPosted {
+		t.Errorf("%d checkpoints in --checkpoint-dir, %d posted to --checkpoint-url", n, nPosted)
+	}
 
 	var out, errOut bytes.Buffer
 	if code := run([]string{"verify", "--pubkey", pub, spool}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "verified") {

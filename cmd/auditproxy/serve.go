@@ -56,6 +56,7 @@ type serveConfig struct {
 	checkpointInterval  time.Duration
 	checkpointEvery     int
 	checkpointDir       string
+	checkpointURL       string
 	shutdownTimeout     time.Duration
 	logLevel            string
 	logFormat           string
@@ -93,6 +94,7 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.DurationVar(&c.checkpointInterval, "checkpoint-interval", 10*time.Second, "sign a checkpoint of the log at least this often, idle or not (`duration`)")
 	fs.IntVar(&c.checkpointEvery, "checkpoint-every", 1000, "sign a checkpoint after this many `events` at the latest")
 	fs.StringVar(&c.checkpointDir, "checkpoint-dir", "", "`directory` (another volume) that keeps a second copy of every checkpoint, apart from the spool and the aggregator")
+	fs.StringVar(&c.checkpointURL, "checkpoint-url", "", "`URL` that receives a copy of every checkpoint event by HTTP POST (JSON), apart from the spool and the aggregator")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "log `format` on stderr: json or text")
@@ -121,8 +123,9 @@ type instance struct {
 	log      *slog.Logger
 	proxy    *proxy.Proxy
 	spool    *shipper.Spool
-	shipper  *shipper.Shipper       // nil without --forward
-	cpDir    *shipper.CheckpointDir // nil without --checkpoint-dir
+	shipper  *shipper.Shipper          // nil without --forward
+	cpDir    *shipper.CheckpointDir    // nil without --checkpoint-dir
+	cpPoster *shipper.CheckpointPoster // nil without --checkpoint-url
 	ln       net.Listener
 	admin    *http.Server
 	adminLn  net.Listener
@@ -195,11 +198,24 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 	logOpts := &shipper.LogOptions{Name: c.logName, Signer: signer, CheckpointInterval: c.checkpointInterval,
 		CheckpointEvery: c.checkpointEvery, Source: source}
 	var cpDir *shipper.CheckpointDir
+	var cpPoster *shipper.CheckpointPoster
+	if c.checkpointURL != "" {
+		if cpPoster, err = shipper.NewCheckpointPoster(c.checkpointURL, logger); err != nil {
+			return nil, usageError{"--checkpoint-url: " + err.Error()}
+		}
+	}
 	if c.checkpointDir != "" {
 		if cpDir, logOpts.PreviousCheckpoint, err = shipper.OpenCheckpointDir(c.checkpointDir, logger); err != nil {
 			return nil, err
 		}
-		logOpts.OnCheckpoint = cpDir.Write
+	}
+	logOpts.OnCheckpoint = func(ev []byte) {
+		if cpDir != nil {
+			cpDir.Write(ev)
+		}
+		if cpPoster != nil {
+			cpPoster.Write(ev)
+		}
 	}
 	spool, err := shipper.OpenSpool(c.dataDir, shipper.SpoolOptions{
 		Durability:      durability,
@@ -216,6 +232,9 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 		if cpDir != nil {
 			cpDir.Close()
 		}
+		if cpPoster != nil {
+			cpPoster.Close(0)
+		}
 		return nil, err
 	}
 	metrics := proxy.NewMetrics()
@@ -229,7 +248,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 		spool.Close()
 		return nil, err
 	}
-	inst := &instance{cfg: c, log: logger, spool: spool, cpDir: cpDir, serveErr: make(chan error, 2)}
+	inst := &instance{cfg: c, log: logger, spool: spool, cpDir: cpDir, cpPoster: cpPoster, serveErr: make(chan error, 2)}
 	if c.forward != "" {
 		inst.shipper, err = shipper.NewShipper(spool, shipper.ForwardOptions{
 			Address:            c.forward,
@@ -343,6 +362,11 @@ func (inst *instance) shutdown() error {
 	if inst.cpDir != nil {
 		if cerr := inst.cpDir.Close(); err == nil {
 			err = cerr
+		}
+	}
+	if inst.cpPoster != nil {
+		if cerr := inst.cpPoster.Close(5 * time.Second); cerr != nil {
+			inst.log.Warn("checkpoint copies not posted", "err", cerr)
 		}
 	}
 	drained := true
