@@ -426,3 +426,15 @@ func readSegment(dir string, id uint64, fn func([]byte) error) error {
 		}
 	}
 }
+
+// TreeHashes reads the log's stored hashes (tlog.StoredHashIndex order), for
+// proofs between checkpoints such as a witness's consistency proofs. Hashes
+// are readable once the commit that produced them completed, so from an
+// OnCheckpoint callback every hash up to that checkpoint's size is. It is nil
+// when the spool is not a log.
+func (s *Spool) TreeHashes() tlog.HashReader {
+	if s.chain == nil {
+		return nil
+	}
+	return s.chain
+}
