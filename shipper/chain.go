@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fastjson"
@@ -57,7 +58,7 @@ type spoolLog struct {
 	logger   *slog.Logger
 	chain    *audit.Chain
 	hashes   *os.File
-	nHashes  int64
+	nHashes  atomic.Int64 // written by the committer, read by proof makers
 	sinceCP  int
 	lastCP   time.Time
 	cps      [][]byte // checkpoint events of the commit in progress
@@ -92,10 +93,10 @@ func (l *spoolLog) committed() {
 		for _, h := range stored {
 			buf = append(buf, h[:]...)
 		}
-		if _, err := l.hashes.WriteAt(buf, l.nHashes*tlog.HashSize); err != nil {
+		if _, err := l.hashes.WriteAt(buf, l.nHashes.Load()*tlog.HashSize); err != nil {
 			l.logger.Error("cannot write the log's stored hashes; they are recomputed from the spool at the next start", "err", err)
 		}
-		l.nHashes += int64(len(stored))
+		l.nHashes.Add(int64(len(stored)))
 	}
 	for _, cp := range l.cps {
 		if l.opts.OnCheckpoint != nil {
@@ -177,7 +178,7 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 			f.Close()
 			return nil, err
 		}
-		l.nHashes = 0
+		l.nHashes.Store(0)
 		var ev logStarted
 		ev.V, ev.Type, ev.ID, ev.Time, ev.Source = 1, "log_started", audit.NewID(), audit.Timestamp(time.Now()), opts.Source
 		ev.Started.Reason = reason
@@ -252,7 +253,7 @@ func (l *spoolLog) recover(s *Spool) (audit.ChainState, string, error) {
 	if err := l.hashes.Truncate(tlog.StoredHashCount(k) * tlog.HashSize); err != nil {
 		return audit.ChainState{}, "", err
 	}
-	l.nHashes = tlog.StoredHashCount(k)
+	l.nHashes.Store(tlog.StoredHashCount(k))
 	tree, err := audit.TreeFromStored(k, l)
 	if err != nil {
 		return audit.ChainState{}, "", fmt.Errorf("read the log's stored hashes: %w", err)
@@ -294,10 +295,10 @@ func (l *spoolLog) replay(dir, origin string, tree audit.Tree, n int64) (audit.T
 		for _, h := range stored {
 			buf = append(buf, h[:]...)
 		}
-		if _, err := l.hashes.WriteAt(buf, l.nHashes*tlog.HashSize); err != nil {
+		if _, err := l.hashes.WriteAt(buf, l.nHashes.Load()*tlog.HashSize); err != nil {
 			return err
 		}
-		l.nHashes += int64(len(stored))
+		l.nHashes.Add(int64(len(stored)))
 		if tree.Size() == n {
 			return io.EOF
 		}
@@ -316,8 +317,8 @@ func (l *spoolLog) replay(dir, origin string, tree audit.Tree, n int64) (audit.T
 func (l *spoolLog) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	out := make([]tlog.Hash, len(indexes))
 	for i, idx := range indexes {
-		if idx >= l.nHashes {
-			return nil, fmt.Errorf("stored hash %d not written (have %d)", idx, l.nHashes)
+		if n := l.nHashes.Load(); idx >= n {
+			return nil, fmt.Errorf("stored hash %d not written (have %d)", idx, n)
 		}
 		if _, err := l.hashes.ReadAt(out[i][:], idx*tlog.HashSize); err != nil {
 			return nil, err
