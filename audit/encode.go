@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"encoding/base64"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -57,6 +58,18 @@ func (ev *Event) AppendJSON(dst []byte) []byte {
 	dst = appendString(dst, ev.Source.Host)
 	dst = appendField(dst, "version", ev.Source.Version)
 	dst = append(dst, '}')
+	if p := ev.Payload; p != nil {
+		dst = append(dst, `,"payload":{"age":"`...)
+		dst = base64.StdEncoding.AppendEncode(dst, p.Age)
+		dst = append(dst, `","input_bytes":`...)
+		dst = strconv.AppendInt(dst, p.InputBytes, 10)
+		dst = append(dst, `,"output_bytes":`...)
+		dst = strconv.AppendInt(dst, p.OutputBytes, 10)
+		if p.Truncated {
+			dst = append(dst, `,"truncated":true`...)
+		}
+		dst = append(dst, '}')
+	}
 	if ev.Log != nil {
 		dst = append(dst, `,"log":{"origin":`...)
 		dst = appendString(dst, ev.Log.Origin)

@@ -87,9 +87,24 @@ type Event struct {
 	Latency  Latency `json:"latency_ms"`
 	Status   Status  `json:"status"`
 	Source   Source  `json:"source"`
+	// Payload is the encrypted capture of both bodies, when capture is on
+	// (see package payload).
+	Payload *Payload `json:"payload,omitempty"`
 	// Log is the event's place in its log. The proxy leaves it nil; the
 	// spool's Chain adds it as the event is committed (see LogRef).
 	Log *LogRef `json:"log,omitempty"`
+}
+
+// Payload is an encrypted capture of a request's bodies: an age file (base64
+// in JSON) that only the holders of the recipients' identities can open.
+// InputBytes and OutputBytes count the captured bytes; Truncated says a body
+// was longer than the capture limit, so only its start is captured (the
+// event's hashes still cover the whole bodies).
+type Payload struct {
+	Age         []byte `json:"age"`
+	InputBytes  int64  `json:"input_bytes"`
+	OutputBytes int64  `json:"output_bytes"`
+	Truncated   bool   `json:"truncated,omitempty"`
 }
 
 // Model identifies the model a request asked for.

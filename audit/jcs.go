@@ -75,17 +75,23 @@ func AppendCanonical(dst []byte, p *fastjson.Parser, js []byte) ([]byte, error) 
 // How it works. fastjson checks the structure of js, but it is lenient where
 // JCS must not be: it takes number-like words (1.2.3, NaN, inf), keeps raw
 // control characters, invalid escapes and invalid UTF-8 in strings, and its
-// unescaping turns lone surrogates into U+FFFD or leaves them as text. So the
-// jcsState takes from fastjson only the tree, and reads every string and
-// number value in its raw form, as written in js: Value.MarshalTo writes
+// unescaping turns lone surrogates into U+FFFD or leaves them as text. So
+// AppendCanonical takes from fastjson only the tree, and reads every string
+// and number value in its raw form, as written in js: Value.MarshalTo writes
 // exactly that for strings and numbers that nobody has asked fastjson to
-// jcsUnescape. Those are validated and rewritten in place, in dst.
+// unescape. Those are validated and rewritten in place, in dst.
 //
 // Member names, though, fastjson hands out only unescaped, with the raw form
 // gone. A name whose unescaped form is plain (no '\\', no control character,
 // only ASCII) can only come from a valid raw name; for any other name every
 // string in js is checked once against the strict grammar (checkStrings),
 // after which fastjson's unescaping is known to be exact.
+//
+// Object.Visit asks its callback not to keep the name and value it is given.
+// Both point into the Parser's buffers, which stay in place until its next
+// Parse, and sorting needs them after the callback: AppendCanonical keeps them
+// until it returns, no longer. (The tests would catch a fastjson that moved
+// them.)
 
 var jcsPool = sync.Pool{New: func() any { return new(jcsState) }}
 
@@ -94,33 +100,25 @@ type jcsState struct {
 	js      []byte // the input, for checkStrings
 	checked bool   // checkStrings has passed
 	// members is a stack of the members of the objects being written, the
-	// innermost last; keys holds their names, and values their values.
+	// innermost last, and order a stack of their sort words (see object).
 	members []jcsMember
-	values  []*fastjson.Value
-	keys    []byte
+	order   []uint64
 }
 
 type jcsMember struct {
-	// pre is the name's first 8 bytes, big-endian, zero-padded: for ASCII
-	// names (not wide), unequal pres compare as the names do.
-	pre      uint64
-	off, end uint32 // the name is keys[off:end]
-	value    uint32 // the value is values[value]
-	esc      bool   // the name has a byte to escape
-	wide     bool   // the name is not ASCII
+	name  []byte // unescaped
+	value *fastjson.Value
+	esc   bool // the name has a byte to escape
 }
 
-// Scratch above these sizes is not kept in the pool.
-const (
-	jcsMaxPooledMembers = 1 << 12
-	jcsMaxPooledKeys    = 1 << 16
-)
+// Scratch above this size is not kept in the pool.
+const jcsMaxPooled = 1 << 12
 
 func (c *jcsState) release() {
 	c.js = nil
-	clear(c.values[:cap(c.values)]) // drop references into the Parser
-	c.members, c.values, c.keys = c.members[:0], c.values[:0], c.keys[:0]
-	if cap(c.members) > jcsMaxPooledMembers || cap(c.keys) > jcsMaxPooledKeys {
+	clear(c.members[:cap(c.members)]) // drop references into the Parser
+	c.members, c.order = c.members[:0], c.order[:0]
+	if cap(c.members) > jcsMaxPooled || cap(c.order) > jcsMaxPooled {
 		return
 	}
 	jcsPool.Put(c)
@@ -128,7 +126,7 @@ func (c *jcsState) release() {
 
 func (c *jcsState) value(dst []byte, v *fastjson.Value) ([]byte, error) {
 	// GetObject, GetArray and MarshalTo read the value as parsed; Type and
-	// StringBytes would jcsUnescape strings first, losing their raw form.
+	// StringBytes would unescape strings first, losing their raw form.
 	if o := v.GetObject(); o != nil {
 		return c.object(dst, o)
 	}
@@ -161,115 +159,108 @@ func (c *jcsState) value(dst []byte, v *fastjson.Value) ([]byte, error) {
 	return canonNumber(dst, start)
 }
 
+// The sort word of a member of an object of at most 256 members with ASCII
+// names holds the first 8 bytes of the name, 7 bits each, zero-padded, then
+// the member's index in the object in the low 8 bits. ASCII bytes compare as
+// UTF-16 code units do, and the padding sorts a shorter name first (or ties
+// with a NUL), so when two words differ in their top 56 bits, they compare as
+// the names do. For other objects, the word is just the index.
+const (
+	jcsWordShift = 8
+	jcsWordIndex = 1<<jcsWordShift - 1
+)
+
 func (c *jcsState) object(dst []byte, o *fastjson.Object) ([]byte, error) {
-	base, kbase := len(c.members), len(c.keys)
-	if len(c.keys) > math.MaxUint32-len(c.js) {
-		return dst, errors.New("jcs: too many member names")
-	}
+	base := len(c.members)
 	var err error
-	wide := false // a name is not ASCII
+	var all byte // the byte classes of all names
 	o.Visit(func(k []byte, v *fastjson.Value) {
 		var class byte
-		var pre uint64
-		if len(k) >= 8 {
-			pre = binary.BigEndian.Uint64(k)
-			for _, b := range k {
-				class |= jcsClass[b]
-			}
-		} else {
-			for _, b := range k {
-				class |= jcsClass[b]
-				pre = pre<<8 | uint64(b)
-			}
-			pre <<= 8 * (8 - len(k)) // 64 when k is empty: pre stays 0
-		}
+		var word uint64
+
+		all |= class
 		if class&^jcsQuote != 0 && !c.checked && err == nil {
 			// The name held an escape, a control character or non-ASCII
 			// text: fastjson may have unescaped it leniently.
 			err = c.checkStrings()
 		}
-		off := len(c.keys)
-		c.keys = append(c.keys, k...)
+		i := len(c.members) - base
 		// Filled in place: a struct built aside and copied in is read back
 		// with wider loads than it was written with, which stalls.
 		c.members = append(c.members, jcsMember{})
 		m := &c.members[len(c.members)-1]
-		m.pre = pre
-		m.off, m.end = uint32(off), uint32(len(c.keys))
-		m.value = uint32(len(c.values))
+		m.name, m.value = k, v
 		m.esc = class&(jcsQuote|jcsBackslash|jcsControl) != 0
-		m.wide = class&jcsNonASCII != 0
-		wide = wide || m.wide
-		c.values = append(c.values, v)
+		c.order = append(c.order, word|uint64(i&jcsWordIndex))
 	})
 	if err != nil {
 		return dst, err
 	}
-	ms, keys := c.members[base:], c.keys
-	if len(ms) > 1 {
-		jcsSortMembers(ms, keys, wide)
-		for i := 1; i < len(ms); i++ {
-			if ms[i].pre != ms[i-1].pre {
-				continue
+	ms, order := c.members[base:], c.order[base:]
+	index := uint64(jcsWordIndex) // extracts the index from a word
+	if all&jcsNonASCII == 0 && len(ms) <= jcsWordIndex+1 {
+		jcsSortWords(order, ms)
+		for i := 1; i < len(order); i++ {
+			// Equal names have equal words but for the index.
+			if a, b := order[i-1], order[i]; a>>jcsWordShift == b>>jcsWordShift {
+				if k := ms[a&index].name; string(k) == string(ms[b&index].name) {
+					return dst, fmt.Errorf("jcs: duplicate key %q", k)
+				}
 			}
-			if k := keys[ms[i].off:ms[i].end]; string(k) == string(keys[ms[i-1].off:ms[i-1].end]) {
+		}
+	} else {
+		index = math.MaxUint64
+		for i := range order {
+			order[i] = uint64(i)
+		}
+		slices.SortFunc(order, func(a, b uint64) int { return compareUTF16(ms[a].name, ms[b].name) })
+		for i := 1; i < len(order); i++ {
+			if k := ms[order[i-1]].name; string(k) == string(ms[order[i]].name) {
 				return dst, fmt.Errorf("jcs: duplicate key %q", k)
 			}
 		}
 	}
 	dst = append(dst, '{')
-	for i := base; i < len(c.members); i++ {
-		// c.members and c.keys may grow (and move) in the recursion.
-		m := c.members[i]
-		if i > base {
+	for i := range len(ms) {
+		// c.members and c.order may grow (and move) in the recursion.
+		m := &c.members[base+int(c.order[base+i]&index)]
+		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = jcsAppendName(dst, c.keys[m.off:m.end], m.esc)
+		if m.esc {
+			dst = jcsAppendName(dst, m.name)
+		} else {
+			dst = append(dst, '"')
+			dst = append(dst, m.name...)
+			dst = append(dst, '"')
+		}
 		dst = append(dst, ':')
-		if dst, err = c.value(dst, c.values[m.value]); err != nil {
+		if dst, err = c.value(dst, m.value); err != nil {
 			return dst, err // release resets the stacks
 		}
 	}
-	vbase := len(c.values) - (len(c.members) - base)
-	clear(c.values[vbase:])
-	c.members, c.values, c.keys = c.members[:base], c.values[:vbase], c.keys[:kbase]
+	clear(c.members[base:])
+	c.members, c.order = c.members[:base], c.order[:base]
 	return append(dst, '}'), nil
 }
 
-// jcsSortMembers sorts ms by name (see compareUTF16); wide says whether a
-// name is not ASCII. It uses insertion sort for the small objects of audit
-// events, which is cheaper there than a general sort.
-func jcsSortMembers(ms []jcsMember, keys []byte, wide bool) {
-	if len(ms) > 24 || wide {
-		slices.SortFunc(ms, func(a, b jcsMember) int { return jcsCompareMembers(&a, &b, keys) })
-		return
-	}
-	for i := 1; i < len(ms); i++ {
-		m := ms[i]
+// jcsSortWords sorts the sort words of the members ms of an object with
+// ASCII names: insertion sort, which is cheaper than a general sort for the
+// small objects of audit events.
+func jcsSortWords(order []uint64, ms []jcsMember) {
+	for i := 1; i < len(order); i++ {
+		w := order[i]
 		j := i
 		for ; j > 0; j-- {
-			// ASCII names (see jcsMember.pre).
-			if p := &ms[j-1]; p.pre < m.pre || p.pre == m.pre && string(keys[p.off:p.end]) <= string(keys[m.off:m.end]) {
+			p := order[j-1]
+			if p>>jcsWordShift < w>>jcsWordShift ||
+				p>>jcsWordShift == w>>jcsWordShift && string(ms[p&jcsWordIndex].name) <= string(ms[w&jcsWordIndex].name) {
 				break
 			}
-			ms[j] = ms[j-1]
+			order[j] = p
 		}
-		ms[j] = m
+		order[j] = w
 	}
-}
-
-// jcsCompareMembers compares the names of a and b as compareUTF16 does.
-func jcsCompareMembers(a, b *jcsMember, keys []byte) int {
-	if a.pre != b.pre && !a.wide && !b.wide {
-		// ASCII bytes compare as UTF-16 code units do, and the zero padding
-		// of a shorter name sorts it first (or ties with a NUL, and the
-		// pres are equal).
-		if a.pre < b.pre {
-			return -1
-		}
-		return 1
-	}
-	return compareUTF16(keys[a.off:a.end], keys[b.off:b.end])
 }
 
 // compareUTF16 compares the valid UTF-8 strings a and b as their UTF-16
@@ -323,19 +314,15 @@ var jcsClass = func() (t [256]byte) {
 	return t
 }()
 
-// jcsAppendName appends a member name as a canonical JSON string; k is the
-// name unescaped; esc says whether it holds a byte to escape.
-func jcsAppendName(dst, k []byte, esc bool) []byte {
+// jcsAppendName appends a member name, k unescaped, as a canonical JSON
+// string.
+func jcsAppendName(dst, k []byte) []byte {
 	dst = append(dst, '"')
-	if !esc {
-		dst = append(dst, k...)
-	} else {
-		for _, b := range k {
-			if jcsClass[b]&(jcsQuote|jcsBackslash|jcsControl) != 0 {
-				dst = jcsAppendEscaped(dst, b)
-			} else {
-				dst = append(dst, b)
-			}
+	for _, b := range k {
+		if jcsClass[b]&(jcsQuote|jcsBackslash|jcsControl) != 0 {
+			dst = jcsAppendEscaped(dst, b)
+		} else {
+			dst = append(dst, b)
 		}
 	}
 	return append(dst, '"')
@@ -435,23 +422,41 @@ scan:
 // jcsPlainRun returns the length of the longest prefix of s without a '"',
 // '\\', control character or non-ASCII byte, looking at 8 bytes at a time.
 func jcsPlainRun(s []byte) int {
-	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	if len(s) < 8 {
+		i := 0
+		for i < len(s) && jcsClass[s[i]] == jcsPlain {
+			i++
+		}
+		return i
+	}
 	i := 0
 	for ; i+8 <= len(s); i += 8 {
-		x := binary.LittleEndian.Uint64(s[i:])
-		q := x ^ (lo * '"')
-		b := x ^ (lo * '\\')
-		// The high bit of a byte is set in (v-lo)&^v where the byte of v is
-		// 0, in (x-0x20*lo)&^x where that of x is below 0x20, and in x
-		// where it is not ASCII; and is set falsely only above a byte
-		// where it is set truly (by a borrow), so the lowest is true.
-		if m := ((x-lo*0x20)&^x | (q-lo)&^q | (b-lo)&^b | x) & hi; m != 0 {
+		if m := jcsSpecial(binary.LittleEndian.Uint64(s[i:])); m != 0 {
 			return i + bits.TrailingZeros64(m)>>3
 		}
 	}
-	for ; i < len(s) && jcsClass[s[i]] == jcsPlain; i++ {
+	if i < len(s) {
+		// The last 8 bytes, of which those before i are known plain.
+		i = len(s) - 8
+		if m := jcsSpecial(binary.LittleEndian.Uint64(s[i:])); m != 0 {
+			return i + bits.TrailingZeros64(m)>>3
+		}
 	}
-	return i
+	return len(s)
+}
+
+// jcsSpecial returns x, 8 bytes little-endian, with the high bit of the
+// lowest byte that is '"', '\\', a control character or not ASCII set, and
+// maybe that of bytes above it; or 0 when there is none.
+func jcsSpecial(x uint64) uint64 {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	q := x ^ (lo * '"')
+	b := x ^ (lo * '\\')
+	// The high bit of a byte is set in (v-lo)&^v where the byte of v is 0,
+	// in (x-0x20*lo)&^x where that of x is below 0x20, and in x where it
+	// is not ASCII; and is set falsely only above a byte where it is set
+	// truly (by a borrow), so the lowest is true.
+	return ((x-lo*0x20)&^x | (q-lo)&^q | (b-lo)&^b | x) & hi
 }
 
 // jcsUnescape decodes the escape at s[i] (a backslash): the character it stands

@@ -24,7 +24,7 @@ import (
 	"github.com/valyala/fastjson"
 )
 
-func canonical(t testing.TB, p *fastjson.Parser, js string) string {
+func jcsCanonical(t testing.TB, p *fastjson.Parser, js string) string {
 	t.Helper()
 	out, err := AppendCanonical(nil, p, []byte(js))
 	if err != nil {
@@ -62,7 +62,7 @@ func TestAppendCanonicalFixtures(t *testing.T) {
 				t.Errorf("got\n%s\nwant\nprefix%s", got, want)
 			}
 			// The independent implementation below agrees.
-			if ref, err := refCanonical(js); err != nil || !bytes.Equal(ref, want) {
+			if ref, err := jcsRefCanonical(js); err != nil || !bytes.Equal(ref, want) {
 				t.Errorf("reference: %s, %v", ref, err)
 			}
 		})
@@ -77,7 +77,7 @@ func TestAppendCanonicalRFC8785Sorting(t *testing.T) {
 		t.Fatal(err)
 	}
 	var p fastjson.Parser
-	out := canonical(t, &p, string(js))
+	out := jcsCanonical(t, &p, string(js))
 	var got []string
 	for _, v := range strings.Split(out, `":"`)[1:] {
 		got = append(got, v[:strings.IndexByte(v, '"')])
@@ -117,18 +117,18 @@ func TestAppendCanonicalRFC8785Numbers(t *testing.T) {
 			t.Fatal(err)
 		}
 		x := math.Float64frombits(bits)
-		if got := refNumber(x); got != want {
+		if got := jcsRefNumber(x); got != want {
 			t.Errorf("reference: %s: %s, want %s", hexBits, got, want)
 		}
 		forms := []string{
 			want,
 			strconv.FormatFloat(x, 'g', -1, 64),
-			strconv.FormatFloat(x, 'e', 16, 64), // 17 digits: exact
+			strconv.FormatFloat(x, 'e', 16, 64), // 17 digits: round-trips
 			strconv.FormatFloat(x, 'E', 25, 64),
 			strconv.FormatFloat(x, 'f', -1, 64),
 		}
 		for _, form := range forms {
-			if got := canonical(t, &p, "["+form+"]"); got != "["+want+"]" {
+			if got := jcsCanonical(t, &p, "["+form+"]"); got != "["+want+"]" {
 				t.Errorf("%s: %s -> %s, want %s", hexBits, form, got, want)
 			}
 		}
@@ -214,10 +214,10 @@ func TestAppendCanonicalExamples(t *testing.T) {
 		{`{"\ufffd":1,"x":"\u0041"}`, "{\"x\":\"A\",\"\ufffd\":1}"},
 	} {
 		var p fastjson.Parser
-		if got := canonical(t, &p, tc.in); got != tc.want {
+		if got := jcsCanonical(t, &p, tc.in); got != tc.want {
 			t.Errorf("%s: got %s, want %s", tc.in, got, tc.want)
 		}
-		if ref, err := refCanonical([]byte(tc.in)); err != nil || string(ref) != tc.want {
+		if ref, err := jcsRefCanonical([]byte(tc.in)); err != nil || string(ref) != tc.want {
 			t.Errorf("%s: reference: %s, %v", tc.in, ref, err)
 		}
 	}
@@ -364,14 +364,14 @@ func TestCompareUTF16(t *testing.T) {
 		for _, b := range strs {
 			want := slices.Compare(utf16.Encode([]rune(a)), utf16.Encode([]rune(b)))
 			got := compareUTF16([]byte(a), []byte(b))
-			if sign(got) != want {
+			if jcsSign(got) != want {
 				t.Fatalf("compareUTF16(%+q, %+q) = %d, want sign %d", a, b, got, want)
 			}
 		}
 	}
 }
 
-func sign(x int) int {
+func jcsSign(x int) int {
 	switch {
 	case x < 0:
 		return -1
@@ -426,7 +426,7 @@ func TestCanonNumberFastPath(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := refNumber(f); string(got) != want {
+		if want := jcsRefNumber(f); string(got) != want {
 			t.Fatalf("%s: got %s, want %s", lit, got, want)
 		}
 		if want := jcsAppendNumber(nil, f); string(got) != string(want) {
@@ -454,39 +454,37 @@ func TestAppendCanonicalInvariance(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	var p fastjson.Parser
 	for _, doc := range docs {
-		want := canonical(t, &p, doc)
-		if again := canonical(t, &p, want); again != want {
+		want := jcsCanonical(t, &p, doc)
+		if again := jcsCanonical(t, &p, want); again != want {
 			t.Errorf("not idempotent:\n%s\n%s", want, again)
 		}
 		for range 50 {
-			var v any
 			dec := json.NewDecoder(strings.NewReader(want))
 			dec.UseNumber()
-			tree, err := decodeOrdered(dec)
+			tree, err := jcsDecodeOrdered(dec)
 			if err != nil {
 				t.Fatal(err)
 			}
-			v = tree
-			variant := rewrite(rng, nil, v)
+			variant := jcsRewrite(rng, nil, tree)
 			if !json.Valid(variant) {
 				t.Fatalf("rewrite made invalid JSON: %s", variant)
 			}
-			if got := canonical(t, &p, string(variant)); got != want {
+			if got := jcsCanonical(t, &p, string(variant)); got != want {
 				t.Errorf("variant %s\ngives %s\nwant  %s", variant, got, want)
 			}
 		}
 	}
 }
 
-type orderedMember struct {
+type jcsOrderedMember struct {
 	k string
 	v any
 }
 
-type orderedObject []orderedMember
+type jcsOrderedObject []jcsOrderedMember
 
-// decodeOrdered decodes one JSON value, keeping objects' member order.
-func decodeOrdered(dec *json.Decoder) (any, error) {
+// jcsDecodeOrdered decodes one JSON value, keeping objects' member order.
+func jcsDecodeOrdered(dec *json.Decoder) (any, error) {
 	tok, err := dec.Token()
 	if err != nil {
 		return nil, err
@@ -499,7 +497,7 @@ func decodeOrdered(dec *json.Decoder) (any, error) {
 	case '[':
 		a := []any{}
 		for dec.More() {
-			v, err := decodeOrdered(dec)
+			v, err := jcsDecodeOrdered(dec)
 			if err != nil {
 				return nil, err
 			}
@@ -508,17 +506,17 @@ func decodeOrdered(dec *json.Decoder) (any, error) {
 		_, err = dec.Token()
 		return a, err
 	case '{':
-		o := orderedObject{}
+		o := jcsOrderedObject{}
 		for dec.More() {
 			k, err := dec.Token()
 			if err != nil {
 				return nil, err
 			}
-			v, err := decodeOrdered(dec)
+			v, err := jcsDecodeOrdered(dec)
 			if err != nil {
 				return nil, err
 			}
-			o = append(o, orderedMember{k.(string), v})
+			o = append(o, jcsOrderedMember{k.(string), v})
 		}
 		_, err = dec.Token()
 		return o, err
@@ -526,8 +524,8 @@ func decodeOrdered(dec *json.Decoder) (any, error) {
 	return nil, fmt.Errorf("unexpected %v", d)
 }
 
-// rewrite writes v as JSON in a random equivalent form.
-func rewrite(rng *rand.Rand, dst []byte, v any) []byte {
+// jcsRewrite writes v as JSON in a random equivalent form.
+func jcsRewrite(rng *rand.Rand, dst []byte, v any) []byte {
 	ws := func() {
 		for rng.IntN(3) == 0 {
 			dst = append(dst, " \t\r\n"[rng.IntN(4)])
@@ -535,7 +533,7 @@ func rewrite(rng *rand.Rand, dst []byte, v any) []byte {
 	}
 	ws()
 	switch v := v.(type) {
-	case orderedObject:
+	case jcsOrderedObject:
 		o := slices.Clone(v)
 		rng.Shuffle(len(o), func(i, j int) { o[i], o[j] = o[j], o[i] })
 		dst = append(dst, '{')
@@ -544,10 +542,10 @@ func rewrite(rng *rand.Rand, dst []byte, v any) []byte {
 				dst = append(dst, ',')
 			}
 			ws()
-			dst = rewriteString(rng, dst, m.k)
+			dst = jcsRewriteString(rng, dst, m.k)
 			ws()
 			dst = append(dst, ':')
-			dst = rewrite(rng, dst, m.v)
+			dst = jcsRewrite(rng, dst, m.v)
 		}
 		ws()
 		dst = append(dst, '}')
@@ -557,12 +555,12 @@ func rewrite(rng *rand.Rand, dst []byte, v any) []byte {
 			if i > 0 {
 				dst = append(dst, ',')
 			}
-			dst = rewrite(rng, dst, e)
+			dst = jcsRewrite(rng, dst, e)
 		}
 		ws()
 		dst = append(dst, ']')
 	case string:
-		dst = rewriteString(rng, dst, v)
+		dst = jcsRewriteString(rng, dst, v)
 	case json.Number:
 		f, err := v.Float64()
 		if err != nil {
@@ -592,8 +590,8 @@ func rewrite(rng *rand.Rand, dst []byte, v any) []byte {
 	return dst
 }
 
-// rewriteString writes s as a JSON string, escaping characters at random.
-func rewriteString(rng *rand.Rand, dst []byte, s string) []byte {
+// jcsRewriteString writes s as a JSON string, escaping characters at random.
+func jcsRewriteString(rng *rand.Rand, dst []byte, s string) []byte {
 	dst = append(dst, '"')
 	for _, r := range s {
 		switch {
@@ -621,7 +619,7 @@ func rewriteString(rng *rand.Rand, dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-func isRace() bool {
+func jcsRaceEnabled() bool {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return false
@@ -655,11 +653,11 @@ func TestAppendCanonicalReusesParser(t *testing.T) {
 			t.Errorf("%d: reused parser: %s, %v; fresh parser: %s, %v", i, out, err, out2, err2)
 		}
 	}
-	if isRace() {
+	if jcsRaceEnabled() {
 		t.Log("no allocation check: sync.Pool drops items under the race detector")
 		return
 	}
-	dst := make([]byte, 0, 4096)
+	dst := make([]byte, 0, 1<<14)
 	allocs := testing.AllocsPerRun(100, func() {
 		out, err := AppendCanonical(dst[:0], &p, event)
 		if err != nil || !bytes.Equal(out, want) {
@@ -668,6 +666,24 @@ func TestAppendCanonicalReusesParser(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("%v allocations per call, want 0", allocs)
+	}
+	// Nor on the other paths: non-ASCII names, large objects, escapes,
+	// numbers that need strconv.
+	var large strings.Builder
+	large.WriteString(`{`)
+	for i := range 300 {
+		fmt.Fprintf(&large, `"k%d":[%d.5e-9,"\u00e9\n"],`, 300-i, i)
+	}
+	large.WriteString(`"\u00e9\ud83d\ude00":{"z":1,"\ufb33":2}}`)
+	for _, js := range [][]byte{[]byte(large.String()), []byte(big)} {
+		allocs := testing.AllocsPerRun(100, func() {
+			if _, err := AppendCanonical(dst[:0], &p, js); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if allocs != 0 {
+			t.Errorf("%.40s...: %v allocations per call, want 0", js, allocs)
+		}
 	}
 }
 
@@ -772,7 +788,7 @@ func TestAppendCanonicalEncodingJSON(t *testing.T) {
 		if !reflect.DeepEqual(back, m) { // float64s compare with ==
 			t.Fatalf("values changed:\n%s\n%s", buf.Bytes(), out)
 		}
-		if ref, err := refCanonical(buf.Bytes()); err != nil || !bytes.Equal(ref, out) {
+		if ref, err := jcsRefCanonical(buf.Bytes()); err != nil || !bytes.Equal(ref, out) {
 			t.Fatalf("reference: %s, %v\ngot %s", ref, err, out)
 		}
 	}
@@ -813,8 +829,8 @@ func TestAppendCanonicalEncodingJSON(t *testing.T) {
 
 // FuzzAppendCanonical checks, on any input, that AppendCanonical does not
 // panic and that whatever it accepts is JSON that an independent
-// implementation (encoding/json, refCanonical) canonicalizes the same, whose
-// canonical form is itself and holds the same values; and that what it
+// implementation (encoding/json, jcsRefCanonical) canonicalizes the same, whose
+// jcsCanonical form is itself and holds the same values; and that what it
 // rejects, encoding/json rejects too, or has a lone surrogate, invalid UTF-8
 // or deep nesting.
 func FuzzAppendCanonical(f *testing.F) {
@@ -833,9 +849,9 @@ func FuzzAppendCanonical(f *testing.F) {
 	var p fastjson.Parser
 	f.Fuzz(func(t *testing.T, in []byte) {
 		out, err := AppendCanonical(nil, &p, in)
-		ref, refErr := refCanonical(in)
+		ref, refErr := jcsRefCanonical(in)
 		if err != nil {
-			if refErr == nil && utf8.Valid(in) && !maybeLoneSurrogate(in) && nesting(in) < fastjson.MaxDepth {
+			if refErr == nil && utf8.Valid(in) && !jcsMaybeLoneSurrogate(in) && jcsNesting(in) < fastjson.MaxDepth {
 				t.Fatalf("%q rejected: %v; reference gives %s", in, err, ref)
 			}
 			return
@@ -866,9 +882,9 @@ func FuzzAppendCanonical(f *testing.F) {
 	})
 }
 
-// maybeLoneSurrogate reports whether js has a \u escape of a surrogate,
+// jcsMaybeLoneSurrogate reports whether js has a \u escape of a surrogate,
 // which encoding/json turns into U+FFFD where AppendCanonical rejects it.
-func maybeLoneSurrogate(js []byte) bool {
+func jcsMaybeLoneSurrogate(js []byte) bool {
 	for i := 0; i+2 < len(js); i++ {
 		if js[i] == '\\' && js[i+1] == 'u' && (js[i+2] == 'd' || js[i+2] == 'D') {
 			return true
@@ -877,21 +893,21 @@ func maybeLoneSurrogate(js []byte) bool {
 	return false
 }
 
-// nesting bounds the nesting depth of js from above.
-func nesting(js []byte) int {
+// jcsNesting bounds the nesting depth of js from above.
+func jcsNesting(js []byte) int {
 	return bytes.Count(js, []byte("[")) + bytes.Count(js, []byte("{"))
 }
 
-// refCanonical is a plain RFC 8785 canonicalizer built on encoding/json, for
+// jcsRefCanonical is a plain RFC 8785 canonicalizer built on encoding/json, for
 // comparison. Unlike AppendCanonical it lets through lone surrogates and
 // invalid UTF-8, which encoding/json replaces with U+FFFD.
-func refCanonical(js []byte) ([]byte, error) {
+func jcsRefCanonical(js []byte) ([]byte, error) {
 	if !json.Valid(js) {
 		return nil, errors.New("not JSON")
 	}
 	dec := json.NewDecoder(bytes.NewReader(js))
 	dec.UseNumber()
-	out, err := refValue(dec, nil)
+	out, err := jcsRefValue(dec, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -901,7 +917,7 @@ func refCanonical(js []byte) ([]byte, error) {
 	return out, nil
 }
 
-func refValue(dec *json.Decoder, out []byte) ([]byte, error) {
+func jcsRefValue(dec *json.Decoder, out []byte) ([]byte, error) {
 	tok, err := dec.Token()
 	if err != nil {
 		return nil, err
@@ -914,7 +930,7 @@ func refValue(dec *json.Decoder, out []byte) ([]byte, error) {
 				if i > 0 {
 					out = append(out, ',')
 				}
-				if out, err = refValue(dec, out); err != nil {
+				if out, err = jcsRefValue(dec, out); err != nil {
 					return nil, err
 				}
 			}
@@ -928,7 +944,7 @@ func refValue(dec *json.Decoder, out []byte) ([]byte, error) {
 		var ms []member
 		for dec.More() {
 			k, _ := dec.Token()
-			v, err := refValue(dec, nil)
+			v, err := jcsRefValue(dec, nil)
 			if err != nil {
 				return nil, err
 			}
@@ -944,19 +960,19 @@ func refValue(dec *json.Decoder, out []byte) ([]byte, error) {
 				}
 				out = append(out, ',')
 			}
-			out = refString(out, string(utf16.Decode(m.k)))
+			out = jcsRefString(out, string(utf16.Decode(m.k)))
 			out = append(out, ':')
 			out = append(out, m.v...)
 		}
 		return append(out, '}'), nil
 	case string:
-		return refString(out, tok), nil
+		return jcsRefString(out, tok), nil
 	case json.Number:
 		f, err := strconv.ParseFloat(string(tok), 64)
 		if err != nil {
 			return nil, err
 		}
-		return append(out, refNumber(f)...), nil
+		return append(out, jcsRefNumber(f)...), nil
 	case bool:
 		return strconv.AppendBool(out, tok), nil
 	case nil:
@@ -965,7 +981,7 @@ func refValue(dec *json.Decoder, out []byte) ([]byte, error) {
 	return nil, fmt.Errorf("unexpected token %v", tok)
 }
 
-func refString(out []byte, s string) []byte {
+func jcsRefString(out []byte, s string) []byte {
 	out = append(out, '"')
 	for _, r := range s {
 		switch r {
@@ -994,15 +1010,15 @@ func refString(out []byte, s string) []byte {
 	return append(out, '"')
 }
 
-// refNumber writes f as ECMAScript's Number::toString does (ECMA-262,
+// jcsRefNumber writes f as ECMAScript's Number::toString does (ECMA-262,
 // 6.1.6.1.20), following its steps: with s the shortest digits (k of them)
 // and n the decimal exponent, so that f = s × 10^(n-k).
-func refNumber(f float64) string {
+func jcsRefNumber(f float64) string {
 	if f == 0 {
 		return "0"
 	}
 	if f < 0 {
-		return "-" + refNumber(-f)
+		return "-" + jcsRefNumber(-f)
 	}
 	mant, exp, _ := strings.Cut(strconv.FormatFloat(f, 'e', -1, 64), "e")
 	s := strings.Replace(mant, ".", "", 1)

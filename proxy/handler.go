@@ -10,6 +10,7 @@ import (
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/hashing"
+	"github.com/auditproxy/auditproxy/payload"
 )
 
 // exchange is the state of one proxied request, from the handler to the
@@ -34,6 +35,9 @@ type exchange struct {
 	// lastModel is the model name of the last request this pooled exchange
 	// served; most requests name the same one.
 	lastModel string
+	// seal captures the bodies when payload capture is on.
+	seal    *payload.Sealer
+	payload audit.Payload
 
 	tap responseTap
 }
@@ -64,6 +68,7 @@ func (p *Proxy) releaseExchange(x *exchange) {
 	p.metrics.inFlight.Dec()
 	x.in.Reset()
 	x.reqBody = x.reqBody[:0]
+	x.seal, x.payload = nil, audit.Payload{}
 	x.upstream = 0
 	x.tap.reset()
 	p.exchPool.Put(x)
@@ -80,6 +85,12 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 
 	body := ctx.Request.Body()
 	_, _ = x.in.Write(body)
+	if c := p.cfg.Capture; c != nil {
+		var err error
+		if x.seal, err = payload.NewSealer(c.Recipients, c.MaxBytes, body); err != nil {
+			p.log.Error("payload capture failed to start", "request_id", ev.RequestID, "err", err)
+		}
+	}
 	ev.Input.Hash = x.in.Digest()
 	ev.Input.Bytes = int64(len(body))
 	f := parseRequestFields(&x.parser, body, x.lastModel)
@@ -170,6 +181,9 @@ func (p *Proxy) answerWithError(ctx *fasthttp.RequestCtx, x *exchange, pe proxyE
 	var buf [256]byte
 	body := pe.appendJSON(buf[:0])
 	ctx.Response.SetBody(body)
+	if x.seal != nil {
+		x.seal.WriteResponse(body)
+	}
 	x.ev.Output.Hash = hashing.Sum(p.cfg.Hash, body)
 	x.ev.Output.Bytes = int64(len(body))
 	x.ev.Status.Code = pe.status
@@ -227,6 +241,16 @@ func (p *Proxy) record(x *exchange) error {
 	ev.Latency.Total = ms(total)
 	ev.Latency.Upstream = ms(x.upstream)
 	ev.Latency.Overhead = ms(total - x.upstream)
+	if x.seal != nil {
+		c, err := x.seal.Close()
+		x.seal = nil
+		if err != nil {
+			p.log.Error("payload capture failed", "request_id", ev.RequestID, "err", err)
+		} else {
+			x.payload = audit.Payload{Age: c.Ciphertext, InputBytes: c.InputBytes, OutputBytes: c.OutputBytes, Truncated: c.Truncated}
+			ev.Payload = &x.payload
+		}
+	}
 	start := time.Now()
 	err := p.cfg.Recorder.Record(ev)
 	p.metrics.recordWait.Observe(time.Since(start).Seconds())

@@ -40,6 +40,7 @@ package proxy
 
 import (
 	"errors"
+	"filippo.io/age"
 	"fmt"
 	"log/slog"
 	"net"
@@ -79,6 +80,9 @@ type Config struct {
 	KeyIDer *hashing.KeyIDer
 	// Recorder receives every finished event. Required.
 	Recorder audit.Recorder
+	// Capture, if set, encrypts each request's bodies into its event (see
+	// package payload).
+	Capture *CaptureConfig
 	// Metrics receives the proxy's measurements. Default: fresh, unregistered.
 	Metrics *Metrics
 	// Logger receives operational messages; never request content. Default
@@ -97,6 +101,16 @@ type Proxy struct {
 	log      *slog.Logger
 	exchPool sync.Pool
 	admitter audit.Admitter // the Recorder, if it can refuse in advance
+}
+
+// CaptureConfig turns on encrypted payload capture.
+type CaptureConfig struct {
+	// Recipients are the age public keys the bodies are encrypted to; the
+	// proxy never holds a key that decrypts them.
+	Recipients []age.Recipient
+	// MaxBytes is the most captured of each body; longer bodies are
+	// captured up to it and marked truncated.
+	MaxBytes int64
 }
 
 // New validates cfg and returns a Proxy.

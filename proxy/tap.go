@@ -151,6 +151,9 @@ func (t *responseTap) CloseWithError(err error) error {
 func (t *responseTap) commit() {
 	if t.outEnd > t.outStart && !t.recorded {
 		_, _ = t.out.Write(t.buf[t.outStart:t.outEnd])
+		if t.x.seal != nil {
+			t.x.seal.WriteResponse(t.buf[t.outStart:t.outEnd])
+		}
 		t.outStart = t.outEnd
 	}
 }
@@ -294,6 +297,9 @@ func (t *responseTap) finish(err error) error {
 	if !clientFailed {
 		t.commit()
 		_, _ = t.out.Write(t.buf[t.outEnd:t.end])
+		if x.seal != nil {
+			x.seal.WriteResponse(t.buf[t.outEnd:t.end])
+		}
 	}
 	t.recorded = true
 	if t.resp != nil {

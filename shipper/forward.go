@@ -274,6 +274,9 @@ func (sh *Shipper) run() {
 		}
 		failures = 0
 		sh.spool.Ack(pending.end)
+		if committed, _ := sh.spool.Committed(); !r.pos.Less(committed) {
+			sh.oldestUnacked.Store(0) // caught up
+		}
 		sh.metrics.acked.Add(float64(pending.events))
 		pending, saved = nil, false
 		if time.Since(lastSaved) >= sh.opts.StateInterval {

@@ -6,10 +6,12 @@
 //	auditproxy serve    proxy a real vLLM server
 //	auditproxy demo     proxy a built-in simulated vLLM and show its events
 //	auditproxy export   print every recorded event, oldest first
+//	auditproxy checksum print a model directory's manifest and checksum
 //	auditproxy keygen   make a checkpoint signing key
 //	auditproxy verify   check logs: chains, checkpoints, signatures, completeness
 //	auditproxy prove    print an inclusion proof for one request's event
 //	auditproxy verify-proof  check such a proof with only the verifier key
+//	auditproxy show     reconstruct one request: decrypted bodies, hashes, proof
 //	auditproxy version  print the version
 //
 // Every flag can also be set as an environment variable AUDITPROXY_<FLAG>,
@@ -39,10 +41,12 @@ Usage:
   auditproxy serve --upstream http://127.0.0.1:8000 [flags]   proxy a vLLM server
   auditproxy demo [flags]                                     proxy a simulated vLLM, print events
   auditproxy export --data-dir DIR                            print recorded events as NDJSON
+  auditproxy checksum [--format sha256sum|json] DIR            a model directory's manifest and checksum
   auditproxy keygen --out FILE [--name NAME]                  make a checkpoint signing key
   auditproxy verify --pubkey FILE.pub PATH...                 verify logs from their events
   auditproxy prove --request-id ID PATH...                    inclusion proof for one request's event
   auditproxy verify-proof --pubkey FILE.pub [PROOF]           check a proof without the log
+  auditproxy show --request-id ID --identity F PATH...        reconstruct a request from the log
   auditproxy version                                          print the version
 
 Run "auditproxy COMMAND --help" for a command's flags. Every flag can also be
@@ -64,12 +68,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runDemo(rest, stdout, stderr)
 	case "export":
 		err = runExport(rest, stdout, stderr)
+	case "checksum":
+		err = runChecksum(rest, stdout, stderr)
 	case "keygen":
 		err = runKeygen(rest, stdout, stderr)
 	case "verify":
 		err = runVerify(rest, stdout, stderr)
 	case "prove":
 		err = runProve(rest, stdout, stderr)
+	case "show":
+		err = runShow(rest, stdout, stderr)
 	case "verify-proof":
 		err = runVerifyProof(rest, stdout, stderr)
 	case "version", "--version", "-version":

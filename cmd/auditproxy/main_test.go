@@ -24,6 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
+
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
 	"github.com/auditproxy/auditproxy/bench/forwardrecv"
@@ -880,5 +882,61 @@ func TestVerifyProveAndVerifyProof(t *testing.T) {
 	}
 	if code := run([]string{"prove", "--request-id", "nobody", spool}, io.Discard, &errOut); code != 1 || !strings.Contains(errOut.String(), `no event with request_id "nobody"`) {
 		t.Errorf("prove of an unknown request: %d %s", code, errOut.String())
+	}
+}
+
+// TestCapturedPayloadIsReconstructed: with payload capture on, the spool
+// holds the bodies only encrypted, and show decrypts them with the auditor's
+// identity, checks them against the event's hashes and proves the event is
+// in the signed log; another identity cannot.
+func TestCapturedPayloadIsReconstructed(t *testing.T) {
+	_, upstream := startFake(t, fakevllm.Config{})
+	auditor, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, _ := age.GenerateX25519Identity()
+	dir := t.TempDir()
+	idFile, strangerFile := filepath.Join(dir, "auditor.key"), filepath.Join(dir, "stranger.key")
+	os.WriteFile(idFile, []byte(auditor.String()+"\n"), 0o600)
+	os.WriteFile(strangerFile, []byte(stranger.String()+"\n"), 0o600)
+	dataDir := filepath.Join(dir, "data")
+	p := startServe(t, upstream, nil, "--data-dir", dataDir, "--log-level", "warn",
+		"--capture-payloads", "--payload-recipient", auditor.Recipient().String())
+	const prompt = "which model answered complaint 4711"
+	for i, stream := range []bool{false, true} {
+		req, _ := http.NewRequest("POST", "http://"+p.listen+"/v1/chat/completions", strings.NewReader(fmt.Sprintf(
+			`{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"user","content":%q}],"stream":%v}`, prompt, stream)))
+		req.Header.Set("X-Request-Id", fmt.Sprintf("complaint-%d", i))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	if err := p.stop(); err != nil {
+		t.Fatal(err)
+	}
+	spool := filepath.Join(dataDir, "spool")
+	segs, _ := filepath.Glob(filepath.Join(spool, "*.seg"))
+	for _, seg := range segs {
+		if b, _ := os.ReadFile(seg); bytes.Contains(b, []byte(prompt)) {
+			t.Fatalf("the prompt is in %s in clear", seg)
+		}
+	}
+	pub := filepath.Join(dataDir, "signing.key.pub")
+	for i := range 2 {
+		var out, errOut bytes.Buffer
+		code := run([]string{"show", "--request-id", fmt.Sprintf("complaint-%d", i), "--identity", idFile, "--pubkey", pub, spool}, &out, &errOut)
+		if code != 0 || !strings.Contains(out.String(), prompt) || strings.Count(out.String(), "matches the event") != 2 ||
+			!strings.Contains(out.String(), "in the signed log: event") {
+			t.Errorf("show complaint-%d: %d\n%s%s", i, code, out.String(), errOut.String())
+		}
+	}
+	var errOut bytes.Buffer
+	if code := run([]string{"show", "--request-id", "complaint-0", "--identity", strangerFile, spool}, io.Discard, &errOut); code != 1 ||
+		!strings.Contains(errOut.String(), "decrypt payload") {
+		t.Errorf("show with a stranger's identity: %d %s", code, errOut.String())
 	}
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/hashing"
+	"github.com/auditproxy/auditproxy/payload"
 	"github.com/auditproxy/auditproxy/proxy"
 	"github.com/auditproxy/auditproxy/shipper"
 )
@@ -57,6 +58,9 @@ type serveConfig struct {
 	checkpointEvery     int
 	checkpointDir       string
 	checkpointURL       string
+	capturePayloads     bool
+	payloadRecipients   stringList
+	captureMaxBytes     byteSize
 	shutdownTimeout     time.Duration
 	logLevel            string
 	logFormat           string
@@ -95,6 +99,10 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.IntVar(&c.checkpointEvery, "checkpoint-every", 1000, "sign a checkpoint after this many `events` at the latest")
 	fs.StringVar(&c.checkpointDir, "checkpoint-dir", "", "`directory` (another volume) that keeps a second copy of every checkpoint, apart from the spool and the aggregator")
 	fs.StringVar(&c.checkpointURL, "checkpoint-url", "", "`URL` that receives a copy of every checkpoint event by HTTP POST (JSON), apart from the spool and the aggregator")
+	fs.BoolVar(&c.capturePayloads, "capture-payloads", false, "encrypt each request's bodies into its event, to the --payload-recipient keys (auditproxy show decrypts them)")
+	fs.Var(&c.payloadRecipients, "payload-recipient", "age public `key` (age1...) the captured bodies are encrypted to; repeat for several; the sidecar holds no key that decrypts them")
+	c.captureMaxBytes = 1 << 20
+	fs.Var(&c.captureMaxBytes, "capture-max-bytes", "most captured of each body (`size`); longer ones are captured up to it and marked truncated")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "log `format` on stderr: json or text")
@@ -160,6 +168,19 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 	}
 	if c.segmentMaxBytes < 4<<10 || c.segmentMaxBytes > c.spoolMaxBytes/2 {
 		return nil, usageError{fmt.Sprintf("--segment-max-bytes %s: want 4KiB to half of --spool-max-bytes", c.segmentMaxBytes.String())}
+	}
+	var capture *proxy.CaptureConfig
+	switch {
+	case c.capturePayloads && len(c.payloadRecipients) == 0:
+		return nil, usageError{"--capture-payloads needs at least one --payload-recipient age1..."}
+	case !c.capturePayloads && len(c.payloadRecipients) > 0:
+		return nil, usageError{"--payload-recipient without --capture-payloads"}
+	case c.capturePayloads:
+		rcpts, err := payload.ParseRecipients(c.payloadRecipients)
+		if err != nil {
+			return nil, usageError{err.Error()}
+		}
+		capture = &proxy.CaptureConfig{Recipients: rcpts, MaxBytes: int64(c.captureMaxBytes)}
 	}
 	if c.logName == "" || strings.ContainsAny(c.logName, "\n") {
 		return nil, usageError{fmt.Sprintf("--log-name %q: want a non-empty name on one line", c.logName)}
@@ -278,6 +299,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 		Hash:                alg,
 		KeyIDer:             keyIDer,
 		Recorder:            rec,
+		Capture:             capture,
 		Metrics:             metrics,
 		Logger:              logger,
 		Source:              source,
