@@ -300,3 +300,21 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseCheckpoint: the checkpoint parser never panics, and what it
+// accepts formats back to text it accepts again as the same checkpoint.
+func FuzzParseCheckpoint(f *testing.F) {
+	f.Add("example.com/log\n42\nBwAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n")
+	f.Add("o\n0\n" + strings.Repeat("A", 43) + "=\nextension line\n")
+	f.Add("o\n-1\n\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		c, err := ParseCheckpoint(text)
+		if err != nil {
+			return
+		}
+		again, err := ParseCheckpoint(c.Text())
+		if err != nil || again != c {
+			t.Fatalf("%q parsed to %+v, whose text %q parses to %+v, %v", text, c, c.Text(), again, err)
+		}
+	})
+}
