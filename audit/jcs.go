@@ -55,7 +55,8 @@ import (
 // p is reused between calls to save allocations; it is not safe for
 // concurrent use, and the result does not depend on what p parsed before.
 // With a warm p and a dst of sufficient capacity AppendCanonical does not
-// allocate.
+// allocate. js may share memory with dst: AppendCanonical(b[:0], p, b)
+// canonicalizes b in place.
 func AppendCanonical(dst []byte, p *fastjson.Parser, js []byte) ([]byte, error) {
 	v, err := p.ParseBytes(js)
 	if err != nil {
@@ -64,6 +65,14 @@ func AppendCanonical(dst []byte, p *fastjson.Parser, js []byte) ([]byte, error) 
 	c := jcsPool.Get().(*jcsState)
 	c.js = js
 	c.checked = false
+	if jcsOverlap(dst[len(dst):cap(dst)], js) {
+		// Writing to dst may overwrite js, which checkStrings may need:
+		// check now (fastjson parsed a copy, the rest reads that).
+		if err := c.checkStrings(); err != nil {
+			c.release()
+			return dst, err
+		}
+	}
 	out, err := c.value(dst, v)
 	c.release()
 	if err != nil {
@@ -92,6 +101,14 @@ func AppendCanonical(dst []byte, p *fastjson.Parser, js []byte) ([]byte, error) 
 // Parse, and sorting needs them after the callback: AppendCanonical keeps them
 // until it returns, no longer. (The tests would catch a fastjson that moved
 // them.)
+
+// jcsOverlap reports whether a and b share memory (as
+// crypto/internal/alias.AnyOverlap does).
+func jcsOverlap(a, b []byte) bool {
+	return len(a) > 0 && len(b) > 0 &&
+		uintptr(unsafe.Pointer(&a[0])) <= uintptr(unsafe.Pointer(&b[len(b)-1])) &&
+		uintptr(unsafe.Pointer(&b[0])) <= uintptr(unsafe.Pointer(&a[len(a)-1]))
+}
 
 var jcsPool = sync.Pool{New: func() any { return new(jcsState) }}
 
@@ -177,7 +194,12 @@ func (c *jcsState) object(dst []byte, o *fastjson.Object) ([]byte, error) {
 	o.Visit(func(k []byte, v *fastjson.Value) {
 		var class byte
 		var word uint64
-
+		for i, b := range k {
+			class |= jcsClass[b]
+			if i < 8 {
+				word |= uint64(b) << (64 - 7 - 7*i)
+			}
+		}
 		all |= class
 		if class&^jcsQuote != 0 && !c.checked && err == nil {
 			// The name held an escape, a control character or non-ASCII

@@ -687,6 +687,36 @@ func TestAppendCanonicalReusesParser(t *testing.T) {
 	}
 }
 
+// TestAppendCanonicalInPlace checks canonicalizing a buffer into itself.
+func TestAppendCanonicalInPlace(t *testing.T) {
+	long := strings.Repeat("x", 100)
+	docs := []string{
+		`{"b":{"\u00e9":1},"a":"` + long + `"}`,
+		`{"b":{"\ud800x":1},"a":"` + long + `"}`, // the lone surrogate lies where "a" is written
+		`{"b":{"\\":1,"\u00e9":[1E2,"\/"]},"a":"` + long + `"}`,
+		`{"b":{"x\ud83d\ude00":1,"\ud83d":2},"a":"` + long + `"}`,
+	}
+	ins, _ := filepath.Glob("testdata/jcs/*.in.json")
+	for _, in := range ins {
+		js, err := os.ReadFile(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs = append(docs, string(js))
+	}
+	var p fastjson.Parser
+	for _, doc := range docs {
+		want, wantErr := AppendCanonical(nil, &p, []byte(doc))
+		for _, extra := range []int{0, 1000} {
+			buf := append(make([]byte, 0, len(doc)+extra), doc...)
+			got, err := AppendCanonical(buf[:0], &p, buf)
+			if (err == nil) != (wantErr == nil) || !bytes.Equal(got, want) {
+				t.Errorf("%s in place: %s, %v; want %s, %v", doc, got, err, want, wantErr)
+			}
+		}
+	}
+}
+
 func TestAppendCanonicalConcurrent(t *testing.T) {
 	event, err := os.ReadFile("testdata/jcs/event.in.json")
 	if err != nil {
