@@ -25,7 +25,13 @@ func (ev *Event) AppendJSON(dst []byte) []byte {
 	dst = strconv.AppendBool(dst, ev.Stream)
 	dst = append(dst, `,"model":{"name":`...)
 	dst = appendString(dst, ev.Model.Name)
-	dst = append(dst, `},"input":`...)
+	dst = append(dst, `},"gpu":`...)
+	if ev.GPU == nil {
+		dst = append(dst, "null"...)
+	} else {
+		dst = appendString(dst, *ev.GPU)
+	}
+	dst = append(dst, `,"input":`...)
 	dst = ev.Input.appendJSON(dst)
 	dst = append(dst, `,"output":`...)
 	dst = ev.Output.appendJSON(dst)

@@ -8,7 +8,7 @@
 //
 //	{"v":1,"type":"inference","id":"<event uuid>","time":"2026-11-23T07:47:16.123456789Z",
 //	 "request_id":"…","method":"POST","path":"/v1/chat/completions","stream":true,
-//	 "model":{"name":"<from the request body>"},
+//	 "model":{"name":"<from the request body>"},"gpu":"sha256:<hex>"|null,
 //	 "input":{"hash":"blake3:<hex>","bytes":N,"tokens":N},
 //	 "output":{"hash":"blake3:<hex>","bytes":N,"tokens":N,"finish_reason":"stop"},
 //	 "api_key_id":"k1:<hex>"|null,
@@ -79,8 +79,12 @@ type Event struct {
 	Path      string    `json:"path"`
 	Stream    bool      `json:"stream"`
 	Model     Model     `json:"model"`
-	Input     Body      `json:"input"`
-	Output    Body      `json:"output"`
+	// GPU is the digest ("sha256:…") of the identity of the GPUs the
+	// upstream ran on, whose full record is the log's newest gpu_identity
+	// event; nil when NVML is not available to the sidecar.
+	GPU    *string `json:"gpu"`
+	Input  Body    `json:"input"`
+	Output Body    `json:"output"`
 	// APIKeyID is the keyed id of the bearer token (see package hashing), or
 	// nil when the request carried none.
 	APIKeyID *string `json:"api_key_id"`

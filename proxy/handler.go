@@ -59,6 +59,9 @@ func (p *Proxy) acquireExchange() *exchange {
 		Time:   audit.Timestamp(x.start),
 		Source: p.cfg.Source,
 	}
+	if p.cfg.GPU != nil {
+		x.ev.GPU = p.cfg.GPU()
+	}
 	p.metrics.inFlight.Inc()
 	return x
 }

@@ -83,6 +83,10 @@ type Config struct {
 	// Capture, if set, encrypts each request's bodies into its event (see
 	// package payload).
 	Capture *CaptureConfig
+	// GPU, if set, returns the event's "gpu" reference for each request
+	// (the digest of the current GPU identity, or nil). It runs on every
+	// request: an atomic load.
+	GPU func() *string
 	// Metrics receives the proxy's measurements. Default: fresh, unregistered.
 	Metrics *Metrics
 	// Logger receives operational messages; never request content. Default

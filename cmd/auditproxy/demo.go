@@ -118,9 +118,20 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 		}
 	}()
 	if recv != nil {
-		recv.WaitFor(len(requests), 2*time.Second)
+		inferences := func() (n int) {
+			for _, e := range recv.Entries() {
+				if e.Record["type"] == audit.TypeInference {
+					n++
+				}
+			}
+			return n
+		}
+		for deadline := time.Now().Add(2 * time.Second); inferences() < len(requests) && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+		}
 		outMu.Lock()
-		fmt.Fprintf(stdout, "aggregator (the demo's forward receiver at %s): %d events received and acknowledged\n\n", c.forward, recv.Len())
+		fmt.Fprintf(stdout, "aggregator (the demo's forward receiver at %s): %d inference events received and acknowledged, with %d log events (start, checkpoints)\n\n",
+			c.forward, inferences(), recv.Len()-inferences())
 		outMu.Unlock()
 	}
 	adminAddr := "(admin listener disabled)"

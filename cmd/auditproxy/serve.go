@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unicode"
@@ -22,6 +26,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/gpu"
 	"github.com/auditproxy/auditproxy/hashing"
 	"github.com/auditproxy/auditproxy/payload"
 	"github.com/auditproxy/auditproxy/proxy"
@@ -61,6 +66,9 @@ type serveConfig struct {
 	capturePayloads     bool
 	payloadRecipients   stringList
 	captureMaxBytes     byteSize
+	gpus                string
+	requireGPU          bool
+	gpuRefresh          time.Duration
 	shutdownTimeout     time.Duration
 	logLevel            string
 	logFormat           string
@@ -103,6 +111,9 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.Var(&c.payloadRecipients, "payload-recipient", "age public `key` (age1...) the captured bodies are encrypted to; repeat for several; the sidecar holds no key that decrypts them")
 	c.captureMaxBytes = 1 << 20
 	fs.Var(&c.captureMaxBytes, "capture-max-bytes", "most captured of each body (`size`); longer ones are captured up to it and marked truncated")
+	fs.StringVar(&c.gpus, "gpus", "", "GPUs the upstream runs on, comma-separated NVML indexes or UUIDs (default: $CUDA_VISIBLE_DEVICES, then $NVIDIA_VISIBLE_DEVICES, then all)")
+	fs.BoolVar(&c.requireGPU, "require-gpu", false, "refuse to start without NVML (instead of recording \"gpu\": null)")
+	fs.DurationVar(&c.gpuRefresh, "gpu-refresh-interval", time.Minute, "how often to re-read the GPU identity and record a gpu_changed event when it changed (`duration`)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "json", "log `format` on stderr: json or text")
@@ -134,6 +145,10 @@ type instance struct {
 	shipper  *shipper.Shipper          // nil without --forward
 	cpDir    *shipper.CheckpointDir    // nil without --checkpoint-dir
 	cpPoster *shipper.CheckpointPoster // nil without --checkpoint-url
+	source   audit.Source
+	gpuRef   atomic.Pointer[string] // digest of the current GPU identity; nil without NVML
+	gpu      *gpu.Reader
+	stopGPU  context.CancelFunc
 	ln       net.Listener
 	admin    *http.Server
 	adminLn  net.Listener
@@ -300,11 +315,16 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 		KeyIDer:             keyIDer,
 		Recorder:            rec,
 		Capture:             capture,
+		GPU:                 inst.gpuRef.Load,
 		Metrics:             metrics,
 		Logger:              logger,
 		Source:              source,
 	})
 	if err != nil {
+		spool.Close()
+		return nil, err
+	}
+	if err := inst.startIdentity(source); err != nil {
 		spool.Close()
 		return nil, err
 	}
@@ -368,11 +388,18 @@ func (inst *instance) shutdown() error {
 	done := make(chan error, 1)
 	go func() { done <- inst.proxy.Shutdown() }()
 	var err error
+	reason := "signal"
 	select {
 	case err = <-done:
 	case <-time.After(inst.cfg.shutdownTimeout):
 		err = fmt.Errorf("in-flight requests still running after %s", inst.cfg.shutdownTimeout)
+		reason = "signal; shutdown timeout passed with requests in flight"
 	}
+	if inst.stopGPU != nil {
+		inst.stopGPU()
+		inst.gpu.Close()
+	}
+	inst.recordOps(audit.TypeProxyStopped, map[string]any{"reason": reason, "events_recorded": inst.spool.Recorded()})
 	if inst.admin != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = inst.admin.Shutdown(ctx)
@@ -458,4 +485,65 @@ func openSigner(c serveConfig, logger *slog.Logger) (note.Signer, error) {
 		}
 	}
 	return loadSigner(path)
+}
+
+// startIdentity reads the GPU identity (and watches it), and records
+// proxy_started: what the events that follow were produced by.
+func (inst *instance) startIdentity(src audit.Source) error {
+	c := inst.cfg
+	inst.source = src
+	var visible []string
+	if c.gpus != "" {
+		visible = strings.Split(c.gpus, ",")
+	}
+	var id *gpu.Identity
+	r, err := gpu.Open(visible)
+	if err == nil {
+		if id, err = r.Read(); err != nil {
+			r.Close()
+		}
+	}
+	switch {
+	case err != nil && c.requireGPU:
+		return fmt.Errorf("--require-gpu: %w", err)
+	case err != nil:
+		inst.log.Warn("no GPU identity: events record \"gpu\": null", "err", err)
+	default:
+		inst.gpu = r
+		digest := id.Digest()
+		inst.recordOps(audit.TypeGPUIdentity, map[string]any{"digest": digest, "identity": id})
+		inst.gpuRef.Store(&digest)
+		ctx, cancel := context.WithCancel(context.Background())
+		inst.stopGPU = cancel
+		go r.Watch(ctx, c.gpuRefresh, id, func(before, after *gpu.Identity) {
+			d := after.Digest()
+			inst.recordOps(audit.TypeGPUChanged, map[string]any{"before": map[string]any{"digest": before.Digest(), "identity": before},
+				"after": map[string]any{"digest": d, "identity": after}})
+			inst.gpuRef.Store(&d)
+			inst.log.Warn("GPU identity changed", "before", before.Digest(), "after", d)
+		}, func(err error) { inst.log.Warn("cannot re-read the GPU identity", "err", err) })
+	}
+	inst.recordOps(audit.TypeProxyStarted, map[string]any{"version": buildVersion(), "config_digest": c.digest(),
+		"gpu": inst.gpuRef.Load(), "upstream": c.upstream, "listen": c.listen, "hash": c.hash, "durability": c.durability,
+		"forward": c.forward, "capture_payloads": c.capturePayloads})
+	return nil
+}
+
+// recordOps records an operational event in the spool, logging a failure.
+func (inst *instance) recordOps(typ string, details any) {
+	ev, err := audit.NewOpsEvent(typ, details, inst.source, time.Now())
+	if err == nil {
+		err = inst.spool.Append(ev)
+	}
+	if err != nil {
+		inst.log.Error("cannot record an operational event", "type", typ, "err", err)
+	}
+}
+
+// digest returns "sha256:<hex>" of the configuration: every flag's value.
+// The flags hold no secret (keys are given as files and public keys).
+func (c serveConfig) digest() string {
+	b, _ := json.Marshal(fmt.Sprintf("%+v", c))
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
