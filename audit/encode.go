@@ -25,6 +25,12 @@ func (ev *Event) AppendJSON(dst []byte) []byte {
 	dst = strconv.AppendBool(dst, ev.Stream)
 	dst = append(dst, `,"model":{"name":`...)
 	dst = appendString(dst, ev.Model.Name)
+	if ev.Model.Checksum != "" {
+		dst = appendField(dst, "checksum", ev.Model.Checksum)
+	}
+	if ev.Model.BaseChecksum != "" {
+		dst = appendField(dst, "base_checksum", ev.Model.BaseChecksum)
+	}
 	dst = append(dst, `},"gpu":`...)
 	if ev.GPU == nil {
 		dst = append(dst, "null"...)

@@ -8,7 +8,7 @@
 //
 //	{"v":1,"type":"inference","id":"<event uuid>","time":"2026-11-23T07:47:16.123456789Z",
 //	 "request_id":"…","method":"POST","path":"/v1/chat/completions","stream":true,
-//	 "model":{"name":"<from the request body>"},"gpu":"sha256:<hex>"|null,
+//	 "model":{"name":"<from the request body>","checksum":"blake3:<hex>"},"gpu":"sha256:<hex>"|null,
 //	 "input":{"hash":"blake3:<hex>","bytes":N,"tokens":N},
 //	 "output":{"hash":"blake3:<hex>","bytes":N,"tokens":N,"finish_reason":"stop"},
 //	 "api_key_id":"k1:<hex>"|null,
@@ -116,6 +116,12 @@ type Model struct {
 	// Name is the "model" field of the request body; empty when the body had
 	// none (GET /v1/models, malformed JSON).
 	Name string `json:"name"`
+	// Checksum is the model checksum (see hashing.Manifest) of the weights
+	// serving Name, a LoRA adapter's own for an adapter; "pending" while
+	// they are first hashed; empty when they are unknown to the sidecar.
+	Checksum string `json:"checksum,omitempty"`
+	// BaseChecksum is the base model's checksum for a LoRA adapter.
+	BaseChecksum string `json:"base_checksum,omitempty"`
 }
 
 // Body describes one message body.

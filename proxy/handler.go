@@ -99,6 +99,9 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	f := parseRequestFields(&x.parser, body, x.lastModel)
 	ev.Model.Name = f.model
 	x.lastModel = f.model
+	if p.cfg.ModelChecksums != nil && f.model != "" {
+		ev.Model.Checksum, ev.Model.BaseChecksum = p.cfg.ModelChecksums(f.model)
+	}
 	ev.Stream = f.stream
 	if f.valid && f.stream && !f.includeUsage {
 		x.reqBody = withIncludeUsage(x.reqBody[:0], &x.parser, body, f)

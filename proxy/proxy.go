@@ -87,6 +87,10 @@ type Config struct {
 	// (the digest of the current GPU identity, or nil). It runs on every
 	// request: an atomic load.
 	GPU func() *string
+	// ModelChecksums, if set, returns the checksums of the weights behind
+	// a served model name (see package identity): checksum and, for a LoRA
+	// adapter, its base's. It runs on every request.
+	ModelChecksums func(name string) (checksum, base string)
 	// Metrics receives the proxy's measurements. Default: fresh, unregistered.
 	Metrics *Metrics
 	// Logger receives operational messages; never request content. Default

@@ -950,3 +950,56 @@ func TestCapturedPayloadIsReconstructed(t *testing.T) {
 		t.Errorf("show with a stranger's identity: %d %s", code, errOut.String())
 	}
 }
+
+// TestEventsCarryTheModelChecksum: the weights behind the served model
+// (found through /v1/models' root) are hashed, recorded as model_changed,
+// and every event after carries the checksum `auditproxy checksum` prints.
+func TestEventsCarryTheModelChecksum(t *testing.T) {
+	modelDir := t.TempDir()
+	os.WriteFile(filepath.Join(modelDir, "config.json"), []byte(`{"model_type":"llama"}`), 0o644)
+	os.WriteFile(filepath.Join(modelDir, "model.safetensors"), bytes.Repeat([]byte("w"), 1<<20), 0o644)
+	var sum bytes.Buffer
+	if code := run([]string{"checksum", modelDir}, &sum, io.Discard); code != 0 {
+		t.Fatalf("checksum exited %d", code)
+	}
+	lines := strings.Split(strings.TrimSpace(sum.String()), "\n")
+	want := strings.TrimPrefix(lines[len(lines)-1], "model checksum: ")
+
+	_, upstream := startFake(t, fakevllm.Config{Root: modelDir})
+	dataDir := t.TempDir()
+	p := startServe(t, upstream, nil, "--data-dir", dataDir, "--log-level", "warn")
+	waitUntil(t, "model_changed in the log", 10*time.Second, func() bool {
+		var out bytes.Buffer
+		run([]string{"export", "--data-dir", dataDir}, &out, io.Discard)
+		return bytes.Contains(out.Bytes(), []byte(`"type":"model_changed"`))
+	})
+	resp, err := http.Post("http://"+p.listen+"/v1/chat/completions", "application/json",
+		strings.NewReader(`{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"user","content":"hi"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err := p.stop(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	run([]string{"export", "--data-dir", dataDir}, &out, io.Discard)
+	inferences := 0
+	for _, line := range bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n")) {
+		var ev audit.Event
+		json.Unmarshal(line, &ev)
+		if ev.Type == audit.TypeInference {
+			inferences++
+			if ev.Model.Checksum != want {
+				t.Errorf("inference event's model checksum %q, `auditproxy checksum` says %q", ev.Model.Checksum, want)
+			}
+		}
+	}
+	if inferences != 1 {
+		t.Errorf("%d inference events", inferences)
+	}
+	if !bytes.Contains(out.Bytes(), []byte(`"after":"`+want+`"`)) {
+		t.Errorf("no model_changed event with the checksum:\n%s", out.String())
+	}
+}

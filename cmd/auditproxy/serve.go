@@ -28,6 +28,7 @@ import (
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/gpu"
 	"github.com/auditproxy/auditproxy/hashing"
+	"github.com/auditproxy/auditproxy/identity"
 	"github.com/auditproxy/auditproxy/payload"
 	"github.com/auditproxy/auditproxy/proxy"
 	"github.com/auditproxy/auditproxy/shipper"
@@ -67,6 +68,8 @@ type serveConfig struct {
 	payloadRecipients   stringList
 	captureMaxBytes     byteSize
 	gpus                string
+	modelDirs           stringList
+	modelPoll           time.Duration
 	requireGPU          bool
 	gpuRefresh          time.Duration
 	shutdownTimeout     time.Duration
@@ -111,6 +114,8 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.Var(&c.payloadRecipients, "payload-recipient", "age public `key` (age1...) the captured bodies are encrypted to; repeat for several; the sidecar holds no key that decrypts them")
 	c.captureMaxBytes = 1 << 20
 	fs.Var(&c.captureMaxBytes, "capture-max-bytes", "most captured of each body (`size`); longer ones are captured up to it and marked truncated")
+	fs.Var(&c.modelDirs, "model-dir", "weights `directory` of the served model (DIR), or of one served name (NAME=DIR; repeat); default: each /v1/models card's root when it is a local directory")
+	fs.DurationVar(&c.modelPoll, "model-poll-interval", 30*time.Second, "how often to re-read /v1/models and re-check the weights' manifests (`duration`)")
 	fs.StringVar(&c.gpus, "gpus", "", "GPUs the upstream runs on, comma-separated NVML indexes or UUIDs (default: $CUDA_VISIBLE_DEVICES, then $NVIDIA_VISIBLE_DEVICES, then all)")
 	fs.BoolVar(&c.requireGPU, "require-gpu", false, "refuse to start without NVML (instead of recording \"gpu\": null)")
 	fs.DurationVar(&c.gpuRefresh, "gpu-refresh-interval", time.Minute, "how often to re-read the GPU identity and record a gpu_changed event when it changed (`duration`)")
@@ -149,6 +154,7 @@ type instance struct {
 	gpuRef   atomic.Pointer[string] // digest of the current GPU identity; nil without NVML
 	gpu      *gpu.Reader
 	stopGPU  context.CancelFunc
+	models   *identity.Models
 	ln       net.Listener
 	admin    *http.Server
 	adminLn  net.Listener
@@ -316,6 +322,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 		Recorder:            rec,
 		Capture:             capture,
 		GPU:                 inst.gpuRef.Load,
+		ModelChecksums:      inst.modelChecksums,
 		Metrics:             metrics,
 		Logger:              logger,
 		Source:              source,
@@ -398,6 +405,9 @@ func (inst *instance) shutdown() error {
 	if inst.stopGPU != nil {
 		inst.stopGPU()
 		inst.gpu.Close()
+	}
+	if inst.models != nil {
+		inst.models.Close()
 	}
 	inst.recordOps(audit.TypeProxyStopped, map[string]any{"reason": reason, "events_recorded": inst.spool.Recorded()})
 	if inst.admin != nil {
@@ -523,6 +533,17 @@ func (inst *instance) startIdentity(src audit.Source) error {
 			inst.log.Warn("GPU identity changed", "before", before.Digest(), "after", d)
 		}, func(err error) { inst.log.Warn("cannot re-read the GPU identity", "err", err) })
 	}
+	dirs := map[string]string{}
+	for _, spec := range c.modelDirs {
+		name, dir, named := strings.Cut(spec, "=")
+		if !named {
+			name, dir = "", spec
+		}
+		dirs[name] = dir
+	}
+	inst.models = identity.StartModels(identity.ModelsOptions{Upstream: c.upstream, Dirs: dirs,
+		CacheFile: filepath.Join(c.dataDir, "manifest-cache.json"), Interval: c.modelPoll,
+		Record: inst.spool.Append, Source: src, Logger: inst.log})
 	inst.recordOps(audit.TypeProxyStarted, map[string]any{"version": buildVersion(), "config_digest": c.digest(),
 		"gpu": inst.gpuRef.Load(), "upstream": c.upstream, "listen": c.listen, "hash": c.hash, "durability": c.durability,
 		"forward": c.forward, "capture_payloads": c.capturePayloads})
@@ -546,4 +567,12 @@ func (c serveConfig) digest() string {
 	b, _ := json.Marshal(fmt.Sprintf("%+v", c))
 	sum := sha256.Sum256(b)
 	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+func (inst *instance) modelChecksums(name string) (string, string) {
+	if inst.models == nil {
+		return "", ""
+	}
+	ids := inst.models.Lookup(name)
+	return ids.Checksum, ids.BaseChecksum
 }

@@ -1,0 +1,270 @@
+// Package identity owns what a request was served by, beyond the request
+// itself: the checksum of the model weights behind each served model name
+// (a LoRA adapter's and its base model's), how those are discovered from the
+// upstream and the weights directories and kept current, and the events that
+// record them and their changes in the audit log.
+//
+// Discovery: every poll reads the upstream's /v1/models. A served name's
+// weights directory is the one given for it (--model-dir NAME=DIR, or DIR
+// for every name), else its "root" when that is a local directory. An
+// adapter (a card with "parent" set) gets its own checksum and its base's.
+//
+// While a directory is first hashed, requests for its model carry
+// "checksum":"pending"; the model_changed event that follows in the log
+// gives the checksum, and the manifest builder checks that no file changed
+// while it was read, so the pending events were served by those weights.
+// Later polls re-check the manifest (unchanged files are not read again)
+// and record model_changed with before and after when it changes.
+package identity
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/hashing"
+)
+
+// ChecksumPending is the checksum of a model whose weights are being hashed.
+const ChecksumPending = "pending"
+
+// TypeModelChanged is the event recording a served model's weights: first
+// seen, or changed (before and after).
+const TypeModelChanged = "model_changed"
+
+// ModelsOptions configure Models.
+type ModelsOptions struct {
+	// Upstream is the vLLM base URL whose /v1/models is polled.
+	Upstream string
+	// Dirs maps served model names to weights directories; the "" key
+	// applies to every name without its own entry.
+	Dirs map[string]string
+	// CacheFile keeps digests between runs (see hashing.ManifestOptions).
+	CacheFile string
+	// Interval between polls. Default 30 s.
+	Interval time.Duration
+	// Record writes an event to the audit log.
+	Record func(event []byte) error
+	Source audit.Source
+	Logger *slog.Logger
+	Client *http.Client
+}
+
+// ModelIDs are the checksums events carry for one served name.
+type ModelIDs struct {
+	Checksum     string // of the name's weights (an adapter's own for a LoRA name)
+	BaseChecksum string // of the base model, for a LoRA name
+}
+
+// Models keeps the checksums of the served models current.
+type Models struct {
+	opts   ModelsOptions
+	cur    atomic.Pointer[map[string]ModelIDs]
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu    sync.Mutex
+	known map[string]string // dir -> checksum recorded
+}
+
+// modelCard is the part of a /v1/models card used here.
+type modelCard struct {
+	ID     string  `json:"id"`
+	Root   string  `json:"root"`
+	Parent *string `json:"parent"`
+}
+
+// StartModels polls in the background until Close. The first poll starts at
+// once.
+func StartModels(opts ModelsOptions) *Models {
+	if opts.Interval <= 0 {
+		opts.Interval = 30 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Client == nil {
+		opts.Client = &http.Client{Timeout: 10 * time.Second}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &Models{opts: opts, cancel: cancel, done: make(chan struct{}), known: map[string]string{}}
+	empty := map[string]ModelIDs{}
+	m.cur.Store(&empty)
+	go m.run(ctx)
+	return m
+}
+
+// Lookup returns the checksums for a served model name; zero when the name
+// is unknown or its weights were not found.
+func (m *Models) Lookup(name string) ModelIDs {
+	return (*m.cur.Load())[name]
+}
+
+// Close stops polling.
+func (m *Models) Close() {
+	m.cancel()
+	<-m.done
+}
+
+func (m *Models) run(ctx context.Context) {
+	defer close(m.done)
+	for {
+		if err := m.poll(ctx); err != nil && ctx.Err() == nil {
+			m.opts.Logger.Warn("cannot identify the served models", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(m.opts.Interval):
+		}
+	}
+}
+
+// poll reads /v1/models and (re)hashes the weights of every served name.
+func (m *Models) poll(ctx context.Context) error {
+	cards, err := m.models(ctx)
+	if err != nil {
+		return err
+	}
+	byID := map[string]modelCard{}
+	for _, c := range cards {
+		byID[c.ID] = c
+	}
+	dirOf := func(c modelCard) string {
+		if d, ok := m.opts.Dirs[c.ID]; ok {
+			return d
+		}
+		if d, ok := m.opts.Dirs[""]; ok && c.Parent == nil {
+			return d
+		}
+		if fi, err := os.Stat(c.Root); err == nil && fi.IsDir() {
+			return c.Root
+		}
+		return ""
+	}
+	// Names whose weights are being hashed for the first time are pending
+	// meanwhile.
+	next := map[string]ModelIDs{}
+	for k, v := range *m.cur.Load() {
+		next[k] = v
+	}
+	m.mu.Lock()
+	for _, c := range cards {
+		if d := dirOf(c); d != "" && m.known[d] == "" {
+			next[c.ID] = ModelIDs{Checksum: ChecksumPending}
+		}
+	}
+	m.mu.Unlock()
+	m.cur.Store(&next)
+
+	sums := map[string]string{} // dir -> checksum
+	var errs []error
+	for _, c := range cards {
+		d := dirOf(c)
+		if d == "" {
+			continue
+		}
+		if _, done := sums[d]; done {
+			continue
+		}
+		sum, err := m.checksum(ctx, c.ID, d)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		sums[d] = sum
+	}
+	final := map[string]ModelIDs{}
+	for _, c := range cards {
+		d := dirOf(c)
+		if d == "" || sums[d] == "" {
+			continue
+		}
+		ids := ModelIDs{Checksum: sums[d]}
+		if c.Parent != nil {
+			if base, ok := byID[*c.Parent]; ok {
+				ids.BaseChecksum = sums[dirOf(base)]
+			}
+		}
+		final[c.ID] = ids
+	}
+	m.cur.Store(&final)
+	return errors.Join(errs...)
+}
+
+// checksum builds the manifest of dir and records a model_changed event
+// when its checksum is new or changed.
+func (m *Models) checksum(ctx context.Context, name, dir string) (string, error) {
+	start := time.Now()
+	lastLog := start
+	man, err := hashing.BuildManifest(ctx, dir, hashing.ManifestOptions{CacheFile: m.opts.CacheFile,
+		Progress: func(p hashing.ManifestProgress) {
+			if !p.Done && time.Since(lastLog) >= 10*time.Second {
+				lastLog = time.Now()
+				m.opts.Logger.Info("hashing model weights", "model", name, "dir", dir,
+					"done_bytes", p.BytesDone, "total_bytes", p.Bytes, "files_done", p.FilesDone, "files", p.Files)
+			}
+		}})
+	if err != nil {
+		return "", fmt.Errorf("model %s: %w", name, err)
+	}
+	if man.CacheErr != nil {
+		m.opts.Logger.Warn("model manifest cache not used", "err", man.CacheErr)
+	}
+	m.mu.Lock()
+	before := m.known[dir]
+	m.known[dir] = man.Checksum
+	m.mu.Unlock()
+	if before == man.Checksum {
+		return man.Checksum, nil
+	}
+	if man.HashedBytes > 0 {
+		m.opts.Logger.Info("hashed model weights", "model", name, "dir", dir, "checksum", man.Checksum,
+			"files", len(man.Files), "bytes_read", man.HashedBytes, "took", time.Since(start).Round(time.Millisecond).String())
+	}
+	details := map[string]any{"model": name, "dir": dir, "after": man.Checksum, "files": len(man.Files)}
+	if before != "" {
+		details["before"] = before
+		m.opts.Logger.Warn("model weights changed", "model", name, "before", before, "after", man.Checksum)
+	}
+	ev, err := audit.NewOpsEvent(TypeModelChanged, details, m.opts.Source, time.Now())
+	if err == nil && m.opts.Record != nil {
+		err = m.opts.Record(ev)
+	}
+	if err != nil {
+		return man.Checksum, fmt.Errorf("record model_changed: %w", err)
+	}
+	return man.Checksum, nil
+}
+
+func (m *Models) models(ctx context.Context) ([]modelCard, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(m.opts.Upstream, "/")+"/v1/models", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := m.opts.Client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("GET /v1/models: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /v1/models: %s", resp.Status)
+	}
+	var list struct {
+		Data []modelCard `json:"data"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&list); err != nil {
+		return nil, fmt.Errorf("GET /v1/models: %w", err)
+	}
+	return list.Data, nil
+}
