@@ -14,7 +14,9 @@
 // gives the checksum, and the manifest builder checks that no file changed
 // while it was read, so the pending events were served by those weights.
 // Later polls re-check the manifest (unchanged files are not read again)
-// and record model_changed with before and after when it changes.
+// and record model_changed with before and after when it changes. Each poll
+// also reads vLLM's /version and records upstream_version when it is new or
+// changed.
 package identity
 
 import (
@@ -38,9 +40,13 @@ import (
 // ChecksumPending is the checksum of a model whose weights are being hashed.
 const ChecksumPending = "pending"
 
-// TypeModelChanged is the event recording a served model's weights: first
-// seen, or changed (before and after).
-const TypeModelChanged = "model_changed"
+// Event types recorded here: a served model's weights first seen or changed
+// (before and after), and the upstream's version (vLLM's /version) first
+// seen or changed.
+const (
+	TypeModelChanged    = "model_changed"
+	TypeUpstreamVersion = "upstream_version"
+)
 
 // ModelsOptions configure Models.
 type ModelsOptions struct {
@@ -73,8 +79,9 @@ type Models struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mu    sync.Mutex
-	known map[string]string // dir -> checksum recorded
+	mu      sync.Mutex
+	known   map[string]string // dir -> checksum recorded
+	version string            // upstream version recorded
 }
 
 // modelCard is the part of a /v1/models card used here.
@@ -132,6 +139,9 @@ func (m *Models) run(ctx context.Context) {
 
 // poll reads /v1/models and (re)hashes the weights of every served name.
 func (m *Models) poll(ctx context.Context) error {
+	if err := m.checkVersion(ctx); err != nil {
+		m.opts.Logger.Warn("cannot read the upstream's version", "err", err)
+	}
 	cards, err := m.models(ctx)
 	if err != nil {
 		return err
@@ -267,4 +277,43 @@ func (m *Models) models(ctx context.Context) ([]modelCard, error) {
 		return nil, fmt.Errorf("GET /v1/models: %w", err)
 	}
 	return list.Data, nil
+}
+
+// checkVersion records an upstream_version event when vLLM's /version
+// answer is new or changed.
+func (m *Models) checkVersion(ctx context.Context) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(m.opts.Upstream, "/")+"/version", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := m.opts.Client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET /version: %s", resp.Status)
+	}
+	var v struct {
+		Version string `json:"version"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&v); err != nil || v.Version == "" {
+		return fmt.Errorf("GET /version: no version in the answer")
+	}
+	m.mu.Lock()
+	before := m.version
+	m.version = v.Version
+	m.mu.Unlock()
+	if before == v.Version {
+		return nil
+	}
+	details := map[string]any{"after": v.Version}
+	if before != "" {
+		details["before"] = before
+	}
+	ev, err := audit.NewOpsEvent(TypeUpstreamVersion, details, m.opts.Source, time.Now())
+	if err == nil && m.opts.Record != nil {
+		err = m.opts.Record(ev)
+	}
+	return err
 }

@@ -43,6 +43,10 @@ func TestModelsFollowTheServedWeights(t *testing.T) {
 	writeModel(t, base, "weights v1")
 	writeModel(t, adapter, "lora weights")
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/version" {
+			fmt.Fprint(w, `{"version":"0.11.0"}`)
+			return
+		}
 		if r.URL.Path != "/v1/models" {
 			http.NotFound(w, r)
 			return
@@ -79,6 +83,9 @@ func TestModelsFollowTheServedWeights(t *testing.T) {
 	all := strings.Join(events, "\n")
 	if n := strings.Count(all, `"type":"model_changed"`); n != 3 {
 		t.Errorf("%d model_changed events, want 3 (base, adapter, base again):\n%s", n, all)
+	}
+	if n := strings.Count(all, `"type":"upstream_version"`); n != 1 || !strings.Contains(all, `"details":{"after":"0.11.0"}`) {
+		t.Errorf("%d upstream_version events:\n%s", n, all)
 	}
 	if !strings.Contains(all, `"before":"`+wantBase+`"`) || !strings.Contains(all, `"after":"`+wantBase2+`"`) {
 		t.Errorf("the change is not recorded with before and after:\n%s", all)
