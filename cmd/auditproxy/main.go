@@ -6,6 +6,7 @@
 //	auditproxy serve    proxy a real vLLM server
 //	auditproxy demo     proxy a built-in simulated vLLM and show its events
 //	auditproxy export   print every recorded event, oldest first
+//	auditproxy annotate record an operator's change in a running sidecar's log
 //	auditproxy checksum print a model directory's manifest and checksum
 //	auditproxy keygen   make a checkpoint signing key
 //	auditproxy verify   check logs: chains, checkpoints, signatures, completeness
@@ -41,6 +42,7 @@ Usage:
   auditproxy serve --upstream http://127.0.0.1:8000 [flags]   proxy a vLLM server
   auditproxy demo [flags]                                     proxy a simulated vLLM, print events
   auditproxy export --data-dir DIR                            print recorded events as NDJSON
+  auditproxy annotate --type T --actor A --justification J    record an operator's change in the log
   auditproxy checksum [--format sha256sum|json] DIR            a model directory's manifest and checksum
   auditproxy keygen --out FILE [--name NAME]                  make a checkpoint signing key
   auditproxy verify --pubkey FILE.pub PATH...                 verify logs from their events
@@ -68,6 +70,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runDemo(rest, stdout, stderr)
 	case "export":
 		err = runExport(rest, stdout, stderr)
+	case "annotate":
+		err = runAnnotate(rest, stdout, stderr)
 	case "checksum":
 		err = runChecksum(rest, stdout, stderr)
 	case "keygen":

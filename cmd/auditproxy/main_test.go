@@ -1003,3 +1003,41 @@ func TestEventsCarryTheModelChecksum(t *testing.T) {
 		t.Errorf("no model_changed event with the checksum:\n%s", out.String())
 	}
 }
+
+// TestAnnotateRecordsAnOperatorsChange: annotate reaches the admin API with
+// the token file and its event lands in the log; a wrong token does not.
+func TestAnnotateRecordsAnOperatorsChange(t *testing.T) {
+	_, upstream := startFake(t, fakevllm.Config{})
+	dataDir := t.TempDir()
+	p := startServe(t, upstream, nil, "--data-dir", dataDir, "--log-level", "warn")
+	tokenFile := filepath.Join(dataDir, "admin.token")
+	if fi, err := os.Stat(tokenFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("admin token file: %v %v", fi, err)
+	}
+	args := []string{"annotate", "--admin", "http://" + p.admin, "--token-file", tokenFile, "--type", "model_rollout",
+		"--actor", "alice", "--approver", "bob", "--ticket", "CHG-1234", "--justification", "quarterly model refresh"}
+	var out, errOut bytes.Buffer
+	if code := run(args, &out, &errOut); code != 0 || !strings.Contains(out.String(), "recorded annotation event") {
+		t.Fatalf("annotate: %d %s %s", code, out.String(), errOut.String())
+	}
+	wrong := filepath.Join(t.TempDir(), "wrong.token")
+	os.WriteFile(wrong, []byte(strings.Repeat("0", 64)), 0o600)
+	errOut.Reset()
+	badArgs := append([]string(nil), args...)
+	badArgs[4] = wrong
+	if code := run(badArgs, io.Discard, &errOut); code != 1 || !strings.Contains(errOut.String(), "401") {
+		t.Errorf("annotate with a wrong token: %d %s", code, errOut.String())
+	}
+	if code := run([]string{"annotate", "--actor", "alice"}, io.Discard, &errOut); code != 2 {
+		t.Errorf("annotate without type and justification exited %d", code)
+	}
+	if err := p.stop(); err != nil {
+		t.Fatal(err)
+	}
+	var exported bytes.Buffer
+	run([]string{"export", "--data-dir", dataDir}, &exported, io.Discard)
+	if n := bytes.Count(exported.Bytes(), []byte(`"type":"annotation"`)); n != 1 ||
+		!bytes.Contains(exported.Bytes(), []byte(`"details":{"type":"model_rollout","actor":"alice","approver":"bob","ticket":"CHG-1234","justification":"quarterly model refresh"}`)) {
+		t.Errorf("%d annotation events:\n%s", n, exported.String())
+	}
+}

@@ -347,7 +347,16 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 			spool.Close()
 			return nil, fmt.Errorf("admin listen %s: %w", c.adminListen, err)
 		}
-		inst.admin = &http.Server{Handler: inst.proxy.AdminHandler(reg), ReadHeaderTimeout: 10 * time.Second}
+		token, err := identity.LoadOrCreateToken(filepath.Join(c.dataDir, "admin.token"))
+		if err != nil {
+			inst.ln.Close()
+			spool.Close()
+			return nil, err
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/", inst.proxy.AdminHandler(reg))
+		mux.Handle(identity.AnnotationPath, identity.AnnotationHandler(token, spool.Append, source))
+		inst.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := inst.admin.Serve(inst.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				inst.serveErr <- fmt.Errorf("admin server: %w", err)
