@@ -1041,3 +1041,19 @@ func TestAnnotateRecordsAnOperatorsChange(t *testing.T) {
 		t.Errorf("%d annotation events:\n%s", n, exported.String())
 	}
 }
+
+// TestRequireGPUWithoutNVML: on a machine without NVML, --require-gpu is a
+// startup error that says why; without it the proxy starts (and its events
+// say "gpu": null, see TestServeProcess).
+func TestRequireGPUWithoutNVML(t *testing.T) {
+	if _, err := exec.LookPath("nvidia-smi"); err == nil {
+		t.Skip("this machine has an NVIDIA driver")
+	}
+	_, upstream := startFake(t, fakevllm.Config{})
+	var errOut bytes.Buffer
+	code := run([]string{"serve", "--upstream", upstream, "--listen", "127.0.0.1:0", "--admin-listen", "",
+		"--data-dir", t.TempDir(), "--require-gpu"}, io.Discard, &errOut)
+	if code != 1 || !strings.Contains(errOut.String(), "--require-gpu: gpu: NVML not available") {
+		t.Errorf("serve --require-gpu without NVML: %d %q", code, errOut.String())
+	}
+}
