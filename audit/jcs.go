@@ -45,35 +45,30 @@ import (
 // "9007199254740992"): RFC 8785 mandates it, and events keep their counts far
 // below 2^53.
 //
-// AppendCanonical returns an error, and dst unchanged, when js is not JSON
-// (including number forms JSON lacks, such as 01, 1., .5, +1, NaN, Infinity),
-// when an object has two members with the same name ("duplicate key"), when
-// a string holds invalid UTF-8 or an escaped lone surrogate such as "\ud800",
-// when a number is too large for a double (1e400), or when values nest more
-// than fastjson.MaxDepth (300) deep.
+// AppendCanonical returns an error, and dst unchanged (its spare capacity
+// included), when js is not JSON (including number forms JSON lacks, such as
+// 01, 1., .5, +1, NaN, Infinity), when an object has two members with the
+// same name ("duplicate key"), when a string holds a raw control character,
+// an invalid escape, invalid UTF-8 or an escaped lone surrogate such as
+// "\ud800", when a number is too large for a double (1e400), when values
+// nest more than fastjson.MaxDepth (300) deep (the top-level value is at
+// depth 1, and a scalar counts as a level), or, a limit of this
+// implementation, when an object ends more than 2 GiB into the canonical
+// form. When js has several faults, which one the error names is
+// not specified.
 //
-// p is reused between calls to save allocations; it is not safe for
-// concurrent use, and the result does not depend on what p parsed before.
-// With a warm p and a dst of sufficient capacity AppendCanonical does not
-// allocate. js may share memory with dst: AppendCanonical(b[:0], p, b)
-// canonicalizes b in place.
+// p is not used: AppendCanonical reads js in a single pass of its own and
+// keeps no state between calls. The argument remains so that callers written
+// for the fastjson-based version still compile; it may be nil.
+//
+// AppendCanonical is safe for concurrent use. With a dst of sufficient
+// capacity it does not allocate, once its pooled scratch space has grown to
+// the size of the inputs. js may share memory with dst:
+// AppendCanonical(b[:0], p, b) canonicalizes b in place.
 func AppendCanonical(dst []byte, p *fastjson.Parser, js []byte) ([]byte, error) {
-	v, err := p.ParseBytes(js)
-	if err != nil {
-		return dst, fmt.Errorf("jcs: %w", err)
-	}
+	_ = p // unused, kept for API stability
 	c := jcsPool.Get().(*jcsState)
-	c.js = js
-	c.checked = false
-	if jcsOverlap(dst[len(dst):cap(dst)], js) {
-		// Writing to dst may overwrite js, which checkStrings may need:
-		// check now (fastjson parsed a copy, the rest reads that).
-		if err := c.checkStrings(); err != nil {
-			c.release()
-			return dst, err
-		}
-	}
-	out, err := c.value(dst, v)
+	out, err := c.canonical(dst, js)
 	c.release()
 	if err != nil {
 		return dst, err
@@ -81,103 +76,300 @@ func AppendCanonical(dst []byte, p *fastjson.Parser, js []byte) ([]byte, error) 
 	return out, nil
 }
 
-// How it works. fastjson checks the structure of js, but it is lenient where
-// JCS must not be: it takes number-like words (1.2.3, NaN, inf), keeps raw
-// control characters, invalid escapes and invalid UTF-8 in strings, and its
-// unescaping turns lone surrogates into U+FFFD or leaves them as text. So
-// AppendCanonical takes from fastjson only the tree, and reads every string
-// and number value in its raw form, as written in js: Value.MarshalTo writes
-// exactly that for strings and numbers that nobody has asked fastjson to
-// unescape. Those are validated and rewritten in place, in dst.
+// How it works. One pass over js checks the grammar strictly and writes the
+// canonical form of every token, in the order of js, to the scratch buffer
+// buf: `{"b":1,"a":[2]}` is written `{"b":1,"a":[2]}`, `1.50` is written
+// `1.5`, "\u0041" is written "A". Only the order of object members is left
+// to fix. Each member is written as one span of buf, `"name":value`, so an
+// object's canonical form is the spans of its members, sorted by name and
+// joined with commas; and it is exactly as long as what buf holds for it.
+// Nothing is written to dst until js has been read to its end, which makes
+// the in-place use safe and leaves dst alone on errors.
 //
-// Member names, though, fastjson hands out only unescaped, with the raw form
-// gone. A name whose unescaped form is plain (no '\\', no control character,
-// only ASCII) can only come from a valid raw name; for any other name every
-// string in js is checked once against the strict grammar (checkStrings),
-// after which fastjson's unescaping is known to be exact.
-//
-// Object.Visit asks its callback not to keep the name and value it is given.
-// Both point into the Parser's buffers, which stay in place until its next
-// Parse, and sorting needs them after the callback: AppendCanonical keeps them
-// until it returns, no longer. (The tests would catch a fastjson that moved
-// them.)
-
-// jcsOverlap reports whether a and b share memory (as
-// crypto/internal/alias.AnyOverlap does).
-func jcsOverlap(a, b []byte) bool {
-	return len(a) > 0 && len(b) > 0 &&
-		uintptr(unsafe.Pointer(&a[0])) <= uintptr(unsafe.Pointer(&b[len(b)-1])) &&
-		uintptr(unsafe.Pointer(&b[0])) <= uintptr(unsafe.Pointer(&a[len(a)-1]))
-}
+// An object is sorted when it ends: its members (their spans and sort words,
+// see finish) are kept on a stack while it is read. An object whose members
+// came in order, and which holds no object out of order, is canonical as it
+// stands in buf, and is forgotten. Any other is recorded as a "hole" in buf,
+// with its members' spans, sorted, in the list final. Holes are listed in
+// the order in which their objects start (so that those in a span of buf
+// are together in the list), each with the index of the first hole past its
+// end. The canonical form is then written to dst by copying buf, but for the
+// holes, which are written member by member in sorted order, each member
+// being a span of buf, which may hold holes in its turn (emitSpan). Every
+// byte is copied once from buf to dst, however deep objects nest.
 
 var jcsPool = sync.Pool{New: func() any { return new(jcsState) }}
 
 // jcsState is the scratch state of one AppendCanonical call.
 type jcsState struct {
-	js      []byte // the input, for checkStrings
-	checked bool   // checkStrings has passed
-	// members is a stack of the members of the objects being written, the
-	// innermost last, and order a stack of their sort words (see object).
-	members []jcsMember
-	order   []uint64
+	buf  []byte // the canonical tokens of js, in the order of js
+	keys []byte // the names of members whose canonical form has escapes, unescaped
+	// stack holds the members of the objects being read, the innermost
+	// last, and order their sort words (see finish).
+	stack []jcsMember
+	order []uint64
+	// holes lists the objects out of order, as they start in buf, and
+	// final holds their members, sorted, each object's together.
+	holes []jcsHole
+	final []jcsMember
 }
 
+// jcsMember is a member of an object. Its offsets are int32s, to keep it
+// small: object fails before it sorts an object that ends past
+// math.MaxInt32.
 type jcsMember struct {
-	name  []byte // unescaped
-	value *fastjson.Value
-	esc   bool // the name has a byte to escape
+	// The member is buf[start:end].
+	start, end int32
+	// The unescaped name is keys[name:][:nameLen] when esc is set, and
+	// buf[name:][:nameLen], the name as written, when not.
+	name, nameLen int32
+	// The holes in the member are those from holes[hole] on that start
+	// before end; hole is -1 when there are none.
+	hole int32
+	esc  bool
 }
 
-// Scratch above this size is not kept in the pool.
-const jcsMaxPooled = 1 << 12
+// jcsHole is an object that is not canonical as it stands in buf.
+type jcsHole struct {
+	// The object is buf[start:end], and next is the index of the first
+	// hole after its end.
+	start, end, next int32
+	// Its members, sorted, are final[first:][:n]; when n is 0, its
+	// members came in order, and only holes in it are out of order.
+	first, n int32
+}
+
+// Scratch above these sizes is not kept in the pool.
+const (
+	jcsMaxPooledMembers = 1 << 12
+	jcsMaxPooledBytes   = 1 << 18
+)
 
 func (c *jcsState) release() {
-	c.js = nil
-	clear(c.members[:cap(c.members)]) // drop references into the Parser
-	c.members, c.order = c.members[:0], c.order[:0]
-	if cap(c.members) > jcsMaxPooled || cap(c.order) > jcsMaxPooled {
+	c.stack, c.order, c.final, c.holes = c.stack[:0], c.order[:0], c.final[:0], c.holes[:0]
+	c.buf, c.keys = c.buf[:0], c.keys[:0]
+	if cap(c.stack) > jcsMaxPooledMembers || cap(c.order) > jcsMaxPooledMembers ||
+		cap(c.final) > jcsMaxPooledMembers || cap(c.holes) > jcsMaxPooledMembers ||
+		cap(c.buf) > jcsMaxPooledBytes || cap(c.keys) > jcsMaxPooledBytes {
 		return
 	}
 	jcsPool.Put(c)
 }
 
-func (c *jcsState) value(dst []byte, v *fastjson.Value) ([]byte, error) {
-	// GetObject, GetArray and MarshalTo read the value as parsed; Type and
-	// StringBytes would unescape strings first, losing their raw form.
-	if o := v.GetObject(); o != nil {
-		return c.object(dst, o)
+// jcsMaxDepth is the deepest nesting allowed, as fastjson allows it.
+const jcsMaxDepth = fastjson.MaxDepth
+
+func (c *jcsState) canonical(dst, js []byte) ([]byte, error) {
+	i := jcsSkipWS(js, 0)
+	buf, i, err := c.value(c.buf[:0], js, i, 1)
+	c.buf = buf
+	if err != nil {
+		return dst, err
 	}
-	if a := v.GetArray(); len(a) > 0 {
-		dst = append(dst, '[')
-		for i, e := range a {
-			if i > 0 {
-				dst = append(dst, ',')
+	if i = jcsSkipWS(js, i); i < len(js) {
+		return dst, jcsTailError(js, i)
+	}
+	if len(c.holes) == 0 {
+		return append(dst, buf...), nil
+	}
+	// The canonical form is as long as buf.
+	dst = slices.Grow(dst, len(buf))
+	return c.emitSpan(dst, 0, len(buf), 0), nil
+}
+
+// emitSpan appends the canonical form of buf[start:end], whose holes are
+// those from holes[h] on that start before end.
+func (c *jcsState) emitSpan(dst []byte, start, end, h int) []byte {
+	for h < len(c.holes) && int(c.holes[h].start) < end {
+		o := &c.holes[h]
+		dst = append(dst, c.buf[start:o.start]...)
+		if o.n == 0 {
+			dst = c.emitSpan(dst, int(o.start), int(o.end), h+1)
+		} else {
+			dst = append(dst, '{')
+			ms := c.final[o.first : o.first+o.n]
+			for i := range ms {
+				m := &ms[i]
+				if i > 0 {
+					dst = append(dst, ',')
+				}
+				if m.hole >= 0 {
+					dst = c.emitSpan(dst, int(m.start), int(m.end), int(m.hole))
+				} else {
+					dst = append(dst, c.buf[m.start:m.end]...)
+				}
 			}
-			var err error
-			if dst, err = c.value(dst, e); err != nil {
-				return dst, err
-			}
+			dst = append(dst, '}')
 		}
-		return append(dst, ']'), nil
+		start, h = int(o.end), int(o.next)
 	}
-	start := len(dst)
-	dst = v.MarshalTo(dst)
-	lit := dst[start:]
-	switch lit[0] {
+	return append(dst, c.buf[start:end]...)
+}
+
+// value appends the canonical form of the value at js[i], which is at the
+// given depth, and returns the offset past it.
+func (c *jcsState) value(buf, js []byte, i, depth int) ([]byte, int, error) {
+	if depth > jcsMaxDepth {
+		return buf, i, jcsSyntaxError(js, i, fmt.Sprintf("too big depth for the nested JSON; it exceeds %d", jcsMaxDepth))
+	}
+	if i >= len(js) {
+		return buf, i, jcsSyntaxError(js, i, "unexpected end of input")
+	}
+	switch js[i] {
+	case '{':
+		return c.object(buf, js, i, depth)
+	case '[':
+		return c.array(buf, js, i, depth)
 	case '"':
-		return canonString(dst, start)
-	case 't', 'f', '[': // true, false, []
-		return dst, nil
+		buf, i, _, err := jcsString(buf, js, i)
+		return buf, i, err
+	case 't':
+		if len(js)-i >= 4 && string(js[i:i+4]) == "true" {
+			return append(buf, "true"...), i + 4, nil
+		}
+	case 'f':
+		if len(js)-i >= 5 && string(js[i:i+5]) == "false" {
+			return append(buf, "false"...), i + 5, nil
+		}
 	case 'n':
-		if len(lit) == len("null") { // not "nan"
-			return dst, nil
+		if len(js)-i >= 4 && string(js[i:i+4]) == "null" {
+			return append(buf, "null"...), i + 4, nil
+		}
+		if jcsNaNInf(js, i) {
+			return buf, i, jcsBadNumber(js, i, i+3, depth)
+		}
+	default:
+		return jcsNumberValue(buf, js, i, depth)
+	}
+	return buf, i, jcsSyntaxError(js, i, "unexpected value")
+}
+
+func (c *jcsState) array(buf, js []byte, i, depth int) ([]byte, int, error) {
+	buf = append(buf, '[')
+	i = jcsSkipWS(js, i+1)
+	if i < len(js) && js[i] == ']' {
+		return append(buf, ']'), i + 1, nil
+	}
+	for {
+		var err error
+		if buf, i, err = c.value(buf, js, i, depth+1); err != nil {
+			return buf, i, err
+		}
+		if i = jcsSkipWS(js, i); i >= len(js) {
+			return buf, i, jcsSyntaxError(js, i, "unexpected end of array")
+		}
+		switch js[i] {
+		case ',':
+			buf = append(buf, ',')
+			i = jcsSkipWS(js, i+1)
+		case ']':
+			return append(buf, ']'), i + 1, nil
+		default:
+			return buf, i, jcsSyntaxError(js, i, "missing ',' after array value")
 		}
 	}
-	return canonNumber(dst, start)
+}
+
+func (c *jcsState) object(buf, js []byte, i, depth int) ([]byte, int, error) {
+	open := len(buf)
+	buf = append(buf, '{')
+	i = jcsSkipWS(js, i+1)
+	if i < len(js) && js[i] == '}' {
+		return append(buf, '}'), i + 1, nil
+	}
+	// The object's hole, in case; finish fills it in or drops it.
+	h := len(c.holes)
+	if h == cap(c.holes) {
+		c.holes = slices.Grow(c.holes, 1)
+	}
+	c.holes = c.holes[:h+1]
+	base := len(c.stack)
+	var all byte // the classes of all names
+	for {
+		if i >= len(js) || js[i] != '"' {
+			return buf, i, jcsSyntaxError(js, i, `cannot find opening '"' for object key`)
+		}
+		start := len(buf)
+		var class byte
+		var err error
+		if buf, i, class, err = jcsString(buf, js, i); err != nil {
+			return buf, i, err
+		}
+		if i = jcsSkipWS(js, i); i >= len(js) || js[i] != ':' {
+			return buf, i, jcsSyntaxError(js, i, "missing ':' after object key")
+		}
+		i = jcsSkipWS(js, i+1)
+		buf = append(buf, ':')
+		value := len(buf)
+		hole := len(c.holes)
+		if i < len(js) && js[i] == '"' && depth < jcsMaxDepth {
+			buf, i, _, err = jcsString(buf, js, i)
+		} else if i < len(js) && (js[i] == '-' || '0' <= js[i] && js[i] <= '9') && depth < jcsMaxDepth {
+			buf, i, err = jcsNumberValue(buf, js, i, depth+1)
+		} else if i < len(js) && js[i] == '{' && depth < jcsMaxDepth {
+			buf, i, err = c.object(buf, js, i, depth+1)
+		} else {
+			buf, i, err = c.value(buf, js, i, depth+1)
+		}
+		if err != nil {
+			return buf, i, err // release resets the stacks
+		}
+		n := len(c.stack) - base
+		// Filled in place, every field: a struct built aside and copied
+		// in is read back with wider loads than it was written with,
+		// which stalls.
+		if len(c.stack) == cap(c.stack) {
+			c.stack = slices.Grow(c.stack, 1)
+		}
+		c.stack = c.stack[:len(c.stack)+1]
+		m := &c.stack[len(c.stack)-1]
+		m.start, m.end, m.hole = int32(start), int32(len(buf)), int32(hole)
+		if len(c.holes) == hole {
+			m.hole = -1
+		}
+		var k []byte
+		if class&jcsBackslash == 0 {
+			k = buf[start+1 : value-2]
+			m.name, m.nameLen = int32(start+1), int32(len(k))
+			m.esc = false
+		} else {
+			// The canonical name has escapes: keep it unescaped aside.
+			m.esc = true
+			name := len(c.keys)
+			c.keys = jcsUnescapeCanonical(c.keys, buf[start+1:value-2])
+			k = c.keys[name:]
+			m.name, m.nameLen = int32(name), int32(len(k))
+		}
+		all |= class
+		c.order = append(c.order, jcsWord(k)&^jcsWordIndex|uint64(n&jcsWordIndex))
+		if i = jcsSkipWS(js, i); i >= len(js) {
+			return buf, i, jcsSyntaxError(js, i, "unexpected end of object")
+		}
+		if js[i] == ',' {
+			buf = append(buf, ',')
+			i = jcsSkipWS(js, i+1)
+			continue
+		}
+		if js[i] != '}' {
+			return buf, i, jcsSyntaxError(js, i, "missing ',' after object value")
+		}
+		buf = append(buf, '}')
+		i++
+		break
+	}
+	if len(buf) > math.MaxInt32 {
+		// The offsets of the members, which are no greater, and those
+		// of their unescaped names (keys is shorter than buf) may have
+		// overflowed their int32s.
+		return buf, i, errors.New("jcs: input too large")
+	}
+	err := c.finish(buf, open, h, base, all)
+	c.stack, c.order = c.stack[:base], c.order[:base]
+	return buf, i, err
 }
 
 // The sort word of a member of an object of at most 256 members with ASCII
-// names holds the first 8 bytes of the name, 7 bits each, zero-padded, then
+// names holds the first 7 bytes of the name, zero-padded, big-endian, then
 // the member's index in the object in the low 8 bits. ASCII bytes compare as
 // UTF-16 code units do, and the padding sorts a shorter name first (or ties
 // with a NUL), so when two words differ in their top 56 bits, they compare as
@@ -187,47 +379,110 @@ const (
 	jcsWordIndex = 1<<jcsWordShift - 1
 )
 
-func (c *jcsState) object(dst []byte, o *fastjson.Object) ([]byte, error) {
-	base := len(c.members)
-	var err error
-	var all byte // the byte classes of all names
-	o.Visit(func(k []byte, v *fastjson.Value) {
-		var class byte
-		var word uint64
-		for i, b := range k {
-			class |= jcsClass[b]
-			if i < 8 {
-				word |= uint64(b) << (64 - 7 - 7*i)
+// jcsWord returns the first 8 bytes of k, zero-padded, big-endian.
+func jcsWord(k []byte) uint64 {
+	if cap(k) >= 8 {
+		// Load 8 bytes (past the end of k, within its capacity) and
+		// clear those past the end.
+		w := binary.BigEndian.Uint64(k[:8])
+		if len(k) < 8 {
+			w &^= math.MaxUint64 >> (8 * len(k))
+		}
+		return w
+	}
+	var w uint64
+	for i, b := range k {
+		w |= uint64(b) << (56 - 8*i)
+	}
+	return w
+}
+
+// sortTies finishes sorting the sorted words order of the members ms, the
+// first two of which have the same top 56 bits: it sorts each run of words
+// with the same top 56 bits by name. It reports whether it moved any word,
+// and returns an error when two names are the same.
+func (c *jcsState) sortTies(buf []byte, ms []jcsMember, order []uint64) (moved bool, err error) {
+	for a := 0; a < len(order)-1; {
+		b := a + 1
+		for b < len(order) && order[b]>>jcsWordShift == order[a]>>jcsWordShift {
+			b++
+		}
+		if b-a > 1 {
+			// Insertion sort by name, which is stable.
+			run := order[a:b]
+			for i := 1; i < len(run); i++ {
+				w := run[i]
+				j := i
+				for ; j > 0 && string(c.name(buf, &ms[run[j-1]&jcsWordIndex])) > string(c.name(buf, &ms[w&jcsWordIndex])); j-- {
+					run[j] = run[j-1]
+				}
+				if j != i {
+					run[j] = w
+					moved = true
+				}
+			}
+			for i := 1; i < len(run); i++ {
+				if k := c.name(buf, &ms[run[i-1]&jcsWordIndex]); string(k) == string(c.name(buf, &ms[run[i]&jcsWordIndex])) {
+					return moved, fmt.Errorf("jcs: duplicate key %q", k)
+				}
 			}
 		}
-		all |= class
-		if class&^jcsQuote != 0 && !c.checked && err == nil {
-			// The name held an escape, a control character or non-ASCII
-			// text: fastjson may have unescaped it leniently.
-			err = c.checkStrings()
-		}
-		i := len(c.members) - base
-		// Filled in place: a struct built aside and copied in is read back
-		// with wider loads than it was written with, which stalls.
-		c.members = append(c.members, jcsMember{})
-		m := &c.members[len(c.members)-1]
-		m.name, m.value = k, v
-		m.esc = class&(jcsQuote|jcsBackslash|jcsControl) != 0
-		c.order = append(c.order, word|uint64(i&jcsWordIndex))
-	})
-	if err != nil {
-		return dst, err
+		a = b
 	}
-	ms, order := c.members[base:], c.order[base:]
+	return moved, nil
+}
+
+// jcsSortWords sorts the distinct words order, of which order[:i] are in
+// order: insertion sort, which is cheaper than a general sort for the small
+// objects of audit events, or for larger ones a general sort.
+func jcsSortWords(order []uint64, i int) {
+	if len(order) > 32 {
+		slices.Sort(order)
+		return
+	}
+	for ; i < len(order); i++ {
+		w := order[i]
+		j := i
+		for ; j > 0 && order[j-1] > w; j-- {
+			order[j] = order[j-1]
+		}
+		order[j] = w
+	}
+}
+
+// name returns the unescaped name of m.
+func (c *jcsState) name(buf []byte, m *jcsMember) []byte {
+	if m.esc {
+		return c.keys[m.name : m.name+m.nameLen]
+	}
+	return buf[m.name : m.name+m.nameLen]
+}
+
+// finish sorts the members of the object that buf[open:] holds, which are
+// c.stack[base:], and fills in its hole, holes[h], or drops it when the
+// object is canonical as it stands.
+func (c *jcsState) finish(buf []byte, open, h, base int, all byte) error {
+	ms, order := c.stack[base:], c.order[base:]
 	index := uint64(jcsWordIndex) // extracts the index from a word
+	inOrder := true
 	if all&jcsNonASCII == 0 && len(ms) <= jcsWordIndex+1 {
-		jcsSortWords(order, ms)
+		// The words differ (in their indexes), and sort as the names do
+		// but among those that have the same top 56 bits.
 		for i := 1; i < len(order); i++ {
-			// Equal names have equal words but for the index.
-			if a, b := order[i-1], order[i]; a>>jcsWordShift == b>>jcsWordShift {
-				if k := ms[a&index].name; string(k) == string(ms[b&index].name) {
-					return dst, fmt.Errorf("jcs: duplicate key %q", k)
+			if order[i-1] > order[i] {
+				inOrder = false
+				jcsSortWords(order, i)
+				break
+			}
+		}
+		for i := 1; i < len(order); i++ {
+			if order[i-1]>>jcsWordShift == order[i]>>jcsWordShift {
+				moved, err := c.sortTies(buf, ms, order[i-1:])
+				if err != nil {
+					return err
 				}
+				inOrder = inOrder && !moved
+				break
 			}
 		}
 	} else {
@@ -235,54 +490,37 @@ func (c *jcsState) object(dst []byte, o *fastjson.Object) ([]byte, error) {
 		for i := range order {
 			order[i] = uint64(i)
 		}
-		slices.SortFunc(order, func(a, b uint64) int { return compareUTF16(ms[a].name, ms[b].name) })
+		slices.SortFunc(order, func(a, b uint64) int { return compareUTF16(c.name(buf, &ms[a]), c.name(buf, &ms[b])) })
 		for i := 1; i < len(order); i++ {
-			if k := ms[order[i-1]].name; string(k) == string(ms[order[i]].name) {
-				return dst, fmt.Errorf("jcs: duplicate key %q", k)
+			if k := c.name(buf, &ms[order[i-1]]); string(k) == string(c.name(buf, &ms[order[i]])) {
+				return fmt.Errorf("jcs: duplicate key %q", k)
 			}
 		}
-	}
-	dst = append(dst, '{')
-	for i := range len(ms) {
-		// c.members and c.order may grow (and move) in the recursion.
-		m := &c.members[base+int(c.order[base+i]&index)]
-		if i > 0 {
-			dst = append(dst, ',')
-		}
-		if m.esc {
-			dst = jcsAppendName(dst, m.name)
-		} else {
-			dst = append(dst, '"')
-			dst = append(dst, m.name...)
-			dst = append(dst, '"')
-		}
-		dst = append(dst, ':')
-		if dst, err = c.value(dst, m.value); err != nil {
-			return dst, err // release resets the stacks
-		}
-	}
-	clear(c.members[base:])
-	c.members, c.order = c.members[:base], c.order[:base]
-	return append(dst, '}'), nil
-}
-
-// jcsSortWords sorts the sort words of the members ms of an object with
-// ASCII names: insertion sort, which is cheaper than a general sort for the
-// small objects of audit events.
-func jcsSortWords(order []uint64, ms []jcsMember) {
-	for i := 1; i < len(order); i++ {
-		w := order[i]
-		j := i
-		for ; j > 0; j-- {
-			p := order[j-1]
-			if p>>jcsWordShift < w>>jcsWordShift ||
-				p>>jcsWordShift == w>>jcsWordShift && string(ms[p&jcsWordIndex].name) <= string(ms[w&jcsWordIndex].name) {
+		for i, w := range order {
+			if w != uint64(i) {
+				inOrder = false
 				break
 			}
-			order[j] = p
 		}
-		order[j] = w
 	}
+	o := &c.holes[h]
+	if inOrder {
+		if len(c.holes) == h+1 {
+			c.holes = c.holes[:h] // no holes in it: canonical
+			return nil
+		}
+		o.n = 0
+	} else {
+		first := len(c.final)
+		c.final = slices.Grow(c.final, len(ms))[:first+len(ms)]
+		final := c.final[first:]
+		for k, w := range order {
+			final[k] = ms[w&index]
+		}
+		o.first, o.n = int32(first), int32(len(ms))
+	}
+	o.start, o.end, o.next = int32(open), int32(len(buf)), int32(len(c.holes))
+	return nil
 }
 
 // compareUTF16 compares the valid UTF-8 strings a and b as their UTF-16
@@ -336,18 +574,139 @@ var jcsClass = func() (t [256]byte) {
 	return t
 }()
 
-// jcsAppendName appends a member name, k unescaped, as a canonical JSON
-// string.
-func jcsAppendName(dst, k []byte) []byte {
-	dst = append(dst, '"')
-	for _, b := range k {
-		if jcsClass[b]&(jcsQuote|jcsBackslash|jcsControl) != 0 {
-			dst = jcsAppendEscaped(dst, b)
-		} else {
-			dst = append(dst, b)
+var (
+	errJCSControl = errors.New("jcs: control character in string")
+	errJCSUTF8    = errors.New("jcs: invalid UTF-8 in string")
+	errJCSEscape  = errors.New("jcs: invalid escape in string")
+	errJCSNumber  = errors.New("jcs: invalid number")
+)
+
+// jcsString appends the canonical form, quotes included, of the string that
+// starts at js[i], with its opening quote, and returns the offset past its
+// closing quote. class has jcsNonASCII set when the string holds a
+// character above U+007F, and jcsBackslash when its canonical form has an
+// escape (it holds '"', '\\' or a control character).
+func jcsString(buf, js []byte, i int) ([]byte, int, byte, error) {
+	// The fast path, for a string of plain ASCII: copy 8 bytes at a
+	// time, all of them, and keep those up to the closing quote. The
+	// first 8 start with the opening quote, which is not special.
+	first := uint64(0x80)
+	for i+8 <= len(js) {
+		if cap(buf)-len(buf) < 8 {
+			buf = slices.Grow(buf, 8)
+		}
+		x := binary.LittleEndian.Uint64(js[i:])
+		w := len(buf)
+		binary.LittleEndian.PutUint64(buf[w:w+8], x)
+		if m := jcsSpecial(x) &^ first; m != 0 {
+			n := bits.TrailingZeros64(m) >> 3
+			if byte(x>>(8*n)) == '"' {
+				return buf[:w+n+1], i + n + 1, 0, nil
+			}
+			return jcsStringSlow(buf[:w+n], js, i+n)
+		}
+		buf, i = buf[:w+8], i+8
+		first = 0
+	}
+	if first != 0 {
+		buf = append(buf, '"')
+		i++
+	}
+	return jcsStringSlow(buf, js, i)
+}
+
+// jcsStringSlow is jcsString from js[i] on, buf holding the canonical form
+// of the string up to there.
+func jcsStringSlow(buf, js []byte, i int) (_ []byte, _ int, class byte, _ error) {
+	for {
+		// Copy 8 bytes at a time, all of them, and keep those before
+		// the first special one, if any.
+		for i+8 <= len(js) {
+			if cap(buf)-len(buf) < 8 {
+				buf = slices.Grow(buf, 8)
+			}
+			x := binary.LittleEndian.Uint64(js[i:])
+			w := len(buf)
+			binary.LittleEndian.PutUint64(buf[w:w+8], x)
+			if m := jcsSpecial(x); m != 0 {
+				n := bits.TrailingZeros64(m) >> 3
+				buf, i = buf[:w+n], i+n
+				goto special
+			}
+			buf, i = buf[:w+8], i+8
+		}
+		for i < len(js) && jcsClass[js[i]] == jcsPlain {
+			buf = append(buf, js[i])
+			i++
+		}
+		if i >= len(js) {
+			return buf, i, class, jcsSyntaxError(js, i, `missing closing '"' of string`)
+		}
+	special:
+		switch jcsClass[js[i]] {
+		case jcsQuote:
+			return append(buf, '"'), i + 1, class, nil
+		case jcsNonASCII:
+			r, size := utf8.DecodeRune(js[i:])
+			if r == utf8.RuneError && size == 1 {
+				return buf, i, class, errJCSUTF8
+			}
+			class |= jcsNonASCII
+			buf = append(buf, js[i:i+size]...)
+			i += size
+		case jcsBackslash:
+			r, n, err := jcsUnescape(js, i)
+			if err != nil {
+				return buf, i, class, err
+			}
+			switch {
+			case r < 0x20 || r == '"' || r == '\\':
+				buf = jcsAppendEscaped(buf, byte(r))
+				class |= jcsBackslash
+			case r < utf8.RuneSelf:
+				buf = append(buf, byte(r))
+			default:
+				buf = utf8.AppendRune(buf, r)
+				class |= jcsNonASCII
+			}
+			i += n
+		default:
+			return buf, i, class, errJCSControl
 		}
 	}
-	return append(dst, '"')
+}
+
+// jcsUnescapeCanonical appends s, the text of a canonical string (between
+// its quotes), unescaped.
+func jcsUnescapeCanonical(dst, s []byte) []byte {
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		if b != '\\' {
+			dst = append(dst, b)
+			continue
+		}
+		i++
+		switch s[i] {
+		case 'b':
+			b = '\b'
+		case 'f':
+			b = '\f'
+		case 'n':
+			b = '\n'
+		case 'r':
+			b = '\r'
+		case 't':
+			b = '\t'
+		case 'u': // \u00xx
+			r, _ := jcsHex4(s, i+1)
+			b = byte(r)
+			i += 4
+		default: // '"', '\\'
+			b = s[i]
+		}
+		dst = append(dst, b)
+	}
+	return dst
 }
 
 const jcsHex = "0123456789abcdef"
@@ -372,101 +731,6 @@ func jcsAppendEscaped(dst []byte, b byte) []byte {
 	return append(dst, '\\', 'u', '0', '0', jcsHex[b>>4], jcsHex[b&0xF])
 }
 
-var (
-	errJCSControl = errors.New("jcs: control character in string")
-	errJCSUTF8    = errors.New("jcs: invalid UTF-8 in string")
-	errJCSEscape  = errors.New("jcs: invalid escape in string")
-	errJCSNumber  = errors.New("jcs: invalid number")
-)
-
-// canonString rewrites dst[start:], a JSON string as written in the input
-// (quotes included), to its canonical form. The canonical form is never
-// longer: an escape is rewritten as at most as many bytes as it takes, so the
-// rewriting runs in place, behind the reading.
-func canonString(dst []byte, start int) ([]byte, error) {
-	s := dst[start+1 : len(dst)-1] // the text between the quotes
-	// Fast path: a string without escapes is already canonical once it is
-	// known to be valid.
-	i := 0
-scan:
-	for {
-		if i += jcsPlainRun(s[i:]); i == len(s) {
-			return dst, nil
-		}
-		switch jcsClass[s[i]] {
-		case jcsNonASCII:
-			r, size := utf8.DecodeRune(s[i:])
-			if r == utf8.RuneError && size == 1 {
-				return dst, errJCSUTF8
-			}
-			i += size
-		case jcsBackslash:
-			break scan
-		default:
-			return dst, errJCSControl // or a stray '"', which fastjson cannot give
-		}
-	}
-	w := i
-	for i < len(s) {
-		if n := jcsPlainRun(s[i:]); n > 0 {
-			w += copy(s[w:], s[i:i+n])
-			i += n
-			continue
-		}
-		switch jcsClass[s[i]] {
-		case jcsNonASCII:
-			r, size := utf8.DecodeRune(s[i:])
-			if r == utf8.RuneError && size == 1 {
-				return dst, errJCSUTF8
-			}
-			w += copy(s[w:], s[i:i+size])
-			i += size
-		case jcsBackslash:
-			r, n, err := jcsUnescape(s, i)
-			if err != nil {
-				return dst, err
-			}
-			i += n
-			if r < 0x20 || r == '"' || r == '\\' {
-				w += len(jcsAppendEscaped(s[w:w], byte(r)))
-			} else {
-				w += utf8.EncodeRune(s[w:], r)
-			}
-		default:
-			return dst, errJCSControl
-		}
-	}
-	end := start + 1 + w
-	dst[end] = '"'
-	return dst[:end+1], nil
-}
-
-// jcsPlainRun returns the length of the longest prefix of s without a '"',
-// '\\', control character or non-ASCII byte, looking at 8 bytes at a time.
-func jcsPlainRun(s []byte) int {
-	if len(s) < 8 {
-		i := 0
-		for i < len(s) && jcsClass[s[i]] == jcsPlain {
-			i++
-		}
-		return i
-	}
-	i := 0
-	for ; i+8 <= len(s); i += 8 {
-		if m := jcsSpecial(binary.LittleEndian.Uint64(s[i:])); m != 0 {
-			return i + bits.TrailingZeros64(m)>>3
-		}
-	}
-	if i < len(s) {
-		// The last 8 bytes, of which those before i are known plain.
-		i = len(s) - 8
-		if m := jcsSpecial(binary.LittleEndian.Uint64(s[i:])); m != 0 {
-			return i + bits.TrailingZeros64(m)>>3
-		}
-	}
-	return len(s)
-}
-
 // jcsSpecial returns x, 8 bytes little-endian, with the high bit of the
 // lowest byte that is '"', '\\', a control character or not ASCII set, and
 // maybe that of bytes above it; or 0 when there is none.
@@ -474,11 +738,13 @@ func jcsSpecial(x uint64) uint64 {
 	const lo, hi = 0x0101010101010101, 0x8080808080808080
 	q := x ^ (lo * '"')
 	b := x ^ (lo * '\\')
-	// The high bit of a byte is set in (v-lo)&^v where the byte of v is 0,
-	// in (x-0x20*lo)&^x where that of x is below 0x20, and in x where it
-	// is not ASCII; and is set falsely only above a byte where it is set
-	// truly (by a borrow), so the lowest is true.
-	return ((x-lo*0x20)&^x | (q-lo)&^q | (b-lo)&^b | x) & hi
+	// Subtracting lo from v sets the high bit of a byte of v that is 0 (of
+	// q that is '"', of b that is '\\'), subtracting lo*0x20 from x that
+	// of a byte below 0x20, and x has it set in a byte that is not ASCII.
+	// They set it falsely only in bytes that are not ASCII (which x
+	// flags anyway) or above a byte that they flag truly (by a borrow), so
+	// the lowest is true.
+	return ((x - lo*0x20) | (q - lo) | (b - lo) | x) & hi
 }
 
 // jcsUnescape decodes the escape at s[i] (a backslash): the character it stands
@@ -541,54 +807,114 @@ func jcsHex4(s []byte, i int) (rune, bool) {
 	return r, true
 }
 
-// checkStrings checks every string in c.js, which fastjson has parsed, against
-// the JSON grammar and for valid UTF-8 and paired surrogates. Outside strings
-// a parsed text has no '"', so each one found there opens a string.
-func (c *jcsState) checkStrings() error {
-	c.checked = true
-	js := c.js
-	inString := false
-	for i := 0; i < len(js); {
-		b := js[i]
-		if !inString {
-			if b == '"' {
-				inString = true
+// jcsNumChar holds the bytes that fastjson, which AppendCanonical once used,
+// takes as part of a number: a number token is the longest run of them, and
+// is then checked against the JSON grammar ("1.2.3" is an invalid number,
+// not a number followed by garbage).
+var jcsNumChar = func() (t [256]bool) {
+	for _, b := range []byte("0123456789.eE+-") {
+		t[b] = true
+	}
+	return t
+}()
+
+// jcsNumberValue appends the canonical form of the number at js[i], which is
+// at the given depth, and returns the offset past it.
+func jcsNumberValue(buf, js []byte, i, depth int) ([]byte, int, error) {
+	// The fast path, for a number without exponent of at most 15
+	// significant digits, not below 1e-6 (see jcsNumber): it is written as
+	// it stands, less the trailing zeros of its fraction.
+	j := i
+	if js[j] == '-' {
+		j++
+	}
+	d := j
+	for j < len(js) && js[j]-'0' < 10 {
+		j++
+	}
+	if n := j - d; n > 0 && (js[d] != '0' || n == 1) {
+		if j < len(js) && js[j] == '.' {
+			f := j + 1
+			k := f
+			for k < len(js) && js[k]-'0' < 10 {
+				k++
 			}
-			i++
-			continue
-		}
-		switch jcsClass[b] {
-		case jcsPlain:
-			i++
-		case jcsQuote:
-			inString = false
-			i++
-		case jcsNonASCII:
-			r, size := utf8.DecodeRune(js[i:])
-			if r == utf8.RuneError && size == 1 {
-				return errJCSUTF8
+			if k > f && (k == len(js) || !jcsNumChar[js[k]]) {
+				e := k // the end of the fraction, less its trailing zeros
+				for js[e-1] == '0' {
+					e--
+				}
+				switch {
+				case e == f && n == 1 && js[d] == '0':
+					return append(buf, '0'), k, nil // and -0.0 too
+				case e == f && n <= 15:
+					return append(buf, js[i:j]...), k, nil
+				case js[d] != '0' && n+e-f <= 15:
+					return append(buf, js[i:e]...), k, nil
+				case js[d] == '0':
+					z := f // the first significant digit
+					for js[z] == '0' {
+						z++
+					}
+					if z-f <= 5 && e-z <= 15 {
+						return append(buf, js[i:e]...), k, nil
+					}
+				}
 			}
-			i += size
-		case jcsBackslash:
-			_, n, err := jcsUnescape(js, i)
-			if err != nil {
-				return err
+		} else if n <= 15 && (j == len(js) || !jcsNumChar[js[j]]) {
+			if n == 1 && js[d] == '0' {
+				return append(buf, '0'), j, nil // and -0 too
 			}
-			i += n
-		default:
-			return errJCSControl
+			return append(buf, js[i:j]...), j, nil
 		}
 	}
-	if inString {
-		return errors.New("jcs: unterminated string")
+	for j < len(js) && jcsNumChar[js[j]] {
+		j++
 	}
-	return nil
+	if j < len(js) && (j == i || j == i+1 && (js[i] == '-' || js[i] == '+')) {
+		// No digits: [+-]?(inf|nan), in any case, is an invalid number,
+		// anything else is not a value.
+		if jcsNaNInf(js, j) {
+			return buf, i, jcsBadNumber(js, i, j+3, depth)
+		}
+		return buf, i, jcsSyntaxError(js, j, "unexpected value")
+	}
+	out, err := jcsNumber(buf, js[i:j])
+	if err == errJCSNumber {
+		return buf, i, jcsBadNumber(js, i, j, depth)
+	}
+	if err != nil {
+		return buf, i, err
+	}
+	return out, j, nil
 }
 
-// canonNumber rewrites dst[start:], a number as written in the input, to its
-// canonical form.
-func canonNumber(dst []byte, start int) ([]byte, error) {
-	lit := dst[start:]
+// jcsNaNInf reports whether js[i:] starts with "nan" or "inf", in any case.
+func jcsNaNInf(js []byte, i int) bool {
+	if len(js)-i < 3 {
+		return false
+	}
+	w := string([]byte{js[i] | 0x20, js[i+1] | 0x20, js[i+2] | 0x20})
+	return w == "nan" || w == "inf"
+}
+
+// jcsBadNumber returns the error for the invalid number js[i:end] at the
+// given depth: what follows it is checked first, so that a word such as
+// Infinity is reported as the syntax error it is.
+func jcsBadNumber(js []byte, i, end, depth int) error {
+	k := jcsSkipWS(js, end)
+	switch {
+	case depth == 1 && k < len(js):
+		return jcsTailError(js, k)
+	case depth > 1 && (k == len(js) || js[k] != ',' && js[k] != ']' && js[k] != '}'):
+		return jcsSyntaxError(js, k, "missing ',' after value")
+	}
+	return fmt.Errorf("%w %q", errJCSNumber, js[i:end])
+}
+
+// jcsNumber appends the canonical form of lit, a non-empty run of number
+// characters; it returns errJCSNumber itself when lit is not a JSON number.
+func jcsNumber(dst, lit []byte) ([]byte, error) {
 	// Check the JSON grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
 	i := 0
 	if lit[0] == '-' {
@@ -603,7 +929,7 @@ func canonNumber(dst []byte, start int) ([]byte, error) {
 			i++
 		}
 	default:
-		return dst, jcsNumberError(lit)
+		return dst, errJCSNumber
 	}
 	intEnd, fracEnd := i, i
 	if i < len(lit) && lit[i] == '.' {
@@ -613,7 +939,7 @@ func canonNumber(dst []byte, start int) ([]byte, error) {
 			i++
 		}
 		if i == j {
-			return dst, jcsNumberError(lit)
+			return dst, errJCSNumber
 		}
 		fracEnd = i
 	}
@@ -633,7 +959,7 @@ func canonNumber(dst []byte, start int) ([]byte, error) {
 				digits-- // the '.'
 			}
 			if digits <= 15 {
-				return dst[:start+fracEnd], nil
+				return append(dst, lit[:fracEnd]...), nil
 			}
 		} else {
 			// 0.000ddd: at most 5 zeros after the point keeps it >= 1e-6.
@@ -643,14 +969,14 @@ func canonNumber(dst []byte, start int) ([]byte, error) {
 			}
 			switch {
 			case fracEnd <= intEnd+1: // zero, maybe negative
-				return append(dst[:start], '0'), nil
+				return append(dst, '0'), nil
 			case z-(intEnd+1) <= 5 && fracEnd-z <= 15:
-				return dst[:start+fracEnd], nil
+				return append(dst, lit[:fracEnd]...), nil
 			}
 		}
 	} else {
 		if lit[i] != 'e' && lit[i] != 'E' {
-			return dst, jcsNumberError(lit)
+			return dst, errJCSNumber
 		}
 		i++
 		if i < len(lit) && (lit[i] == '+' || lit[i] == '-') {
@@ -661,7 +987,7 @@ func canonNumber(dst []byte, start int) ([]byte, error) {
 			i++
 		}
 		if i == j || i != len(lit) {
-			return dst, jcsNumberError(lit)
+			return dst, errJCSNumber
 		}
 	}
 	// lit is not modified while ParseFloat reads it, and ParseFloat keeps
@@ -670,11 +996,7 @@ func canonNumber(dst []byte, start int) ([]byte, error) {
 	if err != nil {
 		return dst, fmt.Errorf("jcs: number %s out of range for a double", lit)
 	}
-	return jcsAppendNumber(dst[:start], f), nil
-}
-
-func jcsNumberError(lit []byte) error {
-	return fmt.Errorf("%w %q", errJCSNumber, lit)
+	return jcsAppendNumber(dst, f), nil
 }
 
 // jcsAppendNumber appends the finite f as ECMAScript's Number.prototype.toString
@@ -694,4 +1016,30 @@ func jcsAppendNumber(dst []byte, f float64) []byte {
 		dst = dst[:n-1]
 	}
 	return dst
+}
+
+// jcsSkipWS returns the offset of the first byte at or after js[i] that is
+// not JSON whitespace.
+func jcsSkipWS(js []byte, i int) int {
+	for i < len(js) && js[i] <= ' ' && (js[i] == ' ' || js[i] == '\n' || js[i] == '\r' || js[i] == '\t') {
+		i++
+	}
+	return i
+}
+
+// jcsSyntaxError reports that js is not JSON, at offset i.
+func jcsSyntaxError(js []byte, i int, msg string) error {
+	return fmt.Errorf("jcs: cannot parse JSON: %s at offset %d: %q", msg, i, jcsExcerpt(js, i))
+}
+
+// jcsTailError reports that a value ends before js[i], which is not
+// whitespace.
+func jcsTailError(js []byte, i int) error {
+	return fmt.Errorf("jcs: unexpected tail at offset %d: %q", i, jcsExcerpt(js, i))
+}
+
+// jcsExcerpt returns at most 32 bytes of js from offset i on.
+func jcsExcerpt(js []byte, i int) []byte {
+	i = min(i, len(js))
+	return js[i:min(len(js), i+32)]
 }

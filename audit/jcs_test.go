@@ -3,11 +3,13 @@ package audit
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
+	"math/bits"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -381,9 +383,9 @@ func jcsSign(x int) int {
 	return 0
 }
 
-// TestCanonNumberFastPath checks the literal-preserving path of canonNumber
-// against parsing the literal and writing the double, on random literals
-// crowded around its limits (15 significant digits, 1e-6).
+// TestCanonNumberFastPath checks the literal-preserving paths of jcsNumber
+// and jcsNumberValue against parsing the literal and writing the double, on
+// random literals crowded around their limits (15 significant digits, 1e-6).
 func TestCanonNumberFastPath(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	digits := func(n int, zeros bool) string {
@@ -418,7 +420,11 @@ func TestCanonNumberFastPath(t *testing.T) {
 		if rng.IntN(10) == 0 {
 			lit += "e" + strconv.Itoa(rng.IntN(50)-25)
 		}
-		got, err := canonNumber([]byte(lit), 0)
+		got, err := jcsNumber([]byte("prefix"), []byte(lit))
+		if !bytes.HasPrefix(got, []byte("prefix")) {
+			t.Fatalf("%s: got %s, prefix lost", lit, got)
+		}
+		got = got[len("prefix"):]
 		if err != nil {
 			t.Fatalf("%s: %v", lit, err)
 		}
@@ -431,6 +437,10 @@ func TestCanonNumberFastPath(t *testing.T) {
 		}
 		if want := jcsAppendNumber(nil, f); string(got) != string(want) {
 			t.Fatalf("%s: got %s, slow path %s", lit, got, want)
+		}
+		// And through AppendCanonical, which has a fast path of its own.
+		if got2, err := AppendCanonical(nil, nil, []byte(lit)); err != nil || string(got2) != string(got) {
+			t.Fatalf("%s: AppendCanonical gives %s, %v; want %s", lit, got2, err, got)
 		}
 	}
 }
@@ -1091,7 +1101,7 @@ func BenchmarkAppendCanonical(b *testing.B) {
 		}
 	})
 	// For comparison: fastjson's parse alone, which AppendCanonical
-	// includes.
+	// included before it read JSON on its own.
 	b.Run("parse-only", func(b *testing.B) {
 		b.SetBytes(int64(len(event)))
 		b.ReportAllocs()
@@ -1103,12 +1113,52 @@ func BenchmarkAppendCanonical(b *testing.B) {
 	})
 }
 
-// TestJCSPlainRun checks the word-at-a-time scan against a byte loop.
-func TestJCSPlainRun(t *testing.T) {
+// TestJCSSpecial checks the word-at-a-time scan for the bytes that end the
+// fast path of a string against a byte loop.
+func TestJCSSpecial(t *testing.T) {
+	firstSpecial := func(s []byte) int {
+		for i, b := range s {
+			if b < 0x20 || b >= 0x80 || b == '"' || b == '\\' {
+				return i
+			}
+		}
+		return len(s)
+	}
+	check := func(s []byte) {
+		t.Helper()
+		got := 8
+		if m := jcsSpecial(binary.LittleEndian.Uint64(s)); m != 0 {
+			got = bits.TrailingZeros64(m) >> 3
+		}
+		if want := firstSpecial(s); got != want {
+			t.Fatalf("jcsSpecial(%q): first special byte %d, want %d", s, got, want)
+		}
+	}
+	// Every byte at every position, after and before bytes next to the
+	// edges of the classes.
+	edges := []byte{0x00, 0x01, 0x1f, 0x20, 0x21, '"' - 1, '"', '"' + 1, '\\' - 1, '\\', '\\' + 1, 0x7e, 0x7f, 0x80, 0x81, 0xa0, 0xff}
+	s := make([]byte, 8)
+	for b := range 256 {
+		for pos := range 8 {
+			for _, e := range edges {
+				for i := range s {
+					s[i] = 'a'
+				}
+				for i := pos + 1; i < 8; i++ {
+					s[i] = e
+				}
+				s[pos] = byte(b)
+				check(s)
+				for i := range pos {
+					s[i] = e
+				}
+				check(s)
+			}
+		}
+	}
 	rng := rand.New(rand.NewPCG(7, 8))
 	special := []byte{0, 0x1f, 0x20, 0x21, '"', '#', '[', '\\', ']', 0x7f, 0x80, 0xc3, 0xff, 0x01, 0x5b}
-	for range 100000 {
-		s := make([]byte, rng.IntN(40))
+	for range 200000 {
 		for i := range s {
 			if rng.IntN(6) == 0 {
 				s[i] = special[rng.IntN(len(special))]
@@ -1116,12 +1166,129 @@ func TestJCSPlainRun(t *testing.T) {
 				s[i] = byte(0x20 + rng.IntN(0x60))
 			}
 		}
-		want := 0
-		for want < len(s) && s[want] >= 0x20 && s[want] < 0x80 && s[want] != '"' && s[want] != '\\' {
-			want++
+		check(s)
+	}
+}
+
+// TestAppendCanonicalDepth checks the nesting limit against fastjson's, which
+// AppendCanonical keeps: no value deeper than fastjson.MaxDepth, the
+// top-level value being at depth 1.
+func TestAppendCanonicalDepth(t *testing.T) {
+	var p fastjson.Parser
+	for _, n := range []int{1, 2, 150, 298, 299, 300, 301, 302} {
+		rep := strings.Repeat
+		for _, js := range []string{
+			rep("[", n) + rep("]", n),
+			rep("[", n) + "1" + rep("]", n),
+			rep("[", n) + `"x"` + rep("]", n),
+			rep("[", n) + "null" + rep("]", n),
+			rep("[", n) + "{}" + rep("]", n),
+			rep(`{"a":`, n) + "1" + rep("}", n),
+			rep(`{"a":`, n) + `"x"` + rep("}", n),
+			rep(`{"a":`, n) + "-1.5" + rep("}", n),
+			rep(`{"a":`, n) + "{}" + rep("}", n),
+			rep(`{"a":`, n) + "[]" + rep("}", n),
+			rep(`{"b":0,"a":`, n) + "true" + rep("}", n),
+			rep(`[{"a":`, n/2) + "1" + rep("}]", n/2),
+			rep(`[{"b":1,"a":`, n/2) + "1" + rep("}]", n/2),
+		} {
+			_, fjErr := p.Parse(js)
+			out, err := AppendCanonical(nil, nil, []byte(js))
+			if (err == nil) != (fjErr == nil) {
+				t.Errorf("%d, %.40s...: %v; fastjson: %v", n, js, err, fjErr)
+				continue
+			}
+			if err != nil {
+				if !strings.Contains(err.Error(), "depth") {
+					t.Errorf("%d, %.40s...: %v, want a depth error", n, js, err)
+				}
+				continue
+			}
+			if ref, err := jcsRefCanonical([]byte(js)); err != nil || !bytes.Equal(ref, out) {
+				t.Errorf("%d, %.40s...: got %.60s..., reference %.60s..., %v", n, js, out, ref, err)
+			}
 		}
-		if got := jcsPlainRun(s); got != want {
-			t.Fatalf("jcsPlainRun(%q) = %d, want %d", s, got, want)
+	}
+}
+
+// TestAppendCanonicalOrder checks member order and duplicate names on
+// objects that take each of AppendCanonical's ways: lazy objects (reached
+// through objects only) and eager ones (in arrays), in and out of order,
+// names that the sort words tell apart and names they do not, and objects
+// small and large, against the reference.
+func TestAppendCanonicalOrder(t *testing.T) {
+	docs := []string{
+		`{"b":{"d":1,"c":[{"f":1,"e":{"h":2,"g":3}}]},"a":{"y":{"z":1,"x":2}},"c":[]}`,
+		`{"a":{"b":{"c":{"e":1,"d":2}}},"b":[[{"z":{"y":1,"x":2},"a":[{"q":1,"p":2}]}]]}`,
+		`{"a":1,"b":{"c":2,"d":{"e":3}},"f":[{"g":4,"h":5}]}`, // all in order
+		`{"a":1,"b":{"c":2,"d":{"f":3,"e":4}}}`,               // in order but for a grandchild
+		`[{"b":{"d":1,"c":2},"a":0},{"a":{"c":1,"b":2}}]`,
+		`{"abcdefgh1":1,"abcdefgh0":2,"abcdefg":3,"abcdefgh":4,"abcdefgi":5,"abcdefg\u0000":6}`,
+		`{"a\u0000":1,"a":2,"a\u0000\u0000":3,"":4,"\u0000":5}`,
+		`{"a\"b":1,"a\\b":2,"a b":3,"a\nb":4,"a\"":5,"a\\":6}`,
+		`{"\u00e9":1,"e":2,"\ud83d\ude00":3,"\uffff":4,"abcdefgh":{"y":1,"x":2}}`,
+		`{"long name number one":1,"long name number two":{"b":1,"a":2},"long name number":3}`,
+	}
+	// Objects with 5, 33, 256 and 257 members, in random order, with names
+	// that share long prefixes.
+	rng := rand.New(rand.NewPCG(9, 10))
+	for _, n := range []int{5, 33, 256, 257, 600} {
+		names := make([]string, n)
+		for i := range names {
+			names[i] = fmt.Sprintf("%s%d", []string{"k", "prefix_", "a_very_long_prefix_", ""}[i%4], i)
+		}
+		rng.Shuffle(n, func(i, j int) { names[i], names[j] = names[j], names[i] })
+		var b strings.Builder
+		b.WriteString("{")
+		for i, name := range names {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			fmt.Fprintf(&b, `"%s":{"z":%d,"a":[{"y":1,"x":%d}]}`, name, i, i)
+		}
+		b.WriteString("}")
+		docs = append(docs, b.String(), "["+b.String()+"]")
+	}
+	for _, doc := range docs {
+		got, err := AppendCanonical(nil, nil, []byte(doc))
+		want, refErr := jcsRefCanonical([]byte(doc))
+		if err != nil || refErr != nil || !bytes.Equal(got, want) {
+			t.Errorf("%.80s...:\ngot  %.300s, %v\nwant %.300s, %v", doc, got, err, want, refErr)
+		}
+	}
+
+	for _, doc := range []string{
+		`{"abcdefghij":1,"abcdefghij":2}`,
+		`{"abcdefgh1":1,"abcdefgh0":2,"abcdefgh1":3}`,
+		`{"a\u0000":1,"a":2,"a\u0000":3}`,
+		`{"a\"b":1,"a\u0022b":2}`,
+		`{"x":{"k":1,"j":0,"k":2}}`,
+		`[{"k":1,"k":2}]`,
+		`{"x":[{"y":{"k":1,"k":2}}]}`,
+		`{"\u00e9":1,"é":2}`,
+		"{" + strings.Repeat(`"a":1,`, 300) + `"a":1}`,
+		"{" + strings.Repeat(`"a":1,`, 40) + `"a":1}`,
+	} {
+		if _, err := AppendCanonical(nil, nil, []byte(doc)); err == nil || !strings.Contains(err.Error(), "duplicate key") {
+			t.Errorf("%.60s: %v, want a duplicate key error", doc, err)
+		}
+	}
+}
+
+// TestAppendCanonicalErrorKeepsDst checks that a failing call writes
+// nothing to dst, its spare capacity included.
+func TestAppendCanonicalErrorKeepsDst(t *testing.T) {
+	for _, js := range []string{`{"b":1,"a":[1,2,"x"],"a":3}`, `{"a":"` + strings.Repeat("x", 100) + `\q"}`, `[1,2,3,1e999]`, `{"a":1} x`} {
+		dst := make([]byte, 3, 1000)
+		for i := range dst[:cap(dst)] {
+			dst[:cap(dst)][i] = '#'
+		}
+		out, err := AppendCanonical(dst, nil, []byte(js))
+		if err == nil {
+			t.Fatalf("%s: no error", js)
+		}
+		if len(out) != 3 || strings.Trim(string(dst[:cap(dst)]), "#") != "" {
+			t.Errorf("%s: dst changed: %q", js, dst[:cap(dst)])
 		}
 	}
 }
