@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/valyala/fastjson"
@@ -48,24 +52,45 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 	}
 
 	pr := audit.NewProver()
-	var p fastjson.Parser
+	match := requestIDMatcher(*requestID)
 	var found [][]byte
-	for _, path := range fs.Args() {
-		err := readEvents(path, func(ev []byte) {
-			v, err := p.ParseBytes(ev)
-			if err != nil {
-				return
-			}
-			keep := string(v.GetStringBytes("request_id")) == *requestID
-			if keep {
-				found = append(found, append([]byte(nil), ev...))
-			}
-			if len(keys) > 0 {
+	if len(keys) > 0 {
+		// The proof needs every event of the log, in order per file.
+		for _, path := range fs.Args() {
+			err := readEvents(path, func(ev []byte) {
+				keep := match(ev)
+				if keep {
+					found = append(found, append([]byte(nil), ev...))
+				}
 				_ = pr.Add(ev, keep)
+			})
+			if err != nil {
+				return fmt.Errorf("show: %w", err)
+			}
+		}
+	} else {
+		// Only the event is needed: read files side by side, and keep the
+		// events in the order one reader would have found them.
+		type hit struct {
+			src int
+			ev  []byte
+		}
+		var mu sync.Mutex
+		var hits []hit
+		err := readEventsConcurrently(fs.Args(), showReaders(), func(src int, ev []byte) {
+			if match(ev) {
+				ev = append([]byte(nil), ev...)
+				mu.Lock()
+				hits = append(hits, hit{src, ev})
+				mu.Unlock()
 			}
 		})
 		if err != nil {
 			return fmt.Errorf("show: %w", err)
+		}
+		sort.SliceStable(hits, func(i, j int) bool { return hits[i].src < hits[j].src })
+		for _, h := range hits {
+			found = append(found, h.ev)
 		}
 	}
 	if len(found) == 0 {
@@ -139,4 +164,82 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "--- request body ---\n%s\n--- response body ---\n%s\n", req, resp)
 	return nil
+}
+
+// showReaders is how many files show reads at once: one per core, each
+// decompressing its own segment.
+func showReaders() int { return min(runtime.GOMAXPROCS(0), 16) }
+
+// requestIDMatcher returns a function, safe for concurrent use, that reports
+// whether an event's request_id is id.
+//
+// Parsing every event dominates a search through millions of them, so an
+// event is parsed only if its bytes contain id: a JSON encoder writes these
+// characters as they are, except for ones an encoder may escape (quote,
+// backslash, control characters, non-ASCII, and the / < > & some encoders
+// escape), for which every event is parsed.
+func requestIDMatcher(id string) func(ev []byte) bool {
+	literal := id != ""
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c < 0x20 || c >= 0x7f || strings.IndexByte(`"\/<>&`, c) >= 0 {
+			literal = false
+			break
+		}
+	}
+	needle := []byte(id)
+	anchor := rareByte(needle)
+	var parsers fastjson.ParserPool
+	return func(ev []byte) bool {
+		if literal && !containsAnchored(ev, needle, anchor) {
+			return false
+		}
+		p := parsers.Get()
+		defer parsers.Put(p)
+		v, err := p.ParseBytes(ev)
+		if err != nil {
+			return false
+		}
+		return string(v.GetStringBytes("request_id")) == id
+	}
+}
+
+// rareByte returns the index of the byte of needle likely rarest in audit
+// events, which are mostly lowercase hex, digits, JSON punctuation and
+// snake_case keys: better an uppercase letter or punctuation such as -, then
+// another lowercase letter.
+func rareByte(needle []byte) int {
+	rank := func(c byte) int {
+		switch {
+		case c >= '0' && c <= '9', c >= 'a' && c <= 'f', strings.IndexByte(`":,{} `, c) >= 0:
+			return 2
+		case c >= 'g' && c <= 'z', c == '_', c == '.':
+			return 1
+		}
+		return 0
+	}
+	best := 0
+	for i := range needle {
+		if rank(needle[i]) < rank(needle[best]) {
+			best = i
+		}
+	}
+	return best
+}
+
+// containsAnchored is bytes.Contains(s, needle), searching for needle[k]
+// first: bytes.Index looks for needle[0], and a request id such as a UUID
+// starts with a hex digit, which every event holds hundreds of.
+func containsAnchored(s, needle []byte, k int) bool {
+	c := needle[k]
+	for i := k; i < len(s); i++ {
+		j := bytes.IndexByte(s[i:], c)
+		if j < 0 {
+			return false
+		}
+		i += j
+		if start := i - k; start+len(needle) <= len(s) && bytes.Equal(s[start:start+len(needle)], needle) {
+			return true
+		}
+	}
+	return false
 }

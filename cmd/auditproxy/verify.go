@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/auditproxy/auditproxy/audit"
@@ -126,16 +128,104 @@ func readEvents(path string, add func([]byte)) error {
 		if err != nil {
 			return err
 		}
-		name := d.Name()
-		if d.IsDir() || !(shipper.IsSegmentFile(name) || strings.HasSuffix(name, ".ndjson") ||
-			strings.HasSuffix(name, ".jsonl") || strings.HasSuffix(name, ".json")) {
+		if d.IsDir() || !isEventFileName(d.Name()) {
 			return nil
-		}
-		if name == "state.json" || name == "log.json" {
-			return nil // a spool's own state files
 		}
 		return readEventFile(p, add)
 	})
+}
+
+// isEventFileName reports whether a file of this name in a directory holds
+// events: JSON lines or a spool segment, but not a spool's own state files.
+func isEventFileName(name string) bool {
+	if name == "state.json" || name == "log.json" {
+		return false
+	}
+	return shipper.IsSegmentFile(name) || strings.HasSuffix(name, ".ndjson") ||
+		strings.HasSuffix(name, ".jsonl") || strings.HasSuffix(name, ".json")
+}
+
+// eventSources returns the files readEvents reads for path, in the order it
+// reads them: path itself (or - for stdin) or the event files under the
+// directory path.
+func eventSources(path string) ([]string, error) {
+	if path == "-" {
+		return []string{path}, nil
+	}
+	info, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !info.IsDir() {
+		return []string{path}, nil
+	}
+	var files []string
+	err = filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && isEventFileName(d.Name()) {
+			files = append(files, p)
+		}
+		return nil
+	})
+	return files, err
+}
+
+// readEventsConcurrently calls add with every event found at paths, as
+// readEvents does for each path, reading up to workers files at once (a
+// sealed segment decompresses on one core). add is called concurrently for
+// different files, and in order for the events of one file; src is the
+// file's index in the order readEvents would read them, across paths, so
+// that a caller can restore that order. Stdin (-) is read once.
+func readEventsConcurrently(paths []string, workers int, add func(src int, ev []byte)) error {
+	var srcs []string
+	stdin := false
+	for _, path := range paths {
+		if path == "-" {
+			if stdin {
+				continue // already read to its end
+			}
+			stdin = true
+		}
+		files, err := eventSources(path)
+		if err != nil {
+			return err
+		}
+		srcs = append(srcs, files...)
+	}
+	errs := make([]error, len(srcs))
+	var next atomic.Int64
+	var failed atomic.Bool
+	var wg sync.WaitGroup
+	for range max(1, min(workers, len(srcs))) {
+		wg.Go(func() {
+			for !failed.Load() {
+				i := int(next.Add(1) - 1)
+				if i >= len(srcs) {
+					return
+				}
+				fn := func(ev []byte) { add(i, ev) }
+				var err error
+				if srcs[i] == "-" {
+					err = readLines(os.Stdin, fn)
+				} else {
+					err = readEventFile(srcs[i], fn)
+				}
+				if err != nil {
+					errs[i] = err
+					failed.Store(true)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func readEventFile(path string, add func([]byte)) error {
