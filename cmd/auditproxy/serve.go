@@ -64,6 +64,7 @@ type serveConfig struct {
 	checkpointEvery     int
 	checkpointDir       string
 	checkpointURL       string
+	witnessURL          string
 	capturePayloads     bool
 	payloadRecipients   stringList
 	captureMaxBytes     byteSize
@@ -109,6 +110,7 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.DurationVar(&c.checkpointInterval, "checkpoint-interval", 10*time.Second, "sign a checkpoint of the log at least this often, idle or not (`duration`)")
 	fs.IntVar(&c.checkpointEvery, "checkpoint-every", 1000, "sign a checkpoint after this many `events` at the latest")
 	fs.StringVar(&c.checkpointDir, "checkpoint-dir", "", "`directory` (another volume) that keeps a second copy of every checkpoint, apart from the spool and the aggregator")
+	fs.StringVar(&c.witnessURL, "witness-url", "", "C2SP tlog-witness `URL` to submit each checkpoint to (with a consistency proof); cosignatures are kept in DATA-DIR/cosignatures.ndjson")
 	fs.StringVar(&c.checkpointURL, "checkpoint-url", "", "`URL` that receives a copy of every checkpoint event by HTTP POST (JSON), apart from the spool and the aggregator")
 	fs.BoolVar(&c.capturePayloads, "capture-payloads", false, "encrypt each request's bodies into its event, to the --payload-recipient keys (auditproxy show decrypts them)")
 	fs.Var(&c.payloadRecipients, "payload-recipient", "age public `key` (age1...) the captured bodies are encrypted to; repeat for several; the sidecar holds no key that decrypts them")
@@ -150,6 +152,7 @@ type instance struct {
 	shipper  *shipper.Shipper          // nil without --forward
 	cpDir    *shipper.CheckpointDir    // nil without --checkpoint-dir
 	cpPoster *shipper.CheckpointPoster // nil without --checkpoint-url
+	witness  *shipper.Witness          // nil without --witness-url
 	source   audit.Source
 	gpuRef   atomic.Pointer[string] // digest of the current GPU identity; nil without NVML
 	gpu      *gpu.Reader
@@ -251,12 +254,16 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 			return nil, err
 		}
 	}
+	var witness atomic.Pointer[shipper.Witness] // set once the spool (its hashes) is open
 	logOpts.OnCheckpoint = func(ev []byte) {
 		if cpDir != nil {
 			cpDir.Write(ev)
 		}
 		if cpPoster != nil {
 			cpPoster.Write(ev)
+		}
+		if w := witness.Load(); w != nil {
+			w.Submit(ev)
 		}
 	}
 	spool, err := shipper.OpenSpool(c.dataDir, shipper.SpoolOptions{
@@ -291,6 +298,17 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 		return nil, err
 	}
 	inst := &instance{cfg: c, log: logger, spool: spool, cpDir: cpDir, cpPoster: cpPoster, serveErr: make(chan error, 2)}
+	if c.witnessURL != "" {
+		w, err := shipper.NewWitness(shipper.WitnessOptions{URL: c.witnessURL, Hashes: spool.TreeHashes(),
+			StateFile: filepath.Join(c.dataDir, "witness.json"), CosignatureFile: filepath.Join(c.dataDir, "cosignatures.ndjson"),
+			Logger: logger})
+		if err != nil {
+			spool.Close()
+			return nil, usageError{"--witness-url: " + err.Error()}
+		}
+		witness.Store(w)
+		inst.witness = w
+	}
 	if c.forward != "" {
 		inst.shipper, err = shipper.NewShipper(spool, shipper.ForwardOptions{
 			Address:            c.forward,
@@ -435,6 +453,11 @@ func (inst *instance) shutdown() error {
 	if inst.cpPoster != nil {
 		if cerr := inst.cpPoster.Close(5 * time.Second); cerr != nil {
 			inst.log.Warn("checkpoint copies not posted", "err", cerr)
+		}
+	}
+	if inst.witness != nil {
+		if cerr := inst.witness.Close(5 * time.Second); cerr != nil {
+			inst.log.Warn("checkpoints not cosigned by the witness", "err", cerr)
 		}
 	}
 	drained := true
