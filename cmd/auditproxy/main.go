@@ -13,6 +13,7 @@
 //	auditproxy prove    print an inclusion proof for one request's event
 //	auditproxy verify-proof  check such a proof with only the verifier key
 //	auditproxy show     reconstruct one request: decrypted bodies, hashes, proof
+//	auditproxy query    select events by time, model, key id, request, outcome, type; --stats
 //	auditproxy version  print the version
 //
 // Every flag can also be set as an environment variable AUDITPROXY_<FLAG>,
@@ -49,6 +50,7 @@ Usage:
   auditproxy prove --request-id ID PATH...                    inclusion proof for one request's event
   auditproxy verify-proof --pubkey FILE.pub [PROOF]           check a proof without the log
   auditproxy show --request-id ID --identity F PATH...        reconstruct a request from the log
+  auditproxy query [--since T --model M ...] [--stats] PATH... select events, or their statistics
   auditproxy version                                          print the version
 
 Run "auditproxy COMMAND --help" for a command's flags. Every flag can also be
@@ -80,6 +82,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runVerify(rest, stdout, stderr)
 	case "prove":
 		err = runProve(rest, stdout, stderr)
+	case "query":
+		err = runQuery(rest, stdout, stderr)
 	case "show":
 		err = runShow(rest, stdout, stderr)
 	case "verify-proof":

@@ -1,0 +1,557 @@
+package audit
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/valyala/fastjson"
+)
+
+// This file is the reading side of the events: selecting them (Filter,
+// Query), dropping repeats (IDSet) and summarizing inference events (Stats),
+// for the query command and anything else that scans logs.
+
+// Outcomes returns every Outcome an event can have, in the order of their
+// declaration.
+func Outcomes() []Outcome {
+	return []Outcome{OutcomeOK, OutcomeUpstreamError, OutcomeUpstreamUnreachable,
+		OutcomeUpstreamTimeout, OutcomeClientCancelled, OutcomeRejected}
+}
+
+// ParseOutcome returns s as an Outcome, or an error naming the outcomes
+// there are when s is none of them.
+func ParseOutcome(s string) (Outcome, error) {
+	all := Outcomes()
+	names := make([]string, len(all))
+	for i, o := range all {
+		if string(o) == s {
+			return o, nil
+		}
+		names[i] = string(o)
+	}
+	return "", fmt.Errorf("unknown outcome %q: want one of %s", s, strings.Join(names, ", "))
+}
+
+// Filter says which events a Query selects. Every criterion that is set must
+// hold (AND); within one list, any of its values will do (OR). The zero
+// Filter selects every event.
+//
+// The string criteria compare exact, whole values of one member of the
+// event, after JSON unescaping. A criterion on a member an event lacks
+// selects it only through the empty value "": Models: [""] selects events
+// without a model name (checkpoints among them), APIKeyIDs: [""] events
+// whose api_key_id is null or absent.
+type Filter struct {
+	// Since and Until bound the event's "time": Since <= time < Until
+	// (Since inclusive, Until exclusive). A zero time leaves its side open.
+	Since, Until time.Time
+	// Types selects on "type": TypeInference, TypeCheckpoint, "log_started".
+	Types []string
+	// Models selects on "model"."name", the model the request asked for.
+	Models []string
+	// APIKeyIDs selects on "api_key_id": the keyed id of a bearer token
+	// ("k1:<hex>", see package hashing), never the token itself.
+	APIKeyIDs []string
+	// RequestIDs selects on "request_id" (the X-Request-Id of the request).
+	RequestIDs []string
+	// Outcomes selects on "status"."outcome"; each must be one of Outcomes().
+	Outcomes []Outcome
+}
+
+// Query is a compiled Filter. It keeps no state between events and is safe
+// for concurrent use; the fastjson.Parser given to each call is not.
+type Query struct {
+	since, until time.Time
+	fields       []fieldFilter
+}
+
+// fieldFilter is one string criterion.
+type fieldFilter struct {
+	path   []string
+	values [][]byte
+	// needles are the values as JSON strings ("value", quotes included),
+	// for the raw pre-check; nil when a value is "" (which also matches an
+	// absent member, so the raw bytes prove nothing).
+	needles [][]byte
+}
+
+// NewQuery compiles f. It fails when an outcome is unknown or when Since is
+// not before Until.
+func NewQuery(f Filter) (*Query, error) {
+	for _, o := range f.Outcomes {
+		if _, err := ParseOutcome(string(o)); err != nil {
+			return nil, err
+		}
+	}
+	if !f.Since.IsZero() && !f.Until.IsZero() && !f.Since.Before(f.Until) {
+		return nil, fmt.Errorf("since %s is not before until %s",
+			f.Since.Format(time.RFC3339Nano), f.Until.Format(time.RFC3339Nano))
+	}
+	q := &Query{since: f.Since, until: f.Until}
+	outcomes := make([]string, len(f.Outcomes))
+	for i, o := range f.Outcomes {
+		outcomes[i] = string(o)
+	}
+	// Most selective first: the first criterion whose value is absent from
+	// the raw bytes ends the pre-check.
+	for _, c := range []struct {
+		values []string
+		path   []string
+	}{
+		{f.RequestIDs, []string{"request_id"}},
+		{f.APIKeyIDs, []string{"api_key_id"}},
+		{f.Models, []string{"model", "name"}},
+		{outcomes, []string{"status", "outcome"}},
+		{f.Types, []string{"type"}},
+	} {
+		if len(c.values) == 0 {
+			continue
+		}
+		ff := fieldFilter{path: c.path}
+		usable := true
+		for _, v := range c.values {
+			ff.values = append(ff.values, []byte(v))
+			usable = usable && v != ""
+			ff.needles = append(ff.needles, []byte(`"`+v+`"`))
+		}
+		if !usable {
+			ff.needles = nil
+		}
+		q.fields = append(q.fields, ff)
+	}
+	return q, nil
+}
+
+// Match reports whether event, one JSON object, is selected by the query.
+// See MatchValue.
+func (q *Query) Match(p *fastjson.Parser, event []byte) (bool, error) {
+	v, err := q.MatchValue(p, event)
+	return v != nil, err
+}
+
+// MatchValue returns the parsed event when event, one JSON object, is
+// selected by the query, and nil when it is not. The value lives in p's
+// memory: it is valid until p parses again.
+//
+// Before parsing, it rules events out from their raw bytes: an event that
+// holds no backslash has no JSON escapes, so each of its string values
+// appears verbatim between quotes, and one in which no wanted value of a
+// string criterion so appears cannot match. Such an event is not parsed, so
+// it is not checked for being JSON either: an error (not JSON, not an
+// object, a "time" that is not an RFC 3339 time when the query bounds time)
+// is returned only for events the pre-check lets through.
+func (q *Query) MatchValue(p *fastjson.Parser, event []byte) (*fastjson.Value, error) {
+	escaped := -1 // unknown; then 0 or 1
+	for i := range q.fields {
+		ff := &q.fields[i]
+		if ff.needles == nil || containsAny(event, ff.needles) {
+			continue
+		}
+		if escaped < 0 {
+			escaped = 0
+			if bytes.IndexByte(event, '\\') >= 0 {
+				escaped = 1
+			}
+		}
+		if escaped == 0 {
+			return nil, nil
+		}
+		break // with escapes, the raw bytes prove nothing
+	}
+	v, err := p.ParseBytes(event)
+	if err != nil {
+		return nil, fmt.Errorf("not JSON: %w", err)
+	}
+	if v.Type() != fastjson.TypeObject {
+		return nil, errors.New("not a JSON object")
+	}
+	for i := range q.fields {
+		if !q.fields[i].match(v) {
+			return nil, nil
+		}
+	}
+	if !q.since.IsZero() || !q.until.IsZero() {
+		t, err := EventTime(v)
+		if err != nil {
+			return nil, err
+		}
+		if !q.since.IsZero() && t.Before(q.since) || !q.until.IsZero() && !t.Before(q.until) {
+			return nil, nil
+		}
+	}
+	return v, nil
+}
+
+func containsAny(event []byte, needles [][]byte) bool {
+	for _, n := range needles {
+		if bytes.Contains(event, n) {
+			return true
+		}
+	}
+	return false
+}
+
+func (ff *fieldFilter) match(v *fastjson.Value) bool {
+	var got []byte // absent and null read as ""
+	if m := v.Get(ff.path...); m != nil {
+		switch m.Type() {
+		case fastjson.TypeString:
+			got = m.GetStringBytes()
+		case fastjson.TypeNull:
+		default:
+			return false
+		}
+	}
+	for _, want := range ff.values {
+		if bytes.Equal(got, want) {
+			return true
+		}
+	}
+	return false
+}
+
+// EventTime returns an event's "time", which must be an RFC 3339 time.
+func EventTime(v *fastjson.Value) (time.Time, error) {
+	m := v.Get("time")
+	if m == nil {
+		return time.Time{}, errors.New(`event has no "time"`)
+	}
+	b, err := m.StringBytes()
+	if err != nil {
+		return time.Time{}, errors.New(`event "time" is not a string`)
+	}
+	return ParseTime(b)
+}
+
+// ParseTime parses an RFC 3339 time. Events' times, written as Timestamp
+// writes them (UTC, nine fractional digits), take a fast path.
+func ParseTime(b []byte) (time.Time, error) {
+	if t, ok := parseTimestamp(b); ok {
+		return t, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, string(b))
+	if err != nil {
+		return time.Time{}, fmt.Errorf("event time %q is not an RFC 3339 time", b)
+	}
+	return t, nil
+}
+
+// parseTimestamp parses exactly the layout "2006-01-02T15:04:05.000000000Z".
+func parseTimestamp(b []byte) (time.Time, bool) {
+	if len(b) != len(timestampLayout) || b[4] != '-' || b[7] != '-' || b[10] != 'T' ||
+		b[13] != ':' || b[16] != ':' || b[19] != '.' || b[29] != 'Z' {
+		return time.Time{}, false
+	}
+	num := func(s []byte) (int, bool) {
+		n := 0
+		for _, c := range s {
+			if c < '0' || c > '9' {
+				return 0, false
+			}
+			n = n*10 + int(c-'0')
+		}
+		return n, true
+	}
+	y, ok1 := num(b[0:4])
+	mo, ok2 := num(b[5:7])
+	d, ok3 := num(b[8:10])
+	h, ok4 := num(b[11:13])
+	mi, ok5 := num(b[14:16])
+	s, ok6 := num(b[17:19])
+	ns, ok7 := num(b[20:29])
+	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6 && ok7) || mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || s > 59 {
+		return time.Time{}, false
+	}
+	t := time.Date(y, time.Month(mo), d, h, mi, s, ns, time.UTC)
+	if t.Day() != d { // 31 April and the like; time.Parse says why
+		return time.Time{}, false
+	}
+	return t, true
+}
+
+// IDSet remembers event ids, to drop the repeats of an event that
+// at-least-once shipping delivers more than once (same event, same "id").
+// Ids in the canonical form NewID writes take 16 bytes each; others are kept
+// as strings. The zero IDSet is empty and ready to use.
+type IDSet struct {
+	uuids map[[16]byte]struct{}
+	other map[string]struct{}
+}
+
+// Add adds id and reports whether it was not in the set yet. An empty id
+// (an event without one) is never a repeat: Add returns true.
+func (s *IDSet) Add(id []byte) bool {
+	if len(id) == 0 {
+		return true
+	}
+	if u, ok := parseUUID(id); ok {
+		if s.uuids == nil {
+			s.uuids = map[[16]byte]struct{}{}
+		}
+		if _, dup := s.uuids[u]; dup {
+			return false
+		}
+		s.uuids[u] = struct{}{}
+		return true
+	}
+	if s.other == nil {
+		s.other = map[string]struct{}{}
+	}
+	if _, dup := s.other[string(id)]; dup {
+		return false
+	}
+	s.other[string(id)] = struct{}{}
+	return true
+}
+
+// Len returns the number of ids in the set.
+func (s *IDSet) Len() int { return len(s.uuids) + len(s.other) }
+
+// parseUUID parses the lower-case canonical form only, so that two ids map
+// to the same key exactly when they are the same string.
+func parseUUID(b []byte) (u [16]byte, ok bool) {
+	if len(b) != 36 || b[8] != '-' || b[13] != '-' || b[18] != '-' || b[23] != '-' {
+		return u, false
+	}
+	j := 0
+	for i := 0; i < 36; {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			i++
+			continue
+		}
+		hi, ok1 := lowerHex(b[i])
+		lo, ok2 := lowerHex(b[i+1])
+		if !ok1 || !ok2 {
+			return u, false
+		}
+		u[j] = hi<<4 | lo
+		i += 2
+		j++
+	}
+	return u, true
+}
+
+func lowerHex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
+}
+
+// Stats summarizes inference events; it ignores events of other types. Add
+// each event once (drop repeats first, with an IDSet): Stats counts what it
+// is given. It keeps two float64s per event (total latency, and TTFT for
+// streamed events) for exact percentiles, and sums and counts per model. The
+// zero Stats is empty and ready to use.
+type Stats struct {
+	models map[string]*statsAcc
+}
+
+type statsAcc struct {
+	events, errors int64
+	outcomes       map[string]int64
+	first, last    time.Time
+	total, ttft    []float64
+	in, out        int64
+}
+
+// Add counts one event, given parsed. An inference event must have an RFC
+// 3339 "time"; every other member it lacks is left out of the figures: no
+// latency_ms.total, no latency sample; no ttft (a response that was not
+// streamed), no TTFT sample; null token counts (the upstream reported
+// none), nothing added to the sums. An event of another type is ignored
+// and Add returns nil.
+func (s *Stats) Add(v *fastjson.Value) error {
+	if string(v.GetStringBytes("type")) != TypeInference {
+		return nil
+	}
+	t, err := EventTime(v)
+	if err != nil {
+		return err
+	}
+	if s.models == nil {
+		s.models = map[string]*statsAcc{}
+	}
+	model := v.GetStringBytes("model", "name")
+	a := s.models[string(model)]
+	if a == nil {
+		a = &statsAcc{outcomes: map[string]int64{}}
+		s.models[string(model)] = a
+	}
+	if a.events == 0 || t.Before(a.first) {
+		a.first = t
+	}
+	if a.events == 0 || t.After(a.last) {
+		a.last = t
+	}
+	a.events++
+	outcome := v.GetStringBytes("status", "outcome")
+	a.outcomes[string(outcome)]++
+	if string(outcome) != string(OutcomeOK) {
+		a.errors++
+	}
+	if f, ok := number(v, "latency_ms", "total"); ok {
+		a.total = append(a.total, f)
+	}
+	if f, ok := number(v, "latency_ms", "ttft"); ok {
+		a.ttft = append(a.ttft, f)
+	}
+	if f, ok := number(v, "input", "tokens"); ok {
+		a.in += int64(f)
+	}
+	if f, ok := number(v, "output", "tokens"); ok {
+		a.out += int64(f)
+	}
+	return nil
+}
+
+func number(v *fastjson.Value, path ...string) (float64, bool) {
+	m := v.Get(path...)
+	if m == nil || m.Type() != fastjson.TypeNumber {
+		return 0, false
+	}
+	f, err := m.Float64()
+	return f, err == nil && !math.IsNaN(f) && !math.IsInf(f, 0)
+}
+
+// StatsSummary is what Stats found: the figures over all inference events,
+// then the same per model.
+type StatsSummary struct {
+	StatsGroup
+	// Models has one entry per model name (the empty name for events
+	// without one), most events first, then by name.
+	Models []ModelStats `json:"models"`
+}
+
+// ModelStats are the figures of one model's events.
+type ModelStats struct {
+	Model string `json:"model"`
+	StatsGroup
+}
+
+// StatsGroup holds the figures of a set of inference events.
+type StatsGroup struct {
+	// Events counts the events.
+	Events int64 `json:"events"`
+	// First and Last are the earliest and the latest event time; absent
+	// when there are no events.
+	First Timestamp `json:"first,omitzero"`
+	Last  Timestamp `json:"last,omitzero"`
+	// Errors counts the events whose status.outcome is not "ok";
+	// ErrorRate is Errors/Events (0 without events).
+	Errors    int64   `json:"errors"`
+	ErrorRate float64 `json:"error_rate"`
+	// Outcomes counts the events by status.outcome.
+	Outcomes map[string]int64 `json:"outcomes"`
+	// Latency has the percentiles of latency_ms.total and latency_ms.ttft.
+	Latency LatencyStats `json:"latency_ms"`
+	// InputTokens and OutputTokens sum input.tokens and output.tokens
+	// where the upstream reported them.
+	InputTokens  int64 `json:"input_tokens"`
+	OutputTokens int64 `json:"output_tokens"`
+}
+
+// LatencyStats are latency percentiles in milliseconds; a member is nil
+// when no event had that latency (TTFT exists for streamed responses only).
+type LatencyStats struct {
+	Total *Percentiles `json:"total"`
+	TTFT  *Percentiles `json:"ttft"`
+}
+
+// Percentiles are exact nearest-rank percentiles of Count samples: the
+// p-th percentile is the ceil(p/100*Count)-th smallest sample, so it is
+// always a value that was recorded.
+type Percentiles struct {
+	Count int64   `json:"count"`
+	P50   float64 `json:"p50"`
+	P95   float64 `json:"p95"`
+	P99   float64 `json:"p99"`
+}
+
+// Summary computes the figures of the events added so far. It sorts the
+// samples it keeps; Add may still be called after it.
+func (s *Stats) Summary() StatsSummary {
+	var sum StatsSummary
+	sum.Outcomes = map[string]int64{}
+	sum.Models = []ModelStats{}
+	var all statsAcc
+	for name, a := range s.models {
+		sum.Models = append(sum.Models, ModelStats{Model: name, StatsGroup: a.group()})
+		if all.events == 0 || a.first.Before(all.first) {
+			all.first = a.first
+		}
+		if all.events == 0 || a.last.After(all.last) {
+			all.last = a.last
+		}
+		all.events += a.events
+		all.errors += a.errors
+		all.in += a.in
+		all.out += a.out
+		all.total = append(all.total, a.total...)
+		all.ttft = append(all.ttft, a.ttft...)
+		for o, n := range a.outcomes {
+			sum.Outcomes[o] += n
+		}
+	}
+	outcomes := sum.Outcomes
+	sum.StatsGroup = all.group()
+	sum.Outcomes = outcomes
+	slices.SortFunc(sum.Models, func(a, b ModelStats) int {
+		if a.Events != b.Events {
+			if a.Events > b.Events {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.Model, b.Model)
+	})
+	return sum
+}
+
+func (a *statsAcc) group() StatsGroup {
+	g := StatsGroup{Events: a.events, Errors: a.errors, Outcomes: map[string]int64{},
+		InputTokens: a.in, OutputTokens: a.out}
+	for o, n := range a.outcomes {
+		g.Outcomes[o] = n
+	}
+	if a.events > 0 {
+		g.First, g.Last = Timestamp(a.first.UTC()), Timestamp(a.last.UTC())
+		g.ErrorRate = float64(a.errors) / float64(a.events)
+	}
+	g.Latency.Total = percentiles(a.total)
+	g.Latency.TTFT = percentiles(a.ttft)
+	return g
+}
+
+// percentiles sorts samples and returns their nearest-rank percentiles, or
+// nil for no samples.
+func percentiles(samples []float64) *Percentiles {
+	if len(samples) == 0 {
+		return nil
+	}
+	slices.Sort(samples)
+	return &Percentiles{Count: int64(len(samples)),
+		P50: NearestRank(samples, 50), P95: NearestRank(samples, 95), P99: NearestRank(samples, 99)}
+}
+
+// NearestRank returns the p-th percentile (0 < p <= 100) of sorted, a
+// non-empty ascending slice: its ceil(p/100*len)-th smallest element.
+func NearestRank(sorted []float64, p int) float64 {
+	n := len(sorted)
+	rank := (p*n + 99) / 100 // ceil(p*n/100), exact in integers
+	if rank < 1 {
+		rank = 1
+	}
+	if rank > n {
+		rank = n
+	}
+	return sorted[rank-1]
+}
