@@ -124,7 +124,7 @@ func (v *Verifier) add(event []byte) error {
 	}
 	id := string(val.GetStringBytes("id"))
 	typ := string(val.GetStringBytes("type"))
-	if t, err := time.Parse(time.RFC3339Nano, string(val.GetStringBytes("time"))); err == nil {
+	if t, err := ParseTime(val.GetStringBytes("time")); err == nil {
 		rec.time = t.UnixNano()
 	}
 	var cp *cpRec
