@@ -351,14 +351,7 @@ func saveLogFile(dir, origin string) error {
 	if old, err := os.ReadFile(path); err == nil && bytes.Equal(bytes.TrimSpace(old), b) {
 		return nil
 	}
-	tmp := path + tmpExt
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(dir)
+	return writeFileAtomic(path, append(b, '\n'))
 }
 
 // lastRecords returns the spool's newest record and its newest checkpoint

@@ -46,13 +46,22 @@ func saveState(dir string, st spoolState) error {
 	if err != nil {
 		return err
 	}
-	path := filepath.Join(dir, stateFileName)
+	if err := writeFileAtomic(filepath.Join(dir, stateFileName), append(b, '\n')); err != nil {
+		return fmt.Errorf("write spool state: %w", err)
+	}
+	return nil
+}
+
+// writeFileAtomic replaces path with data (mode 0600) so that a crash
+// leaves the old file or the new one, never a mix: write a temporary file,
+// fsync it, rename it over path, fsync the directory.
+func writeFileAtomic(path string, data []byte) error {
 	tmp := path + tmpExt
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		return fmt.Errorf("write spool state: %w", err)
+		return err
 	}
-	_, err = f.Write(append(b, '\n'))
+	_, err = f.Write(data)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -63,10 +72,7 @@ func saveState(dir string, st spoolState) error {
 		err = os.Rename(tmp, path)
 	}
 	if err == nil {
-		err = syncDir(dir)
+		err = syncDir(filepath.Dir(path))
 	}
-	if err != nil {
-		return fmt.Errorf("write spool state: %w", err)
-	}
-	return nil
+	return err
 }
