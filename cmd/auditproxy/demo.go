@@ -130,7 +130,7 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 			time.Sleep(20 * time.Millisecond)
 		}
 		outMu.Lock()
-		fmt.Fprintf(stdout, "aggregator (the demo's forward receiver at %s): %d inference events received and acknowledged, with %d log events (start, checkpoints)\n\n",
+		fmt.Fprintf(stdout, "aggregator (the demo's forward receiver at %s): %d inference events received and acknowledged, and %d other log events (start, versions, checkpoints)\n\n",
 			c.forward, inferences(), recv.Len()-inferences())
 		outMu.Unlock()
 	}
