@@ -97,59 +97,55 @@ func (v *Verifier) Add(event []byte) {
 }
 
 func (v *Verifier) add(event []byte) error {
-	val, err := v.p.ParseBytes(event)
+	var leaf tlog.Hash
+	var err error
+	leaf, v.canon, err = LeafHash(nil, v.canon, event)
 	if err != nil {
 		return fmt.Errorf("not JSON (%v)", err)
 	}
-	logv := val.Get("log")
-	if logv == nil {
+	f, ok := scanEventFields(v.canon)
+	if !ok || f.typ == TypeCheckpoint {
+		// Escapes in the fields, or a checkpoint: read them with a parser.
+		if f, err = v.parseEventFields(v.canon); err != nil {
+			return err
+		}
+	}
+	if !f.hasLog {
 		v.unchained++
 		return nil
 	}
-	origin := string(logv.GetStringBytes("origin"))
-	seqv := logv.Get("seq")
-	if origin == "" || seqv == nil {
+	if len(f.origin) == 0 || !f.hasSeq {
 		return errors.New(`"log" lacks origin or seq`)
 	}
-	seq, err := seqv.Int64()
-	if err != nil || seq < 0 {
+	seq := f.seq
+	if seq < 0 {
 		return errors.New(`"log" seq is not a non-negative integer`)
 	}
 	var rec leafRec
 	rec.present = true
-	if prev := logv.GetStringBytes("prev"); len(prev) == 0 {
+	if len(f.prev) == 0 {
 		rec.noPrev = true
-	} else if n, err := hex.Decode(rec.prev[:], prev); err != nil || n != tlog.HashSize {
+	} else if n, err := hex.Decode(rec.prev[:], f.prev); err != nil || n != tlog.HashSize {
 		return errors.New(`"log" prev is not a 64-digit hex hash`)
 	}
-	id := string(val.GetStringBytes("id"))
-	typ := string(val.GetStringBytes("type"))
-	if t, err := ParseTime(val.GetStringBytes("time")); err == nil {
+	id, typ, origin := f.id, f.typ, f.origin
+	if t, err := ParseTime(f.time); err == nil {
 		rec.time = t.UnixNano()
 	}
 	var cp *cpRec
 	if typ == TypeCheckpoint {
-		c := val.Get("checkpoint")
-		if c == nil {
+		if f.cp == nil {
 			return errors.New(`checkpoint event without "checkpoint"`)
 		}
-		cp = &cpRec{seq: seq, time: rec.time, final: c.GetBool("final"), rec: CheckpointRecord{
-			Origin: string(c.GetStringBytes("origin")), Size: c.GetInt64("size"),
-			Root: string(c.GetStringBytes("root")), Note: string(c.GetStringBytes("note")),
-			IntervalMS: c.GetInt64("interval_ms")}}
-	}
-	// val is reused by the parser in LeafHash: read everything first.
-	var leaf tlog.Hash
-	leaf, v.canon, err = LeafHash(&v.p, v.canon, event)
-	if err != nil {
-		return fmt.Errorf("not canonicalisable (%v)", err)
+		cp = f.cp
+		cp.seq, cp.time = seq, rec.time
 	}
 	rec.hash = leaf
 
-	o := v.origins[origin]
+	o := v.origins[string(origin)] // no allocation for the lookup
 	if o == nil {
-		o = &originLog{origin: origin}
-		v.origins[origin] = o
+		o = &originLog{origin: string(origin)}
+		v.origins[o.origin] = o
 	}
 	if seq >= int64(len(o.leaves)) {
 		if seq >= 1<<32 {
@@ -169,8 +165,8 @@ func (v *Verifier) add(event []byte) error {
 	if cp != nil {
 		o.checkpoints = append(o.checkpoints, *cp)
 	}
-	if id != "" {
-		v.ids = append(v.ids, idRef{id: maphash.String(v.seed, id), origin: o, seq: seq})
+	if len(id) > 0 {
+		v.ids = append(v.ids, idRef{id: maphash.Bytes(v.seed, id), origin: o, seq: seq})
 	}
 	return nil
 }
@@ -380,4 +376,210 @@ func signerNames(n *note.Note) string {
 		names = append(names, fmt.Sprintf("%s+%08x", s.Name, s.Hash))
 	}
 	return fmt.Sprint(names)
+}
+
+// eventFields are the members of an event a Verifier reads.
+type eventFields struct {
+	typ            string
+	id, origin     []byte
+	time, prev     []byte
+	seq            int64
+	hasLog, hasSeq bool
+	cp             *cpRec
+}
+
+// parseEventFields reads the fields with a JSON parser.
+func (v *Verifier) parseEventFields(canon []byte) (eventFields, error) {
+	var f eventFields
+	val, err := v.p.ParseBytes(canon)
+	if err != nil {
+		return f, fmt.Errorf("not JSON (%v)", err)
+	}
+	f.id = append([]byte(nil), val.GetStringBytes("id")...)
+	f.typ = string(val.GetStringBytes("type"))
+	f.time = append([]byte(nil), val.GetStringBytes("time")...)
+	if logv := val.Get("log"); logv != nil {
+		f.hasLog = true
+		f.origin = append([]byte(nil), logv.GetStringBytes("origin")...)
+		f.prev = append([]byte(nil), logv.GetStringBytes("prev")...)
+		if seqv := logv.Get("seq"); seqv != nil {
+			seq, err := seqv.Int64()
+			if err != nil {
+				return f, errors.New(`"log" seq is not a non-negative integer`)
+			}
+			f.seq, f.hasSeq = seq, true
+		}
+	}
+	if c := val.Get("checkpoint"); c != nil && f.typ == TypeCheckpoint {
+		f.cp = &cpRec{final: c.GetBool("final"), rec: CheckpointRecord{
+			Origin: string(c.GetStringBytes("origin")), Size: c.GetInt64("size"),
+			Root: string(c.GetStringBytes("root")), Note: string(c.GetStringBytes("note")),
+			IntervalMS: c.GetInt64("interval_ms")}}
+	}
+	return f, nil
+}
+
+// scanEventFields reads the fields from an event's canonical form (compact,
+// members sorted) without a parser. It reports false when a field it needs
+// holds an escape or is not in the expected shape; the caller then parses.
+func scanEventFields(c []byte) (eventFields, bool) {
+	var f eventFields
+	ok := scanMembers(c, func(key, val []byte) bool {
+		switch string(key) {
+		case "id":
+			s, ok := plainString(val)
+			f.id = s
+			return ok
+		case "type":
+			s, ok := plainString(val)
+			f.typ = internType(s)
+			return ok
+		case "time":
+			s, ok := plainString(val)
+			f.time = s
+			return ok
+		case "log":
+			f.hasLog = true
+			return scanMembers(val, func(k, v []byte) bool {
+				switch string(k) {
+				case "origin":
+					s, ok := plainString(v)
+					f.origin = s
+					return ok
+				case "prev":
+					s, ok := plainString(v)
+					f.prev = s
+					return ok
+				case "seq":
+					n, ok := plainInt(v)
+					f.seq, f.hasSeq = n, ok
+					return ok
+				}
+				return true
+			})
+		}
+		return true
+	})
+	return f, ok
+}
+
+// scanMembers calls fn with each member of the JSON object at the start of
+// c (canonical form: no whitespace), until fn returns false. It reports
+// false if c is not such an object or fn returned false.
+func scanMembers(c []byte, fn func(key, val []byte) bool) bool {
+	if len(c) < 2 || c[0] != '{' {
+		return false
+	}
+	i := 1
+	if c[i] == '}' {
+		return true
+	}
+	for {
+		kEnd := skipString(c, i)
+		if kEnd < 0 || kEnd >= len(c) || c[kEnd] != ':' {
+			return false
+		}
+		key := c[i+1 : kEnd-1]
+		vEnd := skipValue(c, kEnd+1)
+		if vEnd < 0 || vEnd >= len(c) {
+			return false
+		}
+		if !fn(key, c[kEnd+1:vEnd]) {
+			return false
+		}
+		switch c[vEnd] {
+		case ',':
+			i = vEnd + 1
+		case '}':
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+// skipString returns the index after the string starting at c[i], or -1.
+func skipString(c []byte, i int) int {
+	if i >= len(c) || c[i] != '"' {
+		return -1
+	}
+	for j := i + 1; j < len(c); j++ {
+		switch c[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1
+		}
+	}
+	return -1
+}
+
+// skipValue returns the index after the value starting at c[i], or -1.
+func skipValue(c []byte, i int) int {
+	if i >= len(c) {
+		return -1
+	}
+	switch c[i] {
+	case '"':
+		return skipString(c, i)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(c); j++ {
+			switch c[j] {
+			case '"':
+				j = skipString(c, j) - 1
+				if j < 0 {
+					return -1
+				}
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return j + 1
+				}
+			}
+		}
+		return -1
+	}
+	for j := i; j < len(c); j++ {
+		if c[j] == ',' || c[j] == '}' || c[j] == ']' {
+			return j
+		}
+	}
+	return len(c)
+}
+
+// plainString returns a JSON string's contents when it has no escape.
+func plainString(v []byte) ([]byte, bool) {
+	if len(v) < 2 || v[0] != '"' || v[len(v)-1] != '"' {
+		return nil, false
+	}
+	s := v[1 : len(v)-1]
+	return s, bytes.IndexByte(s, '\\') < 0
+}
+
+// plainInt returns a JSON number made of decimal digits only.
+func plainInt(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, b := range v {
+		if b < '0' || b > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(b-'0')
+	}
+	return n, true
+}
+
+// internType returns the common event types without allocating.
+func internType(b []byte) string {
+	for _, t := range []string{TypeInference, TypeCheckpoint, "log_started", TypeProxyStarted, TypeProxyStopped} {
+		if string(b) == t {
+			return t
+		}
+	}
+	return string(b)
 }
