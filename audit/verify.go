@@ -503,6 +503,10 @@ func skipString(c []byte, i int) int {
 	if i >= len(c) || c[i] != '"' {
 		return -1
 	}
+	// Most strings hold no escape: find the closing quote with IndexByte.
+	if k := bytes.IndexByte(c[i+1:], '"'); k >= 0 && bytes.IndexByte(c[i+1:i+1+k], '\\') < 0 {
+		return i + 2 + k
+	}
 	for j := i + 1; j < len(c); j++ {
 		switch c[j] {
 		case '\\':
