@@ -724,6 +724,7 @@ func TestWitnessDownNeverBlocksAndCloseIsBounded(t *testing.T) {
 
 	hang := make(chan struct{})
 	hanging := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body) // then the server notices the client going away
 		select {
 		case <-hang:
 		case <-r.Context().Done():
