@@ -357,7 +357,7 @@ type Stats struct {
 
 type statsAcc struct {
 	events, errors int64
-	outcomes       map[string]int64
+	outcomes       []outcomeCount // few: a slice, so counting allocates nothing
 	first, last    time.Time
 	total, ttft    []float64
 	in, out        int64
@@ -383,7 +383,7 @@ func (s *Stats) Add(v *fastjson.Value) error {
 	model := v.GetStringBytes("model", "name")
 	a := s.models[string(model)]
 	if a == nil {
-		a = &statsAcc{outcomes: map[string]int64{}}
+		a = &statsAcc{}
 		s.models[string(model)] = a
 	}
 	if a.events == 0 || t.Before(a.first) {
@@ -394,7 +394,7 @@ func (s *Stats) Add(v *fastjson.Value) error {
 	}
 	a.events++
 	outcome := v.GetStringBytes("status", "outcome")
-	a.outcomes[string(outcome)]++
+	a.count(outcome, 1)
 	if string(outcome) != string(OutcomeOK) {
 		a.errors++
 	}
@@ -411,6 +411,21 @@ func (s *Stats) Add(v *fastjson.Value) error {
 		a.out += int64(f)
 	}
 	return nil
+}
+
+type outcomeCount struct {
+	outcome string
+	n       int64
+}
+
+func (a *statsAcc) count(outcome []byte, n int64) {
+	for i := range a.outcomes {
+		if a.outcomes[i].outcome == string(outcome) {
+			a.outcomes[i].n += n
+			return
+		}
+	}
+	a.outcomes = append(a.outcomes, outcomeCount{string(outcome), n})
 }
 
 func number(v *fastjson.Value, path ...string) (float64, bool) {
@@ -479,9 +494,7 @@ type Percentiles struct {
 // Summary computes the figures of the events added so far. It sorts the
 // samples it keeps; Add may still be called after it.
 func (s *Stats) Summary() StatsSummary {
-	var sum StatsSummary
-	sum.Outcomes = map[string]int64{}
-	sum.Models = []ModelStats{}
+	sum := StatsSummary{Models: []ModelStats{}}
 	var all statsAcc
 	for name, a := range s.models {
 		sum.Models = append(sum.Models, ModelStats{Model: name, StatsGroup: a.group()})
@@ -497,13 +510,11 @@ func (s *Stats) Summary() StatsSummary {
 		all.out += a.out
 		all.total = append(all.total, a.total...)
 		all.ttft = append(all.ttft, a.ttft...)
-		for o, n := range a.outcomes {
-			sum.Outcomes[o] += n
+		for _, o := range a.outcomes {
+			all.count([]byte(o.outcome), o.n)
 		}
 	}
-	outcomes := sum.Outcomes
 	sum.StatsGroup = all.group()
-	sum.Outcomes = outcomes
 	slices.SortFunc(sum.Models, func(a, b ModelStats) int {
 		if a.Events != b.Events {
 			if a.Events > b.Events {
@@ -519,8 +530,8 @@ func (s *Stats) Summary() StatsSummary {
 func (a *statsAcc) group() StatsGroup {
 	g := StatsGroup{Events: a.events, Errors: a.errors, Outcomes: map[string]int64{},
 		InputTokens: a.in, OutputTokens: a.out}
-	for o, n := range a.outcomes {
-		g.Outcomes[o] = n
+	for _, o := range a.outcomes {
+		g.Outcomes[o.outcome] = o.n
 	}
 	if a.events > 0 {
 		g.First, g.Last = Timestamp(a.first.UTC()), Timestamp(a.last.UTC())

@@ -3,125 +3,387 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/auditproxy/auditproxy/audit"
 )
 
-// queryEvents writes six inference events (one of them twice, as
-// at-least-once shipping would) and a checkpoint, in two files.
-func queryEvents(t *testing.T) string {
-	t.Helper()
-	ev := func(i int, model, key, outcome string, total float64, ttft string, in, out int) string {
-		return fmt.Sprintf(`{"v":1,"type":"inference","id":"ev-%d","time":"2026-11-23T10:00:0%d.000000000Z","request_id":"req-%d","model":{"name":%q},"api_key_id":%q,"input":{"bytes":1,"tokens":%d},"output":{"bytes":1,"tokens":%d},"latency_ms":{"total":%g%s},"status":{"code":200,"outcome":%q},"log":{"origin":"o/1","seq":%d,"prev":""}}`,
-			i, i, i, model, key, in, out, total, ttft, outcome, i)
+var qT0 = time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+
+// qEvent is an inference event as a sidecar writes it.
+func qEvent(i int, t time.Time, seq int64, model, key, outcome string, total, ttft float64, in, out int64) string {
+	ev := audit.Event{V: 1, Type: audit.TypeInference, ID: fmt.Sprintf("00000000-0000-4000-8000-%012d", i), Time: audit.Timestamp(t),
+		RequestID: fmt.Sprintf("req-%d", i), Method: "POST", Path: "/v1/chat/completions", Model: audit.Model{Name: model},
+		Latency: audit.Latency{Total: total, Upstream: total}, Status: audit.Status{Code: 200, Outcome: audit.Outcome(outcome)},
+		Log: &audit.LogRef{Origin: "h/1", Seq: seq, Prev: "ab"}}
+	if key != "" {
+		ev.APIKeyID = &key
 	}
-	a := []string{
-		ev(1, "llama", "k1:aa", "ok", 100, `,"ttft":10`, 10, 20),
-		ev(2, "llama", "k1:bb", "ok", 200, `,"ttft":20`, 11, 21),
-		ev(3, "llama", "k1:aa", "upstream_error", 300, "", 12, 0),
+	if ttft != 0 {
+		ev.Latency.TTFT = &ttft
 	}
-	b := []string{
-		ev(4, "mistral", "k1:aa", "ok", 400, "", 13, 23),
-		ev(5, "mistral", "k1:cc", "client_cancelled", 500, `,"ttft":50`, 14, 24),
-		a[1], // a duplicate
-		`{"v":1,"type":"checkpoint","id":"cp-1","time":"2026-11-23T10:00:09.000000000Z","log":{"origin":"o/1","seq":6,"prev":""}}`,
-	}
-	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "a.ndjson"), []byte(strings.Join(a, "\n")+"\n"), 0o600)
-	os.MkdirAll(filepath.Join(dir, "more"), 0o700)
-	os.WriteFile(filepath.Join(dir, "more", "b.ndjson"), []byte(strings.Join(b, "\n")+"\n"), 0o600)
-	return dir
+	ev.Input.Tokens, ev.Output.Tokens = &in, &out
+	return string(ev.AppendJSON(nil))
 }
 
-func TestQuerySelectsEvents(t *testing.T) {
-	dir := queryEvents(t)
+// queryFixture writes six inference events (req-2 twice, as at-least-once
+// shipping would), a checkpoint and a file that is not events: a.ndjson in
+// the top directory, out of time order, and more/b.jsonl below. It returns
+// the directory and the events by name.
+//
+//	event  time     seq  model    key    outcome           total  ttft  in  out
+//	req-1  T0       1    llama    k1:aa  ok                100    10    10  20
+//	req-2  T0+1s    2    llama    k1:bb  ok                200    20    11  21
+//	req-3  T0+2s    3    llama    k1:aa  upstream_error    300    -     12  0
+//	req-4  T0+3s    5    mistral  k1:aa  ok                400    -     13  23
+//	req-5  T0+3s    4    mistral  k1:cc  client_cancelled  500    50    14  24
+//	req-6  T0+4s    6    llama    -      ok                600    60    15  25
+//	cp     T0+5s    7    (checkpoint)
+func queryFixture(t *testing.T) (string, map[string]string) {
+	t.Helper()
+	s := func(n int) time.Time { return qT0.Add(time.Duration(n) * time.Second) }
+	ev := map[string]string{
+		"req-1": qEvent(1, s(0), 1, "llama", "k1:aa", "ok", 100, 10, 10, 20),
+		"req-2": qEvent(2, s(1), 2, "llama", "k1:bb", "ok", 200, 20, 11, 21),
+		"req-3": qEvent(3, s(2), 3, "llama", "k1:aa", "upstream_error", 300, 0, 12, 0),
+		"req-4": qEvent(4, s(3), 5, "mistral", "k1:aa", "ok", 400, 0, 13, 23),
+		"req-5": qEvent(5, s(3), 4, "mistral", "k1:cc", "client_cancelled", 500, 50, 14, 24),
+		"req-6": qEvent(6, s(4), 6, "llama", "", "ok", 600, 60, 15, 25),
+		"cp":    `{"v":1,"type":"checkpoint","id":"00000000-0000-4000-8000-000000000099","time":"2026-11-23T10:00:05.000000000Z","checkpoint":{"note":"a\nb"},"log":{"origin":"h/1","seq":7,"prev":""}}`,
+	}
+	dir := t.TempDir()
+	write := func(name string, lines ...string) {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o700)
+		if err := os.WriteFile(p, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("a.ndjson", ev["req-3"], ev["cp"], ev["req-1"], "", ev["req-2"]+"\r")
+	write("more/b.jsonl", ev["req-6"], ev["req-5"], ev["req-2"], "  "+ev["req-4"])
+	write("state.json", `{"not":"an event"}`) // a spool's own file: skipped
+	write("notes.txt", "not events")          // not an event file name: skipped
+	return dir, ev
+}
+
+func query(args ...string) (stdout, stderr string, err error) {
+	var out, errOut bytes.Buffer
+	err = runQuery(args, &out, &errOut)
+	return out.String(), errOut.String(), err
+}
+
+func TestQueryPrintsMatchingEvents(t *testing.T) {
+	dir, ev := queryFixture(t)
 	for _, tc := range []struct {
 		args []string
-		want string // request ids of the printed events, in order
+		want string // the events printed, in order
 	}{
-		{nil, "req-1,req-2,req-3,req-4,req-5,"}, // the checkpoint has no request id
-		{[]string{"--api-key-id", "k1:aa"}, "req-1,req-3,req-4"},
+		// Oldest first; req-5 and req-4 share a time and go by seq; req-2
+		// once; the checkpoint is an event too.
+		{nil, "req-1 req-2 req-3 req-5 req-4 req-6 cp"},
+		{[]string{"--type", "inference"}, "req-1 req-2 req-3 req-5 req-4 req-6"},
+		{[]string{"--type", "checkpoint"}, "cp"},
+		{[]string{"--api-key-id", "k1:aa"}, "req-1 req-3 req-4"},
+		{[]string{"--api-key-id", "k1:aa", "--api-key-id", "k1:cc"}, "req-1 req-3 req-5 req-4"},
 		{[]string{"--model", "mistral", "--outcome", "ok"}, "req-4"},
-		{[]string{"--model", "mistral", "--model", "llama", "--outcome", "upstream_error", "--outcome", "client_cancelled"}, "req-3,req-5"},
+		{[]string{"--model", "mistral", "--model", "llama", "--outcome", "upstream_error", "--outcome", "client_cancelled"}, "req-3 req-5"},
 		{[]string{"--request-id", "req-2"}, "req-2"},
-		{[]string{"--since", "2026-11-23T10:00:02Z", "--until", "2026-11-23T10:00:04Z"}, "req-2,req-3"},
-		{[]string{"--type", "checkpoint"}, ""},
+		{[]string{"--request-id", "req-2", "--request-id", "req-6"}, "req-2 req-6"},
+		{[]string{"--request-id", "req-9"}, ""},
+		{[]string{"--since", "2026-11-23T10:00:02Z", "--until", "2026-11-23T10:00:04Z"}, "req-3 req-5 req-4"},
+		{[]string{"--since", "2026-11-23T11:00:02+01:00", "--until", "2026-11-23T10:00:03.000000001Z"}, "req-3 req-5 req-4"},
+		{[]string{"--until", "2026-11-23T10:00:03Z", "--model", "llama", "--api-key-id", "k1:aa"}, "req-1 req-3"},
 	} {
-		var out, errOut bytes.Buffer
-		args := append(append([]string{"query"}, tc.args...), dir)
-		if code := run(args, &out, &errOut); code != 0 {
-			t.Fatalf("%v: exit %d %s", args, code, errOut.String())
+		out, errOut, err := query(append(tc.args, dir)...)
+		if err != nil {
+			t.Fatalf("%v: %v %s", tc.args, err, errOut)
 		}
-		var ids []string
-		for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
-			if line == "" {
-				continue
+		var want string
+		if tc.want != "" {
+			for _, name := range strings.Fields(tc.want) {
+				want += ev[name] + "\n" // exactly the bytes found, less surrounding space
 			}
-			var ev audit.Event
-			if err := json.Unmarshal([]byte(line), &ev); err != nil {
-				t.Fatal(err)
-			}
-			ids = append(ids, ev.RequestID)
 		}
-		if got := strings.Join(ids, ","); got != tc.want {
-			t.Errorf("%v: %q, want %q", tc.args, got, tc.want)
+		if out != want {
+			t.Errorf("%v printed:\n%s\nwant (%s):\n%s", tc.args, out, tc.want, want)
+		}
+	}
+}
+
+func TestQueryPathsAndFlagsInAnyOrder(t *testing.T) {
+	dir, ev := queryFixture(t)
+	a, b := filepath.Join(dir, "a.ndjson"), filepath.Join(dir, "more", "b.jsonl")
+	want := ev["req-3"] + "\n" + ev["req-5"] + "\n"
+	for _, args := range [][]string{
+		{a, b, "--outcome", "upstream_error", "--outcome", "client_cancelled"},
+		{"--outcome", "upstream_error", a, "--outcome", "client_cancelled", b},
+		{"--outcome", "upstream_error", "--outcome", "client_cancelled", "--", a, b},
+	} {
+		if out, _, err := query(args...); err != nil || out != want {
+			t.Errorf("%v: %v\n%s", args, err, out)
+		}
+	}
+	// After "--", a path may look like a flag.
+	if err := os.WriteFile(filepath.Join(dir, "--model"), []byte(ev["req-1"]+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	if out, _, err := query("--", "--model"); err != nil || out != ev["req-1"]+"\n" {
+		t.Errorf(`query -- --model: %v %q`, err, out)
+	}
+}
+
+func TestQueryStdin(t *testing.T) {
+	_, ev := queryFixture(t)
+	f, err := os.CreateTemp(t.TempDir(), "stdin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(ev["req-6"] + "\n" + ev["req-1"] + "\n")
+	f.Seek(0, io.SeekStart)
+	defer func(old *os.File) { os.Stdin = old }(os.Stdin)
+	os.Stdin = f
+	if out, _, err := query("-"); err != nil || out != ev["req-1"]+"\n"+ev["req-6"]+"\n" {
+		t.Errorf("query -: %v\n%s", err, out)
+	}
+}
+
+func TestQueryRelativeTimes(t *testing.T) {
+	now := time.Now()
+	old := qEvent(1, now.Add(-3*time.Hour), 1, "m", "", "ok", 1, 0, 1, 1)
+	recent := qEvent(2, now.Add(-30*time.Minute), 2, "m", "", "ok", 1, 0, 1, 1)
+	path := filepath.Join(t.TempDir(), "e.ndjson")
+	os.WriteFile(path, []byte(recent+"\n"+old+"\n"), 0o600)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--since", "1h"}, recent + "\n"},
+		{[]string{"--since", "90m"}, recent + "\n"},
+		{[]string{"--until", "1h"}, old + "\n"},
+		{[]string{"--since", "1d", "--until", "2h"}, old + "\n"},
+		{[]string{"--since", "4h", "--until", "0s"}, old + "\n" + recent + "\n"},
+		{[]string{"--since", "2h", "--until", "1h"}, ""},
+	} {
+		if out, _, err := query(append(tc.args, path)...); err != nil || out != tc.want {
+			t.Errorf("%v: %v\n%s", tc.args, err, out)
+		}
+	}
+}
+
+func TestParseQueryTime(t *testing.T) {
+	now := qT0
+	for _, tc := range []struct {
+		in   string
+		want time.Time
+	}{
+		{"", time.Time{}},
+		{"24h", now.Add(-24 * time.Hour)},
+		{"1h30m", now.Add(-90 * time.Minute)},
+		{"0s", now},
+		{"7d", now.Add(-7 * 24 * time.Hour)},
+		{"2026-11-23T10:00:00Z", qT0},
+		{"2026-11-23T11:00:00.5+01:00", qT0.Add(500 * time.Millisecond)},
+	} {
+		got, err := parseQueryTime(tc.in, now)
+		if err != nil || !got.Equal(tc.want) {
+			t.Errorf("parseQueryTime(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+		}
+	}
+	for _, in := range []string{"yesterday", "-1h", "1.5d", "-2d", "d", "2026-11-23", "2026-11-23 10:00:00Z"} {
+		if _, err := parseQueryTime(in, now); err == nil || err.Error() != "want an RFC 3339 time or a duration like 24h" {
+			t.Errorf("parseQueryTime(%q): %v", in, err)
+		}
+	}
+}
+
+// TestQuerySpills: with a small sort memory the events go through sorted
+// runs in a temporary file; the output is the same as sorted in memory.
+func TestQuerySpills(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var lines []string
+	for i := range 500 {
+		// Times collide often (20 distinct), so seq and then the order
+		// read decide too; some events have no log seq.
+		ev := qEvent(i, qT0.Add(time.Duration(rng.IntN(20))*time.Millisecond), int64(rng.IntN(50)), "m", "", "ok", float64(i), 0, 1, 1)
+		if i%7 == 0 {
+			ev = strings.Replace(ev, `"seq":`, `"nr":`, 1)
+		}
+		lines = append(lines, ev)
+		if i%5 == 0 {
+			lines = append(lines, ev) // shipped twice
+		}
+	}
+	rng.Shuffle(len(lines), func(i, j int) { lines[i], lines[j] = lines[j], lines[i] })
+	path := filepath.Join(t.TempDir(), "e.ndjson")
+	os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o600)
+
+	inMemory, _, err := query(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(inMemory, "\n"); n != 500 {
+		t.Fatalf("%d events printed, want 500", n)
+	}
+	// Sorted by time, then seq (none: first).
+	var prevTime string
+	prevSeq := int64(-2)
+	for _, line := range strings.Split(strings.TrimSuffix(inMemory, "\n"), "\n") {
+		var e audit.Event
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatal(err)
+		}
+		tm, _ := e.Time.MarshalJSON()
+		seq := int64(-1)
+		if e.Log != nil {
+			seq = e.Log.Seq
+		}
+		if string(tm) < prevTime || string(tm) == prevTime && seq < prevSeq {
+			t.Fatalf("out of order at %s", line)
+		}
+		prevTime, prevSeq = string(tm), seq
+	}
+
+	defer func(old int) { querySortMemory = old }(querySortMemory)
+	for _, limit := range []int{1, 5000, 100_000} {
+		querySortMemory = limit
+		spilled, _, err := query(path)
+		if err != nil || spilled != inMemory {
+			t.Errorf("sort memory %d: %v; output differs: %v", limit, err, spilled != inMemory)
 		}
 	}
 }
 
 func TestQueryStats(t *testing.T) {
-	dir := queryEvents(t)
-	var out bytes.Buffer
-	if code := run([]string{"query", "--stats", "--json", dir}, &out, io.Discard); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
-	var s audit.StatsSummary
-	if err := json.Unmarshal(out.Bytes(), &s); err != nil {
+	dir, _ := queryFixture(t)
+	out, _, err := query("--stats", "--json", dir)
+	if err != nil {
 		t.Fatal(err)
 	}
-	// Five distinct inference events: latencies 100..500, two errors,
-	// ttft on three; tokens 10+11+12+13+14 in, 20+21+0+23+24 out.
-	if s.Events != 5 || s.Errors != 2 || s.InputTokens != 60 || s.OutputTokens != 88 {
+	var s audit.StatsSummary
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatal(err)
+	}
+	// By hand: six distinct inference events (the checkpoint is not
+	// counted); totals 100..600: nearest ranks ceil(.5*6)=3, ceil(.95*6)=6,
+	// ceil(.99*6)=6; TTFT 10 20 50 60: ranks 2, 4, 4; two errors.
+	if s.Events != 6 || s.Errors != 2 || s.ErrorRate != 2.0/6 || s.InputTokens != 75 || s.OutputTokens != 113 ||
+		time.Time(s.First) != qT0 || time.Time(s.Last) != qT0.Add(4*time.Second) {
 		t.Errorf("summary %+v", s.StatsGroup)
 	}
-	if l := s.Latency.Total; l == nil || l.P50 != 300 || l.P95 != 500 || l.P99 != 500 {
+	if l := s.Latency.Total; l == nil || *l != (audit.Percentiles{Count: 6, P50: 300, P95: 600, P99: 600}) {
 		t.Errorf("latency %+v", l)
 	}
-	if l := s.Latency.TTFT; l == nil || l.Count != 3 || l.P50 != 20 {
+	if l := s.Latency.TTFT; l == nil || *l != (audit.Percentiles{Count: 4, P50: 20, P95: 60, P99: 60}) {
 		t.Errorf("ttft %+v", l)
 	}
-	if len(s.Models) != 2 || s.Models[0].Model != "llama" || s.Models[0].Events != 3 || s.Models[1].Errors != 1 {
+	if len(s.Models) != 2 || s.Models[0].Model != "llama" || s.Models[0].Events != 4 || s.Models[0].Errors != 1 ||
+		s.Models[1].Model != "mistral" || s.Models[1].Events != 2 || s.Models[1].Errors != 1 {
 		t.Errorf("by model %+v", s.Models)
 	}
-	out.Reset()
-	if code := run([]string{"query", "--stats", "--model", "mistral", dir}, &out, io.Discard); code != 0 ||
-		!strings.Contains(out.String(), "inference events: 2") || !strings.Contains(out.String(), "errors: 1 (50.00%)") {
-		t.Errorf("text stats:\n%s", out.String())
+
+	out, _, err = query("--stats", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// llama: totals 100 200 300 600 (ranks 2, 4, 4), TTFT 10 20 60 (2, 3, 3);
+	// mistral: 400 500 (1, 2, 2), TTFT 50.
+	want := `inference events: 6, 2026-11-23T10:00:00Z to 2026-11-23T10:00:04Z
+errors:           2 (33.33%): upstream_error 1, client_cancelled 1
+latency total ms: p50 300  p95 600  p99 600  (events: 6)
+latency ttft ms:  p50 20  p95 60  p99 60  (streamed events: 4)
+tokens:           input 75, output 113
+
+MODEL    EVENTS  ERRORS  ERROR%  TOTAL P50  P95  P99  TTFT P50  P95  P99  INPUT TOKENS  OUTPUT TOKENS
+llama         4       1  25.00%        200  600  600        20   60   60            48             66
+mistral       2       1  50.00%        400  500  500        50   50   50            27             47
+`
+	if out != want {
+		t.Errorf("text stats:\n%s\nwant:\n%s", out, want)
+	}
+
+	out, _, err = query("--stats", "--model", "mistral", "--outcome", "ok", dir)
+	if err != nil || !strings.HasPrefix(out, "inference events: 1, 2026-11-23T10:00:03Z to 2026-11-23T10:00:03Z\nerrors:           0 (0.00%)\n") ||
+		!strings.Contains(out, "latency ttft ms:  none\n") || !strings.Contains(out, "\nmistral       1       0   0.00%        400  400  400         -    -    -") {
+		t.Errorf("stats of one event: %v\n%s", err, out)
+	}
+	out, _, err = query("--stats", "--type", "checkpoint", dir)
+	if err != nil || out != "inference events: 0\n" {
+		t.Errorf("stats of no inference event: %v %q", err, out)
+	}
+	out, _, err = query("--stats", "--json", "--request-id", "none", dir)
+	if err != nil || !strings.Contains(out, `"events": 0,`) || !strings.Contains(out, `"models": []`) {
+		t.Errorf("JSON stats of nothing: %v\n%s", err, out)
 	}
 }
 
-func TestQueryUsageErrors(t *testing.T) {
-	dir := queryEvents(t)
+func TestQueryStatsQuotesOddModelNames(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "e.ndjson")
+	os.WriteFile(path, []byte(qEvent(1, qT0, 1, "evil\x1b[2Jmodel", "", "ok", 1, 0, 1, 1)+"\n"), 0o600)
+	out, _, err := query("--stats", path)
+	if err != nil || strings.ContainsRune(out, 0x1b) || !strings.Contains(out, `"evil\x1b[2Jmodel"`) {
+		t.Errorf("%v\n%q", err, out)
+	}
+}
+
+func TestQuerySkipsLinesThatAreNotEvents(t *testing.T) {
+	_, ev := queryFixture(t)
+	path := filepath.Join(t.TempDir(), "e.ndjson")
+	os.WriteFile(path, []byte(ev["req-2"]+"\n{broken\n"+ev["req-1"]+"\n"+`{"type":"inference","time":"noon"}`+"\n"), 0o600)
+	out, _, err := query(path)
+	if out != ev["req-1"]+"\n"+ev["req-2"]+"\n" {
+		t.Errorf("printed:\n%s", out)
+	}
+	if err == nil || !strings.Contains(err.Error(), "query: skipped 2 lines that are not events; the first: "+path+": event 2: not JSON") ||
+		errors.As(err, new(usageError)) {
+		t.Errorf("error: %v", err)
+	}
+	// A request-id lookup does not parse the lines it rules out.
+	if out, _, err := query("--request-id", "req-1", path); err != nil || out != ev["req-1"]+"\n" {
+		t.Errorf("lookup: %v\n%s", err, out)
+	}
+}
+
+func TestQueryErrors(t *testing.T) {
+	dir, _ := queryFixture(t)
 	for _, tc := range []struct {
 		args []string
 		code int
-		want string
+		want string // on stderr
 	}{
-		{[]string{"query"}, 2, "give at least one PATH"},
-		{[]string{"query", "--since", "yesterday", dir}, 2, `--since "yesterday": want an RFC 3339 time`},
-		{[]string{"query", "--outcome", "fine", dir}, 2, `unknown outcome "fine"`},
-		{[]string{"query", "--since", "2026-11-24T00:00:00Z", "--until", "2026-11-23T00:00:00Z", dir}, 2, "is not before until"},
-		{[]string{"query", filepath.Join(dir, "missing")}, 1, "no such file"},
+		{[]string{"query"}, 2, "auditproxy: query: give at least one PATH"},
+		{[]string{"query", "--since", "yesterday", dir}, 2, `auditproxy: query: --since "yesterday": want an RFC 3339 time or a duration like 24h` + "\n"},
+		{[]string{"query", "--until", "2026-11-23", dir}, 2, `auditproxy: query: --until "2026-11-23": want an RFC 3339 time or a duration like 24h` + "\n"},
+		{[]string{"query", "--outcome", "fine", dir}, 2, `auditproxy: query: --outcome: unknown outcome "fine": want one of ok, upstream_error, upstream_unreachable, upstream_timeout, client_cancelled, rejected` + "\n"},
+		{[]string{"query", "--since", "2026-11-24T00:00:00Z", "--until", "2026-11-23T00:00:00Z", dir}, 2,
+			"auditproxy: query: --since and --until: since 2026-11-24T00:00:00Z is not before until 2026-11-23T00:00:00Z\n"},
+		{[]string{"query", "--stats=maybe", dir}, 2, "invalid boolean value"},
+		{[]string{"query", "--colour", dir}, 2, "flag provided but not defined: -colour"},
+		{[]string{"query", dir, filepath.Join(dir, "missing")}, 1, "auditproxy: query: stat " + filepath.Join(dir, "missing") + ": no such file or directory\n"},
+		{[]string{"query", "--help"}, 0, "Usage: auditproxy query PATH..."},
 	} {
-		var errOut bytes.Buffer
-		if code := run(tc.args, io.Discard, &errOut); code != tc.code || !strings.Contains(errOut.String(), tc.want) {
-			t.Errorf("%v: %d %q, want %d %q", tc.args, code, errOut.String(), tc.code, tc.want)
+		var out, errOut bytes.Buffer
+		if code := run(tc.args, &out, &errOut); code != tc.code || !strings.Contains(errOut.String(), tc.want) {
+			t.Errorf("%v: exit %d, stderr %q; want %d, %q", tc.args, code, errOut.String(), tc.code, tc.want)
 		}
+		if tc.code != 0 && out.Len() != 0 {
+			t.Errorf("%v printed %q", tc.args, out.String())
+		}
+	}
+	// The same through runQuery: usage errors are usageErrors.
+	if _, _, err := query("--since", "yesterday", dir); !errors.As(err, new(usageError)) {
+		t.Errorf("bad --since: %T %v", err, err)
+	}
+	if _, _, err := query(filepath.Join(dir, "missing")); err == nil || errors.As(err, new(usageError)) {
+		t.Errorf("missing path: %T %v", err, err)
 	}
 }
