@@ -67,6 +67,9 @@ import (
 // AppendCanonical(b[:0], p, b) canonicalizes b in place.
 func AppendCanonical(dst []byte, p *fastjson.Parser, js []byte) ([]byte, error) {
 	_ = p // unused, kept for API stability
+	if jcsIsCanonical(js, nil, nil) {
+		return append(dst, js...), nil
+	}
 	c := jcsPool.Get().(*jcsState)
 	out, err := c.canonical(dst, js)
 	c.release()
@@ -74,6 +77,48 @@ func AppendCanonical(dst []byte, p *fastjson.Parser, js []byte) ([]byte, error) 
 		return dst, err
 	}
 	return out, nil
+}
+
+// canonicalMembers returns the canonical form of js: js itself when it is
+// already canonical, or else AppendCanonical(dst, nil, js). It also appends
+// to vals the values of the top-level members of js named names, in that
+// order, and sets ends[i] to the end in vals of names[i]'s value (ends[i] ==
+// ends[i-1], or len(vals) on entry for i == 0, when names[i] is absent or js
+// is not an object). The values have canonical tokens, but the members of an
+// object among them may be in the order of js. It spares a caller that reads
+// a few members a second pass over the canonical form.
+func canonicalMembers(dst, js []byte, names []string, vals []byte, ends []int) (canon, _ []byte, _ error) {
+	var spans [8][2]int32
+	if len(names) > len(spans) {
+		panic("audit: canonicalMembers: too many names")
+	}
+	for i := range names {
+		spans[i] = [2]int32{-1, -1}
+	}
+	if jcsIsCanonical(js, names, spans[:len(names)]) {
+		for i, sp := range spans[:len(names)] {
+			if sp[0] >= 0 {
+				vals = append(vals, js[sp[0]:sp[1]]...)
+			}
+			ends[i] = len(vals)
+		}
+		return js, vals, nil
+	}
+	c := jcsPool.Get().(*jcsState)
+	defer c.release()
+	c.names = names
+	c.spans = append(c.spans[:0], spans[:len(names)]...)
+	out, err := c.canonical(dst, js)
+	if err != nil {
+		return dst, vals, err
+	}
+	for i, sp := range c.spans {
+		if sp[0] >= 0 {
+			vals = append(vals, c.buf[sp[0]:sp[1]]...)
+		}
+		ends[i] = len(vals)
+	}
+	return out, vals, nil
 }
 
 // How it works. One pass over js checks the grammar strictly and writes the
@@ -112,6 +157,10 @@ type jcsState struct {
 	// final holds their members, sorted, each object's together.
 	holes []jcsHole
 	final []jcsMember
+	// names, when set, are top-level member names whose values'
+	// offsets in buf object records in spans (-1 when absent).
+	names []string
+	spans [][2]int32
 }
 
 // jcsMember is a member of an object. Its offsets are int32s, to keep it
@@ -146,6 +195,7 @@ const (
 )
 
 func (c *jcsState) release() {
+	c.names, c.spans = nil, c.spans[:0]
 	c.stack, c.order, c.final, c.holes = c.stack[:0], c.order[:0], c.final[:0], c.holes[:0]
 	c.buf, c.keys = c.buf[:0], c.keys[:0]
 	if cap(c.stack) > jcsMaxPooledMembers || cap(c.order) > jcsMaxPooledMembers ||
@@ -342,6 +392,13 @@ func (c *jcsState) object(buf, js []byte, i, depth int) ([]byte, int, error) {
 		}
 		all |= class
 		c.order = append(c.order, jcsWord(k)&^jcsWordIndex|uint64(n&jcsWordIndex))
+		if depth == 1 && c.names != nil {
+			for j, name := range c.names {
+				if string(k) == name {
+					c.spans[j] = [2]int32{int32(value), int32(len(buf))}
+				}
+			}
+		}
 		if i = jcsSkipWS(js, i); i >= len(js) {
 			return buf, i, jcsSyntaxError(js, i, "unexpected end of object")
 		}

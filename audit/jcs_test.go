@@ -883,7 +883,8 @@ func FuzzAppendCanonical(f *testing.F) {
 		f.Add(js)
 	}
 	for _, s := range []string{`0`, `-0.0`, `1e400`, `1e-400`, `0.0000001`, `123456789012345.67`, `[01]`, `{"a":1,"a":2}`,
-		`"\ud800"`, `"\ud83d\ude00"`, `{"\u0061":1,"a":2}`, `{"\ud800\u0041":1}`, "\"\xff\"", `"\u001f\/"`, `[1,2,]`, `NaN`, `{} x`} {
+		`"\ud800"`, `"\ud83d\ude00"`, `{"\u0061":1,"a":2}`, `{"\ud800\u0041":1}`, "\"\xff\"", `"\u001f\/"`, `[1,2,]`, `NaN`, `{} x`,
+		`{"a":[1,-0.5,0.000001,"\u001f\n",{"b":null}],"c":true}`, "\"\x7f\\u007f\""} {
 		f.Add([]byte(s))
 	}
 	var p fastjson.Parser
@@ -908,6 +909,14 @@ func FuzzAppendCanonical(f *testing.F) {
 		again, err := AppendCanonical(nil, &p, out)
 		if err != nil || !bytes.Equal(again, out) {
 			t.Fatalf("%q -> %q -> %q, %v", in, out, again, err)
+		}
+		// The check AppendCanonical starts with never calls a text
+		// canonical that the long way changes.
+		if jcsIsCanonical(in, nil, nil) {
+			c := new(jcsState)
+			if long, err := c.canonical(nil, in); err != nil || !bytes.Equal(long, in) {
+				t.Fatalf("%q called canonical, but canonicalizes to %q (%v)", in, long, err)
+			}
 		}
 		var vin, vout any
 		if err := json.Unmarshal(in, &vin); err != nil {

@@ -128,8 +128,7 @@ type Chain struct {
 	prev      tlog.Hash
 	tree      Tree
 	stored    []tlog.Hash // produced since the last TakeStored
-	p         fastjson.Parser
-	canon     []byte
+	scratch   []byte      // the event with its "log" member, before canonicalization
 }
 
 // ChainState is a Chain's position, to continue a log after a restart.
@@ -181,32 +180,35 @@ func (c *Chain) TakeStored() []tlog.Hash {
 	return s
 }
 
-// Append appends event, a JSON object without a "log" member, to dst with
-// its "log" member added as its last member, and makes it the log's next
-// event.
+// Append appends to dst event, a JSON object without a "log" member, with
+// its "log" member added, and makes it the log's next event. It writes the
+// event in canonical form (see AppendCanonical): the line is its own leaf's
+// bytes, so SHA-256(0x00 || line) is its leaf hash, and a verifier reading
+// the lines as written need not canonicalize them again.
 func (c *Chain) Append(dst, event []byte) ([]byte, error) {
 	if len(event) < 2 || event[0] != '{' || event[len(event)-1] != '}' {
 		return dst, errors.New("audit: event is not a JSON object")
 	}
-	start := len(dst)
-	dst = append(dst, event[:len(event)-1]...)
+	s := append(c.scratch[:0], event[:len(event)-1]...)
 	if len(event) > 2 {
-		dst = append(dst, ',')
+		s = append(s, ',')
 	}
-	dst = append(dst, `"log":{"origin":`...)
-	dst = append(dst, c.originLit...)
-	dst = append(dst, `,"seq":`...)
-	dst = strconv.AppendInt(dst, c.tree.n, 10)
-	dst = append(dst, `,"prev":"`...)
+	s = append(s, `"log":{"origin":`...)
+	s = append(s, c.originLit...)
+	s = append(s, `,"prev":"`...)
 	if c.tree.n > 0 {
-		dst = hex.AppendEncode(dst, c.prev[:])
+		s = hex.AppendEncode(s, c.prev[:])
 	}
-	dst = append(dst, `"}}`...)
-	leaf, canon, err := LeafHash(&c.p, c.canon, dst[start:])
-	c.canon = canon
+	s = append(s, `","seq":`...)
+	s = strconv.AppendInt(s, c.tree.n, 10)
+	s = append(s, `}}`...)
+	c.scratch = s
+	start := len(dst)
+	dst, err := AppendCanonical(dst, nil, s)
 	if err != nil {
-		return dst[:start], fmt.Errorf("audit: event is not valid JSON: %w", err)
+		return dst, fmt.Errorf("audit: event is not valid JSON: %w", err)
 	}
+	leaf := tlog.RecordHash(dst[start:])
 	c.stored = c.tree.Append(leaf, c.stored)
 	c.prev = leaf
 	return dst, nil

@@ -1,6 +1,8 @@
 package audit
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"testing"
@@ -119,4 +121,45 @@ func TestTreeMatchesTlog(t *testing.T) {
 			t.Fatalf("a tree rebuilt at %d leaves continues differently", n+1)
 		}
 	}
+}
+
+// TestChainWritesCanonicalLines: the chain writes each event in canonical
+// form, so a line's leaf hash is SHA-256(0x00 || line), which the next
+// event's prev repeats, whatever the order and spacing of the event given.
+func TestChainWritesCanonicalLines(t *testing.T) {
+	c, err := NewChain(ChainState{Origin: "h/1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := []string{
+		`{"v":1,"type":"inference","id":"a","time":"2026-11-23T10:00:00Z","latency_ms":{"total":1.50,"ttft":2e-3}}`,
+		"{ \"type\" : \"x\", \"id\":\"b\", \"note\":\"<tag> & \\u00e9\" }",
+		`{}`,
+	}
+	var lines [][]byte
+	for _, ev := range events {
+		line, err := c.Append(nil, []byte(ev))
+		if err != nil {
+			t.Fatal(err)
+		}
+		canon, err := AppendCanonical(nil, nil, line)
+		if err != nil || !bytes.Equal(canon, line) {
+			t.Fatalf("%s written as %s, not canonical (%s, %v)", ev, line, canon, err)
+		}
+		lines = append(lines, line)
+	}
+	if want := `{"id":"b","log":{"origin":"h/1","prev":"` + hex.EncodeToString(sha256Leaf(lines[0])) + `","seq":1},"note":"<tag> & é","type":"x"}`; string(lines[1]) != want {
+		t.Errorf("second line\n%s\nwant\n%s", lines[1], want)
+	}
+	if !bytes.Contains(lines[0], []byte(`"latency_ms":{"total":1.5,"ttft":0.002}`)) {
+		t.Errorf("numbers not canonical: %s", lines[0])
+	}
+	if !bytes.Contains(lines[2], []byte(`"prev":"`+hex.EncodeToString(sha256Leaf(lines[1]))+`"`)) {
+		t.Errorf("third line does not chain to SHA-256(0x00 || second line): %s", lines[2])
+	}
+}
+
+func sha256Leaf(line []byte) []byte {
+	h := sha256.Sum256(append([]byte{0}, line...))
+	return h[:]
 }

@@ -2,9 +2,11 @@ package audit
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"hash/maphash"
 	"slices"
 	"sort"
@@ -30,26 +32,24 @@ type Verifier struct {
 	// by more than its cadence lost its tail.
 	Until time.Time
 
-	p         fastjson.Parser
-	canon     []byte
-	origins   map[string]*originLog
-	ids       []idRef
-	seed      maphash.Seed
-	unchained int
-	invalid   int
-	firstBad  []string
-}
-
-type idRef struct {
-	id     uint64 // maphash of the event id
-	origin *originLog
-	seq    int64
+	p          fastjson.Parser
+	canon      []byte
+	vals       []byte
+	sha        hash.Hash
+	origins    map[string]*originLog
+	originList []*originLog // by index
+	ids        idTable
+	seed       maphash.Seed
+	unchained  int
+	invalid    int
+	firstBad   []string
 }
 
 // originLog is what a Verifier gathered about one origin.
 type originLog struct {
 	origin      string
-	leaves      []leafRec // indexed by seq
+	index       int32
+	leaves      leafTable
 	duplicates  int
 	conflicts   []int64 // seqs claimed by two different events
 	checkpoints []cpRec
@@ -58,7 +58,8 @@ type originLog struct {
 type leafRec struct {
 	hash    tlog.Hash
 	prev    tlog.Hash
-	time    int64 // unix nanos
+	time    int64  // unix nanos
+	id      uint64 // maphash of the event id; 0 without one
 	present bool
 	noPrev  bool // prev was "" (seq 0, or a malformed event)
 }
@@ -97,16 +98,21 @@ func (v *Verifier) Add(event []byte) {
 }
 
 func (v *Verifier) add(event []byte) error {
-	var leaf tlog.Hash
 	var err error
-	leaf, v.canon, err = LeafHash(nil, v.canon, event)
+	var ends [len(verifiedMembers)]int
+	var canon []byte
+	canon, v.vals, err = canonicalMembers(v.canon[:0], event, verifiedMembers[:], v.vals[:0], ends[:])
 	if err != nil {
 		return fmt.Errorf("not JSON (%v)", err)
 	}
-	f, ok := scanEventFields(v.canon)
+	if len(event) == 0 || &canon[0] != &event[0] {
+		v.canon = canon // keep the grown scratch
+	}
+	leaf := v.leafHash(canon)
+	f, ok := fieldsFromMembers(v.vals, ends)
 	if !ok || f.typ == TypeCheckpoint {
 		// Escapes in the fields, or a checkpoint: read them with a parser.
-		if f, err = v.parseEventFields(v.canon); err != nil {
+		if f, err = v.parseEventFields(canon); err != nil {
 			return err
 		}
 	}
@@ -144,16 +150,14 @@ func (v *Verifier) add(event []byte) error {
 
 	o := v.origins[string(origin)] // no allocation for the lookup
 	if o == nil {
-		o = &originLog{origin: string(origin)}
+		o = &originLog{origin: string(origin), index: int32(len(v.originList))}
 		v.origins[o.origin] = o
+		v.originList = append(v.originList, o)
 	}
-	if seq >= int64(len(o.leaves)) {
-		if seq >= 1<<32 {
-			return fmt.Errorf("seq %d is implausibly large", seq)
-		}
-		o.leaves = slices.Grow(o.leaves, int(seq+1)-len(o.leaves))[:seq+1]
+	if seq >= 1<<32 {
+		return fmt.Errorf("seq %d is implausibly large", seq)
 	}
-	if old := &o.leaves[seq]; old.present {
+	if old := o.leaves.at(seq); old != nil && old.present {
 		if old.hash == leaf {
 			o.duplicates++
 			return nil
@@ -161,14 +165,82 @@ func (v *Verifier) add(event []byte) error {
 		o.conflicts = append(o.conflicts, seq)
 		return nil
 	}
-	o.leaves[seq] = rec
+	if len(id) > 0 {
+		rec.id = maphash.Bytes(v.seed, id)
+		v.ids.add(rec.id)
+	}
+	o.leaves.set(seq, rec)
 	if cp != nil {
 		o.checkpoints = append(o.checkpoints, *cp)
 	}
-	if len(id) > 0 {
-		v.ids = append(v.ids, idRef{id: maphash.Bytes(v.seed, id), origin: o, seq: seq})
-	}
 	return nil
+}
+
+// leafPrefix starts an RFC 6962 leaf hash; a variable, as a literal passed
+// to Write would be allocated at every call.
+var leafPrefix = []byte{0x00}
+
+// leafHash is tlog.RecordHash(canon) with a reused hash state.
+func (v *Verifier) leafHash(canon []byte) tlog.Hash {
+	if v.sha == nil {
+		v.sha = sha256.New()
+	}
+	v.sha.Reset()
+	v.sha.Write(leafPrefix)
+	v.sha.Write(canon)
+	var h tlog.Hash
+	v.sha.Sum(h[:0])
+	return h
+}
+
+// The members of an event a Verifier reads, in the order fieldsFromMembers
+// expects them.
+var verifiedMembers = [...]string{"id", "type", "time", "log"}
+
+// fieldsFromMembers reads the fields from the values of verifiedMembers, as
+// appendCanonicalMembers returns them. It reports false when a field holds
+// an escape or is not in the expected shape; the caller then parses.
+func fieldsFromMembers(vals []byte, ends [len(verifiedMembers)]int) (eventFields, bool) {
+	var f eventFields
+	member := func(i int) []byte {
+		if i == 0 {
+			return vals[:ends[0]]
+		}
+		return vals[ends[i-1]:ends[i]]
+	}
+	ok := true
+	str := func(i int) []byte {
+		m := member(i)
+		if len(m) == 0 {
+			return nil
+		}
+		s, plain := plainString(m)
+		ok = ok && plain
+		return s
+	}
+	f.id, f.time = str(0), str(2)
+	f.typ = internType(str(1))
+	if l := member(3); len(l) > 0 {
+		f.hasLog = true
+		ok = ok && scanMembers(l, func(k, v []byte) bool {
+			switch string(k) {
+			case "origin":
+				s, ok := plainString(v)
+				f.origin = s
+				return ok
+			case "prev":
+				s, ok := plainString(v)
+				f.prev = s
+				return ok
+			case "seq":
+				n, ok := plainInt(v)
+				f.seq, f.hasSeq = n, ok
+				return ok
+			}
+			return true
+		})
+	}
+	return f, ok
 }
 
 // Report is the outcome of a verification.
@@ -226,22 +298,39 @@ func (v *Verifier) Report() *Report {
 
 // duplicateIDs reports event ids found at two different places.
 func (v *Verifier) duplicateIDs() []string {
-	slices.SortFunc(v.ids, func(a, b idRef) int {
-		switch {
-		case a.id < b.id:
-			return -1
-		case a.id > b.id:
-			return 1
+	// Sort the hashes of the ids alone, which is fast; only if two are
+	// the same, look for their places.
+	ids := v.ids.all()
+	slices.Sort(ids)
+	dup := map[uint64]bool{}
+	for i := 1; i < len(ids); i++ {
+		if ids[i] == ids[i-1] {
+			dup[ids[i]] = true
 		}
-		return 0
-	})
+	}
+	if len(dup) == 0 {
+		return nil
+	}
+	type place struct {
+		origin string
+		seq    int64
+	}
+	first := map[uint64]place{}
 	var out []string
-	for i := 1; i < len(v.ids); i++ {
-		a, b := v.ids[i-1], v.ids[i]
-		if a.id == b.id && (a.origin != b.origin || a.seq != b.seq) {
+	for _, o := range v.originList {
+		for seq := range o.leaves.len() {
+			l := o.leaves.at(seq)
+			if l == nil || !l.present || !dup[l.id] {
+				continue
+			}
+			p, seen := first[l.id]
+			if !seen {
+				first[l.id] = place{o.origin, seq}
+				continue
+			}
 			if len(out) < 10 {
 				out = append(out, fmt.Sprintf("one event id appears at %s seq %d and at %s seq %d (a replayed or copied event)",
-					a.origin.origin, a.seq, b.origin.origin, b.seq))
+					p.origin, p.seq, o.origin, seq))
 			}
 		}
 	}
@@ -249,7 +338,7 @@ func (v *Verifier) duplicateIDs() []string {
 }
 
 func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
-	r := OriginReport{Origin: o.origin, MaxSeq: int64(len(o.leaves)) - 1, Duplicates: o.duplicates,
+	r := OriginReport{Origin: o.origin, MaxSeq: o.leaves.len() - 1, Duplicates: o.duplicates,
 		Checkpoints: len(o.checkpoints), NewestCheckpoint: -1}
 	problem := func(format string, args ...any) {
 		if len(r.Problems) < 50 {
@@ -260,10 +349,10 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 		problem("seq %d: two different events claim it (an event was modified or forged)", seq)
 	}
 	// Gaps and prev links.
-	for seq := int64(0); seq < int64(len(o.leaves)); {
-		if !o.leaves[seq].present {
+	for seq := int64(0); seq < o.leaves.len(); {
+		if !o.leaves.get(seq).present {
 			end := seq
-			for end < int64(len(o.leaves)) && !o.leaves[end].present {
+			for end < o.leaves.len() && !o.leaves.get(end).present {
 				end++
 			}
 			if end-seq == 1 {
@@ -275,13 +364,13 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 			continue
 		}
 		r.Events++
-		l := o.leaves[seq]
+		l := o.leaves.get(seq)
 		switch {
 		case seq == 0 && !l.noPrev:
 			problem("seq 0 has a prev link; a log starts with an empty prev")
 		case seq > 0 && l.noPrev:
 			problem("seq %d has no prev link", seq)
-		case seq > 0 && o.leaves[seq-1].present && l.prev != o.leaves[seq-1].hash:
+		case seq > 0 && o.leaves.get(seq-1).present && l.prev != o.leaves.get(seq-1).hash:
 			problem("seq %d: prev does not match event %d (events reordered, modified or inserted)", seq, seq-1)
 		}
 		seq++
@@ -289,17 +378,18 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 	// Checkpoints, in seq order, against the tree of the leaves.
 	slices.SortFunc(o.checkpoints, func(a, b cpRec) int { return int(a.seq - b.seq) })
 	var tree Tree
+	var stored []tlog.Hash
 	treeOK := true // every leaf so far present
 	var prevCP *cpRec
 	for i := range o.checkpoints {
 		cp := &o.checkpoints[i]
 		for tree.Size() < cp.seq && treeOK {
-			l := o.leaves[tree.Size()]
+			l := o.leaves.get(tree.Size())
 			if !l.present {
 				treeOK = false
 				break
 			}
-			tree.Append(l.hash, nil)
+			stored = tree.Append(l.hash, stored[:0]) // not kept; reused so it does not allocate
 		}
 		ck, _, err := OpenCheckpoint([]byte(cp.rec.Note), v.Keys)
 		var unknown *note.UnverifiedNoteError
@@ -342,7 +432,7 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 		problem("no verifiable checkpoint: nothing vouches for these events")
 	} else {
 		for seq := int64(0); seq < r.NewestCheckpoint; seq++ {
-			if o.leaves[seq].present {
+			if o.leaves.get(seq).present {
 				r.Committed++
 			}
 		}
@@ -350,12 +440,12 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 		// within the cadence of the newest of them.
 		cadence := time.Duration(prevCP.rec.IntervalMS) * time.Millisecond
 		var newest int64
-		for seq := prevCP.seq + 1; seq < int64(len(o.leaves)); seq++ {
-			newest = max(newest, o.leaves[seq].time)
+		for seq := prevCP.seq + 1; seq < o.leaves.len(); seq++ {
+			newest = max(newest, o.leaves.get(seq).time)
 		}
 		if cadence > 0 && newest > 0 && time.Duration(newest-prevCP.time) > cadence*3/2+time.Second {
 			problem("%d events after the newest checkpoint (size %d) span %s, cadence %s: the checkpoints after it are missing (the log's tail was cut?)",
-				int64(len(o.leaves))-prevCP.seq-1, prevCP.seq, time.Duration(newest-prevCP.time).Round(time.Millisecond), cadence)
+				o.leaves.len()-prevCP.seq-1, prevCP.seq, time.Duration(newest-prevCP.time).Round(time.Millisecond), cadence)
 		}
 		if !v.Until.IsZero() && !prevCP.final && cadence > 0 && v.Until.Sub(time.Unix(0, prevCP.time)) > cadence*3/2+time.Second {
 			problem("the newest checkpoint (size %d) is from %s, %s before %s, cadence %s: the log's tail was cut",
@@ -417,50 +507,6 @@ func (v *Verifier) parseEventFields(canon []byte) (eventFields, error) {
 			IntervalMS: c.GetInt64("interval_ms")}}
 	}
 	return f, nil
-}
-
-// scanEventFields reads the fields from an event's canonical form (compact,
-// members sorted) without a parser. It reports false when a field it needs
-// holds an escape or is not in the expected shape; the caller then parses.
-func scanEventFields(c []byte) (eventFields, bool) {
-	var f eventFields
-	ok := scanMembers(c, func(key, val []byte) bool {
-		switch string(key) {
-		case "id":
-			s, ok := plainString(val)
-			f.id = s
-			return ok
-		case "type":
-			s, ok := plainString(val)
-			f.typ = internType(s)
-			return ok
-		case "time":
-			s, ok := plainString(val)
-			f.time = s
-			return ok
-		case "log":
-			f.hasLog = true
-			return scanMembers(val, func(k, v []byte) bool {
-				switch string(k) {
-				case "origin":
-					s, ok := plainString(v)
-					f.origin = s
-					return ok
-				case "prev":
-					s, ok := plainString(v)
-					f.prev = s
-					return ok
-				case "seq":
-					n, ok := plainInt(v)
-					f.seq, f.hasSeq = n, ok
-					return ok
-				}
-				return true
-			})
-		}
-		return true
-	})
-	return f, ok
 }
 
 // scanMembers calls fn with each member of the JSON object at the start of

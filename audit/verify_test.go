@@ -155,11 +155,11 @@ func TestVerifyDetectsTampering(t *testing.T) {
 	}
 
 	seqField := func(line []byte, seq int) (string, string) {
-		old := fmt.Sprintf(`"seq":%d,`, seq)
+		old := fmt.Sprintf(`"seq":%d}`, seq)
 		if !bytes.Contains(line, []byte(old)) {
 			t.Fatalf("no %s in %s", old, line)
 		}
-		return old, fmt.Sprintf(`"seq":%d,`, seq+1000)
+		return old, fmt.Sprintf(`"seq":%d}`, seq+1000)
 	}
 	swapped := append([][]byte(nil), lg.lines...)
 	{
@@ -194,6 +194,8 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		{"events reordered", [][][]byte{swapped}, exported, lg.keys, "prev does not match"},
 		{"event replayed from another origin", [][][]byte{lg.lines, other.lines[5:6]}, exported, lg.keys,
 			"seq 0..4 missing"},
+		{"one event id in two logs", [][][]byte{lg.lines, other.lines}, exported, lg.keys,
+			"one event id appears at auditproxy/test/20261123T100000Z seq 0 and at auditproxy/other/20261123T100000Z seq 0"},
 		{"forged event inserted", [][][]byte{forged}, exported, lg.keys, "seq 20: two different events claim it"},
 		{"rolled back and rewritten", [][][]byte{lg.lines, forkLines}, exported, lg.keys, "seq 33: two different events claim it"},
 		{"signed by an unknown key", [][][]byte{lg.lines}, exported, otherKeys, "signed by no known key"},

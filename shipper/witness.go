@@ -15,8 +15,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 
@@ -92,6 +94,32 @@ type Witness struct {
 
 	// Owned by the worker goroutine (and NewWitness before it starts).
 	state map[string]witnessLogState
+
+	cosignedN, forkAlerts, failures atomic.Int64 // for Register
+}
+
+// Register registers the witness client's metrics with reg. An alert to
+// page on: auditproxy_witness_fork_alerts_total increasing.
+func (w *Witness) Register(reg prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "auditproxy_witness_cosigned_total",
+			Help: "Checkpoints the witness (--witness-url) cosigned.",
+		}, func() float64 { return float64(w.cosignedN.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "auditproxy_witness_fork_alerts_total",
+			Help: "Alerts logged with alert=log_fork: a checkpoint that the witness's state or answer shows to be a rollback or a fork of this log (one fork may raise two: the local check, then the witness's answer).",
+		}, func() float64 { return float64(w.forkAlerts.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "auditproxy_witness_failures_total",
+			Help: "Submissions to the witness that failed and will be retried (unreachable, error answers).",
+		}, func() float64 { return float64(w.failures.Load()) }),
+	} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // witnessItem is a queued checkpoint.
@@ -368,6 +396,7 @@ func (w *Witness) send(it witnessItem) witnessOutcome {
 	if known {
 		switch {
 		case it.size < prev.Size:
+			w.forkAlerts.Add(1)
 			log.Error("witness: this checkpoint is smaller than one the witness already cosigned for this origin: the log was rolled back",
 				"alert", witnessForkAlert, "cosigned_size", prev.Size)
 			return witnessRefused
@@ -375,6 +404,7 @@ func (w *Witness) send(it witnessItem) witnessOutcome {
 			if prev.Root == base64.StdEncoding.EncodeToString(it.root[:]) {
 				return witnessDone // already cosigned
 			}
+			w.forkAlerts.Add(1)
 			log.Error("witness: this checkpoint has another root than the one the witness cosigned at this size: the log was forked",
 				"alert", witnessForkAlert, "cosigned_root", prev.Root, "root", base64.StdEncoding.EncodeToString(it.root[:]))
 			// Sent anyway: the witness's answer confirms it.
@@ -384,11 +414,13 @@ func (w *Witness) send(it witnessItem) witnessOutcome {
 		log := log.With("old", old)
 		body, err := w.request(it, old)
 		if err != nil {
+			w.failures.Add(1)
 			log.Error("witness: cannot make the consistency proof", "err", err)
 			return witnessRetry
 		}
 		status, ctype, resp, err := w.post(body)
 		if err != nil {
+			w.failures.Add(1)
 			log.Warn("witness: cannot submit the checkpoint; retrying", "err", err)
 			return witnessRetry
 		}
@@ -398,21 +430,25 @@ func (w *Witness) send(it witnessItem) witnessOutcome {
 		case http.StatusConflict:
 			k, err := parseWitnessSize(resp)
 			if err != nil {
+				w.failures.Add(1)
 				log.Warn("witness: 409 without its tree size; retrying", "err", err, "content_type", ctype)
 				return witnessRetry
 			}
 			switch {
 			case k > it.size:
+				w.forkAlerts.Add(1)
 				log.Error("witness: the witness cosigned a bigger tree of this origin than this checkpoint's: the log was rolled back or forked",
 					"alert", witnessForkAlert, "witness_size", k)
 				return witnessRefused
 			case k == old && old == it.size:
 				// The sizes agree, so the 409 is the witness's other
 				// conflict: old == size with another root.
+				w.forkAlerts.Add(1)
 				log.Error("witness: the witness cosigned another tree of this size: the log was forked",
 					"alert", witnessForkAlert, "witness_size", k)
 				return witnessRefused
 			case k == old || attempt > 0:
+				w.failures.Add(1)
 				log.Warn("witness: 409 again after following the witness's size; retrying later", "witness_size", k)
 				return witnessRetry
 			}
@@ -424,6 +460,7 @@ func (w *Witness) send(it witnessItem) witnessOutcome {
 			}
 			old = k
 		case http.StatusUnprocessableEntity:
+			w.forkAlerts.Add(1)
 			log.Error("witness: the witness refused the consistency proof: the log is not an extension of the tree it cosigned (a fork), or the stored hashes are damaged",
 				"alert", witnessForkAlert, "answer", witnessSnippet(resp))
 			return witnessRefused
@@ -431,13 +468,16 @@ func (w *Witness) send(it witnessItem) witnessOutcome {
 			log.Error("witness: the witness found the request malformed", "answer", witnessSnippet(resp))
 			return witnessRefused
 		case http.StatusForbidden:
+			w.failures.Add(1)
 			log.Error("witness: the witness does not accept the checkpoint's signature (is this log's key configured there?); retrying",
 				"answer", witnessSnippet(resp))
 			return witnessRetry
 		case http.StatusNotFound:
+			w.failures.Add(1)
 			log.Error("witness: the witness does not know this log's origin; retrying", "answer", witnessSnippet(resp))
 			return witnessRetry
 		default:
+			w.failures.Add(1)
 			log.Warn("witness: the witness answered an error; retrying", "status", status, "answer", witnessSnippet(resp))
 			return witnessRetry
 		}
@@ -514,6 +554,7 @@ func (w *Witness) cosigned(log *slog.Logger, it witnessItem, resp []byte) witnes
 			log.Error("witness: cannot keep the cosignature", "err", err)
 		}
 	}
+	w.cosignedN.Add(1)
 	log.Info("witness: checkpoint cosigned", "signatures", len(sigs))
 	return witnessDone
 }

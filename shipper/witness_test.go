@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 
@@ -670,6 +671,12 @@ func TestWitnessReportsAForkedLog(t *testing.T) {
 			if cos := readCosignatures(t, opts.CosignatureFile); len(cos) != 0 {
 				t.Errorf("cosignatures kept for the fork: %+v", cos)
 			}
+			if n := witnessMetric(t, w, "auditproxy_witness_fork_alerts_total"); n < 1 {
+				t.Errorf("auditproxy_witness_fork_alerts_total = %v, want at least 1", n)
+			}
+			if n := witnessMetric(t, w, "auditproxy_witness_cosigned_total"); n != 0 {
+				t.Errorf("auditproxy_witness_cosigned_total = %v for a fork", n)
+			}
 			if tc.withState {
 				if st := readWitnessState(t, opts.StateFile); st.Logs[witnessTestOrigin].Size != witnessed {
 					t.Errorf("state %+v, want A's size %d", st, witnessed)
@@ -776,6 +783,9 @@ func TestWitnessDownNeverBlocksAndCloseIsBounded(t *testing.T) {
 			if cos := readCosignatures(t, filepath.Join(dir, "cosignatures.jsonl")); len(cos) != 0 {
 				t.Errorf("cosignatures from a down witness: %+v", cos)
 			}
+			if n := witnessMetric(t, w, "auditproxy_witness_failures_total"); name != "hanging" && n < 1 {
+				t.Errorf("auditproxy_witness_failures_total = %v with the witness %s", n, name)
+			}
 		})
 	}
 }
@@ -803,4 +813,24 @@ func TestNewWitnessChecksItsOptions(t *testing.T) {
 	if n := strings.Count(logs.String(), "not a checkpoint event"); n != 2 {
 		t.Errorf("%d malformed events reported, want 2:\n%s", n, logs.String())
 	}
+}
+
+// witnessMetric reads one of the counters w registers.
+func witnessMetric(t *testing.T, w *Witness, name string) float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	if err := w.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }

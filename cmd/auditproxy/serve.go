@@ -146,6 +146,7 @@ func runServe(args []string, _, stderr io.Writer) error {
 // instance is a running proxy with its admin listener and spool (and shipper).
 type instance struct {
 	cfg      serveConfig
+	sig      chan os.Signal // SIGINT and SIGTERM, caught from the end of start on
 	log      *slog.Logger
 	proxy    *proxy.Proxy
 	spool    *shipper.Spool
@@ -306,6 +307,11 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 			spool.Close()
 			return nil, usageError{"--witness-url: " + err.Error()}
 		}
+		if err := w.Register(reg); err != nil {
+			w.Close(0)
+			spool.Close()
+			return nil, err
+		}
 		witness.Store(w)
 		inst.witness = w
 	}
@@ -392,6 +398,10 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 			"spool", spool.Dir())
 	}
 	go func() { inst.serveErr <- inst.proxy.Serve(inst.ln) }()
+	// Catch the signals before anyone is told the proxy serves, so that
+	// a Ctrl-C right after shuts it down rather than killing it.
+	inst.sig = make(chan os.Signal, 1)
+	signal.Notify(inst.sig, syscall.SIGINT, syscall.SIGTERM)
 	logger.Info("auditproxy serving", "version", buildVersion(), "listen", inst.ln.Addr().String(),
 		"admin", c.adminListen, "upstream", c.upstream, "data_dir", c.dataDir, "hash", string(alg),
 		"durability", string(durability), "fsync_interval", c.fsyncInterval.String(),
@@ -402,11 +412,9 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 
 // waitForSignal serves until SIGINT or SIGTERM, then shuts down.
 func (inst *instance) waitForSignal() error {
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sig)
+	defer signal.Stop(inst.sig)
 	select {
-	case s := <-sig:
+	case s := <-inst.sig:
 		inst.log.Info("shutting down", "signal", s.String())
 	case err := <-inst.serveErr:
 		inst.shutdown()
