@@ -269,7 +269,7 @@ func wantLoops(closed bool, rate float64, stream bool) func(*testing.T, options)
 func quickOptions(t *testing.T, workload string) options {
 	o, err := parseFlags([]string{
 		"-workload", workload, "-rounds", "3", "-duration", "150ms", "-warmup", "30ms",
-		"-concurrency", "4", "-stream-chunks", "10", "-stream-itl", "2ms", "-timeout", "30s",
+		"-concurrency", "4", "-stream-chunks", "10", "-stream-itl", "2ms", "-timeout", "30s", "-peers", "none",
 	}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -279,20 +279,25 @@ func quickOptions(t *testing.T, workload string) options {
 }
 
 var (
-	nonstreamRow = regexp.MustCompile(`(?m)^\| (direct|proxy) \| (\d+) \| (\d+) \| (\d+) \| `)
-	streamRow    = regexp.MustCompile(`(?m)^\| (direct|proxy) \| (\d+) \| (\d+) \| (\d+) \| ([0-9.]+) \| `)
+	nonstreamRow = regexp.MustCompile(`(?m)^\| (direct|auditproxy) \| (\d+) \| (\d+) \| (\d+) \| `)
+	streamRow    = regexp.MustCompile(`(?m)^\| (direct|auditproxy) \| (\d+) \| (\d+) \| (\d+) \| ([0-9.]+) \| `)
 	// target, requests, errors, target rate, achieved rate
-	rateRow = regexp.MustCompile(`(?m)^\| (direct|proxy) \| (\d+) \| (\d+) \| ([0-9.]+) \| (\d+) \| `)
+	rateRow = regexp.MustCompile(`(?m)^\| (direct|auditproxy) \| (\d+) \| (\d+) \| ([0-9.]+) \| (\d+) \| `)
 )
 
-// table returns the cells of the markdown table in sec by column name,
+// tables returns the cells of each markdown table in sec by column name,
 // one map per row, keyed by the row's first cell.
-func table(t *testing.T, sec string) map[string]map[string]string {
+func tables(t *testing.T, sec string) []map[string]map[string]string {
 	t.Helper()
+	var out []map[string]map[string]string
 	var header []string
-	rows := map[string]map[string]string{}
+	var rows map[string]map[string]string
 	for _, line := range strings.Split(sec, "\n") {
 		if !strings.HasPrefix(line, "| ") {
+			if strings.TrimSpace(line) == "" && header != nil {
+				out = append(out, rows)
+				header = nil
+			}
 			continue // also the |---| alignment row
 		}
 		cells := strings.Split(strings.Trim(line, "|"), "|")
@@ -301,6 +306,7 @@ func table(t *testing.T, sec string) map[string]map[string]string {
 		}
 		if header == nil {
 			header = cells
+			rows = map[string]map[string]string{}
 			continue
 		}
 		if len(cells) != len(header) {
@@ -312,7 +318,10 @@ func table(t *testing.T, sec string) map[string]map[string]string {
 		}
 		rows[cells[0]] = row
 	}
-	return rows
+	if header != nil {
+		out = append(out, rows)
+	}
+	return out
 }
 
 // checkMedianOfRounds asserts that the table in sec lists one p99 per round
@@ -323,9 +332,13 @@ func checkMedianOfRounds(t *testing.T, sec, col string, rounds int) {
 	if !strings.Contains(sec, "median of the p99s each round measured on its own") || !strings.Contains(sec, "VM stall") {
 		t.Errorf("description does not explain the median of rounds:\n%s", sec)
 	}
-	rows := table(t, sec)
+	tabs := tables(t, sec)
+	if len(tabs) != 2 {
+		t.Fatalf("want the targets' table and the comparison table, got %d tables in:\n%s", len(tabs), sec)
+	}
+	rows := tabs[0]
 	medians := map[string]float64{}
-	for _, target := range []string{"direct", "proxy"} {
+	for _, target := range []string{"direct", "auditproxy"} {
 		row := rows[target]
 		list, ok := row[col+" per round ms"]
 		if !ok {
@@ -348,9 +361,10 @@ func checkMedianOfRounds(t *testing.T, sec, col string, rounds int) {
 		}
 		medians[target] = got
 	}
-	added, err := strconv.ParseFloat(rows["proxy − direct"][col+" median of rounds ms"], 64)
-	if want := medians["proxy"] - medians["direct"]; err != nil || math.Abs(added-want) > 0.0025 {
-		t.Errorf("proxy − direct %s median of rounds %q, want %+.3f", col, rows["proxy − direct"][col+" median of rounds ms"], want)
+	cell := tabs[1]["auditproxy"]["added "+col+" median of rounds ms"]
+	added, err := strconv.ParseFloat(cell, 64)
+	if want := medians["auditproxy"] - medians["direct"]; err != nil || math.Abs(added-want) > 0.0025 {
+		t.Errorf("auditproxy's added %s median of rounds %q, want %+.3f", col, cell, want)
 	}
 }
 
@@ -419,8 +433,8 @@ func checkReport(t *testing.T, report string, nonstream bool, rate float64, stre
 		}
 	}
 	for _, sec := range []string{ns, nr, st} {
-		if sec != "" && !strings.Contains(sec, "| proxy − direct |") {
-			t.Errorf("section lacks the difference row:\n%s", sec)
+		if sec != "" && !strings.Contains(sec, "Each proxy against the direct connection") {
+			t.Errorf("section lacks the comparison table:\n%s", sec)
 		}
 	}
 	// quickOptions runs 3 rounds.
@@ -487,7 +501,7 @@ func TestRunChildProcesses(t *testing.T) {
 			t.Setenv(childEnv, "1")
 			t.Setenv(pidDirEnv, pidDir)
 			o := quickOptions(t, "nonstream")
-			o.fakeBin, o.proxyBin = self, self
+			o.fakeBin, o.proxyBin, o.recvBin = self, self, self
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			if tc.cancelAfter > 0 {
@@ -505,8 +519,8 @@ func TestRunChildProcesses(t *testing.T) {
 				}
 			}
 			pids, _ := os.ReadDir(pidDir)
-			if len(pids) != 2 {
-				t.Fatalf("%d children recorded their pid, want 2", len(pids))
+			if len(pids) != 3 {
+				t.Fatalf("%d children recorded their pid, want 3 (fake, receiver, proxy)", len(pids))
 			}
 			for _, p := range pids {
 				pid, _ := strconv.Atoi(p.Name())
@@ -526,7 +540,7 @@ func TestRunProxyFailsToStart(t *testing.T) {
 	t.Setenv(childEnv, "1")
 	t.Setenv(failNowEnv, "1")
 	o := quickOptions(t, "nonstream")
-	o.fakeBin, o.proxyBin = self, self
+	o.fakeBin, o.proxyBin, o.recvBin = self, self, self
 	err = run(context.Background(), o, io.Discard, io.Discard, "harness (test)")
 	if err == nil || !strings.Contains(err.Error(), failMessage) || !strings.Contains(err.Error(), "exited") {
 		t.Fatalf("err %v, want the proxy's exit and its log", err)

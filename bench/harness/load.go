@@ -40,6 +40,9 @@ type roundResult struct {
 	lags     []int64                  // ns: open loop, actual send minus intended send time
 	unsent   int64                    // open loop: requests due in the window, still unsent after the grace
 	cpu      map[string]time.Duration // CPU used by each child during the window
+	rss      map[string]int64         // peak resident bytes of each child (with its descendants) in the window
+	stalls   int64                    // streams in the window with a gap between events over loadSpec.stallAfter
+	maxGap   time.Duration            // the longest gap between two events of one stream
 }
 
 // loadSpec is one workload's traffic.
@@ -51,17 +54,19 @@ type loadSpec struct {
 	rate        float64 // nonstream open loop: requests per second over all workers; 0: closed loop
 	warmup      time.Duration
 	duration    time.Duration
-	wantLen     int  // nonstream: exact answer length
-	wantEvents  int  // stream: data events before [DONE]
-	once        bool // stop after the first request (pre-flight checks)
+	wantLen     int           // nonstream: exact answer length
+	wantEvents  int           // stream: data events before [DONE]
+	stallAfter  time.Duration // stream: a longer gap between two events of a stream is a stall
+	once        bool          // stop after the first request (pre-flight checks)
 }
 
 // workerResult is one worker's share of a round. Each worker keeps its own
 // samples, merged when the round ends, so the measured path takes no locks.
 type workerResult struct {
-	requests, errors, chunks, unsent int64
-	firstErr                         string
-	lat, delays, lags                []int64
+	requests, errors, chunks, unsent, stalls int64
+	maxGap                                   time.Duration
+	firstErr                                 string
+	lat, delays, lags                        []int64
 }
 
 func newClient(addr string, spec loadSpec) *fasthttp.HostClient {
@@ -111,6 +116,33 @@ func runRound(ctx context.Context, t *target, spec loadSpec) roundResult {
 		}
 	}()
 
+	// Resident memory is sampled through the window; the peak counts.
+	rssDone := make(chan map[string]int64, 1)
+	go func() {
+		peak := map[string]int64{}
+		defer func() { rssDone <- peak }()
+		select {
+		case <-time.After(time.Until(mStart)):
+		case <-ctx.Done():
+			return
+		}
+		for time.Now().Before(end) {
+			for _, c := range t.procs {
+				if c == nil {
+					continue
+				}
+				if b, ok := rssBytes(c.cmd.Process.Pid); ok && b > peak[c.name] {
+					peak[c.name] = b
+				}
+			}
+			select {
+			case <-time.After(250 * time.Millisecond):
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
 	// The open-loop schedule starts with the warm-up, so the warm-up
 	// already runs at the measured rate. Requests due just before the
 	// window closes may go out a little after it; only a backlog longer
@@ -136,13 +168,16 @@ func runRound(ctx context.Context, t *target, spec loadSpec) roundResult {
 	}
 	wg.Wait()
 	<-cpuDone
+	rss := <-rssDone
 
-	r := roundResult{window: spec.duration, cpu: map[string]time.Duration{}}
+	r := roundResult{window: spec.duration, cpu: map[string]time.Duration{}, rss: rss}
 	for _, w := range results {
 		r.requests += w.requests
 		r.errors += w.errors
 		r.chunks += w.chunks
 		r.unsent += w.unsent
+		r.stalls += w.stalls
+		r.maxGap = max(r.maxGap, w.maxGap)
 		if r.firstErr == "" {
 			r.firstErr = w.firstErr
 		}
@@ -384,6 +419,10 @@ func streamWorker(ctx context.Context, hc *fasthttp.HostClient, base string, spe
 		if win.contains(t0) {
 			w.requests++
 			w.lat = append(w.lat, int64(st.ttft))
+			w.maxGap = max(w.maxGap, st.maxGap)
+			if spec.stallAfter > 0 && st.maxGap > spec.stallAfter {
+				w.stalls++
+			}
 		}
 		if spec.once {
 			return
@@ -402,6 +441,8 @@ type streamStats struct {
 	events   int           // data events before [DONE]
 	inWindow int           // of which received inside the window
 	delays   []int64       // ns, send-to-receive, for events inside the window
+	maxGap   time.Duration // the longest time between two data events, or from the request to the first
+	last     time.Time
 }
 
 var (
@@ -436,7 +477,10 @@ func readBenchStream(br *bufio.Reader, t0 time.Time, win window, st streamStats)
 		}
 		if st.ttft == 0 {
 			st.ttft = now.Sub(t0)
+			st.last = t0
 		}
+		st.maxGap = max(st.maxGap, now.Sub(st.last))
+		st.last = now
 		payload = bytes.TrimRight(payload, "\r\n")
 		if bytes.Equal(payload, doneData) {
 			done = true

@@ -39,6 +39,8 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -64,6 +66,13 @@ type options struct {
 	answerBytes  int
 	streamChunks int
 	streamITL    time.Duration
+
+	peers        []string // plain proxies measured beside auditproxy: nginx, haproxy
+	installPeers bool
+	streamLevels []int         // concurrent streams of each stream level; nil: -concurrency or the default
+	recvBin      string        // forwardrecv binary ("": build it)
+	plot         string        // PNG file for the latency CDF
+	stallAfter   time.Duration // a stream gap longer than this is a stall (0: derived from the ITL)
 
 	tmpParent string // where the run's temporary directory goes ("": the system's); tests set it
 }
@@ -102,9 +111,36 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.promptBytes, "prompt-bytes", 1024, "request body size, both workloads")
 	fs.IntVar(&o.answerBytes, "answer-bytes", 2048, "nonstream answer body size (max_tokens is calibrated to it)")
 	fs.IntVar(&o.streamChunks, "stream-chunks", 200, "content chunks per stream")
-	fs.DurationVar(&o.streamITL, "stream-itl", 5*time.Millisecond, "delay between stream chunks")
+	fs.DurationVar(&o.streamITL, "stream-itl", 5*time.Millisecond, "delay between stream chunks (at least concurrency × 50µs at each stream level, "+
+		"so the fake sends at most 20,000 chunks/s: 100ms at 2,000 streams, about a loaded vLLM's pace)")
+	peers := fs.String("peers", "nginx,haproxy", "plain reverse proxies to measure beside auditproxy, comma-separated: nginx, haproxy, or none")
+	fs.BoolVar(&o.installPeers, "install-peers", true, "install missing peers with apt-get (as root)")
+	levels := fs.String("stream-concurrency", "", "stream workload: comma-separated concurrent stream counts, one level each, e.g. 32,1000,2000 (default: -concurrency, or 32)")
+	fs.StringVar(&o.recvBin, "recv-bin", "", "forwardrecv binary to run instead of building ./bench/cmd/forwardrecv (the aggregator auditproxy ships to)")
+	fs.StringVar(&o.plot, "plot", "", "write a PNG of the latency percentiles per target (nonstream-rate latency, and stream chunk delay in FILE with -stream before .png)")
+	fs.DurationVar(&o.stallAfter, "stall-after", 0, "stream: a gap between two chunks longer than this counts the stream as stalled (default max(1s, 20 × ITL))")
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	for _, p := range strings.Split(*peers, ",") {
+		switch p = strings.TrimSpace(p); p {
+		case "", "none":
+		case "nginx", "haproxy":
+			if !slices.Contains(o.peers, p) {
+				o.peers = append(o.peers, p)
+			}
+		default:
+			return o, fmt.Errorf("-peers %q: want nginx, haproxy or none", *peers)
+		}
+	}
+	if *levels != "" {
+		for _, f := range strings.Split(*levels, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 || n > 20000 {
+				return o, fmt.Errorf("-stream-concurrency %q: want counts from 1 to 20000, comma-separated", *levels)
+			}
+			o.streamLevels = append(o.streamLevels, n)
+		}
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
@@ -192,6 +228,24 @@ func (o options) openLoopRate() float64 {
 
 func (o options) streams() bool { return o.workload == "all" || o.workload == "stream" }
 
+// streamConcurrency lists the stream workload's levels.
+func (o options) streamConcurrency() []int {
+	switch {
+	case len(o.streamLevels) > 0:
+		return o.streamLevels
+	case o.concurrency > 0:
+		return []int{o.concurrency}
+	}
+	return []int{defaultStreamConcurrency}
+}
+
+// itl is the delay between chunks at a stream level: -stream-itl, but no
+// less than 50µs per stream, which keeps the fake at or below 20,000 chunks
+// a second on the shared cores.
+func (o options) itl(concurrency int) time.Duration {
+	return max(o.streamITL, time.Duration(concurrency)*50*time.Microsecond)
+}
+
 // plannedRun is how long the measurements take, builds and start-up aside.
 func (o options) plannedRun() time.Duration {
 	per := 2 * time.Duration(o.rounds) * (o.duration + o.warmup + time.Second)
@@ -203,9 +257,11 @@ func (o options) plannedRun() time.Duration {
 		d += per
 	}
 	if o.streams() {
-		d += per + 2*time.Duration(o.rounds)*time.Duration(o.streamChunks)*o.streamITL
+		for _, conc := range o.streamConcurrency() {
+			d += per + 2*time.Duration(o.rounds)*time.Duration(o.streamChunks)*o.itl(conc)
+		}
 	}
-	return d
+	return d * time.Duration(2+len(o.peers)) / 2
 }
 
 func main() {

@@ -191,9 +191,11 @@ func startFake(ctx context.Context, g *procGroup, bin, listen, dir string) (*chi
 	}
 }
 
-// startProxy runs `auditproxy serve` in front of upstream and waits for its
-// admin /readyz to answer 200.
-func startProxy(ctx context.Context, g *procGroup, bin, upstream, dir string) (*child, string, error) {
+// startProxy runs `auditproxy serve` in front of upstream, shipping to
+// forward when it is not empty, and waits for its admin /readyz to answer
+// 200. Everything else is the product's default: sync durability, a signed
+// log.
+func startProxy(ctx context.Context, g *procGroup, bin, upstream, forward, dir string) (*child, string, error) {
 	ports, err := freePorts(2)
 	if err != nil {
 		return nil, "", err
@@ -204,9 +206,11 @@ func startProxy(ctx context.Context, g *procGroup, bin, upstream, dir string) (*
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, "", err
 	}
-	c, err := g.start("auditproxy", bin, []string{
-		"serve", "--upstream", upstream, "--listen", listen, "--admin-listen", admin, "--data-dir", dataDir,
-	}, filepath.Join(dir, "auditproxy.log"), nil)
+	args := []string{"serve", "--upstream", upstream, "--listen", listen, "--admin-listen", admin, "--data-dir", dataDir}
+	if forward != "" {
+		args = append(args, "--forward", forward)
+	}
+	c, err := g.start("auditproxy", bin, args, filepath.Join(dir, "auditproxy.log"), nil)
 	if err != nil {
 		return nil, "", err
 	}
@@ -269,28 +273,92 @@ func waitHTTP(ctx context.Context, c *child, url string, limit time.Duration) er
 	}
 }
 
-// cpuTime returns the user+system CPU time a process has used, from
-// /proc/PID/stat; ok is false where that is not available.
+// cpuTime returns the user+system CPU time a process and its descendants
+// (nginx's workers) have used, from /proc; ok is false where that is not
+// available.
 func cpuTime(pid int) (time.Duration, bool) {
+	var total time.Duration
+	ok := false
+	for _, p := range procTree(pid) {
+		f, err := procStat(p)
+		if err != nil || len(f) < 13 {
+			continue
+		}
+		// utime and stime are fields 14 and 15 of stat, in clock ticks
+		// (USER_HZ, 100 on Linux).
+		u, err1 := strconv.ParseInt(f[11], 10, 64)
+		s, err2 := strconv.ParseInt(f[12], 10, 64)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		total += time.Duration(u+s) * (time.Second / 100)
+		ok = true
+	}
+	return total, ok
+}
+
+// rssBytes returns the resident memory of a process and its descendants,
+// from /proc/PID/status (VmRSS).
+func rssBytes(pid int) (int64, bool) {
+	var total int64
+	ok := false
+	for _, p := range procTree(pid) {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/status")
+		if err != nil {
+			continue
+		}
+		for line := range strings.Lines(string(b)) {
+			if v, found := strings.CutPrefix(line, "VmRSS:"); found {
+				f := strings.Fields(v)
+				if len(f) == 2 && f[1] == "kB" {
+					if kb, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+						total += kb << 10
+						ok = true
+					}
+				}
+			}
+		}
+	}
+	return total, ok
+}
+
+// procStat returns the fields of /proc/PID/stat after the command name
+// (field 3, the state, is the first).
+func procStat(pid int) ([]string, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, false
+		return nil, err
 	}
 	// The command name (field 2) may hold spaces; fields after it are
-	// counted from its closing parenthesis. utime and stime are fields 14
-	// and 15, in clock ticks (USER_HZ, 100 on Linux).
+	// counted from its closing parenthesis.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, false
+		return nil, fmt.Errorf("/proc/%d/stat: no command name", pid)
 	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0, false
+	return strings.Fields(string(b[i+1:])), nil
+}
+
+// procTree returns pid and its live descendants.
+func procTree(pid int) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return []int{pid}
 	}
-	u, err1 := strconv.ParseInt(f[11], 10, 64)
-	s, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, false
+	children := map[int][]int{}
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if f, err := procStat(p); err == nil && len(f) > 1 {
+			if pp, err := strconv.Atoi(f[1]); err == nil {
+				children[pp] = append(children[pp], p)
+			}
+		}
 	}
-	return time.Duration(u+s) * (time.Second / 100), true
+	out := []int{pid}
+	for i := 0; i < len(out); i++ {
+		out = append(out, children[out[i]]...)
+	}
+	return out
 }

@@ -63,6 +63,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer, cmdline strin
 		fakeDesc = fmt.Sprintf("process %s at %s", bin, fakeURL)
 	}
 	proxyURL, proxyDesc := o.proxyURL, "already running at "+o.proxyURL
+	var recv *child
 	if proxyURL == "" {
 		bin := o.proxyBin
 		if bin == "" {
@@ -72,14 +73,48 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer, cmdline strin
 				return fmt.Errorf("%w\n(pass -proxy-bin or -proxy-url to use another build)", err)
 			}
 		}
-		if proxy, proxyURL, err = startProxy(ctx, &procs, bin, fakeURL, tmp); err != nil {
+		recvBin := o.recvBin
+		if recvBin == "" {
+			recvBin = filepath.Join(tmp, "forwardrecv")
+			logf("building ./bench/cmd/forwardrecv")
+			if err := build(ctx, "./bench/cmd/forwardrecv", recvBin); err != nil {
+				return err
+			}
+		}
+		var recvAddr string
+		if recv, recvAddr, err = startForwardRecv(ctx, &procs, recvBin, tmp); err != nil {
 			return err
 		}
-		proxyDesc = fmt.Sprintf("process `%s serve --upstream %s` at %s", bin, fakeURL, proxyURL)
+		if proxy, proxyURL, err = startProxy(ctx, &procs, bin, fakeURL, "tcp://"+recvAddr, tmp); err != nil {
+			return err
+		}
+		proxyDesc = fmt.Sprintf("process `%s serve --upstream %s --forward tcp://%s` at %s: full audit (request and response hashed, "+
+			"hash-chained signed log, sync durability: each answer ends after its event is fsynced, events shipped with acks to "+
+			"bench/cmd/forwardrecv, a separate process, whose CPU is counted with auditproxy's)", bin, fakeURL, recvAddr, proxyURL)
 	}
 	targets := []*target{
 		{name: "direct", url: fakeURL, procs: []*child{fake}},
-		{name: "proxy", url: proxyURL, procs: []*child{fake, proxy}},
+		{name: "auditproxy", url: proxyURL, procs: []*child{fake, proxy, recv}},
+	}
+	var peerDescs []string
+	upstream := strings.TrimPrefix(fakeURL, "http://")
+	for _, name := range o.peers {
+		bin, why := findPeer(ctx, name, o.installPeers, logf)
+		if bin == "" {
+			logf("%s: skipped: %s", name, why)
+			peerDescs = append(peerDescs, fmt.Sprintf("- %s: not measured: %s\n", name, why))
+			continue
+		}
+		start := startNginx
+		if name == "haproxy" {
+			start = startHAProxy
+		}
+		c, u, err := start(ctx, &procs, bin, upstream, tmp)
+		if err != nil {
+			return fmt.Errorf("starting %s: %w", name, err)
+		}
+		targets = append(targets, &target{name: name, url: u, procs: []*child{fake, c}})
+		peerDescs = append(peerDescs, fmt.Sprintf("- %s: %s (%s) at %s, configuration in the harness's bench/harness/peers.go\n", name, bin, peerVersion(bin), u))
 	}
 	model, err := servedModel(ctx, fakeURL)
 	if err != nil {
@@ -92,8 +127,11 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer, cmdline strin
 	fmt.Fprintf(&report, "- machine: %s/%s, %d CPUs, %s; the fake, the proxy and this load generator share it\n",
 		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version())
 	fmt.Fprintf(&report, "- direct: fakevllm %s (model %s)\n", fakeDesc, model)
-	fmt.Fprintf(&report, "- proxy: %s\n", proxyDesc)
-	fmt.Fprintf(&report, "- %d interleaved rounds per workload (direct, proxy, direct, proxy, …), each %v measured after %v of warm-up on fresh connections; "+
+	fmt.Fprintf(&report, "- auditproxy: %s\n", proxyDesc)
+	for _, d := range peerDescs {
+		report.WriteString(d)
+	}
+	fmt.Fprintf(&report, "- %d interleaved rounds per workload (each target in turn, then again), each %v measured after %v of warm-up on fresh connections; "+
 		"percentiles are nearest-rank over all samples of all rounds, except the per-round p99s and their median\n", o.rounds, o.duration, o.warmup)
 
 	if rate := o.openLoopRate(); o.closedLoop() || rate > 0 {
@@ -109,19 +147,34 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer, cmdline strin
 			report.WriteString(sec)
 		}
 		if rate > 0 {
-			sec, err := nonstreamRateWorkload(ctx, o, targets, tr, rate, logf)
+			sec, aggs, err := nonstreamRateWorkload(ctx, o, targets, tr, rate, logf)
 			if err != nil {
 				return fmt.Errorf("nonstream-rate workload: %w", err)
 			}
 			report.WriteString(sec)
+			if o.plot != "" {
+				if err := plotTargets(o.plot, fmt.Sprintf("Latency at %s requests/s (open loop)", fmtRate(rate)), targets, aggs, false); err != nil {
+					return err
+				}
+				fmt.Fprintf(&report, "\nLatency percentiles: %s\n", o.plot)
+			}
 		}
 	}
 	if o.streams() {
-		sec, err := streamWorkload(ctx, o, targets, model, logf)
-		if err != nil {
-			return fmt.Errorf("stream workload: %w", err)
+		for i, conc := range o.streamConcurrency() {
+			sec, aggs, err := streamWorkload(ctx, o, targets, model, conc, logf)
+			if err != nil {
+				return fmt.Errorf("stream workload, %d streams: %w", conc, err)
+			}
+			report.WriteString(sec)
+			if o.plot != "" && i == len(o.streamConcurrency())-1 {
+				path := strings.TrimSuffix(o.plot, ".png") + "-stream.png"
+				if err := plotTargets(path, fmt.Sprintf("Per-chunk delay, %d concurrent streams", conc), targets, aggs, true); err != nil {
+					return err
+				}
+				fmt.Fprintf(&report, "\nPer-chunk delay percentiles: %s\n", path)
+			}
 		}
-		report.WriteString(sec)
 	}
 	if _, err := io.WriteString(stdout, report.String()); err != nil {
 		return err
@@ -279,13 +332,15 @@ func prepareNonstream(ctx context.Context, o options, targets []*target, model s
 	if err != nil {
 		return nonstreamTraffic{}, err
 	}
-	// One request through the proxy first: a proxy that fails or changes
-	// the answer should stop the run with a reason, not fill the table
-	// with errors.
-	if n, _, err := probe(ctx, targets[1].url, body); err != nil {
-		return nonstreamTraffic{}, fmt.Errorf("request through the proxy: %w", err)
-	} else if n != answerLen {
-		return nonstreamTraffic{}, fmt.Errorf("through the proxy the answer is %d bytes, direct %d", n, answerLen)
+	// One request through each proxy first: a proxy that fails or
+	// changes the answer should stop the run with a reason, not fill the
+	// table with errors.
+	for _, t := range targets[1:] {
+		if n, _, err := probe(ctx, t.url, body); err != nil {
+			return nonstreamTraffic{}, fmt.Errorf("request through %s: %w", t.name, err)
+		} else if n != answerLen {
+			return nonstreamTraffic{}, fmt.Errorf("through %s the answer is %d bytes, direct %d", t.name, n, answerLen)
+		}
 	}
 	return nonstreamTraffic{body: body, maxTokens: maxTokens, answerLen: answerLen}, nil
 }
@@ -308,22 +363,23 @@ func nonstreamWorkload(ctx context.Context, o options, targets []*target, tr non
 	return nonstreamReport(o, spec, tr.maxTokens, targets, aggs), nil
 }
 
-func nonstreamRateWorkload(ctx context.Context, o options, targets []*target, tr nonstreamTraffic, rate float64, logf func(string, ...any)) (string, error) {
+func nonstreamRateWorkload(ctx context.Context, o options, targets []*target, tr nonstreamTraffic, rate float64, logf func(string, ...any)) (string, []*aggregate, error) {
 	spec := tr.spec(o)
 	spec.rate = rate
 	logf("nonstream-rate: open loop at %s requests/s, %d-byte requests, %d-byte answers (max_tokens %d), %d workers",
 		fmtRate(rate), len(tr.body), tr.answerLen, tr.maxTokens, spec.concurrency)
 	aggs, err := rounds(ctx, o, targets, spec, "nonstream-rate", logf)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
-	return nonstreamRateReport(spec, tr.maxTokens, targets, aggs), nil
+	return nonstreamRateReport(spec, tr.maxTokens, targets, aggs), aggs, nil
 }
 
-func streamWorkload(ctx context.Context, o options, targets []*target, model string, logf func(string, ...any)) (string, error) {
-	conc := o.concurrency
-	if conc == 0 {
-		conc = defaultStreamConcurrency
+func streamWorkload(ctx context.Context, o options, targets []*target, model string, conc int, logf func(string, ...any)) (string, []*aggregate, error) {
+	itl := o.itl(conc)
+	stall := o.stallAfter
+	if stall == 0 {
+		stall = max(time.Second, 20*itl)
 	}
 	spec := loadSpec{
 		stream: true,
@@ -332,26 +388,27 @@ func streamWorkload(ctx context.Context, o options, targets []*target, model str
 		headers: map[string]string{
 			fakevllm.HeaderBenchTimestamps: "1",
 			fakevllm.HeaderTTFT:            "0s",
-			fakevllm.HeaderITL:             o.streamITL.String(),
+			fakevllm.HeaderITL:             itl.String(),
 		},
 		concurrency: conc,
 		warmup:      o.warmup,
 		duration:    o.duration,
 		wantEvents:  o.streamChunks + 2, // role chunk, content chunks, usage chunk
+		stallAfter:  stall,
 	}
 	// One stream each way first, so a proxy that buffers, drops or breaks
 	// streams stops the run with a reason.
 	for _, t := range targets {
 		if err := checkStream(ctx, t, spec); err != nil {
-			return "", fmt.Errorf("test stream via %s (%s): %w", t.name, t.url, err)
+			return "", nil, fmt.Errorf("test stream via %s (%s): %w", t.name, t.url, err)
 		}
 	}
-	logf("stream: %d chunks %v apart per stream, %d concurrent streams", o.streamChunks, o.streamITL, conc)
-	aggs, err := rounds(ctx, o, targets, spec, "stream", logf)
+	logf("stream: %d chunks %v apart per stream, %d concurrent streams", o.streamChunks, itl, conc)
+	aggs, err := rounds(ctx, o, targets, spec, fmt.Sprintf("stream-%d", conc), logf)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
-	return streamReport(o, spec, targets, aggs), nil
+	return streamReport(o, spec, itl, targets, aggs), aggs, nil
 }
 
 func checkStream(ctx context.Context, t *target, spec loadSpec) error {
@@ -459,16 +516,97 @@ func nonstreamReport(o options, spec loadSpec, maxTokens int, targets []*target,
 			roundList(a), fmtMs(a.latMs(50)), fmtMs(a.latMs(99)), fmtMs(a.latMs(99.9)),
 			msList(a.roundLatP99), fmtMs(medianMs(a.roundLatP99)), cpuPer(a, targets[i], a.requests))
 	}
-	d, p := aggs[0], aggs[1]
-	ratio := "n/a"
-	if d.rps() > 0 {
-		ratio = fmt.Sprintf("×%.3f", p.rps()/d.rps())
+	b.WriteString("\nEach proxy against the direct connection and against nginx (added: the proxy's figure minus direct's; " +
+		"proxy CPU: the proxy's own processes, auditproxy's aggregator included, per request):\n\n")
+	b.WriteString("| target | RPS ÷ direct | RPS ÷ nginx | added p50 ms | added p99 ms | added p99.9 ms | added p99 median of rounds ms | proxy CPU µs/request |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	d, ng := aggs[0], peerAgg(targets, aggs, "nginx")
+	for i, p := range aggs[1:] {
+		t := targets[i+1]
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", t.name, ratio(p.rps(), d.rps()), ratioTo(p, ng, (*aggregate).rps),
+			fmtAdded(p.latMs(50), d.latMs(50)), fmtAdded(p.latMs(99), d.latMs(99)), fmtAdded(p.latMs(99.9), d.latMs(99.9)),
+			fmtAdded(medianMs(p.roundLatP99), medianMs(d.roundLatP99)), proxyCPU(p, t, p.requests))
 	}
-	fmt.Fprintf(&b, "| proxy − direct | | | %s | | %s | %s | %s | | %s | |\n", ratio,
-		fmtAdded(p.latMs(50), d.latMs(50)), fmtAdded(p.latMs(99), d.latMs(99)), fmtAdded(p.latMs(99.9), d.latMs(99.9)),
-		fmtAdded(medianMs(p.roundLatP99), medianMs(d.roundLatP99)))
 	b.WriteString(errorNotes(targets, aggs))
 	return b.String()
+}
+
+// peerAgg returns the aggregate of the target named name, or nil.
+func peerAgg(targets []*target, aggs []*aggregate, name string) *aggregate {
+	for i, t := range targets {
+		if t.name == name {
+			return aggs[i]
+		}
+	}
+	return nil
+}
+
+func ratio(a, b float64) string {
+	if b <= 0 || math.IsNaN(a) || math.IsNaN(b) {
+		return "n/a"
+	}
+	return fmt.Sprintf("×%.3f", a/b)
+}
+
+func ratioTo(p, ref *aggregate, f func(*aggregate) float64) string {
+	if ref == nil {
+		return "n/a"
+	}
+	return ratio(f(p), f(ref))
+}
+
+// proxyCPU is the CPU of a target's own processes (all but the fake, which
+// is charged to every target alike) per unit of work, in µs.
+func proxyCPU(a *aggregate, t *target, units int64) string {
+	if units == 0 || len(t.procs) < 2 {
+		return "n/a"
+	}
+	var total time.Duration
+	found := false
+	for _, c := range t.procs[1:] {
+		if c == nil {
+			continue
+		}
+		if d, ok := a.cpu[c.name]; ok {
+			total += d
+			found = true
+		}
+	}
+	if !found {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f", float64(total.Microseconds())/float64(units))
+}
+
+// proxyRSS is the peak resident memory of a target's own processes, in MB.
+func proxyRSS(a *aggregate, t *target) string {
+	var total int64
+	for _, c := range t.procs[1:] {
+		if c != nil && c.name != "forwardrecv" { // the aggregator runs elsewhere in production
+			total += a.rss[c.name]
+		}
+	}
+	if total == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f", float64(total)/(1<<20))
+}
+
+// plotTargets writes the latency (or per-chunk delay) percentiles of every
+// target to a PNG.
+func plotTargets(path, title string, targets []*target, aggs []*aggregate, delays bool) error {
+	var series []cdfSeries
+	for i, t := range targets {
+		lat := aggs[i].lat
+		if delays {
+			lat = aggs[i].delays
+		}
+		series = append(series, cdfSeries{Name: t.name, Lat: lat})
+	}
+	if err := writeCDF(path, title, series); err != nil {
+		return fmt.Errorf("-plot %s: %w", path, err)
+	}
+	return nil
 }
 
 func nonstreamRateReport(spec loadSpec, maxTokens int, targets []*target, aggs []*aggregate) string {
@@ -490,10 +628,21 @@ func nonstreamRateReport(spec loadSpec, maxTokens int, targets []*target, aggs [
 			fmtRate(spec.rate), a.rps(), roundList(a), fmtMs(a.latMs(50)), fmtMs(a.latMs(99)), fmtMs(a.latMs(99.9)),
 			msList(a.roundLatP99), fmtMs(medianMs(a.roundLatP99)), fmtMs(a.lagMs(99)), cpuPer(a, targets[i], a.requests))
 	}
-	d, p := aggs[0], aggs[1]
-	fmt.Fprintf(&b, "| proxy − direct | | | | | | %s | %s | %s | | %s | | |\n",
-		fmtAdded(p.latMs(50), d.latMs(50)), fmtAdded(p.latMs(99), d.latMs(99)), fmtAdded(p.latMs(99.9), d.latMs(99.9)),
-		fmtAdded(medianMs(p.roundLatP99), medianMs(d.roundLatP99)))
+	b.WriteString("\nEach proxy against the direct connection and against nginx (added: the proxy's figure minus direct's; " +
+		"added ÷ nginx's: the proxy's added p99 over nginx's, below 1 is less; proxy CPU: the proxy's own processes, auditproxy's aggregator included, per request):\n\n")
+	b.WriteString("| target | added p50 ms | added p99 ms | added p99.9 ms | added p99 median of rounds ms | added p99 ÷ nginx's | proxy CPU µs/request |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
+	d, ng := aggs[0], peerAgg(targets, aggs, "nginx")
+	for i, p := range aggs[1:] {
+		t := targets[i+1]
+		vsNginx := "n/a"
+		if ng != nil {
+			vsNginx = ratio(medianMs(p.roundLatP99)-medianMs(d.roundLatP99), medianMs(ng.roundLatP99)-medianMs(d.roundLatP99))
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", t.name,
+			fmtAdded(p.latMs(50), d.latMs(50)), fmtAdded(p.latMs(99), d.latMs(99)), fmtAdded(p.latMs(99.9), d.latMs(99.9)),
+			fmtAdded(medianMs(p.roundLatP99), medianMs(d.roundLatP99)), vsNginx, proxyCPU(p, t, p.requests))
+	}
 	for i, a := range aggs {
 		if a.unsent > 0 {
 			fmt.Fprintf(&b, "\n%d requests due via %s were still unsent %v after their round's window closed: the rate was not kept, "+
@@ -507,29 +656,37 @@ func nonstreamRateReport(spec loadSpec, maxTokens int, targets []*target, aggs [
 // fmtRate writes a rate without a spurious fraction: 2000, 2500.5.
 func fmtRate(r float64) string { return strconv.FormatFloat(r, 'f', -1, 64) }
 
-func streamReport(o options, spec loadSpec, targets []*target, aggs []*aggregate) string {
+func streamReport(o options, spec loadSpec, itl time.Duration, targets []*target, aggs []*aggregate) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n### stream: streamed chat completions\n\n")
+	fmt.Fprintf(&b, "\n### stream: %d concurrent streamed chat completions\n\n", spec.concurrency)
 	fmt.Fprintf(&b, "POST /v1/chat/completions with stream and include_usage, %d-byte request, %d content chunks %v apart, TTFT 0; "+
 		"%d concurrent streams. TTFT: request sent to first data event received. Chunk delay: receive time minus the send "+
 		"time the fake stamps into each chunk's id, for every data event (%d per stream) received in the measured window. "+
-		"Streams: started in the window; chunks: received in it. %s\n\n",
-		len(spec.body), o.streamChunks, o.streamITL, spec.concurrency, spec.wantEvents,
+		"Streams: started in the window; chunks: received in it. Stalled: streams with a gap over %v between two events. %s\n\n",
+		len(spec.body), o.streamChunks, itl, spec.concurrency, spec.wantEvents, spec.stallAfter,
 		medianNote("Each p99 median of rounds (TTFT, chunk delay)"))
-	b.WriteString("| target | streams | chunks | errors | TTFT p50 ms | TTFT p99 ms | TTFT p99 per round ms | TTFT p99 median of rounds ms | " +
+	b.WriteString("| target | streams | chunks | errors | stalled | TTFT p50 ms | TTFT p99 ms | TTFT p99 per round ms | TTFT p99 median of rounds ms | " +
 		"chunk delay p50 ms | chunk delay p99 ms | chunk delay p99.9 ms | chunk delay p99 per round ms | chunk delay p99 median of rounds ms | CPU µs/chunk |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---|\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---|\n")
 	for i, a := range aggs {
-		fmt.Fprintf(&b, "| %s | %d | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", targets[i].name, a.requests, a.chunks, a.errors,
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", targets[i].name, a.requests, a.chunks, a.errors, a.stalls,
 			fmtMs(a.latMs(50)), fmtMs(a.latMs(99)), msList(a.roundLatP99), fmtMs(medianMs(a.roundLatP99)),
 			fmtMs(a.delayMs(50)), fmtMs(a.delayMs(99)), fmtMs(a.delayMs(99.9)), msList(a.roundDelayP99), fmtMs(medianMs(a.roundDelayP99)),
 			cpuPer(a, targets[i], a.chunks))
 	}
-	d, p := aggs[0], aggs[1]
-	fmt.Fprintf(&b, "| proxy − direct | | | | %s | %s | | %s | %s | %s | %s | | %s | |\n",
-		fmtAdded(p.latMs(50), d.latMs(50)), fmtAdded(p.latMs(99), d.latMs(99)), fmtAdded(medianMs(p.roundLatP99), medianMs(d.roundLatP99)),
-		fmtAdded(p.delayMs(50), d.delayMs(50)), fmtAdded(p.delayMs(99), d.delayMs(99)), fmtAdded(p.delayMs(99.9), d.delayMs(99.9)),
-		fmtAdded(medianMs(p.roundDelayP99), medianMs(d.roundDelayP99)))
+	b.WriteString("\nEach proxy against the direct connection (added: the proxy's figure minus direct's; peak RSS: the proxy's own " +
+		"processes, sampled every 250 ms, the aggregator not included; proxy CPU: its own processes per chunk):\n\n")
+	b.WriteString("| target | added TTFT p50 ms | added TTFT p99 ms | added chunk delay p50 ms | added chunk delay p99 ms | added chunk delay p99.9 ms | " +
+		"added TTFT p99 median of rounds ms | added chunk delay p99 median of rounds ms | longest gap ms | peak RSS MB | proxy CPU µs/chunk |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	d := aggs[0]
+	for i, p := range aggs[1:] {
+		t := targets[i+1]
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", t.name,
+			fmtAdded(p.latMs(50), d.latMs(50)), fmtAdded(p.latMs(99), d.latMs(99)),
+			fmtAdded(p.delayMs(50), d.delayMs(50)), fmtAdded(p.delayMs(99), d.delayMs(99)), fmtAdded(p.delayMs(99.9), d.delayMs(99.9)),
+			fmtAdded(medianMs(p.roundLatP99), medianMs(d.roundLatP99)), fmtAdded(medianMs(p.roundDelayP99), medianMs(d.roundDelayP99)), fmtMs(float64(p.maxGap)/1e6), proxyRSS(p, t), proxyCPU(p, t, p.chunks))
+	}
 	b.WriteString(errorNotes(targets, aggs))
 	return b.String()
 }

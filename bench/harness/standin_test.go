@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
@@ -40,9 +41,12 @@ func childMain(args []string) int {
 		os.WriteFile(filepath.Join(dir, strconv.Itoa(os.Getpid())), nil, 0o644)
 	}
 	var err error
-	if len(args) > 0 && args[0] == "serve" {
+	switch {
+	case len(args) > 0 && args[0] == "serve":
 		err = standInProxyMain(args[1:])
-	} else {
+	case len(args) == 2 && args[0] == "-listen":
+		err = standInReceiverMain(args[1])
+	default:
 		err = fakeMain(args)
 	}
 	if err != nil {
@@ -83,6 +87,7 @@ func standInProxyMain(args []string) error {
 	listen := fs.String("listen", "", "")
 	admin := fs.String("admin-listen", "", "")
 	fs.String("data-dir", "", "")
+	fs.String("forward", "", "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -107,6 +112,27 @@ func standInProxyMain(args []string) error {
 	})
 	waitForSignal()
 	return nil
+}
+
+// standInReceiverMain stands in for bench/cmd/forwardrecv (`-listen
+// ADDR`): it accepts connections and discards what comes; the stand-in proxy
+// ships nothing.
+func standInReceiverMain(listen string) error {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	waitForSignal()
+	return ln.Close()
 }
 
 func waitForSignal() {

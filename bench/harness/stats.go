@@ -20,6 +20,9 @@ type aggregate struct {
 	roundRPS                         []float64
 	roundLatP99, roundDelayP99       []float64 // ms, NaN for a round without samples
 	cpu                              map[string]time.Duration
+	rss                              map[string]int64 // peak over the rounds
+	stalls                           int64
+	maxGap                           time.Duration
 	sorted                           bool
 }
 
@@ -44,6 +47,14 @@ func (a *aggregate) add(r roundResult) {
 	for k, v := range r.cpu {
 		a.cpu[k] += v
 	}
+	if a.rss == nil {
+		a.rss = map[string]int64{}
+	}
+	for k, v := range r.rss {
+		a.rss[k] = max(a.rss[k], v)
+	}
+	a.stalls += r.stalls
+	a.maxGap = max(a.maxGap, r.maxGap)
 	a.sorted = false
 }
 
