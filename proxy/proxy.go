@@ -98,6 +98,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Source is written into every event.
 	Source audit.Source
+	// Dial, if set, opens connections to the upstream instead of TCP to
+	// Upstream's host:port (addr). Tests and benchmarks use it to put the
+	// upstream on an in-memory listener; the idle timeouts still apply to
+	// what it returns.
+	Dial func(addr string) (net.Conn, error)
 }
 
 // Proxy is the audited reverse proxy. Create one with New.

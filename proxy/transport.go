@@ -17,12 +17,16 @@ const upstreamIdleConnDuration = 4 * time.Second
 
 func newUpstreamClient(up Upstream, cfg Config) *fasthttp.HostClient {
 	idle := cfg.UpstreamIdleTimeout
-	dialer := &fasthttp.TCPDialer{Concurrency: 0, DNSCacheDuration: time.Minute}
+	dial := cfg.Dial
+	if dial == nil {
+		dialer := &fasthttp.TCPDialer{Concurrency: 0, DNSCacheDuration: time.Minute}
+		dial = func(addr string) (net.Conn, error) { return dialer.DialTimeout(addr, 10*time.Second) }
+	}
 	return &fasthttp.HostClient{
 		Addr:  up.Addr,
 		IsTLS: up.IsTLS,
 		Dial: func(addr string) (net.Conn, error) {
-			c, err := dialer.DialTimeout(addr, 10*time.Second)
+			c, err := dial(addr)
 			if err != nil {
 				return nil, err
 			}
