@@ -72,6 +72,7 @@ type options struct {
 	streamLevels []int         // concurrent streams of each stream level; nil: -concurrency or the default
 	recvBin      string        // forwardrecv binary ("": build it)
 	plot         string        // PNG file for the latency CDF
+	async        bool          // also auditproxy with --durability async
 	stallAfter   time.Duration // a stream gap longer than this is a stall (0: derived from the ITL)
 
 	tmpParent string // where the run's temporary directory goes ("": the system's); tests set it
@@ -114,6 +115,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.streamITL, "stream-itl", 5*time.Millisecond, "delay between stream chunks (at least concurrency × 50µs at each stream level, "+
 		"so the fake sends at most 20,000 chunks/s: 100ms at 2,000 streams, about a loaded vLLM's pace)")
 	peers := fs.String("peers", "nginx,haproxy", "plain reverse proxies to measure beside auditproxy, comma-separated: nginx, haproxy, or none")
+	fs.BoolVar(&o.async, "async", false, "also measure auditproxy with --durability async (events fsynced every --fsync-interval, not before each answer ends) as auditproxy-async")
 	fs.BoolVar(&o.installPeers, "install-peers", true, "install missing peers with apt-get (as root)")
 	levels := fs.String("stream-concurrency", "", "stream workload: comma-separated concurrent stream counts, one level each, e.g. 32,1000,2000 (default: -concurrency, or 32)")
 	fs.StringVar(&o.recvBin, "recv-bin", "", "forwardrecv binary to run instead of building ./bench/cmd/forwardrecv (the aggregator auditproxy ships to)")

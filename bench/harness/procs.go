@@ -195,14 +195,14 @@ func startFake(ctx context.Context, g *procGroup, bin, listen, dir string) (*chi
 // forward when it is not empty, and waits for its admin /readyz to answer
 // 200. Everything else is the product's default: sync durability, a signed
 // log.
-func startProxy(ctx context.Context, g *procGroup, bin, upstream, forward, dir string) (*child, string, error) {
+func startProxy(ctx context.Context, g *procGroup, name, bin, upstream, forward, dir string, extra ...string) (*child, string, error) {
 	ports, err := freePorts(2)
 	if err != nil {
 		return nil, "", err
 	}
 	listen := "127.0.0.1:" + strconv.Itoa(ports[0])
 	admin := "127.0.0.1:" + strconv.Itoa(ports[1])
-	dataDir := filepath.Join(dir, "data")
+	dataDir := filepath.Join(dir, name+"-data")
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, "", err
 	}
@@ -210,7 +210,7 @@ func startProxy(ctx context.Context, g *procGroup, bin, upstream, forward, dir s
 	if forward != "" {
 		args = append(args, "--forward", forward)
 	}
-	c, err := g.start("auditproxy", bin, args, filepath.Join(dir, "auditproxy.log"), nil)
+	c, err := g.start(name, bin, append(args, extra...), filepath.Join(dir, name+".log"), nil)
 	if err != nil {
 		return nil, "", err
 	}

@@ -64,6 +64,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer, cmdline strin
 	}
 	proxyURL, proxyDesc := o.proxyURL, "already running at "+o.proxyURL
 	var recv *child
+	var asyncTarget *target
 	if proxyURL == "" {
 		bin := o.proxyBin
 		if bin == "" {
@@ -85,8 +86,15 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer, cmdline strin
 		if recv, recvAddr, err = startForwardRecv(ctx, &procs, recvBin, tmp); err != nil {
 			return err
 		}
-		if proxy, proxyURL, err = startProxy(ctx, &procs, bin, fakeURL, "tcp://"+recvAddr, tmp); err != nil {
+		if proxy, proxyURL, err = startProxy(ctx, &procs, "auditproxy", bin, fakeURL, "tcp://"+recvAddr, tmp); err != nil {
 			return err
+		}
+		if o.async {
+			c, u, err := startProxy(ctx, &procs, "auditproxy-async", bin, fakeURL, "tcp://"+recvAddr, tmp, "--durability", "async")
+			if err != nil {
+				return err
+			}
+			asyncTarget = &target{name: "auditproxy-async", url: u, procs: []*child{fake, c, recv}}
 		}
 		proxyDesc = fmt.Sprintf("process `%s serve --upstream %s --forward tcp://%s` at %s: full audit (request and response hashed, "+
 			"hash-chained signed log, sync durability: each answer ends after its event is fsynced, events shipped with acks to "+
@@ -95,6 +103,9 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer, cmdline strin
 	targets := []*target{
 		{name: "direct", url: fakeURL, procs: []*child{fake}},
 		{name: "auditproxy", url: proxyURL, procs: []*child{fake, proxy, recv}},
+	}
+	if asyncTarget != nil {
+		targets = append(targets, asyncTarget)
 	}
 	var peerDescs []string
 	upstream := strings.TrimPrefix(fakeURL, "http://")

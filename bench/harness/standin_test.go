@@ -88,6 +88,7 @@ func standInProxyMain(args []string) error {
 	admin := fs.String("admin-listen", "", "")
 	fs.String("data-dir", "", "")
 	fs.String("forward", "", "")
+	fs.String("durability", "", "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
