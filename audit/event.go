@@ -201,23 +201,29 @@ type Admitter interface {
 
 // NewID returns a random (version 4) UUID in its canonical text form.
 func NewID() string {
+	var buf [36]byte
+	return string(AppendNewID(buf[:0]))
+}
+
+// AppendNewID appends a new random (version 4) UUID in its canonical text
+// form (36 bytes) to dst, for callers that keep the text in storage of
+// their own rather than in a string of its own.
+func AppendNewID(dst []byte) []byte {
 	var u [16]byte
 	if _, err := rand.Read(u[:]); err != nil {
 		panic("audit: crypto/rand failed: " + err.Error())
 	}
 	u[6] = u[6]&0x0f | 0x40
 	u[8] = u[8]&0x3f | 0x80
-	var buf [36]byte
-	hex.Encode(buf[0:8], u[0:4])
-	buf[8] = '-'
-	hex.Encode(buf[9:13], u[4:6])
-	buf[13] = '-'
-	hex.Encode(buf[14:18], u[6:8])
-	buf[18] = '-'
-	hex.Encode(buf[19:23], u[8:10])
-	buf[23] = '-'
-	hex.Encode(buf[24:], u[10:])
-	return string(buf[:])
+	dst = hex.AppendEncode(dst, u[0:4])
+	dst = append(dst, '-')
+	dst = hex.AppendEncode(dst, u[4:6])
+	dst = append(dst, '-')
+	dst = hex.AppendEncode(dst, u[6:8])
+	dst = append(dst, '-')
+	dst = hex.AppendEncode(dst, u[8:10])
+	dst = append(dst, '-')
+	return hex.AppendEncode(dst, u[10:])
 }
 
 // Timestamp is a time written as RFC 3339 in UTC with exactly nine fractional

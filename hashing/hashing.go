@@ -97,11 +97,19 @@ func (h *Hasher) Reset() {
 // Digest returns the digest string ("blake3:<hex>") of the bytes written so
 // far. It does not change the Hasher's state.
 func (h *Hasher) Digest() string {
+	var buf [16 + 1 + 2*64]byte
+	return string(h.AppendDigest(buf[:0]))
+}
+
+// AppendDigest appends the digest string of the bytes written so far to dst,
+// as Digest returns it, for callers that keep it in storage of their own.
+func (h *Hasher) AppendDigest(dst []byte) []byte {
 	if h.b3 != nil {
 		var sum [32]byte
-		return FormatDigest(h.alg, h.b3.Sum(sum[:0]))
+		return AppendDigest(dst, h.alg, h.b3.Sum(sum[:0]))
 	}
-	return FormatDigest(h.alg, h.h.Sum(nil))
+	var sum [64]byte
+	return AppendDigest(dst, h.alg, h.h.Sum(sum[:0]))
 }
 
 // Sum returns the digest string of b.
@@ -118,7 +126,12 @@ func Sum(alg Algorithm, b []byte) string {
 // FormatDigest writes sum as "<alg>:<hex>".
 func FormatDigest(alg Algorithm, sum []byte) string {
 	var buf [16 + 1 + 2*64]byte
-	b := append(buf[:0], alg...)
-	b = append(b, ':')
-	return string(hex.AppendEncode(b, sum))
+	return string(AppendDigest(buf[:0], alg, sum))
+}
+
+// AppendDigest appends sum as "<alg>:<hex>" to dst.
+func AppendDigest(dst []byte, alg Algorithm, sum []byte) []byte {
+	dst = append(dst, alg...)
+	dst = append(dst, ':')
+	return hex.AppendEncode(dst, sum)
 }

@@ -43,14 +43,18 @@ func NewKeyIDer(secret []byte) (*KeyIDer, error) {
 // ID returns the key id of token, the bearer credential as the client sent it
 // (without the "Bearer " prefix).
 func (k *KeyIDer) ID(token []byte) string {
+	var buf [len(keyIDVersion) + 32]byte
+	return string(k.AppendID(buf[:0], token))
+}
+
+// AppendID appends the id of token, as ID returns it, to dst.
+func (k *KeyIDer) AppendID(dst, token []byte) []byte {
 	h := k.base.Clone()
 	_, _ = h.Write(token)
 	var sum [32]byte
 	h.Sum(sum[:0])
-	buf := make([]byte, len(keyIDVersion)+32)
-	n := copy(buf, keyIDVersion)
-	hex.Encode(buf[n:], sum[:16])
-	return string(buf)
+	dst = append(dst, keyIDVersion...)
+	return hex.AppendEncode(dst, sum[:16])
 }
 
 // LoadOrCreateKeyIDSecret reads the secret from path. If the file does not

@@ -38,6 +38,8 @@ type exchange struct {
 	// seal captures the bodies when payload capture is on.
 	seal    *payload.Sealer
 	payload audit.Payload
+	// strs holds the event's per-request strings (ids, digests, key id).
+	strs strArena
 
 	tap responseTap
 }
@@ -52,10 +54,11 @@ func newExchange(p *Proxy) *exchange {
 func (p *Proxy) acquireExchange() *exchange {
 	x := p.exchPool.Get().(*exchange)
 	x.start = time.Now()
+	x.strs.reset()
 	x.ev = audit.Event{
 		V:      audit.SchemaVersion,
 		Type:   audit.TypeInference,
-		ID:     audit.NewID(),
+		ID:     x.strs.newID(),
 		Time:   audit.Timestamp(x.start),
 		Source: p.cfg.Source,
 	}
@@ -72,6 +75,7 @@ func (p *Proxy) releaseExchange(x *exchange) {
 	x.in.Reset()
 	x.reqBody = x.reqBody[:0]
 	x.seal, x.payload = nil, audit.Payload{}
+	x.strs.reset() // the pooled exchange does not keep the last request's strings alive
 	x.upstream = 0
 	x.tap.reset()
 	p.exchPool.Put(x)
@@ -81,7 +85,7 @@ func (p *Proxy) releaseExchange(x *exchange) {
 func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	x := p.acquireExchange()
 	ev := &x.ev
-	ev.RequestID = requestIDFor(ctx.Request.Header.Peek(requestIDHeader))
+	ev.RequestID = x.requestIDFor(ctx.Request.Header.Peek(requestIDHeader))
 	ev.Method = internString(ctx.Method(), commonMethods)
 	ev.Path = internString(ctx.Path(), commonPaths)
 	x.identifyCaller(&ctx.Request.Header)
@@ -94,7 +98,9 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 			p.log.Error("payload capture failed to start", "request_id", ev.RequestID, "err", err)
 		}
 	}
-	ev.Input.Hash = x.in.Digest()
+	start := x.strs.mark()
+	x.strs.buf = x.in.AppendDigest(x.strs.buf)
+	ev.Input.Hash = x.strs.since(start)
 	ev.Input.Bytes = int64(len(body))
 	f := parseRequestFields(&x.parser, body, x.lastModel)
 	ev.Model.Name = f.model
@@ -159,7 +165,9 @@ func (x *exchange) identifyCaller(h *fasthttp.RequestHeader) {
 	if len(auth) > 7 && bytes.EqualFold(auth[:7], []byte("bearer ")) {
 		auth = bytes.TrimSpace(auth[7:])
 	}
-	x.apiKeyID = x.p.cfg.KeyIDer.ID(auth)
+	start := x.strs.mark()
+	x.strs.buf = x.p.cfg.KeyIDer.AppendID(x.strs.buf, auth)
+	x.apiKeyID = x.strs.since(start)
 	x.ev.APIKeyID = &x.apiKeyID
 }
 
@@ -203,7 +211,7 @@ func (p *Proxy) answerWithError(ctx *fasthttp.RequestCtx, x *exchange, pe proxyE
 // never saw it, but an auditor sees that it was attempted.
 func (p *Proxy) handleRequestError(ctx *fasthttp.RequestCtx, err error) {
 	x := p.acquireExchange()
-	x.ev.RequestID = requestIDFor(ctx.Request.Header.Peek(requestIDHeader))
+	x.ev.RequestID = x.requestIDFor(ctx.Request.Header.Peek(requestIDHeader))
 	x.ev.Method = internString(ctx.Method(), commonMethods)
 	x.ev.Path = internString(ctx.Path(), commonPaths)
 	x.identifyCaller(&ctx.Request.Header)
@@ -269,11 +277,13 @@ func (p *Proxy) record(x *exchange) error {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// The methods and paths nearly every request has, so that the event's copies
-// of them need no allocation.
+// The methods, paths and finish reasons nearly every request has, so that
+// the event's copies of them need no allocation.
 var (
 	commonMethods = []string{"POST", "GET", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"}
-	commonPaths   = []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
+	// commonFinishReasons are vLLM's and OpenAI's finish_reason values.
+	commonFinishReasons = []string{"stop", "length", "tool_calls", "abort", "content_filter", "function_call", "error"}
+	commonPaths         = []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
 		"/v1/responses", "/health", "/metrics", "/version", "/tokenize", "/detokenize", "/pooling", "/score",
 		"/rerank", "/v1/rerank", "/v1/score", "/v1/audio/transcriptions", "/v1/audio/translations"}
 )

@@ -140,7 +140,7 @@ func scanResponseObject(p *fastjson.Parser, b []byte, u *usageInfo) (usageOnly b
 			continue
 		}
 		if fr := c.GetStringBytes("finish_reason"); len(fr) > 0 && u.finishReason == "" {
-			u.finishReason = string(fr)
+			u.finishReason = internString(fr, commonFinishReasons)
 		}
 	}
 	return len(arr) == 0 && usage != nil && usage.Type() == fastjson.TypeObject

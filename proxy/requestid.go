@@ -1,7 +1,5 @@
 package proxy
 
-import "github.com/auditproxy/auditproxy/audit"
-
 // maxRequestIDLen bounds a client-chosen request id.
 const maxRequestIDLen = 128
 
@@ -9,11 +7,13 @@ const maxRequestIDLen = 128
 // new UUIDv4. Well formed means 1 to 128 bytes of letters, digits and
 // "-_.:/+=@": enough for UUIDs, ULIDs, vLLM's and OpenAI's ids and trace
 // ids, and nothing that could break a log line, a header or a query.
-func requestIDFor(client []byte) string {
+func (x *exchange) requestIDFor(client []byte) string {
 	if validRequestID(client) {
-		return string(client)
+		start := x.strs.mark()
+		x.strs.buf = append(x.strs.buf, client...)
+		return x.strs.since(start)
 	}
-	return audit.NewID()
+	return x.strs.newID()
 }
 
 func validRequestID(id []byte) bool {

@@ -317,7 +317,9 @@ func (t *responseTap) finish(err error) error {
 		}
 	}
 
-	ev.Output.Hash = t.out.Digest()
+	start := x.strs.mark()
+	x.strs.buf = t.out.AppendDigest(x.strs.buf)
+	ev.Output.Hash = x.strs.since(start)
 	ev.Output.Bytes = t.out.Bytes()
 	ev.Output.FinishReason = t.usage.finishReason
 	if t.usage.hasUsage {

@@ -63,6 +63,7 @@ type spoolLog struct {
 	lastCP   time.Time
 	cps      [][]byte // checkpoint events of the commit in progress
 	starting []byte   // the log_started event still to commit, for a new epoch
+	hashBuf  []byte   // stored hashes on their way to the file, reused
 }
 
 // logMark is a spoolLog's state before a commit, to undo a failed one.
@@ -89,9 +90,12 @@ func (l *spoolLog) rollback(m logMark) {
 // crash they are recomputed from the spool.
 func (l *spoolLog) committed() {
 	if stored := l.chain.TakeStored(); len(stored) > 0 {
-		buf := make([]byte, 0, len(stored)*tlog.HashSize)
+		buf := l.hashBuf[:0]
 		for _, h := range stored {
 			buf = append(buf, h[:]...)
+		}
+		if cap(buf) <= 1<<20 {
+			l.hashBuf = buf
 		}
 		if _, err := l.hashes.WriteAt(buf, l.nHashes.Load()*tlog.HashSize); err != nil {
 			l.logger.Error("cannot write the log's stored hashes; they are recomputed from the spool at the next start", "err", err)

@@ -123,13 +123,13 @@ type Spool struct {
 	metrics *spoolMetrics
 
 	// Recorders fill cur under mu; the committer takes it.
-	mu     sync.Mutex
-	cur    *batch
-	spare  []byte
-	closed bool
-	kick   chan struct{}
-	stop   chan struct{}
-	done   chan struct{}
+	mu      sync.Mutex
+	cur     *batch
+	batches sync.Pool // of *batch, reused once done with
+	closed  bool
+	kick    chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
 
 	// Owned by the committer goroutine.
 	active       *os.File
@@ -146,7 +146,8 @@ type Spool struct {
 	segs      []segmentFile // oldest first; the last is the active one
 	committed Pos           // end of the last fsynced record
 	acked     Pos           // end of the last acknowledged record
-	changed   chan struct{} // closed on every commit
+	changed   chan struct{} // closed on the next commit, if watched
+	watched   bool          // Committed handed out changed
 	used      atomic.Int64  // bytes of segment files
 	failed    atomic.Pointer[error]
 
@@ -163,15 +164,49 @@ type Spool struct {
 
 // batch is the events of one commit, each as a little-endian uint32 length
 // and the event's JSON; the committer frames them.
+//
+// Batches are reused, so that a commit allocates nothing (with sync
+// durability and light load every request is a commit of its own): a
+// closed channel cannot be reopened, so recorders wait on a WaitGroup
+// instead, and refs counts who still uses the batch (the committer and
+// each recorder waiting for the commit). The last of them puts it back in
+// the pool, so a batch is never reused while a recorder may still read its
+// err or wait on done.
 type batch struct {
-	buf       []byte
-	n         int
-	committed chan struct{} // closed after the commit
-	err       error         // the commit's error, set before committed closes
+	buf  []byte
+	n    int
+	done sync.WaitGroup // released when the commit is over
+	err  error          // the commit's error, set before done is released
+	refs atomic.Int32
 }
 
-func newBatch(buf []byte) *batch {
-	return &batch{buf: buf[:0], committed: make(chan struct{})}
+// batchRetainLimit: a batch whose buffer grew past this lets it go when
+// it is reused.
+const batchRetainLimit = 16 << 20
+
+// newBatch returns an empty batch, held by the committer, whose done is
+// not yet released.
+func (s *Spool) newBatch() *batch {
+	b, _ := s.batches.Get().(*batch)
+	if b == nil {
+		b = new(batch)
+	}
+	b.refs.Store(1)
+	b.done.Add(1)
+	return b
+}
+
+// releaseBatch drops one reference to b; the last one returns it to the
+// pool.
+func (s *Spool) releaseBatch(b *batch) {
+	if b.refs.Add(-1) != 0 {
+		return
+	}
+	b.buf, b.n, b.err = b.buf[:0], 0, nil
+	if cap(b.buf) > batchRetainLimit {
+		b.buf = nil
+	}
+	s.batches.Put(b)
 }
 
 var (
@@ -189,9 +224,10 @@ func OpenSpool(dataDir string, opts SpoolOptions) (*Spool, error) {
 		return nil, fmt.Errorf("create spool dir: %w", err)
 	}
 	s := &Spool{dir: dir, opts: opts, log: opts.Logger, metrics: newSpoolMetrics(),
-		cur: newBatch(nil), kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 		changed: make(chan struct{}), maint: make(chan struct{}, 1), maintDone: make(chan struct{}),
 		sync: (*os.File).Sync}
+	s.cur = s.newBatch()
 	if err := s.recover(); err != nil {
 		return nil, err
 	}
@@ -407,12 +443,18 @@ func (s *Spool) append(encode func([]byte) []byte) error {
 		default:
 		}
 	}
+	wait := s.opts.Durability != DurabilityAsync
+	if wait {
+		b.refs.Add(1) // while b is current, before the committer takes it
+	}
 	s.mu.Unlock()
-	if s.opts.Durability == DurabilityAsync {
+	if !wait {
 		return nil
 	}
-	<-b.committed
-	return b.err
+	b.done.Wait()
+	err := b.err
+	s.releaseBatch(b)
+	return err
 }
 
 // commitLoop commits a batch whenever one has events, until Close.
@@ -463,14 +505,14 @@ func (s *Spool) commitLoop() {
 		last = time.Now()
 		s.mu.Lock()
 		b := s.cur
-		s.cur = newBatch(s.spare)
+		s.cur = s.newBatch()
 		s.mu.Unlock()
 		// A log checkpoints on its cadence even when idle, and at Close.
 		if b.n > 0 || (s.chain != nil && (!open || s.chain.due(last))) {
 			b.err = s.commit(b, !open)
 		}
-		close(b.committed)
-		s.spare = b.buf
+		b.done.Done()
+		s.releaseBatch(b)
 		if !open {
 			return
 		}
@@ -526,8 +568,7 @@ func (s *Spool) commit(b *batch, final bool) error {
 	s.stateMu.Lock()
 	s.segs[len(s.segs)-1].size = s.activeSize
 	s.committed = Pos{s.activeID, s.activeSize}
-	close(s.changed)
-	s.changed = make(chan struct{})
+	s.notifyChanged()
 	s.stateMu.Unlock()
 	if s.used.Load() >= s.opts.MaxBytes*9/10 {
 		s.wakeMaintenance()
@@ -566,8 +607,7 @@ func (s *Spool) rotate() {
 	s.segs = append(s.segs, segmentFile{id: s.activeID, size: s.activeSize})
 	s.committed = Pos{s.activeID, s.activeSize}
 	s.sealQueue = append(s.sealQueue, oldID)
-	close(s.changed)
-	s.changed = make(chan struct{})
+	s.notifyChanged()
 	s.stateMu.Unlock()
 	s.wakeMaintenance()
 }
@@ -583,12 +623,14 @@ func (s *Spool) Close() error {
 	}
 	s.closed = true
 	pending := s.cur
+	pending.refs.Add(1)
 	close(s.stop)
 	s.mu.Unlock()
 	<-s.done
 	<-s.maintDone
-	<-pending.committed
+	pending.done.Wait()
 	err := pending.err
+	s.releaseBatch(pending)
 	if cerr := s.active.Close(); err == nil {
 		err = cerr
 	}
@@ -614,7 +656,19 @@ func (s *Spool) Dir() string { return s.dir }
 func (s *Spool) Committed() (Pos, <-chan struct{}) {
 	s.stateMu.Lock()
 	defer s.stateMu.Unlock()
+	s.watched = true
 	return s.committed, s.changed
+}
+
+// notifyChanged closes the channel Committed hands out, once the end moved.
+// A channel that nobody was given is kept for the next commit, so commits
+// with no shipper waiting allocate none. Called with stateMu held.
+func (s *Spool) notifyChanged() {
+	if s.watched {
+		close(s.changed)
+		s.changed = make(chan struct{})
+		s.watched = false
+	}
 }
 
 // Acked returns the end of the last acknowledged record.

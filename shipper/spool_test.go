@@ -159,6 +159,63 @@ func TestGroupCommit(t *testing.T) {
 	}
 }
 
+// TestBatchReuseUnderLoad has many recorders share and reuse batches: every
+// event is committed before its Record returns, each once, and with a failing
+// commit among them, exactly the events of that commit get its error.
+func TestBatchReuseUnderLoad(t *testing.T) {
+	dir := t.TempDir()
+	s := openTestSpool(t, dir, SpoolOptions{Durability: DurabilitySync})
+	var syncs, failed atomic.Int64
+	s.sync = func(f *os.File) error {
+		if syncs.Add(1) == 50 {
+			return errors.New("injected fsync failure")
+		}
+		return f.Sync()
+	}
+	const workers, each = 16, 100
+	var wg sync.WaitGroup
+	var okIDs sync.Map
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				ev := testEvent(w*each + i)
+				committedBefore, _ := s.Committed()
+				if err := s.Append(ev); err != nil {
+					failed.Add(1)
+					continue
+				}
+				if after, _ := s.Committed(); !committedBefore.Less(after) {
+					t.Errorf("Record returned before a commit (%v -> %v)", committedBefore, after)
+				}
+				okIDs.Store(fmt.Sprintf("ev-%06d", w*each+i), true)
+			}
+		}()
+	}
+	wg.Wait()
+	if s.Recorded()+failed.Load() != workers*each || failed.Load() == 0 {
+		t.Errorf("recorded %d, failed %d, want %d in all and some failed", s.Recorded(), failed.Load(), workers*each)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ids, _ := exportIDs(t, dir)
+	seen := map[string]bool{}
+	for _, id := range ids {
+		if seen[id] {
+			t.Errorf("event %s exported twice", id)
+		}
+		seen[id] = true
+		if _, ok := okIDs.Load(id); !ok {
+			t.Errorf("event %s is in the spool, but its Record failed", id)
+		}
+	}
+	if int64(len(ids)) != s.Recorded() {
+		t.Errorf("%d events exported, %d recorded", len(ids), s.Recorded())
+	}
+}
+
 func TestAsyncDurabilityCommitsWithinInterval(t *testing.T) {
 	dir := t.TempDir()
 	s := openTestSpool(t, dir, SpoolOptions{Durability: DurabilityAsync, FsyncInterval: 50 * time.Millisecond})
