@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"io"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -151,8 +152,52 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		// chunked, flushed after every piece.
 		size = -1
 	}
+	if size >= 0 && size <= bufferedBodyLimit && !x.tap.sse {
+		p.answerBuffered(ctx, x, size)
+		return
+	}
 	ctx.Response.SetBodyStream(&x.tap, size)
 }
+
+// bufferedBodyLimit is the largest body of known length, not an SSE stream,
+// that is read whole before it is written to the client: nearly every
+// non-streamed completion or embedding. Streaming such a body piece by piece
+// through fasthttp costs a bare proxy a third of its throughput (the team's
+// field notes: 0.65x nginx streamed, 0.86x buffered).
+const bufferedBodyLimit = 64 << 10
+
+// answerBuffered reads a small body of known length through the tap to its
+// end and gives it to fasthttp as one body. The tap does what it does when
+// streaming: it hashes the body, reads its usage and records the event
+// before handing out the body's last bytes, so the event is still recorded
+// before any byte of the answer leaves. Should the client's write then fail,
+// the event says the answer was delivered, as for the held-back end of a
+// streamed answer; the failure is not seen here. If the tap fails (the
+// upstream broke off, the event could not be recorded), the bytes it handed
+// out go to the client as a stream that fails where the tap failed, exactly
+// as when streaming.
+func (p *Proxy) answerBuffered(ctx *fasthttp.RequestCtx, x *exchange, size int) {
+	var piece [8 << 10]byte
+	for {
+		n, err := x.tap.Read(piece[:])
+		ctx.Response.AppendBody(piece[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			got := bytes.Clone(ctx.Response.Body())
+			ctx.Response.ResetBody()
+			ctx.Response.SetBodyStream(io.MultiReader(bytes.NewReader(got), failingReader{err}), size)
+			break
+		}
+	}
+	_ = x.tap.CloseWithError(nil) // records if it has not, and releases x
+}
+
+// failingReader returns err at once.
+type failingReader struct{ err error }
+
+func (r failingReader) Read([]byte) (int, error) { return 0, r.err }
 
 // identifyCaller sets api_key_id from the Authorization header: the keyed id
 // of the bearer token, or of the whole credential for another scheme.

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -476,6 +477,54 @@ func TestProxyFailures(t *testing.T) {
 		ev := e.events.next(t)
 		if ev.Status.Code != 502 || ev.Status.Outcome != audit.OutcomeUpstreamUnreachable || ev.Input.Hash == "" || ev.Output.Hash == "" {
 			t.Errorf("event %+v", ev)
+		}
+	})
+
+	// A small answer of known length is read whole before it is sent;
+	// when the upstream breaks off inside it, the client gets what a
+	// streamed answer gives: no complete answer, a cut connection.
+	t.Run("upstream breaks off inside a small known-length answer", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		const half = `{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assi`
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					br := bufio.NewReader(c)
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", 2*len(half), half)
+				}()
+			}
+		}()
+		e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) { c.Upstream = "http://" + ln.Addr().String() })
+		resp, err := http.Post(e.proxyURL+"/v1/chat/completions", "application/json",
+			strings.NewReader(strings.Replace(chatBody, `"stream":true`, `"stream":false`, 1)))
+		// A body this small sits in the server's write buffer with its
+		// header, so the cut may come before the header: either way the
+		// client must not hold an answer that looks whole.
+		if err == nil {
+			b, readErr := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if readErr == nil || !strings.HasPrefix(half, string(b)) {
+				t.Errorf("client got %q, %v; want at most the %d bytes sent, then an error", b, readErr, len(half))
+			}
+		}
+		ev := e.events.next(t)
+		if ev.Status.Outcome != audit.OutcomeUpstreamError || ev.Status.Error != "upstream_broke_off" ||
+			ev.Output.Bytes != int64(len(half)) || ev.Output.Hash != "blake3:"+b3hex([]byte(half)) {
+			t.Errorf("event status %+v output %+v; want upstream_broke_off over the %d bytes received", ev.Status, ev.Output, len(half))
 		}
 	})
 
