@@ -144,8 +144,13 @@ http {
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, "", err
 	}
-	c, err := g.start("nginx", bin, []string{"-p", root, "-c", confPath, "-e", filepath.Join(root, "logs", "error.log")},
-		filepath.Join(dir, "nginx.log"), nil)
+	return startPeer(ctx, g, "nginx", bin, []string{"-p", root, "-c", confPath, "-e", filepath.Join(root, "logs", "error.log")}, listen, dir)
+}
+
+// startPeer runs a peer in the foreground and waits until it proxies the
+// fake's /health.
+func startPeer(ctx context.Context, g *procGroup, name, bin string, args []string, listen, dir string) (*child, string, error) {
+	c, err := g.start(name, bin, args, filepath.Join(dir, name+".log"), nil)
 	if err != nil {
 		return nil, "", err
 	}
@@ -186,15 +191,7 @@ backend vllm
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, "", err
 	}
-	c, err := g.start("haproxy", bin, []string{"-db", "-f", confPath}, filepath.Join(dir, "haproxy.log"), nil)
-	if err != nil {
-		return nil, "", err
-	}
-	u := "http://" + listen
-	if err := waitHTTP(ctx, c, u+"/health", 15*time.Second); err != nil {
-		return c, "", err
-	}
-	return c, u, nil
+	return startPeer(ctx, g, "haproxy", bin, []string{"-db", "-f", confPath}, listen, dir)
 }
 
 // startForwardRecv runs bench/cmd/forwardrecv, the forward-protocol
