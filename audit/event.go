@@ -24,6 +24,11 @@
 //
 // Fields are only ever added to version 1; a change of meaning or a removal
 // bumps "v".
+//
+// The log (Chain.Append) writes each event with its "log" member in RFC 8785
+// canonical form: members sorted by name, no whitespace. The object above is
+// shown in the order Event.AppendJSON writes it; the spooled and shipped line
+// has the same members, sorted.
 package audit
 
 import (
