@@ -21,7 +21,6 @@ type exchange struct {
 	p      *Proxy
 	ev     audit.Event
 	start  time.Time
-	in     *hashing.Hasher
 	parser fastjson.Parser
 	// reqBody holds a request body rewritten for include_usage.
 	reqBody []byte
@@ -46,7 +45,7 @@ type exchange struct {
 }
 
 func newExchange(p *Proxy) *exchange {
-	x := &exchange{p: p, in: hashing.NewHasher(p.cfg.Hash)}
+	x := &exchange{p: p}
 	x.tap.x = x
 	x.tap.out = hashing.NewHasher(p.cfg.Hash)
 	return x
@@ -73,7 +72,6 @@ func (p *Proxy) acquireExchange() *exchange {
 // releaseExchange returns x to the pool once fasthttp is done with it.
 func (p *Proxy) releaseExchange(x *exchange) {
 	p.metrics.inFlight.Dec()
-	x.in.Reset()
 	x.reqBody = x.reqBody[:0]
 	x.seal, x.payload = nil, audit.Payload{}
 	x.strs.reset() // the pooled exchange does not keep the last request's strings alive
@@ -92,7 +90,6 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	x.identifyCaller(&ctx.Request.Header)
 
 	body := ctx.Request.Body()
-	_, _ = x.in.Write(body)
 	if c := p.cfg.Capture; c != nil {
 		var err error
 		if x.seal, err = payload.NewSealer(c.Recipients, c.MaxBytes, body); err != nil {
@@ -100,7 +97,8 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	start := x.strs.mark()
-	x.strs.buf = x.in.AppendDigest(x.strs.buf)
+	inSum := hashing.Sum256(p.cfg.Hash, body)
+	x.strs.buf = hashing.AppendDigest(x.strs.buf, p.cfg.Hash, inSum[:])
 	ev.Input.Hash = x.strs.since(start)
 	ev.Input.Bytes = int64(len(body))
 	f := parseRequestFields(&x.parser, body, x.lastModel)

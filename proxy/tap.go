@@ -19,7 +19,7 @@ var errEventNotRecorded = errors.New("audit event not recorded; the end of the a
 const (
 	// tapBufferSize is a tap's initial buffer. It grows only while one SSE
 	// event is larger, up to maxSSEEventSize.
-	tapBufferSize = 8 << 10
+	tapBufferSize = 4 << 10
 	// maxSSEEventSize bounds the bytes held back for one incomplete SSE
 	// event. A larger event is passed through unparsed, and the rest of that
 	// stream with it.

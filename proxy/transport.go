@@ -39,7 +39,7 @@ func newUpstreamClient(up Upstream, cfg Config) *fasthttp.HostClient {
 		MaxIdleConnDuration:       upstreamIdleConnDuration,
 		NoDefaultUserAgentHeader:  true,
 		DisablePathNormalizing:    true,
-		ReadBufferSize:            16 << 10,
+		ReadBufferSize:            4 << 10, // a vLLM header is a few hundred bytes; bodies are read through the tap
 		MaxIdemponentCallAttempts: 2,
 		RetryIfErr:                retryUnansweredRequest,
 	}
