@@ -175,19 +175,10 @@ const bufferedBodyLimit = 64 << 10
 // out go to the client as a stream that fails where the tap failed, exactly
 // as when streaming.
 func (p *Proxy) answerBuffered(ctx *fasthttp.RequestCtx, x *exchange, size int) {
-	var piece [8 << 10]byte
-	for {
-		n, err := x.tap.Read(piece[:])
-		ctx.Response.AppendBody(piece[:n])
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			got := bytes.Clone(ctx.Response.Body())
-			ctx.Response.ResetBody()
-			ctx.Response.SetBodyStream(io.MultiReader(bytes.NewReader(got), failingReader{err}), size)
-			break
-		}
+	if err := x.tap.readAll(ctx.Response.AppendBody); err != io.EOF {
+		got := bytes.Clone(ctx.Response.Body())
+		ctx.Response.ResetBody()
+		ctx.Response.SetBodyStream(io.MultiReader(bytes.NewReader(got), failingReader{err}), size)
 	}
 	_ = x.tap.CloseWithError(nil) // records if it has not, and releases x
 }

@@ -131,6 +131,23 @@ func (t *responseTap) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// readAll hands out the whole body as Read would, piece by piece, to out
+// instead of a caller's buffer (one copy fewer), and returns the error that
+// ended it: io.EOF at the body's end.
+func (t *responseTap) readAll(out func([]byte)) error {
+	for {
+		t.commit()
+		for t.ready == t.outEnd {
+			if t.eof {
+				return t.readErr
+			}
+			t.fill()
+		}
+		out(t.buf[t.outEnd:t.ready])
+		t.outEnd = t.ready
+	}
+}
+
 // CloseWithError implements fasthttp.ReadCloserWithError. fasthttp calls it
 // once the response is written, with the error that ended the write: nil, an
 // error of Read's, or the client connection's write error. It releases the
