@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -53,7 +52,7 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 	fs.Var(&types, "type", "select events of type `T` (inference, checkpoint, log_started, proxy_started, model_changed, annotation, ...); repeat for any of several (default all)")
 	stats := fs.Bool("stats", false, "print a summary of the matching inference events instead of the events")
 	asJSON := fs.Bool("json", false, "with --stats, print the summary as JSON")
-	paths, err := parseInterspersed(fs, args)
+	paths, err := parseFlagsAndArgs(fs, args)
 	if err != nil {
 		return err
 	}
@@ -156,33 +155,6 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("query: %w", err)
 	}
 	return bad.err()
-}
-
-// parseInterspersed parses flags and positional arguments in any order, as
-// the synopsis writes them (PATH... then flags). After "--" every argument
-// is a path.
-func parseInterspersed(fs interface {
-	Parse([]string) error
-	Args() []string
-}, args []string) ([]string, error) {
-	var paths []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
-			}
-			return nil, usageError{"query: " + err.Error()}
-		}
-		rest := fs.Args()
-		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" {
-			return append(paths, rest...), nil
-		}
-		if len(rest) == 0 {
-			return paths, nil
-		}
-		paths = append(paths, rest[0])
-		args = rest[1:]
-	}
 }
 
 // parseQueryTime parses a --since or --until value: "" (no bound), an RFC
