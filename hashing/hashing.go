@@ -27,6 +27,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash"
+	"sync"
 
 	"github.com/zeebo/blake3"
 )
@@ -125,8 +126,20 @@ func Sum256(alg Algorithm, b []byte) [32]byte {
 	if alg == SHA256 {
 		return sha256.Sum256(b)
 	}
-	return blake3.Sum256(b)
+	h := blake3Pool.Get().(*blake3.Hasher)
+	h.Reset()
+	_, _ = h.Write(b)
+	var sum [32]byte
+	h.Sum(sum[:0])
+	blake3Pool.Put(h)
+	return sum
 }
+
+// blake3Pool holds the BLAKE3 states Sum256 hashes with. blake3.Sum256 keeps
+// its state in a 22 KB stack frame: one call from a request's goroutine grows
+// that goroutine's stack from 8 to 32 KiB for the rest of its life, 64 MB at
+// 2,000 streams in flight.
+var blake3Pool = sync.Pool{New: func() any { return blake3.New() }}
 
 // FormatDigest writes sum as "<alg>:<hex>".
 func FormatDigest(alg Algorithm, sum []byte) string {

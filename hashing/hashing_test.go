@@ -71,6 +71,37 @@ func TestKeyID(t *testing.T) {
 	}
 }
 
+func TestKeyIDKnownAnswers(t *testing.T) {
+	// b3sum --keyed of each token, key 32 bytes of 0x01, first 16 bytes. The
+	// long token (more than one 8 KiB SIMD batch) in between checks that a
+	// reused state starts from the key again.
+	k, err := NewKeyIDer(bytes.Repeat([]byte{1}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ token, want string }{
+		{"sk-abc", "k1:04ff2a2147caf314154f1d1f77851289"},
+		{strings.Repeat("x", 9000), "k1:3af36136a1d875c1608aedb3f0a20fb7"},
+		{"sk-abc", "k1:04ff2a2147caf314154f1d1f77851289"},
+	}
+	for range 3 {
+		for _, tt := range tests {
+			if got := k.ID([]byte(tt.token)); got != tt.want {
+				t.Errorf("ID(%d-byte token) = %s, want %s", len(tt.token), got, tt.want)
+			}
+		}
+	}
+	long := strings.Repeat("y", 9000)
+	for range 3 { // Sum256 reuses its states too
+		if got := Sum(BLAKE3, []byte(long)); got != "blake3:80bdcd28021788a7a778bd3ae884f3f30ef32da7cbce2e15581516b192625c6b" { // b3sum
+			t.Errorf("Sum(9000 bytes) = %s", got)
+		}
+		if got := Sum(BLAKE3, []byte("abc")); got != "blake3:6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85" {
+			t.Errorf("Sum(abc) after a long input = %s", got)
+		}
+	}
+}
+
 func TestLoadOrCreateKeyIDSecret(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "sub", "key-id.secret")

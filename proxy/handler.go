@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
-	"github.com/valyala/fastjson"
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/hashing"
@@ -18,10 +17,9 @@ import (
 // moment the response body is written. It is pooled; everything in it is
 // reset by reset.
 type exchange struct {
-	p      *Proxy
-	ev     audit.Event
-	start  time.Time
-	parser fastjson.Parser
+	p     *Proxy
+	ev    audit.Event
+	start time.Time
 	// reqBody holds a request body rewritten for include_usage.
 	reqBody []byte
 	// Storage that the event's pointer fields point into, so building an
@@ -101,7 +99,8 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	x.strs.buf = hashing.AppendDigest(x.strs.buf, p.cfg.Hash, inSum[:])
 	ev.Input.Hash = x.strs.since(start)
 	ev.Input.Bytes = int64(len(body))
-	f := parseRequestFields(&x.parser, body, x.lastModel)
+	jp := jsonParsers.Get()
+	f := parseRequestFields(jp, body, x.lastModel)
 	ev.Model.Name = f.model
 	x.lastModel = f.model
 	if p.cfg.ModelChecksums != nil && f.model != "" {
@@ -109,10 +108,11 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	}
 	ev.Stream = f.stream
 	if f.valid && f.stream && !f.includeUsage {
-		x.reqBody = withIncludeUsage(x.reqBody[:0], &x.parser, body, f)
+		x.reqBody = withIncludeUsage(x.reqBody[:0], jp, body, f)
 		ctx.Request.SetBodyRaw(x.reqBody)
 		x.tap.stripUsage = true
 	}
+	jsonParsers.Put(jp)
 
 	if p.admitter != nil {
 		if err := p.admitter.Admit(); err != nil {
@@ -175,7 +175,7 @@ const bufferedBodyLimit = 64 << 10
 // out go to the client as a stream that fails where the tap failed, exactly
 // as when streaming.
 func (p *Proxy) answerBuffered(ctx *fasthttp.RequestCtx, x *exchange, size int) {
-	if err := x.tap.readAll(ctx.Response.AppendBody); err != io.EOF {
+	if _, err := x.tap.WriteTo(ctx.Response.BodyWriter()); err != nil {
 		got := bytes.Clone(ctx.Response.Body())
 		ctx.Response.ResetBody()
 		ctx.Response.SetBodyStream(io.MultiReader(bytes.NewReader(got), failingReader{err}), size)

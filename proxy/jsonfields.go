@@ -21,6 +21,11 @@ type requestFields struct {
 	hasStreamOptions bool
 }
 
+// jsonParsers lends parsers for the moments a body or an event is read. Not
+// one per exchange: a parser keeps what it last parsed, and thousands of
+// streams in flight would each hold one between their few parses.
+var jsonParsers fastjson.ParserPool
+
 // parseRequestFields extracts requestFields from body. A body that is not a
 // JSON object yields valid == false and is forwarded unchanged: the upstream
 // owns the error message. prevModel is a model name seen before; when the

@@ -180,6 +180,7 @@ func New(cfg Config) (*Proxy, error) {
 		NoDefaultContentType:         true,
 		DisablePreParseMultipartForm: true,
 		ReadBufferSize:               16 << 10,
+		ReduceMemoryUsage:            true,
 		Logger:                       fasthttpLogger{p.log},
 	}
 	return p, nil

@@ -131,22 +131,39 @@ func (t *responseTap) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// readAll hands out the whole body as Read would, piece by piece, to out
-// instead of a caller's buffer (one copy fewer), and returns the error that
-// ended it: io.EOF at the body's end.
-func (t *responseTap) readAll(out func([]byte)) error {
+// WriteTo hands out the body as Read would, each piece written to w straight
+// from the tap's buffer, and returns nil at the body's end or the error that
+// ended it: w's, or Read's other than io.EOF. A piece counts as written, and
+// is hashed, once w.Write returns without error.
+//
+// fasthttp's server calls it in place of Read (see SupportsBodyWriteTo), with
+// a writer that flushes each piece of a chunked body to the client: so no
+// 4 KiB copy buffer of fasthttp's is held per stream in flight.
+func (t *responseTap) WriteTo(w io.Writer) (int64, error) {
+	var written int64
 	for {
 		t.commit()
 		for t.ready == t.outEnd {
 			if t.eof {
-				return t.readErr
+				if t.readErr == io.EOF {
+					return written, nil
+				}
+				return written, t.readErr
 			}
 			t.fill()
 		}
-		out(t.buf[t.outEnd:t.ready])
-		t.outEnd = t.ready
+		n, err := w.Write(t.buf[t.outEnd:t.ready])
+		t.outEnd += n
+		written += int64(n)
+		if err != nil {
+			return written, err
+		}
 	}
 }
+
+// SupportsBodyWriteTo implements fasthttp.BodyWriterTo: WriteTo does what
+// Read does.
+func (t *responseTap) SupportsBodyWriteTo() bool { return true }
 
 // CloseWithError implements fasthttp.ReadCloserWithError. fasthttp calls it
 // once the response is written, with the error that ended the write: nil, an
@@ -286,7 +303,9 @@ func (t *responseTap) inspectEvent(ev sseEvent) (remove bool) {
 		(!bytes.Contains(d, []byte(`"finish_reason"`)) || bytes.Contains(d, []byte(`"finish_reason":null`))) {
 		return false
 	}
-	usageOnly := scanResponseObject(&t.x.parser, d, &t.usage)
+	jp := jsonParsers.Get()
+	usageOnly := scanResponseObject(jp, d, &t.usage)
+	jsonParsers.Put(jp)
 	return usageOnly && t.stripUsage
 }
 
@@ -327,11 +346,13 @@ func (t *responseTap) finish(err error) error {
 		t.resp, t.body = nil, nil
 	}
 	if t.json && len(t.jsonBody) > 0 {
+		jp := jsonParsers.Get()
 		if t.jsonTail {
-			scanUsageTail(&x.parser, t.jsonBody, &t.usage)
+			scanUsageTail(jp, t.jsonBody, &t.usage)
 		} else {
-			scanResponseObject(&x.parser, t.jsonBody, &t.usage)
+			scanResponseObject(jp, t.jsonBody, &t.usage)
 		}
+		jsonParsers.Put(jp)
 	}
 
 	start := x.strs.mark()
