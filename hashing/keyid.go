@@ -66,6 +66,16 @@ func (k *KeyIDer) AppendID(dst, token []byte) []byte {
 	return hex.AppendEncode(dst, sum[:16])
 }
 
+// Credential returns what a key id is computed from, given an Authorization
+// header value: the token of a Bearer credential ("Bearer sk-..." gives
+// "sk-..."), or the whole value for any other scheme.
+func Credential(authorization []byte) []byte {
+	if len(authorization) > 7 && bytes.EqualFold(authorization[:7], []byte("bearer ")) {
+		return bytes.TrimSpace(authorization[7:])
+	}
+	return authorization
+}
+
 // LoadOrCreateKeyIDSecret reads the secret from path. If the file does not
 // exist it generates a random secret and writes it there with mode 0600,
 // creating the parent directory (mode 0700) if needed. The file holds the
@@ -105,6 +115,16 @@ func LoadOrCreateKeyIDSecret(path string) ([]byte, error) {
 		return nil, fmt.Errorf("write key id secret %s: %w", path, err)
 	}
 	return secret, nil
+}
+
+// LoadKeyIDSecret reads the secret a sidecar keys its ids with from path,
+// as LoadOrCreateKeyIDSecret wrote it, and never creates one.
+func LoadKeyIDSecret(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read key id secret: %w", err)
+	}
+	return parseKeyIDSecret(path, b)
 }
 
 func parseKeyIDSecret(path string, b []byte) ([]byte, error) {

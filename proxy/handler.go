@@ -196,11 +196,8 @@ func (x *exchange) identifyCaller(h *fasthttp.RequestHeader) {
 		x.ev.APIKeyID = nil
 		return
 	}
-	if len(auth) > 7 && bytes.EqualFold(auth[:7], []byte("bearer ")) {
-		auth = bytes.TrimSpace(auth[7:])
-	}
 	start := x.strs.mark()
-	x.strs.buf = x.p.cfg.KeyIDer.AppendID(x.strs.buf, auth)
+	x.strs.buf = x.p.cfg.KeyIDer.AppendID(x.strs.buf, hashing.Credential(auth))
 	x.apiKeyID = x.strs.since(start)
 	x.ev.APIKeyID = &x.apiKeyID
 }

@@ -54,16 +54,20 @@ const (
 
 // spoolLog is the log side of a spool. The committer goroutine owns it.
 type spoolLog struct {
-	opts     LogOptions
-	logger   *slog.Logger
-	chain    *audit.Chain
-	hashes   *os.File
-	nHashes  atomic.Int64 // written by the committer, read by proof makers
-	sinceCP  int
-	lastCP   time.Time
-	cps      [][]byte // checkpoint events of the commit in progress
-	starting []byte   // the log_started event still to commit, for a new epoch
-	hashBuf  []byte   // stored hashes on their way to the file, reused
+	opts    LogOptions
+	logger  *slog.Logger
+	chain   *audit.Chain
+	hashes  *os.File
+	nHashes atomic.Int64 // written by the committer, read by proof makers
+	sinceCP int
+	lastCP  time.Time
+	cps     [][]byte // checkpoint events of the commit in progress
+	// cpCommitted is the time (Unix ns) of the newest checkpoint committed
+	// to the spool, or of the log's opening before the first: read by the
+	// metrics, so an alert can tell a log that stopped signing.
+	cpCommitted atomic.Int64
+	starting    []byte // the log_started event still to commit, for a new epoch
+	hashBuf     []byte // stored hashes on their way to the file, reused
 }
 
 // logMark is a spoolLog's state before a commit, to undo a failed one.
@@ -101,6 +105,9 @@ func (l *spoolLog) committed() {
 			l.logger.Error("cannot write the log's stored hashes; they are recomputed from the spool at the next start", "err", err)
 		}
 		l.nHashes.Add(int64(len(stored)))
+	}
+	if len(l.cps) > 0 {
+		l.cpCommitted.Store(l.lastCP.UnixNano())
 	}
 	for _, cp := range l.cps {
 		if l.opts.OnCheckpoint != nil {
@@ -166,6 +173,7 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 		opts.CheckpointEvery = 1000
 	}
 	l := &spoolLog{opts: opts, logger: s.log, lastCP: time.Now()}
+	l.cpCommitted.Store(l.lastCP.UnixNano())
 	f, err := os.OpenFile(filepath.Join(s.dir, hashesFileName), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open the log's stored hashes: %w", err)

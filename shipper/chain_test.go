@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/auditproxy/auditproxy/audit"
@@ -120,6 +121,49 @@ func TestIdleLogCheckpointsOnItsCadence(t *testing.T) {
 	s.Close()
 	if r := verifyDataDir(t, dir, keys); !r.OK {
 		t.Fatalf("idle log:\n%s", problems(r))
+	}
+}
+
+// TestCheckpointAgeMetric: the newest committed checkpoint's time advances
+// with each checkpoint, so an alert on its age sees a log that stops
+// signing.
+func TestCheckpointAgeMetric(t *testing.T) {
+	signer, _ := testSigner(t)
+	opts := logOpts(signer)
+	opts.CheckpointInterval = 200 * time.Millisecond
+	var n atomic.Int64
+	opts.OnCheckpoint = func([]byte) { n.Add(1) }
+	opened := time.Now()
+	s := openTestSpool(t, t.TempDir(), SpoolOptions{Log: opts})
+	defer s.Close()
+	reg := prometheus.NewRegistry()
+	if err := s.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	gauge := func(name string) float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == name {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatalf("%s not registered", name)
+		return 0
+	}
+	if got := gauge("auditproxy_checkpoint_interval_seconds"); got != 0.2 {
+		t.Errorf("interval gauge = %v, want 0.2", got)
+	}
+	first := gauge("auditproxy_checkpoint_last_timestamp_seconds")
+	if d := first - float64(opened.UnixNano())/1e9; d < -1 || d > 1 {
+		t.Errorf("before any checkpoint the gauge is %v, %.3f s from the opening", first, d)
+	}
+	waitFor(t, "two checkpoints", func() bool { return n.Load() >= 2 })
+	later := gauge("auditproxy_checkpoint_last_timestamp_seconds")
+	if later-first < 0.15 || later > float64(time.Now().UnixNano())/1e9 {
+		t.Errorf("after two checkpoints 200 ms apart the gauge went from %v to %v", first, later)
 	}
 }
 

@@ -72,6 +72,17 @@ func (s *Spool) Register(reg prometheus.Registerer) error {
 			Help: "Bytes of the records counted by auditproxy_spool_records_cut_total.",
 		}, func() float64 { return float64(rec.BytesCut) }),
 	}
+	if s.chain != nil {
+		cs = append(cs,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "auditproxy_checkpoint_last_timestamp_seconds",
+				Help: "Unix time of the newest signed checkpoint committed to the spool (before the first, the time the log was opened).",
+			}, func() float64 { return float64(s.chain.cpCommitted.Load()) / 1e9 }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "auditproxy_checkpoint_interval_seconds",
+				Help: "The longest time between two checkpoints (--checkpoint-interval): a newest checkpoint older than twice this means the log stopped signing.",
+			}, func() float64 { return s.chain.opts.CheckpointInterval.Seconds() }))
+	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return err

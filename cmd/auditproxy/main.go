@@ -14,6 +14,8 @@
 //	auditproxy verify-proof  check such a proof with only the verifier key
 //	auditproxy show     reconstruct one request: decrypted bodies, hashes, proof
 //	auditproxy query    select events by time, model, key id, request, outcome, type; --stats
+//	auditproxy keyid    print the api_key_id of an API key read from stdin
+//	auditproxy healthcheck  ask a running sidecar whether it is ready (for container HEALTHCHECKs)
 //	auditproxy version  print the version
 //
 // Every flag can also be set as an environment variable AUDITPROXY_<FLAG>,
@@ -51,6 +53,8 @@ Usage:
   auditproxy verify-proof --pubkey FILE.pub [PROOF]           check a proof without the log
   auditproxy show --request-id ID --identity F PATH...        reconstruct a request from the log
   auditproxy query [--since T --model M ...] [--stats] PATH... select events, or their statistics
+  auditproxy keyid --key-id-secret-file FILE < api-key        the api_key_id events record for a key
+  auditproxy healthcheck [--admin-listen ADDRESS]             ask a running sidecar whether it is ready
   auditproxy version                                          print the version
 
 Run "auditproxy COMMAND --help" for a command's flags. Every flag can also be
@@ -88,6 +92,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runShow(rest, stdout, stderr)
 	case "verify-proof":
 		err = runVerifyProof(rest, stdout, stderr)
+	case "keyid":
+		err = runKeyID(rest, stdin, stdout, stderr)
+	case "healthcheck":
+		err = runHealthcheck(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "auditproxy", buildVersion())
 	case "help", "-h", "--help", "-help":

@@ -58,6 +58,9 @@ func TestUsageErrors(t *testing.T) {
 		{"segment larger than spool", []string{"serve", "--upstream", "http://127.0.0.1:1", "--spool-max-bytes", "1MiB", "--segment-max-bytes", "1MiB"}, nil, 2, "half of --spool-max-bytes"},
 		{"stray argument", []string{"export", "extra"}, nil, 2, `unexpected argument "extra"`},
 		{"export of a missing dir", []string{"export", "--data-dir", "/nonexistent/auditproxy"}, nil, 1, "export: data dir"},
+		{"keyid with the key as an argument", []string{"keyid", "sk-secret"}, nil, 2, "read from standard input, not from arguments"},
+		{"keyid without a secret", []string{"keyid", "--key-id-secret-file", "/nonexistent/key-id.secret"}, nil, 1, "read key id secret"},
+		{"healthcheck of a bad address", []string{"healthcheck", "--admin-listen", "9090"}, nil, 2, `--admin-listen "9090": want HOST:PORT`},
 	}
 	// A usage error creates nothing: run in an empty directory and check.
 	wd, _ := os.Getwd()
@@ -153,6 +156,16 @@ func TestServeProcess(t *testing.T) {
 		t.Fatalf("status %d body %q", resp.StatusCode, got)
 	}
 
+	// The container's HEALTHCHECK: ready while serving, on the admin
+	// address from the environment as in the image; 0.0.0.0 is asked on
+	// loopback.
+	_, adminPort, _ := net.SplitHostPort(admin)
+	hc := exec.Command(bin, "healthcheck")
+	hc.Env = append(os.Environ(), "AUDITPROXY_ADMIN_LISTEN=0.0.0.0:"+adminPort)
+	if out, err := hc.CombinedOutput(); err != nil || !strings.Contains(string(out), "/readyz: ok") {
+		t.Errorf("healthcheck of a serving sidecar: %v: %s", err, out)
+	}
+
 	m, err := http.Get("http://" + admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -168,6 +181,10 @@ func TestServeProcess(t *testing.T) {
 	cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("serve exited with %v after SIGTERM\n%s", err, stderr.String())
+	}
+	var hcOut, hcErr bytes.Buffer
+	if code := run([]string{"healthcheck", "--admin-listen", admin, "--timeout", "1s"}, &hcOut, &hcErr); code != 1 || !strings.Contains(hcErr.String(), "healthcheck:") {
+		t.Errorf("healthcheck of a stopped sidecar exited %d: %s%s", code, hcOut.String(), hcErr.String())
 	}
 	if fi, err := os.Stat(filepath.Join(dataDir, "key-id.secret")); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("key id secret: %v %v", fi, err)
@@ -210,6 +227,17 @@ func TestServeProcess(t *testing.T) {
 	if ev.Path != "/v1/completions" || !ev.Stream || ev.Status.Outcome != audit.OutcomeOK || ev.RequestID != resp.Header.Get("X-Request-Id") || ev.APIKeyID == nil {
 		t.Errorf("exported event %+v", ev)
 	}
+	// An operator holding the key finds its id with keyid: from the key, or
+	// from a whole Authorization value.
+	for _, in := range []string{"sk-process-test\n", "Bearer sk-process-test"} {
+		stdin = strings.NewReader(in)
+		var idOut, idErr bytes.Buffer
+		code := run([]string{"keyid", "--key-id-secret-file", filepath.Join(dataDir, "key-id.secret")}, &idOut, &idErr)
+		if code != 0 || strings.TrimSpace(idOut.String()) != *ev.APIKeyID {
+			t.Errorf("keyid of %q exited %d: %q%s, the event recorded %s", in, code, idOut.String(), idErr.String(), *ev.APIKeyID)
+		}
+	}
+	stdin = os.Stdin
 	for _, secret := range []string{"sk-process-test", "hello"} {
 		if strings.Contains(out.String()+stderr.String(), secret) {
 			t.Errorf("%q written to the event log or the process log", secret)

@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# Writes the auditor guide (default docs/auditor-guide.md) from a real run, so
+# that every output it shows is what the current binary prints:
+#
+#   1. builds auditproxy, makes a checkpoint signing key and an auditor's age
+#      key, and starts `auditproxy demo` (a simulated vLLM behind the proxy)
+#      with payload capture encrypted to the auditor's key;
+#   2. sends requests as two API keys and records an operator's change;
+#   3. stops the demo (Ctrl-C) and runs each command of the guide on its
+#      spool, pasting the command and its output.
+#
+# Usage: docs/auditor-guide.sh [OUTPUT]   (from anywhere; needs go and curl)
+# CI runs it into a temporary file (TestAuditorGuideScript) so it cannot rot.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-$repo/docs/auditor-guide.md}
+work=$(mktemp -d)
+demo_pid=
+cleanup() {
+  if [ -n "$demo_pid" ]; then kill "$demo_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cd "$repo"
+go build -o "$work/auditproxy" ./cmd/auditproxy
+go run filippo.io/age/cmd/age-keygen -o "$work/auditor.agekey" 2>"$work/age-keygen.out"
+recipient=$(grep -o 'age1[0-9a-z]*' "$work/age-keygen.out")
+
+# The guide shows paths as an auditor would have them: the exported spool in
+# ./evidence, the keys beside it. Commands run in $work.
+cd "$work"
+mkdir evidence
+ap() { "$work/auditproxy" "$@"; }
+ap keygen --name gpu-node-7 --out signing.key >/dev/null
+# A stand-in for the model's weights directory: the sidecar records its
+# manifest checksum in every event, as it would for real weights.
+mkdir -p models/Llama-3.1-8B-Instruct
+printf '{"architectures":["LlamaForCausalLM"],"num_hidden_layers":32}\n' >models/Llama-3.1-8B-Instruct/config.json
+head -c 65536 /dev/zero | tr '\0' 'w' >models/Llama-3.1-8B-Instruct/model-00001-of-00001.safetensors
+
+"$work/auditproxy" demo --data-dir data --signing-key signing.key --log-name gpu-node-7 \
+  --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+  --model-dir meta-llama/Llama-3.1-8B-Instruct=models/Llama-3.1-8B-Instruct \
+  --capture-payloads --payload-recipient "$recipient" --checkpoint-interval 2s >demo.out 2>&1 &
+demo_pid=$!
+for _ in $(seq 1 300); do
+  grep -q 'keeps serving until Ctrl-C' demo.out && break
+  kill -0 "$demo_pid" 2>/dev/null || { cat demo.out >&2; exit 1; }
+  sleep 0.1
+done
+grep -q 'keeps serving until Ctrl-C' demo.out || { echo "demo did not start" >&2; cat demo.out >&2; exit 1; }
+proxy=$(grep -o 'proxy at http://[0-9.:]*' demo.out | head -1 | cut -d' ' -f3)
+admin=$(grep -o 'curl -s http://[0-9.:]*/metrics' demo.out | head -1 | cut -d' ' -f3 | sed 's|/metrics||')
+
+alice_key=sk-alice-5f1e0c2b9d
+bob_key=sk-bob-77a3e10f42
+model=meta-llama/Llama-3.1-8B-Instruct
+ask() { # ask KEY STREAM CONTENT: prints the X-Request-Id
+  curl -sS -o /dev/null -D - "$proxy/v1/chat/completions" \
+    -H "Authorization: Bearer $1" -H 'Content-Type: application/json' \
+    -d "{\"model\":\"$model\",\"stream\":$2,\"messages\":[{\"role\":\"user\",\"content\":\"$3\"}]}" |
+    tr -d '\r' | sed -n 's/^[Xx]-[Rr]equest-[Ii]d: //p'
+}
+r1=$(ask "$alice_key" false "What is the refund policy for order 1182?")
+ask "$bob_key" true "Summarise this contract clause." >/dev/null
+ask "$alice_key" true "Draft a reply to the customer." >/dev/null
+ap annotate --admin "$admin" --token-file data/admin.token --type model_rollout \
+  --actor alice@example.com --approver carol@example.com --ticket CHG-2291 \
+  --justification "Roll out Llama-3.1-8B-Instruct weights rev 2024-09 to gpu-node-7" >/dev/null
+ask "$bob_key" false "Classify this support ticket." >/dev/null
+sleep 2.5 # one more checkpoint interval
+kill -INT "$demo_pid"
+wait "$demo_pid" || { echo "demo exited with an error" >&2; cat demo.out >&2; exit 1; }
+demo_pid=
+cp -r data/spool/. evidence/
+rm -rf data/spool
+cp data/key-id.secret key-id.secret
+
+# run CMD...: a shell block with the command and its output. An event is one
+# long line (a captured payload alone is a few KB of base64): lines are cut at
+# 1,500 characters, and the cut is marked.
+run() {
+  printf '```console\n$ %s\n' "$*"
+  (eval "$@") 2>&1 | awk '{ if (length($0) > 1500) print substr($0, 1, 1500) " [... " length($0) - 1500 " more characters]"; else print }'
+  printf '```\n'
+}
+# Dates in the guide: the window the demo ran in.
+since=$(date -u -d '-10 minutes' +%Y-%m-%dT%H:%M:%SZ)
+
+{
+cat <<EOF
+# Auditor guide
+
+How to answer an auditor's questions about the inferences a vLLM server ran, with the same
+\`auditproxy\` binary the sidecars run. Every output below is real: \`docs/auditor-guide.sh\` produced
+this page from a run of \`auditproxy demo\` (a simulated vLLM behind the proxy) on $(date -u +%Y-%m-%d),
+and CI runs that script so the commands cannot drift from the binary.
+
+What you need:
+
+- **The events**, as NDJSON or as spool files: the copy in the S3 bucket with Object Lock
+  (\`deploy/fluent-bit/README.md\`), an export from the aggregator, or a sidecar's spool directory. Here
+  they are in \`./evidence\`.
+- **The verifier key** of each sidecar's checkpoint signing key (\`signing.key.pub\`), given to you by the
+  operator when the sidecar was deployed, and kept apart from the logs.
+- To find the requests of one API key: the key itself and the sidecars' **key-id secret**
+  (\`key-id.secret\`, held by the operator). Events never contain keys.
+- To read what was sent and answered: the **age identity** whose public key the sidecars encrypted
+  captured bodies to (\`--capture-payloads --payload-recipient\`). The sidecars cannot decrypt them.
+
+## First: is the log complete and unaltered?
+
+\`verify\` rebuilds each log (one per sidecar and epoch, its *origin*) from the events, checks every
+signed checkpoint against the verifier key, checks that no event is missing between the first and the
+newest checkpoint, and that no event was changed. Run it before answering anything from the log.
+
+EOF
+run ap verify --pubkey signing.key.pub evidence
+cat <<EOF
+
+Give \`--until\` the time the export was made: a newest checkpoint much older than that means the tail
+of the log was cut off. \`--json\` prints the report for a ticket.
+
+## All inferences by API key X
+
+The events record \`api_key_id\`, a keyed hash of the key. \`keyid\` computes it from the key (read from
+standard input, so it stays out of shell history) and the key-id secret:
+
+EOF
+alice_id=$(printf '%s\n' "$alice_key" | ap keyid --key-id-secret-file key-id.secret)
+export ALICE_KEY=$alice_key
+run "printf '%s\n' \"\$ALICE_KEY\" | ap keyid --key-id-secret-file key-id.secret"
+cat <<EOF
+
+Then select that key's events, or summarise them:
+
+EOF
+run ap query --api-key-id "$alice_id" --stats evidence
+echo
+run ap query --api-key-id "$alice_id" evidence
+cat <<EOF
+
+\`--since\` and \`--until\` take RFC 3339 times or durations before now (\`90d\`); \`--model\`,
+\`--outcome\` and \`--request-id\` narrow further, and each can be repeated.
+
+## Which model version and which GPU processed request R
+
+Clients see the request id in the \`X-Request-Id\` response header (or sent their own). The event says
+which weights answered (\`model.checksum\`: the checksum of the model directory's manifest, which
+\`auditproxy checksum DIR\` recomputes from the files) and on which GPU (\`gpu\`: NVML's UUID, serial,
+name and driver; \`null\` here, as the demo runs on a machine without an NVIDIA driver):
+
+EOF
+run ap query --request-id "$r1" evidence
+cat <<EOF
+
+The operator, or anyone holding the weights, recomputes that checksum from the files:
+
+EOF
+run ap checksum models/Llama-3.1-8B-Instruct
+cat <<EOF
+
+To show a third party that this event is in the signed log without handing over the log, make an
+inclusion proof and let them check it with only the verifier key:
+
+EOF
+run ap prove --request-id "$r1" evidence '>' proof.txt
+run ap verify-proof --pubkey signing.key.pub proof.txt
+cat <<EOF
+
+## All changes in a window
+
+Changes of the serving stack are events of their own: \`model_changed\` (other weights behind a served
+name), \`gpu_changed\`, \`upstream_version\` (vLLM's version), \`proxy_started\` / \`proxy_stopped\`, and
+\`annotation\` for an operator's change recorded with \`auditproxy annotate\` (who, who approved, ticket,
+why):
+
+EOF
+run ap query --since "$since" --type annotation --type model_changed --type gpu_changed --type upstream_version --type proxy_started --type proxy_stopped evidence
+cat <<EOF
+
+## Reconstruct request R from eight months ago
+
+With payload capture on, each event carries the request and response bodies encrypted to the auditors'
+age keys. \`show\` decrypts them, checks them against the digests the event recorded when the request
+ran, and with \`--pubkey\` also proves the event is in the signed log:
+
+EOF
+run ap show --request-id "$r1" --identity auditor.agekey --pubkey signing.key.pub evidence
+cat <<EOF
+
+Without capture, the event still holds the SHA-256 or BLAKE3 digest of both bodies: bodies kept
+elsewhere (by the application) can be checked against it with \`sha256sum\` or \`b3sum\`.
+EOF
+} >"$work/guide.md"
+
+# The guide calls the binary auditproxy and shows no temporary paths.
+sed -e "s/^\$ ap /\$ auditproxy /" -e "s/| ap /| auditproxy /" -e "s|$work/||g" -e "s|$work|.|g" "$work/guide.md" >"$out"
+echo "wrote $out"
