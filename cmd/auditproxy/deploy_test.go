@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"debug/elf"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -84,6 +86,43 @@ func TestPrometheusRules(t *testing.T) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
+	}
+
+	// The dashboard's queries parse as PromQL: promtool checks them as the
+	// expressions of recording rules, Grafana's variables filled in.
+	b, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "grafana", "auditproxy.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatalf("dashboard JSON: %v", err)
+	}
+	var rules strings.Builder
+	rules.WriteString("groups:\n  - name: dashboard\n    rules:\n")
+	n := 0
+	fill := strings.NewReplacer("$__rate_interval", "1m", "$instance", ".*")
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			expr, _ := json.Marshal(fill.Replace(tg.Expr)) // a JSON string is a YAML string
+			fmt.Fprintf(&rules, "      - record: dashboard:query_%d\n        expr: %s\n", n, expr)
+			n++
+		}
+	}
+	if n < 20 {
+		t.Fatalf("the dashboard has %d queries", n)
+	}
+	file := filepath.Join(t.TempDir(), "dashboard-queries.yaml")
+	if err := os.WriteFile(file, []byte(rules.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(promtool, "check", "rules", file).CombinedOutput(); err != nil {
+		t.Errorf("the dashboard's queries: promtool check rules: %v\n%s", err, out)
 	}
 }
 
