@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/auditproxy/auditproxy/audit"
@@ -136,23 +135,7 @@ func TestCheckpointAgeMetric(t *testing.T) {
 	opened := time.Now()
 	s := openTestSpool(t, t.TempDir(), SpoolOptions{Log: opts})
 	defer s.Close()
-	reg := prometheus.NewRegistry()
-	if err := s.Register(reg); err != nil {
-		t.Fatal(err)
-	}
-	gauge := func(name string) float64 {
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() == name {
-				return mf.GetMetric()[0].GetGauge().GetValue()
-			}
-		}
-		t.Fatalf("%s not registered", name)
-		return 0
-	}
+	gauge := func(name string) float64 { return registeredValue(t, s.Register, name) }
 	if got := gauge("auditproxy_checkpoint_interval_seconds"); got != 0.2 {
 		t.Errorf("interval gauge = %v, want 0.2", got)
 	}

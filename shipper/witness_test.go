@@ -818,8 +818,15 @@ func TestNewWitnessChecksItsOptions(t *testing.T) {
 // witnessMetric reads one of the counters w registers.
 func witnessMetric(t *testing.T, w *Witness, name string) float64 {
 	t.Helper()
+	return registeredValue(t, w.Register, name)
+}
+
+// registeredValue registers metrics with register in a fresh registry and
+// returns the value of the unlabelled counter or gauge called name.
+func registeredValue(t *testing.T, register func(prometheus.Registerer) error, name string) float64 {
+	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
-	if err := w.Register(reg); err != nil {
+	if err := register(reg); err != nil {
 		t.Fatal(err)
 	}
 	mfs, err := reg.Gather()
@@ -828,7 +835,11 @@ func witnessMetric(t *testing.T, w *Witness, name string) float64 {
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetCounter().GetValue()
+			m := mf.GetMetric()[0]
+			if m.GetGauge() != nil {
+				return m.GetGauge().GetValue()
+			}
+			return m.GetCounter().GetValue()
 		}
 	}
 	t.Fatalf("no metric %s", name)
