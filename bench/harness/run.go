@@ -308,6 +308,9 @@ func rounds(ctx context.Context, o options, targets []*target, spec loadSpec, la
 			if err := ctx.Err(); err != nil {
 				return nil, context.Cause(ctx)
 			}
+			if !settle(ctx, targets, settleLimit) {
+				logf("%s round %d/%d %s: the processes were still busy after %v; measuring anyway", label, r, o.rounds, t.name, settleLimit)
+			}
 			res := runRound(ctx, t, spec)
 			aggs[i].add(res)
 			unit := "requests/s"
@@ -330,6 +333,56 @@ func rounds(ctx context.Context, o options, targets []*target, spec loadSpec, la
 		}
 	}
 	return aggs, ctx.Err()
+}
+
+const (
+	// settleLimit bounds the wait for quiet before a round.
+	settleLimit = 15 * time.Second
+	// settleSample and settleCPU: quiet is less than 2% of a core over a
+	// sample, all measured processes together.
+	settleSample = 200 * time.Millisecond
+	settleCPU    = settleSample / 50
+)
+
+// settle waits until the processes of all targets are quiet, at most limit,
+// and reports whether they became so. Work a proxy defers past its round
+// (auditproxy ships and seals its spool after the answers) would otherwise
+// run during the next target's round, slowing it and not the proxy that
+// caused it.
+func settle(ctx context.Context, targets []*target, limit time.Duration) bool {
+	seen := map[*child]bool{}
+	var procs []*child
+	for _, t := range targets {
+		for _, c := range t.procs {
+			if c != nil && !seen[c] {
+				seen[c] = true
+				procs = append(procs, c)
+			}
+		}
+	}
+	total := func() time.Duration {
+		var sum time.Duration
+		for _, c := range procs {
+			if d, ok := cpuTime(c.cmd.Process.Pid); ok {
+				sum += d
+			}
+		}
+		return sum
+	}
+	deadline := time.Now().Add(limit)
+	for before := total(); time.Now().Before(deadline); {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(settleSample):
+		}
+		after := total()
+		if after-before < settleCPU {
+			return true
+		}
+		before = after
+	}
+	return false
 }
 
 // nonstreamTraffic is the calibrated request of the nonstream workloads.
