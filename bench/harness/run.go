@@ -142,7 +142,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer, cmdline strin
 	for _, d := range peerDescs {
 		report.WriteString(d)
 	}
-	fmt.Fprintf(&report, "- %d interleaved rounds per workload (each target in turn, then again), each %v measured after %v of warm-up on fresh connections; "+
+	fmt.Fprintf(&report, "- %d interleaved rounds per workload (each target in turn, then again), each started once all measured processes are quiet (under 2%% of a core) and %v measured after %v of warm-up on fresh connections; "+
 		"percentiles are nearest-rank over all samples of all rounds, except the per-round p99s and their median\n", o.rounds, o.duration, o.warmup)
 
 	if rate := o.openLoopRate(); o.closedLoop() || rate > 0 {
