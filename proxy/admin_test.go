@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -62,27 +63,69 @@ func TestAdminEndpointsAndMetrics(t *testing.T) {
 	}
 }
 
-func TestModelLabelCardinalityIsBounded(t *testing.T) {
+// TestModelLabels: a model name gets a label of its own only once the
+// upstream served it, only if it is short and plain, and only while fewer
+// than 64 names have one; every other request counts under "other", with
+// the reason in auditproxy_model_label_folded_total.
+func TestModelLabels(t *testing.T) {
+	// An upstream that serves any model name, as a vLLM with many LoRA
+	// adapters would, unless the name starts with "unserved".
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		if strings.Contains(string(b), `"unserved`) {
+			w.WriteHeader(404)
+		}
+		io.WriteString(w, `{}`)
+	}))
+	defer upstream.Close()
 	reg := prometheus.NewRegistry()
 	m := proxy.NewMetrics()
 	m.Register(reg)
-	e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) { c.Metrics = m })
-	for i := range 80 {
-		rawRequest(t, "POST", e.proxyURL+"/v1/completions", nil, `{"model":"junk-`+strings.Repeat("x", i)+`","prompt":"a"}`)
+	e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) { c.Metrics = m; c.Upstream = upstream.URL })
+	send := func(model string) {
+		rawRequest(t, "POST", e.proxyURL+"/v1/completions", nil, `{"model":"`+model+`","prompt":"a"}`)
 		e.events.next(t)
+	}
+	for i := range 10 {
+		send("unserved-" + strconv.Itoa(i))
+	}
+	send(strings.Repeat("x", 129))
+	send("has space")
+	for i := range 80 {
+		send("adapter-" + strconv.Itoa(i))
+	}
+	send("adapter-3") // labelled already
+	send("other")     // the fold label itself is not a model's
+	want := `
+# HELP auditproxy_model_label_folded_total Requests counted under model="other" instead of their own model label, by reason: invalid (longer than 128 bytes or outside [A-Za-z0-9._:/@+=-]), unserved (no answer below 400 for that name yet), overflow (64 names already labelled).
+# TYPE auditproxy_model_label_folded_total counter
+auditproxy_model_label_folded_total{reason="invalid"} 3
+auditproxy_model_label_folded_total{reason="overflow"} 16
+auditproxy_model_label_folded_total{reason="unserved"} 10
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "auditproxy_model_label_folded_total"); err != nil {
+		t.Error(err)
 	}
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
 	for _, f := range families {
-		if f.GetName() == "auditproxy_requests_total" {
-			n = len(f.GetMetric())
+		if f.GetName() != "auditproxy_requests_total" {
+			continue
 		}
-	}
-	if n < 64 || n > 65 {
-		t.Errorf("%d request series for 80 model names; want at most 64 names plus \"other\"", n)
+		names := map[string]float64{}
+		for _, s := range f.GetMetric() {
+			for _, l := range s.GetLabel() {
+				if l.GetName() == "model" {
+					names[l.GetValue()] += s.GetCounter().GetValue()
+				}
+			}
+		}
+		if len(names) != 65 || names["other"] != 29 || names["adapter-3"] != 2 || names["adapter-63"] != 1 {
+			t.Errorf("%d model labels (other: %v, adapter-3: %v); want 64 adapters and other with 29", len(names), names["other"], names["adapter-3"])
+		}
 	}
 }
 

@@ -9,10 +9,29 @@ import (
 	"github.com/auditproxy/auditproxy/audit"
 )
 
-// maxModelLabels bounds the distinct values of the "model" label. The model
-// name comes from request bodies, which any client can fill with anything;
-// past this many names, new ones are counted as "other".
-const maxModelLabels = 64
+// The "model" label's value comes from request bodies, which any client can
+// fill with anything: megabytes of bytes, invalid UTF-8 (which the
+// Prometheus client refuses with a panic), a new name per request. So a name
+// becomes a label value only if it is short, in the label charset (see
+// validModelLabel), and the upstream answered a request for it with a status
+// below 400 (vLLM answers 404 for a model it does not serve), and only while
+// fewer than maxModelLabels names have one. Every other request is counted
+// under "other", and auditproxy_model_label_folded_total says why.
+const (
+	maxModelLabels   = 64
+	maxModelLabelLen = 128
+	// otherModelLabel is where folded names are counted; noModelLabel is the
+	// label of requests without a model.
+	otherModelLabel = "other"
+	noModelLabel    = "none"
+)
+
+// Reasons a model name was folded into "other".
+const (
+	foldInvalid  = "invalid"  // too long, or a byte outside the label charset
+	foldRejected = "unserved" // the upstream has not yet answered it below 400
+	foldOverflow = "overflow" // maxModelLabels names already have a label
+)
 
 // Metrics holds the proxy's Prometheus collectors. Register them with
 // Register.
@@ -27,6 +46,7 @@ type Metrics struct {
 	recordWait     prometheus.Histogram
 	eventsRecorded prometheus.Counter
 	eventsDropped  prometheus.Counter
+	folded         *prometheus.CounterVec
 
 	modelsMu sync.RWMutex
 	models   map[string]struct{}
@@ -80,6 +100,10 @@ func NewMetrics() *Metrics {
 			Name: "auditproxy_events_dropped_total",
 			Help: "Audit events the audit log failed to accept (their answers were cut before the end). Anything but 0 is a bug or a failing disk.",
 		}),
+		folded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "auditproxy_model_label_folded_total",
+			Help: "Requests counted under model=\"other\" instead of their own model label, by reason: invalid (longer than 128 bytes or outside [A-Za-z0-9._:/@+=-]), unserved (no answer below 400 for that name yet), overflow (64 names already labelled).",
+		}, []string{"reason"}),
 		models: make(map[string]struct{}),
 	}
 }
@@ -87,7 +111,7 @@ func NewMetrics() *Metrics {
 // Register registers every collector with r.
 func (m *Metrics) Register(r prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.ttft, m.overhead,
-		m.inputTokens, m.outputTokens, m.inFlight, m.recordWait, m.eventsRecorded, m.eventsDropped} {
+		m.inputTokens, m.outputTokens, m.inFlight, m.recordWait, m.eventsRecorded, m.eventsDropped, m.folded} {
 		if err := r.Register(c); err != nil {
 			return err
 		}
@@ -95,33 +119,71 @@ func (m *Metrics) Register(r prometheus.Registerer) error {
 	return nil
 }
 
-// modelLabel bounds the label's cardinality; see maxModelLabels.
-func (m *Metrics) modelLabel(name string) string {
+// modelLabel returns the label value for requests naming model name; served
+// says whether the upstream answered this request below 400, which lets a
+// new name have a label of its own.
+func (m *Metrics) modelLabel(name string, served bool) string {
 	if name == "" {
-		return "none"
+		return noModelLabel
+	}
+	if !validModelLabel(name) {
+		return m.fold(foldInvalid)
 	}
 	m.modelsMu.RLock()
 	_, ok := m.models[name]
 	n := len(m.models)
 	m.modelsMu.RUnlock()
-	if ok {
+	switch {
+	case ok:
 		return name
-	}
-	if n >= maxModelLabels {
-		return "other"
+	case !served:
+		return m.fold(foldRejected)
+	case n >= maxModelLabels:
+		return m.fold(foldOverflow)
 	}
 	m.modelsMu.Lock()
 	defer m.modelsMu.Unlock()
-	if len(m.models) >= maxModelLabels {
-		return "other"
+	if _, ok := m.models[name]; !ok {
+		if len(m.models) >= maxModelLabels {
+			return m.fold(foldOverflow)
+		}
+		// The map keeps the name: a copy, so that it holds none of the
+		// request's memory.
+		name = string([]byte(name))
+		m.models[name] = struct{}{}
 	}
-	m.models[name] = struct{}{}
 	return name
+}
+
+func (m *Metrics) fold(reason string) string {
+	m.folded.WithLabelValues(reason).Inc()
+	return otherModelLabel
+}
+
+// validModelLabel reports whether name may be a label value as it is: at
+// most maxModelLabelLen bytes of letters, digits and "._:/@+=-", enough for
+// hub ids ("meta-llama/Llama-3.1-8B-Instruct"), local paths and LoRA names,
+// and nothing that needs escaping in the exposition format or is not UTF-8.
+// The names "other" and "none" are the labels' own.
+func validModelLabel(name string) bool {
+	if len(name) > maxModelLabelLen || name == otherModelLabel || name == noModelLabel {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == '.', c == '_', c == ':', c == '/', c == '@', c == '+', c == '=', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // observe records one finished exchange.
 func (m *Metrics) observe(ev *audit.Event, recordErr error) {
-	model := m.modelLabel(ev.Model.Name)
+	model := m.modelLabel(ev.Model.Name, ev.Status.Code > 0 && ev.Status.Code < 400)
 	m.requests.WithLabelValues(model, statusLabel(ev.Status.Code), string(ev.Status.Outcome)).Inc()
 	m.duration.WithLabelValues(model).Observe(ev.Latency.Total / 1e3)
 	if ev.Latency.TTFT != nil {
@@ -143,7 +205,7 @@ func (m *Metrics) observe(ev *audit.Event, recordErr error) {
 
 // refused counts a request answered 503 because its event could not be kept.
 func (m *Metrics) refused(model string) {
-	m.requests.WithLabelValues(m.modelLabel(model), "503", string(audit.OutcomeRejected)).Inc()
+	m.requests.WithLabelValues(m.modelLabel(model, false), "503", string(audit.OutcomeRejected)).Inc()
 }
 
 // statusLabels avoids formatting the common codes on every request.

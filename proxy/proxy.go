@@ -40,13 +40,18 @@ package proxy
 
 import (
 	"errors"
-	"filippo.io/age"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"filippo.io/age"
 
 	"github.com/valyala/fasthttp"
 
@@ -184,7 +189,11 @@ func New(cfg Config) (*Proxy, error) {
 		// connection whose answer streams for minutes does not hold 16 KiB
 		// (32 MB at 2,000 streams); the cost is a 1-byte read per request.
 		ReduceMemoryUsage: true,
-		Logger:            fasthttpLogger{p.log},
+		// fasthttp puts a snippet of a request it cannot parse into its
+		// errors, Authorization header and prompt included: neither its
+		// errors nor its log lines may carry request bytes.
+		SecureErrorLogMessage: true,
+		Logger:                fasthttpLogger{p.log},
 	}
 	return p, nil
 }
@@ -241,10 +250,81 @@ func (p *Proxy) Shutdown() error {
 // Metrics returns the proxy's metrics.
 func (p *Proxy) Metrics() *Metrics { return p.metrics }
 
-// fasthttpLogger sends fasthttp's own messages (accept errors, panics) to
-// slog.
+// fasthttpLogger sends fasthttp's own messages (accept errors, connections
+// it could not serve) to slog, without the request bytes they may quote.
+// fasthttp formats errors with a snippet of a request it could not parse
+// (two Content-Length headers, a control character in a header, a forbidden
+// trailer): the Authorization header and the prompt with it. So only the
+// format string, addresses, numbers and errors that come from the network
+// stack are printed; any other argument is replaced by a placeholder.
 type fasthttpLogger struct{ l *slog.Logger }
 
 func (f fasthttpLogger) Printf(format string, args ...any) {
-	f.l.Warn("fasthttp", "msg", fmt.Sprintf(format, args...))
+	safe := make([]any, len(args))
+	for i, a := range args {
+		safe[i] = redactLogArg(a)
+	}
+	f.l.Warn("fasthttp: " + fmt.Sprintf(format, safe...))
+}
+
+// redactedArg stands in for an argument of fasthttp's that may hold request
+// bytes.
+const redactedArg = "(request content withheld)"
+
+func redactLogArg(a any) any {
+	switch v := a.(type) {
+	case net.Addr:
+		return v.String()
+	case int, int32, int64, uint, uint32, uint64, float64, time.Duration:
+		return v
+	case error:
+		return redactError(v)
+	}
+	return redactedArg
+}
+
+// redactError returns err's text if it comes from the network stack (which
+// quotes addresses and system errors, never data); for fasthttp's request
+// parsing errors, which quote the request, the known phrase that says what
+// was wrong; and redactedArg otherwise.
+func redactError(err error) string {
+	var op *net.OpError
+	var errno syscall.Errno
+	switch {
+	case errors.As(err, &op):
+		return op.Error()
+	case errors.As(err, &errno):
+		return errno.Error()
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return err.Error()
+	}
+	text := err.Error()
+	for _, phrase := range fasthttpErrorPhrases {
+		if strings.Contains(text, phrase) {
+			return phrase + " " + redactedArg
+		}
+	}
+	return redactedArg
+}
+
+// fasthttpErrorPhrases are the parts of fasthttp's request parsing errors
+// (fasthttp v1.77 header.go, http.go) that say what is wrong without
+// quoting the request.
+var fasthttpErrorPhrases = []string{
+	"duplicate content-length header",
+	"invalid header value",
+	"invalid header key",
+	"missing colon",
+	"forbidden trailer key",
+	"invalid trailer",
+	"cannot find whitespace in the first line",
+	"cannot find http request method",
+	"unsupported http request method",
+	"unexpected content-length",
+	"invalid content-length",
+	"cannot parse Content-Length",
+	"body size exceeds the given limit",
+	"small read buffer",
+	"error when reading request headers",
+	"error when reading request body",
 }

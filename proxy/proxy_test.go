@@ -141,8 +141,37 @@ func newTestEnv(t *testing.T, fcfg fakevllm.Config, mod func(*proxy.Config)) *te
 	}
 	go e.proxy.Serve(ln)
 	t.Cleanup(func() { e.proxy.Shutdown() })
+	t.Cleanup(func() { checkLogsHoldNoSecret(t, e.logs.String()) })
 	e.proxyURL = "http://" + ln.Addr().String()
 	return e
+}
+
+// sentSecrets are the API keys and request bodies the tests sent: none may
+// appear in any log line of any test.
+var sentSecrets sync.Map
+
+func noteSecret(s string) {
+	if len(s) >= 8 {
+		sentSecrets.Store(s, true)
+	}
+}
+
+// checkLogsHoldNoSecret fails the test if a log line holds an API key, a
+// request body or a prompt that any test sent, or JSON members that only a
+// request body has.
+func checkLogsHoldNoSecret(t *testing.T, logs string) {
+	t.Helper()
+	for _, marker := range []string{`"prompt":`, `"messages":`, `"content":`, "Bearer ", "bearer "} {
+		if strings.Contains(logs, marker) {
+			t.Errorf("a log line holds %q, which only requests have:\n%s", marker, logs)
+		}
+	}
+	sentSecrets.Range(func(k, _ any) bool {
+		if strings.Contains(logs, k.(string)) {
+			t.Errorf("a log line holds what a request sent: %.80q", k)
+		}
+		return true
+	})
 }
 
 // capture is an http.RoundTripper that keeps the exact bytes of every request
@@ -199,10 +228,14 @@ func (t teeBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+const sdkAPIKey = "sk-test-secret-key-123"
+
+func init() { noteSecret(sdkAPIKey) }
+
 func sdkClient(baseURL string, c *capture, opts ...option.RequestOption) openai.Client {
 	all := []option.RequestOption{
 		option.WithBaseURL(baseURL + "/v1/"),
-		option.WithAPIKey("sk-test-secret-key-123"),
+		option.WithAPIKey(sdkAPIKey),
 		option.WithHTTPClient(&http.Client{Transport: c}),
 		option.WithMaxRetries(0),
 	}
@@ -427,7 +460,11 @@ func rawRequest(t *testing.T, method, url string, hdr map[string]string, body st
 	}
 	for k, v := range hdr {
 		req.Header.Set(k, v)
+		if k == "Authorization" {
+			noteSecret(v)
+		}
 	}
+	noteSecret(body)
 	resp, err := (&http.Client{Transport: &http.Transport{}}).Do(req)
 	if err != nil {
 		t.Fatal(err)

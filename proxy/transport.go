@@ -41,7 +41,9 @@ func newUpstreamClient(up Upstream, cfg Config) *fasthttp.HostClient {
 		DisablePathNormalizing:    true,
 		ReadBufferSize:            4 << 10, // a vLLM header is a few hundred bytes; bodies are read through the tap
 		MaxIdemponentCallAttempts: 2,
-		RetryIfErr:                retryUnansweredRequest,
+		// An upstream answer fasthttp cannot parse may hold a completion.
+		SecureErrorLogMessage: true,
+		RetryIfErr:            retryUnansweredRequest,
 	}
 }
 

@@ -1,0 +1,148 @@
+package proxy_test
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/bench/fakevllm"
+	"github.com/auditproxy/auditproxy/proxy"
+)
+
+// The secrets the hostile requests carry: none may appear in a log line.
+const (
+	hostileKey    = "sk-hostile-SECRETKEY-9d41"
+	hostilePrompt = "PROMPT-SECRET-emu-kiwi-walrus"
+)
+
+func init() {
+	noteSecret(hostileKey)
+	noteSecret(hostilePrompt)
+}
+
+// rawExchange writes raw to a new connection to addr and reads one HTTP
+// response. A connection the proxy closes without answering is status 0.
+func rawExchange(t *testing.T, addr, raw string) (int, string) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Write([]byte(raw)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	_, _ = bufio.NewReader(resp.Body).WriteTo(&b)
+	return resp.StatusCode, b.String()
+}
+
+func withLength(head, body string) string {
+	return head + "Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+}
+
+// TestHostileRequests sends requests built to break the proxy or make it
+// print what they carry. Each must get an answer (proxied, or an OpenAI
+// error from the proxy), leave the proxy serving, keep /metrics small and
+// valid, and put neither the API key nor the prompt in any log line.
+func TestHostileRequests(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := proxy.NewMetrics()
+	if err := m.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) { c.Metrics = m })
+	admin := httptest.NewServer(e.proxy.AdminHandler(reg))
+	defer admin.Close()
+	addr := strings.TrimPrefix(e.proxyURL, "http://")
+	auth := "Authorization: Bearer " + hostileKey + "\r\n"
+	served := `"model":"` + testModel + `",`
+	prompt := `"prompt":"` + hostilePrompt + `"`
+	bigName := strings.Repeat("m", 1<<20)
+
+	for _, tc := range []struct {
+		name       string
+		raw        string
+		wantStatus int
+		wantModel  string // the event's model name, for proxied requests
+		rejected   bool   // answered by the proxy, not proxied
+	}{
+		{"model not UTF-8, streamed", withLength("POST /v1/completions HTTP/1.1\r\nHost: x\r\n"+auth,
+			"{\"model\":\"\xff\xfe\xc0\xaf\","+prompt+`,"stream":true}`), 404, "\ufffd\ufffd\ufffd\ufffd", false},
+		{"model not UTF-8, escaped surrogate", withLength("POST /v1/completions HTTP/1.1\r\nHost: x\r\n"+auth,
+			`{"model":"\ud800x",`+prompt+`}`), 404, `\ud800x`, false},
+		{"model of 1 MiB", withLength("POST /v1/completions HTTP/1.1\r\nHost: x\r\n"+auth,
+			`{"model":"`+bigName+`",`+prompt+`,"stream":true}`), 404, bigName, false},
+		{"model with a newline and quotes", withLength("POST /v1/completions HTTP/1.1\r\nHost: x\r\n"+auth,
+			`{"model":"a\n} 1\n# \"b",`+prompt+`}`), 404, "a\n} 1\n# \"b", false},
+		{"two Content-Length headers", "POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + auth +
+			"Content-Length: 40\r\n" + withLength("", `{`+served+prompt+`}`), 400, "", true},
+		{"control character in a header", withLength("POST /v1/completions HTTP/1.1\r\nHost: x\r\n"+auth+"X-Bad: a\x01b\r\n",
+			`{`+served+prompt+`}`), 400, "", true},
+		{"forbidden trailer", "POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + auth + "Transfer-Encoding: chunked\r\nTrailer: Authorization\r\n\r\n" +
+			strconv.FormatInt(int64(len(`{`+served+prompt+`}`)), 16) + "\r\n" + `{"model":"m",` + prompt + "}\r\n0\r\n" + auth + "\r\n", 400, "", true},
+		{"header without a colon", withLength("POST /v1/completions HTTP/1.1\r\nHost: x\r\n"+auth+"Bearer-"+hostileKey+"\r\n",
+			`{`+served+prompt+`}`), 400, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, body := rawExchange(t, addr, tc.raw)
+			if code != tc.wantStatus {
+				t.Fatalf("status %d (body %.200q), want %d", code, body, tc.wantStatus)
+			}
+			ev := e.events.next(t)
+			if tc.rejected {
+				openAIError(t, []byte(body))
+				if ev.Status.Outcome != audit.OutcomeRejected || ev.Status.Code != code {
+					t.Errorf("event status %+v, want rejected with %d", ev.Status, code)
+				}
+			} else if ev.Model.Name != tc.wantModel {
+				t.Errorf("event model %.80q, want %.80q", ev.Model.Name, tc.wantModel)
+			}
+		})
+	}
+
+	// Still serving.
+	if code, _ := rawExchange(t, addr, withLength("POST /v1/completions HTTP/1.1\r\nHost: x\r\n", `{"model":"`+testModel+`","prompt":"a"}`)); code != 200 {
+		t.Fatalf("after the hostile requests the proxy answers %d", code)
+	}
+	e.events.next(t)
+
+	metrics := get(t, admin.URL+"/metrics", 200)
+	if len(metrics) > 64<<10 {
+		t.Errorf("/metrics is %d bytes after a 1 MiB model name", len(metrics))
+	}
+	textParser := expfmt.NewTextParser(model.LegacyValidation)
+	if _, err := textParser.TextToMetricFamilies(strings.NewReader(metrics)); err != nil {
+		t.Errorf("/metrics does not parse: %v", err)
+	}
+	for _, want := range []string{
+		`auditproxy_model_label_folded_total{reason="invalid"} 4`,
+		`auditproxy_requests_total{code="404",model="other",outcome="upstream_error"} 4`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	logs := e.logs.String()
+	for _, secret := range []string{hostileKey, "SECRETKEY", hostilePrompt, "emu-kiwi"} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("%q appears in the log:\n%s", secret, logs)
+		}
+	}
+}
