@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"crypto/subtle"
 	"fmt"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"sync"
 	"time"
 
@@ -12,20 +14,34 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
+// AdminOptions configure AdminHandler.
+type AdminOptions struct {
+	// ProfilingToken, if set, serves Go's profiler under /debug/pprof/ to
+	// requests that carry it as a bearer token. Empty leaves the profiler
+	// off: a profile shows what the process holds (a heap profile shows
+	// allocation sites, a goroutine dump the request paths in flight) and a
+	// CPU profile costs CPU on the serving cores, so it is not for whoever
+	// can reach the metrics port.
+	ProfilingToken string
+}
+
 // AdminHandler serves the admin listener: /metrics in the Prometheus text
 // format, /healthz (the process is up), /readyz (the upstream answers its
-// /health) and Go's profiler under /debug/pprof/. It is a net/http handler:
-// the admin port is not a hot path, and it must not be exposed beyond
-// operators (its default address is loopback).
-func (p *Proxy) AdminHandler(g prometheus.Gatherer) http.Handler {
+// /health) and, when opts says so, Go's profiler under /debug/pprof/. It is
+// a net/http handler: the admin port is not a hot path. /metrics, /healthz
+// and /readyz need no credentials, as Prometheus and kubelet expect; they
+// show counts and model names, never request content.
+func (p *Proxy) AdminHandler(g prometheus.Gatherer, opts AdminOptions) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorLog: nil}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if opts.ProfilingToken != "" {
+		mux.Handle("/debug/pprof/", requireBearer(opts.ProfilingToken, http.HandlerFunc(pprof.Index)))
+		mux.Handle("/debug/pprof/profile", requireBearer(opts.ProfilingToken, http.HandlerFunc(pprof.Profile)))
+		mux.Handle("/debug/pprof/trace", requireBearer(opts.ProfilingToken, http.HandlerFunc(pprof.Trace)))
+	}
 	probe := &upstreamProbe{p: p}
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if err := probe.check(); err != nil {
@@ -35,6 +51,20 @@ func (p *Proxy) AdminHandler(g prometheus.Gatherer) http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	return mux
+}
+
+// requireBearer serves next only to requests with "Authorization: Bearer
+// token"; others get 401.
+func requireBearer(token string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="auditproxy admin"`)
+			http.Error(w, "a valid bearer token is required (the admin token file)", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // upstreamProbe asks the upstream's /health, at most once a second however

@@ -22,7 +22,7 @@ func TestAdminEndpointsAndMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) { c.Metrics = m })
-	admin := httptest.NewServer(e.proxy.AdminHandler(reg))
+	admin := httptest.NewServer(e.proxy.AdminHandler(reg, proxy.AdminOptions{}))
 	defer admin.Close()
 
 	rawRequest(t, "POST", e.proxyURL+"/v1/chat/completions", nil, chatBody)
@@ -56,7 +56,7 @@ func TestAdminEndpointsAndMetrics(t *testing.T) {
 	get(t, admin.URL+"/readyz", 200)
 	e.fake.Close()
 	// /readyz caches its probe for a second; a fresh handler probes now.
-	admin2 := httptest.NewServer(e.proxy.AdminHandler(reg))
+	admin2 := httptest.NewServer(e.proxy.AdminHandler(reg, proxy.AdminOptions{}))
 	defer admin2.Close()
 	if b := get(t, admin2.URL+"/readyz", 503); !strings.Contains(b, "upstream") {
 		t.Errorf("/readyz with the upstream down: %q", b)
@@ -141,4 +141,45 @@ func get(t *testing.T, url string, wantCode int) string {
 		t.Fatalf("GET %s: %d %s, want %d", url, r.StatusCode, b, wantCode)
 	}
 	return string(b)
+}
+
+// TestProfilerNeedsTheAdminToken: /debug/pprof is not served by default,
+// and when it is, only with the admin token.
+func TestProfilerNeedsTheAdminToken(t *testing.T) {
+	e := newTestEnv(t, fakevllm.Config{}, nil)
+	reg := prometheus.NewRegistry()
+	off := httptest.NewServer(e.proxy.AdminHandler(reg, proxy.AdminOptions{}))
+	defer off.Close()
+	get(t, off.URL+"/debug/pprof/", 404)
+	get(t, off.URL+"/debug/pprof/goroutine?debug=2", 404)
+	get(t, off.URL+"/metrics", 200)
+
+	const token = "0123456789abcdef0123456789abcdef"
+	on := httptest.NewServer(e.proxy.AdminHandler(reg, proxy.AdminOptions{ProfilingToken: token}))
+	defer on.Close()
+	get(t, on.URL+"/debug/pprof/goroutine?debug=2", 401)
+	for _, auth := range []string{"Bearer wrong", "Bearer " + token[:31], "Basic " + token, token} {
+		req, _ := http.NewRequest("GET", on.URL+"/debug/pprof/goroutine?debug=2", nil)
+		req.Header.Set("Authorization", auth)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 401 {
+			t.Errorf("Authorization %q: %d, want 401", auth, resp.StatusCode)
+		}
+	}
+	req, _ := http.NewRequest("GET", on.URL+"/debug/pprof/goroutine?debug=2", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), "goroutine") {
+		t.Errorf("with the token: %d %.100s", resp.StatusCode, b)
+	}
+	get(t, on.URL+"/metrics", 200) // no token needed
 }

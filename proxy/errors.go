@@ -31,6 +31,8 @@ var (
 		"request headers are too large"}
 	errAuditUnavailable = proxyError{fasthttp.StatusServiceUnavailable, "server_error", "audit_log_unavailable",
 		"audit log unavailable: the proxy cannot record this request, so it was not run; retry later"}
+	errTooManyConnections = proxyError{fasthttp.StatusServiceUnavailable, "server_error", "too_many_connections",
+		"the proxy has as many client connections open as it can serve; retry later"}
 	errBadRequest = proxyError{fasthttp.StatusBadRequest, "invalid_request_error", "malformed_request",
 		"the request is not valid HTTP"}
 )

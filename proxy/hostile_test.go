@@ -68,7 +68,7 @@ func TestHostileRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) { c.Metrics = m })
-	admin := httptest.NewServer(e.proxy.AdminHandler(reg))
+	admin := httptest.NewServer(e.proxy.AdminHandler(reg, proxy.AdminOptions{}))
 	defer admin.Close()
 	addr := strings.TrimPrefix(e.proxyURL, "http://")
 	auth := "Authorization: Bearer " + hostileKey + "\r\n"
@@ -143,6 +143,64 @@ func TestHostileRequests(t *testing.T) {
 	for _, secret := range []string{hostileKey, "SECRETKEY", hostilePrompt, "emu-kiwi"} {
 		if strings.Contains(logs, secret) {
 			t.Errorf("%q appears in the log:\n%s", secret, logs)
+		}
+	}
+}
+
+// TestClientConnectionCap: past MaxClientConns open connections, a new one
+// is answered 503 too_many_connections at once; once one closes, new ones
+// are served again.
+func TestClientConnectionCap(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := proxy.NewMetrics()
+	if err := m.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) { c.Metrics = m; c.MaxClientConns = 3 })
+	addr := strings.TrimPrefix(e.proxyURL, "http://")
+	req := withLength("POST /v1/completions HTTP/1.1\r\nHost: x\r\n", `{"model":"`+testModel+`","prompt":"a"}`)
+	var held []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write([]byte(req))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("connection %d: %v %v", len(held), resp, err)
+		}
+		e.events.next(t)
+		held = append(held, c)
+	}
+	code, body := rawExchange(t, addr, req)
+	if code != 503 {
+		t.Fatalf("a fourth connection got %d, want 503", code)
+	}
+	if _, errCode := openAIError(t, []byte(body)); errCode != "too_many_connections" {
+		t.Errorf("code %q", errCode)
+	}
+	held[0].Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, _ := rawExchange(t, addr, req)
+		if code == 200 {
+			e.events.next(t)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a connection closed, new ones still get %d", code)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	admin := httptest.NewServer(e.proxy.AdminHandler(reg, proxy.AdminOptions{}))
+	defer admin.Close()
+	metrics := get(t, admin.URL+"/metrics", 200)
+	for _, want := range []string{"auditproxy_client_connections_max 3", "auditproxy_client_connections_rejected_total "} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
 		}
 	}
 }

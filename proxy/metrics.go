@@ -3,6 +3,7 @@ package proxy
 import (
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -47,6 +48,12 @@ type Metrics struct {
 	eventsRecorded prometheus.Counter
 	eventsDropped  prometheus.Counter
 	folded         *prometheus.CounterVec
+	acceptErrors   *prometheus.CounterVec
+	connsRejected  prometheus.Counter
+	// clientConns counts open client connections; maxClientConns is the
+	// cap (Config.MaxClientConns).
+	clientConns    atomic.Int64
+	maxClientConns atomic.Int64
 
 	modelsMu sync.RWMutex
 	models   map[string]struct{}
@@ -104,6 +111,14 @@ func NewMetrics() *Metrics {
 			Name: "auditproxy_model_label_folded_total",
 			Help: "Requests counted under model=\"other\" instead of their own model label, by reason: invalid (longer than 128 bytes or outside [A-Za-z0-9._:/@+=-]), unserved (no answer below 400 for that name yet), overflow (64 names already labelled).",
 		}, []string{"reason"}),
+		acceptErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "auditproxy_accept_errors_total",
+			Help: "Failed accepts of client connections, retried after a pause, by reason: emfile (the process is out of file descriptors), enfile (the system is), enomem, econnaborted.",
+		}, []string{"reason"}),
+		connsRejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "auditproxy_client_connections_rejected_total",
+			Help: "Client connections answered 503 too_many_connections and closed because auditproxy_client_connections_max were open.",
+		}),
 		models: make(map[string]struct{}),
 	}
 }
@@ -111,7 +126,17 @@ func NewMetrics() *Metrics {
 // Register registers every collector with r.
 func (m *Metrics) Register(r prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.ttft, m.overhead,
-		m.inputTokens, m.outputTokens, m.inFlight, m.recordWait, m.eventsRecorded, m.eventsDropped, m.folded} {
+		m.inputTokens, m.outputTokens, m.inFlight, m.recordWait, m.eventsRecorded, m.eventsDropped, m.folded,
+		m.acceptErrors, m.connsRejected,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "auditproxy_client_connections",
+			Help: "Client connections open now.",
+		}, func() float64 { return float64(m.clientConns.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "auditproxy_client_connections_max",
+			Help: "The cap on open client connections (--max-client-conns; by default below half the file descriptor limit).",
+		}, func() float64 { return float64(m.maxClientConns.Load()) }),
+	} {
 		if err := r.Register(c); err != nil {
 			return err
 		}

@@ -79,6 +79,10 @@ type Config struct {
 	// UpstreamMaxConns bounds concurrent upstream connections, so the number
 	// of requests in flight at the upstream. Default 4096.
 	UpstreamMaxConns int
+	// MaxClientConns bounds open client connections; one more is answered
+	// 503 and closed. Default: DefaultMaxClientConns of the descriptor
+	// limit, so that the process does not run out of descriptors.
+	MaxClientConns int
 	// Hash is the digest algorithm for bodies. Default BLAKE3.
 	Hash hashing.Algorithm
 	// KeyIDer computes api_key_id. Required.
@@ -151,6 +155,9 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.UpstreamMaxConns <= 0 {
 		cfg.UpstreamMaxConns = 4096
 	}
+	if cfg.MaxClientConns <= 0 {
+		cfg.MaxClientConns = DefaultMaxClientConns(DescriptorLimit())
+	}
 	if cfg.Hash == "" {
 		cfg.Hash = hashing.BLAKE3
 	}
@@ -165,6 +172,7 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p := &Proxy{cfg: cfg, metrics: cfg.Metrics, log: cfg.Logger}
+	p.metrics.maxClientConns.Store(int64(cfg.MaxClientConns))
 	p.admitter, _ = cfg.Recorder.(audit.Admitter)
 	p.client = newUpstreamClient(up, cfg)
 	p.exchPool.New = func() any { return newExchange(p) }
@@ -238,8 +246,12 @@ func (p *Proxy) Handler() fasthttp.RequestHandler { return p.handle }
 
 // Serve accepts client connections on ln until Shutdown.
 func (p *Proxy) Serve(ln net.Listener) error {
-	return p.server.Serve(idleListener{Listener: ln, writeIdle: p.cfg.ClientIdleTimeout})
+	return p.server.Serve(&clientListener{Listener: ln, writeIdle: p.cfg.ClientIdleTimeout,
+		maxConns: int64(p.cfg.MaxClientConns), log: p.log, m: p.metrics})
 }
+
+// MaxClientConns returns the cap on open client connections in force.
+func (p *Proxy) MaxClientConns() int { return p.cfg.MaxClientConns }
 
 // Shutdown stops accepting connections and waits for in-flight requests,
 // streams included, to finish.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -74,6 +75,15 @@ type idleConn struct {
 	net.Conn
 	readIdle, writeIdle time.Duration
 	readSet, writeSet   time.Time
+	onClose             func() // called once, on the first Close
+	closed              atomic.Bool
+}
+
+func (c *idleConn) Close() error {
+	if c.closed.CompareAndSwap(false, true) && c.onClose != nil {
+		c.onClose()
+	}
+	return c.Conn.Close()
 }
 
 func (c *idleConn) Read(p []byte) (int, error) {
@@ -117,20 +127,4 @@ func (c *idleConn) SetReadDeadline(t time.Time) error {
 func (c *idleConn) SetWriteDeadline(t time.Time) error {
 	c.writeSet = time.Time{}
 	return c.Conn.SetWriteDeadline(t)
-}
-
-// idleListener wraps accepted client connections in idleConn with a write
-// idle timeout. Reads are left to fasthttp's ReadTimeout and IdleTimeout,
-// which bound reading a request and waiting for the next one.
-type idleListener struct {
-	net.Listener
-	writeIdle time.Duration
-}
-
-func (l idleListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return &idleConn{Conn: c, writeIdle: l.writeIdle}, nil
 }

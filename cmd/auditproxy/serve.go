@@ -39,6 +39,8 @@ type serveConfig struct {
 	upstream            string
 	listen              string
 	adminListen         string
+	adminPprof          bool
+	maxClientConns      int
 	dataDir             string
 	hash                string
 	keyIDSecretFile     string
@@ -82,6 +84,8 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.StringVar(&c.upstream, "upstream", "", "base `URL` of the vLLM server, e.g. http://127.0.0.1:8000 (required)")
 	fs.StringVar(&c.listen, "listen", listenDefault, "`address` for clients (OpenAI-compatible API)")
 	fs.StringVar(&c.adminListen, "admin-listen", "127.0.0.1:9090", "`address` for /metrics, /healthz and /readyz; empty disables")
+	fs.BoolVar(&c.adminPprof, "admin-pprof", false, "serve Go's profiler under /debug/pprof/ on the admin listener, to requests with the admin token (DATA-DIR/admin.token) as a bearer token")
+	fs.IntVar(&c.maxClientConns, "max-client-conns", 0, "most open client `connections`; one more is answered 503 too_many_connections (0: below half the file descriptor limit)")
 	fs.StringVar(&c.dataDir, "data-dir", "./auditproxy-data", "`directory` for the spool (DATA-DIR/spool) and the key id secret")
 	fs.StringVar(&c.hash, "hash", "blake3", "body digest `algorithm`: blake3 or sha256")
 	fs.StringVar(&c.keyIDSecretFile, "key-id-secret-file", "", "`file` with the 32-byte secret (hex) that keys api_key_id; generated with mode 0600 if absent (default DATA-DIR/key-id.secret)")
@@ -168,8 +172,10 @@ type instance struct {
 // start checks the configuration, opens the data dir and listeners, and
 // serves in the background. tee, if not nil, also receives every event
 // (demo prints them).
-func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, error) {
-	// Every flag is checked before anything is created on disk.
+func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance, err error) {
+	// Every flag is checked, and both listeners bound, before anything is
+	// created on disk or recorded: a sidecar that cannot serve must leave no
+	// proxy_started event behind.
 	logger, err := newLogger(c.logLevel, c.logFormat, stderr)
 	if err != nil {
 		return nil, err
@@ -220,6 +226,31 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 	} else if c.forwardSkipVerify {
 		return nil, usageError{"--forward-insecure-skip-verify without --forward"}
 	}
+	if c.adminPprof && c.adminListen == "" {
+		return nil, usageError{"--admin-pprof without --admin-listen"}
+	}
+	if c.maxClientConns < 0 {
+		return nil, usageError{fmt.Sprintf("--max-client-conns %d: want 0 (below half the descriptor limit) or more", c.maxClientConns)}
+	}
+	ln, err := net.Listen("tcp", c.listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", c.listen, err)
+	}
+	var adminLn net.Listener
+	if c.adminListen != "" {
+		if adminLn, err = net.Listen("tcp", c.adminListen); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("admin listen %s: %w", c.adminListen, err)
+		}
+	}
+	defer func() {
+		if err != nil {
+			ln.Close()
+			if adminLn != nil {
+				adminLn.Close()
+			}
+		}
+	}()
 
 	if c.keyIDSecretFile == "" {
 		c.keyIDSecretFile = filepath.Join(c.dataDir, "key-id.secret")
@@ -298,7 +329,8 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 		spool.Close()
 		return nil, err
 	}
-	inst := &instance{cfg: c, log: logger, spool: spool, cpDir: cpDir, cpPoster: cpPoster, serveErr: make(chan error, 2)}
+	inst := &instance{cfg: c, log: logger, spool: spool, cpDir: cpDir, cpPoster: cpPoster, serveErr: make(chan error, 2),
+		ln: ln, adminLn: adminLn}
 	if c.witnessURL != "" {
 		w, err := shipper.NewWitness(shipper.WitnessOptions{URL: c.witnessURL, Hashes: spool.TreeHashes(),
 			StateFile: filepath.Join(c.dataDir, "witness.json"), CosignatureFile: filepath.Join(c.dataDir, "cosignatures.ndjson"),
@@ -341,6 +373,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 		UpstreamIdleTimeout: c.upstreamIdleTimeout,
 		ClientIdleTimeout:   c.clientIdleTimeout,
 		UpstreamMaxConns:    c.upstreamMaxConns,
+		MaxClientConns:      c.maxClientConns,
 		Hash:                alg,
 		KeyIDer:             keyIDer,
 		Recorder:            rec,
@@ -359,26 +392,18 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 		spool.Close()
 		return nil, err
 	}
-	inst.ln, err = net.Listen("tcp", c.listen)
-	if err != nil {
-		spool.Close()
-		return nil, fmt.Errorf("listen %s: %w", c.listen, err)
-	}
-	if c.adminListen != "" {
-		inst.adminLn, err = net.Listen("tcp", c.adminListen)
-		if err != nil {
-			inst.ln.Close()
-			spool.Close()
-			return nil, fmt.Errorf("admin listen %s: %w", c.adminListen, err)
-		}
+	if adminLn != nil {
 		token, err := identity.LoadOrCreateToken(filepath.Join(c.dataDir, "admin.token"))
 		if err != nil {
-			inst.ln.Close()
 			spool.Close()
 			return nil, err
 		}
+		var adminOpts proxy.AdminOptions
+		if c.adminPprof {
+			adminOpts.ProfilingToken = token
+		}
 		mux := http.NewServeMux()
-		mux.Handle("/", inst.proxy.AdminHandler(reg))
+		mux.Handle("/", inst.proxy.AdminHandler(reg, adminOpts))
 		mux.Handle(identity.AnnotationPath, identity.AnnotationHandler(token, spool.Append, source))
 		inst.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() {
@@ -406,7 +431,8 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 		"admin", c.adminListen, "upstream", c.upstream, "data_dir", c.dataDir, "hash", string(alg),
 		"durability", string(durability), "fsync_interval", c.fsyncInterval.String(),
 		"spool_max_bytes", int64(c.spoolMaxBytes), "forward", c.forward, "resumed_at", spool.Recovery.Resumed.String(),
-		"acked", spool.Recovery.Acked.String())
+		"acked", spool.Recovery.Acked.String(), "descriptor_limit", proxy.DescriptorLimit(),
+		"max_client_conns", inst.proxy.MaxClientConns(), "admin_pprof", c.adminPprof)
 	return inst, nil
 }
 
