@@ -20,8 +20,10 @@ type exchange struct {
 	p     *Proxy
 	ev    audit.Event
 	start time.Time
-	// reqBody holds a request body rewritten for include_usage.
-	reqBody []byte
+	// reqBody holds a request body rewritten for include_usage, and
+	// textScratch one transcoded to UTF-8 to be read.
+	reqBody     []byte
+	textScratch []byte
 	// Storage that the event's pointer fields point into, so building an
 	// event allocates nothing for them.
 	apiKeyID    string
@@ -71,6 +73,12 @@ func (p *Proxy) acquireExchange() *exchange {
 func (p *Proxy) releaseExchange(x *exchange) {
 	p.metrics.inFlight.Dec()
 	x.reqBody = x.reqBody[:0]
+	if cap(x.reqBody) > tapRetainLimit {
+		x.reqBody = nil
+	}
+	if cap(x.textScratch) > tapRetainLimit {
+		x.textScratch = nil
+	}
 	x.seal, x.payload = nil, audit.Payload{}
 	x.strs.reset() // the pooled exchange does not keep the last request's strings alive
 	x.upstream = 0
@@ -99,8 +107,7 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	x.strs.buf = hashing.AppendDigest(x.strs.buf, p.cfg.Hash, inSum[:])
 	ev.Input.Hash = x.strs.since(start)
 	ev.Input.Bytes = int64(len(body))
-	jp := jsonParsers.Get()
-	f := parseRequestFields(jp, body, x.lastModel)
+	f := parseRequestFields(body, &x.textScratch, x.lastModel)
 	ev.Model.Name = f.model
 	x.lastModel = f.model
 	if p.cfg.ModelChecksums != nil && f.model != "" {
@@ -108,11 +115,10 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	}
 	ev.Stream = f.stream
 	if f.valid && f.stream && !f.includeUsage {
-		x.reqBody = withIncludeUsage(x.reqBody[:0], jp, body, f)
+		x.reqBody = withIncludeUsage(x.reqBody[:0], f)
 		ctx.Request.SetBodyRaw(x.reqBody)
 		x.tap.stripUsage = true
 	}
-	jsonParsers.Put(jp)
 
 	if p.admitter != nil {
 		if err := p.admitter.Admit(); err != nil {

@@ -86,7 +86,7 @@ func TestHostileRequests(t *testing.T) {
 		{"model not UTF-8, streamed", withLength("POST /v1/completions HTTP/1.1\r\nHost: x\r\n"+auth,
 			"{\"model\":\"\xff\xfe\xc0\xaf\","+prompt+`,"stream":true}`), 404, "\ufffd\ufffd\ufffd\ufffd", false},
 		{"model not UTF-8, escaped surrogate", withLength("POST /v1/completions HTTP/1.1\r\nHost: x\r\n"+auth,
-			`{"model":"\ud800x",`+prompt+`}`), 404, `\ud800x`, false},
+			`{"model":"\ud800x",`+prompt+`}`), 404, "\ufffdx", false},
 		{"model of 1 MiB", withLength("POST /v1/completions HTTP/1.1\r\nHost: x\r\n"+auth,
 			`{"model":"`+bigName+`",`+prompt+`,"stream":true}`), 404, bigName, false},
 		{"model with a newline and quotes", withLength("POST /v1/completions HTTP/1.1\r\nHost: x\r\n"+auth,
@@ -202,5 +202,59 @@ func TestClientConnectionCap(t *testing.T) {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+}
+
+// TestRecordsWhatVLLMActsOn sends bodies that a naive reader misreads
+// (duplicate keys, escaped keys, pydantic's lax bools, Python's number
+// literals, other encodings) through the proxy and directly to the fake
+// vLLM, which reads them as vLLM does. The client must get what it would get
+// directly, and the event must name the model that answered and the stream
+// mode it used, with vLLM's token counts.
+func TestRecordsWhatVLLMActsOn(t *testing.T) {
+	e := newTestEnv(t, fakevllm.Config{}, nil)
+	m := testModel
+	utf16le := func(s string) string {
+		b := []byte{0xff, 0xfe}
+		for _, r := range s {
+			b = append(b, byte(r), byte(r>>8))
+		}
+		return string(b)
+	}
+	for _, tc := range []struct {
+		name, body string
+		stream     bool
+	}{
+		{"duplicate model and stream", `{"model":"other-model","model":"` + m + `","stream":true,"stream":false,"prompt":"hi"}`, false},
+		{"duplicate stream, streamed last", `{"model":"` + m + `","stream":false,"prompt":"hi","stream":true}`, true},
+		{"escaped key", `{"model":"other-model","mod\u0065l":"` + m + `","prompt":"hi","stream":true}`, true},
+		{"stream \"yes\"", `{"model":"` + m + `","prompt":"hi","stream":"yes"}`, true},
+		{"stream 1", `{"model":"` + m + `","prompt":"hi","stream":1}`, true},
+		{"stream_options {} asks for usage", `{"model":"` + m + `","prompt":"hi","stream":true,"stream_options":{}}`, true},
+		{"include_usage null does not", `{"model":"` + m + `","prompt":"hi","stream":true,"stream_options":{"include_usage":null}}`, true},
+		{"include_usage twice", `{"model":"` + m + `","prompt":"hi","stream":true,"stream_options":{"include_usage":true,"include_usage":false}}`, true},
+		{"UTF-16 body", utf16le(`{"model":"` + m + `","prompt":"hi","stream":false}`), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			noteSecret(tc.body)
+			direct, directBody := rawRequest(t, "POST", e.upstream+"/v1/completions", map[string]string{"Content-Type": "application/json"}, tc.body)
+			proxied, proxiedBody := rawRequest(t, "POST", e.proxyURL+"/v1/completions", map[string]string{"Content-Type": "application/json"}, tc.body)
+			ev := e.events.next(t)
+			if direct.StatusCode != 200 && tc.name != "UTF-16 body" {
+				t.Fatalf("the fake answered %d: %s", direct.StatusCode, directBody)
+			}
+			if proxied.StatusCode != direct.StatusCode || normalize(proxiedBody) != normalize(directBody) {
+				t.Errorf("through the proxy: %d\n%s\ndirect: %d\n%s", proxied.StatusCode, proxiedBody, direct.StatusCode, directBody)
+			}
+			if direct.StatusCode != 200 {
+				return // the fake reads UTF-8 only; vLLM reads UTF-16 (json.detect_encoding)
+			}
+			if ev.Model.Name != m || ev.Stream != tc.stream || ev.Status.Outcome != audit.OutcomeOK {
+				t.Errorf("event model %q stream %v outcome %s; vLLM served %q, stream %v", ev.Model.Name, ev.Stream, ev.Status.Outcome, m, tc.stream)
+			}
+			if ev.Input.Tokens == nil || ev.Output.Tokens == nil || *ev.Output.Tokens == 0 {
+				t.Errorf("tokens %v %v: vLLM's usage was not recorded", ev.Input.Tokens, ev.Output.Tokens)
+			}
+		})
 	}
 }

@@ -6,102 +6,11 @@ import (
 	"github.com/valyala/fastjson"
 )
 
-// requestFields are the fields of an OpenAI-style request body that the
-// audit record needs.
-type requestFields struct {
-	// valid reports whether the body parsed as a JSON object.
-	valid bool
-	model string
-	// stream is the body's "stream" field.
-	stream bool
-	// includeUsage is stream_options.include_usage.
-	includeUsage bool
-	// hasStreamOptions reports whether the body had a stream_options key,
-	// whatever its value.
-	hasStreamOptions bool
-}
-
-// jsonParsers lends parsers for the moments a body or an event is read. Not
-// one per exchange: a parser keeps what it last parsed, and thousands of
-// streams in flight would each hold one between their few parses.
+// jsonParsers lends parsers for the moments a response body or an SSE
+// event is read. Not one per exchange: a parser keeps what it last parsed,
+// and thousands of streams in flight would each hold one between their few
+// parses.
 var jsonParsers fastjson.ParserPool
-
-// parseRequestFields extracts requestFields from body. A body that is not a
-// JSON object yields valid == false and is forwarded unchanged: the upstream
-// owns the error message. prevModel is a model name seen before; when the
-// body names the same model, that string is reused rather than allocated.
-func parseRequestFields(p *fastjson.Parser, body []byte, prevModel string) (f requestFields) {
-	v, err := p.ParseBytes(body)
-	if err != nil || v.Type() != fastjson.TypeObject {
-		return f
-	}
-	f.valid = true
-	if m := v.Get("model"); m != nil && m.Type() == fastjson.TypeString {
-		if b := m.GetStringBytes(); string(b) == prevModel {
-			f.model = prevModel
-		} else {
-			f.model = string(b)
-		}
-	}
-	f.stream = v.GetBool("stream")
-	if so := v.Get("stream_options"); so != nil {
-		f.hasStreamOptions = true
-		f.includeUsage = so.GetBool("include_usage")
-	}
-	return f
-}
-
-// withIncludeUsage returns body with stream_options.include_usage set to
-// true, appended to dst. It must only be called for a body that
-// parseRequestFields found valid.
-//
-// Without stream_options the key is spliced in before the closing brace, so
-// the rest of the body is byte for byte what the client sent. Otherwise the
-// body is re-encoded; continuous_usage_stats is then forced off, because the
-// client did not ask for usage and must not get it in every chunk.
-func withIncludeUsage(dst []byte, p *fastjson.Parser, body []byte, f requestFields) []byte {
-	if !f.hasStreamOptions {
-		end := bytes.LastIndexByte(body, '}')
-		if end < 0 {
-			return append(dst, body...)
-		}
-		dst = append(dst, body[:end]...)
-		if !isEmptyObjectPrefix(body[:end]) {
-			dst = append(dst, ',')
-		}
-		dst = append(dst, `"stream_options":{"include_usage":true}`...)
-		return append(dst, body[end:]...)
-	}
-	v, err := p.ParseBytes(body)
-	if err != nil {
-		return append(dst, body...)
-	}
-	so := v.Get("stream_options")
-	if so.Type() != fastjson.TypeObject {
-		var a fastjson.Arena
-		so = a.NewObject()
-		v.Set("stream_options", so)
-	}
-	so.Set("include_usage", jsonTrue)
-	if so.Get("continuous_usage_stats") != nil {
-		so.Set("continuous_usage_stats", jsonFalse)
-	}
-	return v.MarshalTo(dst)
-}
-
-// Shared read-only values for withIncludeUsage; fastjson only reads a value
-// that is set into another object.
-var (
-	jsonTrue  = fastjson.MustParse("true")
-	jsonFalse = fastjson.MustParse("false")
-)
-
-// isEmptyObjectPrefix reports whether b, a JSON object without its closing
-// brace, has no members yet.
-func isEmptyObjectPrefix(b []byte) bool {
-	b = bytes.TrimSpace(b)
-	return len(b) == 1 && b[0] == '{'
-}
 
 // usageInfo is what the audit record takes from a response.
 type usageInfo struct {

@@ -300,6 +300,8 @@ func TestErrors(t *testing.T) {
 		{"max_tokens beyond context", base + "/v1/completions", `{"prompt":"x","max_tokens":100}`, 400, "BadRequestError", "maximum context length is 100"},
 		{"prompt beyond context", base + "/v1/completions", `{"prompt":"` + strings.Repeat("w ", 100) + `"}`, 400, "BadRequestError", "100 input tokens"},
 		{"stream_options without stream", base + "/v1/chat/completions", `{"messages":[],"stream_options":{"include_usage":true}}`, 400, "BadRequestError", "stream=True"},
+		{"last of two models", base + "/v1/completions", `{"model":"` + testModel + `","model":"nope","prompt":"x"}`, 404, "NotFoundError", "`nope` does not exist"},
+		{"stream not a bool", base + "/v1/completions", `{"prompt":"x","stream":2}`, 400, "BadRequestError", "body.stream"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -372,5 +374,37 @@ func TestServeAfterClose(t *testing.T) {
 	}
 	if err := s.Serve(ln); err == nil {
 		t.Error("Serve after Close returned nil, want an error")
+	}
+}
+
+// TestReadsTheBodyAsVLLMDoes: duplicate keys keep their last value, bool
+// fields take pydantic's lax forms, and include_usage null is false.
+func TestReadsTheBodyAsVLLMDoes(t *testing.T) {
+	_, base := startServer(t, Config{})
+	for _, tc := range []struct {
+		name, body string
+		sse, usage bool
+	}{
+		{"last stream wins", `{"model":"nope","model":"` + testModel + `","prompt":"x","stream":true,"stream":false}`, false, false},
+		{"stream \"yes\"", `{"prompt":"x","stream":"yes"}`, true, false},
+		{"stream 1", `{"prompt":"x","stream":1}`, true, false},
+		{"stream_options {} sends usage", `{"prompt":"x","stream":true,"stream_options":{}}`, true, true},
+		{"include_usage null is false", `{"prompt":"x","stream":true,"stream_options":{"include_usage":null}}`, true, false},
+		{"last include_usage wins", `{"prompt":"x","stream":true,"stream_options":{"include_usage":true,"include_usage":false}}`, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body := do(t, "POST", base+"/v1/completions", tc.body, nil)
+			if resp.StatusCode != 200 {
+				t.Fatalf("%d %s", resp.StatusCode, body)
+			}
+			if sse := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream"); sse != tc.sse {
+				t.Errorf("streamed %v, want %v", sse, tc.sse)
+			}
+			if tc.sse {
+				if usage := strings.Contains(string(body), `"choices":[],"usage"`); usage != tc.usage {
+					t.Errorf("usage chunk %v, want %v:\n%s", usage, tc.usage, body)
+				}
+			}
+		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -121,6 +122,52 @@ func badRequest(format string, args ...any) *apiError {
 
 var parserPool fastjson.ParserPool
 
+// member returns the value of key in the object v as vLLM sees it: Python's
+// json keeps the last of duplicate keys (fastjson's Get returns the first).
+// It is nil if v is not an object or has no such key.
+func member(v *fastjson.Value, key string) *fastjson.Value {
+	o, err := v.Object()
+	if err != nil {
+		return nil
+	}
+	var last *fastjson.Value
+	o.Visit(func(k []byte, val *fastjson.Value) {
+		if string(k) == key {
+			last = val
+		}
+	})
+	return last
+}
+
+// pyBool converts v as pydantic's lax mode converts a bool field: true and
+// false, 0 and 1 (0.0 and 1.0), and the strings "0", "1", "f", "n", "no",
+// "off", "false", "t", "y", "yes", "on", "true" in any case; null is None,
+// which vLLM treats as false. ok is false for anything else (vLLM answers
+// 400).
+func pyBool(v *fastjson.Value) (b, ok bool) {
+	switch v.Type() {
+	case fastjson.TypeTrue:
+		return true, true
+	case fastjson.TypeFalse, fastjson.TypeNull:
+		return false, true
+	case fastjson.TypeNumber:
+		switch f := v.GetFloat64(); f {
+		case 0:
+			return false, true
+		case 1:
+			return true, true
+		}
+	case fastjson.TypeString:
+		switch strings.ToLower(string(v.GetStringBytes())) {
+		case "0", "f", "n", "no", "off", "false":
+			return false, true
+		case "1", "t", "y", "yes", "on", "true":
+			return true, true
+		}
+	}
+	return false, false
+}
+
 // parseBody parses a JSON object body and checks its model field, the part
 // every POST endpoint shares.
 func (s *Server) parseBody(p *fastjson.Parser, body []byte) (*fastjson.Value, *apiError) {
@@ -131,7 +178,7 @@ func (s *Server) parseBody(p *fastjson.Parser, body []byte) (*fastjson.Value, *a
 	if v.Type() != fastjson.TypeObject {
 		return nil, badRequest("Input should be a valid dictionary or object to extract fields from: body")
 	}
-	switch m := v.Get("model"); {
+	switch m := member(v, "model"); {
 	case m == nil || m.Type() == fastjson.TypeNull:
 		if s.cfg.RequireModel {
 			return nil, badRequest("Field required: body.model")
@@ -150,9 +197,9 @@ func (s *Server) parseGenRequest(v *fastjson.Value, k kind) (genRequest, *apiErr
 	var r genRequest
 	var aerr *apiError
 	if k == kindChat {
-		r.promptTokens, aerr = chatPromptWords(v.Get("messages"))
+		r.promptTokens, aerr = chatPromptWords(member(v, "messages"))
 	} else {
-		r.promptTokens, aerr = promptWords(v.Get("prompt"), "prompt")
+		r.promptTokens, aerr = promptWords(member(v, "prompt"), "prompt")
 	}
 	if aerr != nil {
 		return r, aerr
@@ -160,10 +207,10 @@ func (s *Server) parseGenRequest(v *fastjson.Value, k kind) (genRequest, *apiErr
 	r.promptTokens = max(r.promptTokens, 1)
 
 	// Chat prefers max_completion_tokens, as vLLM does.
-	mt := v.Get("max_tokens")
+	mt := member(v, "max_tokens")
 	name := "max_tokens"
 	if k == kindChat {
-		if m := v.Get("max_completion_tokens"); m != nil && m.Type() != fastjson.TypeNull {
+		if m := member(v, "max_completion_tokens"); m != nil && m.Type() != fastjson.TypeNull {
 			mt, name = m, "max_completion_tokens"
 		}
 	}
@@ -178,26 +225,36 @@ func (s *Server) parseGenRequest(v *fastjson.Value, k kind) (genRequest, *apiErr
 		r.maxTokens = n
 	}
 
-	if st := v.Get("stream"); st != nil && st.Type() != fastjson.TypeNull {
-		b, err := st.Bool()
-		if err != nil {
-			return r, badRequest("Input should be a valid boolean: body.stream")
+	if st := member(v, "stream"); st != nil {
+		b, ok := pyBool(st)
+		if !ok {
+			return r, badRequest("Input should be a valid boolean, unable to interpret input: body.stream")
 		}
 		r.stream = b
 	}
-	if so := v.Get("stream_options"); so != nil && so.Type() != fastjson.TypeNull {
+	if so := member(v, "stream_options"); so != nil && so.Type() != fastjson.TypeNull {
 		if !r.stream {
 			return r, badRequest("Stream options can only be defined when `stream=True`.")
 		}
 		if so.Type() != fastjson.TypeObject {
 			return r, badRequest("Input should be a valid dictionary: body.stream_options")
 		}
-		// vLLM's StreamOptions defaults include_usage to true.
+		// vLLM's StreamOptions defaults include_usage to True and
+		// continuous_usage_stats to False; an explicit null is None, which
+		// should_include_usage takes as false.
 		r.includeUsage = true
-		if iu := so.Get("include_usage"); iu != nil && iu.Type() != fastjson.TypeNull {
-			r.includeUsage = iu.Type() == fastjson.TypeTrue
+		if iu := member(so, "include_usage"); iu != nil {
+			var ok bool
+			if r.includeUsage, ok = pyBool(iu); !ok {
+				return r, badRequest("Input should be a valid boolean, unable to interpret input: body.stream_options.include_usage")
+			}
 		}
-		r.continuous = r.includeUsage && so.GetBool("continuous_usage_stats")
+		if cu := member(so, "continuous_usage_stats"); cu != nil && r.includeUsage {
+			var ok bool
+			if r.continuous, ok = pyBool(cu); !ok {
+				return r, badRequest("Input should be a valid boolean, unable to interpret input: body.stream_options.continuous_usage_stats")
+			}
+		}
 	}
 
 	if r.promptTokens >= s.cfg.MaxModelLen {
@@ -227,7 +284,7 @@ func chatPromptWords(msgs *fastjson.Value) (int, *apiError) {
 		if m.Type() != fastjson.TypeObject {
 			return 0, badRequest("Input should be a valid dictionary: body.messages.%d", i)
 		}
-		c := m.Get("content")
+		c := member(m, "content")
 		if c == nil {
 			continue
 		}
@@ -404,7 +461,7 @@ func (s *Server) embeddings(ctx *fasthttp.RequestCtx) {
 	var inputs []*fastjson.Value
 	prompt := 0
 	if aerr == nil {
-		in := v.Get("input")
+		in := member(v, "input")
 		prompt, aerr = promptWords(in, "input")
 		if aerr == nil {
 			// A list of strings or of id lists is a batch; a single string
