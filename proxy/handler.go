@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -35,6 +36,12 @@ type exchange struct {
 	// lastModel is the model name of the last request this pooled exchange
 	// served; most requests name the same one.
 	lastModel string
+	// up is the upstream connection of the request in flight; watch
+	// watches the client's connection until the answer begins, and gone
+	// says the client left before (see watch.go).
+	up    upstreamConn
+	watch clientWatch
+	gone  atomic.Bool
 	// seal captures the bodies when payload capture is on.
 	seal    *payload.Sealer
 	payload audit.Payload
@@ -47,6 +54,7 @@ type exchange struct {
 func newExchange(p *Proxy) *exchange {
 	x := &exchange{p: p}
 	x.tap.x = x
+	x.watch.x = x
 	x.tap.out = hashing.NewHasher(p.cfg.Hash)
 	return x
 }
@@ -72,6 +80,9 @@ func (p *Proxy) acquireExchange() *exchange {
 // releaseExchange returns x to the pool once fasthttp is done with it.
 func (p *Proxy) releaseExchange(x *exchange) {
 	p.metrics.inFlight.Dec()
+	x.watch.stop()
+	x.up.reset()
+	x.gone.Store(false)
 	x.reqBody = x.reqBody[:0]
 	if cap(x.reqBody) > tapRetainLimit {
 		x.reqBody = nil
@@ -92,7 +103,7 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	ev := &x.ev
 	ev.RequestID = x.requestIDFor(ctx.Request.Header.Peek(requestIDHeader))
 	ev.Method = internString(ctx.Method(), commonMethods)
-	ev.Path = internString(ctx.Path(), commonPaths)
+	ev.Path = internString(requestPath(&ctx.Request), commonPaths)
 	x.identifyCaller(&ctx.Request.Header)
 
 	body := ctx.Request.Body()
@@ -127,29 +138,39 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		}
 	}
 
-	x.clientClose = prepareUpstreamRequest(&ctx.Request.Header, ev.RequestID)
+	x.clientClose = prepareUpstreamRequest(&ctx.Request, ev.RequestID, p.client.Addr)
 	resp := fasthttp.AcquireResponse()
+	x.watch.start(ctx.Conn())
 	sent := time.Now()
-	err := p.client.Do(&ctx.Request, resp)
+	err := x.up.roundTrip(p.client, &ctx.Request, resp)
 	x.upstream = time.Since(sent)
 	restoreClientRequest(&ctx.Request.Header, x.clientClose)
 	if err != nil {
+		x.watch.stop()
 		fasthttp.ReleaseResponse(resp)
+		if x.gone.Load() {
+			p.recordClientGone(ctx, x)
+			return
+		}
 		p.answerUpstreamFailure(ctx, x, err)
 		return
 	}
 
 	x.tap.status = resp.Header.StatusCode()
 	copyResponseHeader(&ctx.Response.Header, &resp.Header, ev.RequestID)
-	stream := resp.BodyStream()
-	if stream == nil {
+	if resp.BodyStream() == nil {
 		// No body: a HEAD request, or a 204 or 304.
+		x.watch.stop()
 		fasthttp.ReleaseResponse(resp)
 		_ = x.tap.finish(nil) // the header is all there is to withhold
 		p.releaseExchange(x)
 		return
 	}
-	x.tap.start(resp, stream, resp.Header.ContentType(), resp.Header.ContentLength())
+	x.tap.start(resp, &x.up.body, resp.Header.ContentType(), resp.Header.ContentLength())
+	if !x.tap.sse {
+		// A body that is not a stream follows its header at once.
+		x.watch.stop()
+	}
 	size := resp.Header.ContentLength()
 	if size < 0 || (x.tap.sse && x.tap.stripUsage) {
 		// Unknown length, or a stream that may lose its usage chunk: send
@@ -218,10 +239,39 @@ func (p *Proxy) answerUpstreamFailure(ctx *fasthttp.RequestCtx, x *exchange, err
 	case isTimeout(err):
 		pe, outcome, reason = errUpstreamTimeout, audit.OutcomeUpstreamTimeout, "upstream_idle_timeout"
 	}
-	p.log.Warn("upstream request failed", "request_id", x.ev.RequestID, "reason", reason, "err", err)
+	p.log.Warn("upstream request failed", "request_id", x.ev.RequestID, "reason", reason, "err", redactError(err))
 	x.ev.Status.Error = reason
 	p.answerWithError(ctx, x, pe, outcome)
 }
+
+// clientGone is called by the watch when the client has left before the
+// answer began: the upstream request is cancelled, and the exchange ends
+// with the event recordClientGone or the tap records.
+func (x *exchange) clientGone() {
+	x.gone.Store(true)
+	x.up.cancel()
+}
+
+// recordClientGone records an exchange whose client left before the answer
+// began and whose upstream request was cancelled for it. Nothing is sent:
+// there is no one to send it to. The status is 499, nginx's "client closed
+// request", since no status reached the client.
+func (p *Proxy) recordClientGone(ctx *fasthttp.RequestCtx, x *exchange) {
+	p.log.Info("client left before the answer began; upstream request cancelled", "request_id", x.ev.RequestID)
+	ctx.Response.Reset()
+	ctx.SetConnectionClose()
+	x.ev.Output.Hash = hashing.Sum(p.cfg.Hash, nil)
+	x.ev.Output.Bytes = 0
+	x.ev.Status.Code = statusClientClosedRequest
+	x.ev.Status.Outcome = audit.OutcomeClientCancelled
+	x.ev.Status.Error = "client_disconnected_before_answer"
+	p.record(x)
+	p.releaseExchange(x)
+}
+
+// statusClientClosedRequest is nginx's 499: the client closed the connection
+// before the answer.
+const statusClientClosedRequest = 499
 
 // answerWithError writes pe as the response and records the exchange.
 func (p *Proxy) answerWithError(ctx *fasthttp.RequestCtx, x *exchange, pe proxyError, outcome audit.Outcome) {
@@ -250,7 +300,7 @@ func (p *Proxy) handleRequestError(ctx *fasthttp.RequestCtx, err error) {
 	x := p.acquireExchange()
 	x.ev.RequestID = x.requestIDFor(ctx.Request.Header.Peek(requestIDHeader))
 	x.ev.Method = internString(ctx.Method(), commonMethods)
-	x.ev.Path = internString(ctx.Path(), commonPaths)
+	x.ev.Path = internString(requestPath(&ctx.Request), commonPaths)
 	x.identifyCaller(&ctx.Request.Header)
 	if n := ctx.Request.Header.ContentLength(); n > 0 {
 		x.ev.Input.Bytes = int64(n)

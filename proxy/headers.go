@@ -26,10 +26,33 @@ var hopByHopHeaders = []string{
 const requestIDHeader = "X-Request-Id"
 
 // prepareUpstreamRequest turns the client's request, in place, into the one
-// sent upstream. It returns whether the client asked to close its
+// sent upstream: the client's request line and headers, less hop-by-hop
+// headers and the fields of a chunked body's trailer section, plus
+// X-Request-Id. It returns whether the client asked to close its
 // connection, which restoreClientRequest puts back for the server.
-func prepareUpstreamRequest(h *fasthttp.RequestHeader, requestID string) (clientClose bool) {
+//
+// fasthttp would otherwise add what the client did not send: a default
+// Content-Type (application/octet-stream) to a body without one, and the
+// trailer fields as headers (fasthttp moves them into the header section
+// when the Trailer header is deleted). Trailer fields are dropped, as nginx
+// does: the body goes upstream with a Content-Length. A request without a
+// host (HTTP/1.0 allows it) gets the upstream's address; fasthttp refuses to
+// send a request without one.
+func prepareUpstreamRequest(req *fasthttp.Request, requestID, upstreamHost string) (clientClose bool) {
+	h := &req.Header
 	clientClose = h.ConnectionClose()
+	h.SetNoDefaultContentType(true)
+	if len(req.URI().Host()) == 0 {
+		// Request.Write takes the Host header from the URI.
+		req.URI().SetHost(upstreamHost)
+	}
+	var trailers [][]byte
+	for name := range h.Trailers() {
+		trailers = append(trailers, bytes.Clone(name))
+	}
+	for _, name := range trailers {
+		h.DelBytes(name)
+	}
 	removeConnectionTokens(h.Peek("Connection"), h.Del)
 	for _, name := range hopByHopHeaders {
 		h.Del(name)
@@ -46,6 +69,16 @@ func restoreClientRequest(h *fasthttp.RequestHeader, clientClose bool) {
 	if clientClose {
 		h.SetConnectionClose()
 	}
+}
+
+// requestPath returns the path of the request's target as the client sent
+// it and the upstream receives it: not normalized (fasthttp's Path resolves
+// "..", collapses "//" and decodes "%2F"), without the query.
+func requestPath(req *fasthttp.Request) []byte {
+	if p := req.URI().PathOriginal(); len(p) > 0 {
+		return p
+	}
+	return []byte("/")
 }
 
 // copyResponseHeader copies the upstream's status and headers to the

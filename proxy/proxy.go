@@ -300,6 +300,9 @@ func redactLogArg(a any) any {
 // parsing errors, which quote the request, the known phrase that says what
 // was wrong; and redactedArg otherwise.
 func redactError(err error) string {
+	if err == nil {
+		return ""
+	}
 	var op *net.OpError
 	var errno syscall.Errno
 	switch {
@@ -310,6 +313,11 @@ func redactError(err error) string {
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return err.Error()
 	}
+	for _, known := range knownErrors {
+		if errors.Is(err, known) {
+			return known.Error()
+		}
+	}
 	text := err.Error()
 	for _, phrase := range fasthttpErrorPhrases {
 		if strings.Contains(text, phrase) {
@@ -318,6 +326,10 @@ func redactError(err error) string {
 	}
 	return redactedArg
 }
+
+// knownErrors hold no request or response bytes.
+var knownErrors = []error{fasthttp.ErrNoFreeConns, fasthttp.ErrTimeout, fasthttp.ErrConnectionClosed,
+	fasthttp.ErrBodyTooLarge, errClientGone, errEventNotRecorded}
 
 // fasthttpErrorPhrases are the parts of fasthttp's request parsing errors
 // (fasthttp v1.77 header.go, http.go) that say what is wrong without
@@ -339,4 +351,10 @@ var fasthttpErrorPhrases = []string{
 	"small read buffer",
 	"error when reading request headers",
 	"error when reading request body",
+	"error when reading response headers",
+	"cannot find whitespace in the first line of response",
+	"unexpected end of response",
+	"cannot parse response status code",
+	"error when reading response body",
+	"cannot read chunk size",
 }

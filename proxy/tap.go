@@ -226,6 +226,8 @@ func (t *responseTap) fill() {
 	t.x.upstream += now.Sub(before)
 	if n > 0 && !t.gotFirst {
 		t.gotFirst = true
+		// Writes to the client now tell whether it is still there.
+		t.x.watch.stop()
 		if t.sse {
 			t.x.ttft = ms(now.Sub(t.x.start))
 			t.x.ev.Latency.TTFT = &t.x.ttft
@@ -339,11 +341,13 @@ func (t *responseTap) finish(err error) error {
 	}
 	t.recorded = true
 	if t.resp != nil {
-		// Releasing a response whose body was not read to its end closes its
-		// upstream connection rather than reusing it half-read; for vLLM that
-		// aborts the generation.
+		// A connection whose response body was not read to its end is
+		// closed rather than reused half-read; for vLLM that aborts the
+		// generation.
+		keepAlive := !t.resp.ConnectionClose()
 		fasthttp.ReleaseResponse(t.resp)
 		t.resp, t.body = nil, nil
+		x.up.done(keepAlive)
 	}
 	if t.json && len(t.jsonBody) > 0 {
 		jp := jsonParsers.Get()
@@ -366,6 +370,11 @@ func (t *responseTap) finish(err error) error {
 	}
 	ev.Status.Code = t.status
 	switch {
+	case x.gone.Load():
+		// The client left while vLLM queued or prefilled the stream; the
+		// watch cancelled the upstream request (see watch.go).
+		ev.Status.Outcome = audit.OutcomeClientCancelled
+		ev.Status.Error = "client_disconnected_before_answer"
 	case clientFailed:
 		ev.Status.Outcome = audit.OutcomeClientCancelled
 		ev.Status.Error = "client_disconnected"
@@ -393,7 +402,11 @@ func (t *responseTap) finish(err error) error {
 		ev.Status.Outcome = audit.OutcomeOK
 	}
 	if clientFailed || t.readFailed {
-		x.p.log.Info("response not completed", "request_id", ev.RequestID, "reason", ev.Status.Error, "err", err)
+		cause := err
+		if t.readFailed {
+			cause = t.readErr
+		}
+		x.p.log.Info("response not completed", "request_id", ev.RequestID, "reason", ev.Status.Error, "err", redactError(cause))
 	}
 	return x.p.record(x)
 }

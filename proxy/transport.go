@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"errors"
+	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,16 +46,175 @@ func newUpstreamClient(up Upstream, cfg Config) *fasthttp.HostClient {
 		MaxIdemponentCallAttempts: 2,
 		// An upstream answer fasthttp cannot parse may hold a completion.
 		SecureErrorLogMessage: true,
-		RetryIfErr:            retryUnansweredRequest,
 	}
 }
 
-// retryUnansweredRequest retries a request once when the upstream closed a
-// reused keep-alive connection before answering a single byte: the request
-// never reached a model. Anything else is not retried, since a POST may have
+// errClientGone ends an upstream exchange whose client went away before
+// the answer began; see watch.go.
+var errClientGone = errors.New("the client closed its connection before the answer began; upstream request cancelled")
+
+// upstreamConn is the upstream side of one exchange: the pooled connection
+// its request went out on, kept so that the request can be cancelled by
+// closing it (vLLM aborts a generation whose connection closes), and
+// released to the pool, or closed, once the answer's body is done with.
+//
+// fasthttp's HostClient.Do hides the connection, so the proxy makes its own
+// round trip with the HostClient's pool (AcquireConn, ReleaseConn), as its
+// default transport does.
+type upstreamConn struct {
+	mu        sync.Mutex
+	conn      net.Conn // nil outside a round trip and after release
+	release   func(discard bool)
+	body      upstreamBody
+	hasBody   bool
+	cancelled bool // the client is gone: close conn, and do not retry
+}
+
+// upstreamBody is a response body as the tap reads it, noting whether it
+// was read to its end: only then may its connection serve another request.
+type upstreamBody struct {
+	r         io.Reader
+	fullyRead bool
+}
+
+func (b *upstreamBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		b.fullyRead = true
+	}
+	return n, err
+}
+
+// reset readies u for the next exchange.
+func (u *upstreamConn) reset() {
+	u.mu.Lock()
+	u.cancelled = false
+	u.mu.Unlock()
+}
+
+// cancel closes the exchange's upstream connection, if it has one, and keeps
+// it from getting one: the request in flight fails at once, and vLLM, seeing
+// its connection close, aborts the generation.
+func (u *upstreamConn) cancel() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.cancelled = true
+	if u.conn != nil {
+		u.conn.Close()
+	}
+}
+
+func (u *upstreamConn) isCancelled() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.cancelled
+}
+
+// done releases the connection of a finished exchange: back to the pool if
+// its body was read to the end and neither side asked to close it, closed
+// otherwise. resp must have been released first (it holds the body's
+// reader).
+func (u *upstreamConn) done(keepAlive bool) {
+	u.mu.Lock()
+	release, fullyRead := u.release, u.hasBody && u.body.fullyRead
+	u.conn, u.release, u.body, u.hasBody = nil, nil, upstreamBody{}, false
+	u.mu.Unlock()
+	if release != nil {
+		release(!keepAlive || !fullyRead)
+	}
+}
+
+// roundTrip sends req upstream on a connection of hc's pool and reads the
+// response header into resp; the body is left to stream (resp.BodyStream).
+// The request is sent again, once, on a new connection if the upstream
+// closed a reused connection without answering a byte: the request never
+// reached a model. Anything else is not retried, since a POST may have
 // started a generation.
-func retryUnansweredRequest(_ *fasthttp.Request, attempts int, err error) (resetTimeout, retry bool) {
-	return false, attempts < 2 && errors.Is(err, fasthttp.ErrConnectionClosed)
+func (u *upstreamConn) roundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response) error {
+	req.URI().DisablePathNormalizing = true
+	for attempt := 1; ; attempt++ {
+		retry, err := u.try(hc, req, resp)
+		if err == nil {
+			return nil
+		}
+		if u.isCancelled() {
+			return errClientGone
+		}
+		if errors.Is(err, io.EOF) {
+			err = fasthttp.ErrConnectionClosed
+		}
+		if !retry || attempt >= 2 || !errors.Is(err, fasthttp.ErrConnectionClosed) {
+			return err
+		}
+	}
+}
+
+func (u *upstreamConn) try(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response) (retry bool, err error) {
+	resp.Reset()
+	resp.StreamBody = true
+	resp.SkipBody = req.Header.IsHead()
+	cc, err := hc.AcquireConn(0, false)
+	if err != nil {
+		return false, err
+	}
+	conn := cc.Conn()
+	u.mu.Lock()
+	if u.cancelled {
+		u.mu.Unlock()
+		hc.CloseConn(cc)
+		return false, errClientGone
+	}
+	u.conn = conn
+	u.mu.Unlock()
+	closeConn := func() {
+		u.mu.Lock()
+		u.conn = nil
+		u.mu.Unlock()
+		hc.CloseConn(cc)
+	}
+	resp.ParseNetConn(conn)
+	bw := hc.AcquireWriter(conn)
+	err = req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	hc.ReleaseWriter(bw)
+	if err != nil {
+		closeConn()
+		return true, err
+	}
+	br := hc.AcquireReader(conn)
+	if err := resp.ReadLimitBody(br, 0); err != nil {
+		hc.ReleaseReader(br)
+		closeConn()
+		return true, err
+	}
+	body := resp.BodyStream()
+	if body == nil {
+		// No body (HEAD, 204, 304): the connection is free again.
+		hc.ReleaseReader(br)
+		u.mu.Lock()
+		u.conn = nil
+		u.mu.Unlock()
+		if resp.ConnectionClose() {
+			hc.CloseConn(cc)
+		} else {
+			hc.ReleaseConn(cc)
+		}
+		return false, nil
+	}
+	u.mu.Lock()
+	u.body, u.hasBody = upstreamBody{r: body}, true
+	u.release = func(discard bool) {
+		hc.ReleaseReader(br)
+		if discard {
+			hc.CloseConn(cc)
+		} else {
+			hc.ReleaseConn(cc)
+		}
+	}
+	u.mu.Unlock()
+	return false, nil
 }
 
 // isTimeout reports whether err is an idle timeout of an idleConn (or a
