@@ -25,6 +25,10 @@ func (ev *Event) AppendJSON(dst []byte) []byte {
 	dst = strconv.AppendBool(dst, ev.Stream)
 	dst = append(dst, `,"model":{"name":`...)
 	dst = appendString(dst, ev.Model.Name)
+	if ev.Model.NameBytes != 0 {
+		dst = append(dst, `,"name_bytes":`...)
+		dst = strconv.AppendInt(dst, ev.Model.NameBytes, 10)
+	}
 	if ev.Model.Checksum != "" {
 		dst = appendField(dst, "checksum", ev.Model.Checksum)
 	}

@@ -30,6 +30,7 @@ func TestAppendJSONMatchesEncodingJSON(t *testing.T) {
 			Status:  Status{Code: 504, Outcome: OutcomeUpstreamTimeout, Error: "e", UpstreamError: "u"}},
 		{Model: Model{Name: "quote\" back\\ nl\n tab\t ctl\x01 del\x7f <html>&amp; \u2028\u2029 é 日本 bad\xff\xfe end"},
 			Path: "/v1/\x00", Source: Source{Host: "h", Version: "v"}},
+		{Model: Model{Name: "m", NameBytes: 5000, Checksum: "blake3:00"}},
 	}
 	for i := range events {
 		want := marshalStd(t, &events[i])

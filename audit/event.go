@@ -119,8 +119,14 @@ type Payload struct {
 // Model identifies the model a request asked for.
 type Model struct {
 	// Name is the "model" field of the request body; empty when the body had
-	// none (GET /v1/models, malformed JSON).
+	// none (GET /v1/models, malformed JSON). A name longer than
+	// MaxModelNameBytes (no model is served under one) is cut to its first
+	// MaxModelNameBytes bytes, at a character boundary, and NameBytes says
+	// how long it was: a client must not make its events megabytes long.
 	Name string `json:"name"`
+	// NameBytes is the length of a name that Name holds only the start of;
+	// 0 when Name is whole.
+	NameBytes int64 `json:"name_bytes,omitempty"`
 	// Checksum is the model checksum (see hashing.Manifest) of the weights
 	// serving Name, a LoRA adapter's own for an adapter; "pending" while
 	// they are first hashed; empty when they are unknown to the sidecar.
@@ -128,6 +134,9 @@ type Model struct {
 	// BaseChecksum is the base model's checksum for a LoRA adapter.
 	BaseChecksum string `json:"base_checksum,omitempty"`
 }
+
+// MaxModelNameBytes bounds Model.Name.
+const MaxModelNameBytes = 1024
 
 // Body describes one message body.
 type Body struct {

@@ -119,7 +119,7 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	ev.Input.Hash = x.strs.since(start)
 	ev.Input.Bytes = int64(len(body))
 	f := parseRequestFields(body, &x.textScratch, x.lastModel)
-	ev.Model.Name = f.model
+	ev.Model.Name, ev.Model.NameBytes = f.model, f.modelBytes
 	x.lastModel = f.model
 	if p.cfg.ModelChecksums != nil && f.model != "" {
 		ev.Model.Checksum, ev.Model.BaseChecksum = p.cfg.ModelChecksums(f.model)

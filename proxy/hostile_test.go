@@ -88,7 +88,7 @@ func TestHostileRequests(t *testing.T) {
 		{"model not UTF-8, escaped surrogate", withLength("POST /v1/completions HTTP/1.1\r\nHost: x\r\n"+auth,
 			`{"model":"\ud800x",`+prompt+`}`), 404, "\ufffdx", false},
 		{"model of 1 MiB", withLength("POST /v1/completions HTTP/1.1\r\nHost: x\r\n"+auth,
-			`{"model":"`+bigName+`",`+prompt+`,"stream":true}`), 404, bigName, false},
+			`{"model":"`+bigName+`",`+prompt+`,"stream":true}`), 404, bigName[:1024], false},
 		{"model with a newline and quotes", withLength("POST /v1/completions HTTP/1.1\r\nHost: x\r\n"+auth,
 			`{"model":"a\n} 1\n# \"b",`+prompt+`}`), 404, "a\n} 1\n# \"b", false},
 		{"two Content-Length headers", "POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + auth +
@@ -113,6 +113,9 @@ func TestHostileRequests(t *testing.T) {
 				}
 			} else if ev.Model.Name != tc.wantModel {
 				t.Errorf("event model %.80q, want %.80q", ev.Model.Name, tc.wantModel)
+			}
+			if len(ev.Model.Name) == 1024 && ev.Model.NameBytes != 1<<20 {
+				t.Errorf("a 1 MiB model name cut to 1 KiB says it was %d bytes", ev.Model.NameBytes)
 			}
 		})
 	}

@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/auditproxy/auditproxy/audit"
 )
 
 // A request body is read the way vLLM reads it, so that the event names the
@@ -40,8 +42,10 @@ type requestFields struct {
 	// valid reports whether the body is a JSON object.
 	valid bool
 	// model is the last "model" member, if it is a string; invalid UTF-8 and
-	// lone surrogates are replaced by U+FFFD.
-	model string
+	// lone surrogates are replaced by U+FFFD. A name longer than
+	// audit.MaxModelNameBytes is cut there, and modelBytes is its length.
+	model      string
+	modelBytes int64
 	// stream is the last "stream" member, as a pydantic bool.
 	stream bool
 	// includeUsage reports whether vLLM will send usage in a stream the
@@ -327,6 +331,14 @@ func parseRequestFields(body []byte, scratch *[]byte, prevModel string) (f reque
 		if v := f.text[model.valueStart:model.valueEnd]; len(v) >= 2 && v[0] == '"' {
 			var buf [128]byte
 			name := appendJSONUnescaped(buf[:0], v[1:len(v)-1])
+			if len(name) > audit.MaxModelNameBytes {
+				f.modelBytes = int64(len(name))
+				cut := audit.MaxModelNameBytes
+				for cut > 0 && !utf8.RuneStart(name[cut]) {
+					cut--
+				}
+				name = name[:cut]
+			}
 			if string(name) == prevModel {
 				f.model = prevModel
 			} else {
