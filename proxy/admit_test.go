@@ -89,10 +89,9 @@ func TestFullAuditLogRefusesWithoutCallingUpstream(t *testing.T) {
 # HELP auditproxy_requests_total Proxied requests by model, HTTP status code sent to the client, and outcome.
 # TYPE auditproxy_requests_total counter
 auditproxy_requests_total{code="200",model="` + testModel + `",outcome="ok"} 1
-auditproxy_requests_total{code="503",model="other",outcome="rejected"} 1
+auditproxy_requests_total{code="503",model="none",outcome="rejected"} 1
 `
-	// The refused request came before any answer for the model, so its
-	// name had no label yet (see TestModelLabels).
+	// The refused request's body was not read: no model is known.
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "auditproxy_requests_total"); err != nil {
 		t.Error(err)
 	}

@@ -33,6 +33,8 @@ var (
 		"audit log unavailable: the proxy cannot record this request, so it was not run; retry later"}
 	errTooManyConnections = proxyError{fasthttp.StatusServiceUnavailable, "server_error", "too_many_connections",
 		"the proxy has as many client connections open as it can serve; retry later"}
+	errBodiesOverBudget = proxyError{fasthttp.StatusServiceUnavailable, "server_error", "request_bodies_over_budget",
+		"the proxy holds as many request bytes as its memory budget allows; retry later"}
 	errBadRequest = proxyError{fasthttp.StatusBadRequest, "invalid_request_error", "malformed_request",
 		"the request is not valid HTTP"}
 )

@@ -21,8 +21,13 @@ type exchange struct {
 	p     *Proxy
 	ev    audit.Event
 	start time.Time
-	// reqBody holds a request body rewritten for include_usage, and
-	// textScratch one transcoded to UTF-8 to be read.
+	// body is the request body as read (see body.go), pooledBody its buffer
+	// when it came from the pool, and bodyShare its share of the budget;
+	// reqBody holds it rewritten for include_usage, and textScratch
+	// transcoded to UTF-8 to be read.
+	body        []byte
+	pooledBody  *[]byte
+	bodyShare   int64
 	reqBody     []byte
 	textScratch []byte
 	// Storage that the event's pointer fields point into, so building an
@@ -80,6 +85,7 @@ func (p *Proxy) acquireExchange() *exchange {
 // releaseExchange returns x to the pool once fasthttp is done with it.
 func (p *Proxy) releaseExchange(x *exchange) {
 	p.metrics.inFlight.Dec()
+	p.releaseBody(nil, x)
 	x.watch.stop()
 	x.up.reset()
 	x.gone.Store(false)
@@ -106,7 +112,19 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	ev.Path = internString(requestPath(&ctx.Request), commonPaths)
 	x.identifyCaller(&ctx.Request.Header)
 
-	body := ctx.Request.Body()
+	// A request the audit log cannot take is refused before its body is
+	// read: no inference may run without its record.
+	if p.admitter != nil {
+		if err := p.admitter.Admit(); err != nil {
+			p.refuseUnrecordable(ctx, x, err)
+			return
+		}
+	}
+	body, err := p.readBody(ctx, x)
+	if err != nil {
+		p.answerBodyError(ctx, x, err)
+		return
+	}
 	if c := p.cfg.Capture; c != nil {
 		var err error
 		if x.seal, err = payload.NewSealer(c.Recipients, c.MaxBytes, body); err != nil {
@@ -127,24 +145,24 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	ev.Stream = f.stream
 	if f.valid && f.stream && !f.includeUsage {
 		x.reqBody = withIncludeUsage(x.reqBody[:0], f)
-		ctx.Request.SetBodyRaw(x.reqBody)
-		x.tap.stripUsage = true
-	}
-
-	if p.admitter != nil {
-		if err := p.admitter.Admit(); err != nil {
-			p.refuseUnrecordable(ctx, x, err)
+		if !p.budget.take(int64(len(x.reqBody))) {
+			p.answerBodyError(ctx, x, errBodyOverBudget)
 			return
 		}
+		x.bodyShare += int64(len(x.reqBody))
+		ctx.Request.SetBodyRaw(x.reqBody)
+		x.tap.stripUsage = true
 	}
 
 	x.clientClose = prepareUpstreamRequest(&ctx.Request, ev.RequestID, p.client.Addr)
 	resp := fasthttp.AcquireResponse()
 	x.watch.start(ctx.Conn())
 	sent := time.Now()
-	err := x.up.roundTrip(p.client, &ctx.Request, resp)
+	err = x.up.roundTrip(p.client, &ctx.Request, resp)
 	x.upstream = time.Since(sent)
 	restoreClientRequest(&ctx.Request.Header, x.clientClose)
+	// The request is sent: a long stream must not hold its body.
+	p.releaseBody(ctx, x)
 	if err != nil {
 		x.watch.stop()
 		fasthttp.ReleaseResponse(resp)
@@ -273,8 +291,34 @@ func (p *Proxy) recordClientGone(ctx *fasthttp.RequestCtx, x *exchange) {
 // before the answer.
 const statusClientClosedRequest = 499
 
+// answerBodyError answers a request whose body could not be read, and
+// records it as rejected. The rest of the body is not read, so the
+// connection is closed after the answer.
+func (p *Proxy) answerBodyError(ctx *fasthttp.RequestCtx, x *exchange, err error) {
+	pe, reason := errBadRequest, "malformed_body"
+	switch {
+	case errors.Is(err, errBodyOverLimit):
+		pe, reason = errBodyTooLarge, "body_too_large"
+	case errors.Is(err, errBodyOverBudget):
+		pe, reason = errBodiesOverBudget, "request_bodies_over_budget"
+		p.metrics.bodyBudgetRejections.Inc()
+	case isTimeout(err):
+		pe, reason = errRequestTimeout, "request_timeout"
+	}
+	if n := ctx.Request.Header.ContentLength(); n > 0 {
+		x.ev.Input.Bytes = int64(n)
+	}
+	x.ev.Status.Error = reason
+	p.answerWithError(ctx, x, pe, audit.OutcomeRejected)
+	ctx.SetConnectionClose()
+	if pe.status == fasthttp.StatusServiceUnavailable {
+		ctx.Response.Header.Set("Retry-After", "1")
+	}
+}
+
 // answerWithError writes pe as the response and records the exchange.
 func (p *Proxy) answerWithError(ctx *fasthttp.RequestCtx, x *exchange, pe proxyError, outcome audit.Outcome) {
+	p.releaseBody(ctx, x)
 	ctx.Response.Reset()
 	ctx.Response.SetStatusCode(pe.status)
 	ctx.Response.Header.SetContentType("application/json")
@@ -324,6 +368,8 @@ func (p *Proxy) handleRequestError(ctx *fasthttp.RequestCtx, err error) {
 func (p *Proxy) refuseUnrecordable(ctx *fasthttp.RequestCtx, x *exchange, err error) {
 	p.log.Warn("request refused: the audit log cannot take its event", "request_id", x.ev.RequestID, "err", err)
 	ctx.Response.Reset()
+	// The body is not read: the connection cannot serve another request.
+	ctx.SetConnectionClose()
 	ctx.Response.SetStatusCode(errAuditUnavailable.status)
 	ctx.Response.Header.SetContentType("application/json")
 	ctx.Response.Header.Set(requestIDHeader, x.ev.RequestID)

@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"bufio"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -259,5 +260,108 @@ func TestRecordsWhatVLLMActsOn(t *testing.T) {
 				t.Errorf("tokens %v %v: vLLM's usage was not recorded", ev.Input.Tokens, ev.Output.Tokens)
 			}
 		})
+	}
+}
+
+// TestRequestBodyBudget: bodies held at once are bounded by the budget. Two
+// slow uploads that take it all make a third request 503
+// request_bodies_over_budget, without reaching the upstream; once they are
+// sent, requests pass again. Chunked bodies count as they arrive and are
+// held to the body size limit.
+func TestRequestBodyBudget(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := proxy.NewMetrics()
+	if err := m.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) {
+		c.Metrics = m
+		c.MaxRequestBodySize = 256 << 10
+		c.RequestBodyBudget = 512 << 10
+	})
+	admin := httptest.NewServer(e.proxy.AdminHandler(reg, proxy.AdminOptions{}))
+	defer admin.Close()
+	addr := strings.TrimPrefix(e.proxyURL, "http://")
+	body := `{"model":"` + testModel + `","prompt":"hi","pad":"` + strings.Repeat("w ", 100<<10) + `"}` // ~200 KiB
+	head := "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n"
+
+	var slow []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, head+body[:len(body)/2])
+		slow = append(slow, c)
+	}
+	waitFor(t, "two bodies to hold their budget", func() bool {
+		return strings.Contains(get(t, admin.URL+"/metrics", 200), "auditproxy_request_body_bytes "+strconv.Itoa(2*len(body)))
+	})
+	before := e.fake.Stats().Requests
+	code, answer := rawExchange(t, addr, head+body)
+	if code != 503 {
+		t.Fatalf("a third body over the budget got %d %s", code, answer)
+	}
+	if _, c := openAIError(t, []byte(answer)); c != "request_bodies_over_budget" {
+		t.Errorf("code %q", c)
+	}
+	if ev := e.events.next(t); ev.Status.Outcome != audit.OutcomeRejected || ev.Status.Error != "request_bodies_over_budget" {
+		t.Errorf("event %+v", ev.Status)
+	}
+	if n := e.fake.Stats().Requests - before; n != 0 {
+		t.Errorf("the upstream got %d requests over the budget", n)
+	}
+	for _, c := range slow {
+		io.WriteString(c, body[len(body)/2:])
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("a slow upload, once complete: %v %v", resp, err)
+		}
+		e.events.next(t)
+	}
+	if code, answer := rawExchange(t, addr, head+body); code != 200 {
+		t.Fatalf("with the budget free again: %d %s", code, answer)
+	}
+	e.events.next(t)
+
+	chunked := func(b string) string {
+		var s strings.Builder
+		s.WriteString("POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+		for len(b) > 0 {
+			n := min(len(b), 50_000)
+			s.WriteString(strconv.FormatInt(int64(n), 16) + "\r\n" + b[:n] + "\r\n")
+			b = b[n:]
+		}
+		s.WriteString("0\r\n\r\n")
+		return s.String()
+	}
+	if code, answer := rawExchange(t, addr, chunked(body)); code != 200 {
+		t.Fatalf("chunked body within the limit: %d %s", code, answer)
+	}
+	if ev := e.events.next(t); ev.Input.Bytes != int64(len(body)) || ev.Input.Hash != "blake3:"+b3hex([]byte(body)) {
+		t.Errorf("chunked body recorded as %d bytes %s", ev.Input.Bytes, ev.Input.Hash)
+	}
+	big := `{"model":"` + testModel + `","prompt":"hi","pad":"` + strings.Repeat("w ", 200<<10) + `"}`
+	if code, _ := rawExchange(t, addr, chunked(big)); code != 413 {
+		t.Fatalf("chunked body over the limit: %d, want 413", code)
+	}
+	if ev := e.events.next(t); ev.Status.Error != "body_too_large" {
+		t.Errorf("event %+v", ev.Status)
+	}
+	if !strings.Contains(get(t, admin.URL+"/metrics", 200), "auditproxy_request_body_bytes 0") {
+		t.Error("bodies still counted after every request ended")
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -49,7 +49,11 @@ type Metrics struct {
 	eventsDropped  prometheus.Counter
 	folded         *prometheus.CounterVec
 	acceptErrors   *prometheus.CounterVec
-	connsRejected  prometheus.Counter
+	// bodyBudgetRejections counts requests refused for the body budget,
+	// budget is the Proxy's, for its gauges.
+	bodyBudgetRejections prometheus.Counter
+	budget               atomic.Pointer[bodyBudget]
+	connsRejected        prometheus.Counter
 	// clientConns counts open client connections; maxClientConns is the
 	// cap (Config.MaxClientConns).
 	clientConns    atomic.Int64
@@ -115,6 +119,10 @@ func NewMetrics() *Metrics {
 			Name: "auditproxy_accept_errors_total",
 			Help: "Failed accepts of client connections, retried after a pause, by reason: emfile (the process is out of file descriptors), enfile (the system is), enomem, econnaborted.",
 		}, []string{"reason"}),
+		bodyBudgetRejections: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "auditproxy_request_body_budget_rejections_total",
+			Help: "Requests answered 503 request_bodies_over_budget: their bodies did not fit in the request body budget (--request-body-budget).",
+		}),
 		connsRejected: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "auditproxy_client_connections_rejected_total",
 			Help: "Client connections answered 503 too_many_connections and closed because auditproxy_client_connections_max were open.",
@@ -127,7 +135,25 @@ func NewMetrics() *Metrics {
 func (m *Metrics) Register(r prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.ttft, m.overhead,
 		m.inputTokens, m.outputTokens, m.inFlight, m.recordWait, m.eventsRecorded, m.eventsDropped, m.folded,
-		m.acceptErrors, m.connsRejected,
+		m.acceptErrors, m.connsRejected, m.bodyBudgetRejections,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "auditproxy_request_body_bytes",
+			Help: "Bytes of request bodies held now: read, or being read, and not yet sent upstream.",
+		}, func() float64 {
+			if b := m.budget.Load(); b != nil {
+				return float64(b.used.Load())
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "auditproxy_request_body_budget_bytes",
+			Help: "The most bytes of request bodies held at once (--request-body-budget).",
+		}, func() float64 {
+			if b := m.budget.Load(); b != nil {
+				return float64(b.limit)
+			}
+			return 0
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "auditproxy_client_connections",
 			Help: "Client connections open now.",

@@ -68,6 +68,10 @@ type Config struct {
 	// MaxRequestBodySize bounds request bodies; larger ones are answered 413
 	// without contacting the upstream. Default 32 MiB.
 	MaxRequestBodySize int
+	// RequestBodyBudget bounds the bytes of request bodies held at once (see
+	// body.go); at least MaxRequestBodySize. Default: a quarter of the Go
+	// memory limit (GOMEMLIMIT) when one is set, else 256 MiB.
+	RequestBodyBudget int64
 	// UpstreamIdleTimeout fails an upstream exchange when the upstream sends
 	// no byte for this long: 504 before the response started, a cut stream
 	// after. vLLM sends nothing until a non-streamed answer is complete, so
@@ -123,6 +127,7 @@ type Proxy struct {
 	log      *slog.Logger
 	exchPool sync.Pool
 	admitter audit.Admitter // the Recorder, if it can refuse in advance
+	budget   *bodyBudget
 }
 
 // CaptureConfig turns on encrypted payload capture.
@@ -145,6 +150,13 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if cfg.MaxRequestBodySize <= 0 {
 		cfg.MaxRequestBodySize = 32 << 20
+	}
+	if cfg.RequestBodyBudget <= 0 {
+		cfg.RequestBodyBudget = DefaultRequestBodyBudget()
+	}
+	if cfg.RequestBodyBudget < int64(cfg.MaxRequestBodySize) {
+		return nil, fmt.Errorf("proxy: the request body budget (%d bytes) is smaller than the largest request body (%d bytes)",
+			cfg.RequestBodyBudget, cfg.MaxRequestBodySize)
 	}
 	if cfg.UpstreamIdleTimeout <= 0 {
 		cfg.UpstreamIdleTimeout = 10 * time.Minute
@@ -171,7 +183,8 @@ func New(cfg Config) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{cfg: cfg, metrics: cfg.Metrics, log: cfg.Logger}
+	p := &Proxy{cfg: cfg, metrics: cfg.Metrics, log: cfg.Logger, budget: &bodyBudget{limit: cfg.RequestBodyBudget}}
+	p.metrics.budget.Store(p.budget)
 	p.metrics.maxClientConns.Store(int64(cfg.MaxClientConns))
 	p.admitter, _ = cfg.Recorder.(audit.Admitter)
 	p.client = newUpstreamClient(up, cfg)
@@ -192,7 +205,9 @@ func New(cfg Config) (*Proxy, error) {
 		NoDefaultDate:                true,
 		NoDefaultContentType:         true,
 		DisablePreParseMultipartForm: true,
-		ReadBufferSize:               16 << 10,
+		// The handler reads bodies itself, within a memory budget (body.go).
+		StreamRequestBody: true,
+		ReadBufferSize:    16 << 10,
 		// The read buffer goes back to a pool once a request is read, so a
 		// connection whose answer streams for minutes does not hold 16 KiB
 		// (32 MB at 2,000 streams); the cost is a 1-byte read per request.

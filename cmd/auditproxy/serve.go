@@ -45,6 +45,7 @@ type serveConfig struct {
 	hash                string
 	keyIDSecretFile     string
 	maxRequestBodySize  byteSize
+	requestBodyBudget   byteSize
 	upstreamIdleTimeout time.Duration
 	clientIdleTimeout   time.Duration
 	upstreamMaxConns    int
@@ -91,6 +92,7 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.StringVar(&c.keyIDSecretFile, "key-id-secret-file", "", "`file` with the 32-byte secret (hex) that keys api_key_id; generated with mode 0600 if absent (default DATA-DIR/key-id.secret)")
 	c.maxRequestBodySize = 32 << 20
 	fs.Var(&c.maxRequestBodySize, "max-request-body-size", "largest request body `size` accepted; larger ones get 413")
+	fs.Var(&c.requestBodyBudget, "request-body-budget", "most bytes of request bodies held at once (`size`); a request whose body does not fit gets 503 request_bodies_over_budget (0: a quarter of GOMEMLIMIT if set, else 256MiB)")
 	fs.DurationVar(&c.upstreamIdleTimeout, "upstream-idle-timeout", 10*time.Minute, "fail an upstream exchange that sends no byte for this `duration` (504, or a cut stream); bounds the longest non-streamed generation")
 	fs.DurationVar(&c.clientIdleTimeout, "client-idle-timeout", 2*time.Minute, "fail a client that reads no byte of its response, or sends no byte of its request, for this `duration`")
 	fs.IntVar(&c.upstreamMaxConns, "upstream-max-conns", 4096, "most concurrent upstream `connections` (requests in flight at vLLM)")
@@ -228,6 +230,9 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	}
 	if c.adminPprof && c.adminListen == "" {
 		return nil, usageError{"--admin-pprof without --admin-listen"}
+	}
+	if c.requestBodyBudget != 0 && c.requestBodyBudget < c.maxRequestBodySize {
+		return nil, usageError{fmt.Sprintf("--request-body-budget %s: want at least --max-request-body-size (%s)", c.requestBodyBudget.String(), c.maxRequestBodySize.String())}
 	}
 	if c.maxClientConns < 0 {
 		return nil, usageError{fmt.Sprintf("--max-client-conns %d: want 0 (below half the descriptor limit) or more", c.maxClientConns)}
@@ -370,6 +375,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	inst.proxy, err = proxy.New(proxy.Config{
 		Upstream:            c.upstream,
 		MaxRequestBodySize:  int(c.maxRequestBodySize),
+		RequestBodyBudget:   int64(c.requestBodyBudget),
 		UpstreamIdleTimeout: c.upstreamIdleTimeout,
 		ClientIdleTimeout:   c.clientIdleTimeout,
 		UpstreamMaxConns:    c.upstreamMaxConns,
