@@ -108,7 +108,7 @@ type testEnv struct {
 
 // newTestEnv starts a fake vLLM and the proxy in front of it. mod may change
 // the proxy's config.
-func newTestEnv(t *testing.T, fcfg fakevllm.Config, mod func(*proxy.Config)) *testEnv {
+func newTestEnv(t testing.TB, fcfg fakevllm.Config, mod func(*proxy.Config)) *testEnv {
 	t.Helper()
 	e := &testEnv{fake: fakevllm.New(fcfg), events: newEventSink(), logs: &syncBuffer{}}
 	var err error
@@ -159,7 +159,7 @@ func noteSecret(s string) {
 // checkLogsHoldNoSecret fails the test if a log line holds an API key, a
 // request body or a prompt that any test sent, or JSON members that only a
 // request body has.
-func checkLogsHoldNoSecret(t *testing.T, logs string) {
+func checkLogsHoldNoSecret(t testing.TB, logs string) {
 	t.Helper()
 	for _, marker := range []string{`"prompt":`, `"messages":`, `"content":`, "Bearer ", "bearer "} {
 		if strings.Contains(logs, marker) {
