@@ -6,36 +6,28 @@ import (
 	"io"
 	"os"
 
-	"github.com/valyala/fastjson"
-
 	"github.com/auditproxy/auditproxy/audit"
 )
 
 // runProve prints an inclusion proof for the events of one request.
 func runProve(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("prove", "prove --request-id ID PATH...", stderr)
+	fs := newFlagSet("prove", "prove --request-id ID [--event-id ID] PATH...", stderr)
 	requestID := fs.String("request-id", "", "the `id` of the request (X-Request-Id) whose event to prove")
+	eventID := fs.String("event-id", "", "the event's own `id`: to choose among events with the same request id, or instead of it")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *requestID == "" || fs.NArg() == 0 {
-		return usageError{"prove: give --request-id and at least one PATH"}
+	if (*requestID == "" && *eventID == "") || fs.NArg() == 0 {
+		return usageError{"prove: give --request-id or --event-id, and at least one PATH"}
 	}
 	pr := audit.NewProver()
-	var p fastjson.Parser
+	sel := newRequestSelector(*requestID, *eventID)
 	var readErr error
-	found := 0
 	for _, path := range fs.Args() {
 		err := readEvents(path, func(ev []byte) {
-			v, err := p.ParseBytes(ev)
-			if err != nil {
-				return // verify reports unreadable events; prove only needs the readable ones
-			}
-			keep := string(v.GetStringBytes("request_id")) == *requestID
-			if keep {
-				found++
-			}
-			if err := pr.Add(ev, keep); err != nil && readErr == nil {
+			// verify reports unreadable events; prove only needs the
+			// readable ones.
+			if err := pr.Add(ev, sel.match(ev)); err != nil && readErr == nil {
 				readErr = err
 			}
 		})
@@ -43,8 +35,8 @@ func runProve(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("prove: %w", err)
 		}
 	}
-	if found == 0 {
-		return fmt.Errorf("prove: no event with request_id %q", *requestID)
+	if err := sel.check("prove"); err != nil {
+		return err
 	}
 	proofs, err := pr.Prove()
 	if err != nil {

@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -14,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
 )
 
@@ -128,5 +131,67 @@ func TestServeSurvivesRunningOutOfDescriptors(t *testing.T) {
 	waitUntil(t, "a request served after the connections closed", 10*time.Second, func() bool { return ask() == 200 })
 	if n := scrapeMetric(t, admin, "auditproxy_client_connections_rejected_total"); n < 1 {
 		t.Errorf("auditproxy_client_connections_rejected_total = %v", n)
+	}
+}
+
+// TestProveRefusesToChooseAmongEventsOfOneRequestID: a client may send the
+// same X-Request-Id twice. prove and show then name the events and ask for
+// --event-id instead of picking one; the same event read from two files
+// (the spool and an export of it) is one event.
+func TestProveRefusesToChooseAmongEventsOfOneRequestID(t *testing.T) {
+	_, upstream := startFake(t, fakevllm.Config{})
+	dataDir := t.TempDir()
+	p := startServe(t, upstream, nil, "--data-dir", dataDir, "--log-level", "warn", "--checkpoint-every", "2")
+	for _, id := range []string{"dup", "dup", "single"} {
+		req, _ := http.NewRequest("POST", "http://"+p.listen+"/v1/completions",
+			strings.NewReader(`{"model":"meta-llama/Llama-3.1-8B-Instruct","prompt":"hi"}`))
+		req.Header.Set("X-Request-Id", id)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	if err := p.stop(); err != nil {
+		t.Fatal(err)
+	}
+	spool := filepath.Join(dataDir, "spool")
+	export := filepath.Join(t.TempDir(), "export.ndjson")
+	var exported bytes.Buffer
+	if code := run([]string{"export", "--data-dir", dataDir}, &exported, io.Discard); code != 0 {
+		t.Fatal("export failed")
+	}
+	os.WriteFile(export, exported.Bytes(), 0o600)
+
+	var out, errOut bytes.Buffer
+	code := run([]string{"prove", "--request-id", "dup", spool}, &out, &errOut)
+	if code != 2 || !strings.Contains(errOut.String(), `2 events have request_id "dup"`) || !strings.Contains(errOut.String(), "--event-id") {
+		t.Fatalf("prove of a request id sent twice: exit %d, stderr %q", code, errOut.String())
+	}
+	var ids []string
+	for _, line := range bytes.Split(exported.Bytes(), []byte("\n")) {
+		var ev struct {
+			ID        string `json:"id"`
+			RequestID string `json:"request_id"`
+		}
+		if json.Unmarshal(line, &ev) == nil && ev.RequestID == "dup" {
+			ids = append(ids, ev.ID)
+		}
+	}
+	if len(ids) != 2 || !strings.Contains(errOut.String(), ids[0]) || !strings.Contains(errOut.String(), ids[1]) {
+		t.Fatalf("the message does not name both events %v: %q", ids, errOut.String())
+	}
+	out.Reset()
+	if code := run([]string{"prove", "--request-id", "dup", "--event-id", ids[1], spool}, &out, &errOut); code != 0 {
+		t.Fatalf("prove --event-id: %d %s", code, errOut.String())
+	}
+	var proof audit.InclusionProof
+	if err := json.Unmarshal(out.Bytes(), &proof); err != nil || !bytes.Contains(proof.Event, []byte(ids[1])) {
+		t.Fatalf("proof %s: %v", out.String(), err)
+	}
+	out.Reset()
+	errOut.Reset()
+	if code := run([]string{"prove", "--request-id", "single", spool, export}, &out, &errOut); code != 0 {
+		t.Errorf("the same event in the spool and an export of it: exit %d %s", code, errOut.String())
 	}
 }

@@ -24,8 +24,9 @@ import (
 // bodies checked against the event's hashes, and with --pubkey the proof
 // that the event is in a signed log.
 func runShow(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("show", "show --request-id ID --identity FILE [--pubkey FILE] [--out-dir DIR] PATH...", stderr)
+	fs := newFlagSet("show", "show --request-id ID [--event-id ID] --identity FILE [--pubkey FILE] [--out-dir DIR] PATH...", stderr)
 	requestID := fs.String("request-id", "", "the `id` of the request (X-Request-Id) to reconstruct")
+	eventID := fs.String("event-id", "", "the event's own `id`: to choose among events with the same request id, or instead of it")
 	identity := fs.String("identity", "", "age identity `file` that decrypts the captured bodies (from age-keygen)")
 	var pubkeys stringList
 	fs.Var(&pubkeys, "pubkey", "verifier key `file` of the log's checkpoints: also prove the event is in the signed log")
@@ -33,8 +34,8 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *requestID == "" || *identity == "" || fs.NArg() == 0 {
-		return usageError{"show: give --request-id, --identity and at least one PATH"}
+	if (*requestID == "" && *eventID == "") || *identity == "" || fs.NArg() == 0 {
+		return usageError{"show: give --request-id or --event-id, --identity and at least one PATH"}
 	}
 	idFile, err := os.Open(*identity)
 	if err != nil {
@@ -52,7 +53,8 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 	}
 
 	pr := audit.NewProver()
-	match := requestIDMatcher(*requestID)
+	sel := newRequestSelector(*requestID, *eventID)
+	match := sel.match
 	var found [][]byte
 	if len(keys) > 0 {
 		// The proof needs every event of the log, in order per file.
@@ -93,8 +95,8 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 			found = append(found, h.ev)
 		}
 	}
-	if len(found) == 0 {
-		return fmt.Errorf("show: no event with request_id %q", *requestID)
+	if err := sel.check("show"); err != nil {
+		return err
 	}
 	var ev audit.Event
 	if err := json.Unmarshal(found[0], &ev); err != nil {
