@@ -18,6 +18,7 @@ import (
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
+	"github.com/auditproxy/auditproxy/proxy"
 )
 
 // TestServeThatCannotBindRecordsNothing: a serve whose port is taken fails
@@ -193,5 +194,41 @@ func TestProveRefusesToChooseAmongEventsOfOneRequestID(t *testing.T) {
 	errOut.Reset()
 	if code := run([]string{"prove", "--request-id", "single", spool, export}, &out, &errOut); code != 0 {
 		t.Errorf("the same event in the spool and an export of it: exit %d %s", code, errOut.String())
+	}
+}
+
+// TestServeRaisesTheDescriptorLimit: started with a soft descriptor limit
+// of 512 under a higher hard limit, serve runs with the hard limit (the Go
+// runtime raises it) and sizes its connection cap from it.
+func TestServeRaisesTheDescriptorLimit(t *testing.T) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Max <= 1024 {
+		t.Skipf("needs a hard descriptor limit above 1024 (have %d)", rl.Max)
+	}
+	_, upstream := startFake(t, fakevllm.Config{})
+	listen, admin := freeAddr(t), freeAddr(t)
+	cmd := exec.Command("/bin/sh", "-c", `ulimit -S -n 512 && exec "$0" "$@"`, buildBinary(t), "serve", "--upstream", upstream,
+		"--listen", listen, "--admin-listen", admin, "--data-dir", filepath.Join(t.TempDir(), "data"))
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	waitReady(t, "http://"+admin+"/readyz", stderr)
+	var start struct {
+		Limit uint64 `json:"descriptor_limit"`
+		Max   int    `json:"max_client_conns"`
+	}
+	for _, line := range strings.Split(stderr.String(), "\n") {
+		if strings.Contains(line, `"msg":"auditproxy serving"`) {
+			json.Unmarshal([]byte(line), &start)
+		}
+	}
+	if start.Limit <= 512 || start.Max != proxy.DefaultMaxClientConns(start.Limit) {
+		t.Errorf("descriptor limit %d and connection cap %d after starting with a soft limit of 512 (hard %d)", start.Limit, start.Max, rl.Max)
 	}
 }
