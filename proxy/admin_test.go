@@ -97,12 +97,15 @@ func TestModelLabels(t *testing.T) {
 	}
 	send("adapter-3") // labelled already
 	send("other")     // the fold label itself is not a model's
+	// A 200 where vLLM does not look at "model" gives no slot.
+	rawRequest(t, "GET", e.proxyURL+"/v1/models", nil, `{"model":"junk"}`)
+	e.events.next(t)
 	want := `
 # HELP auditproxy_model_label_folded_total Requests counted under model="other" instead of their own model label, by reason: invalid (longer than 128 bytes or outside [A-Za-z0-9._:/@+=-]), unserved (no answer below 400 for that name yet), overflow (64 names already labelled).
 # TYPE auditproxy_model_label_folded_total counter
 auditproxy_model_label_folded_total{reason="invalid"} 3
 auditproxy_model_label_folded_total{reason="overflow"} 16
-auditproxy_model_label_folded_total{reason="unserved"} 10
+auditproxy_model_label_folded_total{reason="unserved"} 11
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "auditproxy_model_label_folded_total"); err != nil {
 		t.Error(err)
@@ -123,8 +126,8 @@ auditproxy_model_label_folded_total{reason="unserved"} 10
 				}
 			}
 		}
-		if len(names) != 65 || names["other"] != 29 || names["adapter-3"] != 2 || names["adapter-63"] != 1 {
-			t.Errorf("%d model labels (other: %v, adapter-3: %v); want 64 adapters and other with 29", len(names), names["other"], names["adapter-3"])
+		if len(names) != 65 || names["other"] != 30 || names["adapter-3"] != 2 || names["adapter-63"] != 1 {
+			t.Errorf("%d model labels (other: %v, adapter-3: %v); want 64 adapters and other with 30", len(names), names["other"], names["adapter-3"])
 		}
 	}
 }

@@ -131,4 +131,17 @@ func TestAnswerWithoutRecordIsCut(t *testing.T) {
 			}
 		})
 	}
+	t.Run("no body", func(t *testing.T) {
+		rec := &refusingRecorder{}
+		e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) {
+			rec.next = c.Recorder
+			c.Recorder = rec
+		})
+		rec.failing.Store(true)
+		// The answer to a HEAD is its header: that is what is withheld.
+		if resp, err := http.Head(e.proxyURL + "/v1/models"); err == nil {
+			resp.Body.Close()
+			t.Errorf("the client got %d to a HEAD whose event was not recorded", resp.StatusCode)
+		}
+	})
 }

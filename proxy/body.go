@@ -14,14 +14,15 @@ import (
 // Request bodies are read by the proxy, not by fasthttp before the handler
 // (Server.StreamRequestBody), so that the memory they hold is bounded: every
 // body, from its first byte until its request has been written upstream,
-// holds a share of one budget (Config.RequestBodyBudget). A body of known
-// length takes its share before it is read; a chunked one takes it as it
-// arrives. A request whose body does not fit is answered 503
+// holds a share of one budget (Config.RequestBodyBudget), taken as its
+// bytes arrive (its buffer grows by doubling, up to the announced length).
+// A request whose body does not fit is answered 503
 // request_bodies_over_budget, with Retry-After, without being read or sent
 // upstream: twenty slow 31 MB uploads no longer take 600 MB.
 //
 // The streamed request rewritten for include_usage holds a second copy, and
-// takes a second share.
+// a body in UTF-16 or UTF-32 a UTF-8 copy while it is read: each takes a
+// share too.
 
 // DefaultRequestBodyBudget is the budget when none is configured: a quarter
 // of the Go memory limit when one is set (GOMEMLIMIT), else 256 MiB.
@@ -66,12 +67,12 @@ var smallBodies = sync.Pool{New: func() any { b := make([]byte, 0, smallBodySize
 
 const (
 	smallBodySize = 64 << 10
-	// chunkedShare is how much budget a chunked body takes at a time.
-	chunkedShare = 64 << 10
 )
 
-// readBody reads the request body into a buffer of x's, holding its share
-// of the budget until releaseBody, and makes it the request's body.
+// readBody reads the request body into a buffer of x's and makes it the
+// request's body. The buffer grows as bytes arrive, and takes its share of
+// the budget as it grows: a client that announces 32 MiB and sends 8 KiB
+// holds 64 KiB, not 32 MiB. The share is held until releaseBody.
 func (p *Proxy) readBody(ctx *fasthttp.RequestCtx, x *exchange) ([]byte, error) {
 	req := &ctx.Request
 	if !req.IsBodyStream() {
@@ -80,66 +81,59 @@ func (p *Proxy) readBody(ctx *fasthttp.RequestCtx, x *exchange) ([]byte, error) 
 		return req.Body(), nil
 	}
 	stream := ctx.RequestBodyStream()
-	max := int64(p.cfg.MaxRequestBodySize)
+	limit := int64(p.cfg.MaxRequestBodySize)
 	n := int64(req.Header.ContentLength())
-	switch {
-	case n > max:
+	if n > limit {
 		return nil, errBodyOverLimit
-	case n >= 0:
-		if !p.budget.take(n) {
-			return nil, errBodyOverBudget
+	}
+	// size is where the buffer stops growing: the announced length, or for
+	// a chunked body one byte past the limit, to see that it is over.
+	size := limit + 1
+	if n >= 0 {
+		size = n
+	}
+	x.pooledBody = smallBodies.Get().(*[]byte)
+	buf := (*x.pooledBody)[:0]
+	for int64(len(buf)) < size {
+		if len(buf) == cap(buf) {
+			grown := min(max(2*int64(cap(buf)), smallBodySize), size)
+			if !p.budget.take(grown - x.bodyShare) {
+				return nil, errBodyOverBudget
+			}
+			x.bodyShare = grown
+			buf = append(make([]byte, 0, grown), buf...)
+		} else if x.bodyShare < int64(cap(buf)) {
+			// The pooled buffer: its share is taken before it is filled.
+			if !p.budget.take(int64(cap(buf)) - x.bodyShare) {
+				return nil, errBodyOverBudget
+			}
+			x.bodyShare = int64(cap(buf))
 		}
-		x.bodyShare = n
-		buf := x.bodyBuffer(int(n))
-		if _, err := io.ReadFull(stream, buf); err != nil {
+		m, err := stream.Read(buf[len(buf):min(int64(cap(buf)), size)])
+		buf = buf[:len(buf)+m]
+		x.body = buf
+		if err == io.EOF {
+			if n >= 0 && int64(len(buf)) < n {
+				return nil, io.ErrUnexpectedEOF
+			}
+			break
+		}
+		if err != nil {
 			return nil, err
 		}
-		x.body = buf
-	default: // chunked
-		buf := x.bodyBuffer(0)
-		for {
-			if int64(len(buf)) == x.bodyShare {
-				if !p.budget.take(chunkedShare) {
-					return nil, errBodyOverBudget
-				}
-				x.bodyShare += chunkedShare
-			}
-			if len(buf) == cap(buf) {
-				buf = append(buf, make([]byte, min(cap(buf), 4<<20)+4096)...)[:len(buf)]
-			}
-			room := min(int64(cap(buf)), x.bodyShare, max+1)
-			m, err := stream.Read(buf[len(buf):room])
-			buf = buf[:len(buf)+m]
-			x.body = buf
-			if int64(len(buf)) > max {
-				return nil, errBodyOverLimit
-			}
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				return nil, err
-			}
-		}
 	}
-	req.SetBodyRaw(x.body)
-	return x.body, nil
-}
-
-// bodyBuffer returns a buffer of length n for a body.
-func (x *exchange) bodyBuffer(n int) []byte {
-	if n <= smallBodySize {
-		x.pooledBody = smallBodies.Get().(*[]byte)
-		return (*x.pooledBody)[:n]
+	if int64(len(buf)) > limit {
+		return nil, errBodyOverLimit
 	}
-	return make([]byte, n)
+	req.SetBodyRaw(buf)
+	return buf, nil
 }
 
 // releaseBody lets go of the request body once it has been sent upstream (or
 // will not be): its buffer and its share of the budget. The request no
 // longer refers to it.
 func (p *Proxy) releaseBody(ctx *fasthttp.RequestCtx, x *exchange) {
-	if x.body == nil && x.bodyShare == 0 && x.pooledBody == nil {
+	if x.body == nil && x.bodyShare == 0 && x.pooledBody == nil && cap(x.reqBody) <= smallBodySize {
 		return
 	}
 	if ctx != nil {
@@ -154,4 +148,9 @@ func (p *Proxy) releaseBody(ctx *fasthttp.RequestCtx, x *exchange) {
 		x.pooledBody = nil
 	}
 	x.body, x.bodyShare = nil, 0
+	// The rewritten copy went upstream too; a long stream must not hold it.
+	x.reqBody = x.reqBody[:0]
+	if cap(x.reqBody) > smallBodySize {
+		x.reqBody = nil
+	}
 }

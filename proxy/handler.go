@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
 	"sync/atomic"
 	"time"
 
@@ -26,6 +27,8 @@ type exchange struct {
 	// reqBody holds it rewritten for include_usage, and textScratch
 	// transcoded to UTF-8 to be read.
 	body        []byte
+	ctx         *fasthttp.RequestCtx // during the round trip, for bodySent
+	bodySent    func()
 	pooledBody  *[]byte
 	bodyShare   int64
 	reqBody     []byte
@@ -60,6 +63,9 @@ func newExchange(p *Proxy) *exchange {
 	x := &exchange{p: p}
 	x.tap.x = x
 	x.watch.x = x
+	// Once the request is written, waiting for vLLM's answer (a whole
+	// generation, for a non-streamed one) must not hold its body.
+	x.bodySent = func() { p.releaseBody(x.ctx, x) }
 	x.tap.out = hashing.NewHasher(p.cfg.Hash)
 	return x
 }
@@ -86,6 +92,7 @@ func (p *Proxy) acquireExchange() *exchange {
 func (p *Proxy) releaseExchange(x *exchange) {
 	p.metrics.inFlight.Dec()
 	p.releaseBody(nil, x)
+	x.ctx = nil
 	x.watch.stop()
 	x.up.reset()
 	x.gone.Store(false)
@@ -143,26 +150,38 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		ev.Model.Checksum, ev.Model.BaseChecksum = p.cfg.ModelChecksums(f.model)
 	}
 	ev.Stream = f.stream
-	if f.valid && f.stream && !f.includeUsage {
-		x.reqBody = withIncludeUsage(x.reqBody[:0], f)
-		if !p.budget.take(int64(len(x.reqBody))) {
+	if f.transcoded {
+		// A UTF-8 copy of a UTF-16 or UTF-32 body, held until the rewrite
+		// below is made.
+		if !p.budget.take(int64(cap(x.textScratch))) {
 			p.answerBodyError(ctx, x, errBodyOverBudget)
 			return
 		}
-		x.bodyShare += int64(len(x.reqBody))
+		defer p.budget.give(int64(cap(x.textScratch)))
+	}
+	if f.valid && f.stream && !f.includeUsage && f.rewritable {
+		x.reqBody = withIncludeUsage(x.reqBody[:0], f)
+		if !p.budget.take(int64(cap(x.reqBody))) {
+			p.answerBodyError(ctx, x, errBodyOverBudget)
+			return
+		}
+		x.bodyShare += int64(cap(x.reqBody))
 		ctx.Request.SetBodyRaw(x.reqBody)
 		x.tap.stripUsage = true
+	}
+	if cap(x.textScratch) > smallBodySize {
+		x.textScratch = nil
 	}
 
 	x.clientClose = prepareUpstreamRequest(&ctx.Request, ev.RequestID, p.client.Addr)
 	resp := fasthttp.AcquireResponse()
 	x.watch.start(ctx.Conn())
 	sent := time.Now()
-	err = x.up.roundTrip(p.client, &ctx.Request, resp)
+	x.ctx = ctx
+	err = x.up.roundTrip(p.client, &ctx.Request, resp, x.bodySent)
 	x.upstream = time.Since(sent)
 	restoreClientRequest(&ctx.Request.Header, x.clientClose)
-	// The request is sent: a long stream must not hold its body.
-	p.releaseBody(ctx, x)
+	p.releaseBody(ctx, x) // if the request never went out
 	if err != nil {
 		x.watch.stop()
 		fasthttp.ReleaseResponse(resp)
@@ -180,7 +199,12 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		// No body: a HEAD request, or a 204 or 304.
 		x.watch.stop()
 		fasthttp.ReleaseResponse(resp)
-		_ = x.tap.finish(nil) // the header is all there is to withhold
+		if x.tap.finish(nil) != nil {
+			// The header is the whole answer, so it is what is withheld:
+			// the connection closes without one.
+			ctx.HijackSetNoResponse(true)
+			ctx.Hijack(func(net.Conn) {})
+		}
 		p.releaseExchange(x)
 		return
 	}

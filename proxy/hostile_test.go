@@ -263,8 +263,9 @@ func TestRecordsWhatVLLMActsOn(t *testing.T) {
 	}
 }
 
-// TestRequestBodyBudget: bodies held at once are bounded by the budget. Two
-// slow uploads that take it all make a third request 503
+// TestRequestBodyBudget: bodies held at once are bounded by the budget,
+// counted as they arrive. Two slow uploads that take most of it make a
+// third request 503
 // request_bodies_over_budget, without reaching the upstream; once they are
 // sent, requests pass again. Chunked bodies count as they arrive and are
 // held to the body size limit.
@@ -292,7 +293,7 @@ func TestRequestBodyBudget(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		io.WriteString(c, head+body[:len(body)/2])
+		io.WriteString(c, head+body[:len(body)-10])
 		slow = append(slow, c)
 	}
 	waitFor(t, "two bodies to hold their budget", func() bool {
@@ -313,7 +314,7 @@ func TestRequestBodyBudget(t *testing.T) {
 		t.Errorf("the upstream got %d requests over the budget", n)
 	}
 	for _, c := range slow {
-		io.WriteString(c, body[len(body)/2:])
+		io.WriteString(c, body[len(body)-10:])
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil || resp.StatusCode != 200 {
@@ -363,5 +364,48 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestAnnouncedLengthHoldsNoBudget: a client that announces a large body and
+// sends little holds a share of what it sent, not of what it announced, so
+// a few idle uploads cannot shut everyone out.
+func TestAnnouncedLengthHoldsNoBudget(t *testing.T) {
+	e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) {
+		c.MaxRequestBodySize = 16 << 20
+		c.RequestBodyBudget = 32 << 20
+	})
+	addr := strings.TrimPrefix(e.proxyURL, "http://")
+	for range 4 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 16000000\r\n\r\n"+strings.Repeat("x", 8<<10))
+	}
+	time.Sleep(100 * time.Millisecond)
+	if code, body := rawExchange(t, addr, withLength("POST /v1/completions HTTP/1.1\r\nHost: x\r\n", `{"model":"`+testModel+`","prompt":"hi"}`)); code != 200 {
+		t.Fatalf("with four uploads that announced 16 MB each and sent 8 KiB: %d %s", code, body)
+	}
+	e.events.next(t)
+}
+
+// TestRefusedBodiesAreNotRepaired: a streamed request whose stream_options
+// vLLM refuses goes upstream unchanged, so the client gets vLLM's 400, as it
+// would directly; rewriting it to ask for usage would have made it valid.
+func TestRefusedBodiesAreNotRepaired(t *testing.T) {
+	e := newTestEnv(t, fakevllm.Config{}, nil)
+	for _, so := range []string{`[]`, `"x"`, `5`, `{"include_usage":"maybe"}`, `{"include_usage":false,"continuous_usage_stats":[]}`} {
+		body := `{"model":"` + testModel + `","prompt":"hi","stream":true,"stream_options":` + so + `}`
+		direct, directBody := rawRequest(t, "POST", e.upstream+"/v1/completions", nil, body)
+		proxied, proxiedBody := rawRequest(t, "POST", e.proxyURL+"/v1/completions", nil, body)
+		ev := e.events.next(t)
+		if direct.StatusCode != 400 || proxied.StatusCode != 400 || normalize(proxiedBody) != normalize(directBody) {
+			t.Errorf("stream_options %s: direct %d %s, proxied %d %s", so, direct.StatusCode, directBody, proxied.StatusCode, proxiedBody)
+		}
+		if ev.Status.Code != 400 {
+			t.Errorf("stream_options %s: event %+v", so, ev.Status)
+		}
 	}
 }

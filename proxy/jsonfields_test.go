@@ -36,41 +36,47 @@ func TestParseRequestFields(t *testing.T) {
 		valid               bool
 		model               string
 		stream, usage, hasO bool
+		rewritable          bool
 	}
 	tests := []struct {
 		name string
 		body string
 		want want
 	}{
-		{"plain", `{"model":"m","stream":true}`, want{true, "m", true, false, false}},
-		{"asks for usage", `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, want{true, "m", true, true, true}},
-		{"stream_options null", `{"model":"m","stream":false,"stream_options":null}`, want{true, "m", false, false, true}},
-		{"stream_options {} (include_usage defaults to true)", `{"stream":true,"stream_options":{}}`, want{true, "", true, true, true}},
-		{"include_usage null", `{"stream":true,"stream_options":{"include_usage":null}}`, want{true, "", true, false, true}},
-		{"include_usage twice, last wins", `{"stream":true,"stream_options":{"include_usage":false,"include_usage":true}}`, want{true, "", true, true, true}},
-		{"stream_options twice, last wins", `{"stream":true,"stream_options":{"include_usage":true},"stream_options":{"include_usage":false}}`, want{true, "", true, false, true}},
-		{"not a string model", `{"model":42,"stream":"yes"}`, want{true, "", true, false, false}},
-		{"escaped model", `{"model":"caf\u00e9"}`, want{true, "café", false, false, false}},
-		{"duplicate keys, last wins", `{"model":"a","model":"b","stream":true,"stream":false}`, want{true, "b", false, false, false}},
-		{"escaped duplicate key", `{"model":"a","mod\u0065l":"b","str\u0065am":1}`, want{true, "b", true, false, false}},
-		{"stream 1", `{"stream":1}`, want{true, "", true, false, false}},
-		{"stream 1.0", `{"stream":1.0}`, want{true, "", true, false, false}},
-		{"stream 1e0", `{"stream":1e0}`, want{true, "", true, false, false}},
-		{"stream \"TRUE\"", `{"stream":"TRUE"}`, want{true, "", true, false, false}},
-		{"stream \"on\"", `{"stream":"on"}`, want{true, "", true, false, false}},
-		{"stream \"off\"", `{"stream":"off"}`, want{true, "", false, false, false}},
-		{"stream 2 (refused by vLLM)", `{"stream":2}`, want{true, "", false, false, false}},
-		{"stream null", `{"stream":null}`, want{true, "", false, false, false}},
-		{"Infinity and NaN", `{"model":"m","temperature":Infinity,"top_p":-Infinity,"x":NaN,"stream":true}`, want{true, "m", true, false, false}},
-		{"nested 2,000 deep", deep, want{true, "m", true, false, false}},
-		{"byte order mark", "\xef\xbb\xbf" + `{"model":"m","stream":true}`, want{true, "m", true, false, false}},
-		{"UTF-16LE", utf16le(`{"model":"m☃","stream":true}`), want{true, "m☃", true, false, false}},
-		{"UTF-16BE with BOM", "\xfe\xff" + utf16be(`{"model":"m","stream":true}`), want{true, "m", true, false, false}},
-		{"UTF-32BE", utf32be(`{"model":"m","stream":true}`), want{true, "m", true, false, false}},
-		{"model not UTF-8", "{\"model\":\"\xff\xfe\"}", want{true, "\ufffd\ufffd", false, false, false}},
-		{"lone surrogate", `{"model":"\ud800x"}`, want{true, "\ufffdx", false, false, false}},
-		{"surrogate pair", `{"model":"\ud83d\ude00"}`, want{true, "😀", false, false, false}},
-		{"braces in strings", `{"a":"}{][","model":"m\"}"}`, want{true, "m\"}", false, false, false}},
+		{"plain", `{"model":"m","stream":true}`, want{true, "m", true, false, false, true}},
+		{"asks for usage", `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, want{true, "m", true, true, true, true}},
+		{"stream_options null", `{"model":"m","stream":false,"stream_options":null}`, want{true, "m", false, false, true, true}},
+		{"stream_options {} (include_usage defaults to true)", `{"stream":true,"stream_options":{}}`, want{true, "", true, true, true, true}},
+		{"include_usage null", `{"stream":true,"stream_options":{"include_usage":null}}`, want{true, "", true, false, true, true}},
+		{"include_usage twice, last wins", `{"stream":true,"stream_options":{"include_usage":false,"include_usage":true}}`, want{true, "", true, true, true, true}},
+		{"stream_options twice, last wins", `{"stream":true,"stream_options":{"include_usage":true},"stream_options":{"include_usage":false}}`, want{true, "", true, false, true, true}},
+		{"not a string model", `{"model":42,"stream":"yes"}`, want{true, "", true, false, false, true}},
+		{"escaped model", `{"model":"caf\u00e9"}`, want{true, "café", false, false, false, true}},
+		{"duplicate keys, last wins", `{"model":"a","model":"b","stream":true,"stream":false}`, want{true, "b", false, false, false, true}},
+		{"escaped duplicate key", `{"model":"a","mod\u0065l":"b","str\u0065am":1}`, want{true, "b", true, false, false, true}},
+		{"stream 1", `{"stream":1}`, want{true, "", true, false, false, true}},
+		{"stream 1.0", `{"stream":1.0}`, want{true, "", true, false, false, true}},
+		{"stream 1e0", `{"stream":1e0}`, want{true, "", true, false, false, true}},
+		{"stream \"TRUE\"", `{"stream":"TRUE"}`, want{true, "", true, false, false, true}},
+		{"stream \"on\"", `{"stream":"on"}`, want{true, "", true, false, false, true}},
+		{"stream \"off\"", `{"stream":"off"}`, want{true, "", false, false, false, true}},
+		{"stream 2 (refused by vLLM)", `{"stream":2}`, want{true, "", false, false, false, true}},
+		{"stream null", `{"stream":null}`, want{true, "", false, false, false, true}},
+		{"Infinity and NaN", `{"model":"m","temperature":Infinity,"top_p":-Infinity,"x":NaN,"stream":true}`, want{true, "m", true, false, false, true}},
+		{"nested 2,000 deep", deep, want{true, "m", true, false, false, true}},
+		{"byte order mark", "\xef\xbb\xbf" + `{"model":"m","stream":true}`, want{true, "m", true, false, false, true}},
+		{"UTF-16LE", utf16le(`{"model":"m☃","stream":true}`), want{true, "m☃", true, false, false, true}},
+		{"UTF-16BE with BOM", "\xfe\xff" + utf16be(`{"model":"m","stream":true}`), want{true, "m", true, false, false, true}},
+		{"UTF-32BE", utf32be(`{"model":"m","stream":true}`), want{true, "m", true, false, false, true}},
+		{"model not UTF-8", "{\"model\":\"\xff\xfe\"}", want{true, "\ufffd\ufffd", false, false, false, true}},
+		{"lone surrogate", `{"model":"\ud800x"}`, want{true, "\ufffdx", false, false, false, true}},
+		{"surrogate pair", `{"model":"\ud83d\ude00"}`, want{true, "😀", false, false, false, true}},
+		{"braces in strings", `{"a":"}{][","model":"m\"}"}`, want{true, "m\"}", false, false, false, true}},
+		{"stream_options an array (refused by vLLM)", `{"stream":true,"stream_options":[]}`, want{true, "", true, false, true, false}},
+		{"include_usage not a bool", `{"stream":true,"stream_options":{"include_usage":"maybe"}}`, want{true, "", true, false, true, false}},
+		{"continuous_usage_stats not a bool", `{"stream":true,"stream_options":{"continuous_usage_stats":2}}`, want{true, "", true, false, true, false}},
+		{"stream_options not JSON inside", `{"stream":true,"stream_options":{"include_usage":false, !!}}`, want{true, "", true, false, true, false}},
+		{"UTF-16 with an odd byte", utf16le(`{"stream":true}`) + "x", want{true, "", true, false, false, false}},
 		{"array", `[1,2]`, want{}},
 		{"unterminated", `{"model":"m"`, want{}},
 		{"extra data", `{"model":"m"} {}`, want{}},
@@ -81,7 +87,7 @@ func TestParseRequestFields(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var scratch []byte
 			f := parseRequestFields([]byte(tt.body), &scratch, "")
-			got := want{f.valid, f.model, f.stream, f.includeUsage, f.hasStreamOptions}
+			got := want{f.valid, f.model, f.stream, f.includeUsage, f.hasStreamOptions, f.rewritable}
 			if got != tt.want {
 				t.Errorf("parseRequestFields(%.60q) = %+v, want %+v", tt.body, got, tt.want)
 			}
@@ -161,8 +167,9 @@ func TestScanUsageTail(t *testing.T) {
 // FuzzRequestFields checks the request reader against encoding/json, which
 // like Python's json keeps the last of duplicate keys and replaces invalid
 // UTF-8 and lone surrogates: every body it reads as an object is valid, with
-// the same model and stream; and the include_usage rewrite of a valid body
-// is JSON that asks for usage, with every other member unchanged.
+// the same model and stream; and the include_usage rewrite of a body that
+// may be rewritten is JSON that asks for usage, with every other member
+// unchanged.
 func FuzzRequestFields(f *testing.F) {
 	for _, s := range []string{`{"model":"m","stream":true}`, `{"stream":true,"stream_options":{"include_usage":false}}`,
 		`{"stream":true,"stream_options":null}`, `{}`, `{"a":"}"}`, `[`, `{"model":"\u0000"}`,
@@ -184,8 +191,8 @@ func FuzzRequestFields(f *testing.F) {
 				t.Fatalf("%q: stream %v, encoding/json %v", body, fields.stream, b)
 			}
 		}
-		if !fields.valid {
-			return
+		if !fields.valid || !fields.rewritable {
+			return // forwarded unchanged
 		}
 		out := withIncludeUsage(nil, fields)
 		if again := parseRequestFields(out, &scratch, ""); !again.valid || !again.includeUsage || again.model != fields.model {

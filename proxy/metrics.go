@@ -211,6 +211,17 @@ func (m *Metrics) fold(reason string) string {
 	return otherModelLabel
 }
 
+// modelPaths are vLLM's endpoints that answer 404 for a model they do not
+// serve: a name answered below 400 there is a served one. Elsewhere a
+// "model" member means nothing to vLLM (GET /v1/models answers 200 with any
+// body), and would let any client take the label slots.
+var modelPaths = map[string]bool{
+	"/v1/chat/completions": true, "/v1/completions": true, "/v1/embeddings": true, "/v1/responses": true,
+	"/v1/messages": true, "/pooling": true, "/classify": true, "/score": true, "/v1/score": true,
+	"/rerank": true, "/v1/rerank": true, "/v2/rerank": true, "/v1/audio/transcriptions": true,
+	"/v1/audio/translations": true, "/tokenize": true, "/detokenize": true,
+}
+
 // validModelLabel reports whether name may be a label value as it is: at
 // most maxModelLabelLen bytes of letters, digits and "._:/@+=-", enough for
 // hub ids ("meta-llama/Llama-3.1-8B-Instruct"), local paths and LoRA names,
@@ -234,7 +245,8 @@ func validModelLabel(name string) bool {
 
 // observe records one finished exchange.
 func (m *Metrics) observe(ev *audit.Event, recordErr error) {
-	model := m.modelLabel(ev.Model.Name, ev.Status.Code > 0 && ev.Status.Code < 400)
+	served := ev.Status.Code > 0 && ev.Status.Code < 400 && ev.Method == "POST" && modelPaths[ev.Path]
+	model := m.modelLabel(ev.Model.Name, served)
 	m.requests.WithLabelValues(model, statusLabel(ev.Status.Code), string(ev.Status.Outcome)).Inc()
 	m.duration.WithLabelValues(model).Observe(ev.Latency.Total / 1e3)
 	if ev.Latency.TTFT != nil {

@@ -6,6 +6,8 @@ import (
 	"unicode/utf16"
 	"unicode/utf8"
 
+	"github.com/valyala/fastjson"
+
 	"github.com/auditproxy/auditproxy/audit"
 )
 
@@ -57,6 +59,13 @@ type requestFields struct {
 	hasStreamOptions bool
 	// empty reports whether the object has no member.
 	empty bool
+	// rewritable reports whether the body may be rewritten to ask for
+	// usage without making valid what vLLM would refuse: stream_options
+	// is absent, null, or an object vLLM accepts, and the text decoded
+	// without loss.
+	rewritable bool
+	// transcoded reports whether text is a UTF-8 copy of the body.
+	transcoded bool
 	// text is the body as UTF-8 (the body itself unless it was UTF-16, UTF-32
 	// or began with a byte order mark), and end the offset of its closing
 	// brace.
@@ -307,7 +316,8 @@ func pyBool(v []byte) (b, ok bool) {
 // name seen before, reused rather than allocated when the body names the
 // same model.
 func parseRequestFields(body []byte, scratch *[]byte, prevModel string) (f requestFields) {
-	f.text = pythonJSONText(body, scratch)
+	var lossy bool
+	f.text, f.transcoded, lossy = pythonJSONText(body, scratch)
 	var model, stream, streamOptions jsonMember
 	var hasModel, hasStream bool
 	f.empty = true
@@ -349,25 +359,41 @@ func parseRequestFields(body []byte, scratch *[]byte, prevModel string) (f reque
 	if hasStream {
 		f.stream, _ = pyBool(f.text[stream.valueStart:stream.valueEnd])
 	}
+	f.rewritable = !lossy
 	if f.hasStreamOptions {
-		f.includeUsage = streamOptionsIncludeUsage(f.text[streamOptions.valueStart:streamOptions.valueEnd])
+		v := f.text[streamOptions.valueStart:streamOptions.valueEnd]
+		var valid bool
+		f.includeUsage, valid = streamOptionsIncludeUsage(v)
+		f.rewritable = f.rewritable && valid
 	}
 	return f
 }
 
 // streamOptionsIncludeUsage reports whether vLLM sends usage for the
-// stream_options value v.
-func streamOptionsIncludeUsage(v []byte) bool {
-	if len(v) == 0 || v[0] != '{' {
-		return false // null (None), or a value vLLM refuses
+// stream_options value v, and whether vLLM accepts v at all: null, or an
+// object whose include_usage and continuous_usage_stats, if present, are
+// bools as pydantic reads them.
+func streamOptionsIncludeUsage(v []byte) (include, valid bool) {
+	if string(v) == "null" {
+		return false, true // None
 	}
-	include, known := true, true // StreamOptions.include_usage defaults to True
-	scanObject(v, func(m jsonMember) {
-		if keyIs(v[m.keyStart:m.keyEnd], "include_usage") {
+	if len(v) == 0 || v[0] != '{' || fastjson.ValidateBytes(v) != nil {
+		return false, false
+	}
+	include, valid = true, true // StreamOptions.include_usage defaults to True
+	_, ok := scanObject(v, func(m jsonMember) {
+		k := v[m.keyStart:m.keyEnd]
+		switch {
+		case keyIs(k, "include_usage"):
+			var known bool
 			include, known = pyBool(v[m.valueStart:m.valueEnd])
+			valid = valid && known
+		case keyIs(k, "continuous_usage_stats"):
+			_, known := pyBool(v[m.valueStart:m.valueEnd])
+			valid = valid && known
 		}
 	})
-	return include && known
+	return include && valid, valid && ok
 }
 
 // withIncludeUsage appends to dst the body f was read from, changed so that
@@ -423,70 +449,83 @@ func withIncludeUsage(dst []byte, f requestFields) []byte {
 
 // pythonJSONText returns body as the UTF-8 text Python's json.loads reads
 // from it: without a UTF-8 byte order mark, and transcoded from UTF-16 or
-// UTF-32 as json.detect_encoding finds them (into scratch).
-func pythonJSONText(body []byte, scratch *[]byte) []byte {
+// UTF-32 as json.detect_encoding finds them (into scratch, and transcoded
+// says so). lossy reports a
+// transcoding that replaced something (an odd byte, a lone surrogate, a code
+// point past U+10FFFF): Python refuses or keeps what UTF-8 cannot hold.
+func pythonJSONText(body []byte, scratch *[]byte) (text []byte, transcoded, lossy bool) {
 	switch {
 	case bytes.HasPrefix(body, []byte{0, 0, 0xfe, 0xff}):
-		return transcodeUTF32(body[4:], false, scratch)
+		return asTranscoded(transcodeUTF32(body[4:], false, scratch))
 	case bytes.HasPrefix(body, []byte{0xff, 0xfe, 0, 0}):
-		return transcodeUTF32(body[4:], true, scratch)
+		return asTranscoded(transcodeUTF32(body[4:], true, scratch))
 	case bytes.HasPrefix(body, []byte{0xfe, 0xff}):
-		return transcodeUTF16(body[2:], false, scratch)
+		return asTranscoded(transcodeUTF16(body[2:], false, scratch))
 	case bytes.HasPrefix(body, []byte{0xff, 0xfe}):
-		return transcodeUTF16(body[2:], true, scratch)
+		return asTranscoded(transcodeUTF16(body[2:], true, scratch))
 	case bytes.HasPrefix(body, []byte{0xef, 0xbb, 0xbf}):
-		return body[3:]
+		return body[3:], false, false
 	case len(body) >= 4 && body[0] == 0:
 		if body[1] != 0 {
-			return transcodeUTF16(body, false, scratch)
+			return asTranscoded(transcodeUTF16(body, false, scratch))
 		}
-		return transcodeUTF32(body, false, scratch)
+		return asTranscoded(transcodeUTF32(body, false, scratch))
 	case len(body) >= 4 && body[1] == 0:
 		if body[2] != 0 || body[3] != 0 {
-			return transcodeUTF16(body, true, scratch)
+			return asTranscoded(transcodeUTF16(body, true, scratch))
 		}
-		return transcodeUTF32(body, true, scratch)
+		return asTranscoded(transcodeUTF32(body, true, scratch))
 	case len(body) == 2 && body[0] == 0:
-		return transcodeUTF16(body, false, scratch)
+		return asTranscoded(transcodeUTF16(body, false, scratch))
 	case len(body) == 2 && body[1] == 0:
-		return transcodeUTF16(body, true, scratch)
+		return asTranscoded(transcodeUTF16(body, true, scratch))
 	}
-	return body
+	return body, false, false
 }
 
-func transcodeUTF16(b []byte, little bool, scratch *[]byte) []byte {
+// asTranscoded marks text as a transcoded copy.
+func asTranscoded(text []byte, lossy bool) ([]byte, bool, bool) { return text, true, lossy }
+
+func transcodeUTF16(b []byte, little bool, scratch *[]byte) ([]byte, bool) {
 	out := (*scratch)[:0]
-	for i := 0; i+1 < len(b); i += 2 {
-		r := rune(b[i])<<8 | rune(b[i+1])
+	lossy := len(b)%2 != 0
+	unit := func(i int) rune {
 		if little {
-			r = rune(b[i+1])<<8 | rune(b[i])
+			return rune(b[i+1])<<8 | rune(b[i])
 		}
-		if utf16.IsSurrogate(r) && i+3 < len(b) {
-			r2 := rune(b[i+2])<<8 | rune(b[i+3])
-			if little {
-				r2 = rune(b[i+3])<<8 | rune(b[i+2])
+		return rune(b[i])<<8 | rune(b[i+1])
+	}
+	for i := 0; i+1 < len(b); i += 2 {
+		r := unit(i)
+		if utf16.IsSurrogate(r) {
+			if i+3 < len(b) {
+				if dec := utf16.DecodeRune(r, unit(i+2)); dec != utf8.RuneError {
+					out = utf8.AppendRune(out, dec)
+					i += 2
+					continue
+				}
 			}
-			if dec := utf16.DecodeRune(r, r2); dec != utf8.RuneError {
-				out = utf8.AppendRune(out, dec)
-				i += 2
-				continue
-			}
+			lossy = true
 		}
 		out = utf8.AppendRune(out, r)
 	}
 	*scratch = out
-	return out
+	return out, lossy
 }
 
-func transcodeUTF32(b []byte, little bool, scratch *[]byte) []byte {
+func transcodeUTF32(b []byte, little bool, scratch *[]byte) ([]byte, bool) {
 	out := (*scratch)[:0]
+	lossy := len(b)%4 != 0
 	for i := 0; i+3 < len(b); i += 4 {
 		r := rune(b[i])<<24 | rune(b[i+1])<<16 | rune(b[i+2])<<8 | rune(b[i+3])
 		if little {
 			r = rune(b[i+3])<<24 | rune(b[i+2])<<16 | rune(b[i+1])<<8 | rune(b[i])
 		}
+		if !utf8.ValidRune(r) {
+			lossy = true
+		}
 		out = utf8.AppendRune(out, r)
 	}
 	*scratch = out
-	return out
+	return out, lossy
 }

@@ -175,10 +175,24 @@ func (t *responseTap) CloseWithError(err error) error {
 	case !t.recorded:
 		t.finish(err) // the answer did not reach its end
 	case err != nil && !t.readFailed:
-		x.p.log.Info("the end of a recorded answer was not delivered", "request_id", x.ev.RequestID, "err", err)
+		x.p.log.Info("the end of a recorded answer was not delivered", "request_id", x.ev.RequestID, "err", redactError(err))
 	}
+	t.releaseUpstream()
 	x.p.releaseExchange(x)
 	return nil
+}
+
+// releaseUpstream lets go of the upstream response and its connection. A
+// connection whose response body was not read to its end is closed rather
+// than reused half-read; for vLLM that aborts the generation.
+func (t *responseTap) releaseUpstream() {
+	if t.resp == nil {
+		return
+	}
+	keepAlive := !t.resp.ConnectionClose()
+	fasthttp.ReleaseResponse(t.resp)
+	t.resp, t.body = nil, nil
+	t.x.up.done(keepAlive)
 }
 
 // commit hashes the piece last handed out: the server has written it.
@@ -340,14 +354,10 @@ func (t *responseTap) finish(err error) error {
 		}
 	}
 	t.recorded = true
-	if t.resp != nil {
-		// A connection whose response body was not read to its end is
-		// closed rather than reused half-read; for vLLM that aborts the
-		// generation.
-		keepAlive := !t.resp.ConnectionClose()
-		fasthttp.ReleaseResponse(t.resp)
-		t.resp, t.body = nil, nil
-		x.up.done(keepAlive)
+	if err != nil || t.eof {
+		// Recorded early (more than a buffer after [DONE]), the rest
+		// still streams; CloseWithError releases the upstream then.
+		t.releaseUpstream()
 	}
 	if t.json && len(t.jsonBody) > 0 {
 		jp := jsonParsers.Get()

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -111,58 +112,86 @@ func (u *upstreamConn) isCancelled() bool {
 }
 
 // done releases the connection of a finished exchange: back to the pool if
-// its body was read to the end and neither side asked to close it, closed
-// otherwise. resp must have been released first (it holds the body's
-// reader).
+// its body was read to the end, neither side asked to close it and it was
+// not cancelled (closed), closed otherwise. resp must have been released
+// first (it holds the body's reader).
 func (u *upstreamConn) done(keepAlive bool) {
 	u.mu.Lock()
-	release, fullyRead := u.release, u.hasBody && u.body.fullyRead
+	release, reuse := u.release, keepAlive && u.hasBody && u.body.fullyRead && !u.cancelled
 	u.conn, u.release, u.body, u.hasBody = nil, nil, upstreamBody{}, false
 	u.mu.Unlock()
 	if release != nil {
-		release(!keepAlive || !fullyRead)
+		release(!reuse)
 	}
 }
 
 // roundTrip sends req upstream on a connection of hc's pool and reads the
 // response header into resp; the body is left to stream (resp.BodyStream).
-// The request is sent again, once, on a new connection if the upstream
-// closed a reused connection without answering a byte: the request never
-// reached a model. Anything else is not retried, since a POST may have
-// started a generation.
-func (u *upstreamConn) roundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response) error {
+//
+// A request is sent once. A POST that reached vLLM may have started a
+// generation, and a failure after the first byte was written says nothing
+// about whether it did, so it is not sent again. What is safe is to avoid
+// a pooled connection that the upstream closed while it was idle (uvicorn
+// closes idle keep-alive connections after 5 s): before a request goes out
+// on a reused connection, a non-blocking peek checks that the upstream has
+// not closed it, and one it has is dropped for another (net/http does the
+// same with its idle-connection reader). A write that failed before any byte
+// was accepted is tried once more on a new connection.
+//
+// sent is called once the request is written: its body is no longer needed.
+func (u *upstreamConn) roundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response, sent func()) error {
 	req.URI().DisablePathNormalizing = true
-	for attempt := 1; ; attempt++ {
-		retry, err := u.try(hc, req, resp)
+	for stale, rewrites := 0, 0; ; {
+		outcome, err := u.try(hc, req, resp, sent)
 		if err == nil {
 			return nil
 		}
 		if u.isCancelled() {
 			return errClientGone
 		}
-		if errors.Is(err, io.EOF) {
-			err = fasthttp.ErrConnectionClosed
-		}
-		if !retry || attempt >= 2 || !errors.Is(err, fasthttp.ErrConnectionClosed) {
+		switch {
+		case outcome == closedWhileIdle && stale < 8:
+			stale++
+		case outcome == nothingWritten && rewrites < 1:
+			rewrites++
+		default:
+			if errors.Is(err, io.EOF) {
+				err = fasthttp.ErrConnectionClosed
+			}
 			return err
 		}
 	}
 }
 
-func (u *upstreamConn) try(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response) (retry bool, err error) {
+// tryOutcome says how far a failed try got, which decides whether the
+// request may be sent again.
+type tryOutcome int
+
+const (
+	sentOrUnknown   tryOutcome = iota // bytes of the request may have reached the upstream
+	closedWhileIdle                   // a pooled connection the upstream had closed; nothing sent
+	nothingWritten                    // the write failed before any byte was accepted
+)
+
+func (u *upstreamConn) try(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response, sent func()) (tryOutcome, error) {
 	resp.Reset()
 	resp.StreamBody = true
 	resp.SkipBody = req.Header.IsHead()
 	cc, err := hc.AcquireConn(0, false)
 	if err != nil {
-		return false, err
+		return sentOrUnknown, err
 	}
 	conn := cc.Conn()
+	ic := upstreamIdleConn(conn)
+	if ic != nil && ic.requests > 0 && ic.closedByPeer() {
+		hc.CloseConn(cc)
+		return closedWhileIdle, fasthttp.ErrConnectionClosed
+	}
 	u.mu.Lock()
 	if u.cancelled {
 		u.mu.Unlock()
 		hc.CloseConn(cc)
-		return false, errClientGone
+		return sentOrUnknown, errClientGone
 	}
 	u.conn = conn
 	u.mu.Unlock()
@@ -171,6 +200,11 @@ func (u *upstreamConn) try(hc *fasthttp.HostClient, req *fasthttp.Request, resp 
 		u.conn = nil
 		u.mu.Unlock()
 		hc.CloseConn(cc)
+	}
+	var written int64
+	if ic != nil {
+		ic.requests++
+		written = ic.written
 	}
 	resp.ParseNetConn(conn)
 	bw := hc.AcquireWriter(conn)
@@ -181,27 +215,38 @@ func (u *upstreamConn) try(hc *fasthttp.HostClient, req *fasthttp.Request, resp 
 	hc.ReleaseWriter(bw)
 	if err != nil {
 		closeConn()
-		return true, err
+		if ic != nil && ic.written == written {
+			return nothingWritten, err
+		}
+		if sent != nil {
+			sent()
+		}
+		return sentOrUnknown, err
+	}
+	if sent != nil {
+		sent()
 	}
 	br := hc.AcquireReader(conn)
 	if err := resp.ReadLimitBody(br, 0); err != nil {
 		hc.ReleaseReader(br)
 		closeConn()
-		return true, err
+		return sentOrUnknown, err
 	}
 	body := resp.BodyStream()
 	if body == nil {
-		// No body (HEAD, 204, 304): the connection is free again.
+		// No body (HEAD, 204, 304): the connection is free again, unless
+		// the exchange was cancelled, which closed it.
 		hc.ReleaseReader(br)
 		u.mu.Lock()
 		u.conn = nil
+		cancelled := u.cancelled
 		u.mu.Unlock()
-		if resp.ConnectionClose() {
+		if cancelled || resp.ConnectionClose() {
 			hc.CloseConn(cc)
 		} else {
 			hc.ReleaseConn(cc)
 		}
-		return false, nil
+		return sentOrUnknown, nil
 	}
 	u.mu.Lock()
 	u.body, u.hasBody = upstreamBody{r: body}, true
@@ -214,7 +259,47 @@ func (u *upstreamConn) try(hc *fasthttp.HostClient, req *fasthttp.Request, resp 
 		}
 	}
 	u.mu.Unlock()
-	return false, nil
+	return sentOrUnknown, nil
+}
+
+// upstreamIdleConn returns the idleConn under an upstream connection (under
+// TLS too), or nil.
+func upstreamIdleConn(c net.Conn) *idleConn {
+	if tc, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = tc.NetConn()
+	}
+	ic, _ := c.(*idleConn)
+	return ic
+}
+
+// closedByPeer reports whether the peer has closed the connection (or reset
+// it) while it was idle: a read without waiting finds the end of the stream.
+// Bytes waiting to be read (an answer nobody asked for) make the connection
+// unusable too.
+func (c *idleConn) closedByPeer() bool {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	// The idle deadline of the last read may have passed while the
+	// connection waited in the pool; the next Read sets a new one.
+	if c.Conn.SetReadDeadline(time.Time{}) != nil {
+		return true
+	}
+	c.readSet = time.Time{}
+	closed := false
+	err = raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		closed = n > 0 || (err == nil && n == 0) ||
+			(err != nil && !errors.Is(err, syscall.EAGAIN) && !errors.Is(err, syscall.EINTR))
+		return true // never wait
+	})
+	return err != nil || closed
 }
 
 // isTimeout reports whether err is an idle timeout of an idleConn (or a
@@ -238,6 +323,10 @@ type idleConn struct {
 	readSet, writeSet   time.Time
 	onClose             func() // called once, on the first Close
 	closed              atomic.Bool
+	// For upstream connections, used by the goroutine of the request in
+	// flight: bytes written so far, and requests sent.
+	written  int64
+	requests int
 }
 
 func (c *idleConn) Close() error {
@@ -268,7 +357,9 @@ func (c *idleConn) Write(p []byte) (int, error) {
 			c.writeSet = now
 		}
 	}
-	return c.Conn.Write(p)
+	n, err := c.Conn.Write(p)
+	c.written += int64(n)
+	return n, err
 }
 
 // The Set*Deadline methods let fasthttp impose its own deadlines (keep-alive

@@ -82,8 +82,9 @@ func (w *clientWatch) stop() {
 	case watchRunning:
 		w.state = watchStopping
 		done, tcp := w.done, w.tcp
-		w.mu.Unlock()
+		// Under mu, so that run cannot clear it after this.
 		_ = tcp.SetReadDeadline(time.Unix(1, 0)) // wakes the poll
+		w.mu.Unlock()
 		<-done
 		_ = tcp.SetReadDeadline(time.Time{})
 		w.mu.Lock()
@@ -102,6 +103,11 @@ func (w *clientWatch) run() {
 	w.state = watchRunning
 	w.done = make(chan struct{})
 	conn, done := w.conn, w.done
+	// fasthttp's deadline for reading the request (ClientIdleTimeout from
+	// its first byte) is still set, and would end the watch in the middle
+	// of a long generation. The request has been read; fasthttp sets its
+	// deadlines again before reading the next one.
+	_ = w.tcp.SetReadDeadline(time.Time{})
 	w.mu.Unlock()
 	defer close(done)
 

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -235,5 +236,143 @@ func TestClientThatWaitsIsNotCancelled(t *testing.T) {
 		if resp.StatusCode != 200 || ev.Status.Outcome != audit.OutcomeOK {
 			t.Errorf("%s: %d %s, event %+v", body, resp.StatusCode, b, ev.Status)
 		}
+	}
+}
+
+// scriptedUpstream answers each request it reads by calling answer with
+// the connection and the number of requests served on it so far, and counts
+// the requests it read and the connections it accepted.
+type scriptedUpstream struct {
+	ln              net.Listener
+	requests, conns atomic.Int32
+}
+
+func startScriptedUpstream(t *testing.T, answer func(c net.Conn, nth int) (keepOpen bool)) *scriptedUpstream {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &scriptedUpstream{ln: ln}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u.conns.Add(1)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for nth := 0; ; nth++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					u.requests.Add(1)
+					if !answer(c, nth) {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	return u
+}
+
+const okAnswer = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+// TestRequestIsNeverSentTwice: an upstream that reads a request and then
+// closes or resets the connection without answering may have started a
+// generation, so the proxy answers 502 and does not send the request again.
+func TestRequestIsNeverSentTwice(t *testing.T) {
+	for _, reset := range []bool{false, true} {
+		up := startScriptedUpstream(t, func(c net.Conn, _ int) bool {
+			if reset {
+				c.(*net.TCPConn).SetLinger(0)
+			}
+			return false
+		})
+		e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) { c.Upstream = "http://" + up.ln.Addr().String() })
+		resp, _ := rawRequest(t, "POST", e.proxyURL+"/v1/completions", nil, `{"model":"m","prompt":"hi"}`)
+		ev := e.events.next(t)
+		if resp.StatusCode != 502 || ev.Status.Outcome != audit.OutcomeUpstreamUnreachable {
+			t.Errorf("reset %v: %d, event %+v", reset, resp.StatusCode, ev.Status)
+		}
+		if n := up.requests.Load(); n != 1 {
+			t.Errorf("reset %v: the upstream read the request %d times", reset, n)
+		}
+	}
+}
+
+// TestConnectionClosedWhileIdleIsReplaced: an upstream that closes each
+// connection after answering on it (as uvicorn closes idle keep-alive
+// connections) does not fail the next request: the proxy sees that the
+// pooled connection was closed before sending on it, and takes a new one.
+func TestConnectionClosedWhileIdleIsReplaced(t *testing.T) {
+	up := startScriptedUpstream(t, func(c net.Conn, _ int) bool {
+		io.WriteString(c, okAnswer) // keep-alive, then close while idle
+		return false
+	})
+	e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) { c.Upstream = "http://" + up.ln.Addr().String() })
+	for i := range 5 {
+		resp, _ := rawRequest(t, "POST", e.proxyURL+"/v1/completions", nil, `{"model":"m","prompt":"hi"}`)
+		e.events.next(t)
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d", i, resp.StatusCode)
+		}
+		time.Sleep(20 * time.Millisecond) // the close reaches the proxy
+	}
+	if n, c := up.requests.Load(), up.conns.Load(); n != 5 || c != 5 {
+		t.Errorf("the upstream read %d requests on %d connections, want 5 on 5", n, c)
+	}
+}
+
+// TestClientLeavingLateIsNoticed: the watch outlives the deadline fasthttp
+// set for reading the request, so a client that leaves after the client
+// idle timeout, while a long generation runs, still cancels it.
+func TestClientLeavingLateIsNoticed(t *testing.T) {
+	up := startHoldingUpstream(t, "")
+	e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) {
+		c.Upstream = "http://" + up.ln.Addr().String()
+		c.ClientIdleTimeout = 300 * time.Millisecond
+	})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.proxyURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(conn, withLength("POST /v1/completions HTTP/1.1\r\nHost: x\r\n", `{"model":"m","prompt":"hi"}`))
+	time.Sleep(time.Second)
+	conn.Close()
+	select {
+	case <-up.closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream connection was still open 5s after the client left")
+	}
+	if ev := e.events.next(t); ev.Status.Error != "client_disconnected_before_answer" {
+		t.Errorf("status %+v", ev.Status)
+	}
+}
+
+// TestBytesAfterTheEndOfAStream: an upstream that sends more than a buffer
+// after data: [DONE] (nothing vLLM does) gets its event recorded at the
+// buffer's end, and the client still gets every byte.
+func TestBytesAfterTheEndOfAStream(t *testing.T) {
+	tail := strings.Repeat(": padding\n", 2000) + "\n"
+	stream := "data: {\"choices\":[{\"index\":0,\"text\":\"hi\",\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n" + tail
+	up := startScriptedUpstream(t, func(c net.Conn, _ int) bool {
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"+stream)
+		return false
+	})
+	e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) { c.Upstream = "http://" + up.ln.Addr().String() })
+	resp, got := rawRequest(t, "POST", e.proxyURL+"/v1/completions", nil, `{"model":"m","prompt":"hi","stream":true,"stream_options":{"include_usage":true}}`)
+	ev := e.events.next(t)
+	if resp.StatusCode != 200 || string(got) != stream {
+		t.Errorf("the client got %d bytes of %d (status %d)", len(got), len(stream), resp.StatusCode)
+	}
+	if ev.Status.Outcome != audit.OutcomeOK {
+		t.Errorf("event %+v", ev.Status)
 	}
 }

@@ -249,11 +249,12 @@ func (s *Server) parseGenRequest(v *fastjson.Value, k kind) (genRequest, *apiErr
 				return r, badRequest("Input should be a valid boolean, unable to interpret input: body.stream_options.include_usage")
 			}
 		}
-		if cu := member(so, "continuous_usage_stats"); cu != nil && r.includeUsage {
-			var ok bool
-			if r.continuous, ok = pyBool(cu); !ok {
+		if cu := member(so, "continuous_usage_stats"); cu != nil {
+			continuous, ok := pyBool(cu)
+			if !ok {
 				return r, badRequest("Input should be a valid boolean, unable to interpret input: body.stream_options.continuous_usage_stats")
 			}
+			r.continuous = r.includeUsage && continuous
 		}
 	}
 
