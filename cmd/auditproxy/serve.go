@@ -154,6 +154,7 @@ type instance struct {
 	cpDir    *shipper.CheckpointDir    // nil without --checkpoint-dir
 	cpPoster *shipper.CheckpointPoster // nil without --checkpoint-url
 	witness  *shipper.Witness          // nil without --witness-url
+	lock     *shipper.DataDirLock      // held until shutdown ends
 	source   audit.Source
 	gpuRef   atomic.Pointer[string] // digest of the current GPU identity; nil without NVML
 	gpu      *gpu.Reader
@@ -227,6 +228,18 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
+	// One writer per data dir, for the life of the process: a second one
+	// would fork the log. Released at the end of shutdown, or by the kernel.
+	lock, err := shipper.LockDataDir(c.dataDir)
+	if err != nil {
+		return nil, err
+	}
+	started := false
+	defer func() {
+		if !started {
+			lock.Close()
+		}
+	}()
 	secret, err := hashing.LoadOrCreateKeyIDSecret(c.keyIDSecretFile)
 	if err != nil {
 		return nil, err
@@ -298,7 +311,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 		spool.Close()
 		return nil, err
 	}
-	inst := &instance{cfg: c, log: logger, spool: spool, cpDir: cpDir, cpPoster: cpPoster, serveErr: make(chan error, 2)}
+	inst := &instance{cfg: c, log: logger, spool: spool, cpDir: cpDir, cpPoster: cpPoster, lock: lock, serveErr: make(chan error, 2)}
 	if c.witnessURL != "" {
 		w, err := shipper.NewWitness(shipper.WitnessOptions{URL: c.witnessURL, Hashes: spool.TreeHashes(),
 			StateFile: filepath.Join(c.dataDir, "witness.json"), CosignatureFile: filepath.Join(c.dataDir, "cosignatures.ndjson"),
@@ -407,6 +420,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 		"durability", string(durability), "fsync_interval", c.fsyncInterval.String(),
 		"spool_max_bytes", int64(c.spoolMaxBytes), "forward", c.forward, "resumed_at", spool.Recovery.Resumed.String(),
 		"acked", spool.Recovery.Acked.String())
+	started = true
 	return inst, nil
 }
 
@@ -479,6 +493,7 @@ func (inst *instance) shutdown() error {
 	committed, _ := inst.spool.Committed()
 	inst.log.Info("stopped", "events_recorded", inst.spool.Recorded(), "committed", committed.String(),
 		"acked", inst.spool.Acked().String(), "all_shipped", inst.shipper != nil && drained)
+	inst.lock.Close()
 	return err
 }
 
