@@ -219,7 +219,7 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 // recover returns the state of the log to continue, or the reason a new
 // epoch starts.
 func (l *spoolLog) recover(s *Spool) (audit.ChainState, string, error) {
-	last, lastCP, err := lastRecords(s.dir)
+	last, lastCP, err := lastRecords(s.dir, signerVerifier{l.opts.Signer})
 	if err != nil {
 		return audit.ChainState{}, "", err
 	}
@@ -367,17 +367,19 @@ func saveLogFile(dir, origin string) error {
 }
 
 // lastRecords returns the spool's newest record and its newest checkpoint
-// event (nil when there is none), reading from the newest segment back.
-func lastRecords(dir string) (last, lastCP []byte, err error) {
+// event (nil when there is none; see isLogCheckpoint), reading from the
+// newest segment back.
+func lastRecords(dir string, key note.Verifier) (last, lastCP []byte, err error) {
 	segs, _, err := listSegments(dir)
 	if err != nil {
 		return nil, nil, err
 	}
+	var p fastjson.Parser
 	for i := len(segs) - 1; i >= 0 && (last == nil || lastCP == nil); i-- {
 		var segLast, segCP []byte
 		err := readSegment(dir, segs[i].id, func(rec []byte) error {
 			segLast = append(segLast[:0], rec...)
-			if bytes.Contains(rec, []byte(`"type":"checkpoint"`)) {
+			if isLogCheckpoint(&p, rec, key) {
 				segCP = append(segCP[:0], rec...)
 			}
 			return nil
@@ -393,6 +395,44 @@ func lastRecords(dir string) (last, lastCP []byte, err error) {
 		}
 	}
 	return last, lastCP, nil
+}
+
+// isLogCheckpoint reports whether rec is a checkpoint of a log written
+// with key: an event whose top-level "type" is "checkpoint", whose "log"
+// member places it at seq N of origin O, and whose "checkpoint" member holds
+// a signed note that key verifies, for origin O and size N (the checkpoint
+// of size N is event N). Matching bytes instead would take an operator's
+// annotation whose details say "type":"checkpoint" for log structure.
+func isLogCheckpoint(p *fastjson.Parser, rec []byte, key note.Verifier) bool {
+	v, err := p.ParseBytes(rec)
+	if err != nil || string(v.GetStringBytes("type")) != audit.TypeCheckpoint {
+		return false
+	}
+	origin := string(v.GetStringBytes("log", "origin"))
+	seqv := v.Get("log", "seq")
+	msg := v.GetStringBytes("checkpoint", "note")
+	if origin == "" || seqv == nil || len(msg) == 0 {
+		return false
+	}
+	seq, err := seqv.Int64()
+	if err != nil {
+		return false
+	}
+	cp, _, err := audit.OpenCheckpoint(msg, note.VerifierList(key))
+	return err == nil && cp.Origin == origin && cp.Size == seq
+}
+
+// signerVerifier verifies signatures made by a note.Signer without its
+// public key: note's keys are Ed25519, whose signatures are deterministic
+// (RFC 8032), so a message signed by the same key again gives the same
+// signature. The spool holds only its signer.
+type signerVerifier struct{ s note.Signer }
+
+func (v signerVerifier) Name() string    { return v.s.Name() }
+func (v signerVerifier) KeyHash() uint32 { return v.s.KeyHash() }
+func (v signerVerifier) Verify(msg, sig []byte) bool {
+	again, err := v.s.Sign(msg)
+	return err == nil && bytes.Equal(again, sig)
 }
 
 // forEachRecord calls fn with every record of the spool in dir, oldest
