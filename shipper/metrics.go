@@ -71,6 +71,10 @@ func (s *Spool) Register(reg prometheus.Registerer) error {
 			Name: "auditproxy_spool_bytes_cut_total",
 			Help: "Bytes of the records counted by auditproxy_spool_records_cut_total.",
 		}, func() float64 { return float64(rec.BytesCut) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "auditproxy_spool_state_reset_events",
+			Help: "Events this run ships again from the oldest because the spool's state file (state.json) was missing, corrupt or of an unknown version at start, so nothing said what the aggregator had acknowledged (it deduplicates them by event id). 0 normally.",
+		}, func() float64 { return float64(rec.Resend) }),
 	}
 	if s.chain != nil {
 		cs = append(cs,

@@ -111,6 +111,13 @@ type RecoveryReport struct {
 	Resumed Pos
 	// Acked is the acknowledged position loaded from the state file.
 	Acked Pos
+	// StateLost says what was wrong with the state file (missing, not
+	// JSON, an unknown version) when the spool held events; "" when it was
+	// fine or the spool new. Resend is then, with forwarding, the number
+	// of events shipped again from the oldest (exact but for records lost
+	// to damage between segments, which it counts too).
+	StateLost string
+	Resend    int64
 }
 
 // Spool is the durable on-disk queue of audit events: append-only segment
@@ -246,9 +253,8 @@ func OpenSpool(dataDir string, opts SpoolOptions) (*Spool, error) {
 
 // recover finds the segments, repairs the last one and opens it for append.
 func (s *Spool) recover() error {
-	st, err := loadState(s.dir)
-	if err != nil {
-		s.log.Warn("spool state file unreadable; shipping restarts from the oldest event (the aggregator deduplicates by event id)", "err", err)
+	st, stateErr := loadState(s.dir)
+	if stateErr != nil {
 		st = spoolState{}
 	}
 	segs, leftovers, err := listSegments(s.dir)
@@ -260,6 +266,7 @@ func (s *Spool) recover() error {
 			return fmt.Errorf("remove leftover %s: %w", name, err)
 		}
 	}
+	activeRecords := -1 // unknown
 	if len(segs) == 0 || segs[len(segs)-1].sealed {
 		var next uint64 = 1
 		if len(segs) > 0 {
@@ -271,10 +278,11 @@ func (s *Spool) recover() error {
 		segs = append(segs, segmentFile{id: next, size: int64(len(segmentMagic))})
 	} else {
 		last := &segs[len(segs)-1]
-		end, err := s.repairSegment(last.id)
+		end, records, err := s.repairSegment(last.id)
 		if err != nil {
 			return err
 		}
+		activeRecords = records
 		f, err := os.OpenFile(filepath.Join(s.dir, segmentName(last.id)+segmentExt), os.O_WRONLY|os.O_APPEND, 0)
 		if err != nil {
 			return fmt.Errorf("open segment: %w", err)
@@ -305,7 +313,43 @@ func (s *Spool) recover() error {
 		s.acked = s.committed
 	}
 	s.Recovery.Resumed, s.Recovery.Acked = s.committed, s.acked
+	if stateErr != nil {
+		s.stateLost(stateErr, segs, activeRecords)
+	}
 	return nil
+}
+
+// stateLost says what a start without a usable state file does: with
+// forwarding, every event in the spool is shipped again from the oldest,
+// since nothing says what the aggregator acknowledged. That is safe (the
+// aggregator deduplicates by event id) but must not happen silently: a
+// deleted state file would otherwise resend gigabytes without a word. An
+// unreadable file is kept beside it as state.json.corrupt.
+func (s *Spool) stateLost(cause error, segs []segmentFile, activeRecords int) {
+	path := filepath.Join(s.dir, stateFileName)
+	if !errors.Is(cause, errStateMissing) {
+		if err := os.Rename(path, path+quarantineExt); err != nil {
+			s.log.Error("cannot move the unreadable spool state file aside", "file", path, "err", err)
+		}
+	}
+	empty := true
+	for _, sg := range segs {
+		empty = empty && sg.size <= int64(len(segmentMagic))
+	}
+	if empty {
+		return // a new spool: nothing was shipped, nothing is resent
+	}
+	s.Recovery.StateLost = cause.Error()
+	if !s.opts.Forwarding {
+		s.log.Warn("spool state file unusable; the check that the disk kept every committed record is skipped this start",
+			"file", path, "problem", cause.Error())
+		return
+	}
+	n, exact := countRecords(s.dir, segs, activeRecords)
+	s.Recovery.Resend = n
+	s.log.Warn("spool state file unusable: every event in the spool is shipped again from the oldest, since nothing says which the aggregator acknowledged (it deduplicates them by event id)",
+		"file", path, "problem", cause.Error(), "events_to_resend", n, "exact", exact,
+		"segments", len(segs), "from", Pos{segs[0].id, 0}.String())
 }
 
 // createSegment starts segment id as the active one.
@@ -333,29 +377,29 @@ func (s *Spool) createSegment(id uint64) error {
 // the last good one. The cut bytes are saved to a .corrupt file first, so
 // that nothing is destroyed: normally they are a batch whose commit a crash
 // interrupted, which no client was answered for.
-func (s *Spool) repairSegment(id uint64) (int64, error) {
+func (s *Spool) repairSegment(id uint64) (int64, int, error) {
 	path := filepath.Join(s.dir, segmentName(id)+segmentExt)
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return 0, fmt.Errorf("read segment: %w", err)
+		return 0, 0, fmt.Errorf("read segment: %w", err)
 	}
 	end, records := validPrefix(data)
 	if end == int64(len(data)) && end > 0 {
-		return end, nil
+		return end, records, nil
 	}
 	cut := data[end:]
 	if end == 0 {
 		// Not even a whole header: the crash came while creating it.
 		end = int64(len(segmentMagic))
 		if !bytes.HasPrefix([]byte(segmentMagic), data) {
-			return 0, fmt.Errorf("segment %s is not a spool segment (bad header); move it away to start", path)
+			return 0, 0, fmt.Errorf("segment %s is not a spool segment (bad header); move it away to start", path)
 		}
 		cut = nil
 	}
 	if len(cut) > 0 {
 		q := fmt.Sprintf("%s.%d%s", path, end, quarantineExt)
 		if err := os.WriteFile(q, cut, 0o600); err != nil {
-			return 0, fmt.Errorf("save torn tail to %s: %w", q, err)
+			return 0, 0, fmt.Errorf("save torn tail to %s: %w", q, err)
 		}
 		s.Recovery.RecordsCut++
 		s.Recovery.BytesCut += int64(len(cut))
@@ -364,18 +408,18 @@ func (s *Spool) repairSegment(id uint64) (int64, error) {
 	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer f.Close()
 	if int64(len(data)) < end {
 		if _, err := f.WriteAt([]byte(segmentMagic), 0); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
 	if err := f.Truncate(end); err != nil {
-		return 0, fmt.Errorf("cut torn tail: %w", err)
+		return 0, 0, fmt.Errorf("cut torn tail: %w", err)
 	}
-	return end, f.Sync()
+	return end, records, f.Sync()
 }
 
 // validPrefix returns the length of the longest prefix of a segment's bytes
