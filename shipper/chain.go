@@ -129,9 +129,9 @@ func (l *spoolLog) appendEvent(dst, event []byte) ([]byte, error) {
 	return dst, err
 }
 
-func (l *spoolLog) appendCheckpoint(dst []byte, now time.Time, final bool) ([]byte, error) {
+func (l *spoolLog) appendCheckpoint(dst []byte, now time.Time, final bool, outage *audit.CheckpointOutage) ([]byte, error) {
 	start := len(dst)
-	dst, err := l.chain.AppendCheckpointEvent(dst, l.opts.Signer, now, l.opts.CheckpointInterval, final, l.opts.Source)
+	dst, err := l.chain.AppendCheckpointEventAfter(dst, l.opts.Signer, now, l.opts.CheckpointInterval, final, outage, l.opts.Source)
 	if err != nil {
 		return dst[:start], err
 	}

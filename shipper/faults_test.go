@@ -3,12 +3,17 @@ package shipper
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // logBuffer collects a spool's log lines (JSON), safe for concurrent use.
@@ -112,5 +117,192 @@ func TestUnusableStateFileIsReported(t *testing.T) {
 	s := openTestSpool(t, t.TempDir(), SpoolOptions{Forwarding: true, Logger: logs.logger()})
 	if s.Recovery.StateLost != "" || len(logs.lines("state file")) != 0 {
 		t.Errorf("a new spool reports a lost state: %q", s.Recovery.StateLost)
+	}
+}
+
+// fakeDisk is a statfs for tests: the free bytes it reports, and how often
+// it was asked.
+type fakeDisk struct {
+	free, calls atomic.Int64
+}
+
+func (d *fakeDisk) statfs(string) (int64, int64, error) {
+	d.calls.Add(1)
+	return d.free.Load(), 1 << 40, nil
+}
+
+// TestLowDiskSpaceRefusesBeforeTheUpstream: below the free-space reserve
+// Admit refuses (the proxy then answers 503 without calling the upstream),
+// events of admitted requests are still written, and once space is freed
+// requests are taken again. The free space is read from a cache: once at
+// open, then only on the timer, or after a commit that brings the estimate
+// near the reserve; never per request.
+func TestLowDiskSpaceRefusesBeforeTheUpstream(t *testing.T) {
+	const reserve = 1 << 20
+	disk := &fakeDisk{}
+	disk.free.Store(100 << 20)
+	s := openTestSpool(t, t.TempDir(), SpoolOptions{MinFreeBytes: reserve, SpaceCheckInterval: time.Hour, statfs: disk.statfs})
+	metric := func(name string) float64 { return registeredValue(t, s.Register, name) }
+	start := time.Now()
+	for i := range 200 {
+		if err := s.Admit(); err != nil {
+			t.Fatalf("Admit with 100 MiB free: %v", err)
+		}
+		if err := s.Append(testEvent(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// At open, then at most one per statfsAfterCommits while commits flow.
+	if n, most := disk.calls.Load(), 2+int64(time.Since(start)/statfsAfterCommits); n > most {
+		t.Errorf("%d statfs calls for 200 requests far from the reserve, want at most %d", n, most)
+	}
+	if metric("auditproxy_spool_writable") != 1 || metric("auditproxy_spool_free_bytes") != 100<<20 {
+		t.Errorf("writable %v, free %v", metric("auditproxy_spool_writable"), metric("auditproxy_spool_free_bytes"))
+	}
+
+	// Near the reserve the spool's own commits are what fill the disk: once
+	// the estimate (the last reading less what was committed since) is
+	// within twice the reserve, each commit reads statfs again.
+	s.Close()
+	dir := filepath.Dir(s.dir)
+	disk.free.Store(2*reserve + 16<<10)
+	s = openTestSpool(t, dir, SpoolOptions{MinFreeBytes: reserve, SpaceCheckInterval: time.Hour, statfs: disk.statfs})
+	metric = func(name string) float64 { return registeredValue(t, s.Register, name) }
+	before := disk.calls.Load()
+	disk.free.Store(reserve - 1) // what the next statfs finds: another process wrote meanwhile
+	commits := 0
+	for ; disk.calls.Load() == before; commits++ {
+		if commits > 1000 {
+			t.Fatal("1,000 commits and no statfs, with the estimate far past the reserve")
+		}
+		if err := s.Append(testEvent(2000 + commits)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Retry-After: the spool looks again at its next timer tick.
+	err := s.Admit()
+	var ae *AdmitError
+	if !errors.As(err, &ae) || !errors.Is(err, ErrSpoolNotWritable) || ae.Reason != "low_disk_space" || ae.RetryAfter() != time.Hour {
+		t.Fatalf("Admit below the reserve: %v (%+v)", err, ae)
+	}
+	if !strings.Contains(err.Error(), fmt.Sprintf("%d bytes free", reserve-1)) || !strings.Contains(err.Error(), "--spool-min-free-bytes") {
+		t.Errorf("the refusal does not say what is wrong: %v", err)
+	}
+	if metric("auditproxy_spool_writable") != 0 || metric("auditproxy_spool_full_rejections_total") != 1 {
+		t.Errorf("writable %v, rejections %v", metric("auditproxy_spool_writable"), metric("auditproxy_spool_full_rejections_total"))
+	}
+	// A request admitted before still records its event (the reserve is
+	// for it).
+	if err := s.Append(testEvent(1000)); err != nil {
+		t.Errorf("an admitted request's event below the reserve: %v", err)
+	}
+
+	// Space is freed: the timer's check takes requests again.
+	s.Close()
+	disk.free.Store(100 << 20)
+	s = openTestSpool(t, dir, SpoolOptions{MinFreeBytes: reserve, SpaceCheckInterval: 10 * time.Millisecond, statfs: disk.statfs})
+	disk.free.Store(reserve / 2)
+	waitFor(t, "the timer to see the disk below the reserve", func() bool { return s.Admit() != nil })
+	disk.free.Store(100 << 20)
+	waitFor(t, "the timer to see space freed", func() bool { return s.Admit() == nil })
+	if ids, _ := exportIDs(t, dir); len(ids) != 201+commits {
+		t.Errorf("%d events in the spool, want %d", len(ids), 201+commits)
+	}
+}
+
+// TestFailingCommitsRefuseUntilAProbeSucceeds: once a commit fails (an
+// injected fsync error, as from a full or failing disk) Admit refuses;
+// with every request refused nothing would be committed, so the spool
+// probes by itself: with a log, a checkpoint commit, which fails, is
+// counted and logged, and once the disk works again succeeds and clears the
+// state. The checkpoint after the outage reports it, and the log verifies
+// although checkpoints were missing for longer than their cadence.
+func TestFailingCommitsRefuseUntilAProbeSucceeds(t *testing.T) {
+	signer, keys := testSigner(t)
+	for _, withLog := range []bool{true, false} {
+		t.Run(fmt.Sprintf("log=%v", withLog), func(t *testing.T) {
+			dir := t.TempDir()
+			var logs logBuffer
+			opts := SpoolOptions{SpaceCheckInterval: 20 * time.Millisecond, Logger: logs.logger()}
+			var checkpoints atomic.Int64
+			if withLog {
+				opts.Log = logOpts(signer)
+				opts.Log.CheckpointInterval = 100 * time.Millisecond
+				opts.Log.OnCheckpoint = func([]byte) { checkpoints.Add(1) }
+			}
+			s := openTestSpool(t, dir, opts)
+			var fail atomic.Bool
+			s.sync = func(f *os.File) error {
+				if fail.Load() {
+					return syscall.ENOSPC
+				}
+				return f.Sync()
+			}
+			metric := func(name string) float64 { return registeredValue(t, s.Register, name) }
+			if err := s.Append(testEvent(1)); err != nil {
+				t.Fatal(err)
+			}
+			if withLog {
+				waitFor(t, "a checkpoint before the outage", func() bool { return checkpoints.Load() > 0 })
+			}
+			fail.Store(true)
+			if err := s.Append(testEvent(2)); !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("commit on a failing disk: %v", err)
+			}
+			err := s.Admit()
+			var ae *AdmitError
+			if !errors.As(err, &ae) || ae.Reason != "commit_failed" || !strings.Contains(err.Error(), "no space left on device") {
+				t.Fatalf("Admit after a failed commit: %v", err)
+			}
+			if withLog {
+				waitFor(t, "failed checkpoint probes", func() bool { return metric("auditproxy_checkpoint_failures_total") >= 3 })
+				// Checkpoints stay missing for well over their cadence
+				// (100 ms; a verifier allows 1.15 s).
+				time.Sleep(1500 * time.Millisecond)
+			} else {
+				waitFor(t, "failed probes", func() bool { return metric("auditproxy_spool_commit_errors_total") >= 3 })
+			}
+			if s.Admit() == nil {
+				t.Fatal("a spool whose probes fail takes requests")
+			}
+			// A standing failure is logged once, then at most every 30 s.
+			if n := len(logs.lines("spool commit failed")); n != 1 {
+				t.Errorf("%d log lines for one standing failure, want 1", n)
+			}
+			fail.Store(false)
+			waitFor(t, "a probe to succeed", func() bool { return s.Admit() == nil })
+			if metric("auditproxy_spool_writable") != 1 || len(logs.lines("commits succeed again")) != 1 {
+				t.Errorf("writable %v after the recovery", metric("auditproxy_spool_writable"))
+			}
+			if err := s.Append(testEvent(3)); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			if probes, _ := filepath.Glob(filepath.Join(dir, SpoolDirName, "probe*")); len(probes) > 0 {
+				t.Errorf("probe files left: %v", probes)
+			}
+			ids, _ := exportIDs(t, dir)
+			var inferences []string
+			for _, id := range ids {
+				if strings.HasPrefix(id, "ev-") {
+					inferences = append(inferences, id)
+				}
+			}
+			if strings.Join(inferences, ",") != "ev-000001,ev-000003" {
+				t.Errorf("events: %v", inferences)
+			}
+			if !withLog {
+				return
+			}
+			r := verifyDataDir(t, dir, keys)
+			if !r.OK || r.Origins[0].Outages != 1 {
+				t.Fatalf("the log after an outage: outages %d\n%s", r.Origins[0].Outages, problems(r))
+			}
+			var out bytes.Buffer
+			Export(dir, &out)
+			if !bytes.Contains(out.Bytes(), []byte(`"outage":{"error":"fsync 1 events: no space left on device","failed_checkpoints":`)) {
+				t.Errorf("no checkpoint reports the outage:\n%s", out.String())
+			}
+		})
 	}
 }

@@ -66,9 +66,20 @@ type SpoolOptions struct {
 	// any event acknowledged, and only acknowledged segments are deleted
 	// to make room.
 	Forwarding bool
+	// MinFreeBytes is the free space kept in reserve on the spool's
+	// filesystem: below it Admit refuses new requests, so that those
+	// already admitted, checkpoints and the log's files can still be
+	// written (see writability). Default 256 MiB; negative: not checked.
+	MinFreeBytes int64
+	// SpaceCheckInterval is how often the free space is read (statfs), and
+	// how often a spool whose commits fail probes with a commit of its own.
+	// Default 1 s.
+	SpaceCheckInterval time.Duration
 	// Log, if set, makes the spool a verifiable log (see LogOptions).
 	Log    *LogOptions
 	Logger *slog.Logger
+
+	statfs func(dir string) (free, total int64, err error) // tests fake it
 }
 
 func (o *SpoolOptions) setDefaults() {
@@ -86,6 +97,17 @@ func (o *SpoolOptions) setDefaults() {
 	}
 	if o.SegmentMaxAge <= 0 {
 		o.SegmentMaxAge = time.Hour
+	}
+	if o.MinFreeBytes == 0 {
+		o.MinFreeBytes = 256 << 20
+	} else if o.MinFreeBytes < 0 {
+		o.MinFreeBytes = 0
+	}
+	if o.SpaceCheckInterval <= 0 {
+		o.SpaceCheckInterval = time.Second
+	}
+	if o.statfs == nil {
+		o.statfs = statfsFree
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -147,16 +169,17 @@ type Spool struct {
 	broken       error                // a failed commit could not be undone
 	out          []byte               // the framed batch being written
 	chain        *spoolLog            // nil unless the spool is a verifiable log
+	w            writability          // can it take events (see space.go)
 
 	// Shared with readers and the maintenance goroutine.
 	stateMu   sync.Mutex
-	segs      []segmentFile // oldest first; the last is the active one
-	committed Pos           // end of the last fsynced record
-	acked     Pos           // end of the last acknowledged record
-	changed   chan struct{} // closed on the next commit, if watched
-	watched   bool          // Committed handed out changed
-	used      atomic.Int64  // bytes of segment files
-	failed    atomic.Pointer[error]
+	segs      []segmentFile              // oldest first; the last is the active one
+	committed Pos                        // end of the last fsynced record
+	acked     Pos                        // end of the last acknowledged record
+	changed   chan struct{}              // closed on the next commit, if watched
+	watched   bool                       // Committed handed out changed
+	used      atomic.Int64               // bytes of segment files
+	refusal   atomic.Pointer[AdmitError] // set while the spool is not writable
 
 	recorded atomic.Int64
 
@@ -246,6 +269,8 @@ func OpenSpool(dataDir string, opts SpoolOptions) (*Spool, error) {
 		}
 	}
 	s.metrics.spool = s
+	s.w.free = -1
+	s.checkSpace()
 	go s.commitLoop()
 	go s.maintenanceLoop()
 	return s, nil
@@ -440,18 +465,20 @@ func validPrefix(data []byte) (end int64, records int) {
 	}
 }
 
-// Admit implements audit.Admitter: it refuses new requests while the spool
-// is at its size bound, or after a commit failed in a way that could not be
-// undone.
+// Admit implements audit.Admitter: it refuses new requests, with an
+// *AdmitError, while the spool is not writable (its filesystem is below the
+// free-space reserve, or its commits fail: see writability) or is at its
+// size bound. It reads only what the committer published: no system call.
 func (s *Spool) Admit() error {
-	if errp := s.failed.Load(); errp != nil {
+	if e := s.refusal.Load(); e != nil {
 		s.metrics.rejected.Inc()
-		return *errp
+		return e
 	}
 	if used := s.used.Load(); used >= s.opts.MaxBytes {
 		s.wakeMaintenance() // acknowledged segments may make room
 		s.metrics.rejected.Inc()
-		return fmt.Errorf("%w: %d of %d bytes hold events not yet acknowledged by the aggregator or within retention", ErrSpoolFull, used, s.opts.MaxBytes)
+		return &AdmitError{Reason: "full", Retry: 5 * time.Second,
+			Err: fmt.Errorf("%w: %d of %d bytes hold events not yet acknowledged by the aggregator or within retention", ErrSpoolFull, used, s.opts.MaxBytes)}
 	}
 	return nil
 }
@@ -515,6 +542,8 @@ func (s *Spool) commitLoop() {
 	var last time.Time
 	ageCheck := time.NewTicker(max(s.opts.SegmentMaxAge/10, 10*time.Millisecond))
 	defer ageCheck.Stop()
+	spaceCheck := time.NewTicker(s.opts.SpaceCheckInterval)
+	defer spaceCheck.Stop()
 	var cpTick <-chan time.Time
 	if s.chain != nil {
 		t := time.NewTicker(max(s.chain.opts.CheckpointInterval/4, time.Millisecond))
@@ -543,6 +572,12 @@ func (s *Spool) commitLoop() {
 				s.rotate()
 			}
 			continue
+		case <-spaceCheck.C:
+			s.checkSpace()
+			if s.w.commitFailed != nil || s.broken != nil {
+				s.probe()
+			}
+			continue
 		case <-s.stop:
 			open = false
 		}
@@ -553,7 +588,7 @@ func (s *Spool) commitLoop() {
 		s.mu.Unlock()
 		// A log checkpoints on its cadence even when idle, and at Close.
 		if b.n > 0 || (s.chain != nil && (!open || s.chain.due(last))) {
-			b.err = s.commit(b, !open)
+			b.err = s.commit(b, !open, false)
 		}
 		b.done.Done()
 		s.releaseBatch(b)
@@ -567,9 +602,9 @@ func (s *Spool) commitLoop() {
 }
 
 // commit frames one batch (placing each event in the log, and adding a
-// checkpoint when one is due or final is set), writes and fsyncs it, then
-// publishes the new end.
-func (s *Spool) commit(b *batch, final bool) error {
+// checkpoint when one is due, or final or checkpoint is set), writes and
+// fsyncs it, then publishes the new end.
+func (s *Spool) commit(b *batch, final, checkpoint bool) error {
 	if s.broken != nil {
 		return s.broken
 	}
@@ -578,7 +613,7 @@ func (s *Spool) commit(b *batch, final bool) error {
 	if s.chain != nil {
 		mark = s.chain.mark()
 	}
-	out, err := s.frame(s.out[:0], b, final, start)
+	out, err := s.frame(s.out[:0], b, final, checkpoint, start)
 	s.out = out
 	if err == nil {
 		_, err = s.active.Write(out)
@@ -596,16 +631,24 @@ func (s *Spool) commit(b *batch, final bool) error {
 	}
 	if err != nil {
 		s.metrics.commitErrors.Inc()
+		heldCheckpoint := false
 		if s.chain != nil {
+			heldCheckpoint = len(s.chain.cps) > 0
 			s.chain.rollback(mark)
 		}
 		s.undo(err)
+		s.commitFailed(err, heldCheckpoint)
 		return err
 	}
 	s.metrics.commitSeconds.Observe(time.Since(start).Seconds())
+	s.commitSucceeded()
 	if s.chain != nil {
+		if len(s.chain.cps) > 0 {
+			s.w.outageSince = time.Time{} // reported by the checkpoint just committed
+		}
 		s.chain.committed()
 	}
+	s.committedBytes(int64(len(out)))
 	s.activeSize += int64(len(out))
 	s.recorded.Add(int64(b.n))
 	s.used.Add(int64(len(out)))
@@ -621,19 +664,32 @@ func (s *Spool) commit(b *batch, final bool) error {
 }
 
 // undo cuts a failed commit's bytes off the active segment. If that fails
-// too, the spool is broken: Admit refuses requests from then on.
+// too, the spool is broken: nothing is committed (after the garbage) until
+// a probe manages the cut (retryUndo).
 func (s *Spool) undo(cause error) {
 	err := s.active.Truncate(s.activeSize)
 	if err == nil {
 		err = s.active.Sync()
 	}
 	if err != nil {
-		s.broken = fmt.Errorf("spool unusable: a failed commit (%v) could not be undone: %w", cause, err)
-		s.failed.Store(&s.broken)
-		s.log.Error("spool unusable; refusing requests", "err", s.broken)
-		return
+		s.broken = fmt.Errorf("spool unusable: a failed commit (%v) could not be cut off the segment: %w", cause, err)
+		s.log.Error("spool unusable; refusing requests until the failed commit can be cut off", "err", s.broken)
 	}
-	s.log.Error("spool commit failed; its requests are answered with an error", "err", cause)
+}
+
+// retryUndo tries again to cut what a failed commit left after the
+// committed end.
+func (s *Spool) retryUndo() error {
+	err := s.active.Truncate(s.activeSize)
+	if err == nil {
+		err = s.active.Sync()
+	}
+	if err != nil {
+		return fmt.Errorf("cut a failed commit off the segment: %w", err)
+	}
+	s.log.Warn("the failed commit was cut off the segment; the spool is usable again")
+	s.broken = nil
+	return nil
 }
 
 // rotate seals the active segment and starts the next. A failure leaves the
@@ -772,7 +828,7 @@ func syncDir(dir string) error {
 
 // frame appends b's events to dst as frames, each placed in the log when the
 // spool is one, followed by a checkpoint when one is due.
-func (s *Spool) frame(dst []byte, b *batch, final bool, now time.Time) ([]byte, error) {
+func (s *Spool) frame(dst []byte, b *batch, final, checkpoint bool, now time.Time) ([]byte, error) {
 	if s.chain != nil && s.chain.starting != nil {
 		start := len(dst)
 		dst = append(dst, make([]byte, frameHeaderSize)...)
@@ -802,11 +858,11 @@ func (s *Spool) frame(dst []byte, b *batch, final bool, now time.Time) ([]byte, 
 		}
 		putFrameHeader(dst[start:])
 	}
-	if s.chain != nil && (final || s.chain.due(now)) {
+	if s.chain != nil && (final || checkpoint || s.chain.due(now)) {
 		start := len(dst)
 		dst = append(dst, make([]byte, frameHeaderSize)...)
 		var err error
-		if dst, err = s.chain.appendCheckpoint(dst, now, final); err != nil {
+		if dst, err = s.chain.appendCheckpoint(dst, now, final, s.outage()); err != nil {
 			return dst, err
 		}
 		putFrameHeader(dst[start:])

@@ -49,6 +49,7 @@ type serveConfig struct {
 	durability          string
 	fsyncInterval       time.Duration
 	spoolMaxBytes       byteSize
+	spoolMinFree        byteSize
 	onSpoolFull         string
 	segmentMaxBytes     byteSize
 	segmentMaxAge       time.Duration
@@ -94,6 +95,8 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.DurationVar(&c.fsyncInterval, "fsync-interval", 5*time.Millisecond, "with --durability async, commit (write and fsync) the spool once per `duration`; with sync, commits run back to back and each takes every event that arrived during the last")
 	c.spoolMaxBytes = 4 << 30
 	fs.Var(&c.spoolMaxBytes, "spool-max-bytes", "bound on the total `size` of the spool's files; at the bound, acknowledged segments are deleted to make room, and if none can be, new requests get 503 (see --on-spool-full)")
+	c.spoolMinFree = 256 << 20
+	fs.Var(&c.spoolMinFree, "spool-min-free-bytes", "free `size` kept in reserve on the spool's filesystem: below it new requests get 503 without calling the upstream, so that those admitted can still record their events; 0 disables the check")
 	fs.StringVar(&c.onSpoolFull, "on-spool-full", "reject", "`policy` when the spool is full: reject answers 503 with an OpenAI error (\"audit log unavailable\") without calling the upstream; the only policy, since no inference may run without its record")
 	c.segmentMaxBytes = 64 << 20
 	fs.Var(&c.segmentMaxBytes, "segment-max-bytes", "rotate the active spool segment at this `size` (then compress it with zstd)")
@@ -280,7 +283,12 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 			w.Submit(ev)
 		}
 	}
+	minFree := int64(c.spoolMinFree)
+	if minFree == 0 {
+		minFree = -1 // SpoolOptions: negative disables, 0 is the default
+	}
 	spool, err := shipper.OpenSpool(c.dataDir, shipper.SpoolOptions{
+		MinFreeBytes:    minFree,
 		Durability:      durability,
 		FsyncInterval:   c.fsyncInterval,
 		MaxBytes:        int64(c.spoolMaxBytes),

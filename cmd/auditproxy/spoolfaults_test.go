@@ -2,11 +2,20 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -99,4 +108,225 @@ func TestSecondWriterOnALiveDataDirIsRefused(t *testing.T) {
 	if err != nil || bytes.Count(out, []byte("OK ")) != 1 {
 		t.Errorf("the log after a takeover: %v\n%s", err, out)
 	}
+}
+
+// mountTmpfs mounts a tmpfs of size bytes on a new directory for the rest of
+// the test, or skips the test when it cannot (not root, no mount).
+func mountTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounts a small tmpfs as the data dir to fill it for real: run the tests as root to exercise a full disk")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs on %s (%v: %s): the full-disk test needs mount(8) and CAP_SYS_ADMIN", dir, err, bytes.TrimSpace(out))
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v %s", dir, err, out)
+		}
+	})
+	return dir
+}
+
+func freeBytes(t *testing.T, dir string) int64 {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	return int64(st.Bavail) * st.Bsize
+}
+
+// fillTo writes to path until the filesystem has at most leave bytes free
+// (leave 0: until it is full).
+func fillTo(t *testing.T, dir, path string, leave int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	chunk := make([]byte, 64<<10)
+	for {
+		free := freeBytes(t, dir)
+		if free <= leave || (leave == 0 && free == 0) {
+			return
+		}
+		n := min(int64(len(chunk)), max(free-leave, 4096))
+		if _, err := f.Write(chunk[:n]); err != nil {
+			if errors.Is(err, syscall.ENOSPC) {
+				return
+			}
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestFullDiskFailsClosed fills the real filesystem under a running sidecar
+// (a tmpfs, far below --spool-max-bytes) while requests flow: every request
+// that reached the upstream has its event, requests get 503
+// audit_log_unavailable with a Retry-After without reaching the upstream
+// while the disk is full, checkpoints that cannot be committed are counted,
+// service resumes once space is freed, and the log verifies.
+func TestFullDiskFailsClosed(t *testing.T) {
+	dataDir := mountTmpfs(t, "24m")
+	_, upstream := startFake(t, fakevllm.Config{})
+	// The upstream as the sidecar sees it: every request id that reached it.
+	var reachedMu sync.Mutex
+	reached := map[string]bool{}
+	target, _ := url.Parse(upstream)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	recorder := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if id := r.Header.Get("X-Request-Id"); id != "" {
+			reachedMu.Lock()
+			reached[id] = true
+			reachedMu.Unlock()
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	defer recorder.Close()
+
+	p := startServe(t, recorder.URL, nil, "--data-dir", dataDir, "--log-level", "warn", "--spool-min-free-bytes", "2MiB",
+		"--spool-max-bytes", "1GiB", "--segment-max-bytes", "256KiB", "--checkpoint-interval", "200ms")
+
+	var mu sync.Mutex
+	status := map[string]int{} // request id -> status
+	var refusedWithRetry atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var n atomic.Int64
+	for range 4 {
+		wg.Go(func() {
+			client := &http.Client{Timeout: 10 * time.Second}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := fmt.Sprintf("disk-%d", n.Add(1))
+				req, _ := http.NewRequest("POST", "http://"+p.listen+"/v1/chat/completions",
+					strings.NewReader(`{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"user","content":"hi"}]}`))
+				req.Header.Set("X-Request-Id", id)
+				resp, err := client.Do(req)
+				code := 0
+				if err == nil {
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					code = resp.StatusCode
+					if code == 503 && bytes.Contains(b, []byte(`"code":"audit_log_unavailable"`)) && resp.Header.Get("Retry-After") != "" {
+						refusedWithRetry.Add(1)
+					}
+				}
+				mu.Lock()
+				status[id] = code
+				mu.Unlock()
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
+	count := func(code int) int {
+		mu.Lock()
+		defer mu.Unlock()
+		k := 0
+		for _, c := range status {
+			if c == code {
+				k++
+			}
+		}
+		return k
+	}
+	waitUntil(t, "100 answers", 30*time.Second, func() bool { return count(200) >= 100 })
+
+	// Another writer fills the volume to half the reserve: the sidecar
+	// refuses from then on, and what it admitted fits in what is left.
+	filler := filepath.Join(dataDir, "filler")
+	fillTo(t, dataDir, filler, 1<<20)
+	waitUntil(t, "refusals with a full disk", 30*time.Second, func() bool { return refusedWithRetry.Load() >= 20 })
+	if w := scrapeMetric(t, p.admin, "auditproxy_spool_writable"); w != 0 {
+		t.Errorf("auditproxy_spool_writable %v with the disk below the reserve", w)
+	}
+	reachedMu.Lock()
+	reachedWhileFull := len(reached)
+	reachedMu.Unlock()
+
+	// Full to the last byte: no checkpoint can be committed; each failure
+	// is counted.
+	fillTo(t, dataDir, filler, 0)
+	waitUntil(t, "failed checkpoints", 30*time.Second, func() bool {
+		return scrapeMetric(t, p.admin, "auditproxy_checkpoint_failures_total") >= 2
+	})
+	// Held full past the verifier's allowance for a late checkpoint (1.5
+	// cadences and a second): the checkpoint after the outage reports it.
+	time.Sleep(2 * time.Second)
+	if w := scrapeMetric(t, p.admin, "auditproxy_spool_writable"); w != 0 {
+		t.Errorf("auditproxy_spool_writable %v with the disk full", w)
+	}
+	okWhileFull := count(200)
+	reachedMu.Lock()
+	if len(reached) != reachedWhileFull {
+		t.Errorf("%d requests reached the upstream while the disk was full", len(reached)-reachedWhileFull)
+	}
+	reachedMu.Unlock()
+
+	// Space is freed: service resumes by itself.
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "answers after space was freed", 30*time.Second, func() bool { return count(200) >= okWhileFull+50 })
+	close(stop)
+	wg.Wait()
+	if m := scrapeMetric(t, p.admin, "auditproxy_events_dropped_total"); m != 0 {
+		t.Errorf("auditproxy_events_dropped_total %v", m)
+	}
+	if err := p.stop(); err != nil {
+		t.Fatalf("serve: %v\n%s", err, p.stderr.String())
+	}
+
+	var out, errOut bytes.Buffer
+	if code := run([]string{"export", "--data-dir", dataDir}, &out, &errOut); code != 0 {
+		t.Fatalf("export exited %d: %s", code, errOut.String())
+	}
+	recorded := map[string]bool{}
+	for _, line := range bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n")) {
+		var ev struct {
+			Type      string `json:"type"`
+			RequestID string `json:"request_id"`
+		}
+		if err := json.Unmarshal(line, &ev); err != nil {
+			t.Fatalf("%v: %s", err, line)
+		}
+		if ev.Type == "inference" {
+			recorded[ev.RequestID] = true
+		}
+	}
+	missing := 0
+	reachedMu.Lock()
+	for id := range reached {
+		if !recorded[id] {
+			missing++
+			if missing <= 5 {
+				t.Errorf("request %s reached the upstream but has no event", id)
+			}
+		}
+	}
+	reachedMu.Unlock()
+	if missing > 0 {
+		t.Errorf("%d of %d requests that reached the upstream have no event", missing, len(reached))
+	}
+	mu.Lock()
+	for id, code := range status {
+		if code == 200 && !recorded[id] {
+			t.Errorf("request %s was answered 200 without its event", id)
+		}
+	}
+	mu.Unlock()
+	var report, verr bytes.Buffer
+	if code := run([]string{"verify", "--pubkey", filepath.Join(dataDir, "signing.key.pub"), filepath.Join(dataDir, "spool")}, &report, &verr); code != 0 {
+		t.Errorf("verify exited %d after the disk was full:\n%s%s", code, report.String(), verr.String())
+	}
+	if !strings.Contains(report.String(), "outages: 1 ") {
+		t.Errorf("verify does not report the outage:\n%s", report.String())
+	}
+	t.Logf("%d answered, %d refused with Retry-After, %d reached the upstream; verify:\n%s", count(200), refusedWithRetry.Load(), len(reached), report.String())
 }

@@ -93,6 +93,9 @@ func printReport(w io.Writer, r *audit.Report, noKeys bool) {
 		} else {
 			fmt.Fprintln(w)
 		}
+		if o.Outages > 0 {
+			fmt.Fprintf(w, "  outages: %d (the spool could not be written for a while; the checkpoint after each says since when and why)\n", o.Outages)
+		}
 		for _, p := range o.Problems {
 			fmt.Fprintf(w, "  problem: %s\n", p)
 		}
