@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -66,8 +67,9 @@ type spoolLog struct {
 	// to the spool, or of the log's opening before the first: read by the
 	// metrics, so an alert can tell a log that stopped signing.
 	cpCommitted atomic.Int64
-	starting    []byte // the log_started event still to commit, for a new epoch
-	hashBuf     []byte // stored hashes on their way to the file, reused
+	starting    []byte          // the log_started event still to commit, for a new epoch
+	known       map[string]bool // origins found in the spool (see newOrigin)
+	hashBuf     []byte          // stored hashes on their way to the file, reused
 }
 
 // logMark is a spoolLog's state before a commit, to undo a failed one.
@@ -152,6 +154,11 @@ type logStarted struct {
 		// epoch started, from the spool or the checkpoint directory; null if
 		// none.
 		PreviousCheckpoint json.RawMessage `json:"previous_checkpoint"`
+		// Lost lists committed records found damaged when the epoch started
+		// (see RecoveryReport.Lost); CommittedLost says what the state file
+		// shows was lost from the end of the spool.
+		Lost          []LostRange `json:"lost,omitempty"`
+		CommittedLost string      `json:"committed_lost,omitempty"`
 	} `json:"log_started"`
 	Source audit.Source `json:"source"`
 }
@@ -185,7 +192,7 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 		return nil, err
 	}
 	if reason != "" {
-		st = audit.ChainState{Origin: opts.Name + "/" + time.Now().UTC().Format("20060102T150405Z")}
+		st = audit.ChainState{Origin: l.newOrigin(time.Now())}
 		if err := f.Truncate(0); err != nil {
 			f.Close()
 			return nil, err
@@ -194,6 +201,7 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 		var ev logStarted
 		ev.V, ev.Type, ev.ID, ev.Time, ev.Source = 1, "log_started", audit.NewID(), audit.Timestamp(time.Now()), opts.Source
 		ev.Started.Reason = reason
+		ev.Started.Lost, ev.Started.CommittedLost = s.Recovery.Lost, s.Recovery.CommittedLostDetail
 		ev.Started.PreviousCheckpoint = json.RawMessage("null")
 		if prev := bytes.TrimSpace(l.opts.PreviousCheckpoint); len(prev) > 0 && json.Valid(prev) {
 			ev.Started.PreviousCheckpoint = prev
@@ -216,6 +224,32 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 	return l, nil
 }
 
+// newOrigin returns the origin of a new epoch started at now: the instance
+// name and the time, to the second. An epoch started again within the
+// second of one this spool knows (a crash and a restart in quick
+// succession) would take that epoch's origin and reuse its seqs; its time is
+// moved on a second until the origin is new.
+func (l *spoolLog) newOrigin(now time.Time) string {
+	for t := now.UTC().Truncate(time.Second); ; t = t.Add(time.Second) {
+		origin := l.opts.Name + "/" + t.Format("20060102T150405Z")
+		if !l.known[origin] {
+			return origin
+		}
+	}
+}
+
+// knowOrigin notes an origin found in the spool, which a new epoch must not
+// take.
+func (l *spoolLog) knowOrigin(origin string) {
+	if origin == "" {
+		return
+	}
+	if l.known == nil {
+		l.known = map[string]bool{}
+	}
+	l.known[origin] = true
+}
+
 // recover returns the state of the log to continue, or the reason a new
 // epoch starts.
 func (l *spoolLog) recover(s *Spool) (audit.ChainState, string, error) {
@@ -223,8 +257,41 @@ func (l *spoolLog) recover(s *Spool) (audit.ChainState, string, error) {
 	if err != nil {
 		return audit.ChainState{}, "", err
 	}
+	var kp fastjson.Parser
+	for _, rec := range [][]byte{last, lastCP} {
+		if pl := placeOf(&kp, rec); pl != nil {
+			l.knowOrigin(pl.Origin)
+		}
+	}
+	if origin, err := loadLogFile(s.dir); err == nil {
+		l.knowOrigin(origin)
+	}
+	for _, lr := range s.Recovery.Lost {
+		for _, pl := range []*logPlace{lr.Before, lr.After} {
+			if pl != nil {
+				l.knowOrigin(pl.Origin)
+			}
+		}
+	}
 	if lastCP != nil && l.opts.PreviousCheckpoint == nil {
 		l.opts.PreviousCheckpoint = lastCP
+	}
+	// Committed records were lost: the log cannot go on as if they were
+	// there. Continuing after a cut would reuse seqs already shipped and
+	// checkpointed (a fork); continuing after a hole would hide it.
+	if rep := s.Recovery; len(rep.Lost) > 0 || rep.CommittedLost {
+		var what []string
+		for _, lr := range rep.Lost {
+			w := fmt.Sprintf("%d bytes of segment %s at offset %d", lr.Bytes, lr.Segment, lr.Start)
+			if lr.Missing != nil {
+				w += fmt.Sprintf(" (seqs %d..%d of %s)", lr.Missing.First, lr.Missing.Last, lr.Missing.Origin)
+			}
+			what = append(what, w)
+		}
+		if rep.CommittedLost {
+			what = append(what, rep.CommittedLostDetail)
+		}
+		return audit.ChainState{}, "committed records were lost: " + strings.Join(what, "; "), nil
 	}
 	if last == nil {
 		origin, err := loadLogFile(s.dir)
@@ -384,7 +451,8 @@ func lastRecords(dir string, key note.Verifier) (last, lastCP []byte, err error)
 			}
 			return nil
 		})
-		if err != nil {
+		var damaged *DamagedSegmentError
+		if err != nil && !errors.As(err, &damaged) {
 			return nil, nil, err
 		}
 		if last == nil && segLast != nil {
@@ -443,34 +511,22 @@ func forEachRecord(dir string, fn func([]byte) error) error {
 		return err
 	}
 	for _, sg := range segs {
-		if err := readSegment(dir, sg.id, fn); err != nil {
-			return err
+		var damaged *DamagedSegmentError
+		if err := readSegment(dir, sg.id, fn); err != nil && !errors.As(err, &damaged) {
+			return err // fn's, or the file's: damage is read past, and what it lost shows as missing records
 		}
 	}
 	return nil
 }
 
-// readSegment calls fn with each record of segment id. The spool's newest
-// segment has been repaired before this is called, so any damage is an
-// error.
+// readSegment calls fn with each intact record of segment id, reading past
+// damage: a *DamagedSegmentError then says what was skipped. The spool's
+// newest segment has been repaired before this is called, so a torn tail
+// is damage too.
 func readSegment(dir string, id uint64, fn func([]byte) error) error {
-	sr, err := openSegment(dir, id)
-	if err != nil {
-		return err
-	}
-	defer sr.Close()
-	for {
-		rec, err := sr.next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("segment %s: %w", segmentName(id), err)
-		}
-		if err := fn(rec); err != nil {
-			return err
-		}
-	}
+	path, _ := segmentPath(dir, id)
+	_, err := scanSegmentFile(path, false, func(_ int64, rec []byte) error { return fn(rec) })
+	return err
 }
 
 // TreeHashes reads the log's stored hashes (tlog.StoredHashIndex order), for

@@ -2,6 +2,7 @@ package shipper
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/valyala/fastjson"
 )
 
 // logBuffer collects a spool's log lines (JSON), safe for concurrent use.
@@ -302,6 +305,201 @@ func TestFailingCommitsRefuseUntilAProbeSucceeds(t *testing.T) {
 			Export(dir, &out)
 			if !bytes.Contains(out.Bytes(), []byte(`"outage":{"error":"fsync 1 events: no space left on device","failed_checkpoints":`)) {
 				t.Errorf("no checkpoint reports the outage:\n%s", out.String())
+			}
+		})
+	}
+}
+
+// framesBySeq returns the byte range of each frame of a segment's bytes, by
+// the seq of its event.
+func framesBySeq(t *testing.T, data []byte) map[int64]byteRange {
+	t.Helper()
+	sc := scanFrames(data, 0)
+	if len(sc.damaged) > 0 || sc.tail.End > sc.tail.Start {
+		t.Fatalf("segment already damaged: %+v", sc)
+	}
+	var p fastjson.Parser
+	out := map[int64]byteRange{}
+	for _, f := range sc.frames {
+		pl := placeOf(&p, data[f.Start+frameHeaderSize:f.End])
+		if pl == nil {
+			t.Fatalf("frame %v is in no log", f)
+		}
+		out[pl.Seq] = f
+	}
+	return out
+}
+
+// TestDamageInTheActiveSegment: damage in the middle of the active segment
+// (not a torn tail: intact records follow it) loses only what it destroyed.
+// Every intact record after it is kept, the damaged bytes are saved to a
+// .corrupt file, the acknowledged position still points after the same
+// record, and the log starts a new epoch whose log_started says what was
+// lost (segment, byte range, the missing seqs) instead of reusing seqs that
+// were shipped and checkpointed. The old epoch verifies except for exactly
+// the missing seqs; the new one verifies.
+func TestDamageInTheActiveSegment(t *testing.T) {
+	signer, keys := testSigner(t)
+	for _, tc := range []struct {
+		name          string
+		damage        func(data []byte, f map[int64]byteRange) []byte
+		first, last   int64 // the seqs lost
+		wantTornBytes bool
+	}{
+		{"a flipped byte in one record", func(d []byte, f map[int64]byteRange) []byte {
+			d[f[10].Start+40] ^= 0x20
+			return d
+		}, 10, 10, false},
+		{"a zeroed range across records", func(d []byte, f map[int64]byteRange) []byte {
+			clear(d[f[12].Start+30 : f[15].Start+5])
+			return d
+		}, 12, 15, false},
+		{"a length out of range", func(d []byte, f map[int64]byteRange) []byte {
+			binary.LittleEndian.PutUint32(d[f[10].Start:], 0xffffffff)
+			return d
+		}, 10, 10, false},
+		{"damage at the start of the segment", func(d []byte, f map[int64]byteRange) []byte {
+			d[f[0].Start+frameHeaderSize+3] ^= 0x01
+			return d
+		}, 0, 0, false},
+		{"damage and a torn tail", func(d []byte, f map[int64]byteRange) []byte {
+			d[f[10].Start+40] ^= 0x20
+			last := f[int64(len(f)-1)]
+			return d[:last.Start+(last.End-last.Start)/2]
+		}, 10, 10, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := openTestSpool(t, dir, SpoolOptions{Forwarding: true, Log: logOpts(signer)})
+			for i := range 30 {
+				s.Append(testEvent(i))
+			}
+			// The aggregator acknowledged up to the event at seq 20.
+			r := s.newReader(Pos{})
+			var acked Pos
+			var p fastjson.Parser
+			for {
+				rec, end, ok, err := r.next()
+				if err != nil || !ok {
+					t.Fatal("seq 20 not found", err)
+				}
+				if pl := placeOf(&p, rec); pl != nil && pl.Seq == 20 {
+					acked = end
+					break
+				}
+			}
+			r.Close()
+			s.Ack(acked)
+			s.SaveState()
+			image := crashImage(t, dir)
+			segPath := filepath.Join(image, SpoolDirName, segmentName(1)+segmentExt)
+			data, _ := os.ReadFile(segPath)
+			frames := framesBySeq(t, data)
+			origin := ""
+			if pl := placeOf(&p, data[frames[0].Start+frameHeaderSize:frames[0].End]); pl != nil {
+				origin = pl.Origin
+			}
+			damaged := tc.damage(bytes.Clone(data), frames)
+			os.WriteFile(segPath, damaged, 0o600)
+
+			var logs logBuffer
+			s2 := openTestSpool(t, image, SpoolOptions{Forwarding: true, Log: logOpts(signer), Logger: logs.logger()})
+			lost := s2.Recovery.Lost
+			if len(lost) != 1 || tc.first > 0 && (lost[0].Missing == nil || *lost[0].Missing != (seqRange{origin, tc.first, tc.last})) {
+				t.Fatalf("recovery report: %+v, want seqs %d..%d of %s lost", lost, tc.first, tc.last, origin)
+			}
+			if tc.first == 0 && (lost[0].Before != nil || lost[0].After == nil || lost[0].After.Seq != 1) {
+				t.Errorf("damage before any record: %+v", lost[0])
+			}
+			if (s2.Recovery.RecordsCut > 0) != tc.wantTornBytes {
+				t.Errorf("records cut %d, torn tail %v", s2.Recovery.RecordsCut, tc.wantTornBytes)
+			}
+			saved, err := os.ReadFile(filepath.Join(image, SpoolDirName, lost[0].SavedTo))
+			if err != nil || !bytes.Equal(saved, damaged[lost[0].Start:lost[0].End]) {
+				t.Errorf("saved damage %s: %v, %d bytes; want the %d damaged", lost[0].SavedTo, err, len(saved), lost[0].End-lost[0].Start)
+			}
+			if len(logs.lines("committed records of the spool are damaged")) != 1 {
+				t.Error("the damage is not logged")
+			}
+			// Shipping resumes after the same record.
+			r = s2.newReader(s2.Acked())
+			rec, _, ok, err := r.next()
+			r.Close()
+			if pl := placeOf(&p, rec); err != nil || !ok || pl == nil || pl.Seq != 21 || pl.Origin != origin {
+				t.Errorf("first unacknowledged record after the repair: %v %v %s", err, pl, rec)
+			}
+			s2.Append(testEvent(100))
+			s2.Close()
+
+			// Export: every intact record of the old epoch, then the new one.
+			seqs := map[int64]bool{}
+			var newOrigin string
+			var out bytes.Buffer
+			if _, err := Export(image, &out); err != nil {
+				t.Fatal(err)
+			}
+			for _, line := range bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n")) {
+				pl := placeOf(&p, line)
+				if pl.Origin == origin {
+					seqs[pl.Seq] = true
+				} else {
+					newOrigin = pl.Origin
+				}
+			}
+			lastSeq := int64(len(frames) - 1)
+			if tc.wantTornBytes {
+				lastSeq--
+			}
+			for seq := int64(0); seq <= lastSeq; seq++ {
+				if seqs[seq] == (seq >= tc.first && seq <= tc.last) {
+					t.Errorf("seq %d present: %v", seq, seqs[seq])
+				}
+			}
+			started := logStartedOf(t, image)
+			epochs := 2
+			if tc.first == 0 {
+				epochs = 1 // the old epoch's log_started was the damaged record
+			}
+			if len(started) != epochs || newOrigin == "" {
+				t.Fatalf("%d log_started events, new origin %q; want a new epoch", len(started), newOrigin)
+			}
+			ls := started[epochs-1]["log_started"].(map[string]any)
+			if !strings.HasPrefix(ls["reason"].(string), "committed records were lost: ") {
+				t.Errorf("new epoch's reason: %v", ls["reason"])
+			}
+			l0 := ls["lost"].([]any)[0].(map[string]any)
+			if l0["segment"] != segmentName(1)+segmentExt || l0["offset"] != float64(lost[0].Start) {
+				t.Errorf("log_started's lost: %v", l0)
+			}
+			if tc.first > 0 {
+				if m := l0["missing_seqs"].(map[string]any); m["first"] != float64(tc.first) || m["last"] != float64(tc.last) || m["origin"] != origin {
+					t.Errorf("log_started's missing seqs: %v", m)
+				}
+			}
+			// The verifier sees exactly the loss.
+			rep := verifyDataDir(t, image, keys)
+			for _, o := range rep.Origins {
+				switch o.Origin {
+				case newOrigin:
+					if !o.OK {
+						t.Errorf("new epoch: %v", o.Problems)
+					}
+				case origin:
+					want := fmt.Sprintf("seq %d missing", tc.first)
+					if tc.last > tc.first {
+						want = fmt.Sprintf("seq %d..%d missing", tc.first, tc.last)
+					}
+					if len(o.Problems) == 0 || !strings.HasPrefix(o.Problems[0], want) {
+						t.Errorf("old epoch's problems %v, want %q first", o.Problems, want)
+					}
+				}
+			}
+			// Repaired for good: the next start finds nothing to repair and
+			// continues the new epoch.
+			s3 := openTestSpool(t, image, SpoolOptions{Forwarding: true, Log: logOpts(signer)})
+			s3.Close()
+			if len(s3.Recovery.Lost) != 0 || len(logStartedOf(t, image)) != epochs {
+				t.Errorf("a second start repaired again: %+v", s3.Recovery)
 			}
 		})
 	}

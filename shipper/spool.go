@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/valyala/fastjson"
+
 	"github.com/auditproxy/auditproxy/audit"
 )
 
@@ -128,7 +130,14 @@ type RecoveryReport struct {
 	BytesCut   int64
 	// CommittedLost is set when the state file says more was committed
 	// than the active segment holds: the disk lost fsynced data.
-	CommittedLost bool
+	CommittedLost       bool
+	CommittedLostDetail string
+	// Lost lists committed data found damaged in the middle of the active
+	// segment (intact records after it): the intact records were kept,
+	// the damaged bytes saved to .corrupt files. Like CommittedLost it
+	// starts a new log epoch, whose log_started event lists it: continuing
+	// the log after lost records would hide the loss.
+	Lost []LostRange
 	// Resumed is where the spool continues: the end of the last record.
 	Resumed Pos
 	// Acked is the acknowledged position loaded from the state file.
@@ -303,20 +312,32 @@ func (s *Spool) recover() error {
 		segs = append(segs, segmentFile{id: next, size: int64(len(segmentMagic))})
 	} else {
 		last := &segs[len(segs)-1]
-		end, records, err := s.repairSegment(last.id)
+		end, records, translate, err := s.repairSegment(last.id)
 		if err != nil {
 			return err
 		}
 		activeRecords = records
+		if translate != nil {
+			// The segment was rewritten without its damage: positions in it
+			// move with the records they follow.
+			if st.Written.Segment == last.id {
+				st.Written.Offset = translate(st.Written.Offset)
+			}
+			if st.Acked.Segment == last.id {
+				st.Acked.Offset = translate(st.Acked.Offset)
+			}
+		}
 		f, err := os.OpenFile(filepath.Join(s.dir, segmentName(last.id)+segmentExt), os.O_WRONLY|os.O_APPEND, 0)
 		if err != nil {
 			return fmt.Errorf("open segment: %w", err)
 		}
 		s.active, s.activeID, s.activeSize, last.size = f, last.id, end, end
-		if st.Written.Segment == last.id && st.Written.Offset > end {
+		if st.Written.Segment == last.id && st.Written.Offset > end || st.Written.Segment > last.id {
 			s.Recovery.CommittedLost = true
-			s.log.Error("the spool state says more was committed than the active segment holds: the disk lost fsynced data",
-				"segment", segmentName(last.id), "state_written", st.Written.Offset, "found", end)
+			s.Recovery.CommittedLostDetail = fmt.Sprintf("the state file says records up to %s were committed; the spool ends at %s",
+				st.Written, Pos{last.id, end})
+			s.log.Error("the spool state says more was committed than the active segment holds: the disk lost fsynced data; a new log epoch says so",
+				"segment", segmentName(last.id), "state_written", st.Written.String(), "found", Pos{last.id, end}.String())
 		}
 	}
 	s.activeOpened = time.Now()
@@ -398,33 +419,47 @@ func (s *Spool) createSegment(id uint64) error {
 	return nil
 }
 
-// repairSegment checks every frame of segment id and cuts the file after
-// the last good one. The cut bytes are saved to a .corrupt file first, so
-// that nothing is destroyed: normally they are a batch whose commit a crash
-// interrupted, which no client was answered for.
-func (s *Spool) repairSegment(id uint64) (int64, int, error) {
+// repairSegment checks every frame of the active segment id and returns
+// where the next record goes, the intact records it holds, and how offsets
+// of the segment as found map to the segment as repaired (nil: unchanged).
+//
+// A torn tail (bytes after the last intact frame with no valid frame after
+// them: a commit a crash interrupted, which no client was answered for) is
+// cut off. Damage with an intact frame after it is a loss of committed data
+// (a bad sector, a write lost under a later one): every intact frame after
+// it is kept, the segment is rewritten without the damaged bytes (written
+// aside and renamed over it, so a crash leaves the old or the new), and the
+// loss goes into the recovery report, which starts a new log epoch that
+// says what was lost. Either way the bytes removed are saved first, beside
+// the segment as NAME.seg.OFFSET.corrupt, so that nothing is destroyed.
+func (s *Spool) repairSegment(id uint64) (int64, int, func(int64) int64, error) {
 	path := filepath.Join(s.dir, segmentName(id)+segmentExt)
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return 0, 0, fmt.Errorf("read segment: %w", err)
+		return 0, 0, nil, fmt.Errorf("read segment: %w", err)
 	}
 	end, records := validPrefix(data)
 	if end == int64(len(data)) && end > 0 {
-		return end, records, nil
+		return end, records, nil, nil
+	}
+	if end > 0 {
+		if sc := scanFrames(data, end); len(sc.damaged) > 0 {
+			return s.repairDamage(id, path, data)
+		}
 	}
 	cut := data[end:]
 	if end == 0 {
 		// Not even a whole header: the crash came while creating it.
 		end = int64(len(segmentMagic))
 		if !bytes.HasPrefix([]byte(segmentMagic), data) {
-			return 0, 0, fmt.Errorf("segment %s is not a spool segment (bad header); move it away to start", path)
+			return 0, 0, nil, fmt.Errorf("segment %s is not a spool segment (bad header); move it away to start", path)
 		}
 		cut = nil
 	}
 	if len(cut) > 0 {
 		q := fmt.Sprintf("%s.%d%s", path, end, quarantineExt)
 		if err := os.WriteFile(q, cut, 0o600); err != nil {
-			return 0, 0, fmt.Errorf("save torn tail to %s: %w", q, err)
+			return 0, 0, nil, fmt.Errorf("save torn tail to %s: %w", q, err)
 		}
 		s.Recovery.RecordsCut++
 		s.Recovery.BytesCut += int64(len(cut))
@@ -433,18 +468,97 @@ func (s *Spool) repairSegment(id uint64) (int64, int, error) {
 	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	defer f.Close()
 	if int64(len(data)) < end {
 		if _, err := f.WriteAt([]byte(segmentMagic), 0); err != nil {
-			return 0, 0, err
+			return 0, 0, nil, err
 		}
 	}
 	if err := f.Truncate(end); err != nil {
-		return 0, 0, fmt.Errorf("cut torn tail: %w", err)
+		return 0, 0, nil, fmt.Errorf("cut torn tail: %w", err)
 	}
-	return end, records, f.Sync()
+	return end, records, nil, f.Sync()
+}
+
+// LostRange is committed data a start found damaged in the active segment:
+// the byte range (of the segment as found), the intact events around it,
+// the seqs missing between them, and where the bytes were saved.
+type LostRange struct {
+	Segment string `json:"segment"`
+	damagedRange
+	Bytes   int64  `json:"bytes"`
+	SavedTo string `json:"saved_to"`
+}
+
+// repairDamage rewrites the active segment without its damaged ranges (see
+// repairSegment).
+func (s *Spool) repairDamage(id uint64, path string, data []byte) (int64, int, func(int64) int64, error) {
+	sv := &segmentSalvage{data: data, scan: scanFrames(data, 0)}
+	sv.records = len(sv.scan.frames)
+	if len(sv.scan.damaged) > 0 && sv.scan.damaged[0].Before == nil {
+		// Damage before the first intact frame: the event before it is the
+		// previous segment's last.
+		sv.scan.damaged[0].Before = s.lastPlaceBefore(id)
+		sv.scan.damaged[0].setMissing()
+	}
+	name := segmentName(id) + segmentExt
+	for _, d := range sv.scan.damaged {
+		q := fmt.Sprintf("%s.%d%s", path, d.Start, quarantineExt)
+		if err := os.WriteFile(q, data[d.Start:d.End], 0o600); err != nil {
+			return 0, 0, nil, fmt.Errorf("save damaged bytes to %s: %w", q, err)
+		}
+		lr := LostRange{Segment: name, damagedRange: d, Bytes: d.End - d.Start, SavedTo: filepath.Base(q)}
+		s.Recovery.Lost = append(s.Recovery.Lost, lr)
+		s.log.Error("committed records of the spool are damaged; every intact record after the damage is kept, the damaged bytes saved, and a new log epoch says what was lost",
+			"segment", name, "offset", d.Start, "end", d.End, "bytes", d.End-d.Start, "last_intact_before", d.Before,
+			"first_intact_after", d.After, "missing_seqs", d.Missing, "saved_to", q)
+	}
+	if t := sv.scan.tail; t.End > t.Start {
+		q := fmt.Sprintf("%s.%d%s", path, t.Start, quarantineExt)
+		if err := os.WriteFile(q, data[t.Start:t.End], 0o600); err != nil {
+			return 0, 0, nil, fmt.Errorf("save torn tail to %s: %w", q, err)
+		}
+		s.Recovery.RecordsCut++
+		s.Recovery.BytesCut += t.End - t.Start
+		s.log.Warn("cut a torn or corrupt record from the end of the spool (the process or machine stopped while committing it; its request was never answered in full)",
+			"segment", name, "offset", t.Start, "bytes", t.End-t.Start, "saved_to", q)
+	}
+	if err := syncDir(s.dir); err != nil {
+		return 0, 0, nil, err
+	}
+	repaired := sv.intactBytes()
+	if err := writeFileAtomic(path, repaired); err != nil {
+		return 0, 0, nil, fmt.Errorf("rewrite segment %s without its damage: %w", name, err)
+	}
+	return int64(len(repaired)), sv.records, sv.translate, nil
+}
+
+// lastPlaceBefore returns the log place of the last intact record of the
+// segment before id, nil if none.
+func (s *Spool) lastPlaceBefore(id uint64) *logPlace {
+	segs, _, err := listSegments(s.dir)
+	if err != nil {
+		return nil
+	}
+	var prev *segmentFile
+	for i := range segs {
+		if segs[i].id < id {
+			prev = &segs[i]
+		}
+	}
+	if prev == nil {
+		return nil
+	}
+	path, _ := segmentPath(s.dir, prev.id)
+	var last []byte
+	scanSegmentFile(path, false, func(_ int64, rec []byte) error {
+		last = append(last[:0], rec...)
+		return nil
+	})
+	var p fastjson.Parser
+	return placeOf(&p, last)
 }
 
 // validPrefix returns the length of the longest prefix of a segment's bytes

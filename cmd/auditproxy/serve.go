@@ -408,9 +408,9 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 			}
 		}()
 	}
-	if rep := spool.Recovery; rep.RecordsCut > 0 || rep.CommittedLost {
+	if rep := spool.Recovery; rep.RecordsCut > 0 || rep.CommittedLost || len(rep.Lost) > 0 {
 		logger.Warn("spool recovered after a crash", "records_cut", rep.RecordsCut, "bytes_cut", rep.BytesCut,
-			"committed_data_lost", rep.CommittedLost)
+			"committed_data_lost", rep.CommittedLost || len(rep.Lost) > 0, "damaged_ranges", len(rep.Lost))
 	}
 	if inst.shipper != nil {
 		inst.shipper.Start()
