@@ -191,14 +191,20 @@ func readSegmentBytes(path string) (data []byte, undecodable error, err error) {
 	if !strings.HasSuffix(path, sealedExt) {
 		return raw, nil, nil
 	}
+	data, undecodable = decompress(raw)
+	return data, undecodable, nil
+}
+
+// decompress decodes a zstd stream as far as it decodes.
+func decompress(raw []byte) ([]byte, error) {
 	dec, err := zstd.NewReader(bytes.NewReader(raw), zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
 	if err != nil {
-		return nil, err, nil
+		return nil, err
 	}
 	defer dec.Close()
 	var out bytes.Buffer
-	_, derr := io.Copy(&out, dec)
-	return out.Bytes(), derr, nil
+	_, err = io.Copy(&out, dec)
+	return out.Bytes(), err
 }
 
 // segmentSalvage is what can still be read of a damaged segment file.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -17,6 +18,9 @@ import (
 	"time"
 
 	"github.com/valyala/fastjson"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/auditproxy/auditproxy/bench/forwardrecv"
 )
 
 // logBuffer collects a spool's log lines (JSON), safe for concurrent use.
@@ -502,5 +506,271 @@ func TestDamageInTheActiveSegment(t *testing.T) {
 				t.Errorf("a second start repaired again: %+v", s3.Recovery)
 			}
 		})
+	}
+}
+
+// sealedSpool returns a data dir whose spool (a log) holds n events in
+// sealed segments of about 4 KiB and an active one, closed.
+func sealedSpool(t *testing.T, signer note.Signer, n int) string {
+	t.Helper()
+	dir := t.TempDir()
+	s := openTestSpool(t, dir, SpoolOptions{Forwarding: true, SegmentMaxBytes: 4 << 10, Log: logOpts(signer)})
+	for i := range n {
+		if err := s.Append(testEvent(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "sealing", func() bool {
+		s.stateMu.Lock()
+		defer s.stateMu.Unlock()
+		return len(s.sealQueue) == 0
+	})
+	s.Close()
+	return dir
+}
+
+// eventsOf returns the "id" of each record of a segment's bytes, in order,
+// and the seq of each.
+func eventsOf(t *testing.T, data []byte) (ids []string, seqs []int64) {
+	t.Helper()
+	sc := scanFrames(data, 0)
+	var p fastjson.Parser
+	for _, f := range sc.frames {
+		v, err := p.ParseBytes(data[f.Start+frameHeaderSize : f.End])
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, string(v.GetStringBytes("id")))
+		seqs = append(seqs, v.GetInt64("log", "seq"))
+	}
+	return ids, seqs
+}
+
+// TestDamagedSegmentIsQuarantinedAndShipped: a damaged segment the
+// committer is done with (sealed, or plain awaiting its seal) no longer
+// stops shipping. The shipper ships every intact record, the spool keeps the
+// damaged file aside (.damaged) and a segment of its intact records in its
+// place, records a segment_damaged event (shipped too) that says what was
+// lost, counts it and logs it; the ship lag returns to 0; export then reads
+// without error and names the file kept aside; verify reports the lost seqs
+// as missing.
+func TestDamagedSegmentIsQuarantinedAndShipped(t *testing.T) {
+	signer, keys := testSigner(t)
+	const damagedID = 3
+	for _, tc := range []struct {
+		name string
+		// damage damages segment damagedID of spoolDir, whose records are
+		// data, and returns the index of the first record lost and how many
+		// (-1: to the end of the segment).
+		damage func(t *testing.T, spoolDir string, data []byte) (first, n int)
+	}{
+		{"a flipped byte in a record of a sealed segment", func(t *testing.T, spoolDir string, data []byte) (int, int) {
+			sc := scanFrames(data, 0)
+			data = bytes.Clone(data)
+			data[sc.frames[2].Start+30] ^= 0x08
+			if err := writeCompressed(filepath.Join(spoolDir, segmentName(damagedID)+sealedExt), data); err != nil {
+				t.Fatal(err)
+			}
+			return 2, 1
+		}},
+		{"a damaged compressed stream", func(t *testing.T, spoolDir string, data []byte) (int, int) {
+			path := filepath.Join(spoolDir, segmentName(damagedID)+sealedExt)
+			z, _ := os.ReadFile(path)
+			z[len(z)/2] ^= 0xff
+			os.WriteFile(path, z, 0o600)
+			got, undecodable, _ := readSegmentBytes(path)
+			if undecodable == nil {
+				t.Skip("this flip still decodes")
+			}
+			kept := len(scanFrames(got, 0).frames)
+			return kept, -1
+		}},
+		{"a plain segment awaiting its seal", func(t *testing.T, spoolDir string, data []byte) (int, int) {
+			sc := scanFrames(data, 0)
+			data = bytes.Clone(data)
+			binary.LittleEndian.PutUint32(data[sc.frames[1].Start:], 1<<30)
+			os.Remove(filepath.Join(spoolDir, segmentName(damagedID)+sealedExt))
+			os.WriteFile(filepath.Join(spoolDir, segmentName(damagedID)+segmentExt), data, 0o600)
+			return 1, 1
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := sealedSpool(t, signer, 120)
+			spoolDir := filepath.Join(dir, SpoolDirName)
+			allIDs, _ := exportIDs(t, dir)
+			data, _, err := readSegmentBytes(filepath.Join(spoolDir, segmentName(damagedID)+sealedExt))
+			if err != nil {
+				t.Fatal(err)
+			}
+			segIDs, segSeqs := eventsOf(t, data)
+			first, n := tc.damage(t, spoolDir, data)
+			if n < 0 {
+				n = len(segIDs) - first
+			}
+			lost := map[string]bool{}
+			for _, id := range segIDs[first : first+n] {
+				lost[id] = true
+			}
+			damagedBytes, _ := os.ReadFile(func() string { p, _ := segmentPath(spoolDir, damagedID); return p }())
+			if _, err := Export(dir, io.Discard); err == nil {
+				t.Fatal("export of the damaged spool succeeded")
+			}
+
+			recv := startReceiver(t, "127.0.0.1:0", forwardrecv.Config{})
+			var logs logBuffer
+			s := openTestSpool(t, dir, SpoolOptions{Forwarding: true, SegmentMaxBytes: 4 << 10, Log: logOpts(signer), Logger: logs.logger()})
+			fo := fastForward(recv.Addr())
+			fo.Logger = logs.logger()
+			sh := startShipper(t, s, fo)
+			arrived := func() map[string]bool {
+				got := map[string]bool{}
+				for _, id := range recordIDs(recv.Entries()) {
+					got[id] = true
+				}
+				return got
+			}
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("%d arrived of %d; lag %v", recv.Len(), len(allIDs), sh.ShipLag())
+
+					got := arrived()
+					for _, id := range allIDs {
+						if !got[id] {
+							t.Logf("missing %s lost=%v", id, lost[id])
+						}
+					}
+					logs.mu.Lock()
+					t.Log(logs.b.String())
+					logs.mu.Unlock()
+				}
+			})
+			waitFor(t, "every intact event and the segment_damaged event at the aggregator", func() bool {
+				got := arrived()
+				for _, id := range allIDs {
+					if !lost[id] && !got[id] {
+						return false
+					}
+				}
+				for _, e := range recv.Entries() {
+					if e.Record["type"] == TypeSegmentDamaged {
+						return true
+					}
+				}
+				return false
+			})
+			got := arrived()
+			for id := range lost {
+				if got[id] {
+					t.Errorf("event %s, in the damaged range, arrived", id)
+				}
+			}
+			// The event as the aggregator decoded it (msgpack), read back
+			// through JSON.
+			var details segmentDamage
+			for _, e := range recv.Entries() {
+				if e.Record["type"] == TypeSegmentDamaged {
+					b, _ := json.Marshal(e.Record["details"])
+					if err := json.Unmarshal(b, &details); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if details.Segment != segmentName(damagedID)+sealedExt || details.RecordsKept != len(segIDs)-n || len(details.Damaged) != 1 {
+				t.Errorf("segment_damaged details: %+v", details)
+			}
+			if m := details.Damaged[0].Missing; m == nil || m.First != segSeqs[first] || m.Last != segSeqs[first+n-1] {
+				t.Errorf("segment_damaged says missing %+v, want seqs %d..%d", m, segSeqs[first], segSeqs[first+n-1])
+			}
+			kept, err := os.ReadFile(filepath.Join(spoolDir, details.SavedTo))
+			if err != nil || !bytes.Equal(kept, damagedBytes) {
+				t.Errorf("damaged file kept as %v: %v, equal %v", details.SavedTo, err, bytes.Equal(kept, damagedBytes))
+			}
+			if got := registeredValue(t, s.Register, "auditproxy_spool_segments_damaged_total"); got != 1 {
+				t.Errorf("auditproxy_spool_segments_damaged_total = %v", got)
+			}
+			if len(logs.lines("a spool segment is damaged")) != 1 {
+				t.Error("the damage is not logged")
+			}
+			waitFor(t, "ship lag back to 0", func() bool { return sh.ShipLag() == 0 })
+			sh.Close()
+			s.Close()
+
+			var out bytes.Buffer
+			st, err := Export(dir, &out)
+			if err != nil || len(st.Quarantined) != 1 {
+				t.Errorf("export after the quarantine: %v, quarantined %v", err, st.Quarantined)
+			}
+			r := verifyDataDir(t, dir, keys)
+			want := fmt.Sprintf("seq %d missing", segSeqs[first])
+			if n > 1 {
+				want = fmt.Sprintf("seq %d..%d missing", segSeqs[first], segSeqs[first+n-1])
+			}
+			if r.OK || !strings.Contains(problems(r), want) {
+				t.Errorf("verify: want %q\n%s", want, problems(r))
+			}
+		})
+	}
+}
+
+// TestShipLagWhileStuck: while shipping cannot read on (here: damage in the
+// active segment, which only the next start repairs), the ship lag grows
+// instead of reading 0.
+func TestShipLagWhileStuck(t *testing.T) {
+	recv := startReceiver(t, "127.0.0.1:0", forwardrecv.Config{})
+	dir := t.TempDir()
+	s := openTestSpool(t, dir, SpoolOptions{Forwarding: true})
+	for i := range 5 {
+		s.Append(testEvent(i))
+	}
+	// The disk damages a committed record before it is shipped.
+	f, err := os.OpenFile(filepath.Join(dir, SpoolDirName, segmentName(1)+segmentExt), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("XXXX"), int64(len(segmentMagic)+frameHeaderSize+len(testEvent(0))+20))
+	f.Close()
+	sh := startShipper(t, s, fastForward(recv.Addr()))
+	waitFor(t, "a lag of 100 ms", func() bool { return sh.ShipLag() >= 100*time.Millisecond })
+	if got := registeredValue(t, sh.Register, "auditproxy_forward_ship_lag_seconds"); got < 0.1 {
+		t.Errorf("auditproxy_forward_ship_lag_seconds = %v while stuck", got)
+	}
+}
+
+// TestReaderDoesNotSkipADamagedRecord: a read that fails on a damaged
+// record fails again when tried again, on the same record; it never goes on
+// to the next one as if the damaged one were not there (a sealed segment is
+// read as a stream, and the failed read had consumed its bytes).
+func TestReaderDoesNotSkipADamagedRecord(t *testing.T) {
+	signer, _ := testSigner(t)
+	dir := sealedSpool(t, signer, 60)
+	path := filepath.Join(dir, SpoolDirName, segmentName(2)+sealedExt)
+	data, _, _ := readSegmentBytes(path)
+	sc := scanFrames(data, 0)
+	data[sc.frames[1].Start+30] ^= 0x08
+	if err := writeCompressed(path, data); err != nil {
+		t.Fatal(err)
+	}
+	s := openTestSpool(t, dir, SpoolOptions{Forwarding: true, Log: logOpts(signer)})
+	r := s.newReader(Pos{})
+	defer r.Close()
+	var first error
+	for range 1000 {
+		_, end, ok, err := r.next()
+		if err != nil {
+			if first == nil {
+				first = err
+				continue // try again
+			}
+			if err.Error() != first.Error() {
+				t.Fatalf("second read: %v, first %v", err, first)
+			}
+			return
+		}
+		if first != nil {
+			t.Fatalf("after %v, the reader went on to the record ending at %v", first, end)
+		}
+		if !ok {
+			t.Fatal("read the whole spool without meeting the damage")
+		}
 	}
 }

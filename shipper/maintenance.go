@@ -65,7 +65,14 @@ var errStopped = errors.New("spool closing")
 // the compressed one is fsynced, renamed into place and checked to
 // decompress to the same bytes.
 func (s *Spool) seal(id uint64) error {
+	s.segFiles.Lock()
+	defer s.segFiles.Unlock()
 	base := filepath.Join(s.dir, segmentName(id))
+	if _, err := os.Stat(base + segmentExt); errors.Is(err, os.ErrNotExist) {
+		if _, serr := os.Stat(base + sealedExt); serr == nil {
+			return nil // quarantined meanwhile: its replacement is sealed
+		}
+	}
 	src, err := os.Open(base + segmentExt)
 	if err != nil {
 		return err
@@ -194,13 +201,25 @@ func (s *Spool) reclaim(now time.Time) {
 				reason = "retention"
 			}
 		}
-		if reason == "" && s.opts.Forwarding && s.used.Load() >= s.opts.MaxBytes*9/10 {
+		if reason == "" && s.opts.Forwarding && s.totalBytes() >= s.opts.MaxBytes*9/10 {
 			reason = "space"
 		}
 		if reason == "" {
 			return
 		}
-		if err := os.Remove(path); err != nil {
+		s.segFiles.Lock()
+		err := os.Remove(path)
+		if errors.Is(err, os.ErrNotExist) && !oldest.sealed {
+			// Quarantined meanwhile: the replacement is sealed.
+			name = segmentName(oldest.id) + sealedExt
+			path = filepath.Join(s.dir, name)
+			s.stateMu.Lock()
+			oldest = s.segs[0]
+			s.stateMu.Unlock()
+			err = os.Remove(path)
+		}
+		s.segFiles.Unlock()
+		if err != nil {
 			s.log.Error("cannot delete a spool segment", "segment", name, "err", err)
 			return
 		}

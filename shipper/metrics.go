@@ -17,6 +17,7 @@ type spoolMetrics struct {
 	unwritable         *prometheus.GaugeVec
 	freeBytes          prometheus.Gauge
 	checkpointFailures prometheus.Counter
+	damaged            prometheus.Counter
 }
 
 func newSpoolMetrics() *spoolMetrics {
@@ -54,6 +55,10 @@ func newSpoolMetrics() *spoolMetrics {
 			Name: "auditproxy_spool_free_bytes",
 			Help: "Free bytes of the spool's filesystem at the last check (statfs, every second and after commits near the reserve).",
 		}),
+		damaged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "auditproxy_spool_segments_damaged_total",
+			Help: "Spool segments found damaged (committed records unreadable): a sealed one quarantined while shipping (its intact records shipped, the file kept as .damaged, a segment_damaged event in the log), or the active one repaired at start (a new log epoch).",
+		}),
 		checkpointFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "auditproxy_checkpoint_failures_total",
 			Help: "Checkpoints of the log that could not be committed (their commit failed); retried every second while the spool is not writable.",
@@ -68,15 +73,15 @@ func (s *Spool) Register(reg prometheus.Registerer) error {
 	rec := s.Recovery
 	s.stateMu.Unlock()
 	cs := []prometheus.Collector{m.rejected, m.commitSeconds, m.commitErrors, m.sealed, m.deleted,
-		m.writable, m.unwritable, m.freeBytes, m.checkpointFailures,
+		m.writable, m.unwritable, m.freeBytes, m.checkpointFailures, m.damaged,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "auditproxy_spool_min_free_bytes",
 			Help: "The free space kept in reserve on the spool's filesystem (--spool-min-free-bytes); below it requests are refused.",
 		}, func() float64 { return float64(s.opts.MinFreeBytes) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "auditproxy_spool_bytes",
-			Help: "Bytes of spool segment files on disk.",
-		}, func() float64 { return float64(s.used.Load()) }),
+			Help: "Bytes of the spool's files on disk, all counted against --spool-max-bytes: segments, the log's tree state, state files, saved damage (.corrupt, .damaged).",
+		}, func() float64 { return float64(s.totalBytes()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "auditproxy_spool_max_bytes",
 			Help: "The spool's size bound (--spool-max-bytes).",

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -181,14 +182,16 @@ type Spool struct {
 	w            writability          // can it take events (see space.go)
 
 	// Shared with readers and the maintenance goroutine.
-	stateMu   sync.Mutex
-	segs      []segmentFile              // oldest first; the last is the active one
-	committed Pos                        // end of the last fsynced record
-	acked     Pos                        // end of the last acknowledged record
-	changed   chan struct{}              // closed on the next commit, if watched
-	watched   bool                       // Committed handed out changed
-	used      atomic.Int64               // bytes of segment files
-	refusal   atomic.Pointer[AdmitError] // set while the spool is not writable
+	stateMu    sync.Mutex
+	segs       []segmentFile              // oldest first; the last is the active one
+	committed  Pos                        // end of the last fsynced record
+	acked      Pos                        // end of the last acknowledged record
+	changed    chan struct{}              // closed on the next commit, if watched
+	watched    bool                       // Committed handed out changed
+	used       atomic.Int64               // bytes of segment files
+	otherBytes atomic.Int64               // bytes of the spool's other files (quarantined damage, state)
+	segFiles   sync.Mutex                 // held while a segment file is sealed, deleted or quarantined
+	refusal    atomic.Pointer[AdmitError] // set while the spool is not writable
 
 	recorded atomic.Int64
 
@@ -278,6 +281,9 @@ func OpenSpool(dataDir string, opts SpoolOptions) (*Spool, error) {
 		}
 	}
 	s.metrics.spool = s
+	if len(s.Recovery.Lost) > 0 {
+		s.metrics.damaged.Inc()
+	}
 	s.w.free = -1
 	s.checkSpace()
 	go s.commitLoop()
@@ -351,6 +357,7 @@ func (s *Spool) recover() error {
 		used += sg.size
 	}
 	s.used.Store(used)
+	s.otherBytes.Store(otherFileBytes(s.dir))
 	s.segs = segs
 	s.committed = Pos{s.activeID, s.activeSize}
 	s.acked = st.Acked
@@ -396,6 +403,32 @@ func (s *Spool) stateLost(cause error, segs []segmentFile, activeRecords int) {
 	s.log.Warn("spool state file unusable: every event in the spool is shipped again from the oldest, since nothing says which the aggregator acknowledged (it deduplicates them by event id)",
 		"file", path, "problem", cause.Error(), "events_to_resend", n, "exact", exact,
 		"segments", len(segs), "from", Pos{segs[0].id, 0}.String())
+}
+
+// totalBytes returns the bytes of every file the spool keeps: segments and
+// the rest (otherFileBytes), all counted against MaxBytes.
+func (s *Spool) totalBytes() int64 { return s.used.Load() + s.otherBytes.Load() }
+
+// otherFileBytes returns the size of the files in the spool directory that
+// are not segments: state files, saved torn tails and damage (.corrupt),
+// quarantined segments (.damaged). Temporary files of a seal in progress
+// are not counted.
+func otherFileBytes(dir string) int64 {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, e := range entries {
+		name := e.Name()
+		if !e.Type().IsRegular() || IsSegmentFile(name) || strings.HasSuffix(name, tmpExt) {
+			continue
+		}
+		if fi, err := e.Info(); err == nil {
+			n += fi.Size()
+		}
+	}
+	return n
 }
 
 // createSegment starts segment id as the active one.
@@ -588,7 +621,7 @@ func (s *Spool) Admit() error {
 		s.metrics.rejected.Inc()
 		return e
 	}
-	if used := s.used.Load(); used >= s.opts.MaxBytes {
+	if used := s.totalBytes(); used >= s.opts.MaxBytes {
 		s.wakeMaintenance() // acknowledged segments may make room
 		s.metrics.rejected.Inc()
 		return &AdmitError{Reason: "full", Retry: 5 * time.Second,
@@ -600,7 +633,7 @@ func (s *Spool) Admit() error {
 // Record implements audit.Recorder: it appends ev to the next commit and,
 // with DurabilitySync, waits for that commit.
 func (s *Spool) Record(ev *audit.Event) error {
-	return s.append(func(dst []byte) []byte { return ev.AppendJSON(dst) })
+	return s.append(func(dst []byte) []byte { return ev.AppendJSON(dst) }, s.opts.Durability != DurabilityAsync)
 }
 
 // Append records one event given as its JSON object.
@@ -608,10 +641,17 @@ func (s *Spool) Append(event []byte) error {
 	if len(event) == 0 || len(event) > maxRecordSize {
 		return fmt.Errorf("event of %d bytes: want 1 to %d", len(event), maxRecordSize)
 	}
-	return s.append(func(dst []byte) []byte { return append(dst, event...) })
+	return s.append(func(dst []byte) []byte { return append(dst, event...) }, s.opts.Durability != DurabilityAsync)
 }
 
-func (s *Spool) append(encode func([]byte) []byte) error {
+// appendNoWait records an event of the spool's own (segment_damaged) with
+// the next commit, without waiting for it: its caller may be one that a
+// commit waits for.
+func (s *Spool) appendNoWait(event []byte) error {
+	return s.append(func(dst []byte) []byte { return append(dst, event...) }, false)
+}
+
+func (s *Spool) append(encode func([]byte) []byte, wait bool) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -628,7 +668,6 @@ func (s *Spool) append(encode func([]byte) []byte) error {
 		default:
 		}
 	}
-	wait := s.opts.Durability != DurabilityAsync
 	if wait {
 		b.refs.Add(1) // while b is current, before the committer takes it
 	}
@@ -771,7 +810,7 @@ func (s *Spool) commit(b *batch, final, checkpoint bool) error {
 	s.committed = Pos{s.activeID, s.activeSize}
 	s.notifyChanged()
 	s.stateMu.Unlock()
-	if s.used.Load() >= s.opts.MaxBytes*9/10 {
+	if s.totalBytes() >= s.opts.MaxBytes*9/10 {
 		s.wakeMaintenance()
 	}
 	return nil
@@ -900,7 +939,7 @@ func (s *Spool) Ack(p Pos) {
 	if s.acked.Less(p) {
 		s.acked = p
 	}
-	full := s.used.Load() >= s.opts.MaxBytes*9/10
+	full := s.totalBytes() >= s.opts.MaxBytes*9/10
 	s.stateMu.Unlock()
 	if full {
 		s.wakeMaintenance()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,7 +21,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
+	"github.com/auditproxy/auditproxy/bench/forwardrecv"
 )
 
 // postChat sends one chat completion through a sidecar and returns the
@@ -329,4 +333,135 @@ func TestFullDiskFailsClosed(t *testing.T) {
 		t.Errorf("verify does not report the outage:\n%s", report.String())
 	}
 	t.Logf("%d answered, %d refused with Retry-After, %d reached the upstream; verify:\n%s", count(200), refusedWithRetry.Load(), len(reached), report.String())
+}
+
+// damageSealedSegment flips a byte inside the third record of the sealed
+// segment at path (decompressed, changed, compressed again, so that the
+// stream decodes and the record fails its checksum) and returns the id of
+// the event it destroyed.
+func damageSealedSegment(t *testing.T, path string) string {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec, _ := zstd.NewReader(nil)
+	data, err := dec.DecodeAll(raw, nil)
+	dec.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := 8 // the segment header
+	for range 2 {
+		off += 8 + int(binary.LittleEndian.Uint32(data[off:]))
+	}
+	payload := data[off+8 : off+8+int(binary.LittleEndian.Uint32(data[off:]))]
+	var ev struct{ ID string }
+	if err := json.Unmarshal(payload, &ev); err != nil {
+		t.Fatal(err)
+	}
+	payload[10] ^= 0x04
+	enc, _ := zstd.NewWriter(nil)
+	if err := os.WriteFile(path, enc.EncodeAll(data, nil), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return ev.ID
+}
+
+// TestDamagedSealedSegmentEndToEnd: with a damaged sealed segment in the
+// spool, export and verify read past it: export prints every intact event
+// and exits 1 naming the file and the damaged offsets; verify reports the
+// lost event's seq as missing and the damaged file, and exits 1. A sidecar
+// shipping the spool quarantines the segment (the metric counts it) and
+// ships everything else; export then exits 0 and notes the file kept
+// aside.
+func TestDamagedSealedSegmentEndToEnd(t *testing.T) {
+	_, upstream := startFake(t, fakevllm.Config{})
+	dataDir := t.TempDir()
+	p := startServe(t, upstream, nil, "--data-dir", dataDir, "--log-level", "warn", "--segment-max-bytes", "4KiB")
+	for i := range 40 {
+		if code, body := postChat(t, p.listen, fmt.Sprintf("dmg-%d", i)); code != 200 {
+			t.Fatalf("%d %s", code, body)
+		}
+	}
+	if err := p.stop(); err != nil {
+		t.Fatal(err)
+	}
+	var before bytes.Buffer
+	if code := run([]string{"export", "--data-dir", dataDir}, &before, io.Discard); code != 0 {
+		t.Fatal("export of the intact spool failed")
+	}
+	spoolDir := filepath.Join(dataDir, "spool")
+	sealed, _ := filepath.Glob(filepath.Join(spoolDir, "*.seg.zst"))
+	if len(sealed) < 3 {
+		t.Fatalf("%d sealed segments", len(sealed))
+	}
+	damaged := sealed[1]
+	lostID := damageSealedSegment(t, damaged)
+
+	var out, errOut bytes.Buffer
+	if code := run([]string{"export", "--data-dir", dataDir}, &out, &errOut); code != 1 {
+		t.Errorf("export of a damaged spool exited %d, want 1", code)
+	}
+	if !strings.Contains(errOut.String(), damaged+" is damaged at offsets ") {
+		t.Errorf("export does not name the damaged file:\n%s", errOut.String())
+	}
+	if bytes.Count(out.Bytes(), []byte("\n")) != bytes.Count(before.Bytes(), []byte("\n"))-1 || bytes.Contains(out.Bytes(), []byte(lostID)) {
+		t.Errorf("export printed %d events, want the %d intact ones", bytes.Count(out.Bytes(), []byte("\n")), bytes.Count(before.Bytes(), []byte("\n"))-1)
+	}
+	var lostSeq int64 = -1
+	for _, line := range bytes.Split(before.Bytes(), []byte("\n")) {
+		if bytes.Contains(line, []byte(`"id":"`+lostID+`"`)) {
+			var ev struct{ Log struct{ Seq int64 } }
+			json.Unmarshal(line, &ev)
+			lostSeq = ev.Log.Seq
+		}
+	}
+	var report bytes.Buffer
+	errOut.Reset()
+	if code := run([]string{"verify", "--pubkey", filepath.Join(dataDir, "signing.key.pub"), spoolDir}, &report, &errOut); code != 1 {
+		t.Errorf("verify of a damaged spool exited %d, want 1:\n%s%s", code, report.String(), errOut.String())
+	}
+	for _, want := range []string{fmt.Sprintf("problem: seq %d missing", lostSeq), "problem: " + damaged + " is damaged at offsets "} {
+		if !strings.Contains(report.String(), want) {
+			t.Errorf("verify's report lacks %q:\n%s", want, report.String())
+		}
+	}
+
+	// A sidecar that ships the spool quarantines the segment.
+	recv := startReceiver(t, "127.0.0.1:0", forwardrecv.Config{})
+	p = startServe(t, upstream, nil, "--data-dir", dataDir, "--log-level", "error", "--segment-max-bytes", "4KiB",
+		"--forward", "tcp://"+recv.Addr())
+	waitUntil(t, "the segment_damaged event at the aggregator", 30*time.Second, func() bool {
+		for _, e := range recv.Entries() {
+			if e.Record["type"] == "segment_damaged" {
+				return true
+			}
+		}
+		return false
+	})
+	if m := scrapeMetric(t, p.admin, "auditproxy_spool_segments_damaged_total"); m != 1 {
+		t.Errorf("auditproxy_spool_segments_damaged_total %v", m)
+	}
+	if err := p.stop(); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	for _, e := range recv.Entries() {
+		if id, ok := e.Record["id"].(string); ok {
+			ids[id] = true
+		}
+	}
+	for _, line := range bytes.Split(bytes.TrimSpace(before.Bytes()), []byte("\n")) {
+		var ev struct{ ID string }
+		json.Unmarshal(line, &ev)
+		if ev.ID != lostID && !ids[ev.ID] {
+			t.Errorf("intact event %s was not shipped", ev.ID)
+		}
+	}
+	out.Reset()
+	errOut.Reset()
+	if code := run([]string{"export", "--data-dir", dataDir}, &out, &errOut); code != 0 || !strings.Contains(errOut.String(), filepath.Base(damaged)+".damaged is a damaged segment the sidecar moved aside") {
+		t.Errorf("export after the quarantine exited %d:\n%s", code, errOut.String())
+	}
 }
