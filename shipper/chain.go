@@ -46,11 +46,15 @@ type LogOptions struct {
 	// OnCheckpoint, if set, receives each checkpoint event once the commit
 	// holding it is durable; the slice is the callee's.
 	OnCheckpoint func(event []byte)
+	// Witness says that a witness is sent the checkpoints: the stored
+	// hashes are kept for consistency proofs from the size it last
+	// cosigned, which it reports with Spool.WitnessCosigned (until it does,
+	// from 0). Without one they are kept from the newest checkpoint on.
+	Witness bool
 }
 
 const (
-	hashesFileName = "tree.hashes" // the log's stored hashes, tlog.StoredHashIndex order
-	logFileName    = "log.json"    // {"origin": …} of the current log
+	logFileName = "log.json" // {"origin": …} of the current log
 )
 
 // spoolLog is the log side of a spool. The committer goroutine owns it.
@@ -58,18 +62,22 @@ type spoolLog struct {
 	opts    LogOptions
 	logger  *slog.Logger
 	chain   *audit.Chain
-	hashes  *os.File
-	nHashes atomic.Int64 // written by the committer, read by proof makers
+	origin  string    // the chain's, fixed once open
+	tree    *treeFile // the stored hashes proofs need (tree.go)
 	sinceCP int
-	lastCP  time.Time
-	cps     [][]byte // checkpoint events of the commit in progress
+	// cpSize is the size of the newest committed checkpoint, witnessSize
+	// what the witness last cosigned: keepFrom.
+	cpSize, witnessSize atomic.Int64
+	cpPending           int64        // the size of the checkpoint in the commit in progress
+	size                atomic.Int64 // the log's size at the last commit, for readers
+	lastCP              time.Time
+	cps                 [][]byte // checkpoint events of the commit in progress
 	// cpCommitted is the time (Unix ns) of the newest checkpoint committed
 	// to the spool, or of the log's opening before the first: read by the
 	// metrics, so an alert can tell a log that stopped signing.
 	cpCommitted atomic.Int64
 	starting    []byte          // the log_started event still to commit, for a new epoch
 	known       map[string]bool // origins found in the spool (see newOrigin)
-	hashBuf     []byte          // stored hashes on their way to the file, reused
 }
 
 // logMark is a spoolLog's state before a commit, to undo a failed one.
@@ -96,21 +104,15 @@ func (l *spoolLog) rollback(m logMark) {
 // crash they are recomputed from the spool.
 func (l *spoolLog) committed() {
 	if stored := l.chain.TakeStored(); len(stored) > 0 {
-		buf := l.hashBuf[:0]
-		for _, h := range stored {
-			buf = append(buf, h[:]...)
-		}
-		if cap(buf) <= 1<<20 {
-			l.hashBuf = buf
-		}
-		if _, err := l.hashes.WriteAt(buf, l.nHashes.Load()*tlog.HashSize); err != nil {
+		if err := l.tree.append(stored); err != nil {
 			l.logger.Error("cannot write the log's stored hashes; they are recomputed from the spool at the next start", "err", err)
 		}
-		l.nHashes.Add(int64(len(stored)))
 	}
 	if len(l.cps) > 0 {
 		l.cpCommitted.Store(l.lastCP.UnixNano())
+		l.cpSize.Store(l.cpPending)
 	}
+	l.size.Store(l.chain.Size())
 	for _, cp := range l.cps {
 		if l.opts.OnCheckpoint != nil {
 			l.opts.OnCheckpoint(cp)
@@ -133,6 +135,7 @@ func (l *spoolLog) appendEvent(dst, event []byte) ([]byte, error) {
 
 func (l *spoolLog) appendCheckpoint(dst []byte, now time.Time, final bool, outage *audit.CheckpointOutage) ([]byte, error) {
 	start := len(dst)
+	l.cpPending = l.chain.Size()
 	dst, err := l.chain.AppendCheckpointEventAfter(dst, l.opts.Signer, now, l.opts.CheckpointInterval, final, outage, l.opts.Source)
 	if err != nil {
 		return dst[:start], err
@@ -181,23 +184,31 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 	}
 	l := &spoolLog{opts: opts, logger: s.log, lastCP: time.Now()}
 	l.cpCommitted.Store(l.lastCP.UnixNano())
-	f, err := os.OpenFile(filepath.Join(s.dir, hashesFileName), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open the log's stored hashes: %w", err)
+	t, err := openTreeFile(s.dir)
+	if errors.Is(err, errTreeDamaged) {
+		// Its header does not read back: start it again, and let recover
+		// rebuild it from the spool.
+		s.log.Error("the log's tree state is damaged; rebuilding it from the spool's events", "err", err)
+		os.Rename(filepath.Join(s.dir, treeFileName), filepath.Join(s.dir, treeFileName+quarantineExt))
+		t, err = openTreeFile(s.dir)
 	}
-	l.hashes = f
+	if err != nil {
+		return nil, err
+	}
+	l.tree = t
+	f := t // closed on the error paths below
 	st, reason, err := l.recover(s)
 	if err != nil {
-		f.Close()
+		f.close()
 		return nil, err
 	}
 	if reason != "" {
 		st = audit.ChainState{Origin: l.newOrigin(time.Now())}
-		if err := f.Truncate(0); err != nil {
-			f.Close()
+		if err := t.reset(st.Origin); err != nil {
+			f.close()
 			return nil, err
 		}
-		l.nHashes.Store(0)
+		l.cpSize.Store(0)
 		var ev logStarted
 		ev.V, ev.Type, ev.ID, ev.Time, ev.Source = 1, "log_started", audit.NewID(), audit.Timestamp(time.Now()), opts.Source
 		ev.Started.Reason = reason
@@ -207,20 +218,28 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 			ev.Started.PreviousCheckpoint = prev
 		}
 		if l.starting, err = json.Marshal(ev); err != nil {
-			f.Close()
+			f.close()
 			return nil, err
 		}
 		s.log.Info("starting a new log epoch", "origin", st.Origin, "reason", reason)
 	}
+	if st.Tree.Size() == 0 && (t.legacy || t.origin != st.Origin) {
+		if err := t.reset(st.Origin); err != nil { // nothing committed yet to this log
+			f.close()
+			return nil, err
+		}
+	}
 	if err := saveLogFile(s.dir, st.Origin); err != nil {
-		f.Close()
+		f.close()
 		return nil, err
 	}
 	l.chain, err = audit.NewChain(st)
 	if err != nil {
-		f.Close()
+		f.close()
 		return nil, err
 	}
+	l.origin = st.Origin
+	l.size.Store(l.chain.Size())
 	return l, nil
 }
 
@@ -298,7 +317,7 @@ func (l *spoolLog) recover(s *Spool) (audit.ChainState, string, error) {
 		if err != nil || origin == "" || !isOwnOrigin(origin, l.opts.Name) {
 			return audit.ChainState{}, "new data dir", nil
 		}
-		return audit.ChainState{Origin: origin}, "", nil // started, nothing committed yet
+		return l.continueFromTree(origin)
 	}
 	var p fastjson.Parser
 	v, err := p.ParseBytes(last)
@@ -318,32 +337,126 @@ func (l *spoolLog) recover(s *Spool) (audit.ChainState, string, error) {
 		return audit.ChainState{}, "the newest spooled event is not canonicalisable JSON", nil
 	}
 	n := seq + 1
-	// Keep the stored hashes of whole leaves only, then recompute the rest
-	// from the spool.
-	fi, err := l.hashes.Stat()
+	tree, why, err := l.recoverTree(s, origin, n, lastCP)
 	if err != nil {
 		return audit.ChainState{}, "", err
 	}
-	have := fi.Size() / tlog.HashSize
-	k := n
-	for k > 0 && tlog.StoredHashCount(k) > have {
-		k--
-	}
-	if err := l.hashes.Truncate(tlog.StoredHashCount(k) * tlog.HashSize); err != nil {
-		return audit.ChainState{}, "", err
-	}
-	l.nHashes.Store(tlog.StoredHashCount(k))
-	tree, err := audit.TreeFromStored(k, l)
-	if err != nil {
-		return audit.ChainState{}, "", fmt.Errorf("read the log's stored hashes: %w", err)
-	}
-	if k < n {
-		s.log.Warn("recomputing the log's stored hashes from the spool", "from_seq", k, "to_seq", n-1)
-		if tree, err = l.replay(s.dir, origin, tree, n); err != nil {
-			return audit.ChainState{}, fmt.Sprintf("the log's stored hashes cannot be rebuilt: %v", err), nil
-		}
+	if why != "" {
+		return audit.ChainState{}, why, nil
 	}
 	return audit.ChainState{Origin: origin, Tree: tree, Prev: leaf}, "", nil
+}
+
+// continueFromTree continues origin when the spool holds none of its
+// events: a new log that committed nothing yet, or one whose every segment
+// was shipped and deleted while the active one is still empty. Starting
+// that log again at seq 0 would reuse seqs already shipped and
+// checkpointed (a fork), so the tree state says where it is: its size and
+// its last leaf hash (fsynced before any segment was deleted). A tree state
+// that cannot say starts a new epoch.
+func (l *spoolLog) continueFromTree(origin string) (audit.ChainState, string, error) {
+	t := l.tree
+	if t.fresh || !t.legacy && t.origin != origin {
+		return audit.ChainState{}, fmt.Sprintf("the spool holds no event of the log %s and the log's tree state does not say how far it went (continuing could reuse its seqs)", origin), nil
+	}
+	k := t.base
+	for tlog.StoredHashCount(k+1) <= t.n.Load() {
+		k++
+	}
+	if k == 0 {
+		return audit.ChainState{Origin: origin}, "", nil // started, nothing committed yet
+	}
+	if err := t.cut(k); err != nil {
+		return audit.ChainState{}, "", err
+	}
+	tree, err := audit.TreeFromStored(k, t)
+	var prev []tlog.Hash
+	if err == nil {
+		prev, err = t.ReadHashes([]int64{tlog.StoredHashIndex(0, k-1)})
+	}
+	if err != nil {
+		return audit.ChainState{}, fmt.Sprintf("the spool holds no event of the log %s and the log's tree state cannot give its last leaf (%v)", origin, err), nil
+	}
+	l.logger.Warn("the spool holds no event of the log (all shipped and deleted); continuing it from the log's tree state", "origin", origin, "size", k)
+	return audit.ChainState{Origin: origin, Tree: tree, Prev: prev[0]}, "", nil
+}
+
+// recoverTree returns the edge of origin's tree of n leaves, from the tree
+// state file and, for what a crash left out of it, the spool's events; or
+// why it cannot be rebuilt.
+//
+// The file is checked before it is trusted: it must be origin's (or the
+// previous release's, which names none), and the newest checkpoint of
+// origin, if the file reaches back to it, must sign the root the file
+// gives at its size. Where it fails, the tree is rebuilt from the spool's
+// events from seq 0, if the spool still holds them all.
+func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, lastCP []byte) (audit.Tree, string, error) {
+	t := l.tree
+	var cpSize int64 = -1
+	var cpRoot tlog.Hash
+	if lastCP != nil {
+		var p fastjson.Parser
+		if pl := placeOf(&p, lastCP); pl != nil && pl.Origin == origin {
+			v, _ := p.ParseBytes(lastCP)
+			if c, _, err := audit.OpenCheckpoint(v.GetStringBytes("checkpoint", "note"), note.VerifierList(signerVerifier{l.opts.Signer})); err == nil {
+				cpSize, cpRoot = c.Size, c.Root
+			}
+		}
+	}
+	problem := ""
+	switch {
+	case t.fresh:
+		problem = "it is missing"
+	case !t.legacy && t.origin != origin:
+		problem = fmt.Sprintf("it is the tree of %q", t.origin)
+	case t.base > n:
+		problem = fmt.Sprintf("it starts at tree size %d, beyond the spool's %d events", t.base, n)
+	}
+	var tree audit.Tree
+	if problem == "" {
+		// Keep the stored hashes of whole leaves only; what a crash cut
+		// off is recomputed from the spool.
+		k := n
+		for k > t.base && tlog.StoredHashCount(k) > t.n.Load() {
+			k--
+		}
+		if err := t.cut(k); err != nil {
+			return tree, "", err
+		}
+		var err error
+		if tree, err = audit.TreeFromStored(k, t); err != nil {
+			problem = err.Error()
+		} else if cpSize >= t.base && cpSize <= k {
+			if at, err := audit.TreeFromStored(cpSize, t); err != nil || at.Root() != cpRoot {
+				problem = fmt.Sprintf("its root at size %d is not the one the newest checkpoint signs", cpSize)
+			}
+		}
+		if problem == "" && k < n {
+			s.log.Warn("recomputing the log's stored hashes from the spool", "from_seq", k, "to_seq", n-1)
+			if tree, err = l.replay(s.dir, origin, tree, n); err != nil {
+				return tree, fmt.Sprintf("the log's tree cannot be rebuilt: %v", err), nil
+			}
+		}
+	}
+	if problem != "" {
+		s.log.Error("the log's tree state cannot be used; rebuilding it from the spool's events", "problem", problem, "origin", origin)
+		if err := t.reset(origin); err != nil {
+			return tree, "", err
+		}
+		var err error
+		if tree, err = l.replay(s.dir, origin, audit.Tree{}, n); err != nil {
+			return tree, fmt.Sprintf("the log's tree state cannot be used (%s) and cannot be rebuilt from the spool: %v", problem, err), nil
+		}
+		if cpSize >= 0 && cpSize <= n {
+			if at, err := audit.TreeFromStored(cpSize, t); err != nil || at.Root() != cpRoot {
+				return tree, fmt.Sprintf("the spool's events do not hash to the root the newest checkpoint (size %d) signs", cpSize), nil
+			}
+		}
+	}
+	if cpSize >= 0 {
+		l.cpSize.Store(cpSize)
+	}
+	return tree, "", nil
 }
 
 // replay appends the leaves tree.Size() to n-1 of origin, read from the
@@ -370,14 +483,9 @@ func (l *spoolLog) replay(dir, origin string, tree audit.Tree, n int64) (audit.T
 			return err
 		}
 		stored = tree.Append(leaf, stored[:0])
-		buf := make([]byte, 0, len(stored)*tlog.HashSize)
-		for _, h := range stored {
-			buf = append(buf, h[:]...)
-		}
-		if _, err := l.hashes.WriteAt(buf, l.nHashes.Load()*tlog.HashSize); err != nil {
+		if err := l.tree.append(stored); err != nil {
 			return err
 		}
-		l.nHashes.Add(int64(len(stored)))
 		if tree.Size() == n {
 			return io.EOF
 		}
@@ -392,21 +500,49 @@ func (l *spoolLog) replay(dir, origin string, tree audit.Tree, n int64) (audit.T
 	return tree, nil
 }
 
-// ReadHashes implements tlog.HashReader over the stored hashes file.
+// ReadHashes implements tlog.HashReader over the tree state file.
 func (l *spoolLog) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
-	out := make([]tlog.Hash, len(indexes))
-	for i, idx := range indexes {
-		if n := l.nHashes.Load(); idx >= n {
-			return nil, fmt.Errorf("stored hash %d not written (have %d)", idx, n)
-		}
-		if _, err := l.hashes.ReadAt(out[i][:], idx*tlog.HashSize); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
+	return l.tree.ReadHashes(indexes)
 }
 
-func (l *spoolLog) close() error { return l.hashes.Close() }
+func (l *spoolLog) close() error { return l.tree.close() }
+
+// keepFrom returns the tree size the log's stored hashes must prove from:
+// the size the witness last cosigned (with a witness; 0 until it says), and
+// never past the newest committed checkpoint.
+func (l *spoolLog) keepFrom() int64 {
+	keep := l.cpSize.Load()
+	if l.opts.Witness {
+		keep = min(keep, l.witnessSize.Load())
+	}
+	return keep
+}
+
+// rebaseDue reports whether the tree state has grown enough to rewrite.
+func (l *spoolLog) rebaseDue() bool {
+	return l.tree.worthRebasing(l.keepFrom())
+}
+
+// WitnessCosigned tells the spool the size the witness last cosigned for
+// origin (WitnessOptions.Cosigned): the log's stored hashes are kept from
+// there on, for the consistency proof of the next checkpoint.
+func (s *Spool) WitnessCosigned(origin string, size int64) {
+	if s.chain == nil || origin != s.chain.origin {
+		return
+	}
+	for {
+		old := s.chain.witnessSize.Load()
+		if size <= old {
+			return
+		}
+		if s.chain.witnessSize.CompareAndSwap(old, size) {
+			break
+		}
+	}
+	if s.chain.rebaseDue() {
+		s.wakeMaintenance()
+	}
+}
 
 func isOwnOrigin(origin, name string) bool {
 	return len(origin) > len(name)+1 && origin[:len(name)] == name && origin[len(name)] == '/'

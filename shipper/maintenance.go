@@ -32,6 +32,26 @@ func (s *Spool) maintenanceLoop() {
 		}
 		s.sealPending()
 		s.reclaim(time.Now())
+		s.rebaseTree()
+	}
+}
+
+// rebaseTree drops the log's stored hashes that no proof needs any more
+// (see tree.go), once that is worth a rewrite.
+func (s *Spool) rebaseTree() {
+	if s.chain == nil || !s.chain.rebaseDue() {
+		return
+	}
+	keep := s.chain.keepFrom()
+	before := s.chain.tree.size.Load()
+	done, err := s.chain.tree.rebase(keep, s.chain.origin)
+	if err != nil {
+		s.log.Error("cannot rewrite the log's tree state smaller; it keeps growing until a rewrite succeeds", "err", err)
+		return
+	}
+	if done {
+		s.log.Debug("rewrote the log's tree state from the size proofs need on", "from_size", keep,
+			"bytes_before", before, "bytes_after", s.chain.tree.size.Load())
 	}
 }
 
@@ -206,6 +226,14 @@ func (s *Spool) reclaim(now time.Time) {
 		}
 		if reason == "" {
 			return
+		}
+		if s.chain != nil {
+			// The stored hashes of the segment's events must be on disk
+			// before the events go: a crash would otherwise need them.
+			if err := s.chain.tree.sync(); err != nil {
+				s.log.Error("cannot fsync the log's tree state; not deleting spool segments", "err", err)
+				return
+			}
 		}
 		s.segFiles.Lock()
 		err := os.Remove(path)

@@ -199,6 +199,7 @@ type Spool struct {
 	sealQueue []uint64
 	maintDone chan struct{}
 	stateFile sync.Mutex // serialises state writes
+	stateSize int64      // of state.json, under stateFile
 
 	// Recovery says what opening found.
 	Recovery RecoveryReport
@@ -279,6 +280,7 @@ func OpenSpool(dataDir string, opts SpoolOptions) (*Spool, error) {
 			s.active.Close()
 			return nil, err
 		}
+		s.otherBytes.Store(otherFileBytes(s.dir)) // log.json may be new
 	}
 	s.metrics.spool = s
 	if len(s.Recovery.Lost) > 0 {
@@ -358,6 +360,9 @@ func (s *Spool) recover() error {
 	}
 	s.used.Store(used)
 	s.otherBytes.Store(otherFileBytes(s.dir))
+	if fi, err := os.Stat(filepath.Join(s.dir, stateFileName)); err == nil {
+		s.stateSize = fi.Size()
+	}
 	s.segs = segs
 	s.committed = Pos{s.activeID, s.activeSize}
 	s.acked = st.Acked
@@ -394,8 +399,13 @@ func (s *Spool) stateLost(cause error, segs []segmentFile, activeRecords int) {
 	}
 	s.Recovery.StateLost = cause.Error()
 	if !s.opts.Forwarding {
-		s.log.Warn("spool state file unusable; the check that the disk kept every committed record is skipped this start",
-			"file", path, "problem", cause.Error())
+		// Nothing is shipped, so nothing is resent. Without forwarding the
+		// file is written only at a clean stop: after a crash its absence
+		// is expected.
+		if !errors.Is(cause, errStateMissing) {
+			s.log.Warn("spool state file unusable; the check that the disk kept every committed record is skipped this start",
+				"file", path, "problem", cause.Error())
+		}
 		return
 	}
 	n, exact := countRecords(s.dir, segs, activeRecords)
@@ -407,7 +417,13 @@ func (s *Spool) stateLost(cause error, segs []segmentFile, activeRecords int) {
 
 // totalBytes returns the bytes of every file the spool keeps: segments and
 // the rest (otherFileBytes), all counted against MaxBytes.
-func (s *Spool) totalBytes() int64 { return s.used.Load() + s.otherBytes.Load() }
+func (s *Spool) totalBytes() int64 {
+	n := s.used.Load() + s.otherBytes.Load()
+	if s.chain != nil {
+		n += s.chain.tree.size.Load()
+	}
+	return n
+}
 
 // otherFileBytes returns the size of the files in the spool directory that
 // are not segments: state files, saved torn tails and damage (.corrupt),
@@ -421,7 +437,8 @@ func otherFileBytes(dir string) int64 {
 	var n int64
 	for _, e := range entries {
 		name := e.Name()
-		if !e.Type().IsRegular() || IsSegmentFile(name) || strings.HasSuffix(name, tmpExt) {
+		if !e.Type().IsRegular() || IsSegmentFile(name) || strings.HasSuffix(name, tmpExt) ||
+			name == treeFileName || name == legacyTreeName { // counted as the log keeps them
 			continue
 		}
 		if fi, err := e.Info(); err == nil {
@@ -800,6 +817,9 @@ func (s *Spool) commit(b *batch, final, checkpoint bool) error {
 			s.w.outageSince = time.Time{} // reported by the checkpoint just committed
 		}
 		s.chain.committed()
+		if s.chain.rebaseDue() {
+			s.wakeMaintenance()
+		}
 	}
 	s.committedBytes(int64(len(out)))
 	s.activeSize += int64(len(out))
@@ -953,7 +973,12 @@ func (s *Spool) SaveState() error {
 	s.stateMu.Lock()
 	st := spoolState{Version: 1, Written: s.committed, Acked: s.acked}
 	s.stateMu.Unlock()
-	return saveState(s.dir, st)
+	n, err := saveState(s.dir, st)
+	if err == nil {
+		s.otherBytes.Add(n - s.stateSize) // counted against MaxBytes like every file
+		s.stateSize = n
+	}
+	return err
 }
 
 // firstSegment returns the oldest segment's id.

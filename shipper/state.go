@@ -50,15 +50,16 @@ func loadState(dir string) (spoolState, error) {
 	return st, nil
 }
 
-func saveState(dir string, st spoolState) error {
+// saveState writes the state file and returns its size.
+func saveState(dir string, st spoolState) (int64, error) {
 	b, err := json.Marshal(st)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if err := writeFileAtomic(filepath.Join(dir, stateFileName), append(b, '\n')); err != nil {
-		return fmt.Errorf("write spool state: %w", err)
+		return 0, fmt.Errorf("write spool state: %w", err)
 	}
-	return nil
+	return int64(len(b) + 1), nil
 }
 
 // writeFileAtomic replaces path with data (mode 0600) so that a crash

@@ -258,7 +258,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 	host, _ := os.Hostname()
 	source := audit.Source{Host: host, Version: buildVersion()}
 	logOpts := &shipper.LogOptions{Name: c.logName, Signer: signer, CheckpointInterval: c.checkpointInterval,
-		CheckpointEvery: c.checkpointEvery, Source: source}
+		CheckpointEvery: c.checkpointEvery, Source: source, Witness: c.witnessURL != ""}
 	var cpDir *shipper.CheckpointDir
 	var cpPoster *shipper.CheckpointPoster
 	if c.checkpointURL != "" {
@@ -323,7 +323,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 	if c.witnessURL != "" {
 		w, err := shipper.NewWitness(shipper.WitnessOptions{URL: c.witnessURL, Hashes: spool.TreeHashes(),
 			StateFile: filepath.Join(c.dataDir, "witness.json"), CosignatureFile: filepath.Join(c.dataDir, "cosignatures.ndjson"),
-			Logger: logger})
+			Logger: logger, Cosigned: spool.WitnessCosigned})
 		if err != nil {
 			spool.Close()
 			return nil, usageError{"--witness-url: " + err.Error()}

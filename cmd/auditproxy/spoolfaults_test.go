@@ -465,3 +465,127 @@ func TestDamagedSealedSegmentEndToEnd(t *testing.T) {
 		t.Errorf("export after the quarantine exited %d:\n%s", code, errOut.String())
 	}
 }
+
+// TestKill9WhileTheTreeStateIsRewritten SIGKILLs a loaded sidecar that
+// checkpoints every 20 events, so that its tree state (log.tree) is
+// rewritten smaller again and again while it runs, and restarts it on the
+// same data dir: each restart continues the same log from log.tree and the
+// spool, the file stays small, and the whole log verifies.
+func TestKill9WhileTheTreeStateIsRewritten(t *testing.T) {
+	_, upstream := startFake(t, fakevllm.Config{})
+	dataDir := t.TempDir()
+	var n atomic.Int64
+	for round := range 3 {
+		p := startServeRetrying(t, upstream, "--data-dir", dataDir, "--log-level", "warn", "--checkpoint-every", "20",
+			"--segment-max-bytes", "64KiB")
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					postChat(t, p.listen, fmt.Sprintf("tree-%d", n.Add(1)))
+				}
+			})
+		}
+		time.Sleep(time.Duration(700+300*round) * time.Millisecond)
+		p.kill()
+		close(stop)
+		wg.Wait()
+	}
+	last := startServeRetrying(t, upstream, "--data-dir", dataDir, "--log-level", "warn", "--checkpoint-every", "20")
+	if err := last.stop(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if code := run([]string{"export", "--data-dir", dataDir}, &out, io.Discard); code != 0 {
+		t.Fatal("export failed")
+	}
+	events := bytes.Count(out.Bytes(), []byte("\n"))
+	fi, err := os.Stat(filepath.Join(dataDir, "spool", "log.tree"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacy := 0
+	for l := events; l > 0; l >>= 1 {
+		legacy += l // StoredHashCount, about 2 per event
+	}
+	t.Logf("%d events after 3 kills; log.tree %d bytes, the previous release's tree.hashes would be about %d", events, fi.Size(), legacy*32)
+	if events < 500 {
+		t.Fatalf("only %d events: the kills came before any load", events)
+	}
+	if fi.Size() > int64(legacy*32/2) {
+		t.Errorf("log.tree is %d bytes for %d events: not kept small", fi.Size(), events)
+	}
+	var report bytes.Buffer
+	if code := run([]string{"verify", "--pubkey", filepath.Join(dataDir, "signing.key.pub"), filepath.Join(dataDir, "spool")}, &report, io.Discard); code != 0 || bytes.Count(report.Bytes(), []byte("OK ")) != 1 {
+		t.Errorf("verify after kills (want one log, continued):\n%s", report.String())
+	}
+}
+
+// retriedServe is a serve process started by startServeRetrying.
+type retriedServe struct {
+	cmd           *exec.Cmd
+	listen, admin string
+	stderr        *syncBuffer
+	exited        chan struct{}
+	err           error // the exit, once exited is closed
+}
+
+// stop sends SIGTERM and returns how the process exited.
+func (s *retriedServe) stop() error {
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	<-s.exited
+	return s.err
+}
+
+// kill sends SIGKILL and waits for the exit.
+func (s *retriedServe) kill() {
+	s.cmd.Process.Signal(syscall.SIGKILL)
+	<-s.exited
+}
+
+// startServeRetrying is startServe for a test that has just loaded the
+// loopback with client connections: a port freeAddr found free can be taken
+// by one of them before serve binds it, so a start that fails to bind is
+// tried again on other ports.
+func startServeRetrying(t *testing.T, upstream string, args ...string) *retriedServe {
+	t.Helper()
+	for attempt := 0; ; attempt++ {
+		s := &retriedServe{listen: freeAddr(t), admin: freeAddr(t), stderr: &syncBuffer{}, exited: make(chan struct{})}
+		s.cmd = exec.Command(buildBinary(t), append([]string{"serve", "--upstream", upstream,
+			"--listen", s.listen, "--admin-listen", s.admin}, args...)...)
+		s.cmd.Stderr = s.stderr
+		if err := s.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { s.err = s.cmd.Wait(); close(s.exited) }()
+		t.Cleanup(func() { s.cmd.Process.Kill(); <-s.exited })
+		retry := false
+		for deadline := time.Now().Add(15 * time.Second); !retry; {
+			select {
+			case <-s.exited:
+				if attempt < 3 && strings.Contains(s.stderr.String(), "address already in use") {
+					retry = true
+					continue
+				}
+				t.Fatalf("serve exited:\n%s", s.stderr.String())
+			default:
+			}
+			if r, err := http.Get("http://" + s.admin + "/readyz"); err == nil {
+				r.Body.Close()
+				if r.StatusCode == 200 {
+					return s
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("serve not ready within 15s:\n%s", s.stderr.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
