@@ -320,7 +320,6 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 		return nil, err
 	}
 	inst := &instance{cfg: c, log: logger, spool: spool, cpDir: cpDir, cpPoster: cpPoster, serveErr: make(chan error, 2)}
-	inst.lock = lock
 	if c.witnessURL != "" {
 		w, err := shipper.NewWitness(shipper.WitnessOptions{URL: c.witnessURL, Hashes: spool.TreeHashes(),
 			StateFile: filepath.Join(c.dataDir, "witness.json"), CosignatureFile: filepath.Join(c.dataDir, "cosignatures.ndjson"),
@@ -424,7 +423,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (*instance, 
 	// a Ctrl-C right after shuts it down rather than killing it.
 	inst.sig = make(chan os.Signal, 1)
 	signal.Notify(inst.sig, syscall.SIGINT, syscall.SIGTERM)
-	started = true // the lock is the instance's now
+	inst.lock, started = lock, true // released at the end of shutdown
 	logger.Info("auditproxy serving", "version", buildVersion(), "listen", inst.ln.Addr().String(),
 		"admin", c.adminListen, "upstream", c.upstream, "data_dir", c.dataDir, "hash", string(alg),
 		"durability", string(durability), "fsync_interval", c.fsyncInterval.String(),
