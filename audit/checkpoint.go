@@ -84,13 +84,36 @@ func OpenCheckpoint(msg []byte, known note.Verifiers) (Checkpoint, *note.Note, e
 // counts. IntervalMS is the sidecar's checkpoint interval: a verifier flags
 // longer gaps between checkpoints. Final marks the checkpoint a sidecar
 // writes as it stops: the gap after it is downtime, not missing checkpoints.
+//
+// Outage is set on the first checkpoint committed after the log could not
+// commit for a while (a full or failing disk): checkpoints due meanwhile
+// were attempted and failed, so the gap before this one is an outage that
+// the sidecar reports, not checkpoints removed from the log. Like Final, it
+// is covered by the next checkpoint's root, not by its own note.
 type CheckpointRecord struct {
-	Origin     string `json:"origin"`
-	Size       int64  `json:"size"`
-	Root       string `json:"root"`
-	Note       string `json:"note"`
-	IntervalMS int64  `json:"interval_ms"`
-	Final      bool   `json:"final,omitempty"`
+	Origin     string            `json:"origin"`
+	Size       int64             `json:"size"`
+	Root       string            `json:"root"`
+	Note       string            `json:"note"`
+	IntervalMS int64             `json:"interval_ms"`
+	Final      bool              `json:"final,omitempty"`
+	Outage     *CheckpointOutage `json:"outage,omitempty"`
+}
+
+// CheckpointOutage says why and since when a log could not commit before
+// the checkpoint that carries it.
+type CheckpointOutage struct {
+	// Since is the time of the first failed commit.
+	Since Timestamp `json:"since"`
+	// Reason is the spool's state: commit_failed (a write or fsync failed)
+	// or unusable (a failed commit could not be cut off the segment).
+	Reason string `json:"reason"`
+	// Error is the first failure's error.
+	Error string `json:"error"`
+	// FailedCommits counts the commits that failed, FailedCheckpoints those
+	// of them that held a checkpoint.
+	FailedCommits     int `json:"failed_commits"`
+	FailedCheckpoints int `json:"failed_checkpoints"`
 }
 
 // checkpointEvent is the wire form of a checkpoint event (the chain adds its
@@ -113,6 +136,12 @@ type checkpointEvent struct {
 // AppendCheckpointEvent signs a checkpoint of the chain's current tree and
 // appends it to dst as the chain's next event.
 func (c *Chain) AppendCheckpointEvent(dst []byte, s note.Signer, now time.Time, interval time.Duration, final bool, src Source) ([]byte, error) {
+	return c.AppendCheckpointEventAfter(dst, s, now, interval, final, nil, src)
+}
+
+// AppendCheckpointEventAfter is AppendCheckpointEvent for the first
+// checkpoint after an outage, which it reports (nil: none).
+func (c *Chain) AppendCheckpointEventAfter(dst []byte, s note.Signer, now time.Time, interval time.Duration, final bool, outage *CheckpointOutage, src Source) ([]byte, error) {
 	cp := Checkpoint{Origin: c.origin, Size: c.tree.n, Root: c.tree.Root()}
 	signed, err := SignCheckpoint(cp, s)
 	if err != nil {
@@ -120,7 +149,7 @@ func (c *Chain) AppendCheckpointEvent(dst []byte, s note.Signer, now time.Time, 
 	}
 	ev := checkpointEvent{V: 1, Type: TypeCheckpoint, ID: NewID(), Time: Timestamp(now),
 		Checkpoint: CheckpointRecord{Origin: cp.Origin, Size: cp.Size, Root: base64.StdEncoding.EncodeToString(cp.Root[:]),
-			Note: string(signed), IntervalMS: interval.Milliseconds(), Final: final},
+			Note: string(signed), IntervalMS: interval.Milliseconds(), Final: final, Outage: outage},
 		Source: src}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)

@@ -213,6 +213,13 @@ type Admitter interface {
 	Admit() error
 }
 
+// RetryAfter is implemented by Admit errors that know when the Recorder
+// will next check whether it can take events again (a spool re-checks its
+// disk on a timer): the honest Retry-After for the refused request.
+type RetryAfter interface {
+	RetryAfter() time.Duration
+}
+
 // NewID returns a random (version 4) UUID in its canonical text form.
 func NewID() string {
 	var buf [36]byte

@@ -65,11 +65,12 @@ type leafRec struct {
 }
 
 type cpRec struct {
-	seq      int64
-	rec      CheckpointRecord
-	final    bool
-	time     int64
-	eventErr string // the event's own fields disagree with its note
+	seq         int64
+	rec         CheckpointRecord
+	final       bool
+	time        int64
+	outageSince int64  // unix nanos; 0 unless the checkpoint reports an outage before it
+	eventErr    string // the event's own fields disagree with its note
 }
 
 // NewVerifier returns a Verifier that checks signatures with keys.
@@ -263,6 +264,7 @@ type OriginReport struct {
 	NewestCheckpoint    int64    `json:"newest_checkpoint_size"` // -1: none
 	NewestCheckpointAt  string   `json:"newest_checkpoint_time"` // RFC 3339
 	Committed           int64    `json:"committed_present"`      // events below the newest checkpoint's size that are present
+	Outages             int      `json:"outages"`                // gaps between checkpoints that the later one reports as an outage (the log could not be written)
 	Problems            []string `json:"problems"`
 	OK                  bool     `json:"ok"`
 }
@@ -420,7 +422,16 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 		}
 		if prevCP != nil && !prevCP.final && prevCP.time > 0 && cp.time > 0 {
 			gap := time.Duration(cp.time - prevCP.time)
-			if cadence := time.Duration(prevCP.rec.IntervalMS) * time.Millisecond; cadence > 0 && gap > cadence*3/2+time.Second {
+			cadence := time.Duration(prevCP.rec.IntervalMS) * time.Millisecond
+			late := cadence*3/2 + time.Second
+			switch {
+			case cadence <= 0 || gap <= late:
+			case cp.outageSince > 0 && cp.outageSince <= prevCP.time+int64(late):
+				// The sidecar says its commits failed from a time when the
+				// next checkpoint was not yet overdue: the checkpoints due
+				// meanwhile could not be written, none was removed.
+				r.Outages++
+			default:
 				problem("checkpoints at sizes %d and %d are %s apart, cadence %s: checkpoints between them are missing", prevCP.seq, cp.seq, gap.Round(time.Millisecond), cadence)
 			}
 		}
@@ -505,6 +516,11 @@ func (v *Verifier) parseEventFields(canon []byte) (eventFields, error) {
 			Origin: string(c.GetStringBytes("origin")), Size: c.GetInt64("size"),
 			Root: string(c.GetStringBytes("root")), Note: string(c.GetStringBytes("note")),
 			IntervalMS: c.GetInt64("interval_ms")}}
+		if since := c.GetStringBytes("outage", "since"); since != nil {
+			if t, err := ParseTime(since); err == nil {
+				f.cp.outageSince = t.UnixNano()
+			}
+		}
 	}
 	return f, nil
 }

@@ -320,3 +320,52 @@ func FuzzParseCheckpoint(f *testing.F) {
 		}
 	})
 }
+
+// TestVerifyAcceptsAReportedOutage: checkpoints further apart than their
+// cadence are missing checkpoints, unless the later one reports an outage
+// (the log could not be written) that began before the next checkpoint was
+// overdue; such a gap is counted, not failed. An outage that began only
+// after the gap was already overdue does not excuse it.
+func TestVerifyAcceptsAReportedOutage(t *testing.T) {
+	s, keys := newTestKeys(t, "test-signer")
+	for _, tc := range []struct {
+		name        string
+		outageAfter time.Duration // from the checkpoint before the gap; <0: no outage reported
+		wantOK      bool
+	}{
+		{"gap without an outage", -1, false},
+		{"outage from the next due checkpoint", 10 * time.Second, true},
+		{"outage that began only after the gap was overdue", 40 * time.Second, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _ := NewChain(ChainState{Origin: "auditproxy/outage/20261123T100000Z"})
+			lines, _, end := buildLog(t, c, s, t0, 0, 10, false) // checkpoint at t0+9s
+			// The disk fills: no commit for two minutes, then the first
+			// commit is an event and a checkpoint reporting the outage.
+			at := end.Add(2 * time.Minute)
+			ev, err := c.Append(nil, inferenceJSON(10, at))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var outage *CheckpointOutage
+			if tc.outageAfter >= 0 {
+				outage = &CheckpointOutage{Since: Timestamp(end.Add(tc.outageAfter)), Reason: "commit_failed",
+					Error: "no space left on device", FailedCommits: 12, FailedCheckpoints: 12}
+			}
+			cp, err := c.AppendCheckpointEventAfter(nil, s, at, 10*time.Second, false, outage, Source{Host: "h", Version: "t"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := verifyLines(keys, time.Time{}, append(lines, ev, cp))
+			if r.OK != tc.wantOK {
+				t.Fatalf("OK = %v, want %v:\n%s", r.OK, tc.wantOK, allProblems(r))
+			}
+			if tc.wantOK && r.Origins[0].Outages != 1 {
+				t.Errorf("outages = %d, want 1", r.Origins[0].Outages)
+			}
+			if !tc.wantOK && !strings.Contains(allProblems(r), "checkpoints between them are missing") {
+				t.Errorf("problems:\n%s", allProblems(r))
+			}
+		})
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -45,11 +46,15 @@ type LogOptions struct {
 	// OnCheckpoint, if set, receives each checkpoint event once the commit
 	// holding it is durable; the slice is the callee's.
 	OnCheckpoint func(event []byte)
+	// Witness says that a witness is sent the checkpoints: the stored
+	// hashes are kept for consistency proofs from the size it last
+	// cosigned, which it reports with Spool.WitnessCosigned (until it does,
+	// from 0). Without one they are kept from the newest checkpoint on.
+	Witness bool
 }
 
 const (
-	hashesFileName = "tree.hashes" // the log's stored hashes, tlog.StoredHashIndex order
-	logFileName    = "log.json"    // {"origin": …} of the current log
+	logFileName = "log.json" // {"origin": …} of the current log
 )
 
 // spoolLog is the log side of a spool. The committer goroutine owns it.
@@ -57,17 +62,22 @@ type spoolLog struct {
 	opts    LogOptions
 	logger  *slog.Logger
 	chain   *audit.Chain
-	hashes  *os.File
-	nHashes atomic.Int64 // written by the committer, read by proof makers
+	origin  string    // the chain's, fixed once open
+	tree    *treeFile // the stored hashes proofs need (tree.go)
 	sinceCP int
-	lastCP  time.Time
-	cps     [][]byte // checkpoint events of the commit in progress
+	// cpSize is the size of the newest committed checkpoint, witnessSize
+	// what the witness last cosigned: keepFrom.
+	cpSize, witnessSize atomic.Int64
+	cpPending           int64        // the size of the checkpoint in the commit in progress
+	size                atomic.Int64 // the log's size at the last commit, for readers
+	lastCP              time.Time
+	cps                 [][]byte // checkpoint events of the commit in progress
 	// cpCommitted is the time (Unix ns) of the newest checkpoint committed
 	// to the spool, or of the log's opening before the first: read by the
 	// metrics, so an alert can tell a log that stopped signing.
 	cpCommitted atomic.Int64
-	starting    []byte // the log_started event still to commit, for a new epoch
-	hashBuf     []byte // stored hashes on their way to the file, reused
+	starting    []byte          // the log_started event still to commit, for a new epoch
+	known       map[string]bool // origins found in the spool (see newOrigin)
 }
 
 // logMark is a spoolLog's state before a commit, to undo a failed one.
@@ -94,21 +104,15 @@ func (l *spoolLog) rollback(m logMark) {
 // crash they are recomputed from the spool.
 func (l *spoolLog) committed() {
 	if stored := l.chain.TakeStored(); len(stored) > 0 {
-		buf := l.hashBuf[:0]
-		for _, h := range stored {
-			buf = append(buf, h[:]...)
-		}
-		if cap(buf) <= 1<<20 {
-			l.hashBuf = buf
-		}
-		if _, err := l.hashes.WriteAt(buf, l.nHashes.Load()*tlog.HashSize); err != nil {
+		if err := l.tree.append(stored); err != nil {
 			l.logger.Error("cannot write the log's stored hashes; they are recomputed from the spool at the next start", "err", err)
 		}
-		l.nHashes.Add(int64(len(stored)))
 	}
 	if len(l.cps) > 0 {
 		l.cpCommitted.Store(l.lastCP.UnixNano())
+		l.cpSize.Store(l.cpPending)
 	}
+	l.size.Store(l.chain.Size())
 	for _, cp := range l.cps {
 		if l.opts.OnCheckpoint != nil {
 			l.opts.OnCheckpoint(cp)
@@ -129,9 +133,10 @@ func (l *spoolLog) appendEvent(dst, event []byte) ([]byte, error) {
 	return dst, err
 }
 
-func (l *spoolLog) appendCheckpoint(dst []byte, now time.Time, final bool) ([]byte, error) {
+func (l *spoolLog) appendCheckpoint(dst []byte, now time.Time, final bool, outage *audit.CheckpointOutage) ([]byte, error) {
 	start := len(dst)
-	dst, err := l.chain.AppendCheckpointEvent(dst, l.opts.Signer, now, l.opts.CheckpointInterval, final, l.opts.Source)
+	l.cpPending = l.chain.Size()
+	dst, err := l.chain.AppendCheckpointEventAfter(dst, l.opts.Signer, now, l.opts.CheckpointInterval, final, outage, l.opts.Source)
 	if err != nil {
 		return dst[:start], err
 	}
@@ -152,6 +157,11 @@ type logStarted struct {
 		// epoch started, from the spool or the checkpoint directory; null if
 		// none.
 		PreviousCheckpoint json.RawMessage `json:"previous_checkpoint"`
+		// Lost lists committed records found damaged when the epoch started
+		// (see RecoveryReport.Lost); CommittedLost says what the state file
+		// shows was lost from the end of the spool.
+		Lost          []LostRange `json:"lost,omitempty"`
+		CommittedLost string      `json:"committed_lost,omitempty"`
 	} `json:"log_started"`
 	Source audit.Source `json:"source"`
 }
@@ -174,64 +184,140 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 	}
 	l := &spoolLog{opts: opts, logger: s.log, lastCP: time.Now()}
 	l.cpCommitted.Store(l.lastCP.UnixNano())
-	f, err := os.OpenFile(filepath.Join(s.dir, hashesFileName), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open the log's stored hashes: %w", err)
+	t, err := openTreeFile(s.dir)
+	if errors.Is(err, errTreeDamaged) {
+		// Its header does not read back: start it again, and let recover
+		// rebuild it from the spool.
+		s.log.Error("the log's tree state is damaged; rebuilding it from the spool's events", "err", err)
+		os.Rename(filepath.Join(s.dir, treeFileName), filepath.Join(s.dir, treeFileName+quarantineExt))
+		t, err = openTreeFile(s.dir)
 	}
-	l.hashes = f
+	if err != nil {
+		return nil, err
+	}
+	l.tree = t
+	f := t // closed on the error paths below
 	st, reason, err := l.recover(s)
 	if err != nil {
-		f.Close()
+		f.close()
 		return nil, err
 	}
 	if reason != "" {
-		st = audit.ChainState{Origin: opts.Name + "/" + time.Now().UTC().Format("20060102T150405Z")}
-		if err := f.Truncate(0); err != nil {
-			f.Close()
+		st = audit.ChainState{Origin: l.newOrigin(time.Now())}
+		if err := t.reset(st.Origin); err != nil {
+			f.close()
 			return nil, err
 		}
-		l.nHashes.Store(0)
+		l.cpSize.Store(0)
 		var ev logStarted
 		ev.V, ev.Type, ev.ID, ev.Time, ev.Source = 1, "log_started", audit.NewID(), audit.Timestamp(time.Now()), opts.Source
 		ev.Started.Reason = reason
+		ev.Started.Lost, ev.Started.CommittedLost = s.Recovery.Lost, s.Recovery.CommittedLostDetail
 		ev.Started.PreviousCheckpoint = json.RawMessage("null")
 		if prev := bytes.TrimSpace(l.opts.PreviousCheckpoint); len(prev) > 0 && json.Valid(prev) {
 			ev.Started.PreviousCheckpoint = prev
 		}
 		if l.starting, err = json.Marshal(ev); err != nil {
-			f.Close()
+			f.close()
 			return nil, err
 		}
 		s.log.Info("starting a new log epoch", "origin", st.Origin, "reason", reason)
 	}
+	if st.Tree.Size() == 0 && (t.legacy || t.origin != st.Origin) {
+		if err := t.reset(st.Origin); err != nil { // nothing committed yet to this log
+			f.close()
+			return nil, err
+		}
+	}
 	if err := saveLogFile(s.dir, st.Origin); err != nil {
-		f.Close()
+		f.close()
 		return nil, err
 	}
 	l.chain, err = audit.NewChain(st)
 	if err != nil {
-		f.Close()
+		f.close()
 		return nil, err
 	}
+	l.origin = st.Origin
+	l.size.Store(l.chain.Size())
 	return l, nil
+}
+
+// newOrigin returns the origin of a new epoch started at now: the instance
+// name and the time, to the second. An epoch started again within the
+// second of one this spool knows (a crash and a restart in quick
+// succession) would take that epoch's origin and reuse its seqs; its time is
+// moved on a second until the origin is new.
+func (l *spoolLog) newOrigin(now time.Time) string {
+	for t := now.UTC().Truncate(time.Second); ; t = t.Add(time.Second) {
+		origin := l.opts.Name + "/" + t.Format("20060102T150405Z")
+		if !l.known[origin] {
+			return origin
+		}
+	}
+}
+
+// knowOrigin notes an origin found in the spool, which a new epoch must not
+// take.
+func (l *spoolLog) knowOrigin(origin string) {
+	if origin == "" {
+		return
+	}
+	if l.known == nil {
+		l.known = map[string]bool{}
+	}
+	l.known[origin] = true
 }
 
 // recover returns the state of the log to continue, or the reason a new
 // epoch starts.
 func (l *spoolLog) recover(s *Spool) (audit.ChainState, string, error) {
-	last, lastCP, err := lastRecords(s.dir)
+	last, lastCP, err := lastRecords(s.dir, signerVerifier{l.opts.Signer})
 	if err != nil {
 		return audit.ChainState{}, "", err
 	}
+	var kp fastjson.Parser
+	for _, rec := range [][]byte{last, lastCP} {
+		if pl := placeOf(&kp, rec); pl != nil {
+			l.knowOrigin(pl.Origin)
+		}
+	}
+	if origin, err := loadLogFile(s.dir); err == nil {
+		l.knowOrigin(origin)
+	}
+	for _, lr := range s.Recovery.Lost {
+		for _, pl := range []*logPlace{lr.Before, lr.After} {
+			if pl != nil {
+				l.knowOrigin(pl.Origin)
+			}
+		}
+	}
 	if lastCP != nil && l.opts.PreviousCheckpoint == nil {
 		l.opts.PreviousCheckpoint = lastCP
+	}
+	// Committed records were lost: the log cannot go on as if they were
+	// there. Continuing after a cut would reuse seqs already shipped and
+	// checkpointed (a fork); continuing after a hole would hide it.
+	if rep := s.Recovery; len(rep.Lost) > 0 || rep.CommittedLost {
+		var what []string
+		for _, lr := range rep.Lost {
+			w := fmt.Sprintf("%d bytes of segment %s at offset %d", lr.Bytes, lr.Segment, lr.Start)
+			if lr.Missing != nil {
+				w += fmt.Sprintf(" (seqs %d..%d of %s)", lr.Missing.First, lr.Missing.Last, lr.Missing.Origin)
+			}
+			what = append(what, w)
+		}
+		if rep.CommittedLost {
+			what = append(what, rep.CommittedLostDetail)
+		}
+		return audit.ChainState{}, "committed records were lost: " + strings.Join(what, "; "), nil
 	}
 	if last == nil {
 		origin, err := loadLogFile(s.dir)
 		if err != nil || origin == "" || !isOwnOrigin(origin, l.opts.Name) {
 			return audit.ChainState{}, "new data dir", nil
 		}
-		return audit.ChainState{Origin: origin}, "", nil // started, nothing committed yet
+		return l.continueFromTree(origin)
 	}
 	var p fastjson.Parser
 	v, err := p.ParseBytes(last)
@@ -251,32 +337,126 @@ func (l *spoolLog) recover(s *Spool) (audit.ChainState, string, error) {
 		return audit.ChainState{}, "the newest spooled event is not canonicalisable JSON", nil
 	}
 	n := seq + 1
-	// Keep the stored hashes of whole leaves only, then recompute the rest
-	// from the spool.
-	fi, err := l.hashes.Stat()
+	tree, why, err := l.recoverTree(s, origin, n, lastCP)
 	if err != nil {
 		return audit.ChainState{}, "", err
 	}
-	have := fi.Size() / tlog.HashSize
-	k := n
-	for k > 0 && tlog.StoredHashCount(k) > have {
-		k--
-	}
-	if err := l.hashes.Truncate(tlog.StoredHashCount(k) * tlog.HashSize); err != nil {
-		return audit.ChainState{}, "", err
-	}
-	l.nHashes.Store(tlog.StoredHashCount(k))
-	tree, err := audit.TreeFromStored(k, l)
-	if err != nil {
-		return audit.ChainState{}, "", fmt.Errorf("read the log's stored hashes: %w", err)
-	}
-	if k < n {
-		s.log.Warn("recomputing the log's stored hashes from the spool", "from_seq", k, "to_seq", n-1)
-		if tree, err = l.replay(s.dir, origin, tree, n); err != nil {
-			return audit.ChainState{}, fmt.Sprintf("the log's stored hashes cannot be rebuilt: %v", err), nil
-		}
+	if why != "" {
+		return audit.ChainState{}, why, nil
 	}
 	return audit.ChainState{Origin: origin, Tree: tree, Prev: leaf}, "", nil
+}
+
+// continueFromTree continues origin when the spool holds none of its
+// events: a new log that committed nothing yet, or one whose every segment
+// was shipped and deleted while the active one is still empty. Starting
+// that log again at seq 0 would reuse seqs already shipped and
+// checkpointed (a fork), so the tree state says where it is: its size and
+// its last leaf hash (fsynced before any segment was deleted). A tree state
+// that cannot say starts a new epoch.
+func (l *spoolLog) continueFromTree(origin string) (audit.ChainState, string, error) {
+	t := l.tree
+	if t.fresh || !t.legacy && t.origin != origin {
+		return audit.ChainState{}, fmt.Sprintf("the spool holds no event of the log %s and the log's tree state does not say how far it went (continuing could reuse its seqs)", origin), nil
+	}
+	k := t.base
+	for tlog.StoredHashCount(k+1) <= t.n.Load() {
+		k++
+	}
+	if k == 0 {
+		return audit.ChainState{Origin: origin}, "", nil // started, nothing committed yet
+	}
+	if err := t.cut(k); err != nil {
+		return audit.ChainState{}, "", err
+	}
+	tree, err := audit.TreeFromStored(k, t)
+	var prev []tlog.Hash
+	if err == nil {
+		prev, err = t.ReadHashes([]int64{tlog.StoredHashIndex(0, k-1)})
+	}
+	if err != nil {
+		return audit.ChainState{}, fmt.Sprintf("the spool holds no event of the log %s and the log's tree state cannot give its last leaf (%v)", origin, err), nil
+	}
+	l.logger.Warn("the spool holds no event of the log (all shipped and deleted); continuing it from the log's tree state", "origin", origin, "size", k)
+	return audit.ChainState{Origin: origin, Tree: tree, Prev: prev[0]}, "", nil
+}
+
+// recoverTree returns the edge of origin's tree of n leaves, from the tree
+// state file and, for what a crash left out of it, the spool's events; or
+// why it cannot be rebuilt.
+//
+// The file is checked before it is trusted: it must be origin's (or the
+// previous release's, which names none), and the newest checkpoint of
+// origin, if the file reaches back to it, must sign the root the file
+// gives at its size. Where it fails, the tree is rebuilt from the spool's
+// events from seq 0, if the spool still holds them all.
+func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, lastCP []byte) (audit.Tree, string, error) {
+	t := l.tree
+	var cpSize int64 = -1
+	var cpRoot tlog.Hash
+	if lastCP != nil {
+		var p fastjson.Parser
+		if pl := placeOf(&p, lastCP); pl != nil && pl.Origin == origin {
+			v, _ := p.ParseBytes(lastCP)
+			if c, _, err := audit.OpenCheckpoint(v.GetStringBytes("checkpoint", "note"), note.VerifierList(signerVerifier{l.opts.Signer})); err == nil {
+				cpSize, cpRoot = c.Size, c.Root
+			}
+		}
+	}
+	problem := ""
+	switch {
+	case t.fresh:
+		problem = "it is missing"
+	case !t.legacy && t.origin != origin:
+		problem = fmt.Sprintf("it is the tree of %q", t.origin)
+	case t.base > n:
+		problem = fmt.Sprintf("it starts at tree size %d, beyond the spool's %d events", t.base, n)
+	}
+	var tree audit.Tree
+	if problem == "" {
+		// Keep the stored hashes of whole leaves only; what a crash cut
+		// off is recomputed from the spool.
+		k := n
+		for k > t.base && tlog.StoredHashCount(k) > t.n.Load() {
+			k--
+		}
+		if err := t.cut(k); err != nil {
+			return tree, "", err
+		}
+		var err error
+		if tree, err = audit.TreeFromStored(k, t); err != nil {
+			problem = err.Error()
+		} else if cpSize >= t.base && cpSize <= k {
+			if at, err := audit.TreeFromStored(cpSize, t); err != nil || at.Root() != cpRoot {
+				problem = fmt.Sprintf("its root at size %d is not the one the newest checkpoint signs", cpSize)
+			}
+		}
+		if problem == "" && k < n {
+			s.log.Warn("recomputing the log's stored hashes from the spool", "from_seq", k, "to_seq", n-1)
+			if tree, err = l.replay(s.dir, origin, tree, n); err != nil {
+				return tree, fmt.Sprintf("the log's tree cannot be rebuilt: %v", err), nil
+			}
+		}
+	}
+	if problem != "" {
+		s.log.Error("the log's tree state cannot be used; rebuilding it from the spool's events", "problem", problem, "origin", origin)
+		if err := t.reset(origin); err != nil {
+			return tree, "", err
+		}
+		var err error
+		if tree, err = l.replay(s.dir, origin, audit.Tree{}, n); err != nil {
+			return tree, fmt.Sprintf("the log's tree state cannot be used (%s) and cannot be rebuilt from the spool: %v", problem, err), nil
+		}
+		if cpSize >= 0 && cpSize <= n {
+			if at, err := audit.TreeFromStored(cpSize, t); err != nil || at.Root() != cpRoot {
+				return tree, fmt.Sprintf("the spool's events do not hash to the root the newest checkpoint (size %d) signs", cpSize), nil
+			}
+		}
+	}
+	if cpSize >= 0 {
+		l.cpSize.Store(cpSize)
+	}
+	return tree, "", nil
 }
 
 // replay appends the leaves tree.Size() to n-1 of origin, read from the
@@ -303,14 +483,9 @@ func (l *spoolLog) replay(dir, origin string, tree audit.Tree, n int64) (audit.T
 			return err
 		}
 		stored = tree.Append(leaf, stored[:0])
-		buf := make([]byte, 0, len(stored)*tlog.HashSize)
-		for _, h := range stored {
-			buf = append(buf, h[:]...)
-		}
-		if _, err := l.hashes.WriteAt(buf, l.nHashes.Load()*tlog.HashSize); err != nil {
+		if err := l.tree.append(stored); err != nil {
 			return err
 		}
-		l.nHashes.Add(int64(len(stored)))
 		if tree.Size() == n {
 			return io.EOF
 		}
@@ -325,21 +500,49 @@ func (l *spoolLog) replay(dir, origin string, tree audit.Tree, n int64) (audit.T
 	return tree, nil
 }
 
-// ReadHashes implements tlog.HashReader over the stored hashes file.
+// ReadHashes implements tlog.HashReader over the tree state file.
 func (l *spoolLog) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
-	out := make([]tlog.Hash, len(indexes))
-	for i, idx := range indexes {
-		if n := l.nHashes.Load(); idx >= n {
-			return nil, fmt.Errorf("stored hash %d not written (have %d)", idx, n)
-		}
-		if _, err := l.hashes.ReadAt(out[i][:], idx*tlog.HashSize); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
+	return l.tree.ReadHashes(indexes)
 }
 
-func (l *spoolLog) close() error { return l.hashes.Close() }
+func (l *spoolLog) close() error { return l.tree.close() }
+
+// keepFrom returns the tree size the log's stored hashes must prove from:
+// the size the witness last cosigned (with a witness; 0 until it says), and
+// never past the newest committed checkpoint.
+func (l *spoolLog) keepFrom() int64 {
+	keep := l.cpSize.Load()
+	if l.opts.Witness {
+		keep = min(keep, l.witnessSize.Load())
+	}
+	return keep
+}
+
+// rebaseDue reports whether the tree state has grown enough to rewrite.
+func (l *spoolLog) rebaseDue() bool {
+	return l.tree.worthRebasing(l.keepFrom())
+}
+
+// WitnessCosigned tells the spool the size the witness last cosigned for
+// origin (WitnessOptions.Cosigned): the log's stored hashes are kept from
+// there on, for the consistency proof of the next checkpoint.
+func (s *Spool) WitnessCosigned(origin string, size int64) {
+	if s.chain == nil || origin != s.chain.origin {
+		return
+	}
+	for {
+		old := s.chain.witnessSize.Load()
+		if size <= old {
+			return
+		}
+		if s.chain.witnessSize.CompareAndSwap(old, size) {
+			break
+		}
+	}
+	if s.chain.rebaseDue() {
+		s.wakeMaintenance()
+	}
+}
 
 func isOwnOrigin(origin, name string) bool {
 	return len(origin) > len(name)+1 && origin[:len(name)] == name && origin[len(name)] == '/'
@@ -367,22 +570,25 @@ func saveLogFile(dir, origin string) error {
 }
 
 // lastRecords returns the spool's newest record and its newest checkpoint
-// event (nil when there is none), reading from the newest segment back.
-func lastRecords(dir string) (last, lastCP []byte, err error) {
+// event (nil when there is none; see isLogCheckpoint), reading from the
+// newest segment back.
+func lastRecords(dir string, key note.Verifier) (last, lastCP []byte, err error) {
 	segs, _, err := listSegments(dir)
 	if err != nil {
 		return nil, nil, err
 	}
+	var p fastjson.Parser
 	for i := len(segs) - 1; i >= 0 && (last == nil || lastCP == nil); i-- {
 		var segLast, segCP []byte
 		err := readSegment(dir, segs[i].id, func(rec []byte) error {
 			segLast = append(segLast[:0], rec...)
-			if bytes.Contains(rec, []byte(`"type":"checkpoint"`)) {
+			if isLogCheckpoint(&p, rec, key) {
 				segCP = append(segCP[:0], rec...)
 			}
 			return nil
 		})
-		if err != nil {
+		var damaged *DamagedSegmentError
+		if err != nil && !errors.As(err, &damaged) {
 			return nil, nil, err
 		}
 		if last == nil && segLast != nil {
@@ -395,6 +601,44 @@ func lastRecords(dir string) (last, lastCP []byte, err error) {
 	return last, lastCP, nil
 }
 
+// isLogCheckpoint reports whether rec is a checkpoint of a log written
+// with key: an event whose top-level "type" is "checkpoint", whose "log"
+// member places it at seq N of origin O, and whose "checkpoint" member holds
+// a signed note that key verifies, for origin O and size N (the checkpoint
+// of size N is event N). Matching bytes instead would take an operator's
+// annotation whose details say "type":"checkpoint" for log structure.
+func isLogCheckpoint(p *fastjson.Parser, rec []byte, key note.Verifier) bool {
+	v, err := p.ParseBytes(rec)
+	if err != nil || string(v.GetStringBytes("type")) != audit.TypeCheckpoint {
+		return false
+	}
+	origin := string(v.GetStringBytes("log", "origin"))
+	seqv := v.Get("log", "seq")
+	msg := v.GetStringBytes("checkpoint", "note")
+	if origin == "" || seqv == nil || len(msg) == 0 {
+		return false
+	}
+	seq, err := seqv.Int64()
+	if err != nil {
+		return false
+	}
+	cp, _, err := audit.OpenCheckpoint(msg, note.VerifierList(key))
+	return err == nil && cp.Origin == origin && cp.Size == seq
+}
+
+// signerVerifier verifies signatures made by a note.Signer without its
+// public key: note's keys are Ed25519, whose signatures are deterministic
+// (RFC 8032), so a message signed by the same key again gives the same
+// signature. The spool holds only its signer.
+type signerVerifier struct{ s note.Signer }
+
+func (v signerVerifier) Name() string    { return v.s.Name() }
+func (v signerVerifier) KeyHash() uint32 { return v.s.KeyHash() }
+func (v signerVerifier) Verify(msg, sig []byte) bool {
+	again, err := v.s.Sign(msg)
+	return err == nil && bytes.Equal(again, sig)
+}
+
 // forEachRecord calls fn with every record of the spool in dir, oldest
 // first, until fn returns an error.
 func forEachRecord(dir string, fn func([]byte) error) error {
@@ -403,34 +647,22 @@ func forEachRecord(dir string, fn func([]byte) error) error {
 		return err
 	}
 	for _, sg := range segs {
-		if err := readSegment(dir, sg.id, fn); err != nil {
-			return err
+		var damaged *DamagedSegmentError
+		if err := readSegment(dir, sg.id, fn); err != nil && !errors.As(err, &damaged) {
+			return err // fn's, or the file's: damage is read past, and what it lost shows as missing records
 		}
 	}
 	return nil
 }
 
-// readSegment calls fn with each record of segment id. The spool's newest
-// segment has been repaired before this is called, so any damage is an
-// error.
+// readSegment calls fn with each intact record of segment id, reading past
+// damage: a *DamagedSegmentError then says what was skipped. The spool's
+// newest segment has been repaired before this is called, so a torn tail
+// is damage too.
 func readSegment(dir string, id uint64, fn func([]byte) error) error {
-	sr, err := openSegment(dir, id)
-	if err != nil {
-		return err
-	}
-	defer sr.Close()
-	for {
-		rec, err := sr.next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("segment %s: %w", segmentName(id), err)
-		}
-		if err := fn(rec); err != nil {
-			return err
-		}
-	}
+	path, _ := segmentPath(dir, id)
+	_, err := scanSegmentFile(path, false, func(_ int64, rec []byte) error { return fn(rec) })
+	return err
 }
 
 // TreeHashes reads the log's stored hashes (tlog.StoredHashIndex order), for

@@ -3,6 +3,7 @@ package shipper
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -87,7 +88,7 @@ func TestSpoolIsAVerifiableLog(t *testing.T) {
 	}
 
 	// A restart continues the log, even with the stored hashes lost.
-	os.Remove(filepath.Join(s.dir, hashesFileName))
+	os.Remove(filepath.Join(s.dir, treeFileName))
 	s2 := openTestSpool(t, dir, SpoolOptions{Log: logOpts(signer)})
 	if err := s2.Append(testEvent(100)); err != nil {
 		t.Fatal(err)
@@ -239,5 +240,138 @@ func TestCheckpointDirKeepsASecondCopy(t *testing.T) {
 	_, last, _ = OpenCheckpointDir(cpDir, nil)
 	if !bytes.Contains(last, []byte(`"final":true`)) {
 		t.Errorf("the dir's last checkpoint is not the final one: %s", last)
+	}
+}
+
+// crashImage copies a data dir's spool as it is on disk now, as a crash
+// (kill -9) would leave it: what the next start finds.
+func crashImage(t *testing.T, dataDir string) string {
+	t.Helper()
+	dst := t.TempDir()
+	src := filepath.Join(dataDir, SpoolDirName)
+	if err := os.MkdirAll(filepath.Join(dst, SpoolDirName), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // a temporary file renamed or removed meanwhile
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, SpoolDirName, e.Name()), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dst
+}
+
+// logStartedOf returns the log_started events of a data dir's spool.
+func logStartedOf(t *testing.T, dataDir string) []map[string]any {
+	t.Helper()
+	var out bytes.Buffer
+	if _, err := Export(dataDir, &out); err != nil {
+		t.Fatal(err)
+	}
+	var started []map[string]any
+	for _, line := range bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n")) {
+		var ev map[string]any
+		if err := json.Unmarshal(line, &ev); err != nil {
+			t.Fatalf("%v: %s", err, line)
+		}
+		if ev["type"] == "log_started" {
+			started = append(started, ev)
+		}
+	}
+	return started
+}
+
+// TestOnlyRealCheckpointsAreCitedAsPrevious: the previous_checkpoint a new
+// epoch cites is an event whose top-level type is checkpoint, placed in the
+// log at the size its note signs, signed with the spool's key. An operator's
+// annotation whose details say "type":"checkpoint", or a checkpoint signed
+// by another key, is newer in the spool but is not cited.
+func TestOnlyRealCheckpointsAreCitedAsPrevious(t *testing.T) {
+	signer, _ := testSigner(t)
+	other, _ := testSigner(t)
+	annotation, err := audit.NewOpsEvent("annotation", map[string]any{"type": "checkpoint", "actor": "mallory",
+		"justification": `"type":"checkpoint"`, "checkpoint": map[string]any{"note": "forged"}}, audit.Source{}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A checkpoint event of another key's log, replayed into this spool.
+	foreign := t.TempDir()
+	fs := openTestSpool(t, foreign, SpoolOptions{Log: logOpts(other)})
+	for i := range 7 {
+		fs.Append(testEvent(i))
+	}
+	fs.Close()
+	var fout bytes.Buffer
+	Export(foreign, &fout)
+	var foreignCP []byte
+	for _, line := range bytes.Split(fout.Bytes(), []byte("\n")) {
+		if bytes.Contains(line, []byte(`"type":"checkpoint"`)) {
+			foreignCP = line
+			break
+		}
+	}
+	var fev map[string]any
+	json.Unmarshal(foreignCP, &fev)
+	delete(fev, "log")
+	replayed, _ := json.Marshal(fev)
+
+	for _, tc := range []struct {
+		name  string
+		event []byte
+	}{
+		{"an annotation saying type checkpoint", annotation},
+		{"a checkpoint signed by another key", replayed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := openTestSpool(t, dir, SpoolOptions{Log: logOpts(signer)})
+			for i := range 7 { // log_started and 6 events, then the checkpoint of size 7, then one more
+				s.Append(testEvent(i))
+			}
+			if err := s.Append(tc.event); err != nil {
+				t.Fatal(err)
+			}
+			image := crashImage(t, dir) // before Close writes its final checkpoint
+			opts := logOpts(signer)
+			opts.Name = "renamed-node"
+			s2 := openTestSpool(t, image, SpoolOptions{Log: opts})
+			s2.Close()
+			started := logStartedOf(t, image)
+			if len(started) != 2 {
+				t.Fatalf("%d log_started events, want 2", len(started))
+			}
+			prev, _ := started[1]["log_started"].(map[string]any)["previous_checkpoint"].(map[string]any)
+			if prev == nil || prev["type"] != "checkpoint" {
+				t.Fatalf("previous_checkpoint %v, want the checkpoint of size 7", started[1]["log_started"])
+			}
+			if cp := prev["checkpoint"].(map[string]any); cp["size"] != float64(7) || prev["log"].(map[string]any)["seq"] != float64(7) {
+				t.Errorf("previous_checkpoint is the event at seq %v, want the real checkpoint at seq 7:\n%v", prev["log"].(map[string]any)["seq"], prev)
+			}
+		})
+	}
+}
+
+func TestCheckpointDirIgnoresLinesThatAreNotCheckpoints(t *testing.T) {
+	dir := t.TempDir()
+	cp := `{"checkpoint":{"note":"n","origin":"o","size":1},"type":"checkpoint"}`
+	content := cp + "\n" + `{"type":"annotation","details":{"type":"checkpoint"}}` + "\n" + `{"type":"checkpo`
+	os.WriteFile(filepath.Join(dir, CheckpointFileName), []byte(content), 0o600)
+	cd, last, err := OpenCheckpointDir(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cd.Close()
+	if string(last) != cp {
+		t.Errorf("last checkpoint %s, want %s", last, cp)
 	}
 }

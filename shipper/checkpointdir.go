@@ -7,6 +7,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+
+	"github.com/valyala/fastjson"
+
+	"github.com/auditproxy/auditproxy/audit"
 )
 
 // CheckpointFileName is the file a CheckpointDir appends to.
@@ -35,8 +39,14 @@ func OpenCheckpointDir(dir string, logger *slog.Logger) (*CheckpointDir, []byte,
 	if b, err := os.ReadFile(path); err == nil {
 		sc := bufio.NewScanner(bytes.NewReader(b))
 		sc.Buffer(nil, 1<<20)
+		var p fastjson.Parser
 		for sc.Scan() {
-			if line := bytes.TrimSpace(sc.Bytes()); len(line) > 0 && line[len(line)-1] == '}' {
+			// Only a checkpoint event counts (its top-level type, parsed), so
+			// that a line cut by a crash or anything else in the file is not
+			// cited as the previous checkpoint.
+			line := bytes.TrimSpace(sc.Bytes())
+			if v, err := p.ParseBytes(line); err == nil && string(v.GetStringBytes("type")) == audit.TypeCheckpoint &&
+				len(v.GetStringBytes("checkpoint", "note")) > 0 {
 				last = append(last[:0], line...)
 			}
 		}

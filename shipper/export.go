@@ -20,11 +20,36 @@ type ExportStats struct {
 	// requests were never answered in full) or is committing them now.
 	// They are not exported; the next start cuts them off.
 	TornBytes int64
+	// Damaged lists the segments read past damage (their intact records
+	// were exported); Export's error then names them.
+	Damaged []*DamagedSegmentError
+	// Quarantined lists damaged segment files the spool moved aside
+	// (NAME.damaged): their intact records are in the segment that took
+	// their place, and a segment_damaged event in the log says what was
+	// lost.
+	Quarantined []string
+}
+
+// ExportDamageError is Export's error when it read past damage: every
+// intact record was exported, the damaged ranges were not.
+type ExportDamageError struct {
+	Damaged []*DamagedSegmentError
+}
+
+func (e *ExportDamageError) Error() string {
+	msgs := make([]string, len(e.Damaged))
+	for i, d := range e.Damaged {
+		msgs[i] = d.Error()
+	}
+	return "damaged spool segment: " + strings.Join(msgs, "; ")
 }
 
 // Export writes every event in dataDir's spool to w, oldest first, one JSON
 // object per line. It reads sealed (compressed) segments and the active one,
-// also while a proxy is writing it or after one died writing it.
+// also while a proxy is writing it or after one died writing it. Damage in
+// a segment is read past (see damage.go): the intact records before and
+// after it are exported, and the error, an *ExportDamageError, names the
+// damaged files and ranges.
 func Export(dataDir string, w io.Writer) (ExportStats, error) {
 	var st ExportStats
 	dir := filepath.Join(dataDir, SpoolDirName)
@@ -38,88 +63,64 @@ func Export(dataDir string, w io.Writer) (ExportStats, error) {
 	if err != nil {
 		return st, fmt.Errorf("read spool dir: %w", err)
 	}
+	st.Quarantined, _ = filepath.Glob(filepath.Join(dir, "*"+damagedExt))
 	bw := bufio.NewWriterSize(w, 256<<10)
 	for i, sg := range segs {
 		last := i == len(segs)-1
-		n, torn, err := exportSegment(dir, sg.id, bw, last)
-		st.Events += n
-		st.TornBytes += torn
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // deleted by retention while we read
+		path := filepath.Join(dir, segmentName(sg.id)+segmentExt)
+		if sg.sealed {
+			path = filepath.Join(dir, segmentName(sg.id)+sealedExt)
 		}
-		if err != nil {
+		torn, err := scanSegmentFile(path, last && !sg.sealed, func(_ int64, rec []byte) error {
+			bw.Write(rec)
+			st.Events++
+			return bw.WriteByte('\n')
+		})
+		st.TornBytes += torn
+		var damaged *DamagedSegmentError
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			if sg.sealed {
+				continue // deleted by retention while we read
+			}
+			// Sealed while we read: the compressed file holds the same records.
+			torn, err = scanSegmentFile(filepath.Join(dir, segmentName(sg.id)+sealedExt), false, func(_ int64, rec []byte) error {
+				bw.Write(rec)
+				st.Events++
+				return bw.WriteByte('\n')
+			})
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			if errors.As(err, &damaged) {
+				st.Damaged = append(st.Damaged, damaged)
+			} else if err != nil {
+				return st, err
+			}
+		case errors.As(err, &damaged):
+			st.Damaged = append(st.Damaged, damaged)
+		case err != nil:
 			return st, err
 		}
 		st.Segments++
 	}
-	return st, bw.Flush()
-}
-
-// exportSegment copies one segment's records to w. In the newest segment a
-// record cut short or failing its checksum ends the export as a torn tail;
-// anywhere else it is an error.
-func exportSegment(dir string, id uint64, w *bufio.Writer, newest bool) (events int, torn int64, err error) {
-	sr, err := openSegment(dir, id)
-	if err != nil {
-		return 0, 0, err
+	if err := bw.Flush(); err != nil {
+		return st, err
 	}
-	defer sr.Close()
-	for {
-		rec, err := sr.next()
-		if err == io.EOF {
-			return events, 0, nil
-		}
-		var corrupt *errCorruptFrame
-		if newest && (errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &corrupt)) {
-			fi, serr := sr.f.Stat()
-			if serr != nil || sr.sealed {
-				return events, 0, err
-			}
-			return events, fi.Size() - sr.off, nil
-		}
-		if err != nil {
-			return events, 0, fmt.Errorf("%s: %w", filepath.Join(dir, segmentName(id)), err)
-		}
-		w.Write(rec)
-		if err := w.WriteByte('\n'); err != nil {
-			return events, 0, err
-		}
-		events++
+	if len(st.Damaged) > 0 {
+		return st, &ExportDamageError{st.Damaged}
 	}
+	return st, nil
 }
 
 // ReadSegmentFile calls fn with each record of the spool segment file at
 // path, plain (.seg) or sealed (.seg.zst), until fn returns an error. A torn
-// tail (a crash while committing) ends the records without error; its size
-// is returned.
+// tail of a plain segment (a crash while committing) ends the records
+// without error; its size is returned. Damage is read past: every intact
+// record is delivered, and the error is then a *DamagedSegmentError that
+// names the file and the ranges skipped.
 func ReadSegmentFile(path string, fn func(record []byte) error) (torn int64, err error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	sr, err := newSegmentReader(f, 0, strings.HasSuffix(path, sealedExt))
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
-	}
-	defer sr.Close()
-	for {
-		rec, err := sr.next()
-		if err == io.EOF {
-			return 0, nil
-		}
-		var corrupt *errCorruptFrame
-		if !sr.sealed && (errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &corrupt)) {
-			if fi, serr := sr.f.Stat(); serr == nil {
-				return fi.Size() - sr.off, nil
-			}
-		}
-		if err != nil {
-			return 0, fmt.Errorf("%s: %w", path, err)
-		}
-		if err := fn(rec); err != nil {
-			return 0, err
-		}
-	}
+	return scanSegmentFile(path, !strings.HasSuffix(path, sealedExt), func(_ int64, rec []byte) error { return fn(rec) })
 }
 
 // IsSegmentFile reports whether name is a spool segment's file name.

@@ -205,7 +205,7 @@ func (sh *Shipper) run() {
 	defer close(sh.done)
 	defer sh.dropConn()
 	r := sh.spool.newReader(sh.spool.Acked())
-	defer r.Close()
+	defer func() { r.Close() }()
 	var (
 		frame     forwardFrame
 		pending   *pendingBatch
@@ -227,6 +227,12 @@ func (sh *Shipper) run() {
 			var err error
 			pending, err = sh.nextBatch(r, &frame)
 			if err != nil {
+				// Stuck on a record: the lag must show it, not read 0.
+				sh.oldestUnacked.CompareAndSwap(0, time.Now().UnixNano())
+				if nr, ok := sh.quarantine(r, err); ok {
+					r = nr
+					continue
+				}
 				sh.log.Error("cannot read the spool for shipping; retrying", "err", err)
 				if !sh.sleep(sh.opts.BackoffMax) {
 					return
@@ -303,6 +309,35 @@ func (sh *Shipper) run() {
 			saved, lastSaved = true, time.Now()
 		}
 	}
+}
+
+// quarantine handles a read error that is damage in a segment the
+// committer is done with: the spool quarantines the segment (its intact
+// records stay, to be shipped) and a reader is returned that goes on from
+// the same record in the repaired segment. Without that, one damaged
+// segment would stop shipping for good. Damage in the active segment is
+// repaired at the next start; until then shipping retries and the lag
+// grows.
+func (sh *Shipper) quarantine(r *spoolReader, err error) (*spoolReader, bool) {
+	var re *segmentReadError
+	if !errors.As(err, &re) {
+		return nil, false
+	}
+	if re.active {
+		sh.log.Error("the spool's active segment cannot be read for shipping: it is repaired at the next start (restart the sidecar); shipping waits", "err", err)
+		return nil, false
+	}
+	translate, qerr := sh.spool.quarantine(re.id)
+	if qerr != nil {
+		sh.log.Error("cannot read a spool segment for shipping, nor quarantine it; retrying", "err", err, "quarantine", qerr)
+		return nil, false
+	}
+	pos := r.pos
+	if pos.Segment == re.id {
+		pos.Offset = translate(pos.Offset)
+	}
+	r.Close()
+	return sh.spool.newReader(pos), true
 }
 
 // nextBatch reads committed events into one message, or returns nil when
@@ -450,7 +485,10 @@ func (sh *Shipper) sleep(d time.Duration) bool {
 	}
 }
 
-// ShipLag returns the age of the oldest event not yet acknowledged, or 0.
+// ShipLag returns the age of the oldest event not yet acknowledged, or 0
+// when every committed event is. While shipping cannot read on (a damaged
+// segment it could not quarantine), it counts at least from the first
+// failed read: the event there is older than that.
 func (sh *Shipper) ShipLag() time.Duration {
 	t := sh.oldestUnacked.Load()
 	if t == 0 {

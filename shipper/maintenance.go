@@ -32,6 +32,26 @@ func (s *Spool) maintenanceLoop() {
 		}
 		s.sealPending()
 		s.reclaim(time.Now())
+		s.rebaseTree()
+	}
+}
+
+// rebaseTree drops the log's stored hashes that no proof needs any more
+// (see tree.go), once that is worth a rewrite.
+func (s *Spool) rebaseTree() {
+	if s.chain == nil || !s.chain.rebaseDue() {
+		return
+	}
+	keep := s.chain.keepFrom()
+	before := s.chain.tree.size.Load()
+	done, err := s.chain.tree.rebase(keep, s.chain.origin)
+	if err != nil {
+		s.log.Error("cannot rewrite the log's tree state smaller; it keeps growing until a rewrite succeeds", "err", err)
+		return
+	}
+	if done {
+		s.log.Debug("rewrote the log's tree state from the size proofs need on", "from_size", keep,
+			"bytes_before", before, "bytes_after", s.chain.tree.size.Load())
 	}
 }
 
@@ -65,7 +85,14 @@ var errStopped = errors.New("spool closing")
 // the compressed one is fsynced, renamed into place and checked to
 // decompress to the same bytes.
 func (s *Spool) seal(id uint64) error {
+	s.segFiles.Lock()
+	defer s.segFiles.Unlock()
 	base := filepath.Join(s.dir, segmentName(id))
+	if _, err := os.Stat(base + segmentExt); errors.Is(err, os.ErrNotExist) {
+		if _, serr := os.Stat(base + sealedExt); serr == nil {
+			return nil // quarantined meanwhile: its replacement is sealed
+		}
+	}
 	src, err := os.Open(base + segmentExt)
 	if err != nil {
 		return err
@@ -194,13 +221,33 @@ func (s *Spool) reclaim(now time.Time) {
 				reason = "retention"
 			}
 		}
-		if reason == "" && s.opts.Forwarding && s.used.Load() >= s.opts.MaxBytes*9/10 {
+		if reason == "" && s.opts.Forwarding && s.totalBytes() >= s.opts.MaxBytes*9/10 {
 			reason = "space"
 		}
 		if reason == "" {
 			return
 		}
-		if err := os.Remove(path); err != nil {
+		if s.chain != nil {
+			// The stored hashes of the segment's events must be on disk
+			// before the events go: a crash would otherwise need them.
+			if err := s.chain.tree.sync(); err != nil {
+				s.log.Error("cannot fsync the log's tree state; not deleting spool segments", "err", err)
+				return
+			}
+		}
+		s.segFiles.Lock()
+		err := os.Remove(path)
+		if errors.Is(err, os.ErrNotExist) && !oldest.sealed {
+			// Quarantined meanwhile: the replacement is sealed.
+			name = segmentName(oldest.id) + sealedExt
+			path = filepath.Join(s.dir, name)
+			s.stateMu.Lock()
+			oldest = s.segs[0]
+			s.stateMu.Unlock()
+			err = os.Remove(path)
+		}
+		s.segFiles.Unlock()
+		if err != nil {
 			s.log.Error("cannot delete a spool segment", "segment", name, "err", err)
 			return
 		}

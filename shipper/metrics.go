@@ -12,13 +12,19 @@ type spoolMetrics struct {
 	commitErrors  prometheus.Counter
 	sealed        prometheus.Counter
 	deleted       *prometheus.CounterVec
+	// Writability (space.go); set by the committer.
+	writable           prometheus.Gauge
+	unwritable         *prometheus.GaugeVec
+	freeBytes          prometheus.Gauge
+	checkpointFailures prometheus.Counter
+	damaged            prometheus.Counter
 }
 
 func newSpoolMetrics() *spoolMetrics {
 	return &spoolMetrics{
 		rejected: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "auditproxy_spool_full_rejections_total",
-			Help: "Requests refused with 503 because the spool was at --spool-max-bytes (or unusable): no inference runs without a place for its record.",
+			Help: "Requests refused with 503 because the spool was at --spool-max-bytes or not writable (auditproxy_spool_writable): no inference runs without a place for its record.",
 		}),
 		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "auditproxy_spool_commit_seconds",
@@ -37,6 +43,26 @@ func newSpoolMetrics() *spoolMetrics {
 			Name: "auditproxy_spool_segments_deleted_total",
 			Help: "Spool segments deleted, by reason: retention (older than --retention) or space (acknowledged, deleted to make room).",
 		}, []string{"reason"}),
+		writable: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "auditproxy_spool_writable",
+			Help: "1 while the spool takes events; 0 while it refuses new requests (503) because its disk is below the free-space reserve or its commits fail (auditproxy_spool_unwritable says why).",
+		}),
+		unwritable: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "auditproxy_spool_unwritable",
+			Help: "1 for the reason the spool refuses requests, 0 for the others: low_disk_space (free space below --spool-min-free-bytes), commit_failed (a write or fsync failed; probed every second), unusable (a failed commit could not be cut off).",
+		}, []string{"reason"}),
+		freeBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "auditproxy_spool_free_bytes",
+			Help: "Free bytes of the spool's filesystem at the last check (statfs, every second and after commits near the reserve).",
+		}),
+		damaged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "auditproxy_spool_segments_damaged_total",
+			Help: "Spool segments found damaged (committed records unreadable): a sealed one quarantined while shipping (its intact records shipped, the file kept as .damaged, a segment_damaged event in the log), or the active one repaired at start (a new log epoch).",
+		}),
+		checkpointFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "auditproxy_checkpoint_failures_total",
+			Help: "Checkpoints of the log that could not be committed (their commit failed); retried every second while the spool is not writable.",
+		}),
 	}
 }
 
@@ -47,10 +73,15 @@ func (s *Spool) Register(reg prometheus.Registerer) error {
 	rec := s.Recovery
 	s.stateMu.Unlock()
 	cs := []prometheus.Collector{m.rejected, m.commitSeconds, m.commitErrors, m.sealed, m.deleted,
+		m.writable, m.unwritable, m.freeBytes, m.checkpointFailures, m.damaged,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "auditproxy_spool_min_free_bytes",
+			Help: "The free space kept in reserve on the spool's filesystem (--spool-min-free-bytes); below it requests are refused.",
+		}, func() float64 { return float64(s.opts.MinFreeBytes) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "auditproxy_spool_bytes",
-			Help: "Bytes of spool segment files on disk.",
-		}, func() float64 { return float64(s.used.Load()) }),
+			Help: "Bytes of the spool's files on disk, all counted against --spool-max-bytes: segments, the log's tree state, state files, saved damage (.corrupt, .damaged).",
+		}, func() float64 { return float64(s.totalBytes()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "auditproxy_spool_max_bytes",
 			Help: "The spool's size bound (--spool-max-bytes).",
@@ -71,6 +102,10 @@ func (s *Spool) Register(reg prometheus.Registerer) error {
 			Name: "auditproxy_spool_bytes_cut_total",
 			Help: "Bytes of the records counted by auditproxy_spool_records_cut_total.",
 		}, func() float64 { return float64(rec.BytesCut) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "auditproxy_spool_state_reset_events",
+			Help: "Events this run ships again from the oldest because the spool's state file (state.json) was missing, corrupt or of an unknown version at start, so nothing said what the aggregator had acknowledged (it deduplicates them by event id). 0 normally.",
+		}, func() float64 { return float64(rec.Resend) }),
 	}
 	if s.chain != nil {
 		cs = append(cs,

@@ -51,11 +51,20 @@ func (r *spoolReader) next() (rec []byte, end Pos, ok bool, err error) {
 			r.pos = Pos{r.pos.Segment + 1, 0}
 			continue
 		}
+		if err != nil && err != io.EOF {
+			// The failed read consumed bytes of the stream: reopen at the
+			// record's start next time, so that the error comes back
+			// instead of the record being skipped.
+			r.seg.Close()
+			r.seg = nil
+		}
 		if err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, r.pos, false, fmt.Errorf("segment %s ends at %d before the committed end %s", segmentName(r.pos.Segment), r.seg.off, committed)
+			return nil, r.pos, false, &segmentReadError{r.pos.Segment, r.pos.Segment == committed.Segment,
+				fmt.Errorf("segment %s ends at %d before the committed end %s", segmentName(r.pos.Segment), r.pos.Offset, committed)}
 		}
 		if err != nil {
-			return nil, r.pos, false, fmt.Errorf("segment %s: %w", segmentName(r.pos.Segment), err)
+			return nil, r.pos, false, &segmentReadError{r.pos.Segment, r.pos.Segment == committed.Segment,
+				fmt.Errorf("segment %s: %w", segmentName(r.pos.Segment), err)}
 		}
 		r.pos.Offset = r.seg.off
 		return rec, r.pos, true, nil
@@ -78,6 +87,10 @@ func (r *spoolReader) open(committed Pos) error {
 		return nil
 	}
 	if err != nil {
+		var pe *os.PathError
+		if !errors.As(err, &pe) {
+			err = &segmentReadError{r.pos.Segment, r.pos.Segment == committed.Segment, err} // a bad header or compressed stream
+		}
 		return err
 	}
 	if r.pos.Offset < sr.off {
@@ -85,7 +98,7 @@ func (r *spoolReader) open(committed Pos) error {
 	}
 	if err := sr.skipTo(r.pos.Offset); err != nil {
 		sr.Close()
-		return err
+		return &segmentReadError{r.pos.Segment, r.pos.Segment == committed.Segment, err}
 	}
 	r.seg = sr
 	return nil
@@ -97,3 +110,16 @@ func (r *spoolReader) Close() {
 		r.seg = nil
 	}
 }
+
+// segmentReadError is a committed record that could not be read: damage
+// (see damage.go) in segment id, or the end of a segment before the
+// committed end. Active says the segment is the one being written, which
+// only the next start repairs.
+type segmentReadError struct {
+	id     uint64
+	active bool
+	err    error
+}
+
+func (e *segmentReadError) Error() string { return e.err.Error() }
+func (e *segmentReadError) Unwrap() error { return e.err }

@@ -42,6 +42,9 @@ const (
 	sealedExt     = ".seg.zst"
 	tmpExt        = ".tmp"
 	quarantineExt = ".corrupt"
+	// damagedExt marks a damaged segment file moved aside, kept but no
+	// longer read: NAME.seg.zst.damaged (see Spool.quarantine).
+	damagedExt = ".damaged"
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)

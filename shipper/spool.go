@@ -9,9 +9,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/valyala/fastjson"
 
 	"github.com/auditproxy/auditproxy/audit"
 )
@@ -66,9 +69,20 @@ type SpoolOptions struct {
 	// any event acknowledged, and only acknowledged segments are deleted
 	// to make room.
 	Forwarding bool
+	// MinFreeBytes is the free space kept in reserve on the spool's
+	// filesystem: below it Admit refuses new requests, so that those
+	// already admitted, checkpoints and the log's files can still be
+	// written (see writability). Default 256 MiB; negative: not checked.
+	MinFreeBytes int64
+	// SpaceCheckInterval is how often the free space is read (statfs), and
+	// how often a spool whose commits fail probes with a commit of its own.
+	// Default 1 s.
+	SpaceCheckInterval time.Duration
 	// Log, if set, makes the spool a verifiable log (see LogOptions).
 	Log    *LogOptions
 	Logger *slog.Logger
+
+	statfs func(dir string) (free, total int64, err error) // tests fake it
 }
 
 func (o *SpoolOptions) setDefaults() {
@@ -86,6 +100,17 @@ func (o *SpoolOptions) setDefaults() {
 	}
 	if o.SegmentMaxAge <= 0 {
 		o.SegmentMaxAge = time.Hour
+	}
+	if o.MinFreeBytes == 0 {
+		o.MinFreeBytes = 256 << 20
+	} else if o.MinFreeBytes < 0 {
+		o.MinFreeBytes = 0
+	}
+	if o.SpaceCheckInterval <= 0 {
+		o.SpaceCheckInterval = time.Second
+	}
+	if o.statfs == nil {
+		o.statfs = statfsFree
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -106,11 +131,25 @@ type RecoveryReport struct {
 	BytesCut   int64
 	// CommittedLost is set when the state file says more was committed
 	// than the active segment holds: the disk lost fsynced data.
-	CommittedLost bool
+	CommittedLost       bool
+	CommittedLostDetail string
+	// Lost lists committed data found damaged in the middle of the active
+	// segment (intact records after it): the intact records were kept,
+	// the damaged bytes saved to .corrupt files. Like CommittedLost it
+	// starts a new log epoch, whose log_started event lists it: continuing
+	// the log after lost records would hide the loss.
+	Lost []LostRange
 	// Resumed is where the spool continues: the end of the last record.
 	Resumed Pos
 	// Acked is the acknowledged position loaded from the state file.
 	Acked Pos
+	// StateLost says what was wrong with the state file (missing, not
+	// JSON, an unknown version) when the spool held events; "" when it was
+	// fine or the spool new. Resend is then, with forwarding, the number
+	// of events shipped again from the oldest (exact but for records lost
+	// to damage between segments, which it counts too).
+	StateLost string
+	Resend    int64
 }
 
 // Spool is the durable on-disk queue of audit events: append-only segment
@@ -140,16 +179,19 @@ type Spool struct {
 	broken       error                // a failed commit could not be undone
 	out          []byte               // the framed batch being written
 	chain        *spoolLog            // nil unless the spool is a verifiable log
+	w            writability          // can it take events (see space.go)
 
 	// Shared with readers and the maintenance goroutine.
-	stateMu   sync.Mutex
-	segs      []segmentFile // oldest first; the last is the active one
-	committed Pos           // end of the last fsynced record
-	acked     Pos           // end of the last acknowledged record
-	changed   chan struct{} // closed on the next commit, if watched
-	watched   bool          // Committed handed out changed
-	used      atomic.Int64  // bytes of segment files
-	failed    atomic.Pointer[error]
+	stateMu    sync.Mutex
+	segs       []segmentFile              // oldest first; the last is the active one
+	committed  Pos                        // end of the last fsynced record
+	acked      Pos                        // end of the last acknowledged record
+	changed    chan struct{}              // closed on the next commit, if watched
+	watched    bool                       // Committed handed out changed
+	used       atomic.Int64               // bytes of segment files
+	otherBytes atomic.Int64               // bytes of the spool's other files (quarantined damage, state)
+	segFiles   sync.Mutex                 // held while a segment file is sealed, deleted or quarantined
+	refusal    atomic.Pointer[AdmitError] // set while the spool is not writable
 
 	recorded atomic.Int64
 
@@ -157,6 +199,7 @@ type Spool struct {
 	sealQueue []uint64
 	maintDone chan struct{}
 	stateFile sync.Mutex // serialises state writes
+	stateSize int64      // of state.json, under stateFile
 
 	// Recovery says what opening found.
 	Recovery RecoveryReport
@@ -237,8 +280,14 @@ func OpenSpool(dataDir string, opts SpoolOptions) (*Spool, error) {
 			s.active.Close()
 			return nil, err
 		}
+		s.otherBytes.Store(otherFileBytes(s.dir)) // log.json may be new
 	}
 	s.metrics.spool = s
+	if len(s.Recovery.Lost) > 0 {
+		s.metrics.damaged.Inc()
+	}
+	s.w.free = -1
+	s.checkSpace()
 	go s.commitLoop()
 	go s.maintenanceLoop()
 	return s, nil
@@ -246,9 +295,8 @@ func OpenSpool(dataDir string, opts SpoolOptions) (*Spool, error) {
 
 // recover finds the segments, repairs the last one and opens it for append.
 func (s *Spool) recover() error {
-	st, err := loadState(s.dir)
-	if err != nil {
-		s.log.Warn("spool state file unreadable; shipping restarts from the oldest event (the aggregator deduplicates by event id)", "err", err)
+	st, stateErr := loadState(s.dir)
+	if stateErr != nil {
 		st = spoolState{}
 	}
 	segs, leftovers, err := listSegments(s.dir)
@@ -260,6 +308,7 @@ func (s *Spool) recover() error {
 			return fmt.Errorf("remove leftover %s: %w", name, err)
 		}
 	}
+	activeRecords := -1 // unknown
 	if len(segs) == 0 || segs[len(segs)-1].sealed {
 		var next uint64 = 1
 		if len(segs) > 0 {
@@ -271,19 +320,32 @@ func (s *Spool) recover() error {
 		segs = append(segs, segmentFile{id: next, size: int64(len(segmentMagic))})
 	} else {
 		last := &segs[len(segs)-1]
-		end, err := s.repairSegment(last.id)
+		end, records, translate, err := s.repairSegment(last.id)
 		if err != nil {
 			return err
+		}
+		activeRecords = records
+		if translate != nil {
+			// The segment was rewritten without its damage: positions in it
+			// move with the records they follow.
+			if st.Written.Segment == last.id {
+				st.Written.Offset = translate(st.Written.Offset)
+			}
+			if st.Acked.Segment == last.id {
+				st.Acked.Offset = translate(st.Acked.Offset)
+			}
 		}
 		f, err := os.OpenFile(filepath.Join(s.dir, segmentName(last.id)+segmentExt), os.O_WRONLY|os.O_APPEND, 0)
 		if err != nil {
 			return fmt.Errorf("open segment: %w", err)
 		}
 		s.active, s.activeID, s.activeSize, last.size = f, last.id, end, end
-		if st.Written.Segment == last.id && st.Written.Offset > end {
+		if st.Written.Segment == last.id && st.Written.Offset > end || st.Written.Segment > last.id {
 			s.Recovery.CommittedLost = true
-			s.log.Error("the spool state says more was committed than the active segment holds: the disk lost fsynced data",
-				"segment", segmentName(last.id), "state_written", st.Written.Offset, "found", end)
+			s.Recovery.CommittedLostDetail = fmt.Sprintf("the state file says records up to %s were committed; the spool ends at %s",
+				st.Written, Pos{last.id, end})
+			s.log.Error("the spool state says more was committed than the active segment holds: the disk lost fsynced data; a new log epoch says so",
+				"segment", segmentName(last.id), "state_written", st.Written.String(), "found", Pos{last.id, end}.String())
 		}
 	}
 	s.activeOpened = time.Now()
@@ -297,6 +359,10 @@ func (s *Spool) recover() error {
 		used += sg.size
 	}
 	s.used.Store(used)
+	s.otherBytes.Store(otherFileBytes(s.dir))
+	if fi, err := os.Stat(filepath.Join(s.dir, stateFileName)); err == nil {
+		s.stateSize = fi.Size()
+	}
 	s.segs = segs
 	s.committed = Pos{s.activeID, s.activeSize}
 	s.acked = st.Acked
@@ -305,7 +371,81 @@ func (s *Spool) recover() error {
 		s.acked = s.committed
 	}
 	s.Recovery.Resumed, s.Recovery.Acked = s.committed, s.acked
+	if stateErr != nil {
+		s.stateLost(stateErr, segs, activeRecords)
+	}
 	return nil
+}
+
+// stateLost says what a start without a usable state file does: with
+// forwarding, every event in the spool is shipped again from the oldest,
+// since nothing says what the aggregator acknowledged. That is safe (the
+// aggregator deduplicates by event id) but must not happen silently: a
+// deleted state file would otherwise resend gigabytes without a word. An
+// unreadable file is kept beside it as state.json.corrupt.
+func (s *Spool) stateLost(cause error, segs []segmentFile, activeRecords int) {
+	path := filepath.Join(s.dir, stateFileName)
+	if !errors.Is(cause, errStateMissing) {
+		if err := os.Rename(path, path+quarantineExt); err != nil {
+			s.log.Error("cannot move the unreadable spool state file aside", "file", path, "err", err)
+		}
+	}
+	empty := true
+	for _, sg := range segs {
+		empty = empty && sg.size <= int64(len(segmentMagic))
+	}
+	if empty {
+		return // a new spool: nothing was shipped, nothing is resent
+	}
+	s.Recovery.StateLost = cause.Error()
+	if !s.opts.Forwarding {
+		// Nothing is shipped, so nothing is resent. Without forwarding the
+		// file is written only at a clean stop: after a crash its absence
+		// is expected.
+		if !errors.Is(cause, errStateMissing) {
+			s.log.Warn("spool state file unusable; the check that the disk kept every committed record is skipped this start",
+				"file", path, "problem", cause.Error())
+		}
+		return
+	}
+	n, exact := countRecords(s.dir, segs, activeRecords)
+	s.Recovery.Resend = n
+	s.log.Warn("spool state file unusable: every event in the spool is shipped again from the oldest, since nothing says which the aggregator acknowledged (it deduplicates them by event id)",
+		"file", path, "problem", cause.Error(), "events_to_resend", n, "exact", exact,
+		"segments", len(segs), "from", Pos{segs[0].id, 0}.String())
+}
+
+// totalBytes returns the bytes of every file the spool keeps: segments and
+// the rest (otherFileBytes), all counted against MaxBytes.
+func (s *Spool) totalBytes() int64 {
+	n := s.used.Load() + s.otherBytes.Load()
+	if s.chain != nil {
+		n += s.chain.tree.size.Load()
+	}
+	return n
+}
+
+// otherFileBytes returns the size of the files in the spool directory that
+// are not segments: state files, saved torn tails and damage (.corrupt),
+// quarantined segments (.damaged). Temporary files of a seal in progress
+// are not counted.
+func otherFileBytes(dir string) int64 {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, e := range entries {
+		name := e.Name()
+		if !e.Type().IsRegular() || IsSegmentFile(name) || strings.HasSuffix(name, tmpExt) ||
+			name == treeFileName || name == legacyTreeName { // counted as the log keeps them
+			continue
+		}
+		if fi, err := e.Info(); err == nil {
+			n += fi.Size()
+		}
+	}
+	return n
 }
 
 // createSegment starts segment id as the active one.
@@ -329,33 +469,47 @@ func (s *Spool) createSegment(id uint64) error {
 	return nil
 }
 
-// repairSegment checks every frame of segment id and cuts the file after
-// the last good one. The cut bytes are saved to a .corrupt file first, so
-// that nothing is destroyed: normally they are a batch whose commit a crash
-// interrupted, which no client was answered for.
-func (s *Spool) repairSegment(id uint64) (int64, error) {
+// repairSegment checks every frame of the active segment id and returns
+// where the next record goes, the intact records it holds, and how offsets
+// of the segment as found map to the segment as repaired (nil: unchanged).
+//
+// A torn tail (bytes after the last intact frame with no valid frame after
+// them: a commit a crash interrupted, which no client was answered for) is
+// cut off. Damage with an intact frame after it is a loss of committed data
+// (a bad sector, a write lost under a later one): every intact frame after
+// it is kept, the segment is rewritten without the damaged bytes (written
+// aside and renamed over it, so a crash leaves the old or the new), and the
+// loss goes into the recovery report, which starts a new log epoch that
+// says what was lost. Either way the bytes removed are saved first, beside
+// the segment as NAME.seg.OFFSET.corrupt, so that nothing is destroyed.
+func (s *Spool) repairSegment(id uint64) (int64, int, func(int64) int64, error) {
 	path := filepath.Join(s.dir, segmentName(id)+segmentExt)
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return 0, fmt.Errorf("read segment: %w", err)
+		return 0, 0, nil, fmt.Errorf("read segment: %w", err)
 	}
 	end, records := validPrefix(data)
 	if end == int64(len(data)) && end > 0 {
-		return end, nil
+		return end, records, nil, nil
+	}
+	if end > 0 {
+		if sc := scanFrames(data, end); len(sc.damaged) > 0 {
+			return s.repairDamage(id, path, data)
+		}
 	}
 	cut := data[end:]
 	if end == 0 {
 		// Not even a whole header: the crash came while creating it.
 		end = int64(len(segmentMagic))
 		if !bytes.HasPrefix([]byte(segmentMagic), data) {
-			return 0, fmt.Errorf("segment %s is not a spool segment (bad header); move it away to start", path)
+			return 0, 0, nil, fmt.Errorf("segment %s is not a spool segment (bad header); move it away to start", path)
 		}
 		cut = nil
 	}
 	if len(cut) > 0 {
 		q := fmt.Sprintf("%s.%d%s", path, end, quarantineExt)
 		if err := os.WriteFile(q, cut, 0o600); err != nil {
-			return 0, fmt.Errorf("save torn tail to %s: %w", q, err)
+			return 0, 0, nil, fmt.Errorf("save torn tail to %s: %w", q, err)
 		}
 		s.Recovery.RecordsCut++
 		s.Recovery.BytesCut += int64(len(cut))
@@ -364,18 +518,97 @@ func (s *Spool) repairSegment(id uint64) (int64, error) {
 	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
-		return 0, err
+		return 0, 0, nil, err
 	}
 	defer f.Close()
 	if int64(len(data)) < end {
 		if _, err := f.WriteAt([]byte(segmentMagic), 0); err != nil {
-			return 0, err
+			return 0, 0, nil, err
 		}
 	}
 	if err := f.Truncate(end); err != nil {
-		return 0, fmt.Errorf("cut torn tail: %w", err)
+		return 0, 0, nil, fmt.Errorf("cut torn tail: %w", err)
 	}
-	return end, f.Sync()
+	return end, records, nil, f.Sync()
+}
+
+// LostRange is committed data a start found damaged in the active segment:
+// the byte range (of the segment as found), the intact events around it,
+// the seqs missing between them, and where the bytes were saved.
+type LostRange struct {
+	Segment string `json:"segment"`
+	damagedRange
+	Bytes   int64  `json:"bytes"`
+	SavedTo string `json:"saved_to"`
+}
+
+// repairDamage rewrites the active segment without its damaged ranges (see
+// repairSegment).
+func (s *Spool) repairDamage(id uint64, path string, data []byte) (int64, int, func(int64) int64, error) {
+	sv := &segmentSalvage{data: data, scan: scanFrames(data, 0)}
+	sv.records = len(sv.scan.frames)
+	if len(sv.scan.damaged) > 0 && sv.scan.damaged[0].Before == nil {
+		// Damage before the first intact frame: the event before it is the
+		// previous segment's last.
+		sv.scan.damaged[0].Before = s.lastPlaceBefore(id)
+		sv.scan.damaged[0].setMissing()
+	}
+	name := segmentName(id) + segmentExt
+	for _, d := range sv.scan.damaged {
+		q := fmt.Sprintf("%s.%d%s", path, d.Start, quarantineExt)
+		if err := os.WriteFile(q, data[d.Start:d.End], 0o600); err != nil {
+			return 0, 0, nil, fmt.Errorf("save damaged bytes to %s: %w", q, err)
+		}
+		lr := LostRange{Segment: name, damagedRange: d, Bytes: d.End - d.Start, SavedTo: filepath.Base(q)}
+		s.Recovery.Lost = append(s.Recovery.Lost, lr)
+		s.log.Error("committed records of the spool are damaged; every intact record after the damage is kept, the damaged bytes saved, and a new log epoch says what was lost",
+			"segment", name, "offset", d.Start, "end", d.End, "bytes", d.End-d.Start, "last_intact_before", d.Before,
+			"first_intact_after", d.After, "missing_seqs", d.Missing, "saved_to", q)
+	}
+	if t := sv.scan.tail; t.End > t.Start {
+		q := fmt.Sprintf("%s.%d%s", path, t.Start, quarantineExt)
+		if err := os.WriteFile(q, data[t.Start:t.End], 0o600); err != nil {
+			return 0, 0, nil, fmt.Errorf("save torn tail to %s: %w", q, err)
+		}
+		s.Recovery.RecordsCut++
+		s.Recovery.BytesCut += t.End - t.Start
+		s.log.Warn("cut a torn or corrupt record from the end of the spool (the process or machine stopped while committing it; its request was never answered in full)",
+			"segment", name, "offset", t.Start, "bytes", t.End-t.Start, "saved_to", q)
+	}
+	if err := syncDir(s.dir); err != nil {
+		return 0, 0, nil, err
+	}
+	repaired := sv.intactBytes()
+	if err := writeFileAtomic(path, repaired); err != nil {
+		return 0, 0, nil, fmt.Errorf("rewrite segment %s without its damage: %w", name, err)
+	}
+	return int64(len(repaired)), sv.records, sv.translate, nil
+}
+
+// lastPlaceBefore returns the log place of the last intact record of the
+// segment before id, nil if none.
+func (s *Spool) lastPlaceBefore(id uint64) *logPlace {
+	segs, _, err := listSegments(s.dir)
+	if err != nil {
+		return nil
+	}
+	var prev *segmentFile
+	for i := range segs {
+		if segs[i].id < id {
+			prev = &segs[i]
+		}
+	}
+	if prev == nil {
+		return nil
+	}
+	path, _ := segmentPath(s.dir, prev.id)
+	var last []byte
+	scanSegmentFile(path, false, func(_ int64, rec []byte) error {
+		last = append(last[:0], rec...)
+		return nil
+	})
+	var p fastjson.Parser
+	return placeOf(&p, last)
 }
 
 // validPrefix returns the length of the longest prefix of a segment's bytes
@@ -396,18 +629,20 @@ func validPrefix(data []byte) (end int64, records int) {
 	}
 }
 
-// Admit implements audit.Admitter: it refuses new requests while the spool
-// is at its size bound, or after a commit failed in a way that could not be
-// undone.
+// Admit implements audit.Admitter: it refuses new requests, with an
+// *AdmitError, while the spool is not writable (its filesystem is below the
+// free-space reserve, or its commits fail: see writability) or is at its
+// size bound. It reads only what the committer published: no system call.
 func (s *Spool) Admit() error {
-	if errp := s.failed.Load(); errp != nil {
+	if e := s.refusal.Load(); e != nil {
 		s.metrics.rejected.Inc()
-		return *errp
+		return e
 	}
-	if used := s.used.Load(); used >= s.opts.MaxBytes {
+	if used := s.totalBytes(); used >= s.opts.MaxBytes {
 		s.wakeMaintenance() // acknowledged segments may make room
 		s.metrics.rejected.Inc()
-		return fmt.Errorf("%w: %d of %d bytes hold events not yet acknowledged by the aggregator or within retention", ErrSpoolFull, used, s.opts.MaxBytes)
+		return &AdmitError{Reason: "full", Retry: 5 * time.Second,
+			Err: fmt.Errorf("%w: %d of %d bytes hold events not yet acknowledged by the aggregator or within retention", ErrSpoolFull, used, s.opts.MaxBytes)}
 	}
 	return nil
 }
@@ -415,7 +650,7 @@ func (s *Spool) Admit() error {
 // Record implements audit.Recorder: it appends ev to the next commit and,
 // with DurabilitySync, waits for that commit.
 func (s *Spool) Record(ev *audit.Event) error {
-	return s.append(func(dst []byte) []byte { return ev.AppendJSON(dst) })
+	return s.append(func(dst []byte) []byte { return ev.AppendJSON(dst) }, s.opts.Durability != DurabilityAsync)
 }
 
 // Append records one event given as its JSON object.
@@ -423,10 +658,17 @@ func (s *Spool) Append(event []byte) error {
 	if len(event) == 0 || len(event) > maxRecordSize {
 		return fmt.Errorf("event of %d bytes: want 1 to %d", len(event), maxRecordSize)
 	}
-	return s.append(func(dst []byte) []byte { return append(dst, event...) })
+	return s.append(func(dst []byte) []byte { return append(dst, event...) }, s.opts.Durability != DurabilityAsync)
 }
 
-func (s *Spool) append(encode func([]byte) []byte) error {
+// appendNoWait records an event of the spool's own (segment_damaged) with
+// the next commit, without waiting for it: its caller may be one that a
+// commit waits for.
+func (s *Spool) appendNoWait(event []byte) error {
+	return s.append(func(dst []byte) []byte { return append(dst, event...) }, false)
+}
+
+func (s *Spool) append(encode func([]byte) []byte, wait bool) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -443,7 +685,6 @@ func (s *Spool) append(encode func([]byte) []byte) error {
 		default:
 		}
 	}
-	wait := s.opts.Durability != DurabilityAsync
 	if wait {
 		b.refs.Add(1) // while b is current, before the committer takes it
 	}
@@ -471,6 +712,8 @@ func (s *Spool) commitLoop() {
 	var last time.Time
 	ageCheck := time.NewTicker(max(s.opts.SegmentMaxAge/10, 10*time.Millisecond))
 	defer ageCheck.Stop()
+	spaceCheck := time.NewTicker(s.opts.SpaceCheckInterval)
+	defer spaceCheck.Stop()
 	var cpTick <-chan time.Time
 	if s.chain != nil {
 		t := time.NewTicker(max(s.chain.opts.CheckpointInterval/4, time.Millisecond))
@@ -499,6 +742,12 @@ func (s *Spool) commitLoop() {
 				s.rotate()
 			}
 			continue
+		case <-spaceCheck.C:
+			s.checkSpace()
+			if s.w.commitFailed != nil || s.broken != nil {
+				s.probe()
+			}
+			continue
 		case <-s.stop:
 			open = false
 		}
@@ -509,7 +758,7 @@ func (s *Spool) commitLoop() {
 		s.mu.Unlock()
 		// A log checkpoints on its cadence even when idle, and at Close.
 		if b.n > 0 || (s.chain != nil && (!open || s.chain.due(last))) {
-			b.err = s.commit(b, !open)
+			b.err = s.commit(b, !open, false)
 		}
 		b.done.Done()
 		s.releaseBatch(b)
@@ -523,9 +772,9 @@ func (s *Spool) commitLoop() {
 }
 
 // commit frames one batch (placing each event in the log, and adding a
-// checkpoint when one is due or final is set), writes and fsyncs it, then
-// publishes the new end.
-func (s *Spool) commit(b *batch, final bool) error {
+// checkpoint when one is due, or final or checkpoint is set), writes and
+// fsyncs it, then publishes the new end.
+func (s *Spool) commit(b *batch, final, checkpoint bool) error {
 	if s.broken != nil {
 		return s.broken
 	}
@@ -534,7 +783,7 @@ func (s *Spool) commit(b *batch, final bool) error {
 	if s.chain != nil {
 		mark = s.chain.mark()
 	}
-	out, err := s.frame(s.out[:0], b, final, start)
+	out, err := s.frame(s.out[:0], b, final, checkpoint, start)
 	s.out = out
 	if err == nil {
 		_, err = s.active.Write(out)
@@ -552,16 +801,27 @@ func (s *Spool) commit(b *batch, final bool) error {
 	}
 	if err != nil {
 		s.metrics.commitErrors.Inc()
+		heldCheckpoint := false
 		if s.chain != nil {
+			heldCheckpoint = len(s.chain.cps) > 0
 			s.chain.rollback(mark)
 		}
 		s.undo(err)
+		s.commitFailed(err, heldCheckpoint)
 		return err
 	}
 	s.metrics.commitSeconds.Observe(time.Since(start).Seconds())
+	s.commitSucceeded()
 	if s.chain != nil {
+		if len(s.chain.cps) > 0 {
+			s.w.outageSince = time.Time{} // reported by the checkpoint just committed
+		}
 		s.chain.committed()
+		if s.chain.rebaseDue() {
+			s.wakeMaintenance()
+		}
 	}
+	s.committedBytes(int64(len(out)))
 	s.activeSize += int64(len(out))
 	s.recorded.Add(int64(b.n))
 	s.used.Add(int64(len(out)))
@@ -570,26 +830,39 @@ func (s *Spool) commit(b *batch, final bool) error {
 	s.committed = Pos{s.activeID, s.activeSize}
 	s.notifyChanged()
 	s.stateMu.Unlock()
-	if s.used.Load() >= s.opts.MaxBytes*9/10 {
+	if s.totalBytes() >= s.opts.MaxBytes*9/10 {
 		s.wakeMaintenance()
 	}
 	return nil
 }
 
 // undo cuts a failed commit's bytes off the active segment. If that fails
-// too, the spool is broken: Admit refuses requests from then on.
+// too, the spool is broken: nothing is committed (after the garbage) until
+// a probe manages the cut (retryUndo).
 func (s *Spool) undo(cause error) {
 	err := s.active.Truncate(s.activeSize)
 	if err == nil {
 		err = s.active.Sync()
 	}
 	if err != nil {
-		s.broken = fmt.Errorf("spool unusable: a failed commit (%v) could not be undone: %w", cause, err)
-		s.failed.Store(&s.broken)
-		s.log.Error("spool unusable; refusing requests", "err", s.broken)
-		return
+		s.broken = fmt.Errorf("spool unusable: a failed commit (%v) could not be cut off the segment: %w", cause, err)
+		s.log.Error("spool unusable; refusing requests until the failed commit can be cut off", "err", s.broken)
 	}
-	s.log.Error("spool commit failed; its requests are answered with an error", "err", cause)
+}
+
+// retryUndo tries again to cut what a failed commit left after the
+// committed end.
+func (s *Spool) retryUndo() error {
+	err := s.active.Truncate(s.activeSize)
+	if err == nil {
+		err = s.active.Sync()
+	}
+	if err != nil {
+		return fmt.Errorf("cut a failed commit off the segment: %w", err)
+	}
+	s.log.Warn("the failed commit was cut off the segment; the spool is usable again")
+	s.broken = nil
+	return nil
 }
 
 // rotate seals the active segment and starts the next. A failure leaves the
@@ -686,7 +959,7 @@ func (s *Spool) Ack(p Pos) {
 	if s.acked.Less(p) {
 		s.acked = p
 	}
-	full := s.used.Load() >= s.opts.MaxBytes*9/10
+	full := s.totalBytes() >= s.opts.MaxBytes*9/10
 	s.stateMu.Unlock()
 	if full {
 		s.wakeMaintenance()
@@ -700,7 +973,12 @@ func (s *Spool) SaveState() error {
 	s.stateMu.Lock()
 	st := spoolState{Version: 1, Written: s.committed, Acked: s.acked}
 	s.stateMu.Unlock()
-	return saveState(s.dir, st)
+	n, err := saveState(s.dir, st)
+	if err == nil {
+		s.otherBytes.Add(n - s.stateSize) // counted against MaxBytes like every file
+		s.stateSize = n
+	}
+	return err
 }
 
 // firstSegment returns the oldest segment's id.
@@ -728,7 +1006,7 @@ func syncDir(dir string) error {
 
 // frame appends b's events to dst as frames, each placed in the log when the
 // spool is one, followed by a checkpoint when one is due.
-func (s *Spool) frame(dst []byte, b *batch, final bool, now time.Time) ([]byte, error) {
+func (s *Spool) frame(dst []byte, b *batch, final, checkpoint bool, now time.Time) ([]byte, error) {
 	if s.chain != nil && s.chain.starting != nil {
 		start := len(dst)
 		dst = append(dst, make([]byte, frameHeaderSize)...)
@@ -758,11 +1036,11 @@ func (s *Spool) frame(dst []byte, b *batch, final bool, now time.Time) ([]byte, 
 		}
 		putFrameHeader(dst[start:])
 	}
-	if s.chain != nil && (final || s.chain.due(now)) {
+	if s.chain != nil && (final || checkpoint || s.chain.due(now)) {
 		start := len(dst)
 		dst = append(dst, make([]byte, frameHeaderSize)...)
 		var err error
-		if dst, err = s.chain.appendCheckpoint(dst, now, final); err != nil {
+		if dst, err = s.chain.appendCheckpoint(dst, now, final, s.outage()); err != nil {
 			return dst, err
 		}
 		putFrameHeader(dst[start:])

@@ -2,6 +2,7 @@ package shipper
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -103,17 +104,28 @@ func TestExportErrors(t *testing.T) {
 	if st, err := Export(t.TempDir(), &bytes.Buffer{}); err != nil || st.Events != 0 {
 		t.Errorf("export of an empty data dir: %+v %v", st, err)
 	}
-	// A corrupt record in a segment that is not the newest is an error,
-	// not a torn tail.
+	// A corrupt record in a segment that is not the newest is damage, not
+	// a torn tail: read past, the intact records before and after it
+	// exported, and the file and offsets named in the error.
 	dir := t.TempDir()
 	spoolDir := filepath.Join(dir, SpoolDirName)
 	os.MkdirAll(spoolDir, 0o700)
-	bad := appendFrame([]byte(segmentMagic), testEvent(1))
-	bad[len(bad)-2] ^= 0xff
-	os.WriteFile(filepath.Join(spoolDir, segmentName(1)+segmentExt), bad, 0o600)
-	os.WriteFile(filepath.Join(spoolDir, segmentName(2)+segmentExt), []byte(segmentMagic), 0o600)
-	if _, err := Export(dir, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "checksum mismatch") {
-		t.Errorf("corrupt sealed record: error %v, want a checksum mismatch", err)
+	seg := appendFrame([]byte(segmentMagic), testEvent(1))
+	bad := len(seg)
+	seg = appendFrame(seg, testEvent(2))
+	damagedEnd := len(seg)
+	seg = appendFrame(seg, testEvent(3))
+	seg[damagedEnd-2] ^= 0xff
+	os.WriteFile(filepath.Join(spoolDir, segmentName(1)+segmentExt), seg, 0o600)
+	os.WriteFile(filepath.Join(spoolDir, segmentName(2)+segmentExt), appendFrame([]byte(segmentMagic), testEvent(4)), 0o600)
+	var out bytes.Buffer
+	st, err := Export(dir, &out)
+	var de *ExportDamageError
+	if !errors.As(err, &de) || len(de.Damaged) != 1 || !strings.Contains(err.Error(), fmt.Sprintf("00000000000000000001.seg is damaged at offsets %d-%d", bad, damagedEnd)) {
+		t.Errorf("export of a damaged segment: error %v", err)
+	}
+	if st.Events != 3 || !bytes.Contains(out.Bytes(), []byte(`"id":"ev-000003"`)) || !bytes.Contains(out.Bytes(), []byte(`"id":"ev-000004"`)) {
+		t.Errorf("export past the damage: %+v\n%s", st, out.String())
 	}
 }
 
@@ -319,6 +331,34 @@ func TestTornTailRecovery(t *testing.T) {
 				if ids[i] != fmt.Sprintf("ev-%06d", i) {
 					t.Errorf("record %d is %s", i, ids[i])
 				}
+			}
+		})
+	}
+	// Damage in the middle is not a torn tail: every byte of record 2 of
+	// 5 flipped in turn loses record 2 alone; records 3 and 4, intact
+	// after it, are kept, and the loss is reported (not counted as cut).
+	for i := bounds[2]; i < bounds[3]; i++ {
+		t.Run(fmt.Sprintf("byte %d of a middle record flipped", i), func(t *testing.T) {
+			dir := t.TempDir()
+			spoolDir := filepath.Join(dir, SpoolDirName)
+			os.MkdirAll(spoolDir, 0o700)
+			data := bytes.Clone(full)
+			data[i] ^= 0x5a
+			os.WriteFile(filepath.Join(spoolDir, segmentName(1)+segmentExt), data, 0o600)
+			s, err := OpenSpool(dir, SpoolOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.Recovery.RecordsCut != 0 || len(s.Recovery.Lost) != 1 || s.Recovery.Lost[0].byteRange != (byteRange{int64(bounds[2]), int64(bounds[3])}) {
+				t.Errorf("recovery: %+v; want bytes %d-%d lost, nothing cut", s.Recovery, bounds[2], bounds[3])
+			}
+			if err := s.Append(testEvent(99)); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			ids, _ := exportIDs(t, dir)
+			if strings.Join(ids, ",") != "ev-000000,ev-000001,ev-000003,ev-000004,ev-000099" {
+				t.Errorf("after the repair: %v", ids)
 			}
 		})
 	}
@@ -617,20 +657,39 @@ func TestCommitFailureIsUndoneAndReported(t *testing.T) {
 }
 
 // FuzzSegmentRecovery: whatever bytes the newest segment holds, recovery
-// (validPrefix, which OpenSpool cuts the segment to) keeps exactly the
-// frames a reader can read, in order, and finds nothing more to cut in what
-// it kept; the reader never panics nor allocates for lengths the file does
+// keeps exactly the frames a reader can read, in order: validPrefix (the
+// part before any damage, which a torn tail is cut back to) and scanFrames
+// (every intact frame, past damage, resynchronising on the next valid
+// frame). Frames, damaged ranges and the torn tail cover the segment
+// exactly; a damaged range always ends where a valid frame starts; the
+// repaired segment (intact frames only) scans to the same records with
+// nothing left to repair; offsets translate to the same records; and
+// Export reads the same records, the torn tail counted and the damage
+// named. The reader never panics nor allocates for lengths the file does
 // not hold. (OpenSpool itself, with its fsyncs, is covered at every cut
-// offset by TestTornTailRecovery; fsyncs would make fuzzing crawl.)
+// offset by TestTornTailRecovery and for damage in the middle by
+// TestDamageInTheActiveSegment; fsyncs would make fuzzing crawl.)
 func FuzzSegmentRecovery(f *testing.F) {
 	valid := []byte(segmentMagic)
-	for i := range 3 {
+	var bounds []int
+	for i := range 5 {
 		valid = appendFrame(valid, testEvent(i))
+		bounds = append(bounds, len(valid))
 	}
 	f.Add(valid)
 	f.Add(valid[:len(valid)-3])
 	f.Add([]byte(segmentMagic + "\xff\xff\xff\x0f\x00\x00\x00\x00"))
 	f.Add([]byte(segmentMagic[:3]))
+	flipped := bytes.Clone(valid)
+	flipped[bounds[1]+20] ^= 0x40 // damage in the third record, two intact after it
+	f.Add(flipped)
+	zeroed := bytes.Clone(valid)
+	clear(zeroed[bounds[0]+3 : bounds[2]+5]) // a zeroed range across three frames
+	f.Add(zeroed)
+	badLen := bytes.Clone(valid)
+	binary.LittleEndian.PutUint32(badLen[bounds[2]:], 200<<20) // a length the file does not hold
+	f.Add(badLen)
+	f.Add(append(bytes.Clone(flipped), "torn"...))
 	dir := f.TempDir()
 	spoolDir := filepath.Join(dir, SpoolDirName)
 	os.MkdirAll(spoolDir, 0o700)
@@ -657,15 +716,61 @@ func FuzzSegmentRecovery(f *testing.F) {
 			}
 			return
 		}
-		if err != nil || st.Events != records || st.TornBytes != int64(len(data))-end {
-			t.Fatalf("export = %+v, %v; recovery keeps %d records and cuts %d bytes", st, err, records, int64(len(data))-end)
+		sc := scanFrames(data, 0)
+		// The frames: in order, each parses, the first ones are validPrefix's.
+		covered := int64(len(segmentMagic))
+		for i, fr := range sc.frames {
+			if _, size, err := parseFrame(data[fr.Start:], fr.Start); err != nil || int64(size) != fr.End-fr.Start {
+				t.Fatalf("frame %d at %v does not parse: %v", i, fr, err)
+			}
+			if i > 0 && fr.Start < sc.frames[i-1].End {
+				t.Fatalf("frames overlap: %v %v", sc.frames[i-1], fr)
+			}
+			if i < records && (i == 0 && fr.Start != int64(len(segmentMagic)) || fr.End > end) {
+				t.Fatalf("frame %d at %v is not validPrefix's", i, fr)
+			}
+			covered += fr.End - fr.Start
+		}
+		if len(sc.frames) < records {
+			t.Fatalf("scan found %d frames, validPrefix %d", len(sc.frames), records)
+		}
+		for _, d := range sc.damaged {
+			if d.End <= d.Start || validFrameAt(data[d.End:]) == 0 {
+				t.Fatalf("damaged range %v is not followed by a valid frame", d.byteRange)
+			}
+			covered += d.End - d.Start
+		}
+		if len(sc.damaged) == 0 && (len(sc.frames) != records || sc.tail != (byteRange{end, int64(len(data))}) && end != int64(len(data))) {
+			t.Fatalf("no damage, yet %d frames (validPrefix %d) and tail %v (validPrefix ends at %d)", len(sc.frames), records, sc.tail, end)
+		}
+		covered += sc.tail.End - sc.tail.Start
+		if covered != int64(len(data)) {
+			t.Fatalf("frames, damage and tail cover %d of %d bytes", covered, len(data))
+		}
+		// Repair: the intact frames alone scan to the same, with nothing to
+		// repair, and offsets translate record for record.
+		sv := &segmentSalvage{data: data, scan: sc}
+		repaired := sv.intactBytes()
+		again := scanFrames(repaired, 0)
+		if len(again.frames) != len(sc.frames) || len(again.damaged) != 0 || again.tail.End != again.tail.Start {
+			t.Fatalf("the repaired segment scans to %d frames, %d damaged, tail %v; want %d frames and nothing else",
+				len(again.frames), len(again.damaged), again.tail, len(sc.frames))
 		}
 		var want bytes.Buffer
-		for off := len(segmentMagic); off < int(end); {
-			payload, size, _ := parseFrame(data[off:end], int64(off))
-			want.Write(payload)
+		for i, fr := range sc.frames {
+			if got := sv.translate(fr.End); got != again.frames[i].End {
+				t.Fatalf("the end of frame %d translates to %d, want %d", i, got, again.frames[i].End)
+			}
+			want.Write(sv.payload(i))
 			want.WriteByte('\n')
-			off += size
+		}
+		// Export reads the same records, past the damage, which it names.
+		var de *ExportDamageError
+		if (len(sc.damaged) > 0) != errors.As(err, &de) || (err != nil && de == nil) {
+			t.Fatalf("export error %v with %d damaged ranges", err, len(sc.damaged))
+		}
+		if st.Events != len(sc.frames) || st.TornBytes != sc.tail.End-sc.tail.Start {
+			t.Fatalf("export = %+v; the scan keeps %d records and a torn tail of %d bytes", st, len(sc.frames), sc.tail.End-sc.tail.Start)
 		}
 		if !bytes.Equal(out.Bytes(), want.Bytes()) {
 			t.Fatal("export differs from the frames recovery keeps")
@@ -713,5 +818,32 @@ func TestReaderFollowsCommitsAcrossRotation(t *testing.T) {
 		if i >= len(got) || got[i] != string(testEvent(i)) {
 			t.Fatalf("record %d missing or out of order (%d read)", i, len(got))
 		}
+	}
+}
+
+// TestDataDirLock: a second lock on a held data dir fails with the
+// holder's pid, and succeeds once the holder lets go.
+func TestDataDirLock(t *testing.T) {
+	dir := t.TempDir()
+	l, err := LockDataDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = LockDataDir(dir)
+	var inUse *DataDirInUseError
+	if !errors.As(err, &inUse) || inUse.PID != os.Getpid() {
+		t.Fatalf("second lock: %v, want in use by pid %d", err, os.Getpid())
+	}
+	if want := fmt.Sprintf("data dir %s is in use by another auditproxy (pid %d)", dir, os.Getpid()); err.Error() != want {
+		t.Errorf("error %q, want %q", err, want)
+	}
+	l.Close()
+	l2, err := LockDataDir(dir)
+	if err != nil {
+		t.Fatalf("lock after release: %v", err)
+	}
+	l2.Close()
+	if _, err := LockDataDir(filepath.Join(dir, "missing")); err == nil || errors.As(err, &inUse) {
+		t.Errorf("lock of a missing dir: %v", err)
 	}
 }

@@ -23,33 +23,43 @@ type spoolState struct {
 	Acked   Pos `json:"acked"`
 }
 
+// errStateMissing is loadState's error when there is no state file.
+var errStateMissing = errors.New(stateFileName + " is missing")
+
+// loadState reads the state file. Its errors say what is wrong with it:
+// errStateMissing, not JSON, an unknown version (written by a newer
+// auditproxy), or a position that cannot be one.
 func loadState(dir string) (spoolState, error) {
 	var st spoolState
 	b, err := os.ReadFile(filepath.Join(dir, stateFileName))
 	if errors.Is(err, os.ErrNotExist) {
-		return st, nil
+		return st, errStateMissing
 	}
 	if err != nil {
 		return st, err
 	}
 	if err := json.Unmarshal(b, &st); err != nil {
-		return spoolState{}, fmt.Errorf("%s: %w", stateFileName, err)
+		return spoolState{}, fmt.Errorf("%s is not a spool state (%v)", stateFileName, err)
 	}
 	if st.Version != 1 {
-		return spoolState{}, fmt.Errorf("%s: unknown version %d", stateFileName, st.Version)
+		return spoolState{}, fmt.Errorf("%s has unknown version %d (this auditproxy reads version 1; written by a newer one?)", stateFileName, st.Version)
+	}
+	if st.Written.Offset < 0 || st.Acked.Offset < 0 {
+		return spoolState{}, fmt.Errorf("%s holds a negative offset (written %s, acked %s)", stateFileName, st.Written, st.Acked)
 	}
 	return st, nil
 }
 
-func saveState(dir string, st spoolState) error {
+// saveState writes the state file and returns its size.
+func saveState(dir string, st spoolState) (int64, error) {
 	b, err := json.Marshal(st)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if err := writeFileAtomic(filepath.Join(dir, stateFileName), append(b, '\n')); err != nil {
-		return fmt.Errorf("write spool state: %w", err)
+		return 0, fmt.Errorf("write spool state: %w", err)
 	}
-	return nil
+	return int64(len(b) + 1), nil
 }
 
 // writeFileAtomic replaces path with data (mode 0600) so that a crash

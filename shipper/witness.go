@@ -45,6 +45,11 @@ type WitnessOptions struct {
 	Logger          *slog.Logger
 	// Client defaults to an http.Client with a 30 s timeout.
 	Client *http.Client
+	// Cosigned, if set, is told the size the witness cosigned for an
+	// origin: at start (from StateFile) and after each cosignature. The
+	// spool (Spool.WitnessCosigned) keeps its stored hashes from there on,
+	// which the next consistency proof needs.
+	Cosigned func(origin string, size int64)
 }
 
 // Witness submits each checkpoint to a C2SP tlog-witness
@@ -534,6 +539,10 @@ func (w *Witness) cosigned(log *slog.Logger, it witnessItem, resp []byte) witnes
 	w.state[it.origin] = witnessLogState{Size: it.size, Root: base64.StdEncoding.EncodeToString(it.root[:])}
 	if err := w.saveState(); err != nil {
 		log.Error("witness: cannot save the witness state", "err", err)
+	} else if w.opts.Cosigned != nil {
+		// Only once the state file says so: after a crash before it, the
+		// next start proves from the size the file holds.
+		w.opts.Cosigned(it.origin, it.size)
 	}
 	sigs, bad := parseWitnessSignatures(resp)
 	if bad > 0 {
@@ -624,6 +633,9 @@ func (w *Witness) loadState() {
 	}
 	for origin, ls := range st.Logs {
 		w.state[origin] = ls
+		if w.opts.Cosigned != nil {
+			w.opts.Cosigned(origin, ls.Size)
+		}
 	}
 }
 

@@ -31,7 +31,7 @@ func runProve(args []string, stdout, stderr io.Writer) error {
 				readErr = err
 			}
 		})
-		if err != nil {
+		if err := warnDamaged(stderr, err); err != nil {
 			return fmt.Errorf("prove: %w", err)
 		}
 	}

@@ -99,6 +99,7 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 		n      int64 // events read from the current path
 	)
 	defer sorter.close()
+	var damaged damagedFilesError // read past: reported after the output
 	for _, path := range paths {
 		n = 0
 		err := readEvents(path, func(line []byte) {
@@ -128,7 +129,7 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 				bad.add(path, n, err)
 			}
 		})
-		if err != nil {
+		if err = damaged.collect(err); err != nil {
 			return fmt.Errorf("query: %w", err)
 		}
 		if sorter.err != nil {
@@ -153,6 +154,12 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 	}
 	if err != nil {
 		return fmt.Errorf("query: %w", err)
+	}
+	if len(damaged.files) > 0 {
+		if berr := bad.err(); berr != nil {
+			fmt.Fprintln(stderr, "auditproxy:", berr)
+		}
+		return fmt.Errorf("query: %w", &damaged)
 	}
 	return bad.err()
 }

@@ -52,6 +52,7 @@ type serveConfig struct {
 	durability          string
 	fsyncInterval       time.Duration
 	spoolMaxBytes       byteSize
+	spoolMinFree        byteSize
 	onSpoolFull         string
 	segmentMaxBytes     byteSize
 	segmentMaxAge       time.Duration
@@ -100,6 +101,8 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.DurationVar(&c.fsyncInterval, "fsync-interval", 5*time.Millisecond, "with --durability async, commit (write and fsync) the spool once per `duration`; with sync, commits run back to back and each takes every event that arrived during the last")
 	c.spoolMaxBytes = 4 << 30
 	fs.Var(&c.spoolMaxBytes, "spool-max-bytes", "bound on the total `size` of the spool's files; at the bound, acknowledged segments are deleted to make room, and if none can be, new requests get 503 (see --on-spool-full)")
+	c.spoolMinFree = 256 << 20
+	fs.Var(&c.spoolMinFree, "spool-min-free-bytes", "free `size` kept in reserve on the spool's filesystem: below it new requests get 503 without calling the upstream, so that those admitted can still record their events; 0 disables the check")
 	fs.StringVar(&c.onSpoolFull, "on-spool-full", "reject", "`policy` when the spool is full: reject answers 503 with an OpenAI error (\"audit log unavailable\") without calling the upstream; the only policy, since no inference may run without its record")
 	c.segmentMaxBytes = 64 << 20
 	fs.Var(&c.segmentMaxBytes, "segment-max-bytes", "rotate the active spool segment at this `size` (then compress it with zstd)")
@@ -160,6 +163,7 @@ type instance struct {
 	cpDir    *shipper.CheckpointDir    // nil without --checkpoint-dir
 	cpPoster *shipper.CheckpointPoster // nil without --checkpoint-url
 	witness  *shipper.Witness          // nil without --witness-url
+	lock     *shipper.DataDirLock      // held until shutdown ends
 	source   audit.Source
 	gpuRef   atomic.Pointer[string] // digest of the current GPU identity; nil without NVML
 	gpu      *gpu.Reader
@@ -263,6 +267,18 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
+	// One writer per data dir, for the life of the process: a second one
+	// would fork the log. Released at the end of shutdown, or by the kernel.
+	lock, err := shipper.LockDataDir(c.dataDir)
+	if err != nil {
+		return nil, err
+	}
+	started := false
+	defer func() {
+		if !started {
+			lock.Close()
+		}
+	}()
 	secret, err := hashing.LoadOrCreateKeyIDSecret(c.keyIDSecretFile)
 	if err != nil {
 		return nil, err
@@ -278,7 +294,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	host, _ := os.Hostname()
 	source := audit.Source{Host: host, Version: buildVersion()}
 	logOpts := &shipper.LogOptions{Name: c.logName, Signer: signer, CheckpointInterval: c.checkpointInterval,
-		CheckpointEvery: c.checkpointEvery, Source: source}
+		CheckpointEvery: c.checkpointEvery, Source: source, Witness: c.witnessURL != ""}
 	var cpDir *shipper.CheckpointDir
 	var cpPoster *shipper.CheckpointPoster
 	if c.checkpointURL != "" {
@@ -303,7 +319,12 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 			w.Submit(ev)
 		}
 	}
+	minFree := int64(c.spoolMinFree)
+	if minFree == 0 {
+		minFree = -1 // SpoolOptions: negative disables, 0 is the default
+	}
 	spool, err := shipper.OpenSpool(c.dataDir, shipper.SpoolOptions{
+		MinFreeBytes:    minFree,
 		Durability:      durability,
 		FsyncInterval:   c.fsyncInterval,
 		MaxBytes:        int64(c.spoolMaxBytes),
@@ -339,7 +360,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	if c.witnessURL != "" {
 		w, err := shipper.NewWitness(shipper.WitnessOptions{URL: c.witnessURL, Hashes: spool.TreeHashes(),
 			StateFile: filepath.Join(c.dataDir, "witness.json"), CosignatureFile: filepath.Join(c.dataDir, "cosignatures.ndjson"),
-			Logger: logger})
+			Logger: logger, Cosigned: spool.WitnessCosigned})
 		if err != nil {
 			spool.Close()
 			return nil, usageError{"--witness-url: " + err.Error()}
@@ -418,9 +439,9 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 			}
 		}()
 	}
-	if rep := spool.Recovery; rep.RecordsCut > 0 || rep.CommittedLost {
+	if rep := spool.Recovery; rep.RecordsCut > 0 || rep.CommittedLost || len(rep.Lost) > 0 {
 		logger.Warn("spool recovered after a crash", "records_cut", rep.RecordsCut, "bytes_cut", rep.BytesCut,
-			"committed_data_lost", rep.CommittedLost)
+			"committed_data_lost", rep.CommittedLost || len(rep.Lost) > 0, "damaged_ranges", len(rep.Lost))
 	}
 	if inst.shipper != nil {
 		inst.shipper.Start()
@@ -433,6 +454,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	// a Ctrl-C right after shuts it down rather than killing it.
 	inst.sig = make(chan os.Signal, 1)
 	signal.Notify(inst.sig, syscall.SIGINT, syscall.SIGTERM)
+	inst.lock, started = lock, true // released at the end of shutdown
 	logger.Info("auditproxy serving", "version", buildVersion(), "listen", inst.ln.Addr().String(),
 		"admin", c.adminListen, "upstream", c.upstream, "data_dir", c.dataDir, "hash", string(alg),
 		"durability", string(durability), "fsync_interval", c.fsyncInterval.String(),
@@ -511,6 +533,7 @@ func (inst *instance) shutdown() error {
 	committed, _ := inst.spool.Committed()
 	inst.log.Info("stopped", "events_recorded", inst.spool.Recorded(), "committed", committed.String(),
 		"acked", inst.spool.Acked().String(), "all_shipped", inst.shipper != nil && drained)
+	inst.lock.Close()
 	return err
 }
 

@@ -66,7 +66,7 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 				}
 				_ = pr.Add(ev, keep)
 			})
-			if err != nil {
+			if err := warnDamaged(stderr, err); err != nil {
 				return fmt.Errorf("show: %w", err)
 			}
 		}
@@ -87,7 +87,7 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 				mu.Unlock()
 			}
 		})
-		if err != nil {
+		if err := warnDamaged(stderr, err); err != nil {
 			return fmt.Errorf("show: %w", err)
 		}
 		sort.SliceStable(hits, func(i, j int) bool { return hits[i].src < hits[j].src })

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -50,12 +51,23 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	}
 	v := audit.NewVerifier(keys)
 	v.Until = untilTime
+	var damaged []*shipper.DamagedSegmentError
 	for _, path := range fs.Args() {
 		if err := readEvents(path, v.Add); err != nil {
-			return fmt.Errorf("verify: %w", err)
+			var dfe *damagedFilesError
+			if !errors.As(err, &dfe) {
+				return fmt.Errorf("verify: %w", err)
+			}
+			damaged = append(damaged, dfe.files...)
 		}
 	}
 	r := v.Report()
+	for _, d := range damaged {
+		// Every intact event of the file was verified; those in the
+		// damaged ranges show above as missing seqs.
+		r.Problems = append(r.Problems, d.Error()+"; events lost in it show as missing seqs")
+		r.OK = false
+	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -93,6 +105,9 @@ func printReport(w io.Writer, r *audit.Report, noKeys bool) {
 		} else {
 			fmt.Fprintln(w)
 		}
+		if o.Outages > 0 {
+			fmt.Fprintf(w, "  outages: %d (the spool could not be written for a while; the checkpoint after each says since when and why)\n", o.Outages)
+		}
 		for _, p := range o.Problems {
 			fmt.Fprintf(w, "  problem: %s\n", p)
 		}
@@ -110,9 +125,48 @@ func printReport(w io.Writer, r *audit.Report, noKeys bool) {
 	}
 }
 
+// damagedFilesError names the spool segments that readEvents read past
+// damage: their intact events were read, the damaged ranges not.
+type damagedFilesError struct {
+	files []*shipper.DamagedSegmentError
+}
+
+func (e *damagedFilesError) Error() string {
+	msgs := make([]string, len(e.files))
+	for i, f := range e.files {
+		msgs[i] = f.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// collectDamage adds err to d when it is damage read past, and returns the
+// errors that are something else.
+func (d *damagedFilesError) collect(err error) error {
+	var dse *shipper.DamagedSegmentError
+	var dfe *damagedFilesError
+	switch {
+	case errors.As(err, &dfe):
+		d.files = append(d.files, dfe.files...)
+		return nil
+	case errors.As(err, &dse):
+		d.files = append(d.files, dse)
+		return nil
+	}
+	return err
+}
+
+func (d *damagedFilesError) orNil() error {
+	if len(d.files) == 0 {
+		return nil
+	}
+	return d
+}
+
 // readEvents calls add with every event found at path: a file of JSON lines,
 // a spool segment (.seg, .seg.zst), a directory (read recursively: *.ndjson,
-// *.jsonl, *.json, segments), or - for stdin.
+// *.jsonl, *.json, segments), or - for stdin. A damaged spool segment is
+// read past: every intact event is read, and the error is then a
+// *damagedFilesError naming the damaged files.
 func readEvents(path string, add func([]byte)) error {
 	if path == "-" {
 		return readLines(os.Stdin, add)
@@ -121,18 +175,37 @@ func readEvents(path string, add func([]byte)) error {
 	if err != nil {
 		return err
 	}
+	var damaged damagedFilesError
 	if !info.IsDir() {
-		return readEventFile(path, add)
+		if err := damaged.collect(readEventFile(path, add)); err != nil {
+			return err
+		}
+		return damaged.orNil()
 	}
-	return filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		if d.IsDir() || !isEventFileName(d.Name()) {
 			return nil
 		}
-		return readEventFile(p, add)
+		return damaged.collect(readEventFile(p, add))
 	})
+	if err != nil {
+		return err
+	}
+	return damaged.orNil()
+}
+
+// warnDamaged prints damage read past to stderr and returns the errors that
+// are something else: for commands (prove, show) whose answer may not need
+// the damaged events.
+func warnDamaged(stderr io.Writer, err error) error {
+	var d damagedFilesError
+	if err = d.collect(err); err == nil && len(d.files) > 0 {
+		fmt.Fprintln(stderr, "auditproxy: warning:", d.Error())
+	}
+	return err
 }
 
 // isEventFileName reports whether a file of this name in a directory holds
@@ -195,6 +268,8 @@ func readEventsConcurrently(paths []string, workers int, add func(src int, ev []
 		srcs = append(srcs, files...)
 	}
 	errs := make([]error, len(srcs))
+	var damagedMu sync.Mutex
+	var damaged damagedFilesError
 	var next atomic.Int64
 	var failed atomic.Bool
 	var wg sync.WaitGroup
@@ -212,6 +287,9 @@ func readEventsConcurrently(paths []string, workers int, add func(src int, ev []
 				} else {
 					err = readEventFile(srcs[i], fn)
 				}
+				damagedMu.Lock()
+				err = damaged.collect(err)
+				damagedMu.Unlock()
 				if err != nil {
 					errs[i] = err
 					failed.Store(true)
@@ -225,7 +303,7 @@ func readEventsConcurrently(paths []string, workers int, add func(src int, ev []
 			return err
 		}
 	}
-	return nil
+	return damaged.orNil()
 }
 
 func readEventFile(path string, add func([]byte)) error {

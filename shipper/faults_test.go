@@ -1,0 +1,801 @@
+package shipper
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/valyala/fastjson"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/auditproxy/auditproxy/bench/forwardrecv"
+)
+
+// logBuffer collects a spool's log lines (JSON), safe for concurrent use.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) logger() *slog.Logger {
+	return slog.New(slog.NewJSONHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// lines returns the log lines whose message contains msg, decoded.
+func (l *logBuffer) lines(msg string) []map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	for _, line := range bytes.Split(l.b.Bytes(), []byte("\n")) {
+		var m map[string]any
+		if json.Unmarshal(line, &m) == nil && strings.Contains(m["msg"].(string), msg) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// TestUnusableStateFileIsReported: a start without a usable state.json
+// (deleted, corrupt, of an unknown version) ships everything again; it says
+// so in one WARN with the number of events, in the recovery report and in a
+// metric, and keeps an unreadable file aside. The count is exact across
+// sealed segments and an epoch change, without reading them all.
+func TestUnusableStateFileIsReported(t *testing.T) {
+	signer, _ := testSigner(t)
+	for _, tc := range []struct {
+		name    string
+		mangle  func(path string)
+		problem string
+		kept    bool
+	}{
+		{"deleted", func(p string) { os.Remove(p) }, "state.json is missing", false},
+		{"corrupt", func(p string) { os.WriteFile(p, []byte(`{"version":1,"acked":{"segm`), 0o600) }, "is not a spool state", true},
+		{"unknown version", func(p string) { os.WriteFile(p, []byte(`{"version":7,"written":{},"acked":{}}`), 0o600) }, "unknown version 7", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			opts := SpoolOptions{Forwarding: true, SegmentMaxBytes: 4 << 10, Log: logOpts(signer)}
+			s := openTestSpool(t, dir, opts)
+			for i := range 150 {
+				s.Append(testEvent(i))
+			}
+			c, _ := s.Committed()
+			s.Ack(c) // everything shipped
+			s.Close()
+			// A second epoch, so that one segment's count is not a seq difference.
+			renamed := logOpts(signer)
+			renamed.Name = "renamed-node"
+			opts.Log = renamed
+			s = openTestSpool(t, dir, opts)
+			for i := range 150 {
+				s.Append(testEvent(1000 + i))
+			}
+			c, _ = s.Committed()
+			s.Ack(c)
+			s.Close()
+			ids, _ := exportIDs(t, dir)
+			statePath := filepath.Join(dir, SpoolDirName, stateFileName)
+			tc.mangle(statePath)
+
+			var logs logBuffer
+			opts.Logger = logs.logger()
+			s = openTestSpool(t, dir, opts)
+			if !strings.Contains(s.Recovery.StateLost, tc.problem) || s.Recovery.Resend != int64(len(ids)) {
+				t.Errorf("recovery report: state lost %q, resend %d; want %q and the %d events in the spool",
+					s.Recovery.StateLost, s.Recovery.Resend, tc.problem, len(ids))
+			}
+			if s.Acked() != (Pos{}) {
+				t.Errorf("acked %v, want shipping from the oldest event", s.Acked())
+			}
+			warns := logs.lines("spool state file unusable")
+			if len(warns) != 1 || warns[0]["level"] != "WARN" || warns[0]["events_to_resend"] != float64(len(ids)) ||
+				!strings.Contains(warns[0]["problem"].(string), tc.problem) || !strings.Contains(warns[0]["msg"].(string), "deduplicates") {
+				t.Errorf("warning: %v", warns)
+			}
+			if got := registeredValue(t, s.Register, "auditproxy_spool_state_reset_events"); got != float64(len(ids)) {
+				t.Errorf("auditproxy_spool_state_reset_events = %v, want %d", got, len(ids))
+			}
+			if _, err := os.Stat(statePath + quarantineExt); (err == nil) != tc.kept {
+				t.Errorf("unreadable state file kept aside: %v, want %v", err == nil, tc.kept)
+			}
+		})
+	}
+
+	// A new spool has no state file and nothing to resend: no warning.
+	var logs logBuffer
+	s := openTestSpool(t, t.TempDir(), SpoolOptions{Forwarding: true, Logger: logs.logger()})
+	if s.Recovery.StateLost != "" || len(logs.lines("state file")) != 0 {
+		t.Errorf("a new spool reports a lost state: %q", s.Recovery.StateLost)
+	}
+}
+
+// fakeDisk is a statfs for tests: the free bytes it reports, and how often
+// it was asked.
+type fakeDisk struct {
+	free, calls atomic.Int64
+}
+
+func (d *fakeDisk) statfs(string) (int64, int64, error) {
+	d.calls.Add(1)
+	return d.free.Load(), 1 << 40, nil
+}
+
+// TestLowDiskSpaceRefusesBeforeTheUpstream: below the free-space reserve
+// Admit refuses (the proxy then answers 503 without calling the upstream),
+// events of admitted requests are still written, and once space is freed
+// requests are taken again. The free space is read from a cache: once at
+// open, then only on the timer, or after a commit that brings the estimate
+// near the reserve; never per request.
+func TestLowDiskSpaceRefusesBeforeTheUpstream(t *testing.T) {
+	const reserve = 1 << 20
+	disk := &fakeDisk{}
+	disk.free.Store(100 << 20)
+	s := openTestSpool(t, t.TempDir(), SpoolOptions{MinFreeBytes: reserve, SpaceCheckInterval: time.Hour, statfs: disk.statfs})
+	metric := func(name string) float64 { return registeredValue(t, s.Register, name) }
+	start := time.Now()
+	for i := range 200 {
+		if err := s.Admit(); err != nil {
+			t.Fatalf("Admit with 100 MiB free: %v", err)
+		}
+		if err := s.Append(testEvent(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// At open, then at most one per statfsAfterCommits while commits flow.
+	if n, most := disk.calls.Load(), 2+int64(time.Since(start)/statfsAfterCommits); n > most {
+		t.Errorf("%d statfs calls for 200 requests far from the reserve, want at most %d", n, most)
+	}
+	if metric("auditproxy_spool_writable") != 1 || metric("auditproxy_spool_free_bytes") != 100<<20 {
+		t.Errorf("writable %v, free %v", metric("auditproxy_spool_writable"), metric("auditproxy_spool_free_bytes"))
+	}
+
+	// Near the reserve the spool's own commits are what fill the disk: once
+	// the estimate (the last reading less what was committed since) is
+	// within twice the reserve, each commit reads statfs again.
+	s.Close()
+	dir := filepath.Dir(s.dir)
+	disk.free.Store(2*reserve + 16<<10)
+	s = openTestSpool(t, dir, SpoolOptions{MinFreeBytes: reserve, SpaceCheckInterval: time.Hour, statfs: disk.statfs})
+	metric = func(name string) float64 { return registeredValue(t, s.Register, name) }
+	before := disk.calls.Load()
+	disk.free.Store(reserve - 1) // what the next statfs finds: another process wrote meanwhile
+	commits := 0
+	for ; disk.calls.Load() == before; commits++ {
+		if commits > 1000 {
+			t.Fatal("1,000 commits and no statfs, with the estimate far past the reserve")
+		}
+		if err := s.Append(testEvent(2000 + commits)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Retry-After: the spool looks again at its next timer tick.
+	err := s.Admit()
+	var ae *AdmitError
+	if !errors.As(err, &ae) || !errors.Is(err, ErrSpoolNotWritable) || ae.Reason != "low_disk_space" || ae.RetryAfter() != time.Hour {
+		t.Fatalf("Admit below the reserve: %v (%+v)", err, ae)
+	}
+	if !strings.Contains(err.Error(), fmt.Sprintf("%d bytes free", reserve-1)) || !strings.Contains(err.Error(), "--spool-min-free-bytes") {
+		t.Errorf("the refusal does not say what is wrong: %v", err)
+	}
+	if metric("auditproxy_spool_writable") != 0 || metric("auditproxy_spool_full_rejections_total") != 1 {
+		t.Errorf("writable %v, rejections %v", metric("auditproxy_spool_writable"), metric("auditproxy_spool_full_rejections_total"))
+	}
+	// A request admitted before still records its event (the reserve is
+	// for it).
+	if err := s.Append(testEvent(1000)); err != nil {
+		t.Errorf("an admitted request's event below the reserve: %v", err)
+	}
+
+	// Space is freed: the timer's check takes requests again.
+	s.Close()
+	disk.free.Store(100 << 20)
+	s = openTestSpool(t, dir, SpoolOptions{MinFreeBytes: reserve, SpaceCheckInterval: 10 * time.Millisecond, statfs: disk.statfs})
+	disk.free.Store(reserve / 2)
+	waitFor(t, "the timer to see the disk below the reserve", func() bool { return s.Admit() != nil })
+	disk.free.Store(100 << 20)
+	waitFor(t, "the timer to see space freed", func() bool { return s.Admit() == nil })
+	if ids, _ := exportIDs(t, dir); len(ids) != 201+commits {
+		t.Errorf("%d events in the spool, want %d", len(ids), 201+commits)
+	}
+}
+
+// TestFailingCommitsRefuseUntilAProbeSucceeds: once a commit fails (an
+// injected fsync error, as from a full or failing disk) Admit refuses;
+// with every request refused nothing would be committed, so the spool
+// probes by itself: with a log, a checkpoint commit, which fails, is
+// counted and logged, and once the disk works again succeeds and clears the
+// state. The checkpoint after the outage reports it, and the log verifies
+// although checkpoints were missing for longer than their cadence.
+func TestFailingCommitsRefuseUntilAProbeSucceeds(t *testing.T) {
+	signer, keys := testSigner(t)
+	for _, withLog := range []bool{true, false} {
+		t.Run(fmt.Sprintf("log=%v", withLog), func(t *testing.T) {
+			dir := t.TempDir()
+			var logs logBuffer
+			opts := SpoolOptions{SpaceCheckInterval: 20 * time.Millisecond, Logger: logs.logger()}
+			var checkpoints atomic.Int64
+			if withLog {
+				opts.Log = logOpts(signer)
+				opts.Log.CheckpointInterval = 100 * time.Millisecond
+				opts.Log.OnCheckpoint = func([]byte) { checkpoints.Add(1) }
+			}
+			s := openTestSpool(t, dir, opts)
+			var fail atomic.Bool
+			s.sync = func(f *os.File) error {
+				if fail.Load() {
+					return syscall.ENOSPC
+				}
+				return f.Sync()
+			}
+			metric := func(name string) float64 { return registeredValue(t, s.Register, name) }
+			if err := s.Append(testEvent(1)); err != nil {
+				t.Fatal(err)
+			}
+			if withLog {
+				waitFor(t, "a checkpoint before the outage", func() bool { return checkpoints.Load() > 0 })
+			}
+			fail.Store(true)
+			if err := s.Append(testEvent(2)); !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("commit on a failing disk: %v", err)
+			}
+			err := s.Admit()
+			var ae *AdmitError
+			if !errors.As(err, &ae) || ae.Reason != "commit_failed" || !strings.Contains(err.Error(), "no space left on device") {
+				t.Fatalf("Admit after a failed commit: %v", err)
+			}
+			if withLog {
+				waitFor(t, "failed checkpoint probes", func() bool { return metric("auditproxy_checkpoint_failures_total") >= 3 })
+				// Checkpoints stay missing for well over their cadence
+				// (100 ms; a verifier allows 1.15 s).
+				time.Sleep(1500 * time.Millisecond)
+			} else {
+				waitFor(t, "failed probes", func() bool { return metric("auditproxy_spool_commit_errors_total") >= 3 })
+			}
+			if s.Admit() == nil {
+				t.Fatal("a spool whose probes fail takes requests")
+			}
+			// A standing failure is logged once, then at most every 30 s.
+			if n := len(logs.lines("spool commit failed")); n != 1 {
+				t.Errorf("%d log lines for one standing failure, want 1", n)
+			}
+			fail.Store(false)
+			waitFor(t, "a probe to succeed", func() bool { return s.Admit() == nil })
+			if metric("auditproxy_spool_writable") != 1 || len(logs.lines("commits succeed again")) != 1 {
+				t.Errorf("writable %v after the recovery", metric("auditproxy_spool_writable"))
+			}
+			if err := s.Append(testEvent(3)); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			if probes, _ := filepath.Glob(filepath.Join(dir, SpoolDirName, "probe*")); len(probes) > 0 {
+				t.Errorf("probe files left: %v", probes)
+			}
+			ids, _ := exportIDs(t, dir)
+			var inferences []string
+			for _, id := range ids {
+				if strings.HasPrefix(id, "ev-") {
+					inferences = append(inferences, id)
+				}
+			}
+			if strings.Join(inferences, ",") != "ev-000001,ev-000003" {
+				t.Errorf("events: %v", inferences)
+			}
+			if !withLog {
+				return
+			}
+			r := verifyDataDir(t, dir, keys)
+			if !r.OK || r.Origins[0].Outages != 1 {
+				t.Fatalf("the log after an outage: outages %d\n%s", r.Origins[0].Outages, problems(r))
+			}
+			var out bytes.Buffer
+			Export(dir, &out)
+			if !bytes.Contains(out.Bytes(), []byte(`"outage":{"error":"fsync 1 events: no space left on device","failed_checkpoints":`)) {
+				t.Errorf("no checkpoint reports the outage:\n%s", out.String())
+			}
+		})
+	}
+}
+
+// framesBySeq returns the byte range of each frame of a segment's bytes, by
+// the seq of its event.
+func framesBySeq(t *testing.T, data []byte) map[int64]byteRange {
+	t.Helper()
+	sc := scanFrames(data, 0)
+	if len(sc.damaged) > 0 || sc.tail.End > sc.tail.Start {
+		t.Fatalf("segment already damaged: %+v", sc)
+	}
+	var p fastjson.Parser
+	out := map[int64]byteRange{}
+	for _, f := range sc.frames {
+		pl := placeOf(&p, data[f.Start+frameHeaderSize:f.End])
+		if pl == nil {
+			t.Fatalf("frame %v is in no log", f)
+		}
+		out[pl.Seq] = f
+	}
+	return out
+}
+
+// TestDamageInTheActiveSegment: damage in the middle of the active segment
+// (not a torn tail: intact records follow it) loses only what it destroyed.
+// Every intact record after it is kept, the damaged bytes are saved to a
+// .corrupt file, the acknowledged position still points after the same
+// record, and the log starts a new epoch whose log_started says what was
+// lost (segment, byte range, the missing seqs) instead of reusing seqs that
+// were shipped and checkpointed. The old epoch verifies except for exactly
+// the missing seqs; the new one verifies.
+func TestDamageInTheActiveSegment(t *testing.T) {
+	signer, keys := testSigner(t)
+	for _, tc := range []struct {
+		name          string
+		damage        func(data []byte, f map[int64]byteRange) []byte
+		first, last   int64 // the seqs lost
+		wantTornBytes bool
+	}{
+		{"a flipped byte in one record", func(d []byte, f map[int64]byteRange) []byte {
+			d[f[10].Start+40] ^= 0x20
+			return d
+		}, 10, 10, false},
+		{"a zeroed range across records", func(d []byte, f map[int64]byteRange) []byte {
+			clear(d[f[12].Start+30 : f[15].Start+5])
+			return d
+		}, 12, 15, false},
+		{"a length out of range", func(d []byte, f map[int64]byteRange) []byte {
+			binary.LittleEndian.PutUint32(d[f[10].Start:], 0xffffffff)
+			return d
+		}, 10, 10, false},
+		{"damage at the start of the segment", func(d []byte, f map[int64]byteRange) []byte {
+			d[f[0].Start+frameHeaderSize+3] ^= 0x01
+			return d
+		}, 0, 0, false},
+		{"damage and a torn tail", func(d []byte, f map[int64]byteRange) []byte {
+			d[f[10].Start+40] ^= 0x20
+			last := f[int64(len(f)-1)]
+			return d[:last.Start+(last.End-last.Start)/2]
+		}, 10, 10, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := openTestSpool(t, dir, SpoolOptions{Forwarding: true, Log: logOpts(signer)})
+			for i := range 30 {
+				s.Append(testEvent(i))
+			}
+			// The aggregator acknowledged up to the event at seq 20.
+			r := s.newReader(Pos{})
+			var acked Pos
+			var p fastjson.Parser
+			for {
+				rec, end, ok, err := r.next()
+				if err != nil || !ok {
+					t.Fatal("seq 20 not found", err)
+				}
+				if pl := placeOf(&p, rec); pl != nil && pl.Seq == 20 {
+					acked = end
+					break
+				}
+			}
+			r.Close()
+			s.Ack(acked)
+			s.SaveState()
+			image := crashImage(t, dir)
+			segPath := filepath.Join(image, SpoolDirName, segmentName(1)+segmentExt)
+			data, _ := os.ReadFile(segPath)
+			frames := framesBySeq(t, data)
+			origin := ""
+			if pl := placeOf(&p, data[frames[0].Start+frameHeaderSize:frames[0].End]); pl != nil {
+				origin = pl.Origin
+			}
+			damaged := tc.damage(bytes.Clone(data), frames)
+			os.WriteFile(segPath, damaged, 0o600)
+
+			var logs logBuffer
+			s2 := openTestSpool(t, image, SpoolOptions{Forwarding: true, Log: logOpts(signer), Logger: logs.logger()})
+			lost := s2.Recovery.Lost
+			if len(lost) != 1 || tc.first > 0 && (lost[0].Missing == nil || *lost[0].Missing != (seqRange{origin, tc.first, tc.last})) {
+				t.Fatalf("recovery report: %+v, want seqs %d..%d of %s lost", lost, tc.first, tc.last, origin)
+			}
+			if tc.first == 0 && (lost[0].Before != nil || lost[0].After == nil || lost[0].After.Seq != 1) {
+				t.Errorf("damage before any record: %+v", lost[0])
+			}
+			if (s2.Recovery.RecordsCut > 0) != tc.wantTornBytes {
+				t.Errorf("records cut %d, torn tail %v", s2.Recovery.RecordsCut, tc.wantTornBytes)
+			}
+			saved, err := os.ReadFile(filepath.Join(image, SpoolDirName, lost[0].SavedTo))
+			if err != nil || !bytes.Equal(saved, damaged[lost[0].Start:lost[0].End]) {
+				t.Errorf("saved damage %s: %v, %d bytes; want the %d damaged", lost[0].SavedTo, err, len(saved), lost[0].End-lost[0].Start)
+			}
+			if len(logs.lines("committed records of the spool are damaged")) != 1 {
+				t.Error("the damage is not logged")
+			}
+			// Shipping resumes after the same record.
+			r = s2.newReader(s2.Acked())
+			rec, _, ok, err := r.next()
+			r.Close()
+			if pl := placeOf(&p, rec); err != nil || !ok || pl == nil || pl.Seq != 21 || pl.Origin != origin {
+				t.Errorf("first unacknowledged record after the repair: %v %v %s", err, pl, rec)
+			}
+			s2.Append(testEvent(100))
+			s2.Close()
+
+			// Export: every intact record of the old epoch, then the new one.
+			seqs := map[int64]bool{}
+			var newOrigin string
+			var out bytes.Buffer
+			if _, err := Export(image, &out); err != nil {
+				t.Fatal(err)
+			}
+			for _, line := range bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n")) {
+				pl := placeOf(&p, line)
+				if pl.Origin == origin {
+					seqs[pl.Seq] = true
+				} else {
+					newOrigin = pl.Origin
+				}
+			}
+			lastSeq := int64(len(frames) - 1)
+			if tc.wantTornBytes {
+				lastSeq--
+			}
+			for seq := int64(0); seq <= lastSeq; seq++ {
+				if seqs[seq] == (seq >= tc.first && seq <= tc.last) {
+					t.Errorf("seq %d present: %v", seq, seqs[seq])
+				}
+			}
+			started := logStartedOf(t, image)
+			epochs := 2
+			if tc.first == 0 {
+				epochs = 1 // the old epoch's log_started was the damaged record
+			}
+			if len(started) != epochs || newOrigin == "" {
+				t.Fatalf("%d log_started events, new origin %q; want a new epoch", len(started), newOrigin)
+			}
+			ls := started[epochs-1]["log_started"].(map[string]any)
+			if !strings.HasPrefix(ls["reason"].(string), "committed records were lost: ") {
+				t.Errorf("new epoch's reason: %v", ls["reason"])
+			}
+			l0 := ls["lost"].([]any)[0].(map[string]any)
+			if l0["segment"] != segmentName(1)+segmentExt || l0["offset"] != float64(lost[0].Start) {
+				t.Errorf("log_started's lost: %v", l0)
+			}
+			if tc.first > 0 {
+				if m := l0["missing_seqs"].(map[string]any); m["first"] != float64(tc.first) || m["last"] != float64(tc.last) || m["origin"] != origin {
+					t.Errorf("log_started's missing seqs: %v", m)
+				}
+			}
+			// The verifier sees exactly the loss.
+			rep := verifyDataDir(t, image, keys)
+			for _, o := range rep.Origins {
+				switch o.Origin {
+				case newOrigin:
+					if !o.OK {
+						t.Errorf("new epoch: %v", o.Problems)
+					}
+				case origin:
+					want := fmt.Sprintf("seq %d missing", tc.first)
+					if tc.last > tc.first {
+						want = fmt.Sprintf("seq %d..%d missing", tc.first, tc.last)
+					}
+					if len(o.Problems) == 0 || !strings.HasPrefix(o.Problems[0], want) {
+						t.Errorf("old epoch's problems %v, want %q first", o.Problems, want)
+					}
+				}
+			}
+			// Repaired for good: the next start finds nothing to repair and
+			// continues the new epoch.
+			s3 := openTestSpool(t, image, SpoolOptions{Forwarding: true, Log: logOpts(signer)})
+			s3.Close()
+			if len(s3.Recovery.Lost) != 0 || len(logStartedOf(t, image)) != epochs {
+				t.Errorf("a second start repaired again: %+v", s3.Recovery)
+			}
+		})
+	}
+}
+
+// sealedSpool returns a data dir whose spool (a log) holds n events in
+// sealed segments of about 4 KiB and an active one, closed.
+func sealedSpool(t *testing.T, signer note.Signer, n int) string {
+	t.Helper()
+	dir := t.TempDir()
+	s := openTestSpool(t, dir, SpoolOptions{Forwarding: true, SegmentMaxBytes: 4 << 10, Log: logOpts(signer)})
+	for i := range n {
+		if err := s.Append(testEvent(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "sealing", func() bool {
+		s.stateMu.Lock()
+		defer s.stateMu.Unlock()
+		return len(s.sealQueue) == 0
+	})
+	s.Close()
+	return dir
+}
+
+// eventsOf returns the "id" of each record of a segment's bytes, in order,
+// and the seq of each.
+func eventsOf(t *testing.T, data []byte) (ids []string, seqs []int64) {
+	t.Helper()
+	sc := scanFrames(data, 0)
+	var p fastjson.Parser
+	for _, f := range sc.frames {
+		v, err := p.ParseBytes(data[f.Start+frameHeaderSize : f.End])
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, string(v.GetStringBytes("id")))
+		seqs = append(seqs, v.GetInt64("log", "seq"))
+	}
+	return ids, seqs
+}
+
+// TestDamagedSegmentIsQuarantinedAndShipped: a damaged segment the
+// committer is done with (sealed, or plain awaiting its seal) no longer
+// stops shipping. The shipper ships every intact record, the spool keeps the
+// damaged file aside (.damaged) and a segment of its intact records in its
+// place, records a segment_damaged event (shipped too) that says what was
+// lost, counts it and logs it; the ship lag returns to 0; export then reads
+// without error and names the file kept aside; verify reports the lost seqs
+// as missing.
+func TestDamagedSegmentIsQuarantinedAndShipped(t *testing.T) {
+	signer, keys := testSigner(t)
+	const damagedID = 3
+	for _, tc := range []struct {
+		name string
+		// damage damages segment damagedID of spoolDir, whose records are
+		// data.
+		damage func(t *testing.T, spoolDir string, data []byte)
+	}{
+		{"a flipped byte in a record of a sealed segment", func(t *testing.T, spoolDir string, data []byte) {
+			sc := scanFrames(data, 0)
+			data = bytes.Clone(data)
+			data[sc.frames[2].Start+30] ^= 0x08
+			if err := writeCompressed(filepath.Join(spoolDir, segmentName(damagedID)+sealedExt), data); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"a damaged compressed stream", func(t *testing.T, spoolDir string, data []byte) {
+			// What a flip in the compressed bytes destroys depends on
+			// where it lands: wrong bytes (caught by the frames' CRCs),
+			// a stream that stops decoding, or both.
+			path := filepath.Join(spoolDir, segmentName(damagedID)+sealedExt)
+			z, _ := os.ReadFile(path)
+			z[len(z)/2] ^= 0xff
+			os.WriteFile(path, z, 0o600)
+		}},
+		{"a plain segment awaiting its seal", func(t *testing.T, spoolDir string, data []byte) {
+			sc := scanFrames(data, 0)
+			data = bytes.Clone(data)
+			binary.LittleEndian.PutUint32(data[sc.frames[1].Start:], 1<<30)
+			os.Remove(filepath.Join(spoolDir, segmentName(damagedID)+sealedExt))
+			os.WriteFile(filepath.Join(spoolDir, segmentName(damagedID)+segmentExt), data, 0o600)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := sealedSpool(t, signer, 120)
+			spoolDir := filepath.Join(dir, SpoolDirName)
+			allIDs, _ := exportIDs(t, dir)
+			data, _, err := readSegmentBytes(filepath.Join(spoolDir, segmentName(damagedID)+sealedExt))
+			if err != nil {
+				t.Fatal(err)
+			}
+			segIDs, segSeqs := eventsOf(t, data)
+			tc.damage(t, spoolDir, data)
+			damagedPath, _ := segmentPath(spoolDir, damagedID)
+			damagedBytes, _ := os.ReadFile(damagedPath)
+			// What the damage destroyed: the records a salvage no longer
+			// finds.
+			sv, err := salvageSegment(damagedPath, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			kept, _ := eventsOf(t, sv.intactBytes())
+			survived := map[string]bool{}
+			for _, id := range kept {
+				survived[id] = true
+			}
+			lost := map[string]bool{}
+			var lostSeqs []int64
+			for i, id := range segIDs {
+				if !survived[id] {
+					lost[id] = true
+					lostSeqs = append(lostSeqs, segSeqs[i])
+				}
+			}
+			if len(lost) == 0 {
+				t.Skip("this damage destroyed no record")
+			}
+			if _, err := Export(dir, io.Discard); err == nil {
+				t.Fatal("export of the damaged spool succeeded")
+			}
+
+			recv := startReceiver(t, "127.0.0.1:0", forwardrecv.Config{})
+			var logs logBuffer
+			s := openTestSpool(t, dir, SpoolOptions{Forwarding: true, SegmentMaxBytes: 4 << 10, Log: logOpts(signer), Logger: logs.logger()})
+			fo := fastForward(recv.Addr())
+			fo.Logger = logs.logger()
+			sh := startShipper(t, s, fo)
+			arrived := func() map[string]bool {
+				got := map[string]bool{}
+				for _, id := range recordIDs(recv.Entries()) {
+					got[id] = true
+				}
+				return got
+			}
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("%d arrived of %d; lag %v", recv.Len(), len(allIDs), sh.ShipLag())
+
+					got := arrived()
+					for _, id := range allIDs {
+						if !got[id] {
+							t.Logf("missing %s lost=%v", id, lost[id])
+						}
+					}
+					logs.mu.Lock()
+					t.Log(logs.b.String())
+					logs.mu.Unlock()
+				}
+			})
+			waitFor(t, "every intact event and the segment_damaged event at the aggregator", func() bool {
+				got := arrived()
+				for _, id := range allIDs {
+					if !lost[id] && !got[id] {
+						return false
+					}
+				}
+				for _, e := range recv.Entries() {
+					if e.Record["type"] == TypeSegmentDamaged {
+						return true
+					}
+				}
+				return false
+			})
+			got := arrived()
+			for id := range lost {
+				if got[id] {
+					t.Errorf("event %s, in the damaged range, arrived", id)
+				}
+			}
+			// The event as the aggregator decoded it (msgpack), read back
+			// through JSON.
+			var details segmentDamage
+			for _, e := range recv.Entries() {
+				if e.Record["type"] == TypeSegmentDamaged {
+					b, _ := json.Marshal(e.Record["details"])
+					if err := json.Unmarshal(b, &details); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if details.Segment != segmentName(damagedID)+sealedExt || details.RecordsKept != len(segIDs)-len(lost) || len(details.Damaged) == 0 {
+				t.Errorf("segment_damaged details: %+v", details)
+			}
+			var said []int64
+			for _, d := range details.Damaged {
+				if m := d.Missing; m != nil {
+					for seq := m.First; seq <= m.Last; seq++ {
+						said = append(said, seq)
+					}
+				}
+			}
+			if fmt.Sprint(said) != fmt.Sprint(lostSeqs) {
+				t.Errorf("segment_damaged says seqs %v are missing, want %v: %+v", said, lostSeqs, details.Damaged)
+			}
+			keptFile, err := os.ReadFile(filepath.Join(spoolDir, details.SavedTo))
+			if err != nil || !bytes.Equal(keptFile, damagedBytes) {
+				t.Errorf("damaged file kept as %v: %v, equal %v", details.SavedTo, err, bytes.Equal(keptFile, damagedBytes))
+			}
+			if got := registeredValue(t, s.Register, "auditproxy_spool_segments_damaged_total"); got != 1 {
+				t.Errorf("auditproxy_spool_segments_damaged_total = %v", got)
+			}
+			if len(logs.lines("a spool segment is damaged")) != 1 {
+				t.Error("the damage is not logged")
+			}
+			waitFor(t, "ship lag back to 0", func() bool { return sh.ShipLag() == 0 })
+			sh.Close()
+			s.Close()
+
+			var out bytes.Buffer
+			st, err := Export(dir, &out)
+			if err != nil || len(st.Quarantined) != 1 {
+				t.Errorf("export after the quarantine: %v, quarantined %v", err, st.Quarantined)
+			}
+			r := verifyDataDir(t, dir, keys)
+			for i := 0; i < len(lostSeqs); {
+				j := i
+				for j+1 < len(lostSeqs) && lostSeqs[j+1] == lostSeqs[j]+1 {
+					j++
+				}
+				want := fmt.Sprintf("seq %d missing", lostSeqs[i])
+				if j > i {
+					want = fmt.Sprintf("seq %d..%d missing", lostSeqs[i], lostSeqs[j])
+				}
+				if r.OK || !strings.Contains(problems(r), want) {
+					t.Errorf("verify: want %q\n%s", want, problems(r))
+				}
+				i = j + 1
+			}
+		})
+	}
+}
+
+// TestShipLagWhileStuck: while shipping cannot read on (here: damage in the
+// active segment, which only the next start repairs), the ship lag grows
+// instead of reading 0.
+func TestShipLagWhileStuck(t *testing.T) {
+	recv := startReceiver(t, "127.0.0.1:0", forwardrecv.Config{})
+	dir := t.TempDir()
+	s := openTestSpool(t, dir, SpoolOptions{Forwarding: true})
+	for i := range 5 {
+		s.Append(testEvent(i))
+	}
+	// The disk damages a committed record before it is shipped.
+	f, err := os.OpenFile(filepath.Join(dir, SpoolDirName, segmentName(1)+segmentExt), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("XXXX"), int64(len(segmentMagic)+frameHeaderSize+len(testEvent(0))+20))
+	f.Close()
+	sh := startShipper(t, s, fastForward(recv.Addr()))
+	waitFor(t, "a lag of 100 ms", func() bool { return sh.ShipLag() >= 100*time.Millisecond })
+	if got := registeredValue(t, sh.Register, "auditproxy_forward_ship_lag_seconds"); got < 0.1 {
+		t.Errorf("auditproxy_forward_ship_lag_seconds = %v while stuck", got)
+	}
+}
+
+// TestReaderDoesNotSkipADamagedRecord: a read that fails on a damaged
+// record fails again when tried again, on the same record; it never goes on
+// to the next one as if the damaged one were not there (a sealed segment is
+// read as a stream, and the failed read had consumed its bytes).
+func TestReaderDoesNotSkipADamagedRecord(t *testing.T) {
+	signer, _ := testSigner(t)
+	dir := sealedSpool(t, signer, 60)
+	path := filepath.Join(dir, SpoolDirName, segmentName(2)+sealedExt)
+	data, _, _ := readSegmentBytes(path)
+	sc := scanFrames(data, 0)
+	data[sc.frames[1].Start+30] ^= 0x08
+	if err := writeCompressed(path, data); err != nil {
+		t.Fatal(err)
+	}
+	s := openTestSpool(t, dir, SpoolOptions{Forwarding: true, Log: logOpts(signer)})
+	r := s.newReader(Pos{})
+	defer r.Close()
+	var first error
+	for range 1000 {
+		_, end, ok, err := r.next()
+		if err != nil {
+			if first == nil {
+				first = err
+				continue // try again
+			}
+			if err.Error() != first.Error() {
+				t.Fatalf("second read: %v, first %v", err, first)
+			}
+			return
+		}
+		if first != nil {
+			t.Fatalf("after %v, the reader went on to the record ending at %v", first, end)
+		}
+		if !ok {
+			t.Fatal("read the whole spool without meeting the damage")
+		}
+	}
+}

@@ -1,0 +1,374 @@
+package shipper
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/valyala/fastjson"
+	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/auditproxy/auditproxy/audit"
+)
+
+// spoolDirBytes returns the bytes of every file in a spool directory but
+// temporary ones.
+func spoolDirBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), tmpExt) {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += fi.Size()
+	}
+	return n
+}
+
+// fillLog appends n events with async durability (fast: one fsync per
+// interval, not per event) and waits until they are committed.
+func fillLog(t *testing.T, s *Spool, from, n int) {
+	t.Helper()
+	before := s.Recorded()
+	for i := from; i < from+n; i++ {
+		if err := s.Append(testEvent(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the events to be committed", func() bool { return s.Recorded() >= before+int64(n) })
+}
+
+// TestTreeStateStaysBounded measures the log's tree state: the previous
+// release kept every stored hash (64 bytes an event, for ever); log.tree
+// keeps what proofs from the newest checkpoint on need, whatever the
+// number of events. Every file of the spool counts in its size. A restart
+// continues the same log from the file, and the whole verifies. The figures
+// are in bench/RESULTS.md (go test -run TestTreeStateStaysBounded -v ./shipper/).
+func TestTreeStateStaysBounded(t *testing.T) {
+	const events = 50000
+	signer, keys := testSigner(t)
+	dir := t.TempDir()
+	opts := logOpts(signer)
+	opts.CheckpointEvery = 1000
+	s := openTestSpool(t, dir, SpoolOptions{Durability: DurabilityAsync, SegmentMaxBytes: 1 << 20, Log: opts})
+	var largest int64
+	for i := 0; i < events; i += 1000 {
+		fillLog(t, s, i, 1000)
+		// The maintenance loop rewrites the file off the commit path;
+		// sample once it has caught up (at 60,000 events a second here it
+		// can lag behind; at a GPU server's rates it does not).
+		waitFor(t, "the maintenance loop to catch up", func() bool { return !s.chain.rebaseDue() })
+		largest = max(largest, s.chain.tree.size.Load())
+	}
+	waitFor(t, "sealing", func() bool {
+		s.stateMu.Lock()
+		defer s.stateMu.Unlock()
+		return len(s.sealQueue) == 0
+	})
+	size := s.chain.size.Load()
+	legacy := tlog.StoredHashCount(size) * tlog.HashSize
+	waitFor(t, "the tree state to be rewritten", func() bool { return s.chain.tree.baseSize() > 0 })
+	got := s.chain.tree.size.Load()
+	t.Logf("%d events in the log (%d leaves, checkpoints every 1,000): tree.hashes of the previous release %d bytes; log.tree at most %d bytes (sampled every 1,000 events), %d at the end (proves from size %d)",
+		events, size, legacy, largest, got, s.chain.tree.baseSize())
+	// At most: the hashes since the newest checkpoint (a checkpoint
+	// interval, here up to 2,000 events as commits group them), and as
+	// many again before a rewrite, and the rewrite's minimum.
+	if bound := int64(2*2*2000*tlog.HashSize + treeRewriteMin + 4096); largest > bound || got > bound {
+		t.Errorf("log.tree reached %d bytes in %d events, want at most %d", largest, events, bound)
+	}
+	if total, onDisk := s.totalBytes(), spoolDirBytes(t, s.dir); total != onDisk {
+		t.Errorf("the spool counts %d bytes, its files hold %d", total, onDisk)
+	}
+	s.Close()
+
+	s2 := openTestSpool(t, dir, SpoolOptions{Log: logOpts(signer)})
+	if s2.chain.size.Load() != size+1 { // the final checkpoint
+		t.Errorf("after a restart the log is at %d, want %d", s2.chain.size.Load(), size+1)
+	}
+	if total, onDisk := s2.totalBytes(), spoolDirBytes(t, s2.dir); total != onDisk {
+		t.Errorf("after a restart the spool counts %d bytes, its files hold %d", total, onDisk)
+	}
+	s2.Append(testEvent(events))
+	s2.Close()
+	r := verifyDataDir(t, dir, keys)
+	if !r.OK || len(r.Origins) != 1 {
+		t.Fatalf("after a restart from log.tree:\n%s", problems(r))
+	}
+}
+
+// TestWitnessProofsAfterRewrites: with a witness, the stored hashes are kept
+// from the size it last cosigned, and consistency proofs from there to any
+// later checkpoint verify against the roots; what no proof needs is dropped,
+// and asking for it says so.
+func TestWitnessProofsAfterRewrites(t *testing.T) {
+	signer, _ := testSigner(t)
+	opts := logOpts(signer)
+	opts.CheckpointEvery = 500
+	opts.Witness = true
+	var mu sync.Mutex
+	var roots = map[int64]tlog.Hash{}
+	opts.OnCheckpoint = func(ev []byte) {
+		it, err := parseWitnessItem(ev)
+		if err != nil {
+			t.Error(err)
+		}
+		mu.Lock()
+		roots[it.size] = it.root
+		mu.Unlock()
+	}
+	// Sync durability: one commit per event, so that checkpoints come at
+	// sizes 500, 1001, 1502, ...
+	s := openTestSpool(t, t.TempDir(), SpoolOptions{Log: opts})
+	fillLog(t, s, 0, 3000)
+	if b := s.chain.tree.baseSize(); b != 0 {
+		t.Fatalf("trimmed to %d before the witness said what it cosigned", b)
+	}
+	// The witness cosigned the checkpoint before the newest.
+	var cosigned, newest int64
+	mu.Lock()
+	for size := range roots {
+		newest = max(newest, size)
+	}
+	for size := range roots {
+		if size < newest {
+			cosigned = max(cosigned, size)
+		}
+	}
+	mu.Unlock()
+	if cosigned < 2000 {
+		t.Fatalf("checkpoints at %v: want one past 2000 before the newest", roots)
+	}
+	s.WitnessCosigned("another/20260101T000000Z", 1<<40) // another log's: ignored
+	s.WitnessCosigned(s.chain.origin, cosigned)
+	fillLog(t, s, 3000, 10)
+	waitFor(t, "a rewrite", func() bool { return s.chain.tree.baseSize() == cosigned })
+	mu.Lock()
+	defer mu.Unlock()
+	for size, root := range roots {
+		if size <= cosigned {
+			continue
+		}
+		proof, err := tlog.ProveTree(size, cosigned, s.TreeHashes())
+		if err != nil {
+			t.Fatalf("proof from %d to %d: %v", cosigned, size, err)
+		}
+		if err := tlog.CheckTree(proof, size, root, cosigned, roots[cosigned]); err != nil {
+			t.Fatalf("proof from %d to %d does not verify: %v", cosigned, size, err)
+		}
+	}
+	if _, err := tlog.ProveTree(cosigned+500, 500, s.TreeHashes()); err == nil || !strings.Contains(err.Error(), "no longer kept") {
+		t.Errorf("a proof from before the witness's size: %v", err)
+	}
+}
+
+// legacyTreeHashes writes the previous release's tree.hashes for a data
+// dir's log: every stored hash from index 0, computed from its events.
+func legacyTreeHashes(t *testing.T, dataDir string) int64 {
+	t.Helper()
+	var out bytes.Buffer
+	if _, err := Export(dataDir, &out); err != nil {
+		t.Fatal(err)
+	}
+	var p fastjson.Parser
+	var tree audit.Tree
+	var file []byte
+	for _, line := range bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n")) {
+		leaf, _, err := audit.LeafHash(&p, nil, line)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range tree.Append(leaf, nil) {
+			file = append(file, h[:]...)
+		}
+	}
+	spoolDir := filepath.Join(dataDir, SpoolDirName)
+	os.Remove(filepath.Join(spoolDir, treeFileName))
+	if err := os.WriteFile(filepath.Join(spoolDir, legacyTreeName), file, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return int64(len(file))
+}
+
+// TestPreviousReleaseTreeHashesOpens: a data dir of the previous release,
+// whose tree.hashes holds every stored hash, opens and continues the same
+// log; the file is replaced by a log.tree that proves from the newest
+// checkpoint on, and the log verifies.
+func TestPreviousReleaseTreeHashesOpens(t *testing.T) {
+	signer, keys := testSigner(t)
+	dir := t.TempDir()
+	opts := logOpts(signer)
+	opts.CheckpointEvery = 1000
+	s := openTestSpool(t, dir, SpoolOptions{Durability: DurabilityAsync, Log: opts})
+	fillLog(t, s, 0, 5000)
+	origin := s.chain.origin
+	s.Close()
+	legacy := legacyTreeHashes(t, dir)
+
+	opts = logOpts(signer)
+	opts.CheckpointEvery = 1000
+	s = openTestSpool(t, dir, SpoolOptions{Durability: DurabilityAsync, Log: opts})
+	if s.chain.origin != origin {
+		t.Fatalf("the previous release's data dir started a new log %s (was %s)", s.chain.origin, origin)
+	}
+	fillLog(t, s, 5000, 1000)
+	waitFor(t, "the rewrite to log.tree", func() bool {
+		_, err := os.Stat(filepath.Join(dir, SpoolDirName, legacyTreeName))
+		return os.IsNotExist(err)
+	})
+	fi, err := os.Stat(filepath.Join(dir, SpoolDirName, treeFileName))
+	if err != nil || fi.Size() >= legacy {
+		t.Errorf("log.tree: %v, %d bytes; tree.hashes was %d", err, fi.Size(), legacy)
+	}
+	s.Close()
+	if r := verifyDataDir(t, dir, keys); !r.OK || len(r.Origins) != 1 {
+		t.Fatalf("after the previous release's data dir:\n%s", problems(r))
+	}
+}
+
+// TestTreeStateAfterACrash: what a kill -9 can leave of log.tree. A torn or
+// missing tail, or a missing file, is recomputed from the spool's events and
+// the same log continues; a file whose hashes do not give the root the
+// newest checkpoint signs is rebuilt from the events; and when the events
+// needed are no longer in the spool, a new epoch starts and its
+// log_started says why.
+func TestTreeStateAfterACrash(t *testing.T) {
+	signer, keys := testSigner(t)
+	type crash struct {
+		name      string
+		damage    func(t *testing.T, spoolDir string, tf *treeFile)
+		newEpoch  string // "": the same log continues
+		verifying bool   // the whole spool verifies
+	}
+	for _, tc := range []crash{
+		{"a torn tail", func(t *testing.T, dir string, tf *treeFile) {
+			os.Truncate(filepath.Join(dir, treeFileName), tf.size.Load()-45)
+		}, "", true},
+		{"no hashes after the header", func(t *testing.T, dir string, tf *treeFile) {
+			os.Truncate(filepath.Join(dir, treeFileName), tf.hdr)
+		}, "", true},
+		{"no file", func(t *testing.T, dir string, tf *treeFile) {
+			os.Remove(filepath.Join(dir, treeFileName))
+		}, "", true},
+		{"a changed hash", func(t *testing.T, dir string, tf *treeFile) {
+			f, _ := os.OpenFile(filepath.Join(dir, treeFileName), os.O_RDWR, 0)
+			f.WriteAt([]byte("XXXX"), tf.hdr+5)
+			f.Close()
+		}, "", true},
+		{"a damaged header", func(t *testing.T, dir string, tf *treeFile) {
+			f, _ := os.OpenFile(filepath.Join(dir, treeFileName), os.O_RDWR, 0)
+			f.WriteAt([]byte("X"), 9)
+			f.Close()
+		}, "", true},
+		{"no file and the oldest events gone", func(t *testing.T, dir string, tf *treeFile) {
+			// Deleted by retention, say: a recomputation has no seq 0.
+			os.Remove(filepath.Join(dir, treeFileName))
+			segs, _, _ := listSegments(dir)
+			os.Remove(filepath.Join(dir, segmentName(segs[0].id)+sealedExt))
+			os.Remove(filepath.Join(dir, segmentName(segs[0].id)+segmentExt))
+		}, "the log's tree state", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			opts := logOpts(signer)
+			opts.CheckpointEvery = 1000
+			s := openTestSpool(t, dir, SpoolOptions{Durability: DurabilityAsync, SegmentMaxBytes: 64 << 10, Log: opts})
+			fillLog(t, s, 0, 2500)
+			waitFor(t, "sealing", func() bool {
+				s.stateMu.Lock()
+				defer s.stateMu.Unlock()
+				return len(s.sealQueue) == 0
+			})
+			origin := s.chain.origin
+			image := crashImage(t, dir) // kill -9: no final checkpoint
+			tc.damage(t, filepath.Join(image, SpoolDirName), s.chain.tree)
+			s2 := openTestSpool(t, image, SpoolOptions{Log: logOpts(signer)})
+			if err := s2.Append(testEvent(9999)); err != nil {
+				t.Fatal(err)
+			}
+			s2.Close()
+			started := logStartedOf(t, image)
+			if tc.newEpoch != "" && len(started) == 0 {
+				entries, _ := os.ReadDir(filepath.Join(image, SpoolDirName))
+				var names []string
+				for _, e := range entries {
+					names = append(names, e.Name())
+				}
+				t.Fatalf("no log_started at all (origin %s, now %s); spool: %v", origin, s2.chain.origin, names)
+			}
+			if tc.newEpoch == "" {
+				if s2.chain.origin != origin || len(started) != 1 {
+					t.Errorf("a new epoch %s after %s", s2.chain.origin, tc.name)
+				}
+			} else {
+				reason, _ := started[len(started)-1]["log_started"].(map[string]any)["reason"].(string)
+				if s2.chain.origin == origin || !strings.Contains(reason, tc.newEpoch) {
+					t.Errorf("no new epoch saying why: %q", reason)
+				}
+			}
+			r := verifyDataDir(t, image, keys)
+			if tc.verifying && !r.OK {
+				t.Errorf("verify:\n%s", problems(r))
+			}
+			// With the oldest segment deleted, the old epoch lacks its events
+			// (if any are left to show it); the new epoch verifies.
+			for _, o := range r.Origins {
+				if o.Origin == s2.chain.origin && !o.OK {
+					t.Errorf("the new epoch: %v", o.Problems)
+				}
+			}
+		})
+	}
+}
+
+// TestLogContinuesWhenEveryEventWasDeleted: when every segment holding the
+// log's events was shipped and deleted and the active one is still empty,
+// a restart finds no event of the log. It continues from the tree state's
+// size, never from seq 0 again (which would reuse seqs already shipped and
+// checkpointed: a fork).
+func TestLogContinuesWhenEveryEventWasDeleted(t *testing.T) {
+	signer, _ := testSigner(t)
+	dir := t.TempDir()
+	s := openTestSpool(t, dir, SpoolOptions{SegmentMaxAge: 50 * time.Millisecond, Log: logOpts(signer)})
+	for i := range 30 {
+		s.Append(testEvent(i))
+	}
+	size := s.chain.size.Load()
+	waitFor(t, "rotation by age and sealing", func() bool {
+		s.stateMu.Lock()
+		defer s.stateMu.Unlock()
+		return len(s.segs) >= 2 && s.segs[len(s.segs)-1].size == int64(len(segmentMagic)) && len(s.sealQueue) == 0
+	})
+	s.chain.tree.sync() // as before any deletion
+	image := crashImage(t, dir)
+	segs, _, _ := listSegments(filepath.Join(image, SpoolDirName))
+	for _, sg := range segs[:len(segs)-1] { // shipped and deleted
+		os.Remove(filepath.Join(image, SpoolDirName, segmentName(sg.id)+sealedExt))
+	}
+	s2 := openTestSpool(t, image, SpoolOptions{Log: logOpts(signer)})
+	if err := s2.Append(testEvent(100)); err != nil {
+		t.Fatal(err)
+	}
+	s2.Close()
+	var out bytes.Buffer
+	if _, err := Export(image, &out); err != nil {
+		t.Fatal(err)
+	}
+	var p fastjson.Parser
+	first := placeOf(&p, bytes.SplitN(out.Bytes(), []byte("\n"), 2)[0])
+	if first == nil || first.Origin != s.chain.origin || first.Seq != size {
+		t.Fatalf("the first event after the restart is at %+v, want seq %d of %s", first, size, s.chain.origin)
+	}
+}
