@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -22,10 +23,19 @@ import (
 type refusingRecorder struct {
 	next          audit.Recorder
 	full, failing atomic.Bool
+	retry         time.Duration // the refusal's RetryAfter, when set
 }
+
+type refusal struct{ retry time.Duration }
+
+func (r refusal) Error() string             { return "audit spool is full: test" }
+func (r refusal) RetryAfter() time.Duration { return r.retry }
 
 func (r *refusingRecorder) Admit() error {
 	if r.full.Load() {
+		if r.retry > 0 {
+			return refusal{r.retry}
+		}
 		return errors.New("audit spool is full: test")
 	}
 	return nil
@@ -61,7 +71,7 @@ func TestFullAuditLogRefusesWithoutCallingUpstream(t *testing.T) {
 		Error struct{ Message, Type, Code string }
 	}
 	if resp.StatusCode != 503 || json.Unmarshal(b, &oe) != nil || oe.Error.Code != "audit_log_unavailable" ||
-		!strings.Contains(oe.Error.Message, "audit log unavailable") || resp.Header.Get("Retry-After") == "" {
+		!strings.Contains(oe.Error.Message, "audit log unavailable") || resp.Header.Get("Retry-After") != "5" {
 		t.Errorf("refused request: %d %s %v", resp.StatusCode, b, resp.Header)
 	}
 	if n := e.fake.Stats().Requests; n != 0 {
@@ -144,4 +154,19 @@ func TestAnswerWithoutRecordIsCut(t *testing.T) {
 			t.Errorf("the client got %d to a HEAD whose event was not recorded", resp.StatusCode)
 		}
 	})
+}
+
+// TestRetryAfterIsTheRecordersOwn: a refusal that knows when the Recorder
+// looks again (a spool re-checks its disk every second) sets Retry-After.
+func TestRetryAfterIsTheRecordersOwn(t *testing.T) {
+	rec := &refusingRecorder{retry: 1500 * time.Millisecond}
+	e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) {
+		rec.next = c.Recorder
+		c.Recorder = rec
+	})
+	rec.full.Store(true)
+	resp, _ := rawRequest(t, "POST", e.proxyURL+"/v1/completions", nil, `{"model":"m","prompt":"hi"}`)
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "2" {
+		t.Errorf("%d, Retry-After %q; want 503 and 2 (1.5 s rounded up)", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -397,11 +398,24 @@ func (p *Proxy) refuseUnrecordable(ctx *fasthttp.RequestCtx, x *exchange, err er
 	ctx.Response.SetStatusCode(errAuditUnavailable.status)
 	ctx.Response.Header.SetContentType("application/json")
 	ctx.Response.Header.Set(requestIDHeader, x.ev.RequestID)
-	ctx.Response.Header.Set("Retry-After", "5")
+	ctx.Response.Header.Set("Retry-After", retryAfter(err))
 	var buf [256]byte
 	ctx.Response.SetBody(errAuditUnavailable.appendJSON(buf[:0]))
 	p.metrics.refused(x.ev.Model.Name)
 	p.releaseExchange(x)
+}
+
+// retryAfter is the Retry-After, in whole seconds, for a request the
+// Recorder refused with err: when it says it will know more (a spool
+// re-checks its disk every second), else 5 seconds.
+func retryAfter(err error) string {
+	var ra audit.RetryAfter
+	if errors.As(err, &ra) {
+		if d := ra.RetryAfter(); d > 0 {
+			return strconv.FormatInt(int64(max((d+time.Second-1)/time.Second, 1)), 10)
+		}
+	}
+	return "5"
 }
 
 // record finishes the event's timings, hands it to the Recorder and updates

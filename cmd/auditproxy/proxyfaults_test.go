@@ -83,9 +83,9 @@ func TestServeSurvivesRunningOutOfDescriptors(t *testing.T) {
 		<-exited
 	}()
 	waitReady(t, "http://"+admin+"/readyz", stderr)
-	if !strings.Contains(stderr.String(), `"max_client_conns":448`) {
-		t.Errorf("the start line does not show the cap for 1024 descriptors (448):\n%s", stderr)
-	}
+	waitUntil(t, "the start line with the cap for 1024 descriptors (448)", 10*time.Second, func() bool {
+		return strings.Contains(stderr.String(), `"max_client_conns":448`)
+	})
 
 	var idle []net.Conn
 	defer func() {
@@ -223,11 +223,15 @@ func TestServeRaisesTheDescriptorLimit(t *testing.T) {
 		Limit uint64 `json:"descriptor_limit"`
 		Max   int    `json:"max_client_conns"`
 	}
-	for _, line := range strings.Split(stderr.String(), "\n") {
-		if strings.Contains(line, `"msg":"auditproxy serving"`) {
-			json.Unmarshal([]byte(line), &start)
+	// /readyz can answer before the start line is written.
+	waitUntil(t, "the start line", 10*time.Second, func() bool {
+		for _, line := range strings.Split(stderr.String(), "\n") {
+			if strings.Contains(line, `"msg":"auditproxy serving"`) {
+				return json.Unmarshal([]byte(line), &start) == nil
+			}
 		}
-	}
+		return false
+	})
 	if start.Limit <= 512 || start.Max != proxy.DefaultMaxClientConns(start.Limit) {
 		t.Errorf("descriptor limit %d and connection cap %d after starting with a soft limit of 512 (hard %d)", start.Limit, start.Max, rl.Max)
 	}
