@@ -488,12 +488,12 @@ func TestRunChildProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	tests := []struct {
-		name        string
-		cancelAfter time.Duration
-		wantErr     bool
+		name      string
+		interrupt bool // cancel once all three children run
+		wantErr   bool
 	}{
-		{"runs to the end", 0, false},
-		{"interrupted", 300 * time.Millisecond, true},
+		{"runs to the end", false, false},
+		{"interrupted", true, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -504,8 +504,18 @@ func TestRunChildProcesses(t *testing.T) {
 			o.fakeBin, o.proxyBin, o.recvBin = self, self, self
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			if tc.cancelAfter > 0 {
-				time.AfterFunc(tc.cancelAfter, cancel)
+			if tc.interrupt {
+				// A fixed delay raced the children's start on a loaded
+				// machine: cancel once each has written its pid.
+				go func() {
+					for ctx.Err() == nil {
+						if pids, _ := os.ReadDir(pidDir); len(pids) == 3 {
+							cancel()
+							return
+						}
+						time.Sleep(10 * time.Millisecond)
+					}
+				}()
 			}
 			var stdout, stderr bytes.Buffer
 			err := run(ctx, o, &stdout, &stderr, "harness (test)")
