@@ -145,47 +145,25 @@ func TestUpstreamGetsWhatTheClientSent(t *testing.T) {
 	}
 }
 
-// holdingUpstream reads one request per connection, optionally sends a
-// response head, then holds the connection without answering further, and
-// reports when the proxy closes it.
+// holdingUpstream answers each request with head (a response head, or
+// nothing) and then holds the connection, reporting when the proxy closes
+// it.
 type holdingUpstream struct {
-	ln     net.Listener
-	head   string
+	*scriptedUpstream
 	closed chan time.Time
 }
 
 func startHoldingUpstream(t *testing.T, head string) *holdingUpstream {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &holdingUpstream{ln: ln, head: head, closed: make(chan time.Time, 16)}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				req, err := http.ReadRequest(br)
-				if err != nil {
-					return
-				}
-				io.Copy(io.Discard, req.Body)
-				io.WriteString(c, u.head)
-				// Hold: the next read returns when the proxy closes.
-				c.SetReadDeadline(time.Now().Add(20 * time.Second))
-				if _, err := br.ReadByte(); err == io.EOF {
-					u.closed <- time.Now()
-				}
-			}()
+	closed := make(chan time.Time, 16)
+	u := startScriptedUpstream(t, func(c net.Conn, _ int) bool {
+		io.WriteString(c, head)
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == io.EOF {
+			closed <- time.Now()
 		}
-	}()
-	t.Cleanup(func() { ln.Close() })
-	return u
+		return false
+	})
+	return &holdingUpstream{u, closed}
 }
 
 // TestClientLeavingBeforeTheAnswerCancelsTheUpstream: a client that closes
