@@ -97,11 +97,7 @@ func (p *Proxy) releaseExchange(x *exchange) {
 	x.watch.stop()
 	x.up.reset()
 	x.gone.Store(false)
-	x.reqBody = x.reqBody[:0]
-	if cap(x.reqBody) > tapRetainLimit {
-		x.reqBody = nil
-	}
-	if cap(x.textScratch) > tapRetainLimit {
+	if cap(x.textScratch) > smallBodySize {
 		x.textScratch = nil
 	}
 	x.seal, x.payload = nil, audit.Payload{}
