@@ -132,7 +132,9 @@ func (v *Verifier) add(event []byte) error {
 	rec.present = true
 	if len(f.prev) == 0 {
 		rec.noPrev = true
-	} else if n, err := hex.Decode(rec.prev[:], f.prev); err != nil || n != tlog.HashSize {
+	} else if len(f.prev) != 2*tlog.HashSize {
+		return errors.New(`"log" prev is not a 64-digit hex hash`)
+	} else if _, err := hex.Decode(rec.prev[:], f.prev); err != nil {
 		return errors.New(`"log" prev is not a 64-digit hex hash`)
 	}
 	id, typ, origin := f.id, f.typ, f.origin
@@ -426,10 +428,12 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 			late := cadence*3/2 + time.Second
 			switch {
 			case cadence <= 0 || gap <= late:
-			case cp.outageSince > 0 && cp.outageSince <= prevCP.time+int64(late):
+			case cp.outageSince > 0 && cp.outageSince <= prevCP.time+int64(late) && i < len(o.checkpoints)-1:
 				// The sidecar says its commits failed from a time when the
 				// next checkpoint was not yet overdue: the checkpoints due
-				// meanwhile could not be written, none was removed.
+				// meanwhile could not be written, none was removed. The
+				// claim is outside the signed note, so only a later
+				// checkpoint, whose root covers this event, vouches for it.
 				r.Outages++
 			default:
 				problem("checkpoints at sizes %d and %d are %s apart, cadence %s: checkpoints between them are missing", prevCP.seq, cp.seq, gap.Round(time.Millisecond), cadence)

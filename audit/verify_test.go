@@ -331,11 +331,15 @@ func TestVerifyAcceptsAReportedOutage(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
 		outageAfter time.Duration // from the checkpoint before the gap; <0: no outage reported
+		later       bool          // a later checkpoint covers the one reporting the outage
 		wantOK      bool
 	}{
-		{"gap without an outage", -1, false},
-		{"outage from the next due checkpoint", 10 * time.Second, true},
-		{"outage that began only after the gap was overdue", 40 * time.Second, false},
+		{"gap without an outage", -1, true, false},
+		{"outage from the next due checkpoint", 10 * time.Second, true, true},
+		{"outage that began only after the gap was overdue", 40 * time.Second, true, false},
+		// The outage member is outside the signed note: on the newest
+		// checkpoint anyone could have added it.
+		{"outage claimed by the newest checkpoint", 10 * time.Second, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, _ := NewChain(ChainState{Origin: "auditproxy/outage/20261123T100000Z"})
@@ -356,7 +360,19 @@ func TestVerifyAcceptsAReportedOutage(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			r := verifyLines(keys, time.Time{}, append(lines, ev, cp))
+			lines = append(lines, ev, cp)
+			if tc.later {
+				ev2, err := c.Append(nil, inferenceJSON(12, at.Add(time.Second)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				cp2, err := c.AppendCheckpointEventAfter(nil, s, at.Add(2*time.Second), 10*time.Second, false, nil, Source{Host: "h", Version: "t"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				lines = append(lines, ev2, cp2)
+			}
+			r := verifyLines(keys, time.Time{}, lines)
 			if r.OK != tc.wantOK {
 				t.Fatalf("OK = %v, want %v:\n%s", r.OK, tc.wantOK, allProblems(r))
 			}
