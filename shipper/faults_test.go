@@ -799,3 +799,79 @@ func TestReaderDoesNotSkipADamagedRecord(t *testing.T) {
 		}
 	}
 }
+
+// unseal turns sealed segment id of spoolDir back into a plain one, as a
+// crash after its rotation and before its seal leaves it, and returns its
+// bytes.
+func unseal(t *testing.T, spoolDir string, id uint64) []byte {
+	t.Helper()
+	sealed := filepath.Join(spoolDir, segmentName(id)+sealedExt)
+	data, undecodable, err := readSegmentBytes(sealed)
+	if err != nil || undecodable != nil {
+		t.Fatal(err, undecodable)
+	}
+	if err := os.WriteFile(filepath.Join(spoolDir, segmentName(id)+segmentExt), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(sealed); err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// TestQuarantineOfASegmentAwaitingItsSeal: the shipper quarantines a
+// damaged segment that waits in the seal queue while the maintenance loop
+// is about to seal it. The seal finds the replacement sealed already, and
+// the queue loses that segment only: every other one is still sealed, and
+// nothing panics (a panic there, in a goroutine of its own, would end the
+// sidecar).
+func TestQuarantineOfASegmentAwaitingItsSeal(t *testing.T) {
+	signer, _ := testSigner(t)
+	for _, queued := range []uint64{1, 2, 3} {
+		t.Run(fmt.Sprintf("%d segments queued", queued), func(t *testing.T) {
+			dir := sealedSpool(t, signer, 120)
+			spoolDir := filepath.Join(dir, SpoolDirName)
+			for id := uint64(1); id <= queued; id++ {
+				data := unseal(t, spoolDir, id)
+				if id == 1 {
+					sc := scanFrames(data, 0)
+					data[sc.frames[2].Start+30] ^= 0x08
+					os.WriteFile(filepath.Join(spoolDir, segmentName(id)+segmentExt), data, 0o600)
+				}
+			}
+			var sp atomic.Pointer[Spool]
+			var quarantined atomic.Bool
+			opts := SpoolOptions{Forwarding: true, SegmentMaxBytes: 4 << 10, Log: logOpts(signer),
+				beforeSeal: func(id uint64) {
+					// The shipper met the damage while the maintenance loop
+					// was about to seal the segment.
+					if id == 1 && quarantined.CompareAndSwap(false, true) {
+						if _, err := sp.Load().quarantine(1); err != nil {
+							t.Errorf("quarantine: %v", err)
+						}
+					}
+				}}
+			s := openTestSpool(t, dir, opts)
+			sp.Store(s)
+			s.stateMu.Lock()
+			if got := fmt.Sprint(s.sealQueue); len(s.sealQueue) != int(queued) {
+				t.Fatalf("seal queue at open %s, want segments 1 to %d", got, queued)
+			}
+			s.stateMu.Unlock()
+			s.wakeMaintenance()
+			waitFor(t, "the seal queue to empty", func() bool {
+				s.stateMu.Lock()
+				defer s.stateMu.Unlock()
+				return len(s.sealQueue) == 0
+			})
+			if !quarantined.Load() {
+				t.Fatal("segment 1 was not quarantined")
+			}
+			for id := uint64(1); id <= queued; id++ {
+				if len(spoolFiles(t, s, segmentName(id)+segmentExt)) != 0 || len(spoolFiles(t, s, segmentName(id)+sealedExt)) != 1 {
+					t.Errorf("segment %d is not sealed: %v", id, spoolFiles(t, s, segmentName(id)+"*"))
+				}
+			}
+		})
+	}
+}

@@ -134,16 +134,11 @@ func (s *Spool) quarantine(id uint64) (func(int64) int64, error) {
 			s.segs[i].sealed, s.segs[i].size = true, fi.Size()
 		}
 	}
-	for i, q := range s.sealQueue {
-		if q == id {
-			s.sealQueue = append(s.sealQueue[:i], s.sealQueue[i+1:]...)
-			break
-		}
-	}
 	if s.acked.Segment == id {
 		s.acked.Offset = sv.translate(s.acked.Offset)
 	}
 	s.stateMu.Unlock()
+	s.unqueueSeal(id) // its replacement is sealed
 	s.otherBytes.Add(damagedSize)
 	s.metrics.damaged.Inc()
 

@@ -83,6 +83,9 @@ type SpoolOptions struct {
 	Logger *slog.Logger
 
 	statfs func(dir string) (free, total int64, err error) // tests fake it
+	// beforeSeal, in tests, runs in the maintenance loop between taking
+	// segment id from the head of the seal queue and sealing it.
+	beforeSeal func(id uint64)
 }
 
 func (o *SpoolOptions) setDefaults() {
