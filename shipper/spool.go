@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -451,25 +452,64 @@ func otherFileBytes(dir string) int64 {
 	return n
 }
 
-// createSegment starts segment id as the active one.
+// createSegment starts segment id as the active one. The file is created
+// exclusively, never over a segment that holds records. A file of that name
+// that holds part of a header at most (what a creation that failed, or a
+// crash during one, leaves) is taken over. A creation that fails removes
+// its file again: left behind, it would fail every later rotation, and the
+// active segment would grow until the spool is full.
 func (s *Spool) createSegment(id uint64) error {
-	path := filepath.Join(s.dir, segmentName(id)+segmentExt)
+	name := segmentName(id) + segmentExt
+	path := filepath.Join(s.dir, name)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("create segment: %w", err)
+	if errors.Is(err, os.ErrExist) {
+		f, err = takeOverUnwrittenSegment(path)
 	}
-	if _, err := f.WriteString(segmentMagic); err == nil {
-		err = f.Sync()
+	if err != nil {
+		return fmt.Errorf("create segment %s: %w", name, err)
+	}
+	if _, err = f.WriteString(segmentMagic); err == nil {
+		err = s.sync(f)
 	}
 	if err == nil {
 		err = syncDir(s.dir)
 	}
 	if err != nil {
 		f.Close()
-		return fmt.Errorf("create segment %s: %w", segmentName(id), err)
+		if rerr := os.Remove(path); rerr == nil {
+			syncDir(s.dir)
+		} else if !errors.Is(rerr, os.ErrNotExist) {
+			err = fmt.Errorf("%w; and its partial file cannot be removed (%v)", err, rerr)
+		}
+		return fmt.Errorf("create segment %s: %w", name, err)
 	}
 	s.active, s.activeID, s.activeSize = f, id, int64(len(segmentMagic))
 	return nil
+}
+
+// takeOverUnwrittenSegment opens the segment file at path for append,
+// emptied, if it holds no more than a part of a segment's header: no record
+// was ever committed to it.
+func takeOverUnwrittenSegment(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0)
+	if err != nil {
+		return nil, err
+	}
+	head := make([]byte, len(segmentMagic)+1)
+	n, err := f.ReadAt(head, 0)
+	if err != nil && err != io.EOF {
+		f.Close()
+		return nil, err
+	}
+	if n > len(segmentMagic) || !bytes.HasPrefix([]byte(segmentMagic), head[:n]) {
+		f.Close()
+		return nil, fmt.Errorf("%s already exists and holds more than a segment header; not overwriting it", path)
+	}
+	if err := f.Truncate(0); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // repairSegment checks every frame of the active segment id and returns
