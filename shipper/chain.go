@@ -77,6 +77,7 @@ type spoolLog struct {
 	// metrics, so an alert can tell a log that stopped signing.
 	cpCommitted atomic.Int64
 	starting    []byte          // the log_started event still to commit, for a new epoch
+	startingNow bool            // the commit in progress holds it
 	known       map[string]bool // origins found in the spool (see newOrigin)
 }
 
@@ -96,13 +97,16 @@ func (l *spoolLog) mark() logMark {
 func (l *spoolLog) rollback(m logMark) {
 	l.chain.Restore(m.st, m.storedLen)
 	l.sinceCP, l.lastCP, l.starting = m.sinceCP, m.lastCP, m.starting
+	l.startingNow = false
 	l.cps = l.cps[:0]
 }
 
 // committed keeps the stored hashes of the commit that just completed and
 // hands over its checkpoints. The hashes are written without fsync: after a
-// crash they are recomputed from the spool.
-func (l *spoolLog) committed() {
+// crash they are recomputed from the spool. It reports whether the commit
+// held the new epoch's log_started.
+func (l *spoolLog) committed() (started bool) {
+	started, l.startingNow = l.startingNow, false
 	if stored := l.chain.TakeStored(); len(stored) > 0 {
 		if err := l.tree.append(stored); err != nil {
 			l.logger.Error("cannot write the log's stored hashes; they are recomputed from the spool at the next start", "err", err)
@@ -119,6 +123,7 @@ func (l *spoolLog) committed() {
 		}
 	}
 	l.cps = l.cps[:0]
+	return started
 }
 
 func (l *spoolLog) due(now time.Time) bool {
@@ -204,6 +209,15 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 	}
 	if reason != "" {
 		st = audit.ChainState{Origin: l.newOrigin(time.Now())}
+		// Recorded before the tree state is reset and log.json names the
+		// new origin: both hide what the old log was, and a crash before
+		// log_started commits would leave a spool whose next start no
+		// longer knows why the log cannot go on.
+		pe := pendingEpoch{Origin: st.Origin, Reason: reason, Lost: s.Recovery.Lost, CommittedLost: s.Recovery.CommittedLostDetail}
+		if err := savePendingEpoch(s.dir, pe); err != nil {
+			f.close()
+			return nil, err
+		}
 		if err := t.reset(st.Origin); err != nil {
 			f.close()
 			return nil, err
@@ -292,6 +306,9 @@ func (l *spoolLog) recover(s *Spool) (audit.ChainState, string, error) {
 			}
 		}
 	}
+	if s.pending != nil {
+		l.knowOrigin(s.pending.Origin) // chosen, maybe with events nowhere but in the aggregator
+	}
 	if lastCP != nil && l.opts.PreviousCheckpoint == nil {
 		l.opts.PreviousCheckpoint = lastCP
 	}
@@ -311,6 +328,12 @@ func (l *spoolLog) recover(s *Spool) (audit.ChainState, string, error) {
 			what = append(what, rep.CommittedLostDetail)
 		}
 		return audit.ChainState{}, "committed records were lost: " + strings.Join(what, "; "), nil
+	}
+	if p := s.pending; p != nil && p.Reason != "" {
+		// A previous start began a new epoch and stopped before committing
+		// its first event: whatever made it is still so (a log whose tree
+		// state was reset for that epoch cannot be continued either).
+		return audit.ChainState{}, p.Reason, nil
 	}
 	if last == nil {
 		origin, err := loadLogFile(s.dir)
@@ -409,10 +432,23 @@ func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, lastCP []byte) 
 		problem = "it is missing"
 	case !t.legacy && t.origin != origin:
 		problem = fmt.Sprintf("it is the tree of %q", t.origin)
-	case t.base > n:
-		problem = fmt.Sprintf("it starts at tree size %d, beyond the spool's %d events", t.base, n)
 	}
 	var tree audit.Tree
+	if held := t.leaves(); problem == "" && held > n {
+		// Hashes are appended only once the commit of their events is
+		// fsynced, so a tree state ahead of the spool means that committed
+		// events are gone (the active segment lost, or its tail): the log
+		// cannot go on at seq n, which was shipped and checkpointed.
+		detail := fmt.Sprintf("the log's tree state holds %d events of %s, the spool's newest is seq %d: seqs %d..%d were committed and are no longer in the spool",
+			held, origin, n-1, n, held-1)
+		s.log.Error("the log's tree state is ahead of the spool: the disk lost fsynced data; a new log epoch says so",
+			"origin", origin, "tree_size", held, "spool_size", n)
+		if s.Recovery.CommittedLost {
+			detail = s.Recovery.CommittedLostDetail + "; " + detail
+		}
+		s.Recovery.CommittedLost, s.Recovery.CommittedLostDetail = true, detail
+		return tree, "committed records were lost: " + detail, nil
+	}
 	if problem == "" {
 		// Keep the stored hashes of whole leaves only; what a crash cut
 		// off is recomputed from the spool.

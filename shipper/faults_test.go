@@ -875,3 +875,248 @@ func TestQuarantineOfASegmentAwaitingItsSeal(t *testing.T) {
 		})
 	}
 }
+
+// TestLostCommittedRecordsStartANewEpoch: the disk loses the active segment
+// (the newest file is then a sealed one) or its tail, at whole records, so
+// that nothing in the spool looks damaged. The state file (written by the
+// shipper as it goes, or only at a clean stop without forwarding, so absent
+// after a crash) or else the log's tree state (whose hashes are written
+// only once their commit is fsynced, so it is never legitimately ahead)
+// shows that more was committed: the log starts a new epoch whose
+// log_started says which seqs were lost, instead of continuing the old one
+// at seqs already shipped and checkpointed (a fork).
+func TestLostCommittedRecordsStartANewEpoch(t *testing.T) {
+	signer, keys := testSigner(t)
+	for _, tc := range []struct {
+		name       string
+		forwarding bool // the state file says how far the spool was written
+		lose       func(t *testing.T, spoolDir string, active uint64)
+	}{
+		{"the active segment lost, the state file written", true, func(t *testing.T, dir string, active uint64) {
+			os.Remove(filepath.Join(dir, segmentName(active)+segmentExt))
+		}},
+		{"the active segment lost, no state file", false, func(t *testing.T, dir string, active uint64) {
+			os.Remove(filepath.Join(dir, segmentName(active)+segmentExt))
+		}},
+		{"the active segment's last records lost, no state file", false, func(t *testing.T, dir string, active uint64) {
+			path := filepath.Join(dir, segmentName(active)+segmentExt)
+			data, _ := os.ReadFile(path)
+			sc := scanFrames(data, 0)
+			os.Truncate(path, sc.frames[len(sc.frames)-3].Start)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := openTestSpool(t, dir, SpoolOptions{Forwarding: tc.forwarding, SegmentMaxBytes: 4 << 10, Log: logOpts(signer)})
+			for i := range 60 {
+				s.Append(testEvent(i))
+			}
+			waitFor(t, "sealing", func() bool {
+				s.stateMu.Lock()
+				defer s.stateMu.Unlock()
+				return len(s.sealQueue) == 0
+			})
+			committed, _ := s.Committed()
+			if tc.forwarding {
+				s.Ack(committed) // shipped and acknowledged
+				if err := s.SaveState(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			origin, size := s.chain.origin, s.chain.size.Load()
+			image := crashImage(t, dir) // kill -9
+			tc.lose(t, filepath.Join(image, SpoolDirName), committed.Segment)
+
+			s2 := openTestSpool(t, image, SpoolOptions{Forwarding: tc.forwarding, SegmentMaxBytes: 4 << 10, Log: logOpts(signer)})
+			if !s2.Recovery.CommittedLost || s2.chain.origin == origin {
+				t.Fatalf("committed lost %v (%s); the log continues %s at seq %d, seqs up to %d were committed",
+					s2.Recovery.CommittedLost, s2.Recovery.CommittedLostDetail, s2.chain.origin, s2.chain.size.Load(), size-1)
+			}
+			if tc.forwarding && s2.activeID <= committed.Segment {
+				t.Errorf("the new active segment %d takes the id of the lost one, which the state file names", s2.activeID)
+			}
+			s2.Append(testEvent(100))
+			s2.Close()
+			started := logStartedOf(t, image)
+			ls := started[len(started)-1]["log_started"].(map[string]any)
+			if !strings.HasPrefix(ls["reason"].(string), "committed records were lost: ") || ls["committed_lost"] == nil {
+				t.Errorf("the new epoch's log_started: %v", ls)
+			}
+			if !tc.forwarding {
+				// Only the tree state could tell: it names the lost seqs.
+				if want := fmt.Sprintf("..%d were committed", size-1); !strings.Contains(ls["committed_lost"].(string), want) {
+					t.Errorf("committed_lost %q, want it to name the seqs up to %d", ls["committed_lost"], size-1)
+				}
+			}
+			for _, o := range verifyDataDir(t, image, keys).Origins {
+				if o.Origin != origin && !o.OK {
+					t.Errorf("the new epoch: %v", o.Problems)
+				}
+			}
+			// Said once: the next start continues the new epoch.
+			s3 := openTestSpool(t, image, SpoolOptions{Forwarding: tc.forwarding, Log: logOpts(signer)})
+			s3.Close()
+			if s3.Recovery.CommittedLost || s3.chain.origin != s2.chain.origin {
+				t.Errorf("the start after: committed lost %v (%s), origin %s, want %s", s3.Recovery.CommittedLost,
+					s3.Recovery.CommittedLostDetail, s3.chain.origin, s2.chain.origin)
+			}
+		})
+	}
+}
+
+// damageSeqs zeroes the bytes of a segment file from inside the record of
+// seq from to inside that of seq to (intact records on both sides).
+func damageSeqs(t *testing.T, segPath string, from, to int64) {
+	t.Helper()
+	data, err := os.ReadFile(segPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := framesBySeq(t, data)
+	clear(data[f[from].Start+30 : f[to].Start+5])
+	if err := os.WriteFile(segPath, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRepairIsKeptInTheStateFile: a repair of the active segment moves the
+// positions after the damage, and a loss of committed records leaves the
+// state file saying more than the spool holds. The state file is saved
+// with the start that found them, so that a kill -9 later does not report
+// the same loss again (as committed records lost, with yet another epoch):
+// without forwarding, or with the aggregator unreachable, nothing else
+// writes it before a clean stop.
+func TestRepairIsKeptInTheStateFile(t *testing.T) {
+	signer, _ := testSigner(t)
+	for _, tc := range []struct {
+		name   string
+		damage func(t *testing.T, spoolDir string)
+	}{
+		{"damage in the middle of the active segment", func(t *testing.T, dir string) {
+			damageSeqs(t, filepath.Join(dir, segmentName(1)+segmentExt), 10, 20)
+		}},
+		{"the active segment's tail lost", func(t *testing.T, dir string) {
+			path := filepath.Join(dir, segmentName(1)+segmentExt)
+			data, _ := os.ReadFile(path)
+			os.Truncate(path, framesBySeq(t, data)[30].Start)
+		}},
+	} {
+		for _, forwarding := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s, forwarding %v", tc.name, forwarding), func(t *testing.T) {
+				dir := t.TempDir()
+				opts := SpoolOptions{Forwarding: forwarding, Log: logOpts(signer)}
+				s := openTestSpool(t, dir, opts)
+				for i := range 40 {
+					s.Append(testEvent(i))
+				}
+				s.Close() // the state file says where the spool ends
+				tc.damage(t, filepath.Join(dir, SpoolDirName))
+
+				s2 := openTestSpool(t, dir, opts)
+				if len(s2.Recovery.Lost) == 0 && !s2.Recovery.CommittedLost {
+					t.Fatalf("the loss was not found: %+v", s2.Recovery)
+				}
+				for i := range 3 {
+					if err := s2.Append(testEvent(100 + i)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				image := crashImage(t, dir) // kill -9: no state saved at a stop
+
+				s3 := openTestSpool(t, image, opts)
+				s3.Close()
+				if s3.Recovery.CommittedLost || len(s3.Recovery.Lost) > 0 || s3.chain.origin != s2.chain.origin {
+					t.Errorf("the start after the repair reports a loss again: committed lost %v (%s), lost %v; origin %s, want %s",
+						s3.Recovery.CommittedLost, s3.Recovery.CommittedLostDetail, s3.Recovery.Lost, s3.chain.origin, s2.chain.origin)
+				}
+				if n := len(logStartedOf(t, image)); n != 2 {
+					t.Errorf("%d epochs, want 2 (the first, and the one after the loss)", n)
+				}
+			})
+		}
+	}
+}
+
+// TestNewEpochSurvivesACrashBeforeItsFirstEvent: a start that finds
+// committed records lost repairs the spool (the segment rewritten without
+// its damage, the state file saved, the tree state reset for the new
+// epoch) before the new epoch's log_started is committed, which an idle
+// sidecar does with its first event or checkpoint. A crash in between must
+// not lose the record of the loss: the next start begins the epoch again
+// and its log_started says what was lost (segment, offsets, missing seqs,
+// saved_to), instead of continuing the old log or blaming its tree state.
+// Once log_started is committed, the record is gone, and a record left by
+// a crash just after that commit changes nothing.
+func TestNewEpochSurvivesACrashBeforeItsFirstEvent(t *testing.T) {
+	signer, keys := testSigner(t)
+	for _, tc := range []struct {
+		name string
+		lose func(t *testing.T, spoolDir string)
+		want string // in the reason of the epoch that the start after the crash begins
+	}{
+		{"damage in the middle of the active segment", func(t *testing.T, dir string) {
+			damageSeqs(t, filepath.Join(dir, segmentName(1)+segmentExt), 10, 12)
+		}, "(seqs 10..12 of "},
+		{"the active segment's tail lost", func(t *testing.T, dir string) {
+			path := filepath.Join(dir, segmentName(1)+segmentExt)
+			data, _ := os.ReadFile(path)
+			os.Truncate(path, framesBySeq(t, data)[30].Start)
+		}, "seqs 30..45 were committed and are no longer in the spool"}, // 40 events, 5 checkpoints, log_started
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			opts := SpoolOptions{Forwarding: true, Log: logOpts(signer)}
+			s := openTestSpool(t, dir, opts)
+			for i := range 40 {
+				s.Append(testEvent(i))
+			}
+			origin := s.chain.origin
+			image := crashImage(t, dir) // kill -9, no state file
+			tc.lose(t, filepath.Join(image, SpoolDirName))
+
+			s2 := openTestSpool(t, image, opts)
+			if s2.chain.origin == origin {
+				t.Fatalf("the loss was not found: %+v", s2.Recovery)
+			}
+			image2 := crashImage(t, image) // kill -9 before anything is committed
+
+			s3 := openTestSpool(t, image2, opts)
+			if err := s3.Append(testEvent(200)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(filepath.Join(image2, SpoolDirName, pendingEpochFile)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the record of the new epoch is still there once its log_started is committed: %v", err)
+			}
+			s3.Close()
+			started := logStartedOf(t, image2)
+			ls := started[len(started)-1]["log_started"].(map[string]any)
+			if reason := ls["reason"].(string); len(started) != 2 || s3.chain.origin == origin || !strings.Contains(reason, tc.want) {
+				t.Fatalf("%d epochs; the last one's reason %q, want it to say %q", len(started), reason, tc.want)
+			}
+			if lost, _ := ls["lost"].([]any); len(s2.Recovery.Lost) > 0 {
+				l0, _ := lost[0].(map[string]any)
+				if len(lost) != 1 || l0["saved_to"] != s2.Recovery.Lost[0].SavedTo || l0["missing_seqs"] == nil {
+					t.Errorf("log_started's lost: %v, want %+v", lost, s2.Recovery.Lost)
+				}
+			}
+			for _, o := range verifyDataDir(t, image2, keys).Origins {
+				if o.Origin != origin && !o.OK {
+					t.Errorf("the new epoch: %v", o.Problems)
+				}
+			}
+
+			// A crash just after log_started's commit, before the record's
+			// removal: the next start sees the epoch's events and goes on.
+			b, err := json.Marshal(map[string]string{"origin": s3.chain.origin, "reason": "x", "committed_lost": "y"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			os.WriteFile(filepath.Join(image2, SpoolDirName, pendingEpochFile), b, 0o600)
+			s4 := openTestSpool(t, image2, opts)
+			s4.Close()
+			if s4.chain.origin != s3.chain.origin || s4.Recovery.CommittedLost {
+				t.Errorf("a record of an epoch already started began another: %s after %s (%+v)", s4.chain.origin, s3.chain.origin, s4.Recovery)
+			}
+		})
+	}
+}

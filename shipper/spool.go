@@ -205,6 +205,10 @@ type Spool struct {
 	stateFile sync.Mutex // serialises state writes
 	stateSize int64      // of state.json, under stateFile
 
+	// pending is a new log epoch a previous start began and did not
+	// commit (see pendingEpochFile), nil if none; read by openLog.
+	pending *pendingEpoch
+
 	// Recovery says what opening found.
 	Recovery RecoveryReport
 }
@@ -303,6 +307,9 @@ func (s *Spool) recover() error {
 	if stateErr != nil {
 		st = spoolState{}
 	}
+	if err := s.loadPendingEpoch(); err != nil {
+		return err
+	}
 	segs, leftovers, err := listSegments(s.dir)
 	if err != nil {
 		return fmt.Errorf("read spool dir: %w", err)
@@ -313,11 +320,23 @@ func (s *Spool) recover() error {
 		}
 	}
 	activeRecords := -1 // unknown
+	moved := false      // positions in the active segment moved with a repair
 	if len(segs) == 0 || segs[len(segs)-1].sealed {
-		var next uint64 = 1
+		// The newest segment is sealed: a crash between a rotation and the
+		// next commit, or the active segment is gone. Sealed segments are
+		// complete, so the state file says whether committed records were
+		// in a later one.
+		var newest uint64
 		if len(segs) > 0 {
-			next = segs[len(segs)-1].id + 1
+			newest = segs[len(segs)-1].id
 		}
+		if w := st.Written; w.Segment > newest+1 || w.Segment == newest+1 && w.Offset > int64(len(segmentMagic)) {
+			s.committedLost(st.Written, fmt.Sprintf("the spool's newest segment is %s (sealed) and segment %s is missing",
+				segmentName(newest), segmentName(w.Segment)))
+		}
+		// A new segment never takes the id of one the state file names:
+		// its positions would point into the wrong records.
+		next := max(newest, st.Written.Segment, st.Acked.Segment) + 1
 		if err := s.createSegment(next); err != nil {
 			return err
 		}
@@ -332,6 +351,7 @@ func (s *Spool) recover() error {
 		if translate != nil {
 			// The segment was rewritten without its damage: positions in it
 			// move with the records they follow.
+			moved = true
 			if st.Written.Segment == last.id {
 				st.Written.Offset = translate(st.Written.Offset)
 			}
@@ -345,11 +365,7 @@ func (s *Spool) recover() error {
 		}
 		s.active, s.activeID, s.activeSize, last.size = f, last.id, end, end
 		if st.Written.Segment == last.id && st.Written.Offset > end || st.Written.Segment > last.id {
-			s.Recovery.CommittedLost = true
-			s.Recovery.CommittedLostDetail = fmt.Sprintf("the state file says records up to %s were committed; the spool ends at %s",
-				st.Written, Pos{last.id, end})
-			s.log.Error("the spool state says more was committed than the active segment holds: the disk lost fsynced data; a new log epoch says so",
-				"segment", segmentName(last.id), "state_written", st.Written.String(), "found", Pos{last.id, end}.String())
+			s.committedLost(st.Written, fmt.Sprintf("the spool ends at %s", Pos{last.id, end}))
 		}
 	}
 	s.activeOpened = time.Now()
@@ -363,10 +379,6 @@ func (s *Spool) recover() error {
 		used += sg.size
 	}
 	s.used.Store(used)
-	s.otherBytes.Store(otherFileBytes(s.dir))
-	if fi, err := os.Stat(filepath.Join(s.dir, stateFileName)); err == nil {
-		s.stateSize = fi.Size()
-	}
 	s.segs = segs
 	s.committed = Pos{s.activeID, s.activeSize}
 	s.acked = st.Acked
@@ -378,7 +390,40 @@ func (s *Spool) recover() error {
 	if stateErr != nil {
 		s.stateLost(stateErr, segs, activeRecords)
 	}
+	if fi, err := os.Stat(filepath.Join(s.dir, stateFileName)); err == nil {
+		s.stateSize = fi.Size() // after stateLost moved an unreadable one aside
+	}
+	s.otherBytes.Store(otherFileBytes(s.dir))
+	if moved || s.Recovery.CommittedLost {
+		// The state file must say where the spool ends now: a repair moved
+		// positions, or committed records were lost. Kept until the next
+		// clean stop (without forwarding it is written only then), it
+		// would report a loss again at the next crash, and start another
+		// epoch for nothing. What was lost is in the pending epoch file by
+		// now.
+		if s.Recovery.CommittedLost {
+			if err := s.recordPendingEpoch(); err != nil {
+				return err
+			}
+		}
+		if err := s.SaveState(); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// committedLost records that the state file says records up to written were
+// committed and the spool no longer holds them (found says what it holds):
+// the disk lost fsynced data. The log starts a new epoch that says so.
+func (s *Spool) committedLost(written Pos, found string) {
+	detail := fmt.Sprintf("the state file says records up to %s were committed; %s", written, found)
+	if s.Recovery.CommittedLost && s.Recovery.CommittedLostDetail != detail {
+		detail = s.Recovery.CommittedLostDetail + "; " + detail
+	}
+	s.Recovery.CommittedLost, s.Recovery.CommittedLostDetail = true, detail
+	s.log.Error("the spool state says more was committed than the spool holds: the disk lost fsynced data; a new log epoch says so",
+		"state_written", written.String(), "found", found)
 }
 
 // stateLost says what a start without a usable state file does: with
@@ -551,8 +596,11 @@ func (s *Spool) repairSegment(id uint64) (int64, int, func(int64) int64, error) 
 	}
 	if len(cut) > 0 {
 		q := fmt.Sprintf("%s.%d%s", path, end, quarantineExt)
-		if err := os.WriteFile(q, cut, 0o600); err != nil {
+		if err := writeFileSynced(q, cut); err != nil {
 			return 0, 0, nil, fmt.Errorf("save torn tail to %s: %w", q, err)
+		}
+		if err := syncDir(s.dir); err != nil {
+			return 0, 0, nil, err
 		}
 		s.Recovery.RecordsCut++
 		s.Recovery.BytesCut += int64(len(cut))
@@ -599,18 +647,18 @@ func (s *Spool) repairDamage(id uint64, path string, data []byte) (int64, int, f
 	name := segmentName(id) + segmentExt
 	for _, d := range sv.scan.damaged {
 		q := fmt.Sprintf("%s.%d%s", path, d.Start, quarantineExt)
-		if err := os.WriteFile(q, data[d.Start:d.End], 0o600); err != nil {
+		if err := writeFileSynced(q, data[d.Start:d.End]); err != nil {
 			return 0, 0, nil, fmt.Errorf("save damaged bytes to %s: %w", q, err)
 		}
 		lr := LostRange{Segment: name, damagedRange: d, Bytes: d.End - d.Start, SavedTo: filepath.Base(q)}
-		s.Recovery.Lost = append(s.Recovery.Lost, lr)
+		s.Recovery.addLost(lr)
 		s.log.Error("committed records of the spool are damaged; every intact record after the damage is kept, the damaged bytes saved, and a new log epoch says what was lost",
 			"segment", name, "offset", d.Start, "end", d.End, "bytes", d.End-d.Start, "last_intact_before", d.Before,
 			"first_intact_after", d.After, "missing_seqs", d.Missing, "saved_to", q)
 	}
 	if t := sv.scan.tail; t.End > t.Start {
 		q := fmt.Sprintf("%s.%d%s", path, t.Start, quarantineExt)
-		if err := os.WriteFile(q, data[t.Start:t.End], 0o600); err != nil {
+		if err := writeFileSynced(q, data[t.Start:t.End]); err != nil {
 			return 0, 0, nil, fmt.Errorf("save torn tail to %s: %w", q, err)
 		}
 		s.Recovery.RecordsCut++
@@ -618,7 +666,12 @@ func (s *Spool) repairDamage(id uint64, path string, data []byte) (int64, int, f
 		s.log.Warn("cut a torn or corrupt record from the end of the spool (the process or machine stopped while committing it; its request was never answered in full)",
 			"segment", name, "offset", t.Start, "bytes", t.End-t.Start, "saved_to", q)
 	}
+	// The damaged bytes are on disk, and what they cost is recorded for the
+	// new epoch, before the segment that holds them is replaced.
 	if err := syncDir(s.dir); err != nil {
+		return 0, 0, nil, err
+	}
+	if err := s.recordPendingEpoch(); err != nil {
 		return 0, 0, nil, err
 	}
 	repaired := sv.intactBytes()
@@ -859,7 +912,9 @@ func (s *Spool) commit(b *batch, final, checkpoint bool) error {
 		if len(s.chain.cps) > 0 {
 			s.w.outageSince = time.Time{} // reported by the checkpoint just committed
 		}
-		s.chain.committed()
+		if s.chain.committed() {
+			s.epochStarted()
+		}
 		if s.chain.rebaseDue() {
 			s.wakeMaintenance()
 		}
@@ -1058,7 +1113,7 @@ func (s *Spool) frame(dst []byte, b *batch, final, checkpoint bool, now time.Tim
 			return dst, err
 		}
 		putFrameHeader(dst[start:])
-		s.chain.starting = nil
+		s.chain.starting, s.chain.startingNow = nil, true
 	}
 	for rest := b.buf; len(rest) >= 4; {
 		n := binary.LittleEndian.Uint32(rest)

@@ -244,6 +244,22 @@ func (t *treeFile) writeNew(path, origin string, base int64, front []tlog.Hash, 
 	return nil
 }
 
+// leaves returns the number of leaves whose stored hashes the file holds
+// whole: the largest k with StoredHashCount(k) <= n.
+func (t *treeFile) leaves() int64 {
+	n := t.n.Load()
+	lo, hi := t.base, max(t.base, n) // StoredHashCount(k) >= k
+	for lo < hi {
+		mid := lo + (hi-lo+1)/2
+		if tlog.StoredHashCount(mid) <= n {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return lo
+}
+
 // ReadHashes implements tlog.HashReader.
 func (t *treeFile) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	t.mu.RLock()

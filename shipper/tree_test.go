@@ -291,6 +291,10 @@ func TestTreeStateAfterACrash(t *testing.T) {
 				defer s.stateMu.Unlock()
 				return len(s.sealQueue) == 0
 			})
+			// The damage below is placed with the live file's header and
+			// size: the image must hold the same file, not one the
+			// maintenance loop is about to rewrite smaller.
+			waitFor(t, "the maintenance loop to catch up", func() bool { return !s.chain.rebaseDue() })
 			origin := s.chain.origin
 			image := crashImage(t, dir) // kill -9: no final checkpoint
 			tc.damage(t, filepath.Join(image, SpoolDirName), s.chain.tree)
