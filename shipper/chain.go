@@ -79,6 +79,10 @@ type spoolLog struct {
 	starting    []byte          // the log_started event still to commit, for a new epoch
 	startingNow bool            // the commit in progress holds it
 	known       map[string]bool // origins found in the spool (see newOrigin)
+
+	// treeFailingSince is when writes of the tree state began to fail,
+	// zero while they succeed; treeFailLogged when that was last logged.
+	treeFailingSince, treeFailLogged time.Time
 }
 
 // logMark is a spoolLog's state before a commit, to undo a failed one.
@@ -108,9 +112,7 @@ func (l *spoolLog) rollback(m logMark) {
 func (l *spoolLog) committed() (started bool) {
 	started, l.startingNow = l.startingNow, false
 	if stored := l.chain.TakeStored(); len(stored) > 0 {
-		if err := l.tree.append(stored); err != nil {
-			l.logger.Error("cannot write the log's stored hashes; they are recomputed from the spool at the next start", "err", err)
-		}
+		l.treeWritten(l.tree.append(stored))
 	}
 	if len(l.cps) > 0 {
 		l.cpCommitted.Store(l.lastCP.UnixNano())
@@ -124,6 +126,26 @@ func (l *spoolLog) committed() (started bool) {
 	}
 	l.cps = l.cps[:0]
 	return started
+}
+
+// treeWritten logs a failed write of the tree state (the first, then one
+// every failureLogEvery while it lasts) and its end. The hashes are kept
+// until they are written (treeFile.append); until then no segment is
+// deleted.
+func (l *spoolLog) treeWritten(err error) {
+	now := time.Now()
+	switch {
+	case err == nil && !l.treeFailingSince.IsZero():
+		l.logger.Warn("the log's tree state is written again", "failing_for", now.Sub(l.treeFailingSince).Round(time.Millisecond).String())
+		l.treeFailingSince = time.Time{}
+	case err != nil && (l.treeFailingSince.IsZero() || now.Sub(l.treeFailLogged) >= failureLogEvery):
+		if l.treeFailingSince.IsZero() {
+			l.treeFailingSince = now
+		}
+		l.treeFailLogged = now
+		l.logger.Error("cannot write the log's tree state; no spool segment is deleted until it is written", "err", err,
+			"since", l.treeFailingSince.UTC().Format(time.RFC3339Nano))
+	}
 }
 
 func (l *spoolLog) due(now time.Time) bool {
@@ -360,7 +382,7 @@ func (l *spoolLog) recover(s *Spool) (audit.ChainState, string, error) {
 		return audit.ChainState{}, "the newest spooled event is not canonicalisable JSON", nil
 	}
 	n := seq + 1
-	tree, why, err := l.recoverTree(s, origin, n, lastCP)
+	tree, why, err := l.recoverTree(s, origin, n, leaf, lastCP)
 	if err != nil {
 		return audit.ChainState{}, "", err
 	}
@@ -413,7 +435,7 @@ func (l *spoolLog) continueFromTree(origin string) (audit.ChainState, string, er
 // origin, if the file reaches back to it, must sign the root the file
 // gives at its size. Where it fails, the tree is rebuilt from the spool's
 // events from seq 0, if the spool still holds them all.
-func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, lastCP []byte) (audit.Tree, string, error) {
+func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, leaf tlog.Hash, lastCP []byte) (audit.Tree, string, error) {
 	t := l.tree
 	var cpSize int64 = -1
 	var cpRoot tlog.Hash
@@ -434,7 +456,8 @@ func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, lastCP []byte) 
 		problem = fmt.Sprintf("it is the tree of %q", t.origin)
 	}
 	var tree audit.Tree
-	if held := t.leaves(); problem == "" && held > n {
+	held := t.leaves()
+	if problem == "" && held > n {
 		// Hashes are appended only once the commit of their events is
 		// fsynced, so a tree state ahead of the spool means that committed
 		// events are gone (the active segment lost, or its tail): the log
@@ -450,27 +473,48 @@ func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, lastCP []byte) 
 		return tree, "committed records were lost: " + detail, nil
 	}
 	if problem == "" {
-		// Keep the stored hashes of whole leaves only; what a crash cut
-		// off is recomputed from the spool.
-		k := n
-		for k > t.base && tlog.StoredHashCount(k) > t.n.Load() {
-			k--
+		// Whole leaves only; what a crash cut off is recomputed from the
+		// spool. The file is trusted up to the newest checkpoint, whose
+		// signed root checks it; the hashes after it (a write the disk
+		// lost, or one that failed) are recomputed from the spool's
+		// events, a checkpoint interval's worth.
+		k := min(n, held)
+		trust := k
+		if cpSize >= t.base && cpSize <= k {
+			trust = cpSize
 		}
-		if err := t.cut(k); err != nil {
+		if err := t.cut(trust); err != nil {
 			return tree, "", err
 		}
 		var err error
-		if tree, err = audit.TreeFromStored(k, t); err != nil {
+		if tree, err = audit.TreeFromStored(trust, t); err != nil {
 			problem = err.Error()
-		} else if cpSize >= t.base && cpSize <= k {
-			if at, err := audit.TreeFromStored(cpSize, t); err != nil || at.Root() != cpRoot {
-				problem = fmt.Sprintf("its root at size %d is not the one the newest checkpoint signs", cpSize)
+		} else if trust == cpSize && tree.Root() != cpRoot {
+			problem = fmt.Sprintf("its root at size %d is not the one the newest checkpoint signs", cpSize)
+		} else if trust == n && n > 0 {
+			// No checkpoint to check it by: its last leaf must be the
+			// newest event's.
+			if got, err := t.ReadHashes([]int64{tlog.StoredHashIndex(0, n-1)}); err != nil || got[0] != leaf {
+				problem = fmt.Sprintf("its leaf %d is not the hash of the spool's event %d", n-1, n-1)
 			}
 		}
-		if problem == "" && k < n {
-			s.log.Warn("recomputing the log's stored hashes from the spool", "from_seq", k, "to_seq", n-1)
+		if problem == "" && trust < n {
+			if trust < k {
+				s.log.Debug("recomputing the log's stored hashes after the newest checkpoint from the spool", "from_seq", trust, "to_seq", n-1)
+			} else {
+				s.log.Warn("recomputing the log's stored hashes from the spool", "from_seq", trust, "to_seq", n-1)
+			}
 			if tree, err = l.replay(s.dir, origin, tree, n); err != nil {
-				return tree, fmt.Sprintf("the log's tree cannot be rebuilt: %v", err), nil
+				var mismatch *leafMismatchError
+				if !errors.As(err, &mismatch) {
+					return tree, fmt.Sprintf("the log's tree cannot be rebuilt: %v", err), nil
+				}
+				problem = err.Error()
+			}
+		}
+		if problem == "" && cpSize > trust && cpSize <= n {
+			if at, err := audit.TreeFromStored(cpSize, t); err != nil || at.Root() != cpRoot {
+				problem = fmt.Sprintf("its hashes and the spool's events give another root at size %d than the newest checkpoint signs", cpSize)
 			}
 		}
 	}
@@ -496,17 +540,31 @@ func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, lastCP []byte) 
 }
 
 // replay appends the leaves tree.Size() to n-1 of origin, read from the
-// spool, to tree and to the stored hashes file.
+// spool, to tree and to the stored hashes file. It reads from the segment
+// that holds the event before them, whose leaf hash the file holds: one
+// that is not the event's (a *leafMismatchError) means the file's hashes
+// are not the spool's events'.
 func (l *spoolLog) replay(dir, origin string, tree audit.Tree, n int64) (audit.Tree, error) {
 	var p fastjson.Parser
 	var scratch []byte
 	var stored []tlog.Hash
-	err := forEachRecord(dir, func(rec []byte) error {
+	from := tree.Size() - 1 // the event whose leaf the file ends with
+	err := forEachRecordFrom(dir, segmentHolding(dir, origin, max(from, 0)), func(rec []byte) error {
 		v, err := p.ParseBytes(rec)
 		if err != nil || string(v.GetStringBytes("log", "origin")) != origin {
 			return nil
 		}
 		seq := v.GetInt64("log", "seq")
+		if seq == from {
+			leaf, _, err := audit.LeafHash(&p, scratch, rec)
+			if err != nil {
+				return err
+			}
+			if got, err := l.tree.ReadHashes([]int64{tlog.StoredHashIndex(0, seq)}); err == nil && got[0] != leaf {
+				return &leafMismatchError{seq}
+			}
+			return nil
+		}
 		if seq != tree.Size() {
 			if seq < tree.Size() {
 				return nil
@@ -534,6 +592,44 @@ func (l *spoolLog) replay(dir, origin string, tree audit.Tree, n int64) (audit.T
 		return tree, fmt.Errorf("the spool holds events up to %d of %d", tree.Size(), n)
 	}
 	return tree, nil
+}
+
+// leafMismatchError: the tree state's leaf hash of an event is not the hash
+// of the event in the spool.
+type leafMismatchError struct{ seq int64 }
+
+func (e *leafMismatchError) Error() string {
+	return fmt.Sprintf("its leaf %d is not the hash of the spool's event %d", e.seq, e.seq)
+}
+
+// segmentHolding returns the id of the newest segment of the spool in dir
+// whose first event is origin's at seq or before, where a replay of origin
+// from seq starts; the oldest segment if none is. Only first records are
+// read. A segment that starts with another origin's event starts the
+// replay too: origin's events, which follow every other origin's in the
+// spool, cannot be in an older one.
+func segmentHolding(dir, origin string, seq int64) uint64 {
+	segs, _, err := listSegments(dir)
+	if err != nil || len(segs) == 0 {
+		return 0
+	}
+	var p fastjson.Parser
+	for i := len(segs) - 1; i > 0; i-- {
+		sr, err := openSegment(dir, segs[i].id)
+		if err != nil {
+			continue
+		}
+		rec, err := sr.next()
+		var pl *logPlace
+		if err == nil {
+			pl = placeOf(&p, rec)
+		}
+		sr.Close()
+		if pl != nil && (pl.Origin != origin || pl.Seq <= seq) {
+			return segs[i].id
+		}
+	}
+	return segs[0].id
 }
 
 // ReadHashes implements tlog.HashReader over the tree state file.
@@ -678,11 +774,19 @@ func (v signerVerifier) Verify(msg, sig []byte) bool {
 // forEachRecord calls fn with every record of the spool in dir, oldest
 // first, until fn returns an error.
 func forEachRecord(dir string, fn func([]byte) error) error {
+	return forEachRecordFrom(dir, 0, fn)
+}
+
+// forEachRecordFrom is forEachRecord from segment from on.
+func forEachRecordFrom(dir string, from uint64, fn func([]byte) error) error {
 	segs, _, err := listSegments(dir)
 	if err != nil {
 		return err
 	}
 	for _, sg := range segs {
+		if sg.id < from {
+			continue
+		}
 		var damaged *DamagedSegmentError
 		if err := readSegment(dir, sg.id, fn); err != nil && !errors.As(err, &damaged) {
 			return err // fn's, or the file's: damage is read past, and what it lost shows as missing records
