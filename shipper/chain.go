@@ -83,6 +83,12 @@ type spoolLog struct {
 	// treeFailingSince is when writes of the tree state began to fail,
 	// zero while they succeed; treeFailLogged when that was last logged.
 	treeFailingSince, treeFailLogged time.Time
+
+	// witnessKeepMax bounds the bytes of stored hashes kept for the
+	// witness's next proof; witnessAbandoned is 1 + the witness size
+	// keepFrom last gave up on (0: none), witnessAbandonedN counts them.
+	witnessKeepMax                      int64
+	witnessAbandoned, witnessAbandonedN atomic.Int64
 }
 
 // logMark is a spoolLog's state before a commit, to undo a failed one.
@@ -210,6 +216,11 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 		opts.CheckpointEvery = 1000
 	}
 	l := &spoolLog{opts: opts, logger: s.log, lastCP: time.Now()}
+	// An eighth of the spool's bound; but at least four checkpoint
+	// intervals' hashes (about two an event), so that a witness that
+	// cosigns each checkpoint a little late is never given up on, unless
+	// that passes a quarter of the bound.
+	l.witnessKeepMax = max(s.opts.MaxBytes/8, min(4*int64(opts.CheckpointEvery)*2*tlog.HashSize, s.opts.MaxBytes/4))
 	l.cpCommitted.Store(l.lastCP.UnixNano())
 	t, err := openTreeFile(s.dir)
 	if errors.Is(err, errTreeDamaged) {
@@ -642,10 +653,32 @@ func (l *spoolLog) close() error { return l.tree.close() }
 // keepFrom returns the tree size the log's stored hashes must prove from:
 // the size the witness last cosigned (with a witness; 0 until it says), and
 // never past the newest committed checkpoint.
+//
+// A witness that is absent or refusing never cosigns, and the hashes kept
+// for its next proof would grow 64 bytes an event inside the spool's bound
+// until every request is refused. So once they pass witnessKeepMax (an
+// eighth of the bound), the newest checkpoint's size is kept from instead:
+// the spool never waits for a witness. That is said (an error, and
+// auditproxy_witness_proofs_abandoned_total), and the witness then gets an
+// error naming the size proofs start from for a proof from before (it
+// keeps retrying; a witness that cosigned this log before cannot accept
+// its checkpoints again without one).
 func (l *spoolLog) keepFrom() int64 {
 	keep := l.cpSize.Load()
-	if l.opts.Witness {
-		keep = min(keep, l.witnessSize.Load())
+	if !l.opts.Witness {
+		return keep
+	}
+	w := l.witnessSize.Load()
+	if w >= keep {
+		return keep
+	}
+	if kept := (l.tree.n.Load() - tlog.StoredHashCount(w)) * tlog.HashSize; kept <= l.witnessKeepMax {
+		return w
+	}
+	if old := l.witnessAbandoned.Load(); old != w+1 && l.witnessAbandoned.CompareAndSwap(old, w+1) {
+		l.witnessAbandonedN.Add(1)
+		l.logger.Error("the witness has not cosigned this log for so long that the hashes its next consistency proof needs would pass an eighth of --spool-max-bytes; the log keeps them from the newest checkpoint on instead, and the witness cannot cosign this log again without a proof from its size (is it down, or refusing?)",
+			"origin", l.origin, "witness_size", w, "keep_from", keep, "max_bytes_kept_for_the_witness", l.witnessKeepMax)
 	}
 	return keep
 }

@@ -247,9 +247,13 @@ func (s *Spool) reclaim(now time.Time) {
 			// The stored hashes of the segment's events must be on disk
 			// before the events go: a crash would otherwise need them.
 			if err := s.chain.tree.sync(); err != nil {
-				s.log.Error("cannot fsync the log's tree state; not deleting spool segments", "err", err)
+				why := fmt.Sprintf("the log's tree state, which a recomputation after a crash would need their events for, cannot be written and fsynced (%v)", err)
+				if old := s.reclaimBlocked.Swap(&why); old == nil || *old != why {
+					s.log.Error("cannot fsync the log's tree state; not deleting spool segments", "err", err)
+				}
 				return
 			}
+			s.reclaimBlocked.Store(nil)
 		}
 		s.segFiles.Lock()
 		err := os.Remove(path)

@@ -196,6 +196,9 @@ type Spool struct {
 	otherBytes atomic.Int64               // bytes of the spool's other files (quarantined damage, state)
 	segFiles   sync.Mutex                 // held while a segment file is sealed, deleted or quarantined
 	refusal    atomic.Pointer[AdmitError] // set while the spool is not writable
+	// reclaimBlocked says why no segment can be deleted (the log's tree
+	// state cannot be fsynced), nil when they can.
+	reclaimBlocked atomic.Pointer[string]
 
 	recorded atomic.Int64
 
@@ -737,10 +740,46 @@ func (s *Spool) Admit() error {
 	if used := s.totalBytes(); used >= s.opts.MaxBytes {
 		s.wakeMaintenance() // acknowledged segments may make room
 		s.metrics.rejected.Inc()
-		return &AdmitError{Reason: "full", Retry: 5 * time.Second,
-			Err: fmt.Errorf("%w: %d of %d bytes hold events not yet acknowledged by the aggregator or within retention", ErrSpoolFull, used, s.opts.MaxBytes)}
+		return &AdmitError{Reason: "full", Retry: 5 * time.Second, Err: s.fullError(used)}
 	}
 	return nil
+}
+
+// fullError says what fills a spool at its bound: the segments, and what
+// keeps them (events not yet acknowledged, or retention), the log's tree
+// state, and the other files (saved damage, state files); and, when
+// acknowledged segments cannot be deleted, why.
+func (s *Spool) fullError(used int64) error {
+	s.stateMu.Lock()
+	var held, deletable int64 // bytes of segments that must stay, and of those that may go
+	for i, sg := range s.segs {
+		if s.opts.Forwarding && sg.id < s.acked.Segment && i < len(s.segs)-1 {
+			deletable += sg.size
+		} else {
+			held += sg.size
+		}
+	}
+	s.stateMu.Unlock()
+	var parts []string
+	if s.opts.Forwarding {
+		parts = append(parts, fmt.Sprintf("%d in segments holding events not yet acknowledged by the aggregator", held))
+		if deletable > 0 {
+			parts = append(parts, fmt.Sprintf("%d in acknowledged segments (deleted as room is needed)", deletable))
+		}
+	} else {
+		parts = append(parts, fmt.Sprintf("%d in segments, kept without --forward until --retention deletes them", held))
+	}
+	if s.chain != nil {
+		parts = append(parts, fmt.Sprintf("%d in the log's tree state (log.tree)", s.chain.tree.size.Load()))
+	}
+	if n := s.otherBytes.Load(); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d in saved damage (.corrupt, .damaged, kept until an operator removes them) and state files", n))
+	}
+	msg := strings.Join(parts, ", ")
+	if why := s.reclaimBlocked.Load(); why != nil {
+		msg += "; acknowledged segments cannot be deleted: " + *why
+	}
+	return fmt.Errorf("%w: %d of %d bytes: %s", ErrSpoolFull, used, s.opts.MaxBytes, msg)
 }
 
 // Record implements audit.Recorder: it appends ev to the next commit and,

@@ -291,7 +291,7 @@ func (t *treeFile) readHashes(indexes []int64) ([]tlog.Hash, error) {
 		if idx < bi {
 			h, ok := t.front[idx]
 			if !ok {
-				return nil, fmt.Errorf("stored hash %d is no longer kept: the log keeps what proofs from tree size %d on need (the size the witness last cosigned, else the newest checkpoint's)", idx, t.base)
+				return nil, fmt.Errorf("stored hash %d is no longer kept: the log keeps what proofs from tree size %d on need (the size the witness last cosigned, else the newest checkpoint's, also when the witness has not cosigned for so long that its proof's hashes would pass an eighth of --spool-max-bytes)", idx, t.base)
 			}
 			out[i] = h
 			continue

@@ -2,6 +2,7 @@ package shipper
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -603,6 +604,127 @@ func TestTreeStateIsCheckedAgainstTheSpool(t *testing.T) {
 			}
 			if r := verifyDataDir(t, image, keys); !r.OK {
 				t.Errorf("the log after a start from a wrong tree state:\n%s", problems(r))
+			}
+		})
+	}
+}
+
+// TestAbsentWitnessNeverFillsTheSpool: a witness that cosigned once and then
+// went away (down, or refusing every checkpoint) would have the log keep
+// the hashes of a proof from its size for ever, 64 bytes an event inside
+// the spool's bound, until every request is refused although the
+// aggregator acknowledged every event. Once they pass an eighth of the
+// bound, the log keeps them from the newest checkpoint on instead, says so
+// once (an error and a metric), and a proof from the witness's size says
+// why it cannot be made.
+func TestAbsentWitnessNeverFillsTheSpool(t *testing.T) {
+	signer, keys := testSigner(t)
+	opts := logOpts(signer)
+	opts.Witness = true
+	opts.CheckpointEvery = 200
+	const maxBytes = 1 << 20
+	dir := t.TempDir()
+	var logs logBuffer
+	s := openTestSpool(t, dir, SpoolOptions{Forwarding: true, MaxBytes: maxBytes, SegmentMaxBytes: 64 << 10, MinFreeBytes: -1,
+		Durability: DurabilityAsync, Log: opts, Logger: logs.logger()})
+	fillLog(t, s, 0, 300)
+	cosigned := s.chain.cpSize.Load()
+	s.WitnessCosigned(s.chain.origin, cosigned) // then the witness is gone
+	var largest int64
+	for i := 300; i < 20000; i += 500 {
+		fillLog(t, s, i, 500)
+		c, _ := s.Committed()
+		s.Ack(c) // the aggregator has every event
+		s.wakeMaintenance()
+		waitFor(t, "the maintenance loop to catch up", func() bool { return !s.chain.rebaseDue() })
+		largest = max(largest, s.chain.tree.size.Load())
+	}
+	waitFor(t, "acknowledged segments deleted", func() bool {
+		s.wakeMaintenance()
+		return s.Admit() == nil
+	})
+	if bound := int64(maxBytes/8 + treeRewriteMin); largest > bound {
+		t.Errorf("log.tree reached %d bytes, want at most %d (an eighth of the bound, and a rewrite's minimum)", largest, bound)
+	}
+	if got := registeredValue(t, s.Register, "auditproxy_witness_proofs_abandoned_total"); got != 1 {
+		t.Errorf("auditproxy_witness_proofs_abandoned_total = %v, want 1", got)
+	}
+	if n := len(logs.lines("the witness has not cosigned this log for so long")); n != 1 {
+		t.Errorf("said %d times, want once", n)
+	}
+	if _, err := tlog.ProveTree(s.chain.cpSize.Load(), cosigned, s.TreeHashes()); err == nil || !strings.Contains(err.Error(), "no longer kept") {
+		t.Errorf("a proof from the witness's size: %v", err)
+	}
+	s.Close()
+	if r := verifyDataDir(t, dir, keys); len(r.Origins) != 1 {
+		t.Errorf("%d origins", len(r.Origins))
+	}
+}
+
+// TestSpoolFullSaysWhatFillsIt: a spool at its bound refuses requests and
+// says what fills it, so that an operator knows what to do: events not yet
+// acknowledged (the aggregator), segments kept without forwarding
+// (--retention), saved damage (remove it once examined), the log's tree
+// state, or acknowledged segments that cannot be deleted (and why).
+func TestSpoolFullSaysWhatFillsIt(t *testing.T) {
+	signer, _ := testSigner(t)
+	for _, tc := range []struct {
+		name    string
+		opts    SpoolOptions
+		prepare func(t *testing.T, s *Spool) // before it is filled
+		ack     bool                         // every event is acknowledged
+		want    []string
+	}{
+		{"events not yet acknowledged", SpoolOptions{Forwarding: true, Log: logOpts(signer)}, nil, false,
+			[]string{"in segments holding events not yet acknowledged by the aggregator", "in the log's tree state (log.tree)"}},
+		{"no forwarding", SpoolOptions{}, nil, false,
+			[]string{"in segments, kept without --forward until --retention deletes them"}},
+		{"saved damage", SpoolOptions{Forwarding: true}, func(t *testing.T, s *Spool) {
+			os.WriteFile(filepath.Join(s.dir, segmentName(1)+sealedExt+damagedExt), make([]byte, 64<<10), 0o600)
+			s.otherBytes.Store(otherFileBytes(s.dir))
+		}, true, []string{"in saved damage (.corrupt, .damaged"}},
+		{"acknowledged segments that cannot be deleted", SpoolOptions{Forwarding: true, Log: logOpts(signer)}, func(t *testing.T, s *Spool) {
+			tf := s.chain.tree
+			tf.mu.Lock()
+			tf.backlogMax = 1
+			tf.mu.Unlock()
+			failTreeWrites(t, tf)
+		}, true, []string{"acknowledged segments cannot be deleted: the log's tree state", "in acknowledged segments"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := tc.opts
+			opts.MaxBytes, opts.SegmentMaxBytes, opts.MinFreeBytes = 64<<10, 4<<10, -1
+			s := openTestSpool(t, t.TempDir(), opts)
+			if tc.prepare != nil {
+				tc.prepare(t, s)
+			}
+			var err error
+			for i := 0; i < 5000 && err == nil; i++ {
+				if err := s.Append(testEvent(i)); err != nil {
+					t.Fatal(err)
+				}
+				if tc.ack {
+					c, _ := s.Committed()
+					s.Ack(c)
+				}
+				if err = s.Admit(); err != nil {
+					// Full once what can be done to make room was done.
+					waitFor(t, "sealing", func() bool {
+						s.stateMu.Lock()
+						defer s.stateMu.Unlock()
+						return len(s.sealQueue) == 0
+					})
+					s.reclaim(time.Now())
+					err = s.Admit()
+				}
+			}
+			if !errors.Is(err, ErrSpoolFull) {
+				t.Fatalf("Admit: %v", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Admit: %v\nwant it to say %q", err, w)
+				}
 			}
 		})
 	}
