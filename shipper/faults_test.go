@@ -1120,3 +1120,140 @@ func TestNewEpochSurvivesACrashBeforeItsFirstEvent(t *testing.T) {
 		})
 	}
 }
+
+// damageSealed flips a byte in the third record of sealed segment id of
+// spoolDir.
+func damageSealed(t *testing.T, spoolDir string, id uint64) {
+	t.Helper()
+	path := filepath.Join(spoolDir, segmentName(id)+sealedExt)
+	data, _, err := readSegmentBytes(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := scanFrames(data, 0)
+	data[sc.frames[2].Start+30] ^= 0x08
+	if err := writeCompressed(path, data); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// segmentDamagedEvents returns the segment_damaged events of a data dir's
+// spool.
+func segmentDamagedEvents(t *testing.T, dataDir string) []segmentDamage {
+	t.Helper()
+	var out bytes.Buffer
+	Export(dataDir, &out)
+	var evs []segmentDamage
+	for _, line := range bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n")) {
+		var ev struct {
+			Type    string
+			Details segmentDamage
+		}
+		if json.Unmarshal(line, &ev) == nil && ev.Type == TypeSegmentDamaged {
+			evs = append(evs, ev.Details)
+		}
+	}
+	return evs
+}
+
+// TestSegmentDamagedIsCommittedBeforeTheQuarantine: once a damaged segment
+// is replaced by its intact records, only the segment_damaged event says
+// what it lost. So the event is committed first, and a spool that cannot
+// commit it leaves the segment as it is, to be quarantined once it can:
+// after Close (serve drains the shipper after closing the spool), or while
+// its commits fail. The quarantine that follows records the event.
+func TestSegmentDamagedIsCommittedBeforeTheQuarantine(t *testing.T) {
+	signer, _ := testSigner(t)
+	for _, tc := range []struct {
+		name string
+		// refuse makes s unable to commit; allow undoes it, or returns a
+		// spool that can.
+		refuse func(t *testing.T, s *Spool) (allow func() *Spool)
+	}{
+		{"the spool closed", func(t *testing.T, s *Spool) func() *Spool {
+			s.Close()
+			return func() *Spool {
+				return openTestSpool(t, filepath.Dir(s.dir), SpoolOptions{Forwarding: true, Log: logOpts(signer)})
+			}
+		}},
+		{"commits failing", func(t *testing.T, s *Spool) func() *Spool {
+			var failing atomic.Bool
+			failing.Store(true)
+			s.sync = func(f *os.File) error {
+				if failing.Load() {
+					return errors.New("injected EIO")
+				}
+				return f.Sync()
+			}
+			return func() *Spool { failing.Store(false); return s }
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := sealedSpool(t, signer, 120)
+			spoolDir := filepath.Join(dir, SpoolDirName)
+			damageSealed(t, spoolDir, 3)
+			before, _ := os.ReadFile(filepath.Join(spoolDir, segmentName(3)+sealedExt))
+			s := openTestSpool(t, dir, SpoolOptions{Forwarding: true, Log: logOpts(signer)})
+			allow := tc.refuse(t, s)
+			if _, err := s.quarantine(3); err == nil {
+				t.Fatal("quarantined without a segment_damaged event committed")
+			}
+			after, _ := os.ReadFile(filepath.Join(spoolDir, segmentName(3)+sealedExt))
+			if kept, _ := filepath.Glob(filepath.Join(spoolDir, "*"+damagedExt)); !bytes.Equal(before, after) || len(kept) > 0 {
+				t.Fatalf("the segment was replaced (%v) or kept aside (%v) without its event", !bytes.Equal(before, after), kept)
+			}
+			s = allow()
+			if _, err := s.quarantine(3); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			if evs := segmentDamagedEvents(t, dir); len(evs) != 1 || evs[0].Segment != segmentName(3)+sealedExt {
+				t.Errorf("segment_damaged events: %+v", evs)
+			}
+		})
+	}
+}
+
+// TestQuarantineKeepsEveryDamagedFile: a segment quarantined twice (its
+// replacement damaged in turn) keeps both damaged files, each named by its
+// segment_damaged event; a link left by a quarantine a crash interrupted is
+// taken over. The spool counts every file once.
+func TestQuarantineKeepsEveryDamagedFile(t *testing.T) {
+	signer, _ := testSigner(t)
+	dir := sealedSpool(t, signer, 120)
+	spoolDir := filepath.Join(dir, SpoolDirName)
+	damageSealed(t, spoolDir, 3)
+	path := filepath.Join(spoolDir, segmentName(3)+sealedExt)
+	// A quarantine a crash interrupted after its link.
+	if err := os.Link(path, path+damagedExt); err != nil {
+		t.Fatal(err)
+	}
+	s := openTestSpool(t, dir, SpoolOptions{Forwarding: true, Log: logOpts(signer)})
+	if _, err := s.quarantine(3); err != nil {
+		t.Fatal(err)
+	}
+	damageSealed(t, spoolDir, 3) // the replacement is damaged in turn
+	s.stateMu.Lock()
+	s.used.Add(-s.segs[2].size)
+	fi, _ := os.Stat(path)
+	s.segs[2].size = fi.Size()
+	s.used.Add(fi.Size())
+	s.stateMu.Unlock()
+	if _, err := s.quarantine(3); err != nil {
+		t.Fatal(err)
+	}
+	if total, onDisk := s.totalBytes(), spoolDirBytes(t, s.dir); total != onDisk {
+		t.Errorf("the spool counts %d bytes, its files hold %d", total, onDisk)
+	}
+	s.Close()
+	kept, _ := filepath.Glob(filepath.Join(spoolDir, "*"+damagedExt))
+	evs := segmentDamagedEvents(t, dir)
+	if len(kept) != 2 || len(evs) != 2 || evs[0].SavedTo == evs[1].SavedTo {
+		t.Fatalf("damaged files kept %v; segment_damaged events %+v", kept, evs)
+	}
+	for _, ev := range evs {
+		if _, err := os.Stat(filepath.Join(spoolDir, ev.SavedTo)); err != nil {
+			t.Errorf("segment_damaged names %s: %v", ev.SavedTo, err)
+		}
+	}
+}

@@ -796,11 +796,11 @@ func (s *Spool) Append(event []byte) error {
 	return s.append(func(dst []byte) []byte { return append(dst, event...) }, s.opts.Durability != DurabilityAsync)
 }
 
-// appendNoWait records an event of the spool's own (segment_damaged) with
-// the next commit, without waiting for it: its caller may be one that a
-// commit waits for.
-func (s *Spool) appendNoWait(event []byte) error {
-	return s.append(func(dst []byte) []byte { return append(dst, event...) }, false)
+// isClosed reports whether Close was called.
+func (s *Spool) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
 }
 
 func (s *Spool) append(encode func([]byte) []byte, wait bool) error {
