@@ -9,9 +9,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
 	"golang.org/x/mod/sumdb/note"
@@ -209,6 +211,9 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 	if opts.Name == "" {
 		return nil, errors.New("spool log: an instance name is required")
 	}
+	if err := CheckLogName(opts.Name); err != nil {
+		return nil, fmt.Errorf("spool log: %w", err)
+	}
 	if opts.CheckpointInterval <= 0 {
 		opts.CheckpointInterval = 10 * time.Second
 	}
@@ -288,6 +293,24 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 	l.origin = st.Origin
 	l.size.Store(l.chain.Size())
 	return l, nil
+}
+
+// CheckLogName reports whether name can name a log: valid UTF-8 of
+// printable characters (strconv.IsPrint: letters, marks, numbers,
+// punctuation, symbols, the ASCII space). The origin goes into every event
+// as it is quoted, which for such names is its canonical JSON (RFC 8785);
+// a control character or a byte that is not UTF-8 made every event invalid
+// JSON, read back as damage.
+func CheckLogName(name string) error {
+	if !utf8.ValidString(name) {
+		return fmt.Errorf("log name %q is not valid UTF-8", name)
+	}
+	for _, r := range name {
+		if !strconv.IsPrint(r) {
+			return fmt.Errorf("log name %q holds %U, not a printable character", name, r)
+		}
+	}
+	return nil
 }
 
 // newOrigin returns the origin of a new epoch started at now: the instance

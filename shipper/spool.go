@@ -201,6 +201,7 @@ type Spool struct {
 	reclaimBlocked atomic.Pointer[string]
 
 	recorded atomic.Int64
+	maxEvent int // maxEventSize, fixed at open
 
 	maint     chan struct{} // wakes the maintenance loop
 	sealQueue []uint64
@@ -293,6 +294,11 @@ func OpenSpool(dataDir string, opts SpoolOptions) (*Spool, error) {
 		}
 		s.otherBytes.Store(otherFileBytes(s.dir)) // log.json may be new
 	}
+	origin := ""
+	if s.chain != nil {
+		origin = s.chain.origin
+	}
+	s.maxEvent = maxEventSize(origin)
 	s.metrics.spool = s
 	if len(s.Recovery.Lost) > 0 {
 		s.metrics.damaged.Inc()
@@ -790,10 +796,29 @@ func (s *Spool) Record(ev *audit.Event) error {
 
 // Append records one event given as its JSON object.
 func (s *Spool) Append(event []byte) error {
-	if len(event) == 0 || len(event) > maxRecordSize {
-		return fmt.Errorf("event of %d bytes: want 1 to %d", len(event), maxRecordSize)
+	if len(event) == 0 || len(event) > s.maxEvent {
+		return s.eventSizeError(len(event))
 	}
 	return s.append(func(dst []byte) []byte { return append(dst, event...) }, s.opts.Durability != DurabilityAsync)
+}
+
+// MaxRecordBytes is the most bytes one record of the spool holds: an event
+// with its place in the log. A reader takes a longer frame for damage.
+const MaxRecordBytes = maxRecordSize
+
+// maxEventSize returns the most bytes of an event the spool takes: its
+// record, with the "log" member the committer adds (an origin escaped in
+// JSON at worst six bytes a byte, a prev hash, a seq), must fit in
+// maxRecordSize, or it would be committed and then read as damage.
+func maxEventSize(origin string) int {
+	if origin == "" {
+		return maxRecordSize
+	}
+	return maxRecordSize - (256 + 6*len(origin))
+}
+
+func (s *Spool) eventSizeError(n int) error {
+	return fmt.Errorf("event of %d bytes: the spool takes events of 1 to %d bytes (one record holds at most %d, with the event's place in the log)", n, s.maxEvent, maxRecordSize)
 }
 
 // isClosed reports whether Close was called.
@@ -812,6 +837,11 @@ func (s *Spool) append(encode func([]byte) []byte, wait bool) error {
 	b := s.cur
 	start := len(b.buf)
 	b.buf = encode(append(b.buf, 0, 0, 0, 0))
+	if n := len(b.buf) - start - 4; n == 0 || n > s.maxEvent {
+		b.buf = b.buf[:start]
+		s.mu.Unlock()
+		return s.eventSizeError(n)
+	}
 	binary.LittleEndian.PutUint32(b.buf[start:], uint32(len(b.buf)-start-4))
 	b.n++
 	if b.n == 1 {

@@ -459,6 +459,60 @@ func TestRotationAfterAFailedSegmentCreation(t *testing.T) {
 	}
 }
 
+// TestEventLargerThanARecordIsRefused: an event whose record, with its
+// place in the log, would pass maxRecordSize is refused with an error that
+// says so (the proxy then cuts that answer, as for any failed record),
+// instead of being committed and then read as damage. The margin left for
+// the place covers the longest origin escaping can make. The spool goes on.
+func TestEventLargerThanARecordIsRefused(t *testing.T) {
+	signer, keys := testSigner(t)
+	opts := logOpts(signer)
+	opts.Name = `node"\` + strings.Repeat(`"`, 40) // escaped at two bytes a byte
+	dir := t.TempDir()
+	s := openTestSpool(t, dir, SpoolOptions{Log: opts})
+	if err := s.Append(testEvent(1)); err != nil {
+		t.Fatal(err)
+	}
+	// The margin: what placing an event in the log adds to it.
+	var added int
+	r := s.newReader(Pos{})
+	for {
+		rec, _, ok, err := r.next()
+		if err != nil || !ok {
+			t.Fatal("event not read back", err)
+		}
+		if bytes.Contains(rec, []byte("ev-000001")) {
+			added = len(rec) - len(testEvent(1))
+			break
+		}
+	}
+	r.Close()
+	if margin := maxRecordSize - maxEventSize(s.chain.origin); added > margin || margin > 1<<20 {
+		t.Errorf("placing an event adds %d bytes, the margin is %d", added, margin)
+	}
+	// Refused by size alone: a lower bound stands for maxEventSize, which
+	// the encoding of a 256 MiB event would take too long to reach here.
+	s.mu.Lock()
+	s.maxEvent = 4 << 10
+	s.mu.Unlock()
+	big := &audit.Event{V: 1, Type: audit.TypeInference, ID: "big", Payload: &audit.Payload{Age: make([]byte, 4<<10)}}
+	for name, err := range map[string]error{
+		"Record": s.Record(big),
+		"Append": s.Append(append(testEvent(2)[:len(testEvent(2))-1], `,"pad":"`+strings.Repeat("x", 5<<10)+`"}`...)),
+	} {
+		if err == nil || !strings.Contains(err.Error(), "the spool takes events of 1 to 4096 bytes") {
+			t.Errorf("%s of an event larger than a record: %v", name, err)
+		}
+	}
+	if err := s.Append(testEvent(3)); err != nil {
+		t.Fatalf("after a refused event: %v", err)
+	}
+	s.Close()
+	if r := verifyDataDir(t, dir, keys); !r.OK || r.Origins[0].Events != 4 {
+		t.Errorf("after refused events:\n%s", problems(r))
+	}
+}
+
 // waitFor polls cond for up to 5 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
