@@ -1257,3 +1257,119 @@ func TestQuarantineKeepsEveryDamagedFile(t *testing.T) {
 		}
 	}
 }
+
+// TestMissingSeqsAroundUnplacedEvents: the seqs a damaged range lost are
+// counted between the nearest events around it that have a place in the
+// log. An event a bug left outside the log (kept, unplaced) right before or
+// after the damage says nothing about them: taken for the neighbour, it
+// made missing_seqs null, or counted from the previous segment's last
+// event, so that events of this segment before the damage were reported
+// lost.
+func TestMissingSeqsAroundUnplacedEvents(t *testing.T) {
+	signer, _ := testSigner(t)
+	for _, tc := range []struct {
+		name    string
+		records []string // appended to the active segment in turn: "event", "unplaced", "damaged"
+	}{
+		{"an unplaced event before the damage", []string{"event", "event", "unplaced", "damaged", "damaged", "event", "event"}},
+		{"an unplaced event after the damage", []string{"event", "event", "damaged", "damaged", "unplaced", "event", "event"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := openTestSpool(t, dir, SpoolOptions{SegmentMaxBytes: 4 << 10, Log: logOpts(signer)})
+			for i := range 40 { // a sealed segment or more before the active one
+				s.Append(testEvent(i))
+			}
+			waitFor(t, "a rotation", func() bool { c, _ := s.Committed(); return c.Segment > 1 })
+			s.Close()
+			s = openTestSpool(t, dir, SpoolOptions{SegmentMaxBytes: 1 << 20, Log: logOpts(signer)})
+			var damaged []string
+			for i, r := range tc.records {
+				ev := testEvent(1000 + i)
+				if r == "unplaced" {
+					ev = []byte(`{"n":1e999}`) // JSON that has no canonical form: placed in no log, kept as it is
+				}
+				if err := s.Append(ev); err != nil {
+					t.Fatal(err)
+				}
+				if r == "damaged" {
+					damaged = append(damaged, fmt.Sprintf("ev-%06d", 1000+i))
+				}
+			}
+			c, _ := s.Committed()
+			image := crashImage(t, dir)
+			// Damage the records marked so, and learn their seqs.
+			path := filepath.Join(image, SpoolDirName, segmentName(c.Segment)+segmentExt)
+			data, _ := os.ReadFile(path)
+			var p fastjson.Parser
+			var lost []int64
+			for _, f := range scanFrames(data, 0).frames {
+				payload := data[f.Start+frameHeaderSize : f.End]
+				for _, id := range damaged {
+					if bytes.Contains(payload, []byte(id)) {
+						lost = append(lost, placeOf(&p, payload).Seq)
+						clear(data[f.Start+4 : f.End-2])
+					}
+				}
+			}
+			os.WriteFile(path, data, 0o600)
+
+			s2 := openTestSpool(t, image, SpoolOptions{Log: logOpts(signer)})
+			if len(s2.Recovery.Lost) != 1 {
+				t.Fatalf("lost: %+v", s2.Recovery.Lost)
+			}
+			if m := s2.Recovery.Lost[0].Missing; m == nil || m.First != lost[0] || m.Last != lost[len(lost)-1] {
+				t.Errorf("missing_seqs %+v, want %v (before %+v, after %+v)", m, lost, s2.Recovery.Lost[0].Before, s2.Recovery.Lost[0].After)
+			}
+		})
+	}
+}
+
+// TestSpoolCountsAnUnusableStateFileOnce: an unusable state.json is moved
+// aside as state.json.corrupt, and counted as that; the state file written
+// after it is counted from nothing, not in place of the one moved aside.
+func TestSpoolCountsAnUnusableStateFileOnce(t *testing.T) {
+	for _, tc := range []struct{ name, content string }{
+		{"not JSON", strings.Repeat("garbage ", 200)},
+		{"an unknown version", `{"version":9,"padding":"` + strings.Repeat("x", 2000) + `"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := openTestSpool(t, dir, SpoolOptions{Forwarding: true})
+			s.Append(testEvent(1))
+			s.Close()
+			os.WriteFile(filepath.Join(dir, SpoolDirName, stateFileName), []byte(tc.content), 0o600)
+			s = openTestSpool(t, dir, SpoolOptions{Forwarding: true})
+			if err := s.SaveState(); err != nil {
+				t.Fatal(err)
+			}
+			if total, onDisk := s.totalBytes(), spoolDirBytes(t, s.dir); total != onDisk {
+				t.Errorf("the spool counts %d bytes, its files hold %d", total, onDisk)
+			}
+		})
+	}
+}
+
+// TestRecordCountAcrossDamageIsNotExact: the count of records to resend
+// (from the seqs, without reading the sealed segments) counts records lost
+// to damage as present; across a segment that lost records it says it is
+// not exact.
+func TestRecordCountAcrossDamageIsNotExact(t *testing.T) {
+	signer, _ := testSigner(t)
+	dir := sealedSpool(t, signer, 120)
+	spoolDir := filepath.Join(dir, SpoolDirName)
+	segs, _, _ := listSegments(spoolDir)
+	if n, exact := countRecords(spoolDir, segs, -1); !exact {
+		t.Fatalf("%d records, not exact, before any damage", n)
+	}
+	damageSealed(t, spoolDir, 3)
+	s := openTestSpool(t, dir, SpoolOptions{Forwarding: true, Log: logOpts(signer)})
+	if _, err := s.quarantine(3); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	segs, _, _ = listSegments(spoolDir)
+	if n, exact := countRecords(spoolDir, segs, -1); exact {
+		t.Errorf("%d records, said to be exact across a segment that lost one", n)
+	}
+}

@@ -211,7 +211,7 @@ func (s *Spool) damagedPath(path string) (_ string, leftover int64, _ error) {
 }
 
 // firstPlaceAfter returns the log place of the first intact record of the
-// segment after id, nil if none.
+// segment after id that has one, nil if none.
 func (s *Spool) firstPlaceAfter(id uint64) *logPlace {
 	s.stateMu.Lock()
 	var next uint64
@@ -226,14 +226,16 @@ func (s *Spool) firstPlaceAfter(id uint64) *logPlace {
 		return nil
 	}
 	path, _ := segmentPath(s.dir, next)
-	var first []byte
+	var p fastjson.Parser
+	var first *logPlace
 	errFound := errors.New("found")
 	scanSegmentFile(path, true, func(_ int64, rec []byte) error {
-		first = append(first[:0], rec...)
-		return errFound
+		if first = placeOf(&p, rec); first != nil {
+			return errFound
+		}
+		return nil
 	})
-	var p fastjson.Parser
-	return placeOf(&p, first)
+	return first
 }
 
 // writeCompressed writes data to path as a sealed segment (one zstd

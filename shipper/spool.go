@@ -691,7 +691,7 @@ func (s *Spool) repairDamage(id uint64, path string, data []byte) (int64, int, f
 }
 
 // lastPlaceBefore returns the log place of the last intact record of the
-// segment before id, nil if none.
+// segment before id that has one, nil if none.
 func (s *Spool) lastPlaceBefore(id uint64) *logPlace {
 	segs, _, err := listSegments(s.dir)
 	if err != nil {
@@ -707,13 +707,15 @@ func (s *Spool) lastPlaceBefore(id uint64) *logPlace {
 		return nil
 	}
 	path, _ := segmentPath(s.dir, prev.id)
-	var last []byte
+	var p fastjson.Parser
+	var last *logPlace
 	scanSegmentFile(path, false, func(_ int64, rec []byte) error {
-		last = append(last[:0], rec...)
+		if pl := placeOf(&p, rec); pl != nil {
+			last = pl
+		}
 		return nil
 	})
-	var p fastjson.Parser
-	return placeOf(&p, last)
+	return last
 }
 
 // validPrefix returns the length of the longest prefix of a segment's bytes
