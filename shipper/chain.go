@@ -9,9 +9,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
 	"golang.org/x/mod/sumdb/note"
@@ -77,7 +79,18 @@ type spoolLog struct {
 	// metrics, so an alert can tell a log that stopped signing.
 	cpCommitted atomic.Int64
 	starting    []byte          // the log_started event still to commit, for a new epoch
+	startingNow bool            // the commit in progress holds it
 	known       map[string]bool // origins found in the spool (see newOrigin)
+
+	// treeFailingSince is when writes of the tree state began to fail,
+	// zero while they succeed; treeFailLogged when that was last logged.
+	treeFailingSince, treeFailLogged time.Time
+
+	// witnessKeepMax bounds the bytes of stored hashes kept for the
+	// witness's next proof; witnessAbandoned is 1 + the witness size
+	// keepFrom last gave up on (0: none), witnessAbandonedN counts them.
+	witnessKeepMax                      int64
+	witnessAbandoned, witnessAbandonedN atomic.Int64
 }
 
 // logMark is a spoolLog's state before a commit, to undo a failed one.
@@ -96,17 +109,18 @@ func (l *spoolLog) mark() logMark {
 func (l *spoolLog) rollback(m logMark) {
 	l.chain.Restore(m.st, m.storedLen)
 	l.sinceCP, l.lastCP, l.starting = m.sinceCP, m.lastCP, m.starting
+	l.startingNow = false
 	l.cps = l.cps[:0]
 }
 
 // committed keeps the stored hashes of the commit that just completed and
 // hands over its checkpoints. The hashes are written without fsync: after a
-// crash they are recomputed from the spool.
-func (l *spoolLog) committed() {
+// crash they are recomputed from the spool. It reports whether the commit
+// held the new epoch's log_started.
+func (l *spoolLog) committed() (started bool) {
+	started, l.startingNow = l.startingNow, false
 	if stored := l.chain.TakeStored(); len(stored) > 0 {
-		if err := l.tree.append(stored); err != nil {
-			l.logger.Error("cannot write the log's stored hashes; they are recomputed from the spool at the next start", "err", err)
-		}
+		l.treeWritten(l.tree.append(stored))
 	}
 	if len(l.cps) > 0 {
 		l.cpCommitted.Store(l.lastCP.UnixNano())
@@ -119,6 +133,27 @@ func (l *spoolLog) committed() {
 		}
 	}
 	l.cps = l.cps[:0]
+	return started
+}
+
+// treeWritten logs a failed write of the tree state (the first, then one
+// every failureLogEvery while it lasts) and its end. The hashes are kept
+// until they are written (treeFile.append); until then no segment is
+// deleted.
+func (l *spoolLog) treeWritten(err error) {
+	now := time.Now()
+	switch {
+	case err == nil && !l.treeFailingSince.IsZero():
+		l.logger.Warn("the log's tree state is written again", "failing_for", now.Sub(l.treeFailingSince).Round(time.Millisecond).String())
+		l.treeFailingSince = time.Time{}
+	case err != nil && (l.treeFailingSince.IsZero() || now.Sub(l.treeFailLogged) >= failureLogEvery):
+		if l.treeFailingSince.IsZero() {
+			l.treeFailingSince = now
+		}
+		l.treeFailLogged = now
+		l.logger.Error("cannot write the log's tree state; no spool segment is deleted until it is written", "err", err,
+			"since", l.treeFailingSince.UTC().Format(time.RFC3339Nano))
+	}
 }
 
 func (l *spoolLog) due(now time.Time) bool {
@@ -176,6 +211,9 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 	if opts.Name == "" {
 		return nil, errors.New("spool log: an instance name is required")
 	}
+	if err := CheckLogName(opts.Name); err != nil {
+		return nil, fmt.Errorf("spool log: %w", err)
+	}
 	if opts.CheckpointInterval <= 0 {
 		opts.CheckpointInterval = 10 * time.Second
 	}
@@ -183,6 +221,11 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 		opts.CheckpointEvery = 1000
 	}
 	l := &spoolLog{opts: opts, logger: s.log, lastCP: time.Now()}
+	// An eighth of the spool's bound; but at least four checkpoint
+	// intervals' hashes (about two an event), so that a witness that
+	// cosigns each checkpoint a little late is never given up on, unless
+	// that passes a quarter of the bound.
+	l.witnessKeepMax = max(s.opts.MaxBytes/8, min(4*int64(opts.CheckpointEvery)*2*tlog.HashSize, s.opts.MaxBytes/4))
 	l.cpCommitted.Store(l.lastCP.UnixNano())
 	t, err := openTreeFile(s.dir)
 	if errors.Is(err, errTreeDamaged) {
@@ -204,6 +247,15 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 	}
 	if reason != "" {
 		st = audit.ChainState{Origin: l.newOrigin(time.Now())}
+		// Recorded before the tree state is reset and log.json names the
+		// new origin: both hide what the old log was, and a crash before
+		// log_started commits would leave a spool whose next start no
+		// longer knows why the log cannot go on.
+		pe := pendingEpoch{Origin: st.Origin, Reason: reason, Lost: s.Recovery.Lost, CommittedLost: s.Recovery.CommittedLostDetail}
+		if err := savePendingEpoch(s.dir, pe); err != nil {
+			f.close()
+			return nil, err
+		}
 		if err := t.reset(st.Origin); err != nil {
 			f.close()
 			return nil, err
@@ -241,6 +293,24 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 	l.origin = st.Origin
 	l.size.Store(l.chain.Size())
 	return l, nil
+}
+
+// CheckLogName reports whether name can name a log: valid UTF-8 of
+// printable characters (strconv.IsPrint: letters, marks, numbers,
+// punctuation, symbols, the ASCII space). The origin goes into every event
+// as it is quoted, which for such names is its canonical JSON (RFC 8785);
+// a control character or a byte that is not UTF-8 made every event invalid
+// JSON, read back as damage.
+func CheckLogName(name string) error {
+	if !utf8.ValidString(name) {
+		return fmt.Errorf("log name %q is not valid UTF-8", name)
+	}
+	for _, r := range name {
+		if !strconv.IsPrint(r) {
+			return fmt.Errorf("log name %q holds %U, not a printable character", name, r)
+		}
+	}
+	return nil
 }
 
 // newOrigin returns the origin of a new epoch started at now: the instance
@@ -292,6 +362,9 @@ func (l *spoolLog) recover(s *Spool) (audit.ChainState, string, error) {
 			}
 		}
 	}
+	if s.pending != nil {
+		l.knowOrigin(s.pending.Origin) // chosen, maybe with events nowhere but in the aggregator
+	}
 	if lastCP != nil && l.opts.PreviousCheckpoint == nil {
 		l.opts.PreviousCheckpoint = lastCP
 	}
@@ -311,6 +384,12 @@ func (l *spoolLog) recover(s *Spool) (audit.ChainState, string, error) {
 			what = append(what, rep.CommittedLostDetail)
 		}
 		return audit.ChainState{}, "committed records were lost: " + strings.Join(what, "; "), nil
+	}
+	if p := s.pending; p != nil && p.Reason != "" {
+		// A previous start began a new epoch and stopped before committing
+		// its first event: whatever made it is still so (a log whose tree
+		// state was reset for that epoch cannot be continued either).
+		return audit.ChainState{}, p.Reason, nil
 	}
 	if last == nil {
 		origin, err := loadLogFile(s.dir)
@@ -337,7 +416,7 @@ func (l *spoolLog) recover(s *Spool) (audit.ChainState, string, error) {
 		return audit.ChainState{}, "the newest spooled event is not canonicalisable JSON", nil
 	}
 	n := seq + 1
-	tree, why, err := l.recoverTree(s, origin, n, lastCP)
+	tree, why, err := l.recoverTree(s, origin, n, leaf, lastCP)
 	if err != nil {
 		return audit.ChainState{}, "", err
 	}
@@ -390,7 +469,7 @@ func (l *spoolLog) continueFromTree(origin string) (audit.ChainState, string, er
 // origin, if the file reaches back to it, must sign the root the file
 // gives at its size. Where it fails, the tree is rebuilt from the spool's
 // events from seq 0, if the spool still holds them all.
-func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, lastCP []byte) (audit.Tree, string, error) {
+func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, leaf tlog.Hash, lastCP []byte) (audit.Tree, string, error) {
 	t := l.tree
 	var cpSize int64 = -1
 	var cpRoot tlog.Hash
@@ -409,32 +488,67 @@ func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, lastCP []byte) 
 		problem = "it is missing"
 	case !t.legacy && t.origin != origin:
 		problem = fmt.Sprintf("it is the tree of %q", t.origin)
-	case t.base > n:
-		problem = fmt.Sprintf("it starts at tree size %d, beyond the spool's %d events", t.base, n)
 	}
 	var tree audit.Tree
-	if problem == "" {
-		// Keep the stored hashes of whole leaves only; what a crash cut
-		// off is recomputed from the spool.
-		k := n
-		for k > t.base && tlog.StoredHashCount(k) > t.n.Load() {
-			k--
+	held := t.leaves()
+	if problem == "" && held > n {
+		// Hashes are appended only once the commit of their events is
+		// fsynced, so a tree state ahead of the spool means that committed
+		// events are gone (the active segment lost, or its tail): the log
+		// cannot go on at seq n, which was shipped and checkpointed.
+		detail := fmt.Sprintf("the log's tree state holds %d events of %s, the spool's newest is seq %d: seqs %d..%d were committed and are no longer in the spool",
+			held, origin, n-1, n, held-1)
+		s.log.Error("the log's tree state is ahead of the spool: the disk lost fsynced data; a new log epoch says so",
+			"origin", origin, "tree_size", held, "spool_size", n)
+		if s.Recovery.CommittedLost {
+			detail = s.Recovery.CommittedLostDetail + "; " + detail
 		}
-		if err := t.cut(k); err != nil {
+		s.Recovery.CommittedLost, s.Recovery.CommittedLostDetail = true, detail
+		return tree, "committed records were lost: " + detail, nil
+	}
+	if problem == "" {
+		// Whole leaves only; what a crash cut off is recomputed from the
+		// spool. The file is trusted up to the newest checkpoint, whose
+		// signed root checks it; the hashes after it (a write the disk
+		// lost, or one that failed) are recomputed from the spool's
+		// events, a checkpoint interval's worth.
+		k := min(n, held)
+		trust := k
+		if cpSize >= t.base && cpSize <= k {
+			trust = cpSize
+		}
+		if err := t.cut(trust); err != nil {
 			return tree, "", err
 		}
 		var err error
-		if tree, err = audit.TreeFromStored(k, t); err != nil {
+		if tree, err = audit.TreeFromStored(trust, t); err != nil {
 			problem = err.Error()
-		} else if cpSize >= t.base && cpSize <= k {
-			if at, err := audit.TreeFromStored(cpSize, t); err != nil || at.Root() != cpRoot {
-				problem = fmt.Sprintf("its root at size %d is not the one the newest checkpoint signs", cpSize)
+		} else if trust == cpSize && tree.Root() != cpRoot {
+			problem = fmt.Sprintf("its root at size %d is not the one the newest checkpoint signs", cpSize)
+		} else if trust == n && n > 0 {
+			// No checkpoint to check it by: its last leaf must be the
+			// newest event's.
+			if got, err := t.ReadHashes([]int64{tlog.StoredHashIndex(0, n-1)}); err != nil || got[0] != leaf {
+				problem = fmt.Sprintf("its leaf %d is not the hash of the spool's event %d", n-1, n-1)
 			}
 		}
-		if problem == "" && k < n {
-			s.log.Warn("recomputing the log's stored hashes from the spool", "from_seq", k, "to_seq", n-1)
+		if problem == "" && trust < n {
+			if trust < k {
+				s.log.Debug("recomputing the log's stored hashes after the newest checkpoint from the spool", "from_seq", trust, "to_seq", n-1)
+			} else {
+				s.log.Warn("recomputing the log's stored hashes from the spool", "from_seq", trust, "to_seq", n-1)
+			}
 			if tree, err = l.replay(s.dir, origin, tree, n); err != nil {
-				return tree, fmt.Sprintf("the log's tree cannot be rebuilt: %v", err), nil
+				var mismatch *leafMismatchError
+				if !errors.As(err, &mismatch) {
+					return tree, fmt.Sprintf("the log's tree cannot be rebuilt: %v", err), nil
+				}
+				problem = err.Error()
+			}
+		}
+		if problem == "" && cpSize > trust && cpSize <= n {
+			if at, err := audit.TreeFromStored(cpSize, t); err != nil || at.Root() != cpRoot {
+				problem = fmt.Sprintf("its hashes and the spool's events give another root at size %d than the newest checkpoint signs", cpSize)
 			}
 		}
 	}
@@ -460,17 +574,31 @@ func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, lastCP []byte) 
 }
 
 // replay appends the leaves tree.Size() to n-1 of origin, read from the
-// spool, to tree and to the stored hashes file.
+// spool, to tree and to the stored hashes file. It reads from the segment
+// that holds the event before them, whose leaf hash the file holds: one
+// that is not the event's (a *leafMismatchError) means the file's hashes
+// are not the spool's events'.
 func (l *spoolLog) replay(dir, origin string, tree audit.Tree, n int64) (audit.Tree, error) {
 	var p fastjson.Parser
 	var scratch []byte
 	var stored []tlog.Hash
-	err := forEachRecord(dir, func(rec []byte) error {
+	from := tree.Size() - 1 // the event whose leaf the file ends with
+	err := forEachRecordFrom(dir, segmentHolding(dir, origin, max(from, 0)), func(rec []byte) error {
 		v, err := p.ParseBytes(rec)
 		if err != nil || string(v.GetStringBytes("log", "origin")) != origin {
 			return nil
 		}
 		seq := v.GetInt64("log", "seq")
+		if seq == from {
+			leaf, _, err := audit.LeafHash(&p, scratch, rec)
+			if err != nil {
+				return err
+			}
+			if got, err := l.tree.ReadHashes([]int64{tlog.StoredHashIndex(0, seq)}); err == nil && got[0] != leaf {
+				return &leafMismatchError{seq}
+			}
+			return nil
+		}
 		if seq != tree.Size() {
 			if seq < tree.Size() {
 				return nil
@@ -500,6 +628,44 @@ func (l *spoolLog) replay(dir, origin string, tree audit.Tree, n int64) (audit.T
 	return tree, nil
 }
 
+// leafMismatchError: the tree state's leaf hash of an event is not the hash
+// of the event in the spool.
+type leafMismatchError struct{ seq int64 }
+
+func (e *leafMismatchError) Error() string {
+	return fmt.Sprintf("its leaf %d is not the hash of the spool's event %d", e.seq, e.seq)
+}
+
+// segmentHolding returns the id of the newest segment of the spool in dir
+// whose first event is origin's at seq or before, where a replay of origin
+// from seq starts; the oldest segment if none is. Only first records are
+// read. A segment that starts with another origin's event starts the
+// replay too: origin's events, which follow every other origin's in the
+// spool, cannot be in an older one.
+func segmentHolding(dir, origin string, seq int64) uint64 {
+	segs, _, err := listSegments(dir)
+	if err != nil || len(segs) == 0 {
+		return 0
+	}
+	var p fastjson.Parser
+	for i := len(segs) - 1; i > 0; i-- {
+		sr, err := openSegment(dir, segs[i].id)
+		if err != nil {
+			continue
+		}
+		rec, err := sr.next()
+		var pl *logPlace
+		if err == nil {
+			pl = placeOf(&p, rec)
+		}
+		sr.Close()
+		if pl != nil && (pl.Origin != origin || pl.Seq <= seq) {
+			return segs[i].id
+		}
+	}
+	return segs[0].id
+}
+
 // ReadHashes implements tlog.HashReader over the tree state file.
 func (l *spoolLog) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	return l.tree.ReadHashes(indexes)
@@ -510,10 +676,32 @@ func (l *spoolLog) close() error { return l.tree.close() }
 // keepFrom returns the tree size the log's stored hashes must prove from:
 // the size the witness last cosigned (with a witness; 0 until it says), and
 // never past the newest committed checkpoint.
+//
+// A witness that is absent or refusing never cosigns, and the hashes kept
+// for its next proof would grow 64 bytes an event inside the spool's bound
+// until every request is refused. So once they pass witnessKeepMax (an
+// eighth of the bound), the newest checkpoint's size is kept from instead:
+// the spool never waits for a witness. That is said (an error, and
+// auditproxy_witness_proofs_abandoned_total), and the witness then gets an
+// error naming the size proofs start from for a proof from before (it
+// keeps retrying; a witness that cosigned this log before cannot accept
+// its checkpoints again without one).
 func (l *spoolLog) keepFrom() int64 {
 	keep := l.cpSize.Load()
-	if l.opts.Witness {
-		keep = min(keep, l.witnessSize.Load())
+	if !l.opts.Witness {
+		return keep
+	}
+	w := l.witnessSize.Load()
+	if w >= keep {
+		return keep
+	}
+	if kept := (l.tree.n.Load() - tlog.StoredHashCount(w)) * tlog.HashSize; kept <= l.witnessKeepMax {
+		return w
+	}
+	if old := l.witnessAbandoned.Load(); old != w+1 && l.witnessAbandoned.CompareAndSwap(old, w+1) {
+		l.witnessAbandonedN.Add(1)
+		l.logger.Error("the witness has not cosigned this log for so long that the hashes its next consistency proof needs would pass an eighth of --spool-max-bytes; the log keeps them from the newest checkpoint on instead, and the witness cannot cosign this log again without a proof from its size (is it down, or refusing?)",
+			"origin", l.origin, "witness_size", w, "keep_from", keep, "max_bytes_kept_for_the_witness", l.witnessKeepMax)
 	}
 	return keep
 }
@@ -642,11 +830,19 @@ func (v signerVerifier) Verify(msg, sig []byte) bool {
 // forEachRecord calls fn with every record of the spool in dir, oldest
 // first, until fn returns an error.
 func forEachRecord(dir string, fn func([]byte) error) error {
+	return forEachRecordFrom(dir, 0, fn)
+}
+
+// forEachRecordFrom is forEachRecord from segment from on.
+func forEachRecordFrom(dir string, from uint64, fn func([]byte) error) error {
 	segs, _, err := listSegments(dir)
 	if err != nil {
 		return err
 	}
 	for _, sg := range segs {
+		if sg.id < from {
+			continue
+		}
 		var damaged *DamagedSegmentError
 		if err := readSegment(dir, sg.id, fn); err != nil && !errors.As(err, &damaged) {
 			return err // fn's, or the file's: damage is read past, and what it lost shows as missing records

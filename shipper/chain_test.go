@@ -375,3 +375,38 @@ func TestCheckpointDirIgnoresLinesThatAreNotCheckpoints(t *testing.T) {
 		t.Errorf("last checkpoint %s, want %s", last, cp)
 	}
 }
+
+// TestLogNameMustBePrintable: the origin goes into every event as it is
+// quoted, so a log name must be UTF-8 of printable characters, for which
+// that is canonical JSON. A control character, or a byte that is not UTF-8,
+// made every event invalid JSON, which readers took for damage.
+func TestLogNameMustBePrintable(t *testing.T) {
+	signer, keys := testSigner(t)
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{"gpu-node-17", true},
+		{`a "quoted" \ name, with spaces and ünïcödé`, true},
+		{"node\x01", false},
+		{"node\t17", false},
+		{"node\xff", false},
+		{"node\u200b", false}, // a format character: quoted as \u200b, not canonical
+	} {
+		opts := logOpts(signer)
+		opts.Name = tc.name
+		dir := t.TempDir()
+		s, err := OpenSpool(dir, SpoolOptions{Log: opts})
+		if (err == nil) != tc.ok {
+			t.Errorf("log name %q: %v", tc.name, err)
+		}
+		if err != nil {
+			continue
+		}
+		s.Append(testEvent(1))
+		s.Close()
+		if r := verifyDataDir(t, dir, keys); !r.OK {
+			t.Errorf("log name %q:\n%s", tc.name, problems(r))
+		}
+	}
+}

@@ -2,6 +2,9 @@ package shipper
 
 import (
 	"io"
+	"os"
+	"strconv"
+	"strings"
 
 	"github.com/valyala/fastjson"
 )
@@ -17,8 +20,21 @@ import (
 // own. Only a segment whose first record, or the next one's, is in no log,
 // or in another origin (an epoch starts there), is read whole. Records lost
 // to damage leave gaps in the seqs and are counted as if present: then the
-// count is not exact.
+// count is not exact. Such a segment shows as damage kept beside it
+// (NAME.damaged, NAME.OFFSET.corrupt), and a count across one says so.
 func countRecords(dir string, segs []segmentFile, activeRecords int) (n int64, exact bool) {
+	damaged := map[uint64]bool{}
+	if entries, err := os.ReadDir(dir); err == nil {
+		for _, e := range entries {
+			name := e.Name()
+			if !strings.HasSuffix(name, damagedExt) && !strings.HasSuffix(name, quarantineExt) {
+				continue
+			}
+			if id, err := strconv.ParseUint(name[:min(len(name), 20)], 10, 64); err == nil {
+				damaged[id] = true
+			}
+		}
+	}
 	type first struct {
 		origin string
 		seq    int64
@@ -75,6 +91,7 @@ func countRecords(dir string, segs []segmentFile, activeRecords int) (n int64, e
 		f := firstOf(segs[i].id)
 		if f.ok && next.ok && f.origin == next.origin && next.seq > f.seq {
 			n += next.seq - f.seq
+			exact = exact && !damaged[segs[i].id]
 		} else {
 			n += countWhole(segs[i].id)
 		}

@@ -140,7 +140,8 @@ func scanFrames(data []byte, from int64) segmentScan {
 	}
 	off := max(from, int64(len(segmentMagic)))
 	var p fastjson.Parser
-	var before *logPlace
+	var before *logPlace // the last placed frame's, of frames[:searched]
+	searched := 0
 	for off < int64(len(data)) {
 		if _, size, err := parseFrame(data[off:], off); err == nil && size > 0 {
 			sc.frames = append(sc.frames, byteRange{off, off + int64(size)})
@@ -163,21 +164,58 @@ func scanFrames(data []byte, from int64) segmentScan {
 				break
 			}
 		}
-		if len(sc.frames) > 0 {
-			last := sc.frames[len(sc.frames)-1]
-			before = placeOf(&p, data[last.Start+frameHeaderSize:last.End])
+		// The last event before the damage with a place in the log: a frame
+		// in none (an event a bug left unplaced) says nothing about the
+		// seqs lost, and the previous segment's last event would count
+		// this segment's events before the damage among them.
+		for i := len(sc.frames) - 1; i >= searched; i-- {
+			f := sc.frames[i]
+			if pl := placeOf(&p, data[f.Start+frameHeaderSize:f.End]); pl != nil {
+				before = pl
+				break
+			}
 		}
+		searched = len(sc.frames)
 		if next < 0 {
 			sc.tail = byteRange{start, int64(len(data))}
+			sc.placeAfter(data)
 			return sc
 		}
-		d := damagedRange{byteRange: byteRange{start, next}, Before: before,
-			After: placeOf(&p, data[next+frameHeaderSize:next+int64(validFrameAt(data[next:]))])}
-		d.setMissing()
-		sc.damaged = append(sc.damaged, d)
+		sc.damaged = append(sc.damaged, damagedRange{byteRange: byteRange{start, next}, Before: before})
 		off = next
 	}
+	sc.placeAfter(data)
 	return sc
+}
+
+// placeAfter sets each damaged range's After, the first event after it
+// with a place in the log, and its Missing.
+func (sc *segmentScan) placeAfter(data []byte) {
+	var p fastjson.Parser
+	i := 0
+	for k := range sc.damaged {
+		d := &sc.damaged[k]
+		for i < len(sc.frames) && sc.frames[i].Start < d.End {
+			i++
+		}
+		for j := i; j < len(sc.frames) && d.After == nil; j++ {
+			f := sc.frames[j]
+			d.After = placeOf(&p, data[f.Start+frameHeaderSize:f.End])
+		}
+		d.setMissing()
+	}
+}
+
+// lastPlace returns the place of the last of the frames that has one.
+func (sc *segmentScan) lastPlace(data []byte) *logPlace {
+	var p fastjson.Parser
+	for i := len(sc.frames) - 1; i >= 0; i-- {
+		f := sc.frames[i]
+		if pl := placeOf(&p, data[f.Start+frameHeaderSize:f.End]); pl != nil {
+			return pl
+		}
+	}
+	return nil
 }
 
 // readSegmentBytes reads a segment file's uncompressed bytes, as far as they
@@ -227,13 +265,7 @@ func salvageSegment(path string, newest bool) (*segmentSalvage, error) {
 	sv := &segmentSalvage{data: data, scan: scanFrames(data, 0)}
 	sv.records = len(sv.scan.frames)
 	if t := sv.scan.tail; t.End > t.Start && (!newest || undecodable != nil) {
-		d := damagedRange{byteRange: t}
-		if n := len(sv.scan.frames); n > 0 {
-			var p fastjson.Parser
-			last := sv.scan.frames[n-1]
-			d.Before = placeOf(&p, data[last.Start+frameHeaderSize:last.End])
-		}
-		sv.scan.damaged = append(sv.scan.damaged, d)
+		sv.scan.damaged = append(sv.scan.damaged, damagedRange{byteRange: t, Before: sv.scan.lastPlace(data)})
 		sv.scan.tail = byteRange{}
 	}
 	if undecodable != nil {
@@ -241,13 +273,7 @@ func salvageSegment(path string, newest bool) (*segmentSalvage, error) {
 		if n := len(sv.scan.damaged); n > 0 && sv.scan.damaged[n-1].End == end {
 			sv.scan.damaged[n-1].End = -1
 		} else {
-			d := damagedRange{byteRange: byteRange{end, -1}}
-			if n := len(sv.scan.frames); n > 0 {
-				var p fastjson.Parser
-				last := sv.scan.frames[n-1]
-				d.Before = placeOf(&p, data[last.Start+frameHeaderSize:last.End])
-			}
-			sv.scan.damaged = append(sv.scan.damaged, d)
+			sv.scan.damaged = append(sv.scan.damaged, damagedRange{byteRange: byteRange{end, -1}, Before: sv.scan.lastPlace(data)})
 		}
 	}
 	return sv, nil

@@ -65,16 +65,32 @@ func (s *Spool) sealPending() {
 		}
 		id := s.sealQueue[0]
 		s.stateMu.Unlock()
+		if s.opts.beforeSeal != nil {
+			s.opts.beforeSeal(id)
+		}
 		err := s.seal(id)
 		if errors.Is(err, errStopped) {
 			return // resumes at the next open
 		}
-		s.stateMu.Lock()
-		s.sealQueue = s.sealQueue[1:]
-		s.stateMu.Unlock()
+		// By value: while seal waited for the segment, quarantine may have
+		// taken it off the queue (its replacement is sealed already), and
+		// the queue's head is then another segment that still needs it.
+		s.unqueueSeal(id)
 		if err != nil {
 			// The plain segment stays; it is as readable, only larger.
 			s.log.Error("cannot compress a sealed spool segment; keeping it uncompressed", "segment", segmentName(id), "err", err)
+		}
+	}
+}
+
+// unqueueSeal takes segment id off the seal queue, if it is still there.
+func (s *Spool) unqueueSeal(id uint64) {
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
+	for i, q := range s.sealQueue {
+		if q == id {
+			s.sealQueue = append(s.sealQueue[:i], s.sealQueue[i+1:]...)
+			return
 		}
 	}
 }
@@ -231,9 +247,13 @@ func (s *Spool) reclaim(now time.Time) {
 			// The stored hashes of the segment's events must be on disk
 			// before the events go: a crash would otherwise need them.
 			if err := s.chain.tree.sync(); err != nil {
-				s.log.Error("cannot fsync the log's tree state; not deleting spool segments", "err", err)
+				why := fmt.Sprintf("the log's tree state, which a recomputation after a crash would need their events for, cannot be written and fsynced (%v)", err)
+				if old := s.reclaimBlocked.Swap(&why); old == nil || *old != why {
+					s.log.Error("cannot fsync the log's tree state; not deleting spool segments", "err", err)
+				}
 				return
 			}
+			s.reclaimBlocked.Store(nil)
 		}
 		s.segFiles.Lock()
 		err := os.Remove(path)

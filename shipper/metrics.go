@@ -117,6 +117,12 @@ func (s *Spool) Register(reg prometheus.Registerer) error {
 				Name: "auditproxy_checkpoint_interval_seconds",
 				Help: "The longest time between two checkpoints (--checkpoint-interval): a newest checkpoint older than twice this means the log stopped signing.",
 			}, func() float64 { return s.chain.opts.CheckpointInterval.Seconds() }))
+		if s.chain.opts.Witness {
+			cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "auditproxy_witness_proofs_abandoned_total",
+				Help: "Times the log stopped keeping the hashes of a consistency proof from the size the witness last cosigned, because they would pass an eighth of --spool-max-bytes (the witness absent or refusing for that long): the spool does not wait for the witness, and that witness cannot cosign this log again without such a proof. Must stay 0.",
+			}, func() float64 { return float64(s.chain.witnessAbandonedN.Load()) }))
+		}
 	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {

@@ -45,10 +45,16 @@ type segmentDamage struct {
 //   - the damaged file is kept beside it as NAME.damaged (a hard link made
 //     before the replacement, so a crash at any point leaves the old file
 //     or the new one in place, and the old one kept), never read again by
-//     the spool, and counted in the spool's size;
-//   - a segment_damaged event records what was lost, the metric
-//     auditproxy_spool_segments_damaged_total counts it, and an error is
-//     logged.
+//     the spool, and counted in the spool's size; a .damaged file already
+//     there from an earlier quarantine of the same segment is kept too;
+//   - a segment_damaged event records what was lost, committed before the
+//     replacement is renamed in: once the damaged file is out of the way
+//     nothing else says what it lost, so a crash before that commit, or a
+//     spool that cannot commit (closed, or its commits failing), leaves the
+//     segment as it was, to be quarantined again (a crash after the commit
+//     and before the rename records the damage twice, never not at all);
+//   - the metric auditproxy_spool_segments_damaged_total counts it, and an
+//     error is logged.
 //
 // It returns how offsets of the damaged segment map to the new one (a
 // record's end to the same record's end): positions in it (the
@@ -56,6 +62,9 @@ type segmentDamage struct {
 func (s *Spool) quarantine(id uint64) (func(int64) int64, error) {
 	s.segFiles.Lock()
 	defer s.segFiles.Unlock()
+	if s.isClosed() {
+		return nil, fmt.Errorf("segment %s is damaged; the spool is closed, so its segment_damaged event cannot be recorded: it is quarantined after the next start", segmentName(id))
+	}
 	s.stateMu.Lock()
 	idx := -1
 	for i, sg := range s.segs {
@@ -91,22 +100,46 @@ func (s *Spool) quarantine(id uint64) (func(int64) int64, error) {
 	}
 
 	base := filepath.Join(s.dir, segmentName(id))
-	damaged := filepath.Base(path) + damagedExt
 	tmp := base + sealedExt + tmpExt
 	if err := writeCompressed(tmp, sv.intactBytes()); err != nil {
 		os.Remove(tmp)
 		return nil, fmt.Errorf("write the intact records of damaged segment %s: %w", segmentName(id), err)
 	}
-	damagedPath := filepath.Join(s.dir, damaged)
-	os.Remove(damagedPath) // left by an attempt a crash interrupted: the same bytes as path
+	damagedPath, leftover, err := s.damagedPath(path)
+	if err != nil {
+		os.Remove(tmp)
+		return nil, err
+	}
 	if err := os.Link(path, damagedPath); err != nil {
 		os.Remove(tmp)
 		return nil, fmt.Errorf("keep damaged segment %s aside: %w", segmentName(id), err)
 	}
-	if err := syncDir(s.dir); err != nil {
+	s.otherBytes.Add(-leftover) // the same bytes, counted again below
+	undo := func() {
 		os.Remove(tmp)
+		os.Remove(damagedPath) // a link: the damaged segment stays in place
+		syncDir(s.dir)
+	}
+	if err := syncDir(s.dir); err != nil {
+		undo()
 		return nil, err
 	}
+
+	damaged := filepath.Base(damagedPath)
+	details := segmentDamage{Segment: filepath.Base(base + sealedExt), SavedTo: damaged, RecordsKept: sv.records, Damaged: sv.scan.damaged}
+	src := audit.Source{}
+	if s.chain != nil {
+		src = s.chain.opts.Source
+	}
+	ev, err := audit.NewOpsEvent(TypeSegmentDamaged, details, src, time.Now())
+	if err == nil {
+		err = s.append(func(dst []byte) []byte { return append(dst, ev...) }, true)
+	}
+	if err != nil {
+		undo()
+		return nil, fmt.Errorf("segment %s is damaged, and its segment_damaged event cannot be committed (%w): it stays in place until it can", segmentName(id), err)
+	}
+
 	if err := os.Rename(tmp, base+sealedExt); err != nil {
 		os.Remove(tmp)
 		return nil, err
@@ -134,38 +167,51 @@ func (s *Spool) quarantine(id uint64) (func(int64) int64, error) {
 			s.segs[i].sealed, s.segs[i].size = true, fi.Size()
 		}
 	}
-	for i, q := range s.sealQueue {
-		if q == id {
-			s.sealQueue = append(s.sealQueue[:i], s.sealQueue[i+1:]...)
-			break
-		}
-	}
 	if s.acked.Segment == id {
 		s.acked.Offset = sv.translate(s.acked.Offset)
 	}
 	s.stateMu.Unlock()
+	s.unqueueSeal(id) // its replacement is sealed
 	s.otherBytes.Add(damagedSize)
 	s.metrics.damaged.Inc()
-
-	details := segmentDamage{Segment: filepath.Base(base + sealedExt), SavedTo: damaged, RecordsKept: sv.records, Damaged: sv.scan.damaged}
 	s.log.Error("a spool segment is damaged: its intact records are kept and shipped, the damaged file is kept aside, and a segment_damaged event records what was lost",
 		"segment", details.Segment, "saved_to", damaged, "records_kept", sv.records, "damaged", sv.scan.damaged)
-	src := audit.Source{}
-	if s.chain != nil {
-		src = s.chain.opts.Source
-	}
-	ev, err := audit.NewOpsEvent(TypeSegmentDamaged, details, src, time.Now())
-	if err == nil {
-		err = s.appendNoWait(ev)
-	}
-	if err != nil {
-		s.log.Error("cannot record the segment_damaged event", "err", err)
-	}
 	return sv.translate, nil
 }
 
+// damagedPath returns the name the damaged segment file at path is kept
+// under: path.damaged, or, when an earlier quarantine of the same segment
+// (its replacement damaged in turn) kept a file there, the first free
+// path.N.damaged. A path.damaged that is path itself (a link left by an
+// attempt a crash interrupted) is removed and reused; leftover is its size.
+func (s *Spool) damagedPath(path string) (_ string, leftover int64, _ error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", 0, err
+	}
+	for n := 1; ; n++ {
+		p := path + damagedExt
+		if n > 1 {
+			p = fmt.Sprintf("%s.%d%s", path, n, damagedExt)
+		}
+		di, err := os.Stat(p)
+		if errors.Is(err, os.ErrNotExist) {
+			return p, 0, nil
+		}
+		if err != nil {
+			return "", 0, err
+		}
+		if os.SameFile(fi, di) {
+			if err := os.Remove(p); err != nil {
+				return "", 0, err
+			}
+			return p, di.Size(), nil
+		}
+	}
+}
+
 // firstPlaceAfter returns the log place of the first intact record of the
-// segment after id, nil if none.
+// segment after id that has one, nil if none.
 func (s *Spool) firstPlaceAfter(id uint64) *logPlace {
 	s.stateMu.Lock()
 	var next uint64
@@ -180,14 +226,16 @@ func (s *Spool) firstPlaceAfter(id uint64) *logPlace {
 		return nil
 	}
 	path, _ := segmentPath(s.dir, next)
-	var first []byte
+	var p fastjson.Parser
+	var first *logPlace
 	errFound := errors.New("found")
 	scanSegmentFile(path, true, func(_ int64, rec []byte) error {
-		first = append(first[:0], rec...)
-		return errFound
+		if first = placeOf(&p, rec); first != nil {
+			return errFound
+		}
+		return nil
 	})
-	var p fastjson.Parser
-	return placeOf(&p, first)
+	return first
 }
 
 // writeCompressed writes data to path as a sealed segment (one zstd

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -83,6 +84,9 @@ type SpoolOptions struct {
 	Logger *slog.Logger
 
 	statfs func(dir string) (free, total int64, err error) // tests fake it
+	// beforeSeal, in tests, runs in the maintenance loop between taking
+	// segment id from the head of the seal queue and sealing it.
+	beforeSeal func(id uint64)
 }
 
 func (o *SpoolOptions) setDefaults() {
@@ -192,14 +196,22 @@ type Spool struct {
 	otherBytes atomic.Int64               // bytes of the spool's other files (quarantined damage, state)
 	segFiles   sync.Mutex                 // held while a segment file is sealed, deleted or quarantined
 	refusal    atomic.Pointer[AdmitError] // set while the spool is not writable
+	// reclaimBlocked says why no segment can be deleted (the log's tree
+	// state cannot be fsynced), nil when they can.
+	reclaimBlocked atomic.Pointer[string]
 
 	recorded atomic.Int64
+	maxEvent int // maxEventSize, fixed at open
 
 	maint     chan struct{} // wakes the maintenance loop
 	sealQueue []uint64
 	maintDone chan struct{}
 	stateFile sync.Mutex // serialises state writes
 	stateSize int64      // of state.json, under stateFile
+
+	// pending is a new log epoch a previous start began and did not
+	// commit (see pendingEpochFile), nil if none; read by openLog.
+	pending *pendingEpoch
 
 	// Recovery says what opening found.
 	Recovery RecoveryReport
@@ -282,6 +294,11 @@ func OpenSpool(dataDir string, opts SpoolOptions) (*Spool, error) {
 		}
 		s.otherBytes.Store(otherFileBytes(s.dir)) // log.json may be new
 	}
+	origin := ""
+	if s.chain != nil {
+		origin = s.chain.origin
+	}
+	s.maxEvent = maxEventSize(origin)
 	s.metrics.spool = s
 	if len(s.Recovery.Lost) > 0 {
 		s.metrics.damaged.Inc()
@@ -299,6 +316,9 @@ func (s *Spool) recover() error {
 	if stateErr != nil {
 		st = spoolState{}
 	}
+	if err := s.loadPendingEpoch(); err != nil {
+		return err
+	}
 	segs, leftovers, err := listSegments(s.dir)
 	if err != nil {
 		return fmt.Errorf("read spool dir: %w", err)
@@ -309,11 +329,23 @@ func (s *Spool) recover() error {
 		}
 	}
 	activeRecords := -1 // unknown
+	moved := false      // positions in the active segment moved with a repair
 	if len(segs) == 0 || segs[len(segs)-1].sealed {
-		var next uint64 = 1
+		// The newest segment is sealed: a crash between a rotation and the
+		// next commit, or the active segment is gone. Sealed segments are
+		// complete, so the state file says whether committed records were
+		// in a later one.
+		var newest uint64
 		if len(segs) > 0 {
-			next = segs[len(segs)-1].id + 1
+			newest = segs[len(segs)-1].id
 		}
+		if w := st.Written; w.Segment > newest+1 || w.Segment == newest+1 && w.Offset > int64(len(segmentMagic)) {
+			s.committedLost(st.Written, fmt.Sprintf("the spool's newest segment is %s (sealed) and segment %s is missing",
+				segmentName(newest), segmentName(w.Segment)))
+		}
+		// A new segment never takes the id of one the state file names:
+		// its positions would point into the wrong records.
+		next := max(newest, st.Written.Segment, st.Acked.Segment) + 1
 		if err := s.createSegment(next); err != nil {
 			return err
 		}
@@ -328,6 +360,7 @@ func (s *Spool) recover() error {
 		if translate != nil {
 			// The segment was rewritten without its damage: positions in it
 			// move with the records they follow.
+			moved = true
 			if st.Written.Segment == last.id {
 				st.Written.Offset = translate(st.Written.Offset)
 			}
@@ -341,11 +374,7 @@ func (s *Spool) recover() error {
 		}
 		s.active, s.activeID, s.activeSize, last.size = f, last.id, end, end
 		if st.Written.Segment == last.id && st.Written.Offset > end || st.Written.Segment > last.id {
-			s.Recovery.CommittedLost = true
-			s.Recovery.CommittedLostDetail = fmt.Sprintf("the state file says records up to %s were committed; the spool ends at %s",
-				st.Written, Pos{last.id, end})
-			s.log.Error("the spool state says more was committed than the active segment holds: the disk lost fsynced data; a new log epoch says so",
-				"segment", segmentName(last.id), "state_written", st.Written.String(), "found", Pos{last.id, end}.String())
+			s.committedLost(st.Written, fmt.Sprintf("the spool ends at %s", Pos{last.id, end}))
 		}
 	}
 	s.activeOpened = time.Now()
@@ -359,10 +388,6 @@ func (s *Spool) recover() error {
 		used += sg.size
 	}
 	s.used.Store(used)
-	s.otherBytes.Store(otherFileBytes(s.dir))
-	if fi, err := os.Stat(filepath.Join(s.dir, stateFileName)); err == nil {
-		s.stateSize = fi.Size()
-	}
 	s.segs = segs
 	s.committed = Pos{s.activeID, s.activeSize}
 	s.acked = st.Acked
@@ -374,7 +399,40 @@ func (s *Spool) recover() error {
 	if stateErr != nil {
 		s.stateLost(stateErr, segs, activeRecords)
 	}
+	if fi, err := os.Stat(filepath.Join(s.dir, stateFileName)); err == nil {
+		s.stateSize = fi.Size() // after stateLost moved an unreadable one aside
+	}
+	s.otherBytes.Store(otherFileBytes(s.dir))
+	if moved || s.Recovery.CommittedLost {
+		// The state file must say where the spool ends now: a repair moved
+		// positions, or committed records were lost. Kept until the next
+		// clean stop (without forwarding it is written only then), it
+		// would report a loss again at the next crash, and start another
+		// epoch for nothing. What was lost is in the pending epoch file by
+		// now.
+		if s.Recovery.CommittedLost {
+			if err := s.recordPendingEpoch(); err != nil {
+				return err
+			}
+		}
+		if err := s.SaveState(); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// committedLost records that the state file says records up to written were
+// committed and the spool no longer holds them (found says what it holds):
+// the disk lost fsynced data. The log starts a new epoch that says so.
+func (s *Spool) committedLost(written Pos, found string) {
+	detail := fmt.Sprintf("the state file says records up to %s were committed; %s", written, found)
+	if s.Recovery.CommittedLost && s.Recovery.CommittedLostDetail != detail {
+		detail = s.Recovery.CommittedLostDetail + "; " + detail
+	}
+	s.Recovery.CommittedLost, s.Recovery.CommittedLostDetail = true, detail
+	s.log.Error("the spool state says more was committed than the spool holds: the disk lost fsynced data; a new log epoch says so",
+		"state_written", written.String(), "found", found)
 }
 
 // stateLost says what a start without a usable state file does: with
@@ -448,25 +506,64 @@ func otherFileBytes(dir string) int64 {
 	return n
 }
 
-// createSegment starts segment id as the active one.
+// createSegment starts segment id as the active one. The file is created
+// exclusively, never over a segment that holds records. A file of that name
+// that holds part of a header at most (what a creation that failed, or a
+// crash during one, leaves) is taken over. A creation that fails removes
+// its file again: left behind, it would fail every later rotation, and the
+// active segment would grow until the spool is full.
 func (s *Spool) createSegment(id uint64) error {
-	path := filepath.Join(s.dir, segmentName(id)+segmentExt)
+	name := segmentName(id) + segmentExt
+	path := filepath.Join(s.dir, name)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("create segment: %w", err)
+	if errors.Is(err, os.ErrExist) {
+		f, err = takeOverUnwrittenSegment(path)
 	}
-	if _, err := f.WriteString(segmentMagic); err == nil {
-		err = f.Sync()
+	if err != nil {
+		return fmt.Errorf("create segment %s: %w", name, err)
+	}
+	if _, err = f.WriteString(segmentMagic); err == nil {
+		err = s.sync(f)
 	}
 	if err == nil {
 		err = syncDir(s.dir)
 	}
 	if err != nil {
 		f.Close()
-		return fmt.Errorf("create segment %s: %w", segmentName(id), err)
+		if rerr := os.Remove(path); rerr == nil {
+			syncDir(s.dir)
+		} else if !errors.Is(rerr, os.ErrNotExist) {
+			err = fmt.Errorf("%w; and its partial file cannot be removed (%v)", err, rerr)
+		}
+		return fmt.Errorf("create segment %s: %w", name, err)
 	}
 	s.active, s.activeID, s.activeSize = f, id, int64(len(segmentMagic))
 	return nil
+}
+
+// takeOverUnwrittenSegment opens the segment file at path for append,
+// emptied, if it holds no more than a part of a segment's header: no record
+// was ever committed to it.
+func takeOverUnwrittenSegment(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0)
+	if err != nil {
+		return nil, err
+	}
+	head := make([]byte, len(segmentMagic)+1)
+	n, err := f.ReadAt(head, 0)
+	if err != nil && err != io.EOF {
+		f.Close()
+		return nil, err
+	}
+	if n > len(segmentMagic) || !bytes.HasPrefix([]byte(segmentMagic), head[:n]) {
+		f.Close()
+		return nil, fmt.Errorf("%s already exists and holds more than a segment header; not overwriting it", path)
+	}
+	if err := f.Truncate(0); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // repairSegment checks every frame of the active segment id and returns
@@ -508,8 +605,11 @@ func (s *Spool) repairSegment(id uint64) (int64, int, func(int64) int64, error) 
 	}
 	if len(cut) > 0 {
 		q := fmt.Sprintf("%s.%d%s", path, end, quarantineExt)
-		if err := os.WriteFile(q, cut, 0o600); err != nil {
+		if err := writeFileSynced(q, cut); err != nil {
 			return 0, 0, nil, fmt.Errorf("save torn tail to %s: %w", q, err)
+		}
+		if err := syncDir(s.dir); err != nil {
+			return 0, 0, nil, err
 		}
 		s.Recovery.RecordsCut++
 		s.Recovery.BytesCut += int64(len(cut))
@@ -556,18 +656,18 @@ func (s *Spool) repairDamage(id uint64, path string, data []byte) (int64, int, f
 	name := segmentName(id) + segmentExt
 	for _, d := range sv.scan.damaged {
 		q := fmt.Sprintf("%s.%d%s", path, d.Start, quarantineExt)
-		if err := os.WriteFile(q, data[d.Start:d.End], 0o600); err != nil {
+		if err := writeFileSynced(q, data[d.Start:d.End]); err != nil {
 			return 0, 0, nil, fmt.Errorf("save damaged bytes to %s: %w", q, err)
 		}
 		lr := LostRange{Segment: name, damagedRange: d, Bytes: d.End - d.Start, SavedTo: filepath.Base(q)}
-		s.Recovery.Lost = append(s.Recovery.Lost, lr)
+		s.Recovery.addLost(lr)
 		s.log.Error("committed records of the spool are damaged; every intact record after the damage is kept, the damaged bytes saved, and a new log epoch says what was lost",
 			"segment", name, "offset", d.Start, "end", d.End, "bytes", d.End-d.Start, "last_intact_before", d.Before,
 			"first_intact_after", d.After, "missing_seqs", d.Missing, "saved_to", q)
 	}
 	if t := sv.scan.tail; t.End > t.Start {
 		q := fmt.Sprintf("%s.%d%s", path, t.Start, quarantineExt)
-		if err := os.WriteFile(q, data[t.Start:t.End], 0o600); err != nil {
+		if err := writeFileSynced(q, data[t.Start:t.End]); err != nil {
 			return 0, 0, nil, fmt.Errorf("save torn tail to %s: %w", q, err)
 		}
 		s.Recovery.RecordsCut++
@@ -575,7 +675,12 @@ func (s *Spool) repairDamage(id uint64, path string, data []byte) (int64, int, f
 		s.log.Warn("cut a torn or corrupt record from the end of the spool (the process or machine stopped while committing it; its request was never answered in full)",
 			"segment", name, "offset", t.Start, "bytes", t.End-t.Start, "saved_to", q)
 	}
+	// The damaged bytes are on disk, and what they cost is recorded for the
+	// new epoch, before the segment that holds them is replaced.
 	if err := syncDir(s.dir); err != nil {
+		return 0, 0, nil, err
+	}
+	if err := s.recordPendingEpoch(); err != nil {
 		return 0, 0, nil, err
 	}
 	repaired := sv.intactBytes()
@@ -586,7 +691,7 @@ func (s *Spool) repairDamage(id uint64, path string, data []byte) (int64, int, f
 }
 
 // lastPlaceBefore returns the log place of the last intact record of the
-// segment before id, nil if none.
+// segment before id that has one, nil if none.
 func (s *Spool) lastPlaceBefore(id uint64) *logPlace {
 	segs, _, err := listSegments(s.dir)
 	if err != nil {
@@ -602,13 +707,15 @@ func (s *Spool) lastPlaceBefore(id uint64) *logPlace {
 		return nil
 	}
 	path, _ := segmentPath(s.dir, prev.id)
-	var last []byte
+	var p fastjson.Parser
+	var last *logPlace
 	scanSegmentFile(path, false, func(_ int64, rec []byte) error {
-		last = append(last[:0], rec...)
+		if pl := placeOf(&p, rec); pl != nil {
+			last = pl
+		}
 		return nil
 	})
-	var p fastjson.Parser
-	return placeOf(&p, last)
+	return last
 }
 
 // validPrefix returns the length of the longest prefix of a segment's bytes
@@ -641,10 +748,46 @@ func (s *Spool) Admit() error {
 	if used := s.totalBytes(); used >= s.opts.MaxBytes {
 		s.wakeMaintenance() // acknowledged segments may make room
 		s.metrics.rejected.Inc()
-		return &AdmitError{Reason: "full", Retry: 5 * time.Second,
-			Err: fmt.Errorf("%w: %d of %d bytes hold events not yet acknowledged by the aggregator or within retention", ErrSpoolFull, used, s.opts.MaxBytes)}
+		return &AdmitError{Reason: "full", Retry: 5 * time.Second, Err: s.fullError(used)}
 	}
 	return nil
+}
+
+// fullError says what fills a spool at its bound: the segments, and what
+// keeps them (events not yet acknowledged, or retention), the log's tree
+// state, and the other files (saved damage, state files); and, when
+// acknowledged segments cannot be deleted, why.
+func (s *Spool) fullError(used int64) error {
+	s.stateMu.Lock()
+	var held, deletable int64 // bytes of segments that must stay, and of those that may go
+	for i, sg := range s.segs {
+		if s.opts.Forwarding && sg.id < s.acked.Segment && i < len(s.segs)-1 {
+			deletable += sg.size
+		} else {
+			held += sg.size
+		}
+	}
+	s.stateMu.Unlock()
+	var parts []string
+	if s.opts.Forwarding {
+		parts = append(parts, fmt.Sprintf("%d in segments holding events not yet acknowledged by the aggregator", held))
+		if deletable > 0 {
+			parts = append(parts, fmt.Sprintf("%d in acknowledged segments (deleted as room is needed)", deletable))
+		}
+	} else {
+		parts = append(parts, fmt.Sprintf("%d in segments, kept without --forward until --retention deletes them", held))
+	}
+	if s.chain != nil {
+		parts = append(parts, fmt.Sprintf("%d in the log's tree state (log.tree)", s.chain.tree.size.Load()))
+	}
+	if n := s.otherBytes.Load(); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d in saved damage (.corrupt, .damaged, kept until an operator removes them) and state files", n))
+	}
+	msg := strings.Join(parts, ", ")
+	if why := s.reclaimBlocked.Load(); why != nil {
+		msg += "; acknowledged segments cannot be deleted: " + *why
+	}
+	return fmt.Errorf("%w: %d of %d bytes: %s", ErrSpoolFull, used, s.opts.MaxBytes, msg)
 }
 
 // Record implements audit.Recorder: it appends ev to the next commit and,
@@ -655,17 +798,36 @@ func (s *Spool) Record(ev *audit.Event) error {
 
 // Append records one event given as its JSON object.
 func (s *Spool) Append(event []byte) error {
-	if len(event) == 0 || len(event) > maxRecordSize {
-		return fmt.Errorf("event of %d bytes: want 1 to %d", len(event), maxRecordSize)
+	if len(event) == 0 || len(event) > s.maxEvent {
+		return s.eventSizeError(len(event))
 	}
 	return s.append(func(dst []byte) []byte { return append(dst, event...) }, s.opts.Durability != DurabilityAsync)
 }
 
-// appendNoWait records an event of the spool's own (segment_damaged) with
-// the next commit, without waiting for it: its caller may be one that a
-// commit waits for.
-func (s *Spool) appendNoWait(event []byte) error {
-	return s.append(func(dst []byte) []byte { return append(dst, event...) }, false)
+// MaxRecordBytes is the most bytes one record of the spool holds: an event
+// with its place in the log. A reader takes a longer frame for damage.
+const MaxRecordBytes = maxRecordSize
+
+// maxEventSize returns the most bytes of an event the spool takes: its
+// record, with the "log" member the committer adds (an origin escaped in
+// JSON at worst six bytes a byte, a prev hash, a seq), must fit in
+// maxRecordSize, or it would be committed and then read as damage.
+func maxEventSize(origin string) int {
+	if origin == "" {
+		return maxRecordSize
+	}
+	return maxRecordSize - (256 + 6*len(origin))
+}
+
+func (s *Spool) eventSizeError(n int) error {
+	return fmt.Errorf("event of %d bytes: the spool takes events of 1 to %d bytes (one record holds at most %d, with the event's place in the log)", n, s.maxEvent, maxRecordSize)
+}
+
+// isClosed reports whether Close was called.
+func (s *Spool) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
 }
 
 func (s *Spool) append(encode func([]byte) []byte, wait bool) error {
@@ -677,6 +839,11 @@ func (s *Spool) append(encode func([]byte) []byte, wait bool) error {
 	b := s.cur
 	start := len(b.buf)
 	b.buf = encode(append(b.buf, 0, 0, 0, 0))
+	if n := len(b.buf) - start - 4; n == 0 || n > s.maxEvent {
+		b.buf = b.buf[:start]
+		s.mu.Unlock()
+		return s.eventSizeError(n)
+	}
 	binary.LittleEndian.PutUint32(b.buf[start:], uint32(len(b.buf)-start-4))
 	b.n++
 	if b.n == 1 {
@@ -816,7 +983,9 @@ func (s *Spool) commit(b *batch, final, checkpoint bool) error {
 		if len(s.chain.cps) > 0 {
 			s.w.outageSince = time.Time{} // reported by the checkpoint just committed
 		}
-		s.chain.committed()
+		if s.chain.committed() {
+			s.epochStarted()
+		}
 		if s.chain.rebaseDue() {
 			s.wakeMaintenance()
 		}
@@ -1015,7 +1184,7 @@ func (s *Spool) frame(dst []byte, b *batch, final, checkpoint bool, now time.Tim
 			return dst, err
 		}
 		putFrameHeader(dst[start:])
-		s.chain.starting = nil
+		s.chain.starting, s.chain.startingNow = nil, true
 	}
 	for rest := b.buf; len(rest) >= 4; {
 		n := binary.LittleEndian.Uint32(rest)

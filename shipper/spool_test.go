@@ -390,6 +390,129 @@ func TestRecoveryOfAnInterruptedSegmentCreation(t *testing.T) {
 	}
 }
 
+// TestRotationAfterAFailedSegmentCreation: a segment creation that failed
+// (ENOSPC or EIO on the header's write or fsync) removes its file, and a
+// file that holds part of a header at most is taken over, so the next
+// rotation succeeds: left in the way, it failed every later rotation, the
+// active segment grew past every bound and, acknowledged or not, could
+// never be deleted. A file that holds records is never overwritten.
+func TestRotationAfterAFailedSegmentCreation(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		leftover []byte // in segment 2's place before the first rotation; nil: none
+		failSync bool   // the new segment's first fsync fails
+		rotates  bool
+	}{
+		{"an empty file left behind", []byte{}, false, true},
+		{"part of a header left behind", []byte(segmentMagic[:5]), false, true},
+		{"a whole header left behind", []byte(segmentMagic), false, true},
+		{"the new segment's fsync fails once", nil, true, true},
+		{"a segment with a record in the way", appendFrame([]byte(segmentMagic), testEvent(999)), false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			var logs logBuffer
+			s := openTestSpool(t, dir, SpoolOptions{Forwarding: true, SegmentMaxBytes: 4 << 10, MinFreeBytes: -1, Logger: logs.logger()})
+			second := filepath.Join(dir, SpoolDirName, segmentName(2)+segmentExt)
+			if tc.leftover != nil {
+				if err := os.WriteFile(second, tc.leftover, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var failed atomic.Bool
+			s.sync = func(f *os.File) error {
+				if tc.failSync && f.Name() == second && failed.CompareAndSwap(false, true) {
+					return errors.New("injected ENOSPC")
+				}
+				return f.Sync()
+			}
+			for i := range 100 { // about 13 KB: three segments
+				if err := s.Append(testEvent(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s.stateMu.Lock()
+			segs := len(s.segs)
+			s.stateMu.Unlock()
+			if tc.failSync && !failed.Load() {
+				t.Fatal("the injected failure was not met")
+			}
+			failures := len(logs.lines("cannot start a new spool segment; continuing in the current one"))
+			if !tc.rotates {
+				data, _ := os.ReadFile(second)
+				if !bytes.Equal(data, tc.leftover) || failures == 0 {
+					t.Errorf("segment 2 in the way: %d failed rotations logged, its file now %q", failures, data)
+				}
+				return
+			}
+			if segs < 3 || s.activeSize > 2*(4<<10) {
+				t.Errorf("%d segments, the active one %d bytes (max %d), %d failed rotations logged", segs, s.activeSize, 4<<10, failures)
+			}
+			if tc.failSync != (failures == 1) {
+				t.Errorf("%d failed rotations logged", failures)
+			}
+			s.Close()
+			if ids, _ := exportIDs(t, dir); len(ids) != 100 {
+				t.Errorf("%d events exported, want 100", len(ids))
+			}
+		})
+	}
+}
+
+// TestEventLargerThanARecordIsRefused: an event whose record, with its
+// place in the log, would pass maxRecordSize is refused with an error that
+// says so (the proxy then cuts that answer, as for any failed record),
+// instead of being committed and then read as damage. The margin left for
+// the place covers the longest origin escaping can make. The spool goes on.
+func TestEventLargerThanARecordIsRefused(t *testing.T) {
+	signer, keys := testSigner(t)
+	opts := logOpts(signer)
+	opts.Name = `node"\` + strings.Repeat(`"`, 40) // escaped at two bytes a byte
+	dir := t.TempDir()
+	s := openTestSpool(t, dir, SpoolOptions{Log: opts})
+	if err := s.Append(testEvent(1)); err != nil {
+		t.Fatal(err)
+	}
+	// The margin: what placing an event in the log adds to it.
+	var added int
+	r := s.newReader(Pos{})
+	for {
+		rec, _, ok, err := r.next()
+		if err != nil || !ok {
+			t.Fatal("event not read back", err)
+		}
+		if bytes.Contains(rec, []byte("ev-000001")) {
+			added = len(rec) - len(testEvent(1))
+			break
+		}
+	}
+	r.Close()
+	if margin := maxRecordSize - maxEventSize(s.chain.origin); added > margin || margin > 1<<20 {
+		t.Errorf("placing an event adds %d bytes, the margin is %d", added, margin)
+	}
+	// Refused by size alone: a lower bound stands for maxEventSize, which
+	// the encoding of a 256 MiB event would take too long to reach here.
+	s.mu.Lock()
+	s.maxEvent = 4 << 10
+	s.mu.Unlock()
+	big := &audit.Event{V: 1, Type: audit.TypeInference, ID: "big", Payload: &audit.Payload{Age: make([]byte, 4<<10)}}
+	for name, err := range map[string]error{
+		"Record": s.Record(big),
+		"Append": s.Append(append(testEvent(2)[:len(testEvent(2))-1], `,"pad":"`+strings.Repeat("x", 5<<10)+`"}`...)),
+	} {
+		if err == nil || !strings.Contains(err.Error(), "the spool takes events of 1 to 4096 bytes") {
+			t.Errorf("%s of an event larger than a record: %v", name, err)
+		}
+	}
+	if err := s.Append(testEvent(3)); err != nil {
+		t.Fatalf("after a refused event: %v", err)
+	}
+	s.Close()
+	if r := verifyDataDir(t, dir, keys); !r.OK || r.Origins[0].Events != 4 {
+		t.Errorf("after refused events:\n%s", problems(r))
+	}
+}
+
 // waitFor polls cond for up to 5 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()

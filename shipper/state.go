@@ -86,3 +86,20 @@ func writeFileAtomic(path string, data []byte) error {
 	}
 	return err
 }
+
+// writeFileSynced writes data to path (mode 0600) and fsyncs it; the caller
+// fsyncs the directory.
+func writeFileSynced(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -70,10 +70,22 @@ type treeFile struct {
 	base   int64  // M
 	hdr    int64  // bytes before the first stored hash
 	front  map[int64]tlog.Hash
-	n      atomic.Int64 // stored hashes below this index are readable
+	n      atomic.Int64 // stored hashes below this index are in the file
 	size   atomic.Int64 // the file's bytes
-	buf    []byte
+	// backlog holds stored hashes from index n on whose write failed; they
+	// are written before the next ones, and read from here meanwhile.
+	// broken is set once the backlog would pass treeBacklogMax: then no
+	// hash past n is kept (appends fail), and sync fails, so that no
+	// segment whose events a rebuild needs is deleted; the next start
+	// rebuilds the rest from the spool.
+	backlog    []byte
+	broken     error
+	backlogMax int // treeBacklogMax; tests lower it
 }
+
+// treeBacklogMax bounds the stored hashes kept in memory while writing
+// them to the tree state fails: 32 MiB, half a million events.
+const treeBacklogMax = 1 << 20
 
 // baseSize returns the tree size the file proves from.
 func (t *treeFile) baseSize() int64 {
@@ -104,7 +116,7 @@ func frontierIndexes(m int64) []int64 {
 // openTreeFile opens the tree state in dir: log.tree, or the previous
 // release's tree.hashes, or a new empty log.tree.
 func openTreeFile(dir string) (*treeFile, error) {
-	t := &treeFile{dir: dir}
+	t := &treeFile{dir: dir, backlogMax: treeBacklogMax}
 	path := filepath.Join(dir, treeFileName)
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if errors.Is(err, os.ErrNotExist) {
@@ -219,21 +231,18 @@ func (t *treeFile) writeNew(path, origin string, base int64, front []tlog.Hash, 
 	if err == nil {
 		err = os.Rename(tmp, path)
 	}
-	if err == nil {
-		err = syncDir(t.dir)
-	}
 	if err != nil {
 		f.Close()
 		os.Remove(tmp)
 		return fmt.Errorf("write the log's tree state: %w", err)
 	}
+	// Renamed: the new file is the tree state now, whether or not the
+	// directory's fsync below succeeds. Appending to the old one, no
+	// longer linked, would lose every hash after.
 	if t.f != nil {
 		t.f.Close()
 	}
-	if t.legacy {
-		os.Remove(filepath.Join(t.dir, legacyTreeName))
-		syncDir(t.dir)
-	}
+	wasLegacy := t.legacy
 	t.f, t.legacy, t.origin, t.base, t.hdr = f, false, origin, base, int64(len(hdr))
 	t.front = map[int64]tlog.Hash{}
 	for i, x := range frontierIndexes(base) {
@@ -241,7 +250,31 @@ func (t *treeFile) writeNew(path, origin string, base int64, front []tlog.Hash, 
 	}
 	t.n.Store(tlog.StoredHashCount(base) + int64(len(body))/tlog.HashSize)
 	t.size.Store(int64(len(hdr) + len(body)))
+	t.backlog, t.broken = nil, nil
+	if err := syncDir(t.dir); err != nil {
+		return fmt.Errorf("write the log's tree state: fsync its directory: %w", err)
+	}
+	if wasLegacy {
+		os.Remove(filepath.Join(t.dir, legacyTreeName))
+		syncDir(t.dir)
+	}
 	return nil
+}
+
+// leaves returns the number of leaves whose stored hashes the file holds
+// whole: the largest k with StoredHashCount(k) <= n.
+func (t *treeFile) leaves() int64 {
+	n := t.n.Load()
+	lo, hi := t.base, max(t.base, n) // StoredHashCount(k) >= k
+	for lo < hi {
+		mid := lo + (hi-lo+1)/2
+		if tlog.StoredHashCount(mid) <= n {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return lo
 }
 
 // ReadHashes implements tlog.HashReader.
@@ -258,12 +291,19 @@ func (t *treeFile) readHashes(indexes []int64) ([]tlog.Hash, error) {
 		if idx < bi {
 			h, ok := t.front[idx]
 			if !ok {
-				return nil, fmt.Errorf("stored hash %d is no longer kept: the log keeps what proofs from tree size %d on need (the size the witness last cosigned, else the newest checkpoint's)", idx, t.base)
+				return nil, fmt.Errorf("stored hash %d is no longer kept: the log keeps what proofs from tree size %d on need (the size the witness last cosigned, else the newest checkpoint's, also when the witness has not cosigned for so long that its proof's hashes would pass an eighth of --spool-max-bytes)", idx, t.base)
 			}
 			out[i] = h
 			continue
 		}
 		if n := t.n.Load(); idx >= n {
+			if k := idx - n; k < int64(len(t.backlog)/tlog.HashSize) {
+				copy(out[i][:], t.backlog[k*tlog.HashSize:])
+				continue
+			}
+			if t.broken != nil {
+				return nil, fmt.Errorf("stored hash %d not kept (have %d): %w", idx, n, t.broken)
+			}
 			return nil, fmt.Errorf("stored hash %d not written (have %d)", idx, n)
 		}
 		if _, err := t.f.ReadAt(out[i][:], t.hdr+(idx-bi)*tlog.HashSize); err != nil {
@@ -273,23 +313,45 @@ func (t *treeFile) readHashes(indexes []int64) ([]tlog.Hash, error) {
 	return out, nil
 }
 
-// append adds stored hashes after the last one.
+// append adds stored hashes after the last one. A failed write does not
+// move the end: the hashes are kept in the backlog (readable, and written
+// with the next append, sync or rewrite), so that the next ones never land
+// at the indexes of those that failed.
 func (t *treeFile) append(hashes []tlog.Hash) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	buf := t.buf[:0]
-	for _, h := range hashes {
-		buf = append(buf, h[:]...)
+	if t.broken != nil {
+		return t.broken
 	}
-	if cap(buf) <= 1<<20 {
-		t.buf = buf
+	for _, h := range hashes {
+		t.backlog = append(t.backlog, h[:]...)
+	}
+	return t.flushBacklog()
+}
+
+// flushBacklog writes the backlog after the last stored hash. Called with
+// t.mu held.
+func (t *treeFile) flushBacklog() error {
+	if len(t.backlog) == 0 {
+		return nil
 	}
 	off := t.hdr + (t.n.Load()-t.baseIndex())*tlog.HashSize
-	if _, err := t.f.WriteAt(buf, off); err != nil {
-		return err
+	if _, err := t.f.WriteAt(t.backlog, off); err != nil {
+		n := len(t.backlog) / tlog.HashSize
+		if n > t.backlogMax {
+			t.backlog = nil
+			t.broken = fmt.Errorf("the log's tree state has been failing to write for %d stored hashes (%w); it is rebuilt from the spool's events at the next start", n, err)
+			return t.broken
+		}
+		return fmt.Errorf("write %d stored hashes to the log's tree state (kept in memory, written with the next): %w", n, err)
 	}
-	t.n.Add(int64(len(hashes)))
-	t.size.Store(off + int64(len(buf)))
+	t.n.Add(int64(len(t.backlog) / tlog.HashSize))
+	t.size.Store(off + int64(len(t.backlog)))
+	if cap(t.backlog) > 1<<20 {
+		t.backlog = nil
+	} else {
+		t.backlog = t.backlog[:0]
+	}
 	return nil
 }
 
@@ -342,6 +404,9 @@ func (t *treeFile) rebase(base int64, origin string) (bool, error) {
 	if t.origin != origin && !t.legacy {
 		return false, nil // a new epoch meanwhile
 	}
+	if t.broken != nil {
+		return false, t.broken
+	}
 	if n := t.n.Load(); n > upTo {
 		more := make([]byte, (n-upTo)*tlog.HashSize)
 		if _, err := t.f.ReadAt(more, t.hdr+(upTo-t.baseIndex())*tlog.HashSize); err != nil {
@@ -349,7 +414,8 @@ func (t *treeFile) rebase(base int64, origin string) (bool, error) {
 		}
 		body = append(body, more...)
 	}
-	return true, t.writeNew(filepath.Join(t.dir, treeFileName), origin, base, front, body)
+	// Hashes whose write failed go into the new file.
+	return true, t.writeNew(filepath.Join(t.dir, treeFileName), origin, base, front, append(body, t.backlog...))
 }
 
 // worthRebasing reports whether rebase(base) would rewrite the file: it
@@ -362,7 +428,7 @@ func (t *treeFile) worthRebasing(base int64) bool {
 }
 
 func (t *treeFile) worthRebasingLocked(base int64) bool {
-	if base <= t.base || tlog.StoredHashCount(base) > t.n.Load() {
+	if base <= t.base || tlog.StoredHashCount(base) > t.n.Load() || t.broken != nil {
 		return false
 	}
 	drop := (tlog.StoredHashCount(base) - t.baseIndex()) * tlog.HashSize
@@ -370,10 +436,17 @@ func (t *treeFile) worthRebasingLocked(base int64) bool {
 	return drop >= treeRewriteMin && drop >= keep
 }
 
-// sync fsyncs the file (before a spool segment is deleted: see above).
+// sync writes the backlog and fsyncs the file (before a spool segment is
+// deleted: see above). It fails while a hash is not in the file.
 func (t *treeFile) sync() error {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.broken != nil {
+		return t.broken
+	}
+	if err := t.flushBacklog(); err != nil {
+		return err
+	}
 	return t.f.Sync()
 }
 

@@ -2,6 +2,7 @@ package shipper
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -291,6 +292,10 @@ func TestTreeStateAfterACrash(t *testing.T) {
 				defer s.stateMu.Unlock()
 				return len(s.sealQueue) == 0
 			})
+			// The damage below is placed with the live file's header and
+			// size: the image must hold the same file, not one the
+			// maintenance loop is about to rewrite smaller.
+			waitFor(t, "the maintenance loop to catch up", func() bool { return !s.chain.rebaseDue() })
 			origin := s.chain.origin
 			image := crashImage(t, dir) // kill -9: no final checkpoint
 			tc.damage(t, filepath.Join(image, SpoolDirName), s.chain.tree)
@@ -370,5 +375,357 @@ func TestLogContinuesWhenEveryEventWasDeleted(t *testing.T) {
 	first := placeOf(&p, bytes.SplitN(out.Bytes(), []byte("\n"), 2)[0])
 	if first == nil || first.Origin != s.chain.origin || first.Seq != size {
 		t.Fatalf("the first event after the restart is at %+v, want seq %d of %s", first, size, s.chain.origin)
+	}
+}
+
+// spoolStoredHashes returns every stored hash of origin's tree, computed
+// from the events of a spool directory (tlog.StoredHashIndex order), as a
+// tlog.HashReader.
+func spoolStoredHashes(t *testing.T, spoolDir, origin string) storedHashList {
+	t.Helper()
+	var p fastjson.Parser
+	var tree audit.Tree
+	var all storedHashList
+	err := forEachRecord(spoolDir, func(rec []byte) error {
+		if pl := placeOf(&p, rec); pl == nil || pl.Origin != origin {
+			return nil
+		}
+		leaf, _, err := audit.LeafHash(&p, nil, rec)
+		if err != nil {
+			return err
+		}
+		all = tree.Append(leaf, all)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return all
+}
+
+type storedHashList []tlog.Hash
+
+func (l storedHashList) ReadHashes(idx []int64) ([]tlog.Hash, error) {
+	out := make([]tlog.Hash, len(idx))
+	for i, x := range idx {
+		out[i] = l[x]
+	}
+	return out, nil
+}
+
+// failTreeWrites makes the tree state's writes fail (as ENOSPC or EIO
+// would) until the returned function is called.
+func failTreeWrites(t *testing.T, tf *treeFile) (restore func()) {
+	t.Helper()
+	ro, err := os.Open(filepath.Join(tf.dir, treeFileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tf.mu.Lock()
+	good := tf.f
+	tf.f = ro
+	tf.mu.Unlock()
+	return func() {
+		tf.mu.Lock()
+		tf.f = good
+		tf.mu.Unlock()
+		ro.Close()
+	}
+}
+
+// TestTreeStateWriteFailures: a failed write of the tree state does not
+// move its end. The hashes are kept, readable, and written with the next
+// ones, so that those never land at the indexes of the ones that failed
+// (which made every consistency proof after them wrong: a witness then
+// reports a fork). While a hash is not in the file, it cannot be fsynced,
+// so no segment is deleted. The log verifies, also after a restart.
+func TestTreeStateWriteFailures(t *testing.T) {
+	signer, keys := testSigner(t)
+	for _, tc := range []struct {
+		name       string
+		failFor    int // commits whose tree writes fail
+		backlogMax int // hashes kept in memory meanwhile; 0: the default
+	}{
+		{"one failed write", 1, 0},
+		{"writes failing for a while", 12, 0},
+		{"writes failing past the hashes kept in memory", 12, 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			var logs logBuffer
+			s := openTestSpool(t, dir, SpoolOptions{Log: logOpts(signer), Logger: logs.logger()})
+			for i := range 10 {
+				s.Append(testEvent(i))
+			}
+			tf := s.chain.tree
+			if tc.backlogMax > 0 {
+				tf.mu.Lock()
+				tf.backlogMax = tc.backlogMax
+				tf.mu.Unlock()
+			}
+			restore := failTreeWrites(t, tf)
+			for i := 10; i < 10+tc.failFor; i++ {
+				if err := s.Append(testEvent(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Meanwhile: every hash readable and right, none fsyncable.
+			size := s.chain.size.Load()
+			want := spoolStoredHashes(t, s.dir, s.chain.origin)
+			got, err := s.TreeHashes().ReadHashes([]int64{int64(len(want)) - 1})
+			if tc.backlogMax == 0 && (err != nil || got[0] != want[len(want)-1]) {
+				t.Errorf("the newest stored hash while writes fail: %v", err)
+			}
+			if tc.backlogMax > 0 && err == nil {
+				t.Errorf("a stored hash past the bound is served: %v", got)
+			}
+			if err := tf.sync(); err == nil {
+				t.Error("the tree state fsyncs while hashes are not in it: a segment could be deleted")
+			}
+			if n := len(logs.lines("cannot write the log's tree state")); n != 1 {
+				t.Errorf("%d failures logged, want the first only", n)
+			}
+			restore()
+			for i := 10 + tc.failFor; i < 40; i++ {
+				s.Append(testEvent(i))
+			}
+			if tc.backlogMax > 0 {
+				// Past the bound, the hashes after the failure are rebuilt
+				// from the spool at the next start; until then nothing is
+				// deleted.
+				if err := tf.sync(); err == nil {
+					t.Error("the tree state fsyncs with hashes it no longer holds")
+				}
+				s.Close()
+				s2 := openTestSpool(t, dir, SpoolOptions{Log: logOpts(signer)})
+				s2.Append(testEvent(100))
+				s2.Close()
+				if r := verifyDataDir(t, dir, keys); !r.OK || len(r.Origins) != 1 {
+					t.Errorf("after the tree state was rebuilt:\n%s", problems(r))
+				}
+				return
+			}
+			if err := tf.sync(); err != nil {
+				t.Errorf("sync after the writes succeed again: %v", err)
+			}
+			size = s.chain.size.Load()
+			want = spoolStoredHashes(t, s.dir, s.chain.origin)
+			if n := tf.n.Load(); n != int64(len(want)) || n != tlog.StoredHashCount(size) {
+				t.Errorf("%d stored hashes in the file, want %d", n, len(want))
+			}
+			const m = 8
+			rm, _ := tlog.TreeHash(m, want)
+			for n := int64(m + 1); n <= size; n++ {
+				rn, _ := tlog.TreeHash(n, want)
+				proof, err := tlog.ProveTree(n, m, s.TreeHashes())
+				if err == nil {
+					err = tlog.CheckTree(proof, n, rn, m, rm)
+				}
+				if err != nil {
+					t.Fatalf("consistency proof from %d to %d: %v", m, n, err)
+				}
+			}
+			s.Close()
+			s2 := openTestSpool(t, dir, SpoolOptions{Log: logOpts(signer)})
+			s2.Append(testEvent(100))
+			s2.Close()
+			if r := verifyDataDir(t, dir, keys); !r.OK || len(r.Origins) != 1 {
+				t.Errorf("after failed tree writes:\n%s", problems(r))
+			}
+		})
+	}
+}
+
+// TestTreeStateIsCheckedAgainstTheSpool: a start trusts log.tree only as
+// far as the newest checkpoint's signed root checks it, and recomputes the
+// hashes after it from the spool's events; without a checkpoint to check
+// it, its last leaf must be the newest event's. A file whose hashes are
+// wrong after the newest checkpoint (a write that failed and was written
+// over, a bad sector), or before it with the tail after it lost, is
+// rebuilt: continuing from it, the sidecar signed checkpoints over roots
+// its events do not hash to.
+func TestTreeStateIsCheckedAgainstTheSpool(t *testing.T) {
+	signer, keys := testSigner(t)
+	// corrupt flips a byte of stored hash idx of the tree state file at path.
+	corrupt := func(t *testing.T, path string, tf *treeFile, idx int64) {
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		off := tf.hdr + (idx-tf.baseIndex())*tlog.HashSize
+		b := make([]byte, 1)
+		f.ReadAt(b, off)
+		b[0] ^= 0x40
+		f.WriteAt(b, off)
+	}
+	last := func(idx []int64) int64 { return idx[len(idx)-1] }
+	for _, tc := range []struct {
+		name       string
+		checkpoint bool // the spool holds a checkpoint before its newest events
+		damage     func(t *testing.T, path string, tf *treeFile, cpSize, n int64)
+	}{
+		{"a wrong hash after the newest checkpoint", true, func(t *testing.T, path string, tf *treeFile, cpSize, n int64) {
+			corrupt(t, path, tf, last(frontierIndexes(n)))
+		}},
+		{"a wrong hash before the newest checkpoint, the tail after it lost", true, func(t *testing.T, path string, tf *treeFile, cpSize, n int64) {
+			k := cpSize - 1
+			corrupt(t, path, tf, last(frontierIndexes(k)))
+			os.Truncate(path, tf.hdr+(tlog.StoredHashCount(k)-tf.baseIndex())*tlog.HashSize)
+		}},
+		{"a wrong last leaf and no checkpoint", false, func(t *testing.T, path string, tf *treeFile, cpSize, n int64) {
+			corrupt(t, path, tf, tlog.StoredHashIndex(0, n-1))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			opts := logOpts(signer)
+			if !tc.checkpoint {
+				opts.CheckpointEvery = 1000
+			}
+			s := openTestSpool(t, dir, SpoolOptions{Log: opts})
+			for i := 0; i < 24 || tc.checkpoint && s.chain.size.Load()-s.chain.cpSize.Load() < 4; i++ {
+				s.Append(testEvent(i))
+			}
+			origin, n, cpSize := s.chain.origin, s.chain.size.Load(), s.chain.cpSize.Load()
+			if tc.checkpoint != (cpSize > 0) {
+				t.Fatalf("newest checkpoint at %d", cpSize)
+			}
+			image := crashImage(t, dir) // kill -9
+			tc.damage(t, filepath.Join(image, SpoolDirName, treeFileName), s.chain.tree, cpSize, n)
+
+			s2 := openTestSpool(t, image, SpoolOptions{Log: logOpts(signer)})
+			for i := range 10 {
+				s2.Append(testEvent(100 + i))
+			}
+			s2.Close()
+			if s2.chain.origin != origin {
+				t.Errorf("a new epoch %s; the spool holds every event to rebuild the tree from", s2.chain.origin)
+			}
+			if r := verifyDataDir(t, image, keys); !r.OK {
+				t.Errorf("the log after a start from a wrong tree state:\n%s", problems(r))
+			}
+		})
+	}
+}
+
+// TestAbsentWitnessNeverFillsTheSpool: a witness that cosigned once and then
+// went away (down, or refusing every checkpoint) would have the log keep
+// the hashes of a proof from its size for ever, 64 bytes an event inside
+// the spool's bound, until every request is refused although the
+// aggregator acknowledged every event. Once they pass an eighth of the
+// bound, the log keeps them from the newest checkpoint on instead, says so
+// once (an error and a metric), and a proof from the witness's size says
+// why it cannot be made.
+func TestAbsentWitnessNeverFillsTheSpool(t *testing.T) {
+	signer, keys := testSigner(t)
+	opts := logOpts(signer)
+	opts.Witness = true
+	opts.CheckpointEvery = 200
+	const maxBytes = 1 << 20
+	dir := t.TempDir()
+	var logs logBuffer
+	s := openTestSpool(t, dir, SpoolOptions{Forwarding: true, MaxBytes: maxBytes, SegmentMaxBytes: 64 << 10, MinFreeBytes: -1,
+		Durability: DurabilityAsync, Log: opts, Logger: logs.logger()})
+	fillLog(t, s, 0, 300)
+	cosigned := s.chain.cpSize.Load()
+	s.WitnessCosigned(s.chain.origin, cosigned) // then the witness is gone
+	var largest int64
+	for i := 300; i < 20000; i += 500 {
+		fillLog(t, s, i, 500)
+		c, _ := s.Committed()
+		s.Ack(c) // the aggregator has every event
+		s.wakeMaintenance()
+		waitFor(t, "the maintenance loop to catch up", func() bool { return !s.chain.rebaseDue() })
+		largest = max(largest, s.chain.tree.size.Load())
+	}
+	waitFor(t, "acknowledged segments deleted", func() bool {
+		s.wakeMaintenance()
+		return s.Admit() == nil
+	})
+	if bound := int64(maxBytes/8 + treeRewriteMin); largest > bound {
+		t.Errorf("log.tree reached %d bytes, want at most %d (an eighth of the bound, and a rewrite's minimum)", largest, bound)
+	}
+	if got := registeredValue(t, s.Register, "auditproxy_witness_proofs_abandoned_total"); got != 1 {
+		t.Errorf("auditproxy_witness_proofs_abandoned_total = %v, want 1", got)
+	}
+	if n := len(logs.lines("the witness has not cosigned this log for so long")); n != 1 {
+		t.Errorf("said %d times, want once", n)
+	}
+	if _, err := tlog.ProveTree(s.chain.cpSize.Load(), cosigned, s.TreeHashes()); err == nil || !strings.Contains(err.Error(), "no longer kept") {
+		t.Errorf("a proof from the witness's size: %v", err)
+	}
+	s.Close()
+	if r := verifyDataDir(t, dir, keys); len(r.Origins) != 1 {
+		t.Errorf("%d origins", len(r.Origins))
+	}
+}
+
+// TestSpoolFullSaysWhatFillsIt: a spool at its bound refuses requests and
+// says what fills it, so that an operator knows what to do: events not yet
+// acknowledged (the aggregator), segments kept without forwarding
+// (--retention), saved damage (remove it once examined), the log's tree
+// state, or acknowledged segments that cannot be deleted (and why).
+func TestSpoolFullSaysWhatFillsIt(t *testing.T) {
+	signer, _ := testSigner(t)
+	for _, tc := range []struct {
+		name    string
+		opts    SpoolOptions
+		prepare func(t *testing.T, s *Spool) // before it is filled
+		ack     bool                         // every event is acknowledged
+		want    []string
+	}{
+		{"events not yet acknowledged", SpoolOptions{Forwarding: true, Log: logOpts(signer)}, nil, false,
+			[]string{"in segments holding events not yet acknowledged by the aggregator", "in the log's tree state (log.tree)"}},
+		{"no forwarding", SpoolOptions{}, nil, false,
+			[]string{"in segments, kept without --forward until --retention deletes them"}},
+		{"saved damage", SpoolOptions{Forwarding: true}, func(t *testing.T, s *Spool) {
+			os.WriteFile(filepath.Join(s.dir, segmentName(1)+sealedExt+damagedExt), make([]byte, 64<<10), 0o600)
+			s.otherBytes.Store(otherFileBytes(s.dir))
+		}, true, []string{"in saved damage (.corrupt, .damaged"}},
+		{"acknowledged segments that cannot be deleted", SpoolOptions{Forwarding: true, Log: logOpts(signer)}, func(t *testing.T, s *Spool) {
+			tf := s.chain.tree
+			tf.mu.Lock()
+			tf.backlogMax = 1
+			tf.mu.Unlock()
+			failTreeWrites(t, tf)
+		}, true, []string{"acknowledged segments cannot be deleted: the log's tree state", "in acknowledged segments"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := tc.opts
+			opts.MaxBytes, opts.SegmentMaxBytes, opts.MinFreeBytes = 64<<10, 4<<10, -1
+			s := openTestSpool(t, t.TempDir(), opts)
+			if tc.prepare != nil {
+				tc.prepare(t, s)
+			}
+			var err error
+			for i := 0; i < 5000 && err == nil; i++ {
+				if err := s.Append(testEvent(i)); err != nil {
+					t.Fatal(err)
+				}
+				if tc.ack {
+					c, _ := s.Committed()
+					s.Ack(c)
+				}
+				if err = s.Admit(); err != nil {
+					// Full once what can be done to make room was done.
+					waitFor(t, "sealing", func() bool {
+						s.stateMu.Lock()
+						defer s.stateMu.Unlock()
+						return len(s.sealQueue) == 0
+					})
+					s.reclaim(time.Now())
+					err = s.Admit()
+				}
+			}
+			if !errors.Is(err, ErrSpoolFull) {
+				t.Fatalf("Admit: %v", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Admit: %v\nwant it to say %q", err, w)
+				}
+			}
+		})
 	}
 }

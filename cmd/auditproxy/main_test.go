@@ -56,6 +56,8 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown spool-full policy", []string{"serve", "--upstream", "http://127.0.0.1:1", "--on-spool-full", "drop"}, nil, 2, "the only policy is reject"},
 		{"tiny spool", []string{"serve", "--upstream", "http://127.0.0.1:1", "--spool-max-bytes", "10KiB"}, nil, 2, "want at least 1MiB"},
 		{"segment larger than spool", []string{"serve", "--upstream", "http://127.0.0.1:1", "--spool-max-bytes", "1MiB", "--segment-max-bytes", "1MiB"}, nil, 2, "half of --spool-max-bytes"},
+		{"log name with a control character", []string{"serve", "--upstream", "http://127.0.0.1:1", "--log-name", "node\x01"}, nil, 2, `--log-name: log name "node\x01" holds U+0001, not a printable character`},
+		{"capture larger than a spool record", []string{"serve", "--upstream", "http://127.0.0.1:1", "--capture-max-bytes", "200MiB"}, nil, 2, "--capture-max-bytes 200MiB: want at most 64MiB"},
 		{"stray argument", []string{"export", "extra"}, nil, 2, `unexpected argument "extra"`},
 		{"export of a missing dir", []string{"export", "--data-dir", "/nonexistent/auditproxy"}, nil, 1, "export: data dir"},
 		{"keyid with the key as an argument", []string{"keyid", "sk-secret"}, nil, 2, "read from standard input, not from arguments"},

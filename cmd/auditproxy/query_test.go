@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/shipper"
 )
 
 var qT0 = time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
@@ -385,5 +386,72 @@ func TestQueryErrors(t *testing.T) {
 	}
 	if _, _, err := query(filepath.Join(dir, "missing")); err == nil || errors.As(err, new(usageError)) {
 		t.Errorf("missing path: %T %v", err, err)
+	}
+}
+
+// TestReadingALiveSpool: verify, query, prove and show read a live data
+// dir, whose segments are sealed (compressed, then the plain file removed)
+// and deleted as they read it. A segment sealed between the listing of its
+// directory and its opening is read from its compressed file; one deleted
+// meanwhile is not an error (export does the same); one listed in both
+// forms is read once.
+func TestReadingALiveSpool(t *testing.T) {
+	dataDir := t.TempDir()
+	sp, err := shipper.OpenSpool(dataDir, shipper.SpoolOptions{SegmentMaxBytes: 4 << 10, MinFreeBytes: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	for i := range n {
+		if err := sp.Append([]byte(qEvent(i, qT0, int64(i), "m", "", "ok", 1, 0, 1, 1))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spoolDir := filepath.Join(dataDir, shipper.SpoolDirName)
+	deadline := time.Now().Add(5 * time.Second)
+	var sealed []string
+	for len(sealed) < 3 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+		sealed, _ = filepath.Glob(filepath.Join(spoolDir, "*.seg.zst"))
+	}
+	sp.Close()
+	if len(sealed) < 3 {
+		t.Fatalf("%d sealed segments", len(sealed))
+	}
+	count := func(path string) (int, error) {
+		k := 0
+		err := readEvents(path, func([]byte) { k++ })
+		return k, err
+	}
+	want, err := count(spoolDir)
+	if err != nil || want != n {
+		t.Fatalf("%d events read, want %d: %v", want, n, err)
+	}
+	// Listed in both forms: the seal renamed the compressed file in and has
+	// not yet removed the plain one.
+	plain := strings.TrimSuffix(sealed[0], ".zst")
+	if err := os.WriteFile(plain, []byte("the plain form, about to be removed"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := count(spoolDir); err != nil || got != n {
+		t.Errorf("a segment listed in both forms: %d events, want %d: %v", got, n, err)
+	}
+	os.Remove(plain)
+	var fromSealed int
+	if err := readEvents(sealed[1], func([]byte) { fromSealed++ }); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		path string // as listed
+		want int
+	}{
+		{"sealed since it was listed", strings.TrimSuffix(sealed[1], ".zst"), fromSealed},
+		{"deleted since it was listed", sealed[2] + ".gone.seg.zst", 0},
+	} {
+		got := 0
+		if err := readEventFile(tc.path, func([]byte) { got++ }); err != nil || got != tc.want {
+			t.Errorf("%s: %d events, want %d: %v", tc.name, got, tc.want, err)
+		}
 	}
 }

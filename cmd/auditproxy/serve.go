@@ -206,6 +206,15 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	if c.segmentMaxBytes < 4<<10 || c.segmentMaxBytes > c.spoolMaxBytes/2 {
 		return nil, usageError{fmt.Sprintf("--segment-max-bytes %s: want 4KiB to half of --spool-max-bytes", c.segmentMaxBytes.String())}
 	}
+	// A captured exchange goes into its event: both bodies, encrypted (age
+	// adds 16 bytes every 64 KiB) and base64-encoded (4/3), so 64 MiB of
+	// each is about 171 MiB, within the spool's 256 MiB record with the
+	// rest of the event. A larger event would be refused, and its answer
+	// cut, every time.
+	if c.captureMaxBytes > maxCaptureBytes {
+		return nil, usageError{fmt.Sprintf("--capture-max-bytes %s: want at most %s (both bodies, encrypted and encoded, must fit in one spool record of %s)",
+			c.captureMaxBytes.String(), formatSize(maxCaptureBytes), formatSize(shipper.MaxRecordBytes))}
+	}
 	var capture *proxy.CaptureConfig
 	switch {
 	case c.capturePayloads && len(c.payloadRecipients) == 0:
@@ -221,6 +230,9 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	}
 	if c.logName == "" || strings.ContainsAny(c.logName, "\n") {
 		return nil, usageError{fmt.Sprintf("--log-name %q: want a non-empty name on one line", c.logName)}
+	}
+	if err := shipper.CheckLogName(c.logName); err != nil {
+		return nil, usageError{"--log-name: " + err.Error()}
 	}
 	if c.checkpointInterval < 10*time.Millisecond || c.checkpointEvery < 1 {
 		return nil, usageError{"--checkpoint-interval must be at least 10ms and --checkpoint-every at least 1"}
@@ -476,6 +488,9 @@ func (inst *instance) waitForSignal() error {
 	}
 	return inst.shutdown()
 }
+
+// maxCaptureBytes bounds --capture-max-bytes (see start).
+const maxCaptureBytes = 64 << 20
 
 // shutdown stops accepting, lets in-flight requests finish for up to the
 // shutdown timeout, commits and closes the spool, and ships what it can for

@@ -182,17 +182,14 @@ func readEvents(path string, add func([]byte)) error {
 		}
 		return damaged.orNil()
 	}
-	err = filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() || !isEventFileName(d.Name()) {
-			return nil
-		}
-		return damaged.collect(readEventFile(p, add))
-	})
+	files, err := eventSources(path)
 	if err != nil {
 		return err
+	}
+	for _, p := range files {
+		if err := damaged.collect(readEventFile(p, add)); err != nil {
+			return err
+		}
 	}
 	return damaged.orNil()
 }
@@ -233,17 +230,32 @@ func eventSources(path string) ([]string, error) {
 		return []string{path}, nil
 	}
 	var files []string
+	listed := map[string]bool{}
 	err = filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		if !d.IsDir() && isEventFileName(d.Name()) {
 			files = append(files, p)
+			listed[p] = true
 		}
 		return nil
 	})
-	return files, err
+	// A live spool's segment listed in both forms was being sealed: the
+	// compressed one is complete (renamed into place after its fsync), and
+	// the plain one about to go.
+	kept := files[:0]
+	for _, p := range files {
+		if !strings.HasSuffix(p, plainSegmentExt) || !listed[p+".zst"] {
+			kept = append(kept, p)
+		}
+	}
+	return kept, err
 }
+
+// plainSegmentExt is a spool segment's extension before it is sealed
+// (compressed) to NAME.seg.zst.
+const plainSegmentExt = ".seg"
 
 // readEventsConcurrently calls add with every event found at paths, as
 // readEvents does for each path, reading up to workers files at once (a
@@ -306,9 +318,24 @@ func readEventsConcurrently(paths []string, workers int, add func(src int, ev []
 	return damaged.orNil()
 }
 
+// readEventFile calls add with every event of the file at path. A spool
+// segment of a live data dir that went since it was listed is not an
+// error: a plain one was sealed (its compressed file holds the same
+// records, read instead), a sealed one deleted (retention, or shipped and
+// deleted to make room), as export reads them.
 func readEventFile(path string, add func([]byte)) error {
 	if shipper.IsSegmentFile(path) {
-		_, err := shipper.ReadSegmentFile(path, func(rec []byte) error { add(rec); return nil })
+		read := func(path string) error {
+			_, err := shipper.ReadSegmentFile(path, func(rec []byte) error { add(rec); return nil })
+			return err
+		}
+		err := read(path)
+		if errors.Is(err, fs.ErrNotExist) && strings.HasSuffix(path, plainSegmentExt) {
+			err = read(path + ".zst")
+		}
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
 		return err
 	}
 	f, err := os.Open(path)
