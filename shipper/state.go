@@ -67,17 +67,7 @@ func saveState(dir string, st spoolState) (int64, error) {
 // fsync it, rename it over path, fsync the directory.
 func writeFileAtomic(path string, data []byte) error {
 	tmp := path + tmpExt
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	err := writeFileSynced(tmp, data)
 	if err == nil {
 		err = os.Rename(tmp, path)
 	}
