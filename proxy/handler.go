@@ -156,7 +156,8 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		}
 		defer p.budget.give(int64(cap(x.textScratch)))
 	}
-	if f.valid && f.stream && !f.includeUsage && f.rewritable {
+	x.tap.kind = apiKindOf(ev.Path)
+	if f.valid && f.stream && !f.includeUsage && f.rewritable && hasStreamOptions(ev.Path) {
 		x.reqBody = withIncludeUsage(x.reqBody[:0], f)
 		if !p.budget.take(int64(cap(x.reqBody))) {
 			p.answerBodyError(ctx, x, errBodyOverBudget)

@@ -105,3 +105,120 @@ func dataField(line []byte) (value []byte, ok bool) {
 	}
 	return rest, true
 }
+
+// sseEventReader reads one SSE event that arrives in pieces, as
+// nextSSEEvent reads a whole one: the values of its data fields, joined
+// with "\n", go to a fieldScanner as they come, so that an event of any
+// size is read without being held.
+type sseEventReader struct {
+	state     sseReadState
+	name      [5]byte // the field name read so far, if it may be "data"
+	nameLen   int
+	dataLines int
+	// afterCR: the last byte read was a "\r" line end, which a "\n" may
+	// complete.
+	afterCR bool
+}
+
+type sseReadState uint8
+
+const (
+	sseLineStart sseReadState = iota
+	sseName                   // in a field name
+	sseDataSpace              // after "data:", where one space is dropped
+	sseData                   // in a data field's value
+	sseOther                  // in another field, or a comment
+)
+
+// feed reads b, the next bytes of the event, and returns how many it took:
+// all of b, or those through the blank line that ends the event (ended).
+func (r *sseEventReader) feed(b []byte, s *fieldScanner) (n int, ended bool) {
+	i := 0
+	if r.afterCR && len(b) > 0 {
+		r.afterCR = false
+		if b[0] == '\n' {
+			i++
+		}
+	}
+	for i < len(b) {
+		c := b[i]
+		switch r.state {
+		case sseLineStart:
+			if c == '\r' || c == '\n' {
+				return i + r.lineEnd(b, i), true
+			}
+			r.state, r.nameLen = sseName, 0
+		case sseName:
+			switch {
+			case c == ':':
+				r.state = sseOther
+				if r.isData() {
+					r.startData(s)
+					r.state = sseDataSpace
+				}
+				i++
+			case c == '\r' || c == '\n':
+				if r.isData() {
+					r.startData(s) // "data" alone: an empty value
+				}
+				i += r.lineEnd(b, i)
+				r.state = sseLineStart
+			default:
+				if r.nameLen < len(r.name) {
+					r.name[r.nameLen] = c
+				}
+				r.nameLen++
+				i++
+			}
+		case sseDataSpace:
+			r.state = sseData
+			if c == ' ' {
+				i++
+			}
+		case sseData, sseOther:
+			j := i
+			for j < len(b) && b[j] != '\r' && b[j] != '\n' {
+				j++
+			}
+			if r.state == sseData {
+				s.write(b[i:j])
+			}
+			i = j
+			if i < len(b) {
+				i += r.lineEnd(b, i)
+				r.state = sseLineStart
+			}
+		}
+	}
+	return i, false
+}
+
+func (r *sseEventReader) isData() bool {
+	return r.nameLen == 4 && string(r.name[:4]) == "data"
+}
+
+// startData begins a data field's value: after the first, a "\n" joins it
+// to the ones before.
+func (r *sseEventReader) startData(s *fieldScanner) {
+	if r.dataLines > 0 {
+		s.write(newline)
+	}
+	r.dataLines++
+}
+
+// lineEnd returns the length of the line end at b[i]: "\r\n", "\r" or
+// "\n". A "\r" at the end of b may be completed by the next piece.
+func (r *sseEventReader) lineEnd(b []byte, i int) int {
+	if b[i] == '\r' {
+		if i+1 < len(b) {
+			if b[i+1] == '\n' {
+				return 2
+			}
+			return 1
+		}
+		r.afterCR = true
+	}
+	return 1
+}
+
+var newline = []byte{'\n'}

@@ -21,14 +21,9 @@ const (
 	// event is larger, up to maxSSEEventSize.
 	tapBufferSize = 4 << 10
 	// maxSSEEventSize bounds the bytes held back for one incomplete SSE
-	// event. A larger event is passed through unparsed, and the rest of that
-	// stream with it.
-	maxSSEEventSize = 1 << 20
-	// jsonKeepLimit bounds the non-streamed JSON body kept for reading its
-	// usage; past it only the last jsonTailSize bytes are kept, where vLLM
-	// writes usage.
-	jsonKeepLimit = 256 << 10
-	jsonTailSize  = 16 << 10
+	// event. A larger event is handed out as it arrives and read on the way
+	// (see bigEvent): such an event is never a usage-only chunk to remove.
+	maxSSEEventSize = 64 << 10
 	// tapRetainLimit: a pooled tap whose buffers grew past this lets them go.
 	tapRetainLimit = 64 << 10
 )
@@ -63,10 +58,10 @@ type responseTap struct {
 	body io.Reader
 
 	status     int
-	sse        bool // the body is an SSE stream
-	json       bool // the body is JSON
-	stripUsage bool // remove usage-only SSE chunks (the proxy asked for them)
-	unparsed   bool // an SSE event overflowed maxSSEEventSize: pass the rest through
+	sse        bool    // the body is an SSE stream
+	json       bool    // the body is JSON
+	stripUsage bool    // remove usage-only SSE chunks (the proxy asked for them)
+	kind       apiKind // where the answer's usage and end are
 	// size is the body's Content-Length, -1 if unknown; read counts the
 	// body bytes read so far.
 	size, read int64
@@ -78,10 +73,17 @@ type responseTap struct {
 	eof, readFailed, gotFirst, done bool
 	readErr                         error
 
-	usage    usageInfo
-	scratch  []byte
-	jsonBody []byte
-	jsonTail bool // jsonBody holds only the body's tail
+	usage   usageInfo
+	scratch []byte
+	// scan reads a JSON body as it passes, or the data of an SSE event, into
+	// obj.
+	scan fieldScanner
+	obj  answerObject
+	// big reads an SSE event larger than maxSSEEventSize as it passes;
+	// inBig says one is being read, up to buf[bigScanned].
+	big        sseEventReader
+	inBig      bool
+	bigScanned int
 }
 
 // start prepares the tap for the upstream response resp, whose body is read
@@ -95,13 +97,18 @@ func (t *responseTap) start(resp *fasthttp.Response, body io.Reader, contentType
 	if t.buf == nil {
 		t.buf = make([]byte, tapBufferSize)
 	}
+	if t.json {
+		t.obj.reset()
+		t.scan.reset(answerSpec, &t.obj)
+	}
 }
 
 func (t *responseTap) reset() {
 	t.resp, t.body = nil, nil
 	t.out.Reset()
 	t.status = 0
-	t.sse, t.json, t.stripUsage, t.unparsed = false, false, false, false
+	t.sse, t.json, t.stripUsage, t.inBig = false, false, false, false
+	t.kind, t.bigScanned = apiOpenAI, 0
 	t.outStart, t.outEnd, t.ready, t.end = 0, 0, 0, 0
 	t.eof, t.readFailed, t.gotFirst, t.done = false, false, false, false
 	t.size, t.read, t.held, t.recorded = 0, 0, false, false
@@ -110,11 +117,6 @@ func (t *responseTap) reset() {
 	if cap(t.buf) > tapRetainLimit {
 		t.buf = nil
 	}
-	if cap(t.jsonBody) > tapRetainLimit {
-		t.jsonBody = nil
-	}
-	t.jsonBody = t.jsonBody[:0]
-	t.jsonTail = false
 }
 
 // Read implements io.Reader for fasthttp's server.
@@ -212,6 +214,7 @@ func (t *responseTap) fill() {
 	if t.outEnd > 0 {
 		n := copy(t.buf, t.buf[t.outEnd:t.end])
 		t.ready -= t.outEnd
+		t.bigScanned = max(t.bigScanned-t.outEnd, 0)
 		t.end = n
 		t.outStart, t.outEnd = 0, 0
 	}
@@ -226,10 +229,18 @@ func (t *responseTap) fill() {
 			t.ready = t.end
 			return
 		}
-		if len(t.buf) < maxSSEEventSize {
+		switch {
+		case len(t.buf) < maxSSEEventSize:
 			t.buf = append(t.buf, make([]byte, len(t.buf))...)
-		} else {
-			t.unparsed = true
+		case t.sse && !t.inBig:
+			// One event fills the buffer: read it as it passes.
+			t.inBig, t.bigScanned = true, t.ready
+			t.big = sseEventReader{}
+			t.obj.reset()
+			t.scan.reset(answerSpec, &t.obj)
+			t.scanEvents()
+			return
+		default:
 			t.ready = t.end
 			return
 		}
@@ -251,13 +262,13 @@ func (t *responseTap) fill() {
 	t.end += n
 	t.read += int64(n)
 	if t.json {
-		t.keepJSON(t.buf[prev:t.end])
+		t.scan.write(t.buf[prev:t.end])
 	}
 	switch {
 	case t.recorded:
 		t.ready = t.end
 	case t.held:
-	case t.sse && !t.unparsed:
+	case t.sse:
 		t.scanEvents()
 	case t.size >= 0 && t.read >= t.size:
 		t.held = true // the body's last bytes
@@ -286,6 +297,9 @@ func (t *responseTap) fill() {
 // the usage-only events the client did not ask for.
 func (t *responseTap) scanEvents() {
 	for {
+		if t.inBig && !t.scanBigEvent() {
+			return
+		}
 		ev, ok := nextSSEEvent(t.buf[t.ready:t.end], &t.scratch)
 		if !ok {
 			return
@@ -315,27 +329,66 @@ func (t *responseTap) inspectEvent(ev sseEvent) (remove bool) {
 		t.done = true
 		return false
 	}
-	if !bytes.Contains(d, []byte(`"usage"`)) && !bytes.Contains(d, []byte(`"error"`)) &&
-		(!bytes.Contains(d, []byte(`"finish_reason"`)) || bytes.Contains(d, []byte(`"finish_reason":null`))) {
+	if !mayCarryFields(t.kind, d) {
 		return false
 	}
-	jp := jsonParsers.Get()
-	usageOnly := scanResponseObject(jp, d, &t.usage)
-	jsonParsers.Put(jp)
+	usageOnly := readAnswerObject(&t.scan, &t.obj, t.kind, d, &t.usage)
+	if t.usage.ended {
+		t.done = true // the typed stream's last event: held with what follows
+	}
 	return usageOnly && t.stripUsage
 }
 
-func (t *responseTap) keepJSON(b []byte) {
-	if !t.jsonTail && len(t.jsonBody)+len(b) <= jsonKeepLimit {
-		t.jsonBody = append(t.jsonBody, b...)
-		return
+// mayCarryFields reports whether an SSE event's data may hold something
+// usageInfo reads. Most events carry only content (and an OpenAI chunk
+// "finish_reason":null); they are passed without a parse. The names
+// searched for cannot stand in a string value, where quotes are escaped.
+func mayCarryFields(kind apiKind, d []byte) bool {
+	if bytes.Contains(d, []byte(`"usage"`)) || bytes.Contains(d, []byte(`"error"`)) {
+		return true
 	}
-	t.jsonTail = true
-	t.jsonBody = append(t.jsonBody, b...)
-	if len(t.jsonBody) > 2*jsonTailSize {
-		n := copy(t.jsonBody, t.jsonBody[len(t.jsonBody)-jsonTailSize:])
-		t.jsonBody = t.jsonBody[:n]
+	switch kind {
+	case apiOpenAI:
+		return bytes.Contains(d, []byte(`"finish_reason"`)) && !bytes.Contains(d, []byte(`"finish_reason":null`))
+	case apiMessages:
+		return bytes.Contains(d, []byte(`"stop_reason"`)) || bytes.Contains(d, []byte(`"message_stop"`))
 	}
+	return false
+}
+
+// scanBigEvent reads on in an SSE event too large to hold, from bigScanned
+// to the end of the buffer, and hands out what it read. It reports whether
+// the event ended, ready then at the next event. The line ends read last
+// are held back until the event ends: a client dispatches an event at its
+// blank line, so the last event of a typed stream is not complete for the
+// client until the answer is recorded.
+func (t *responseTap) scanBigEvent() (ended bool) {
+	n, ended := t.big.feed(t.buf[t.bigScanned:t.end], &t.scan)
+	t.bigScanned += n
+	if !ended {
+		t.ready = max(t.ready, t.bigScanned-trailingLineEnds(t.buf[t.ready:t.bigScanned]))
+		return false
+	}
+	t.inBig = false
+	if t.big.dataLines > 0 && t.scan.close() {
+		t.usage.add(t.kind, &t.obj)
+		if t.usage.ended {
+			t.done, t.held = true, true
+			t.ready = max(t.ready, t.bigScanned-trailingLineEnds(t.buf[t.ready:t.bigScanned]))
+			return false
+		}
+	}
+	t.ready = t.bigScanned
+	return true
+}
+
+// trailingLineEnds counts the "\r" and "\n" bytes that end b.
+func trailingLineEnds(b []byte) int {
+	n := 0
+	for n < len(b) && (b[len(b)-1-n] == '\n' || b[len(b)-1-n] == '\r') {
+		n++
+	}
+	return n
 }
 
 // finish completes the event and records it: when the upstream body ended
@@ -359,14 +412,8 @@ func (t *responseTap) finish(err error) error {
 		// still streams; CloseWithError releases the upstream then.
 		t.releaseUpstream()
 	}
-	if t.json && len(t.jsonBody) > 0 {
-		jp := jsonParsers.Get()
-		if t.jsonTail {
-			scanUsageTail(jp, t.jsonBody, &t.usage)
-		} else {
-			scanResponseObject(jp, t.jsonBody, &t.usage)
-		}
-		jsonParsers.Put(jp)
+	if t.json && t.read > 0 && t.scan.close() {
+		t.usage.add(t.kind, &t.obj)
 	}
 
 	start := x.strs.mark()
@@ -374,9 +421,13 @@ func (t *responseTap) finish(err error) error {
 	ev.Output.Hash = x.strs.since(start)
 	ev.Output.Bytes = t.out.Bytes()
 	ev.Output.FinishReason = t.usage.finishReason
-	if t.usage.hasUsage {
-		x.inTokens, x.outTokens = t.usage.promptTokens, t.usage.completionTokens
-		ev.Input.Tokens, ev.Output.Tokens = &x.inTokens, &x.outTokens
+	if t.usage.input.known {
+		x.inTokens = t.usage.input.n
+		ev.Input.Tokens = &x.inTokens
+	}
+	if t.usage.output.known {
+		x.outTokens = t.usage.output.n
+		ev.Output.Tokens = &x.outTokens
 	}
 	ev.Status.Code = t.status
 	switch {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -18,9 +19,14 @@ type lastEvent struct{ ev audit.Event }
 
 func (l *lastEvent) Record(ev *audit.Event) error {
 	l.ev = *ev
-	if ev.Output.Tokens != nil { // the proxy reuses what the pointers point at
+	// The proxy reuses what the pointers point at.
+	if ev.Output.Tokens != nil {
 		n := *ev.Output.Tokens
 		l.ev.Output.Tokens = &n
+	}
+	if ev.Input.Tokens != nil {
+		n := *ev.Input.Tokens
+		l.ev.Input.Tokens = &n
 	}
 	return nil
 }
@@ -65,6 +71,12 @@ func vllmStream(words int) string {
 // bufSize. It returns what the client got and the event.
 func runTap(t *testing.T, stream string, strip bool, upSizes []byte, bufSize int) ([]byte, audit.Event) {
 	t.Helper()
+	return runTapAs(t, apiOpenAI, "text/event-stream; charset=utf-8", stream, strip, upSizes, bufSize)
+}
+
+// runTapAs is runTap for an answer of API kind and Content-Type ctype.
+func runTapAs(t *testing.T, kind apiKind, ctype, stream string, strip bool, upSizes []byte, bufSize int) ([]byte, audit.Event) {
+	t.Helper()
 	rec := &lastEvent{}
 	kid, _ := hashing.NewKeyIDer(make([]byte, 32))
 	p, err := New(Config{Upstream: "http://127.0.0.1:1", KeyIDer: kid, Recorder: rec})
@@ -72,10 +84,11 @@ func runTap(t *testing.T, stream string, strip bool, upSizes []byte, bufSize int
 		t.Fatal(err)
 	}
 	x := p.acquireExchange()
-	x.ev.Stream = true
+	x.ev.Stream = strings.HasPrefix(ctype, "text/event-stream")
 	x.tap.stripUsage = strip
 	x.tap.status = 200
-	x.tap.start(fasthttp.AcquireResponse(), &splitReader{data: []byte(stream), sizes: upSizes}, []byte("text/event-stream; charset=utf-8"), -1)
+	x.tap.kind = kind
+	x.tap.start(fasthttp.AcquireResponse(), &splitReader{data: []byte(stream), sizes: upSizes}, []byte(ctype), -1)
 	var got []byte
 	buf := make([]byte, bufSize)
 	for {
@@ -126,6 +139,80 @@ func TestTapEventLargerThanItsBuffer(t *testing.T) {
 		t.Errorf("usage not read after a large event: %+v", ev.Output)
 	}
 }
+
+// TestTapEventLargerThanItHolds: an SSE event larger than the tap holds (a
+// first chunk with the prompt_token_ids of a long prompt) is handed out as
+// it arrives and read on the way; the stream after it is read as before,
+// so the usage chunk the proxy asked for is still removed and its counts
+// recorded.
+func TestTapEventLargerThanItHolds(t *testing.T) {
+	ids := strings.Repeat("128000,", 300000) // 2.1 MB
+	first := "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}],\"prompt_token_ids\":[" + ids + "1]}\n\n"
+	for _, tc := range []struct {
+		name, stream, removed string
+		in, out               int64
+		finish                string
+	}{
+		{"a large first chunk", first + strings.Repeat(textChunk, 30) + finalChunk + usageChunk + doneChunk, usageChunk, 9, 51, "length"},
+		{"a large chunk with CRLF line ends", strings.ReplaceAll(first, "\n", "\r\n") + finalChunk + usageChunk + doneChunk, usageChunk, 9, 51, "length"},
+		{"usage inside the large chunk (continuous usage)",
+			strings.Replace(first, `"prompt_token_ids"`, `"usage":{"prompt_tokens":300001,"completion_tokens":0},"prompt_token_ids"`, 1) +
+				strings.Replace(finalChunk, `"stop_reason":null}]`, `"stop_reason":null}],"usage":{"prompt_tokens":300001,"completion_tokens":2}`, 1) + doneChunk,
+			"", 300001, 2, "length"},
+		{"a large finish chunk", roleChunk + strings.Replace(finalChunk, `"content":"end"`, `"content":"`+strings.Repeat("y", 200000)+`"`, 1) + usageChunk + doneChunk,
+			usageChunk, 9, 51, "length"},
+	} {
+		for _, sizes := range [][]byte{{255}, {0, 200, 3}, {254, 254, 254, 254, 254, 254, 254}} {
+			got, ev := runTap(t, tc.stream, tc.removed != "", sizes, 4096)
+			want := tc.stream
+			if tc.removed != "" {
+				want = strings.Replace(want, tc.removed, "", 1)
+			}
+			if string(got) != want {
+				t.Fatalf("%s split %v: client got %d bytes, want %d", tc.name, sizes, len(got), len(want))
+			}
+			if ev.Input.Tokens == nil || *ev.Input.Tokens != tc.in || ev.Output.Tokens == nil || *ev.Output.Tokens != tc.out ||
+				ev.Output.FinishReason != tc.finish || ev.Status.Outcome != audit.OutcomeOK {
+				t.Errorf("%s split %v: tokens %v/%v, finish %q, outcome %s", tc.name, sizes, ev.Input.Tokens, ev.Output.Tokens, ev.Output.FinishReason, ev.Status.Outcome)
+			}
+		}
+	}
+}
+
+// TestTapReadsBodiesOfAnySize: a JSON answer is read as it passes, so
+// usage is found wherever it stands in a body of any size.
+func TestTapReadsBodiesOfAnySize(t *testing.T) {
+	results := strings.Repeat(`{"index":1,"document":{"text":"`+strings.Repeat("d", 900)+`"},"relevance_score":0.25},`, 2000)
+	ids := strings.Repeat("4242,", 400000)
+	for _, tc := range []struct {
+		name, body string
+		in, out    *int64
+		finish     string
+	}{
+		{"rerank: usage first, 1.8 MB of results", `{"id":"rerank-1","model":"m","usage":{"prompt_tokens":812,"total_tokens":812},"results":[` + results + `{}]}`,
+			ptr(812), nil, ""},
+		{"chat: prompt_token_ids after usage", `{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop","token_ids":[1,2]}],"usage":{"prompt_tokens":400001,"total_tokens":400003,"completion_tokens":2},"prompt_logprobs":null,"prompt_token_ids":[` + ids + `1],"kv_transfer_params":null}`,
+			ptr(400001), ptr(2), "stop"},
+		{"embeddings: completion_tokens 0 is known", `{"object":"list","data":[{"embedding":[0.5]}],"usage":{"prompt_tokens":3,"total_tokens":3,"completion_tokens":0}}`,
+			ptr(3), ptr(0), ""},
+		{"usage of a shape no API has", `{"text":"hello","usage":{"type":"duration","seconds":4}}`, nil, nil, ""},
+		{"not JSON after all", `{"usage":{"prompt_tokens":3,"completion_tokens":4}`, nil, nil, ""},
+	} {
+		for _, sizes := range [][]byte{{255}, {0, 17}} {
+			got, ev := runTapAs(t, apiOpenAI, "application/json", tc.body, false, sizes, 4096)
+			if string(got) != tc.body {
+				t.Fatalf("%s: client got %d bytes, want %d", tc.name, len(got), len(tc.body))
+			}
+			if !sameCount(ev.Input.Tokens, tc.in) || !sameCount(ev.Output.Tokens, tc.out) || ev.Output.FinishReason != tc.finish {
+				t.Errorf("%s split %v: tokens %v/%v finish %q, want %v/%v %q", tc.name, sizes, ev.Input.Tokens, ev.Output.Tokens, ev.Output.FinishReason, tc.in, tc.out, tc.finish)
+			}
+		}
+	}
+}
+
+func ptr(n int64) *int64 { return &n }
+
+func sameCount(a, b *int64) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
 
 // FuzzTap: however the upstream's bytes are split into reads, and however
 // small the server's buffer, the client gets the stream less the usage chunk,
@@ -204,11 +291,15 @@ type recordWatcher struct {
 	handed *int
 	atRec  int
 	n      int
+	then   *lastEvent
 }
 
-func (r *recordWatcher) Record(*audit.Event) error {
+func (r *recordWatcher) Record(ev *audit.Event) error {
 	r.atRec = *r.handed
 	r.n++
+	if r.then != nil {
+		return r.then.Record(ev)
+	}
 	return nil
 }
 
@@ -218,13 +309,23 @@ func (r *recordWatcher) Record(*audit.Event) error {
 func TestTapHoldsBackTheEnd(t *testing.T) {
 	body := `{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"content":"` + strings.Repeat("z", 5000) +
 		`"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4}}`
+	responses := "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"status\":\"in_progress\",\"usage\":null}}\n\n" +
+		strings.Repeat("event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"w \"}\n\n", 20)
+	completed := "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"status\":\"completed\",\"output\":[{\"content\":[{\"text\":\"%s\"}]}],\"usage\":{\"input_tokens\":4,\"output_tokens\":20}}}\n\n"
+	messages := "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":4,\"output_tokens\":0}}}\n\n" +
+		"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":20}}\n\n"
+	stop := "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
 	for _, tc := range []struct {
 		name, stream, ctype string
+		kind                apiKind
 		size                int
 		lastPart            string
 	}{
-		{"json of known length", body, "application/json", len(body), ""},
-		{"sse", vllmStream(20), "text/event-stream", -1, doneChunk},
+		{"json of known length", body, "application/json", apiOpenAI, len(body), ""},
+		{"sse", vllmStream(20), "text/event-stream", apiOpenAI, -1, doneChunk},
+		{"responses stream", responses + fmt.Sprintf(completed, "short"), "text/event-stream", apiResponses, -1, fmt.Sprintf(completed, "short")},
+		{"responses stream with a large last event", responses + fmt.Sprintf(completed, strings.Repeat("long ", 30000)), "text/event-stream", apiResponses, -1, "\n\n"},
+		{"messages stream", messages + stop + doneChunk, "text/event-stream", apiMessages, -1, stop + doneChunk},
 	} {
 		for _, sizes := range [][]byte{{255}, {0, 17}, {99}} {
 			handed := 0
@@ -236,6 +337,10 @@ func TestTapHoldsBackTheEnd(t *testing.T) {
 			}
 			x := p.acquireExchange()
 			x.tap.status = 200
+			x.tap.kind = tc.kind
+			x.ev.Stream = tc.size < 0
+			var last lastEvent
+			rec.then = &last
 			x.tap.start(nil, &splitReader{data: []byte(tc.stream), sizes: sizes}, []byte(tc.ctype), tc.size)
 			var got []byte
 			buf := make([]byte, 1000)
@@ -258,7 +363,10 @@ func TestTapHoldsBackTheEnd(t *testing.T) {
 				t.Errorf("%s split %v: event recorded after all %d bytes were handed out", tc.name, sizes, rec.atRec)
 			}
 			if tc.lastPart != "" && rec.atRec > len(tc.stream)-len(tc.lastPart) {
-				t.Errorf("%s: %d bytes handed out before the event, past the start of %q", tc.name, rec.atRec, tc.lastPart)
+				t.Errorf("%s: %d bytes handed out before the event, past the start of %.40q", tc.name, rec.atRec, tc.lastPart)
+			}
+			if ev := last.ev; ev.Status.Outcome != audit.OutcomeOK || ev.Output.Tokens == nil {
+				t.Errorf("%s: outcome %s %s, output tokens %v", tc.name, ev.Status.Outcome, ev.Status.Error, ev.Output.Tokens)
 			}
 		}
 	}

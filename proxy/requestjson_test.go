@@ -5,8 +5,6 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf16"
-
-	"github.com/valyala/fastjson"
 )
 
 func TestParseRequestFields(t *testing.T) {
@@ -123,47 +121,6 @@ func TestWithIncludeUsage(t *testing.T) {
 	}
 }
 
-func TestScanResponseObject(t *testing.T) {
-	tests := []struct {
-		name      string
-		in        string
-		want      usageInfo
-		usageOnly bool
-	}{
-		{"usage chunk", `{"id":"x","choices":[],"usage":{"prompt_tokens":3,"total_tokens":10,"completion_tokens":7}}`,
-			usageInfo{promptTokens: 3, completionTokens: 7, hasUsage: true}, true},
-		{"finish chunk", `{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":"stop","stop_reason":null}]}`,
-			usageInfo{finishReason: "stop"}, false},
-		{"continuous usage chunk keeps its choice", `{"choices":[{"index":0,"delta":{},"finish_reason":null}],"usage":{"prompt_tokens":1,"completion_tokens":2}}`,
-			usageInfo{promptTokens: 1, completionTokens: 2, hasUsage: true}, false},
-		{"nested error", `{"error":{"message":"boom","type":"InternalServerError","param":null,"code":500}}`,
-			usageInfo{isError: true, errorType: "InternalServerError"}, false},
-		{"flat error", `{"object":"error","message":"boom","type":"BadRequestError","param":null,"code":400}`,
-			usageInfo{isError: true, errorType: "BadRequestError"}, false},
-		{"second choice's finish reason is not the first's", `{"choices":[{"index":1,"finish_reason":"length"}]}`, usageInfo{}, false},
-		{"not an object", `[]`, usageInfo{}, false},
-	}
-	var p fastjson.Parser
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var u usageInfo
-			if got := scanResponseObject(&p, []byte(tt.in), &u); got != tt.usageOnly || u != tt.want {
-				t.Errorf("got usageOnly=%v %+v, want %v %+v", got, u, tt.usageOnly, tt.want)
-			}
-		})
-	}
-}
-
-func TestScanUsageTail(t *testing.T) {
-	var p fastjson.Parser
-	var u usageInfo
-	tail := []byte(`0.25,0.5]}],"usage":{"prompt_tokens":12,"total_tokens":12,"completion_tokens":0,"prompt_tokens_details":{"x":"}"}}}`)
-	scanUsageTail(&p, tail, &u)
-	if !u.hasUsage || u.promptTokens != 12 {
-		t.Errorf("got %+v", u)
-	}
-}
-
 // FuzzRequestFields checks the request reader against encoding/json, which
 // like Python's json keeps the last of duplicate keys and replaces invalid
 // UTF-8 and lone surrogates: every body it reads as an object is valid, with
@@ -223,25 +180,4 @@ func FuzzRequestFields(f *testing.F) {
 func mustMarshal(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
-}
-
-// FuzzResponseObject checks that any SSE data or response body is scanned
-// without panic, and that a usage-only verdict implies an empty choices
-// array and a usage object.
-func FuzzResponseObject(f *testing.F) {
-	for _, s := range []string{`{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}`,
-		`{"error":{"type":"X"}}`, `{"object":"error","type":"Y"}`, `{"choices":[{"index":0,"finish_reason":"stop"}]}`} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		var p fastjson.Parser
-		var u usageInfo
-		usageOnly := scanResponseObject(&p, b, &u)
-		if usageOnly && !u.hasUsage {
-			t.Fatalf("usage-only without usage: %q", b)
-		}
-		var tail usageInfo
-		scanUsageTail(&p, b, &tail)
-		_ = jsonObjectPrefix(b)
-	})
 }

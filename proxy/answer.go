@@ -1,0 +1,338 @@
+package proxy
+
+// answer.go reads what the audit record takes from an answer (token
+// counts, the finish reason, an error, the end of a typed stream) from the
+// JSON objects vLLM sends: a whole non-streamed body, or each SSE event's
+// data. Each API puts them in other members (docs/vllm-wire-format.md says
+// where, with the vLLM files it was read in); apiKind picks the reading.
+//
+// A count is known only when vLLM sent it as a non-negative integer under
+// the name that API uses: an object named usage of another shape says
+// nothing, and the event then records null, not 0.
+
+// apiKind is the API an answer follows, known from the request's path.
+type apiKind uint8
+
+const (
+	apiOpenAI    apiKind = iota // chat, completions, embeddings, pooling, score, rerank...: usage.prompt_tokens/completion_tokens, choices[].finish_reason
+	apiResponses                // /v1/responses: usage.input_tokens/output_tokens, status; typed stream ending in response.completed
+	apiMessages                 // /v1/messages (Anthropic): usage.input_tokens/output_tokens, stop_reason; typed stream
+)
+
+// apiKindOf returns the API of a request path as vLLM routes it (the path
+// without its query).
+func apiKindOf(path string) apiKind {
+	switch pathOnly(path) {
+	case "/v1/responses":
+		return apiResponses
+	case "/v1/messages":
+		return apiMessages
+	}
+	return apiOpenAI
+}
+
+// hasStreamOptions reports whether the request model vLLM validates a
+// request to path with has stream_options (chat and completions): only
+// there does asking for usage not change what vLLM does otherwise.
+// Responses and Messages streams carry usage unasked.
+func hasStreamOptions(path string) bool {
+	path = pathOnly(path)
+	return path == "/v1/chat/completions" || path == "/v1/completions"
+}
+
+func pathOnly(path string) string {
+	for i := 0; i < len(path); i++ {
+		if path[i] == '?' {
+			return path[:i]
+		}
+	}
+	return path
+}
+
+// The slots of answerSpec.
+const (
+	_ = iota
+	slotUsage
+	slotPromptTokens
+	slotCompletionTokens
+	slotInputTokens
+	slotOutputTokens
+	slotChoices
+	slotChoice
+	slotChoiceIndex
+	slotFinishReason
+	slotError
+	slotErrorType
+	slotObject
+	slotType
+	slotStatus
+	slotIncompleteReason
+	slotStopReason
+	slotResponse
+	slotMessage
+	slotDelta
+)
+
+// answerSpec is every member any API's answer is read for. Nested objects
+// reuse the top level's slots: a Responses event's response.usage and a
+// Messages event's message.usage are read as usage (only the event's type
+// says which counts).
+var answerSpec = func() *fieldSpec {
+	usage := field{name: "usage", slot: slotUsage, members: []field{
+		{name: "prompt_tokens", slot: slotPromptTokens},
+		{name: "completion_tokens", slot: slotCompletionTokens},
+		{name: "input_tokens", slot: slotInputTokens},
+		{name: "output_tokens", slot: slotOutputTokens},
+	}}
+	errorField := field{name: "error", slot: slotError, members: []field{{name: "type", slot: slotErrorType}}}
+	status := field{name: "status", slot: slotStatus}
+	incomplete := field{name: "incomplete_details", members: []field{{name: "reason", slot: slotIncompleteReason}}}
+	stopReason := field{name: "stop_reason", slot: slotStopReason}
+	return compileFieldSpec(field{members: []field{
+		usage,
+		{name: "choices", slot: slotChoices, each: &field{slot: slotChoice, members: []field{
+			{name: "index", slot: slotChoiceIndex},
+			{name: "finish_reason", slot: slotFinishReason},
+		}}},
+		errorField,
+		{name: "object", slot: slotObject},
+		{name: "type", slot: slotType},
+		status,
+		incomplete,
+		stopReason,
+		{name: "response", slot: slotResponse, members: []field{usage, status, incomplete, errorField}},
+		{name: "message", slot: slotMessage, members: []field{usage, stopReason}},
+		{name: "delta", slot: slotDelta, members: []field{stopReason}},
+	}})
+}()
+
+// optInt is a count that may be unknown.
+type optInt struct {
+	n     int64
+	known bool
+}
+
+// answerObject is what one JSON object of an answer says, each member as
+// Python's json keeps it: the last of duplicates.
+type answerObject struct {
+	usage                       bool // a usage object (the last usage member is one)
+	prompt, completion          optInt
+	input, output               optInt
+	choices                     int // elements of choices, -1 when there is no choices array
+	choice                      int // the element being read
+	choiceIndex                 optInt
+	choiceFinish, finishReason  string
+	isError                     bool
+	errorType                   string
+	object, typ, status, reason string
+	stopReason                  string
+	depth                       int // inside response, message or delta
+}
+
+func (o *answerObject) reset() {
+	*o = answerObject{choices: -1}
+}
+
+// take is the fieldScanner's sink.
+func (o *answerObject) take(slot int, kind fieldKind, raw []byte, truncated bool) {
+	switch slot {
+	case slotUsage:
+		o.usage = kind == fieldOpen || (kind == fieldClose && o.usage)
+		if kind == fieldOpen {
+			o.prompt, o.completion, o.input, o.output = optInt{}, optInt{}, optInt{}, optInt{}
+		}
+	case slotPromptTokens:
+		o.prompt = countOf(kind, raw, truncated)
+	case slotCompletionTokens:
+		o.completion = countOf(kind, raw, truncated)
+	case slotInputTokens:
+		o.input = countOf(kind, raw, truncated)
+	case slotOutputTokens:
+		o.output = countOf(kind, raw, truncated)
+	case slotChoices:
+		if kind == fieldOpen {
+			o.choices, o.finishReason = 0, ""
+		}
+	case slotChoice:
+		switch kind {
+		case fieldOpen:
+			o.choices++
+			o.choiceIndex, o.choiceFinish = optInt{}, ""
+		case fieldClose:
+			// The first choice's finish reason (index 0; an element without
+			// an index is taken as the first).
+			if (!o.choiceIndex.known || o.choiceIndex.n == 0) && o.finishReason == "" {
+				o.finishReason = o.choiceFinish
+			}
+		}
+	case slotChoiceIndex:
+		o.choiceIndex = countOf(kind, raw, truncated)
+	case slotFinishReason:
+		o.choiceFinish = stringOf(kind, raw, truncated, commonFinishReasons)
+	case slotError:
+		// An error object, or a string (vLLM's auth middleware answers
+		// {"error":"Unauthorized"}).
+		if kind == fieldOpen || kind == fieldString {
+			o.isError, o.errorType = true, ""
+		} else if kind == fieldScalar {
+			o.isError, o.errorType = string(raw) != "null", ""
+		}
+	case slotErrorType:
+		o.errorType = stringOf(kind, raw, truncated, nil)
+	case slotObject:
+		o.object = knownString(kind, raw, []string{"error"})
+	case slotType:
+		o.typ = stringOf(kind, raw, truncated, commonEventTypes)
+	case slotStatus:
+		o.status = stringOf(kind, raw, truncated, responseStatuses)
+	case slotIncompleteReason:
+		o.reason = stringOf(kind, raw, truncated, incompleteReasons)
+	case slotStopReason:
+		o.stopReason = stringOf(kind, raw, truncated, stopReasons)
+	}
+}
+
+// countOf reads a token count: a non-negative integer (as JSON writes
+// one: no sign, fraction or exponent), else unknown.
+func countOf(kind fieldKind, raw []byte, truncated bool) optInt {
+	if kind != fieldScalar || truncated || len(raw) == 0 || len(raw) > 18 || (raw[0] == '0' && len(raw) > 1) {
+		return optInt{}
+	}
+	var n int64
+	for _, c := range raw {
+		if c < '0' || c > '9' {
+			return optInt{}
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return optInt{n, true}
+}
+
+// knownString returns the one of known that a string member is, "" for
+// any other value: what only matters if it is one of them is not copied.
+func knownString(kind fieldKind, raw []byte, known []string) string {
+	if kind != fieldString {
+		return ""
+	}
+	for _, k := range known {
+		if string(raw) == k {
+			return k
+		}
+	}
+	return ""
+}
+
+// stringOf reads a short string member ("" for anything else), interned
+// when it is one of known.
+func stringOf(kind fieldKind, raw []byte, truncated bool, known []string) string {
+	if kind != fieldString || truncated {
+		return ""
+	}
+	for _, k := range known {
+		if string(raw) == k {
+			return k
+		}
+	}
+	var buf [64]byte
+	return string(appendJSONUnescaped(buf[:0], raw))
+}
+
+// The values of string members read, so that reading them does not
+// allocate: commonEventTypes are the typed streams' event types the proxy
+// acts on; the others are the values vLLM sends (a value not listed is
+// still read, as a new string).
+var (
+	commonEventTypes = []string{"response.completed", "response.incomplete", "response.failed", "error",
+		"response.created", "message_start", "message_delta", "message_stop"}
+	responseStatuses  = []string{"completed", "incomplete", "failed", "in_progress", "queued", "cancelled"}
+	incompleteReasons = []string{"max_output_tokens", "content_filter"}
+	stopReasons       = []string{"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"}
+)
+
+// usageInfo is what the audit record takes from an answer, gathered over
+// its objects (one for a body, one an SSE event for a stream).
+type usageInfo struct {
+	input, output optInt
+	finishReason  string
+	// errorType is the type of an error object the upstream sent (nested
+	// {"error":{…}} or vLLM's older flat {"object":"error",…}).
+	errorType string
+	isError   bool
+	// ended: a typed stream (Responses, Messages) sent its last event.
+	ended bool
+}
+
+// add merges what one object of an answer of API kind says. It reports
+// whether the object is a usage-only chunk of an OpenAI stream
+// ("choices":[] with a usage), the chunk that include_usage adds.
+func (u *usageInfo) add(kind apiKind, o *answerObject) (usageOnly bool) {
+	switch {
+	case o.isError:
+		u.isError, u.errorType = true, o.errorType
+	case o.object == "error": // vLLM's older flat error
+		u.isError, u.errorType = true, o.typ
+	}
+	switch kind {
+	case apiOpenAI:
+		if o.usage {
+			u.input, u.output = o.prompt, o.completion
+		}
+		if o.finishReason != "" && u.finishReason == "" {
+			u.finishReason = o.finishReason
+		}
+		return o.choices == 0 && o.usage
+	case apiResponses:
+		if o.usage {
+			u.input, u.output = o.input, o.output
+		}
+		switch o.typ {
+		case "response.completed", "response.incomplete", "response.failed":
+			u.ended = true
+		}
+		if o.typ == "response.failed" || o.status == "failed" {
+			u.isError = true
+		}
+		if o.status != "" && o.status != "in_progress" && o.status != "queued" {
+			u.finishReason = o.status
+			if o.reason != "" {
+				u.finishReason = o.reason
+			}
+		}
+		if o.typ == "error" {
+			u.isError = true
+		}
+	case apiMessages:
+		if o.usage {
+			// message_start carries the input count, message_delta the
+			// output count so far (and may repeat the input count).
+			if o.input.known {
+				u.input = o.input
+			}
+			if o.output.known {
+				u.output = o.output
+			}
+		}
+		if o.stopReason != "" {
+			u.finishReason = o.stopReason
+		}
+		switch o.typ {
+		case "message_stop":
+			u.ended = true
+		case "error":
+			u.isError = true
+		}
+	}
+	return false
+}
+
+// readAnswerObject reads one whole JSON object (an SSE event's data) into
+// u, as add does. An object that is not well-formed JSON says nothing.
+func readAnswerObject(s *fieldScanner, o *answerObject, kind apiKind, b []byte, u *usageInfo) (usageOnly bool) {
+	o.reset()
+	s.reset(answerSpec, o)
+	s.write(b)
+	if !s.close() {
+		return false
+	}
+	return u.add(kind, o)
+}
