@@ -127,6 +127,9 @@ type Model struct {
 	// NameBytes is the length of a name that Name holds only the start of;
 	// 0 when Name is whole.
 	NameBytes int64 `json:"name_bytes,omitempty"`
+	// FromAnswer says the request named no model (vLLM then serves its
+	// default one) and Name is the "model" member of vLLM's answer.
+	FromAnswer bool `json:"from_answer,omitempty"`
 	// Checksum is the model checksum (see hashing.Manifest) of the weights
 	// serving Name, a LoRA adapter's own for an adapter; "pending" while
 	// they are first hashed; empty when they are unknown to the sidecar.
@@ -149,8 +152,13 @@ type Body struct {
 	// Tokens is vLLM's token count (prompt_tokens for input,
 	// completion_tokens for output); nil when the upstream reported none.
 	Tokens *int64 `json:"tokens"`
-	// FinishReason is the first choice's finish_reason (output only).
+	// FinishReason is the first choice's finish_reason (output only); for
+	// the Responses API the response's status, or its incomplete reason;
+	// for the Messages API the stop_reason.
 	FinishReason string `json:"finish_reason,omitempty"`
+	// AudioSeconds is the audio length vLLM bills a transcription by (its
+	// usage {"type":"duration","seconds":N}; input only), nil otherwise.
+	AudioSeconds *float64 `json:"audio_seconds,omitempty"`
 }
 
 // Latency holds durations in milliseconds.

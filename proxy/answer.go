@@ -1,5 +1,10 @@
 package proxy
 
+import (
+	"math"
+	"strconv"
+)
+
 // answer.go reads what the audit record takes from an answer (token
 // counts, the finish reason, an error, the end of a typed stream) from the
 // JSON objects vLLM sends: a whole non-streamed body, or each SSE event's
@@ -71,6 +76,9 @@ const (
 	slotResponse
 	slotMessage
 	slotDelta
+	slotModel
+	slotUsageType
+	slotUsageSeconds
 )
 
 // answerSpec is every member any API's answer is read for. Nested objects
@@ -83,11 +91,14 @@ var answerSpec = func() *fieldSpec {
 		{name: "completion_tokens", slot: slotCompletionTokens},
 		{name: "input_tokens", slot: slotInputTokens},
 		{name: "output_tokens", slot: slotOutputTokens},
+		{name: "type", slot: slotUsageType},
+		{name: "seconds", slot: slotUsageSeconds},
 	}}
 	errorField := field{name: "error", slot: slotError, members: []field{{name: "type", slot: slotErrorType}}}
 	status := field{name: "status", slot: slotStatus}
 	incomplete := field{name: "incomplete_details", members: []field{{name: "reason", slot: slotIncompleteReason}}}
 	stopReason := field{name: "stop_reason", slot: slotStopReason}
+	model := field{name: "model", slot: slotModel}
 	return compileFieldSpec(field{members: []field{
 		usage,
 		{name: "choices", slot: slotChoices, each: &field{slot: slotChoice, members: []field{
@@ -100,8 +111,9 @@ var answerSpec = func() *fieldSpec {
 		status,
 		incomplete,
 		stopReason,
-		{name: "response", slot: slotResponse, members: []field{usage, status, incomplete, errorField}},
-		{name: "message", slot: slotMessage, members: []field{usage, stopReason}},
+		model,
+		{name: "response", slot: slotResponse, members: []field{usage, status, incomplete, errorField, model}},
+		{name: "message", slot: slotMessage, members: []field{usage, stopReason, model}},
 		{name: "delta", slot: slotDelta, members: []field{stopReason}},
 	}})
 }()
@@ -118,6 +130,9 @@ type answerObject struct {
 	usage                       bool // a usage object (the last usage member is one)
 	prompt, completion          optInt
 	input, output               optInt
+	duration                    bool // usage.type is "duration" (a transcription's)
+	seconds                     float64
+	hasSeconds                  bool
 	choices                     int // elements of choices, -1 when there is no choices array
 	choice                      int // the element being read
 	choiceIndex                 optInt
@@ -126,11 +141,14 @@ type answerObject struct {
 	errorType                   string
 	object, typ, status, reason string
 	stopReason                  string
-	depth                       int // inside response, message or delta
+	// model is the answer's model member, read only when wantModel (the
+	// request named none).
+	model     string
+	wantModel bool
 }
 
 func (o *answerObject) reset() {
-	*o = answerObject{choices: -1}
+	*o = answerObject{choices: -1, wantModel: o.wantModel}
 }
 
 // take is the fieldScanner's sink.
@@ -140,6 +158,7 @@ func (o *answerObject) take(slot int, kind fieldKind, raw []byte, truncated bool
 		o.usage = kind == fieldOpen || (kind == fieldClose && o.usage)
 		if kind == fieldOpen {
 			o.prompt, o.completion, o.input, o.output = optInt{}, optInt{}, optInt{}, optInt{}
+			o.duration, o.hasSeconds = false, false
 		}
 	case slotPromptTokens:
 		o.prompt = countOf(kind, raw, truncated)
@@ -189,6 +208,19 @@ func (o *answerObject) take(slot int, kind fieldKind, raw []byte, truncated bool
 		o.reason = stringOf(kind, raw, truncated, incompleteReasons)
 	case slotStopReason:
 		o.stopReason = stringOf(kind, raw, truncated, stopReasons)
+	case slotUsageType:
+		o.duration = knownString(kind, raw, []string{"duration"}) != ""
+	case slotUsageSeconds:
+		o.seconds, o.hasSeconds = 0, false
+		if kind == fieldScalar && !truncated {
+			if v, err := strconv.ParseFloat(string(raw), 64); err == nil && v >= 0 && !math.IsInf(v, 0) {
+				o.seconds, o.hasSeconds = v, true
+			}
+		}
+	case slotModel:
+		if o.wantModel {
+			o.model = stringOf(kind, raw, truncated, nil)
+		}
 	}
 }
 
@@ -260,12 +292,21 @@ type usageInfo struct {
 	isError   bool
 	// ended: a typed stream (Responses, Messages) sent its last event.
 	ended bool
+	// model is the first model member the answer named (read only when the
+	// request named none).
+	model string
+	// audioSeconds is a transcription's billed duration, when hasAudio.
+	audioSeconds float64
+	hasAudio     bool
 }
 
 // add merges what one object of an answer of API kind says. It reports
 // whether the object is a usage-only chunk of an OpenAI stream
 // ("choices":[] with a usage), the chunk that include_usage adds.
 func (u *usageInfo) add(kind apiKind, o *answerObject) (usageOnly bool) {
+	if u.model == "" {
+		u.model = o.model
+	}
 	switch {
 	case o.isError:
 		u.isError, u.errorType = true, o.errorType
@@ -276,6 +317,10 @@ func (u *usageInfo) add(kind apiKind, o *answerObject) (usageOnly bool) {
 	case apiOpenAI:
 		if o.usage {
 			u.input, u.output = o.prompt, o.completion
+			u.audioSeconds, u.hasAudio = 0, o.duration && o.hasSeconds
+			if u.hasAudio {
+				u.audioSeconds = o.seconds
+			}
 		}
 		if o.finishReason != "" && u.finishReason == "" {
 			u.finishReason = o.finishReason

@@ -39,7 +39,9 @@ func TestReadAnswerObject(t *testing.T) {
 		// Unknown is not 0.
 		{"rerank usage: no completion count", apiOpenAI, `{"id":"r","model":"m","usage":{"prompt_tokens":12,"total_tokens":12},"results":[]}`,
 			usageInfo{input: known(12)}, false},
-		{"usage of another shape", apiOpenAI, `{"usage":{"type":"duration","seconds":3}}`, usageInfo{}, false},
+		{"transcription usage: a duration, no tokens", apiOpenAI, `{"text":"hi","usage":{"type":"duration","seconds":3}}`, usageInfo{audioSeconds: 3, hasAudio: true}, false},
+		{"seconds without the duration type", apiOpenAI, `{"usage":{"seconds":3}}`, usageInfo{}, false},
+		{"a duration that is not a number", apiOpenAI, `{"usage":{"type":"duration","seconds":"3"}}`, usageInfo{}, false},
 		{"usage null", apiOpenAI, `{"usage":null}`, usageInfo{}, false},
 		{"a count that is not a count", apiOpenAI, `{"usage":{"prompt_tokens":-1,"completion_tokens":2.5}}`, usageInfo{}, false},
 		{"a count as a string", apiOpenAI, `{"usage":{"prompt_tokens":"5","completion_tokens":1e2}}`, usageInfo{}, false},

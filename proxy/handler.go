@@ -36,12 +36,13 @@ type exchange struct {
 	textScratch []byte
 	// Storage that the event's pointer fields point into, so building an
 	// event allocates nothing for them.
-	apiKeyID    string
-	ttft        float64
-	inTokens    int64
-	outTokens   int64
-	upstream    time.Duration
-	clientClose bool // the client asked for Connection: close
+	apiKeyID     string
+	ttft         float64
+	inTokens     int64
+	outTokens    int64
+	audioSeconds float64
+	upstream     time.Duration
+	clientClose  bool // the client asked for Connection: close
 	// lastModel is the model name of the last request this pooled exchange
 	// served; most requests name the same one.
 	lastModel string
@@ -140,7 +141,12 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	x.strs.buf = hashing.AppendDigest(x.strs.buf, p.cfg.Hash, inSum[:])
 	ev.Input.Hash = x.strs.since(start)
 	ev.Input.Bytes = int64(len(body))
-	f := parseRequestFields(body, &x.textScratch, x.lastModel)
+	var f requestFields
+	if ct := ctx.Request.Header.ContentType(); isMultipartForm(ct) {
+		f = parseFormFields(body, ct)
+	} else {
+		f = parseRequestFields(body, &x.textScratch, x.lastModel)
+	}
 	ev.Model.Name, ev.Model.NameBytes = f.model, f.modelBytes
 	x.lastModel = f.model
 	if p.cfg.ModelChecksums != nil && f.model != "" {
@@ -157,7 +163,7 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		defer p.budget.give(int64(cap(x.textScratch)))
 	}
 	x.tap.kind = apiKindOf(ev.Path)
-	if f.valid && f.stream && !f.includeUsage && f.rewritable && hasStreamOptions(ev.Path) {
+	if f.valid && f.stream && !f.includeUsage && f.rewritable && hasStreamOptions(ev.Path) && !p.cfg.UpstreamForcesUsage {
 		x.reqBody = withIncludeUsage(x.reqBody[:0], f)
 		if !p.budget.take(int64(cap(x.reqBody))) {
 			p.answerBodyError(ctx, x, errBodyOverBudget)

@@ -65,6 +65,11 @@ type Config struct {
 	// Upstream is the base URL of the server to proxy to, such as
 	// "http://127.0.0.1:8000". Only scheme and host:port are used.
 	Upstream string
+	// UpstreamForcesUsage says vLLM runs with --enable-force-include-usage:
+	// every stream carries a usage chunk, asked for or not. The proxy then
+	// does not ask for it, so removes nothing: a client that did not ask
+	// gets the chunk, as it would from vLLM directly.
+	UpstreamForcesUsage bool
 	// MaxRequestBodySize bounds request bodies; larger ones are answered 413
 	// without contacting the upstream. Default 32 MiB.
 	MaxRequestBodySize int

@@ -341,12 +341,8 @@ func parseRequestFields(body []byte, scratch *[]byte, prevModel string) (f reque
 		if v := f.text[model.valueStart:model.valueEnd]; len(v) >= 2 && v[0] == '"' {
 			var buf [128]byte
 			name := appendJSONUnescaped(buf[:0], v[1:len(v)-1])
-			if len(name) > audit.MaxModelNameBytes {
+			if cut := modelNameCut(name); cut < len(name) {
 				f.modelBytes = int64(len(name))
-				cut := audit.MaxModelNameBytes
-				for cut > 0 && !utf8.RuneStart(name[cut]) {
-					cut--
-				}
 				name = name[:cut]
 			}
 			if string(name) == prevModel {
@@ -528,4 +524,26 @@ func transcodeUTF32(b []byte, little bool, scratch *[]byte) ([]byte, bool) {
 	}
 	*scratch = out
 	return out, lossy
+}
+
+// modelNameCut returns where a model name is cut: at most
+// audit.MaxModelNameBytes, at a character boundary.
+func modelNameCut[T string | []byte](name T) int {
+	if len(name) <= audit.MaxModelNameBytes {
+		return len(name)
+	}
+	cut := audit.MaxModelNameBytes
+	for cut > 0 && !utf8.RuneStart(name[cut]) {
+		cut--
+	}
+	return cut
+}
+
+// cutModelName returns name as an event records it, and the length it had
+// if that was cut (0 if whole).
+func cutModelName(name string) (string, int64) {
+	if cut := modelNameCut(name); cut < len(name) {
+		return name[:cut], int64(len(name))
+	}
+	return name, 0
 }

@@ -97,6 +97,7 @@ func (t *responseTap) start(resp *fasthttp.Response, body io.Reader, contentType
 	if t.buf == nil {
 		t.buf = make([]byte, tapBufferSize)
 	}
+	t.obj.wantModel = t.x.ev.Model.Name == ""
 	if t.json {
 		t.obj.reset()
 		t.scan.reset(answerSpec, &t.obj)
@@ -114,6 +115,7 @@ func (t *responseTap) reset() {
 	t.size, t.read, t.held, t.recorded = 0, 0, false, false
 	t.readErr = nil
 	t.usage = usageInfo{}
+	t.obj.wantModel = false
 	if cap(t.buf) > tapRetainLimit {
 		t.buf = nil
 	}
@@ -421,6 +423,14 @@ func (t *responseTap) finish(err error) error {
 	ev.Output.Hash = x.strs.since(start)
 	ev.Output.Bytes = t.out.Bytes()
 	ev.Output.FinishReason = t.usage.finishReason
+	if ev.Model.Name == "" && t.usage.model != "" {
+		// vLLM served its default model; the answer names it.
+		ev.Model.Name, ev.Model.NameBytes = cutModelName(t.usage.model)
+		ev.Model.FromAnswer = true
+		if x.p.cfg.ModelChecksums != nil {
+			ev.Model.Checksum, ev.Model.BaseChecksum = x.p.cfg.ModelChecksums(ev.Model.Name)
+		}
+	}
 	if t.usage.input.known {
 		x.inTokens = t.usage.input.n
 		ev.Input.Tokens = &x.inTokens
@@ -428,6 +438,10 @@ func (t *responseTap) finish(err error) error {
 	if t.usage.output.known {
 		x.outTokens = t.usage.output.n
 		ev.Output.Tokens = &x.outTokens
+	}
+	if t.usage.hasAudio {
+		x.audioSeconds = t.usage.audioSeconds
+		ev.Input.AudioSeconds = &x.audioSeconds
 	}
 	ev.Status.Code = t.status
 	switch {

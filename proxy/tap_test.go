@@ -371,3 +371,41 @@ func TestTapHoldsBackTheEnd(t *testing.T) {
 		}
 	}
 }
+
+// TestTapTakesTheModelFromTheAnswer: a request that names no model is
+// served by vLLM's default model, which the answer names; the event
+// records that name and says where it came from. A request that names one
+// keeps it, whatever the answer says.
+func TestTapTakesTheModelFromTheAnswer(t *testing.T) {
+	chunk := strings.Replace(finalChunk, `"object"`, `"model":"served/default","object"`, 1)
+	for _, tc := range []struct {
+		name, requested, ctype, answer string
+		kind                           apiKind
+		want                           string
+		fromAnswer                     bool
+	}{
+		{"no model, json", "", "application/json", `{"id":"c","object":"chat.completion","model":"served/default","choices":[]}`, apiOpenAI, "served/default", true},
+		{"no model, stream", "", "text/event-stream", roleChunk + chunk + doneChunk, apiOpenAI, "served/default", true},
+		{"no model, messages", "", "application/json", `{"type":"message","model":"served/default","stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":1}}`, apiMessages, "served/default", true},
+		{"a long name is cut", "", "application/json", `{"model":"` + strings.Repeat("é", 600) + `"}`, apiOpenAI, strings.Repeat("é", 512), true},
+		{"named in the request", "mine", "application/json", `{"model":"served/default"}`, apiOpenAI, "mine", false},
+	} {
+		rec := &lastEvent{}
+		kid, _ := hashing.NewKeyIDer(make([]byte, 32))
+		p, err := New(Config{Upstream: "http://127.0.0.1:1", KeyIDer: kid, Recorder: rec,
+			ModelChecksums: func(name string) (string, string) { return "sum-of:" + name, "" }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := p.acquireExchange()
+		x.ev.Model.Name = tc.requested
+		x.tap.status, x.tap.kind = 200, tc.kind
+		x.tap.start(fasthttp.AcquireResponse(), strings.NewReader(tc.answer), []byte(tc.ctype), -1)
+		io.Copy(io.Discard, &x.tap)
+		x.tap.CloseWithError(nil)
+		m := rec.ev.Model
+		if m.Name != tc.want || m.FromAnswer != tc.fromAnswer || (tc.fromAnswer && m.Checksum != "sum-of:"+tc.want) {
+			t.Errorf("%s: model %.40q from answer %v checksum %.40q", tc.name, m.Name, m.FromAnswer, m.Checksum)
+		}
+	}
+}

@@ -80,6 +80,7 @@ type serveConfig struct {
 	shutdownTimeout     time.Duration
 	logLevel            string
 	logFormat           string
+	upstreamForcesUsage bool
 }
 
 func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
@@ -96,6 +97,7 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.Var(&c.requestBodyBudget, "request-body-budget", "most bytes of request bodies held at once (`size`); a request whose body does not fit gets 503 request_bodies_over_budget (0: a quarter of GOMEMLIMIT if set, else 256MiB)")
 	fs.DurationVar(&c.upstreamIdleTimeout, "upstream-idle-timeout", 10*time.Minute, "fail an upstream exchange that sends no byte for this `duration` (504, or a cut stream); bounds the longest non-streamed generation")
 	fs.DurationVar(&c.clientIdleTimeout, "client-idle-timeout", 2*time.Minute, "fail a client that reads no byte of its response, or sends no byte of its request, for this `duration`")
+	fs.BoolVar(&c.upstreamForcesUsage, "upstream-force-include-usage", false, "vLLM runs with --enable-force-include-usage: every stream carries its usage unasked, so the proxy neither asks for it nor removes it from what the client receives")
 	fs.IntVar(&c.upstreamMaxConns, "upstream-max-conns", 4096, "most concurrent upstream `connections` (requests in flight at vLLM)")
 	fs.StringVar(&c.durability, "durability", "sync", "`mode`: sync holds back the end of each answer until its event is fsynced; async fsyncs within --fsync-interval without holding back (a crash can lose that interval)")
 	fs.DurationVar(&c.fsyncInterval, "fsync-interval", 5*time.Millisecond, "with --durability async, commit (write and fsync) the spool once per `duration`; with sync, commits run back to back and each takes every event that arrived during the last")
@@ -412,6 +414,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 		UpstreamIdleTimeout: c.upstreamIdleTimeout,
 		ClientIdleTimeout:   c.clientIdleTimeout,
 		UpstreamMaxConns:    c.upstreamMaxConns,
+		UpstreamForcesUsage: c.upstreamForcesUsage,
 		MaxClientConns:      c.maxClientConns,
 		Hash:                alg,
 		KeyIDer:             keyIDer,
