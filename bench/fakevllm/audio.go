@@ -192,6 +192,10 @@ func (s *Server) parseAudioForm(ctx *fasthttp.RequestCtx, task audioTask) (audio
 		if err != nil {
 			return fail(badRequest("Input should be a valid integer, unable to parse string as an integer: body.max_completion_tokens"))
 		}
+		if n < 1 {
+			// SamplingParams refuses it once get_max_tokens has passed it on.
+			return fail(badRequest("max_tokens must be at least 1, got %d.", n))
+		}
 		r.maxTokens = n
 	}
 	if t, ok := lastField(form, "temperature"); ok {

@@ -326,6 +326,7 @@ func TestAudioErrors(t *testing.T) {
 		{"verbose_json stream", base + "/v1/audio/transcriptions", []formField{{name: "file", file: wav}, {name: "response_format", value: "verbose_json"}, {name: "stream", value: "true"}}, 400, "BadRequestError", "doesn't support streaming"},
 		{"stream not a bool", base + "/v1/audio/transcriptions", []formField{{name: "file", file: wav}, {name: "stream", value: "maybe"}}, 400, "BadRequestError", "body.stream"},
 		{"max_completion_tokens not an int", base + "/v1/audio/transcriptions", []formField{{name: "file", file: wav}, {name: "max_completion_tokens", value: "x"}}, 400, "BadRequestError", "body.max_completion_tokens"},
+		{"max_completion_tokens zero", base + "/v1/audio/transcriptions", []formField{{name: "file", file: wav}, {name: "max_completion_tokens", value: "0"}}, 400, "BadRequestError", "at least 1"},
 		{"unknown model", base + "/v1/audio/transcriptions", []formField{{name: "file", file: wav}, {name: "model", value: "whisper-9"}}, 404, "NotFoundError", "`whisper-9` does not exist"},
 		{"missing model when required", strict + "/v1/audio/transcriptions", []formField{{name: "file", file: wav}}, 400, "BadRequestError", "body.model"},
 	}

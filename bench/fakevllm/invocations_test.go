@@ -162,6 +162,7 @@ func TestNoModel(t *testing.T) {
 	for _, tc := range []struct{ path, body string }{
 		{"/v1/chat/completions", `{"messages":[{"role":"user","content":"x"}]}`},
 		{"/v1/completions", `{"prompt":"x","model":null}`},
+		{"/v1/completions", `{"prompt":"x","model":""}`},
 		{"/v1/embeddings", `{"input":"x"}`},
 		{"/rerank", `{"query":"x","documents":["y"]}`},
 		{"/score", `{"text_1":"x","text_2":"y"}`},

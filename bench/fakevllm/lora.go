@@ -80,8 +80,11 @@ func (s *Server) LoadAdapter(name, dir string) error {
 
 // checkModel answers whether vLLM serves the model a request names: the base
 // model, a loaded adapter, or (with a resolver) an adapter it can load now.
+//
+// An empty name is served like an absent one: vLLM's _is_model_supported
+// accepts any falsy model.
 func (s *Server) checkModel(name string) *apiError {
-	if name == s.cfg.Model {
+	if name == s.cfg.Model || name == "" {
 		return nil
 	}
 	s.lora.mu.RLock()
