@@ -376,9 +376,6 @@ func (s *Server) generate(ctx *fasthttp.RequestCtx, k kind, h *hooks) {
 		return
 	}
 	n, finish := s.plan(r)
-	if r.modelJSON == nil {
-		r.modelJSON = s.modelJSON
-	}
 	ttft, itl := s.cfg.TTFT, s.cfg.InterTokenLatency
 	if h.ttft >= 0 {
 		ttft = h.ttft
