@@ -83,6 +83,25 @@ type Config struct {
 	// serves its (only) model when the field is absent, which is the default
 	// here too.
 	RequireModel bool
+
+	// ForceIncludeUsage reproduces vLLM's --enable-force-include-usage:
+	// usage is sent in streams that did not ask for it (forceusage.go).
+	ForceIncludeUsage ForceUsage
+	// AllowRuntimeLoRA reproduces VLLM_ALLOW_RUNTIME_LORA_UPDATING: the
+	// /v1/load_lora_adapter and /v1/unload_lora_adapter routes exist
+	// (lora.go).
+	AllowRuntimeLoRA bool
+	// LoRAResolverDir reproduces VLLM_LORA_RESOLVER_CACHE_DIR: with
+	// AllowRuntimeLoRA, a request naming an unknown model loads the adapter
+	// in the subdirectory of that name on first use (lora.go).
+	LoRAResolverDir string
+	// MaxAudioFileMB is VLLM_MAX_AUDIO_CLIP_FILESIZE_MB, the largest audio
+	// upload transcriptions and translations take; default 25 (audio.go).
+	MaxAudioFileMB float64
+	// MaxRequestBodySize is the largest request body the server reads;
+	// default 64 MiB. vLLM (uvicorn) sets no limit; the fake needs one
+	// because fasthttp holds a request body in memory.
+	MaxRequestBodySize int
 }
 
 // Stats counts what the server did; all fields are totals since New.
@@ -118,6 +137,8 @@ type Server struct {
 	completionTokens atomic.Int64
 	e2eCount         atomic.Int64
 	e2eSumNs         atomic.Int64
+
+	lora loraState // runtime LoRA adapters (lora.go)
 }
 
 // New returns a server for cfg with defaults filled in.
@@ -137,6 +158,12 @@ func New(cfg Config) *Server {
 	if cfg.Version == "" {
 		cfg.Version = "0.11.0"
 	}
+	if cfg.MaxAudioFileMB <= 0 {
+		cfg.MaxAudioFileMB = defaultMaxAudioFileMB
+	}
+	if cfg.MaxRequestBodySize <= 0 {
+		cfg.MaxRequestBodySize = 64 << 20
+	}
 	cfg.TTFT = max(cfg.TTFT, 0)
 	cfg.InterTokenLatency = max(cfg.InterTokenLatency, 0)
 	s := &Server{
@@ -150,7 +177,7 @@ func New(cfg Config) *Server {
 		Name: "uvicorn",
 		// vLLM takes large prompts; fasthttp's 4 MiB default would turn a
 		// big request into a connection reset instead of an answer.
-		MaxRequestBodySize: 64 << 20,
+		MaxRequestBodySize: cfg.MaxRequestBodySize,
 		CloseOnShutdown:    true,
 		Logger:             quietLogger{},
 	}
@@ -274,6 +301,34 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 		if s.allow(ctx, fasthttp.MethodPost) {
 			s.embeddings(ctx)
 		}
+	case "/rerank", "/v1/rerank", "/v2/rerank":
+		if s.allow(ctx, fasthttp.MethodPost) {
+			s.rerank(ctx)
+		}
+	case "/score", "/v1/score":
+		if s.allow(ctx, fasthttp.MethodPost) {
+			s.score(ctx)
+		}
+	case "/v1/audio/transcriptions":
+		if s.allow(ctx, fasthttp.MethodPost) {
+			s.audio(ctx, taskTranscribe, &h)
+		}
+	case "/v1/audio/translations":
+		if s.allow(ctx, fasthttp.MethodPost) {
+			s.audio(ctx, taskTranslate, &h)
+		}
+	case "/v1/load_lora_adapter":
+		if s.loraRoute(ctx) {
+			s.loadLoRA(ctx)
+		}
+	case "/v1/unload_lora_adapter":
+		if s.loraRoute(ctx) {
+			s.unloadLoRA(ctx)
+		}
+	case "/invocations":
+		if s.allow(ctx, fasthttp.MethodPost) {
+			s.invocations(ctx, &h)
+		}
 	case "/v1/models":
 		if s.allow(ctx, fasthttp.MethodGet) {
 			s.models(ctx)
@@ -354,8 +409,9 @@ func (s *Server) models(ctx *fasthttp.RequestCtx) {
 	b = strconv.AppendInt(b, now, 10)
 	b = append(b, `,"allow_create_engine":false,"allow_sampling":true,"allow_logprobs":true,`+
 		`"allow_search_indices":false,"allow_view":true,"allow_fine_tuning":false,`+
-		`"organization":"*","group":null,"is_blocking":false}]}]}`...)
-	ctx.Response.SwapBody(b)
+		`"organization":"*","group":null,"is_blocking":false}]}`...)
+	b = s.appendAdapterCards(b, now)
+	ctx.Response.SwapBody(append(b, "]}"...))
 }
 
 // metrics writes a small Prometheus exposition with vLLM's metric names; the

@@ -107,6 +107,8 @@ type genRequest struct {
 	stream       bool
 	includeUsage bool
 	continuous   bool
+	modelJSON    []byte // the answer's "model" member (tokenids.go)
+	extras       genExtras
 }
 
 // apiError is a vLLM ErrorResponse to send instead of an answer.
@@ -186,8 +188,9 @@ func (s *Server) parseBody(p *fastjson.Parser, body []byte) (*fastjson.Value, *a
 	case m.Type() != fastjson.TypeString:
 		return nil, badRequest("Input should be a valid string: body.model")
 	default:
-		if name, _ := m.StringBytes(); string(name) != s.cfg.Model {
-			return nil, &apiError{fasthttp.StatusNotFound, "NotFoundError", fmt.Sprintf("The model `%s` does not exist.", name)}
+		name, _ := m.StringBytes()
+		if aerr := s.checkModel(string(name)); aerr != nil {
+			return nil, aerr
 		}
 	}
 	return v, nil
@@ -232,6 +235,7 @@ func (s *Server) parseGenRequest(v *fastjson.Value, k kind) (genRequest, *apiErr
 		}
 		r.stream = b
 	}
+	optionsGiven, continuous := false, false
 	if so := member(v, "stream_options"); so != nil && so.Type() != fastjson.TypeNull {
 		if !r.stream {
 			return r, badRequest("Stream options can only be defined when `stream=True`.")
@@ -242,7 +246,7 @@ func (s *Server) parseGenRequest(v *fastjson.Value, k kind) (genRequest, *apiErr
 		// vLLM's StreamOptions defaults include_usage to True and
 		// continuous_usage_stats to False; an explicit null is None, which
 		// should_include_usage takes as false.
-		r.includeUsage = true
+		optionsGiven, r.includeUsage = true, true
 		if iu := member(so, "include_usage"); iu != nil {
 			var ok bool
 			if r.includeUsage, ok = pyBool(iu); !ok {
@@ -250,12 +254,16 @@ func (s *Server) parseGenRequest(v *fastjson.Value, k kind) (genRequest, *apiErr
 			}
 		}
 		if cu := member(so, "continuous_usage_stats"); cu != nil {
-			continuous, ok := pyBool(cu)
-			if !ok {
+			var ok bool
+			if continuous, ok = pyBool(cu); !ok {
 				return r, badRequest("Input should be a valid boolean, unable to interpret input: body.stream_options.continuous_usage_stats")
 			}
-			r.continuous = r.includeUsage && continuous
 		}
+	}
+	r.includeUsage, r.continuous = s.cfg.ForceIncludeUsage.apply(optionsGiven, r.includeUsage, continuous)
+	r.modelJSON = s.servedModelJSON(v)
+	if aerr := s.parseExtras(v, k, &r); aerr != nil {
+		return r, aerr
 	}
 
 	if r.promptTokens >= s.cfg.MaxModelLen {
@@ -384,7 +392,8 @@ func (s *Server) generate(ctx *fasthttp.RequestCtx, k kind, h *hooks) {
 			ttft: ttft, itl: itl,
 			errAfter: h.midstreamErr, errFormat: h.errFormat,
 			stallAfter: h.stallAfter, stallFor: h.delay,
-			benchTS: h.benchTS,
+			benchTS:   h.benchTS,
+			modelJSON: r.modelJSON, extras: r.extras,
 		})
 		return
 	}
@@ -407,25 +416,38 @@ func (s *Server) generate(ctx *fasthttp.RequestCtx, k kind, h *hooks) {
 	}
 	b = strconv.AppendInt(b, start.Unix(), 10)
 	b = append(b, `,"model":`...)
-	b = append(b, s.modelJSON...)
+	b = append(b, r.modelJSON...)
+	x := &r.extras
 	if k == kindChat {
 		b = append(b, `,"choices":[{"index":0,"message":{"role":"assistant","content":"`...)
 		b = appendTokens(b, n)
 		b = append(b, `","refusal":null,"annotations":null,"audio":null,"function_call":null,"tool_calls":[],`+
 			`"reasoning_content":null},"logprobs":null,"finish_reason":"`...)
 		b = append(b, finish...)
-		b = append(b, `","stop_reason":null}]`...)
+		b = append(b, `","stop_reason":null`...)
+		b = x.appendOutputIDs(b, 0, n)
+		b = append(b, "}]"...)
 	} else {
 		b = append(b, `,"choices":[{"index":0,"text":"`...)
 		b = appendTokens(b, n)
 		b = append(b, `","logprobs":null,"finish_reason":"`...)
 		b = append(b, finish...)
-		b = append(b, `","stop_reason":null,"prompt_logprobs":null}]`...)
+		b = append(b, `","stop_reason":null`...)
+		b = x.appendOutputIDs(b, 0, n)
+		b = append(b, `,"prompt_logprobs":`...)
+		b = x.appendPromptLogprobs(b)
+		b = x.appendPromptIDs(b)
+		b = append(b, "}]"...)
 	}
 	b = append(b, `,"service_tier":null,"system_fingerprint":null,"usage":`...)
 	b = appendUsage(b, r.promptTokens, n, true)
 	if k == kindChat {
-		b = append(b, `,"prompt_logprobs":null`...)
+		// vLLM's ChatCompletionResponse puts its extension members after
+		// usage, so a body with prompt_logprobs or prompt_token_ids does not
+		// end with usage.
+		b = append(b, `,"prompt_logprobs":`...)
+		b = x.appendPromptLogprobs(b)
+		b = x.appendPromptIDs(b)
 	}
 	b = append(b, `,"kv_transfer_params":null}`...)
 	ctx.Response.SwapBody(b)

@@ -28,6 +28,8 @@ type stream struct {
 	stallAfter   int // -1: none
 	stallFor     time.Duration
 	benchTS      bool
+	modelJSON    []byte // the chunks' "model" member
+	extras       genExtras
 
 	conn  net.Conn    // set only for stalls, which end by closing it
 	timer *time.Timer // reused for every pause of this stream
@@ -165,7 +167,7 @@ func (st *stream) appendHead(b []byte) []byte {
 	}
 	b = strconv.AppendInt(b, st.created, 10)
 	b = append(b, `,"model":`...)
-	return append(b, st.s.modelJSON...)
+	return append(b, st.modelJSON...)
 }
 
 // appendChunk appends the event for content token i, or for the chat role
@@ -188,13 +190,21 @@ func (st *stream) appendChunk(b []byte, i int) []byte {
 		if last {
 			b = append(b, '"')
 			b = append(b, st.finish...)
-			b = append(b, `","stop_reason":null}]`...)
+			b = append(b, `","stop_reason":null`...)
 		} else {
-			b = append(b, `null}]`...)
+			b = append(b, `null`...)
 		}
+		if i >= 0 {
+			b = st.extras.appendOutputIDs(b, i, i+1)
+		}
+		b = append(b, "}]"...)
 		if st.continuous {
 			b = append(b, `,"usage":`...)
 			b = appendUsage(b, st.prompt, i+1, false)
+		}
+		if i < 0 {
+			// vLLM sends prompt_token_ids in the first chunk only.
+			b = st.extras.appendPromptIDs(b)
 		}
 		return append(b, "}\n\n"...)
 	}
@@ -208,7 +218,18 @@ func (st *stream) appendChunk(b []byte, i int) []byte {
 	} else {
 		b = append(b, "null"...)
 	}
-	b = append(b, `,"stop_reason":null}],"usage":`...)
+	b = append(b, `,"stop_reason":null`...)
+	if st.extras.returnTokenIDs {
+		// Completion chunks carry both members in the choice; the prompt's
+		// ids only in the first one (vLLM's has_echoed bookkeeping).
+		if i == 0 {
+			b = st.extras.appendPromptIDs(b)
+		} else {
+			b = append(b, `,"prompt_token_ids":null`...)
+		}
+		b = st.extras.appendOutputIDs(b, i, i+1)
+	}
+	b = append(b, `}],"usage":`...)
 	if st.continuous {
 		b = appendUsage(b, st.prompt, i+1, true)
 	} else {

@@ -2,7 +2,8 @@
 // bench/fakevllm as its own process, so that load tests measure it apart from
 // the load generator and the proxy.
 //
-//	fakevllm -listen 127.0.0.1:8000 -model NAME -ttft 0s -itl 0s -output-tokens 16
+//	fakevllm -listen 127.0.0.1:8000 -model NAME -ttft 0s -itl 0s -output-tokens 16 \
+//		[-force-include-usage off|final|every] [-allow-runtime-lora [-lora-resolver-dir DIR]]
 //
 // It serves until SIGINT or SIGTERM.
 package main
@@ -30,9 +31,21 @@ func main() {
 	flag.IntVar(&cfg.OutputTokens, "output-tokens", 16, "tokens generated when a request has no max_tokens; max_tokens caps it")
 	flag.StringVar(&cfg.Version, "version", "0.11.0", "vLLM version reported by /version")
 	flag.BoolVar(&cfg.RequireModel, "require-model", false, `reject requests without "model" (vLLM accepts them)`)
+	forceUsage := flag.String("force-include-usage", "off",
+		"vLLM's --enable-force-include-usage: off, final (usage chunk at the end of every stream) or every (usage in every chunk too)")
+	flag.BoolVar(&cfg.AllowRuntimeLoRA, "allow-runtime-lora", false,
+		"serve /v1/load_lora_adapter and /v1/unload_lora_adapter (VLLM_ALLOW_RUNTIME_LORA_UPDATING)")
+	flag.StringVar(&cfg.LoRAResolverDir, "lora-resolver-dir", "",
+		"with -allow-runtime-lora, load an unknown model's adapter from this directory on first use (VLLM_LORA_RESOLVER_CACHE_DIR)")
+	flag.Float64Var(&cfg.MaxAudioFileMB, "max-audio-file-mb", 25, "largest audio upload in MiB (VLLM_MAX_AUDIO_CLIP_FILESIZE_MB)")
+	flag.IntVar(&cfg.MaxRequestBodySize, "max-request-body-size", 64<<20, "largest request body in bytes (vLLM sets none)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		log.Fatalf("fakevllm: unexpected arguments %q", flag.Args())
+	}
+	var err error
+	if cfg.ForceIncludeUsage, err = fakevllm.ParseForceUsage(*forceUsage); err != nil {
+		log.Fatalf("fakevllm: %v", err)
 	}
 
 	ln, err := net.Listen("tcp", *listen)
