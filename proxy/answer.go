@@ -39,10 +39,20 @@ func apiKindOf(path string) apiKind {
 // hasStreamOptions reports whether the request model vLLM validates a
 // request to path with has stream_options (chat and completions): only
 // there does asking for usage not change what vLLM does otherwise.
-// Responses and Messages streams carry usage unasked.
-func hasStreamOptions(path string) bool {
-	path = pathOnly(path)
-	return path == "/v1/chat/completions" || path == "/v1/completions"
+// Responses and Messages streams carry usage unasked. /invocations
+// (SageMaker) tries ChatCompletionRequest, then CompletionRequest, then
+// the pooling requests: a body with messages is a chat, one with a prompt
+// a completion (a body neither accepts falls through to the next type;
+// rewriting it changes nothing vLLM accepts, since stream_options is
+// optional in both).
+func hasStreamOptions(path string, f *requestFields) bool {
+	switch pathOnly(path) {
+	case "/v1/chat/completions", "/v1/completions":
+		return true
+	case "/invocations":
+		return f.hasMessages || f.hasPrompt
+	}
+	return false
 }
 
 func pathOnly(path string) string {

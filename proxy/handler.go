@@ -163,7 +163,7 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		defer p.budget.give(int64(cap(x.textScratch)))
 	}
 	x.tap.kind = apiKindOf(ev.Path)
-	if f.valid && f.stream && !f.includeUsage && f.rewritable && hasStreamOptions(ev.Path) && !p.cfg.UpstreamForcesUsage {
+	if f.valid && f.stream && !f.includeUsage && f.rewritable && hasStreamOptions(ev.Path, &f) && !p.cfg.UpstreamForcesUsage {
 		x.reqBody = withIncludeUsage(x.reqBody[:0], f)
 		if !p.budget.take(int64(cap(x.reqBody))) {
 			p.answerBodyError(ctx, x, errBodyOverBudget)

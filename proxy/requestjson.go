@@ -59,6 +59,9 @@ type requestFields struct {
 	hasStreamOptions bool
 	// empty reports whether the object has no member.
 	empty bool
+	// hasMessages and hasPrompt report members that make a body to
+	// /invocations a chat or a completion request.
+	hasMessages, hasPrompt bool
 	// rewritable reports whether the body may be rewritten to ask for
 	// usage without making valid what vLLM would refuse: stream_options
 	// is absent, null, or an object vLLM accepts, and the text decoded
@@ -331,6 +334,10 @@ func parseRequestFields(body []byte, scratch *[]byte, prevModel string) (f reque
 			stream, hasStream = m, true
 		case keyIs(k, "stream_options"):
 			streamOptions, f.hasStreamOptions = m, true
+		case keyIs(k, "messages"):
+			f.hasMessages = true
+		case keyIs(k, "prompt"):
+			f.hasPrompt = true
 		}
 	})
 	if !ok {

@@ -1,0 +1,226 @@
+package proxy_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"mime/multipart"
+	"strings"
+	"testing"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+
+	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/bench/fakevllm"
+	"github.com/auditproxy/auditproxy/proxy"
+)
+
+// wav is a silent 16 kHz mono PCM WAV file of the given length.
+func wav(seconds float64) []byte {
+	samples := int(seconds * 16000)
+	var b bytes.Buffer
+	b.WriteString("RIFF")
+	binary.Write(&b, binary.LittleEndian, uint32(36+2*samples))
+	b.WriteString("WAVEfmt ")
+	for _, v := range []any{uint32(16), uint16(1), uint16(1), uint32(16000), uint32(32000), uint16(2), uint16(16)} {
+		binary.Write(&b, binary.LittleEndian, v)
+	}
+	b.WriteString("data")
+	binary.Write(&b, binary.LittleEndian, uint32(2*samples))
+	b.Write(make([]byte, 2*samples))
+	return b.Bytes()
+}
+
+// usageIn returns the counts of the last usage object in a JSON body or an
+// SSE stream, -1 for a count it lacks.
+func usageIn(t *testing.T, b []byte) (prompt, completion int64) {
+	t.Helper()
+	prompt, completion = -1, -1
+	docs := [][]byte{b}
+	if bytes.HasPrefix(b, []byte("data:")) || bytes.HasPrefix(b, []byte("event:")) {
+		docs = nil
+		for _, line := range bytes.Split(b, []byte("\n")) {
+			if d, ok := bytes.CutPrefix(line, []byte("data: ")); ok && d[0] == '{' {
+				docs = append(docs, d)
+			}
+		}
+	}
+	for _, d := range docs {
+		var v struct {
+			Usage *struct {
+				Prompt     *int64 `json:"prompt_tokens"`
+				Completion *int64 `json:"completion_tokens"`
+			} `json:"usage"`
+		}
+		if err := json.Unmarshal(d, &v); err != nil {
+			t.Fatalf("not JSON: %.200s: %v", d, err)
+		}
+		if v.Usage == nil {
+			continue
+		}
+		prompt, completion = -1, -1
+		if v.Usage.Prompt != nil {
+			prompt = *v.Usage.Prompt
+		}
+		if v.Usage.Completion != nil {
+			completion = *v.Usage.Completion
+		}
+	}
+	return prompt, completion
+}
+
+// TestAnswerFormatsThroughProxy: for each of vLLM's answer formats that the
+// fake reproduces, the client gets through the proxy what it gets from vLLM
+// directly, and the event's counts are vLLM's usage (null where vLLM sends
+// none).
+func TestAnswerFormatsThroughProxy(t *testing.T) {
+	e := newTestEnv(t, fakevllm.Config{OutputTokens: 12, MaxModelLen: 1 << 20}, nil)
+	longPrompt := strings.Repeat("every inference leaves a record ", 60000) // 360,000 prompt tokens: a first chunk over 2 MB
+	docs := make([]string, 1500)
+	for i := range docs {
+		docs[i] = fmt.Sprintf("document %d says %s", i, strings.Repeat("words ", 100))
+	}
+	docsJSON, _ := json.Marshal(docs)
+	jsonHdr := map[string]string{"Content-Type": "application/json"}
+	for _, tc := range []struct {
+		name, path, body string
+		// usageFrom, if set, is the body that makes vLLM send usage, whose
+		// counts the event must have (the proxy asked for them).
+		usageFrom    string
+		wantIn       int64 // -1: null
+		wantOut      int64
+		finishReason string
+	}{
+		{name: "rerank: usage before 1 MB of results, no completion count", path: "/v1/rerank",
+			body: `{"model":"` + testModel + `","query":"which documents matter","documents":` + string(docsJSON) + `}`, wantOut: -1},
+		{name: "score: completion_tokens 0", path: "/v1/score",
+			body: `{"model":"` + testModel + `","text_1":"a","text_2":["b c","d"]}`},
+		{name: "chat with prompt_logprobs and token ids after usage", path: "/v1/chat/completions",
+			body:         `{"model":"` + testModel + `","messages":[{"role":"user","content":"` + longPrompt[:200000] + `"}],"prompt_logprobs":1,"return_token_ids":true}`,
+			finishReason: "stop"},
+		{name: "chat stream whose first chunk carries 2 MB of prompt token ids", path: "/v1/chat/completions",
+			body:         `{"model":"` + testModel + `","stream":true,"return_token_ids":true,"messages":[{"role":"user","content":"` + longPrompt + `"}]}`,
+			usageFrom:    `{"model":"` + testModel + `","stream":true,"stream_options":{"include_usage":true},"return_token_ids":true,"messages":[{"role":"user","content":"` + longPrompt + `"}]}`,
+			finishReason: "stop"},
+		{name: "invocations: a streamed chat", path: "/invocations",
+			body:         `{"model":"` + testModel + `","stream":true,"messages":[{"role":"user","content":"hello"}]}`,
+			usageFrom:    `{"model":"` + testModel + `","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hello"}]}`,
+			finishReason: "stop"},
+		{name: "invocations: an embedding", path: "/invocations",
+			body: `{"model":"` + testModel + `","input":"embed me"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, direct := rawRequest(t, "POST", e.upstream+tc.path, jsonHdr, tc.body)
+			_, proxied := rawRequest(t, "POST", e.proxyURL+tc.path, jsonHdr, tc.body)
+			ev := e.events.next(t)
+			if normalize(direct) != normalize(proxied) {
+				t.Fatalf("the client got %d bytes through the proxy, %d directly:\n%.300s\n%.300s", len(proxied), len(direct), proxied, direct)
+			}
+			source := direct
+			if tc.usageFrom != "" {
+				_, source = rawRequest(t, "POST", e.upstream+tc.path, jsonHdr, tc.usageFrom)
+			}
+			in, out := usageIn(t, source)
+			if in < 0 && out < 0 {
+				t.Fatalf("the fake sent no usage: %.300s", source)
+			}
+			if tc.wantOut < 0 && out >= 0 {
+				t.Fatalf("the fake sent a completion count: %.300s", source)
+			}
+			if tokens(ev.Input.Tokens) != in || tokens(ev.Output.Tokens) != out {
+				t.Errorf("event tokens %d/%d, vLLM's usage %d/%d", tokens(ev.Input.Tokens), tokens(ev.Output.Tokens), in, out)
+			}
+			if ev.Output.FinishReason != tc.finishReason || ev.Status.Outcome != audit.OutcomeOK || ev.Model.Name != testModel {
+				t.Errorf("finish %q outcome %s model %q", ev.Output.FinishReason, ev.Status.Outcome, ev.Model.Name)
+			}
+		})
+	}
+}
+
+// TestTranscriptionsThroughProxy: a transcription (a multipart form, read
+// as vLLM reads it) records its model, and the audio length vLLM bills as
+// its usage; a streamed one that asks for usage records token counts.
+func TestTranscriptionsThroughProxy(t *testing.T) {
+	e := newTestEnv(t, fakevllm.Config{OutputTokens: 6}, nil)
+	ctx := context.Background()
+	audio := wav(2.2)
+	for _, c := range []openai.Client{sdkClient(e.upstream, newCapture()), sdkClient(e.proxyURL, newCapture())} {
+		res, err := c.Audio.Transcriptions.New(ctx, openai.AudioTranscriptionNewParams{File: bytes.NewReader(audio), Model: testModel})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Usage.Seconds != 3 {
+			t.Errorf("usage %+v", res.Usage)
+		}
+	}
+	ev := e.events.next(t)
+	if ev.Model.Name != testModel || ev.Input.AudioSeconds == nil || *ev.Input.AudioSeconds != 3 ||
+		ev.Input.Tokens != nil || ev.Output.Tokens != nil || ev.Status.Outcome != audit.OutcomeOK || ev.Stream {
+		t.Errorf("event %+v (audio seconds %v)", ev, ev.Input.AudioSeconds)
+	}
+
+	var b bytes.Buffer
+	w := multipart.NewWriter(&b)
+	fw, _ := w.CreateFormFile("file", "a.wav")
+	fw.Write(audio)
+	w.WriteField("model", "someone-else")
+	w.WriteField("model", testModel) // the last wins, in vLLM
+	w.WriteField("stream", "true")
+	w.WriteField("stream_include_usage", "true")
+	w.Close()
+	hdr := map[string]string{"Content-Type": w.FormDataContentType()}
+	_, direct := rawRequest(t, "POST", e.upstream+"/v1/audio/transcriptions", hdr, b.String())
+	_, proxied := rawRequest(t, "POST", e.proxyURL+"/v1/audio/transcriptions", hdr, b.String())
+	if normalize(direct) != normalize(proxied) {
+		t.Fatalf("stream through the proxy differs:\n%s\n%s", proxied, direct)
+	}
+	ev = e.events.next(t)
+	in, out := usageIn(t, direct)
+	if ev.Model.Name != testModel || !ev.Stream || tokens(ev.Input.Tokens) != in || tokens(ev.Output.Tokens) != out || in < 0 || ev.Status.Outcome != audit.OutcomeOK {
+		t.Errorf("streamed transcription: model %q stream %v tokens %d/%d (vLLM %d/%d) outcome %s", ev.Model.Name, ev.Stream, tokens(ev.Input.Tokens), tokens(ev.Output.Tokens), in, out, ev.Status.Outcome)
+	}
+}
+
+// TestForcedUsageReachesTheClient: with vLLM's --enable-force-include-usage
+// every stream carries usage; told so, the proxy neither asks for it nor
+// removes it, so a client that did not ask gets what vLLM sends it.
+func TestForcedUsageReachesTheClient(t *testing.T) {
+	e := newTestEnv(t, fakevllm.Config{OutputTokens: 8, ForceIncludeUsage: fakevllm.ForceUsageFinal},
+		func(c *proxy.Config) { c.UpstreamForcesUsage = true })
+	direct, proxied, _, ev, _ := e.exchangeBoth(t, func(c openai.Client) error {
+		s := c.Chat.Completions.NewStreaming(context.Background(), openai.ChatCompletionNewParams{
+			Model: testModel, Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")},
+		}, option.WithJSONDel("stream_options"))
+		for s.Next() {
+		}
+		return s.Err()
+	})
+	if normalize(direct) != normalize(proxied) {
+		t.Fatalf("the client got\n%s\nthrough the proxy, and\n%s\ndirectly", proxied, direct)
+	}
+	in, out := usageIn(t, direct)
+	if in < 0 || tokens(ev.Input.Tokens) != in || tokens(ev.Output.Tokens) != out {
+		t.Errorf("tokens %d/%d, vLLM's %d/%d", tokens(ev.Input.Tokens), tokens(ev.Output.Tokens), in, out)
+	}
+}
+
+// TestRequestWithoutModel: vLLM serves a request that names no model with
+// its first served name; the event records that name, from the answer, and
+// its checksum.
+func TestRequestWithoutModel(t *testing.T) {
+	e := newTestEnv(t, fakevllm.Config{OutputTokens: 3}, func(c *proxy.Config) {
+		c.ModelChecksums = func(name string) (string, string) { return "blake3:sum-of-" + name, "" }
+	})
+	_, body := rawRequest(t, "POST", e.proxyURL+"/v1/chat/completions", map[string]string{"Content-Type": "application/json"},
+		`{"messages":[{"role":"user","content":"hi"}]}`)
+	ev := e.events.next(t)
+	if !strings.Contains(string(body), `"model":"`+testModel+`"`) {
+		t.Fatalf("the fake did not serve its first model: %s", body)
+	}
+	if ev.Model.Name != testModel || !ev.Model.FromAnswer || ev.Model.Checksum != "blake3:sum-of-"+testModel {
+		t.Errorf("model %+v", ev.Model)
+	}
+}
