@@ -89,7 +89,7 @@ type Config struct {
 type Stats struct {
 	Requests         int64 // every request, any path
 	StreamsStarted   int64 // SSE responses begun
-	StreamsCompleted int64 // SSE responses that ended with data: [DONE] (mid-stream errors included)
+	StreamsCompleted int64 // SSE responses that ended as their API ends them (mid-stream error events included)
 	// StreamsAborted counts streams whose write to the peer failed because
 	// the peer closed the connection; tests use it to prove that a proxy
 	// closed its upstream connection when its client went away.
@@ -269,6 +269,14 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 	case "/v1/completions":
 		if s.allow(ctx, fasthttp.MethodPost) {
 			s.generate(ctx, kindCompletion, &h)
+		}
+	case "/v1/responses":
+		if s.allow(ctx, fasthttp.MethodPost) {
+			s.responses(ctx, &h)
+		}
+	case "/v1/messages":
+		if s.allow(ctx, fasthttp.MethodPost) {
+			s.messages(ctx, &h)
 		}
 	case "/v1/embeddings":
 		if s.allow(ctx, fasthttp.MethodPost) {
