@@ -1,7 +1,8 @@
 // Package fakevllm is a simulated vLLM OpenAI-compatible server. It owns the
 // wire format auditproxy sits in front of: the exact JSON and SSE bytes vLLM
-// writes for chat completions, completions, embeddings, /v1/models, /version,
-// /health and /metrics, its error bodies, and a set of per-request test hooks
+// writes for chat completions, completions, the Responses API, the Anthropic
+// Messages API, embeddings, /v1/models, /version, /health and /metrics, its
+// error bodies, and a set of per-request test hooks
 // (mid-stream errors, silent upstreams, stalled streams, send timestamps)
 // chosen by request headers so that tests can drive the upstream through a
 // proxy that forwards headers unchanged.
@@ -30,7 +31,9 @@ import (
 // forwards them unchanged, so a test reaches the upstream through it.
 const (
 	// HeaderMidstreamError: after N content chunks, send vLLM's mid-stream
-	// error event and data: [DONE] (the HTTP status stays 200).
+	// error event and data: [DONE] (the HTTP status stays 200). A Messages
+	// stream gets its error event instead, and a Responses stream is dropped
+	// without the chunked body's end, as vLLM does (responses.go, messages.go).
 	HeaderMidstreamError = "X-Fake-Midstream-Error"
 	// HeaderErrorFormat picks the mid-stream error body: "" (the current
 	// nested {"error":{…}} form), "flat" (older releases' {"object":"error",…})
