@@ -274,6 +274,10 @@ type messagesFormat struct {
 // members come in the class's order: type, message, delta, content_block,
 // index, error, usage.
 
+// start sends nothing: message_start is made from the chat stream's first
+// chunk, which vLLM sends with the engine's first output.
+func (mf *messagesFormat) start(_ *stream, b []byte) []byte { return b }
+
 func (mf *messagesFormat) open(st *stream, b []byte) []byte {
 	b = appendEventHead(b, "message_start")
 	b = append(b, `{"type":"message_start","message":{"id":"`...)

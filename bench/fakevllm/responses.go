@@ -302,7 +302,9 @@ func (rf *responsesFormat) appendTail(b []byte, typ string) []byte {
 	return append(b, "\"}\n\n"...)
 }
 
-func (rf *responsesFormat) open(st *stream, b []byte) []byte {
+// start sends response.created and response.in_progress at once: vLLM
+// yields them before it waits for the engine.
+func (rf *responsesFormat) start(st *stream, b []byte) []byte {
 	for _, typ := range [...]string{"response.created", "response.in_progress"} {
 		b = appendEventHead(b, typ)
 		b = append(b, `{"response":`...)
@@ -311,6 +313,8 @@ func (rf *responsesFormat) open(st *stream, b []byte) []byte {
 	}
 	return b
 }
+
+func (rf *responsesFormat) open(_ *stream, b []byte) []byte { return b }
 
 // appendItemID appends the item_id member of the streamed message's events.
 func (rf *responsesFormat) appendItemID(b []byte) []byte {

@@ -1,6 +1,7 @@
 package fakevllm
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
@@ -312,6 +314,34 @@ func TestResponsesStreamGolden(t *testing.T) {
 		t.Fatalf("status %d content-type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
 	checkGolden(t, "responses_stream.golden", []byte(normalize(body)))
+}
+
+// TestResponsesCreatedDuringPrefill: vLLM yields response.created and
+// response.in_progress before it waits for the engine, so they arrive while
+// the first token is still an hour away.
+func TestResponsesCreatedDuringPrefill(t *testing.T) {
+	_, base := startServer(t, Config{TTFT: time.Hour})
+	// The deadline only bounds a failure; a pass reads two events at once.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", base+"/v1/responses", strings.NewReader(`{"input":"hi","stream":true}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	var lines []string
+	for len(lines) < 6 {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("after %q: %v", lines, err)
+		}
+		lines = append(lines, line)
+	}
+	if lines[0] != "event: response.created\n" || lines[3] != "event: response.in_progress\n" {
+		t.Errorf("first events %q", lines)
+	}
 }
 
 // TestResponsesStreamOptionsAccepted: a proxy may inject stream_options

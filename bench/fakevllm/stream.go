@@ -98,12 +98,16 @@ func (st *stream) run(w *bufio.Writer) {
 			st.timer.Stop()
 		}
 	}()
+	if st.format != nil {
+		if st.buf = st.format.start(st, st.buf[:0]); len(st.buf) > 0 && !st.send(w, st.buf) {
+			return
+		}
+	}
 	if !st.wait(st.ttft) {
 		return
 	}
 	if st.format != nil {
-		st.buf = st.format.open(st, st.buf[:0])
-		if !st.send(w, st.buf) {
+		if st.buf = st.format.open(st, st.buf[:0]); len(st.buf) > 0 && !st.send(w, st.buf) {
 			return
 		}
 	} else if st.kind == kindChat {
@@ -175,7 +179,11 @@ func (st *stream) run(w *bufio.Writer) {
 // run, so pacing, token counts and the X-Fake-* hooks behave the same for
 // every API. Each method appends to b and returns it.
 type sseFormat interface {
-	// open appends the events vLLM sends before the first token.
+	// start appends the events vLLM sends as soon as the response starts,
+	// before the engine has produced anything (during prefill).
+	start(st *stream, b []byte) []byte
+	// open appends the events vLLM sends with the engine's first output,
+	// before the first token's own events.
 	open(st *stream, b []byte) []byte
 	// token appends the events that carry output token i.
 	token(st *stream, b []byte, i int) []byte
