@@ -1,7 +1,8 @@
 // Package fakevllm is a simulated vLLM OpenAI-compatible server. It owns the
 // wire format auditproxy sits in front of: the exact JSON and SSE bytes vLLM
-// writes for chat completions, completions, embeddings, /v1/models, /version,
-// /health and /metrics, its error bodies, and a set of per-request test hooks
+// writes for chat completions, completions, the Responses API, the Anthropic
+// Messages API, embeddings, /v1/models, /version, /health and /metrics, its
+// error bodies, and a set of per-request test hooks
 // (mid-stream errors, silent upstreams, stalled streams, send timestamps)
 // chosen by request headers so that tests can drive the upstream through a
 // proxy that forwards headers unchanged.
@@ -30,7 +31,9 @@ import (
 // forwards them unchanged, so a test reaches the upstream through it.
 const (
 	// HeaderMidstreamError: after N content chunks, send vLLM's mid-stream
-	// error event and data: [DONE] (the HTTP status stays 200).
+	// error event and data: [DONE] (the HTTP status stays 200). A Messages
+	// stream gets its error event instead, and a Responses stream is dropped
+	// without the chunked body's end, as vLLM does (responses.go, messages.go).
 	HeaderMidstreamError = "X-Fake-Midstream-Error"
 	// HeaderErrorFormat picks the mid-stream error body: "" (the current
 	// nested {"error":{…}} form), "flat" (older releases' {"object":"error",…})
@@ -108,7 +111,7 @@ type Config struct {
 type Stats struct {
 	Requests         int64 // every request, any path
 	StreamsStarted   int64 // SSE responses begun
-	StreamsCompleted int64 // SSE responses that ended with data: [DONE] (mid-stream errors included)
+	StreamsCompleted int64 // SSE responses that ended as their API ends them (mid-stream error events included)
 	// StreamsAborted counts streams whose write to the peer failed because
 	// the peer closed the connection; tests use it to prove that a proxy
 	// closed its upstream connection when its client went away.
@@ -296,6 +299,14 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 	case "/v1/completions":
 		if s.allow(ctx, fasthttp.MethodPost) {
 			s.generate(ctx, kindCompletion, &h)
+		}
+	case "/v1/responses":
+		if s.allow(ctx, fasthttp.MethodPost) {
+			s.responses(ctx, &h)
+		}
+	case "/v1/messages":
+		if s.allow(ctx, fasthttp.MethodPost) {
+			s.messages(ctx, &h)
 		}
 	case "/v1/embeddings":
 		if s.allow(ctx, fasthttp.MethodPost) {

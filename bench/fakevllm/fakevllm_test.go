@@ -54,6 +54,9 @@ var volatile = []struct {
 }{
 	{regexp.MustCompile(`"(chatcmpl|cmpl|embd|modelperm)-[0-9a-f]{32}"`), `"$1-ID"`},
 	{regexp.MustCompile(`"created":\d+`), `"created":T`},
+	{regexp.MustCompile(`"(resp|msg)_[0-9a-f]{32}"`), `"${1}_ID"`},
+	{regexp.MustCompile(`"(id|item_id)":"[0-9a-f]{32}"`), `"$1":"ITEM"`},
+	{regexp.MustCompile(`"created_at":\d+`), `"created_at":T`},
 	{regexp.MustCompile(`"embedding":\[[^\]]*\]`), `"embedding":[E]`},
 }
 

@@ -37,6 +37,20 @@ type hooks struct {
 	stallAfter   int // content chunks before the stall; -1: none
 	benchTS      bool
 	ttft, itl    time.Duration // -1: use Config
+	messagesDone bool          // Messages streams end with data: [DONE], as older vLLM releases did
+}
+
+// pacing returns the delays before the first token and between tokens for
+// this request: the X-Fake-TTFT and X-Fake-ITL overrides, else cfg's.
+func (h *hooks) pacing(cfg Config) (ttft, itl time.Duration) {
+	ttft, itl = cfg.TTFT, cfg.InterTokenLatency
+	if h.ttft >= 0 {
+		ttft = h.ttft
+	}
+	if h.itl >= 0 {
+		itl = h.itl
+	}
+	return ttft, itl
 }
 
 // parseHooks reads the X-Fake-* headers. It walks the headers once instead
@@ -76,6 +90,8 @@ func parseHooks(h *fasthttp.RequestHeader) (hooks, error) {
 			k.ttft, err = hookDuration(HeaderTTFT, v)
 		case bytes.EqualFold(name, []byte(HeaderITL)):
 			k.itl, err = hookDuration(HeaderITL, v)
+		case bytes.EqualFold(name, []byte(HeaderMessagesDone)):
+			k.messagesDone = string(v) == "1"
 		}
 		if err != nil {
 			return k, err
@@ -173,6 +189,22 @@ func pyBool(v *fastjson.Value) (b, ok bool) {
 // parseBody parses a JSON object body and checks its model field, the part
 // every POST endpoint shares.
 func (s *Server) parseBody(p *fastjson.Parser, body []byte) (*fastjson.Value, *apiError) {
+	v, aerr := parseObject(p, body)
+	if aerr != nil {
+		return nil, aerr
+	}
+	name, given, aerr := modelName(v, s.cfg.RequireModel)
+	if aerr != nil {
+		return nil, aerr
+	}
+	if !given {
+		return v, nil
+	}
+	return v, s.checkModel(string(name))
+}
+
+// parseObject parses a body that must be a JSON object.
+func parseObject(p *fastjson.Parser, body []byte) (*fastjson.Value, *apiError) {
 	v, err := p.ParseBytes(body)
 	if err != nil {
 		return nil, badRequest("JSON decode error: %v", err)
@@ -180,20 +212,25 @@ func (s *Server) parseBody(p *fastjson.Parser, body []byte) (*fastjson.Value, *a
 	if v.Type() != fastjson.TypeObject {
 		return nil, badRequest("Input should be a valid dictionary or object to extract fields from: body")
 	}
+	return v, nil
+}
+
+// modelName validates the body's model member (str | None in the OpenAI
+// request models) and returns it; given is false when it is absent or null,
+// which is refused only when required.
+func modelName(v *fastjson.Value, required bool) (name []byte, given bool, aerr *apiError) {
 	switch m := member(v, "model"); {
 	case m == nil || m.Type() == fastjson.TypeNull:
-		if s.cfg.RequireModel {
-			return nil, badRequest("Field required: body.model")
+		if required {
+			return nil, false, badRequest("Field required: body.model")
 		}
+		return nil, false, nil
 	case m.Type() != fastjson.TypeString:
-		return nil, badRequest("Input should be a valid string: body.model")
+		return nil, false, badRequest("Input should be a valid string: body.model")
 	default:
 		name, _ := m.StringBytes()
-		if aerr := s.checkModel(string(name)); aerr != nil {
-			return nil, aerr
-		}
+		return name, true, nil
 	}
-	return v, nil
 }
 
 func (s *Server) parseGenRequest(v *fastjson.Value, k kind) (genRequest, *apiError) {
@@ -228,12 +265,8 @@ func (s *Server) parseGenRequest(v *fastjson.Value, k kind) (genRequest, *apiErr
 		r.maxTokens = n
 	}
 
-	if st := member(v, "stream"); st != nil {
-		b, ok := pyBool(st)
-		if !ok {
-			return r, badRequest("Input should be a valid boolean, unable to interpret input: body.stream")
-		}
-		r.stream = b
+	if r.stream, aerr = streamFlag(v); aerr != nil {
+		return r, aerr
 	}
 	optionsGiven, continuous := false, false
 	if so := member(v, "stream_options"); so != nil && so.Type() != fastjson.TypeNull {
@@ -266,16 +299,36 @@ func (s *Server) parseGenRequest(v *fastjson.Value, k kind) (genRequest, *apiErr
 		return r, aerr
 	}
 
+	return r, s.checkContext(r, name)
+}
+
+// checkContext refuses a prompt that fills the context, or a token limit
+// (named by the field it came from) that does not fit beside the prompt.
+func (s *Server) checkContext(r genRequest, name string) *apiError {
 	if r.promptTokens >= s.cfg.MaxModelLen {
-		return r, badRequest("This model's maximum context length is %d tokens. However, your request has %d input tokens. "+
+		return badRequest("This model's maximum context length is %d tokens. However, your request has %d input tokens. "+
 			"Please reduce the length of the input messages.", s.cfg.MaxModelLen, r.promptTokens)
 	}
 	if r.maxTokens > s.cfg.MaxModelLen-r.promptTokens {
-		return r, badRequest("'%s' is too large: %d. This model's maximum context length is %d tokens and your request has "+
+		return badRequest("'%s' is too large: %d. This model's maximum context length is %d tokens and your request has "+
 			"%d input tokens (%d > %d - %d).", name, r.maxTokens, s.cfg.MaxModelLen, r.promptTokens,
 			r.maxTokens, s.cfg.MaxModelLen, r.promptTokens)
 	}
-	return r, nil
+	return nil
+}
+
+// streamFlag reads the body's stream member (bool | None = False in every
+// vLLM request model).
+func streamFlag(v *fastjson.Value) (bool, *apiError) {
+	st := member(v, "stream")
+	if st == nil {
+		return false, nil
+	}
+	b, ok := pyBool(st)
+	if !ok {
+		return false, badRequest("Input should be a valid boolean, unable to interpret input: body.stream")
+	}
+	return b, nil
 }
 
 // chatPromptWords counts the words of every message's content, whether the
@@ -376,13 +429,7 @@ func (s *Server) generate(ctx *fasthttp.RequestCtx, k kind, h *hooks) {
 		return
 	}
 	n, finish := s.plan(r)
-	ttft, itl := s.cfg.TTFT, s.cfg.InterTokenLatency
-	if h.ttft >= 0 {
-		ttft = h.ttft
-	}
-	if h.itl >= 0 {
-		itl = h.itl
-	}
+	ttft, itl := h.pacing(s.cfg)
 	s.promptTokens.Add(int64(r.promptTokens))
 	if r.stream {
 		s.startStream(ctx, &stream{

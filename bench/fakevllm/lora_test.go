@@ -30,7 +30,6 @@ func writeAdapter(t *testing.T, dir, base string, weights bool) string {
 	return dir
 }
 
-func jsonString(s string) string { b, _ := json.Marshal(s); return string(b) }
 
 type modelCard struct {
 	ID          string  `json:"id"`

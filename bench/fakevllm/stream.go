@@ -2,8 +2,11 @@ package fakevllm
 
 import (
 	"bufio"
+	"errors"
+	"io"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -30,6 +33,10 @@ type stream struct {
 	benchTS      bool
 	modelJSON    []byte // the chunks' "model" member
 	extras       genExtras
+	// format writes the events of the Responses and Messages APIs; nil
+	// means chat or completion chunks, chosen by kind.
+	format  sseFormat
+	dropped atomic.Bool // the format's failure ends the body without its last chunk
 
 	conn  net.Conn    // set only for stalls, which end by closing it
 	timer *time.Timer // reused for every pause of this stream
@@ -54,7 +61,35 @@ func (s *Server) startStream(ctx *fasthttp.RequestCtx, st *stream) {
 	// Uvicorn sends the headers as soon as the response starts, before the
 	// first token exists; a proxy sees a silent 200 during prefill.
 	ctx.Response.ImmediateHeaderFlush = true
+	if st.format != nil && st.errAfter >= 0 {
+		// The format may have to end the body without its last chunk.
+		ctx.SetBodyStream(&droppableBody{ReadCloser: fasthttp.NewStreamReader(st.run), st: st}, -1)
+		return
+	}
 	ctx.SetBodyStreamWriter(st.run)
+}
+
+// errDropped ends a response body without its last chunk: fasthttp stops
+// writing the body at a read error other than io.EOF and closes the
+// connection.
+var errDropped = errors.New("fakevllm: stream dropped to simulate a failed vLLM generator")
+
+// droppableBody is the body of a stream whose writer may drop the
+// connection. The writer cannot close it itself: what it wrote is still in
+// fasthttp's pipe, on its way to the peer. So the writer only marks the
+// stream dropped and returns; the body is read to its end, and the end is
+// turned into errDropped, after every byte before it was sent.
+type droppableBody struct {
+	io.ReadCloser
+	st *stream
+}
+
+func (b *droppableBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF && b.st.dropped.Load() {
+		err = errDropped
+	}
+	return n, err
 }
 
 func (st *stream) run(w *bufio.Writer) {
@@ -65,10 +100,19 @@ func (st *stream) run(w *bufio.Writer) {
 			st.timer.Stop()
 		}
 	}()
+	if st.format != nil {
+		if st.buf = st.format.start(st, st.buf[:0]); len(st.buf) > 0 && !st.send(w, st.buf) {
+			return
+		}
+	}
 	if !st.wait(st.ttft) {
 		return
 	}
-	if st.kind == kindChat {
+	if st.format != nil {
+		if st.buf = st.format.open(st, st.buf[:0]); len(st.buf) > 0 && !st.send(w, st.buf) {
+			return
+		}
+	} else if st.kind == kindChat {
 		// vLLM opens every chat stream with the assistant role and empty content.
 		st.buf = st.appendChunk(st.buf[:0], -1)
 		if !st.send(w, st.buf) {
@@ -77,6 +121,10 @@ func (st *stream) run(w *bufio.Writer) {
 	}
 	for i := 0; ; i++ {
 		if i == st.errAfter || (i == st.n && st.errAfter > st.n) {
+			if st.format != nil {
+				st.failFormat(w)
+				return
+			}
 			st.buf = st.appendError(st.buf[:0])
 			if st.send(w, st.buf) && st.send(w, doneEvent) {
 				s.streamsCompleted.Add(1)
@@ -97,11 +145,23 @@ func (st *stream) run(w *bufio.Writer) {
 		if i > 0 && !st.wait(st.itl) {
 			return
 		}
-		st.buf = st.appendChunk(st.buf[:0], i)
+		if st.format != nil {
+			st.buf = st.format.token(st, st.buf[:0], i)
+		} else {
+			st.buf = st.appendChunk(st.buf[:0], i)
+		}
 		if !st.send(w, st.buf) {
 			return
 		}
 		st.sent++
+	}
+	if st.format != nil {
+		st.buf = st.format.close(st, st.buf[:0])
+		if st.send(w, st.buf) {
+			s.streamsCompleted.Add(1)
+			s.recordE2E(st.start)
+		}
+		return
 	}
 	if st.includeUsage {
 		st.buf = st.appendUsageChunk(st.buf[:0])
@@ -114,6 +174,42 @@ func (st *stream) run(w *bufio.Writer) {
 	}
 	s.streamsCompleted.Add(1)
 	s.recordE2E(st.start)
+}
+
+// sseFormat writes the events of an API whose stream is not made of chat or
+// completion chunks (Responses, Messages) around the shared token loop of
+// run, so pacing, token counts and the X-Fake-* hooks behave the same for
+// every API. Each method appends to b and returns it.
+type sseFormat interface {
+	// start appends the events vLLM sends as soon as the response starts,
+	// before the engine has produced anything (during prefill).
+	start(st *stream, b []byte) []byte
+	// open appends the events vLLM sends with the engine's first output,
+	// before the first token's own events.
+	open(st *stream, b []byte) []byte
+	// token appends the events that carry output token i.
+	token(st *stream, b []byte, i int) []byte
+	// close appends everything after the last token, up to the stream's end.
+	close(st *stream, b []byte) []byte
+	// fail appends the events vLLM sends when generation fails mid-stream
+	// after st.sent tokens; ok false means vLLM sends none and the
+	// connection is dropped without ending the chunked body.
+	fail(st *stream, b []byte) (out []byte, ok bool)
+}
+
+// failFormat ends a format's stream the way vLLM ends it on a mid-stream
+// engine failure.
+func (st *stream) failFormat(w *bufio.Writer) {
+	b, ok := st.format.fail(st, st.buf[:0])
+	if !ok {
+		st.dropped.Store(true)
+		return
+	}
+	st.buf = b
+	if st.send(w, st.buf) {
+		st.s.streamsCompleted.Add(1)
+		st.s.recordE2E(st.start)
+	}
 }
 
 // wait pauses the stream for d, or less if the server is closed; it
