@@ -30,7 +30,6 @@ func writeAdapter(t *testing.T, dir, base string, weights bool) string {
 	return dir
 }
 
-
 type modelCard struct {
 	ID          string  `json:"id"`
 	Root        string  `json:"root"`
