@@ -7,11 +7,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"mime/multipart"
+	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/anthropics/anthropic-sdk-go/v2"
+	aoption "github.com/anthropics/anthropic-sdk-go/v2/option"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/responses"
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
@@ -223,4 +228,149 @@ func TestRequestWithoutModel(t *testing.T) {
 	if ev.Model.Name != testModel || !ev.Model.FromAnswer || ev.Model.Checksum != "blake3:sum-of-"+testModel {
 		t.Errorf("model %+v", ev.Model)
 	}
+}
+
+// TestResponsesAPIThroughProxy: the Responses API with the official SDK,
+// streamed (typed events, usage only in response.completed, no [DONE]) and
+// not: the same bytes as directly, vLLM's usage, the response's status as
+// the finish reason, outcome ok.
+func TestResponsesAPIThroughProxy(t *testing.T) {
+	e := newTestEnv(t, fakevllm.Config{OutputTokens: 9}, nil)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name      string
+		maxTokens int64
+		finish    string
+	}{
+		{"completed", 0, "completed"},
+		{"cut at max_output_tokens", 4, "max_output_tokens"},
+	} {
+		params := responses.ResponseNewParams{Model: testModel, Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("tell me about audit logs")}}
+		if tc.maxTokens > 0 {
+			params.MaxOutputTokens = openai.Int(tc.maxTokens)
+		}
+		for _, streamed := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/streamed=%v", tc.name, streamed), func(t *testing.T) {
+				var usage responses.ResponseUsage
+				direct, proxied, _, ev, _ := e.exchangeBoth(t, func(c openai.Client) error {
+					if !streamed {
+						r, err := c.Responses.New(ctx, params)
+						if err == nil {
+							usage = r.Usage
+						}
+						return err
+					}
+					s := c.Responses.NewStreaming(ctx, params)
+					for s.Next() {
+						if cur := s.Current(); cur.Type == "response.completed" {
+							usage = cur.Response.Usage
+						}
+					}
+					return s.Err()
+				})
+				if normalizeResponses(direct) != normalizeResponses(proxied) {
+					t.Fatalf("through the proxy:\n%.400s\ndirectly:\n%.400s", proxied, direct)
+				}
+				if usage.OutputTokens == 0 || tokens(ev.Input.Tokens) != usage.InputTokens || tokens(ev.Output.Tokens) != usage.OutputTokens {
+					t.Errorf("tokens %d/%d, vLLM's usage %d/%d", tokens(ev.Input.Tokens), tokens(ev.Output.Tokens), usage.InputTokens, usage.OutputTokens)
+				}
+				if ev.Output.FinishReason != tc.finish || ev.Status.Outcome != audit.OutcomeOK || ev.Stream != streamed || ev.Model.Name != testModel {
+					t.Errorf("finish %q outcome %s %s stream %v model %q", ev.Output.FinishReason, ev.Status.Outcome, ev.Status.Error, ev.Stream, ev.Model.Name)
+				}
+			})
+		}
+	}
+	t.Run("the upstream drops the stream", func(t *testing.T) {
+		c := sdkClient(e.proxyURL, newCapture(), option.WithHeader(fakevllm.HeaderMidstreamError, "2"))
+		s := c.Responses.NewStreaming(ctx,
+			responses.ResponseNewParams{Model: testModel, Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("hi")}})
+		for s.Next() {
+		}
+		ev := e.events.next(t)
+		if ev.Status.Outcome != audit.OutcomeUpstreamError || ev.Output.Tokens != nil {
+			t.Errorf("outcome %s %s, output tokens %v", ev.Status.Outcome, ev.Status.Error, ev.Output.Tokens)
+		}
+	})
+}
+
+// normalizeResponses is normalize for the Responses API, whose ids and
+// timestamps have other names.
+func normalizeResponses(b []byte) string {
+	return responsesVolatile.ReplaceAllString(normalize(b), `"$1":_`)
+}
+
+var responsesVolatile = regexp.MustCompile(`"(id|item_id|created_at)":("[^"]*"|[0-9.]+)`)
+
+// TestMessagesAPIThroughProxy: the Anthropic Messages API with Anthropic's
+// official SDK, streamed and not: the same bytes as directly, vLLM's usage
+// (input from message_start, output from message_delta), stop_reason as
+// the finish reason; an error event in the stream is an upstream error.
+func TestMessagesAPIThroughProxy(t *testing.T) {
+	e := newTestEnv(t, fakevllm.Config{OutputTokens: 7}, nil)
+	ctx := context.Background()
+	client := func(base string, c *capture, opts ...aoption.RequestOption) anthropic.Client {
+		return anthropic.NewClient(append([]aoption.RequestOption{aoption.WithBaseURL(base), aoption.WithAPIKey(sdkAPIKey),
+			aoption.WithHTTPClient(&http.Client{Transport: c}), aoption.WithMaxRetries(0)}, opts...)...)
+	}
+	for _, tc := range []struct {
+		name      string
+		maxTokens int64
+		stop      string
+	}{
+		{"end_turn", 100, "end_turn"},
+		{"max_tokens", 3, "max_tokens"},
+	} {
+		params := anthropic.MessageNewParams{Model: testModel, MaxTokens: tc.maxTokens,
+			Messages: []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("who answered this"))}}
+		for _, streamed := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/streamed=%v", tc.name, streamed), func(t *testing.T) {
+				var msgs [2]anthropic.Message
+				var bodies [2][]byte
+				for i, base := range []string{e.upstream, e.proxyURL} {
+					c := newCapture()
+					cl := client(base, c)
+					if !streamed {
+						m, err := cl.Messages.New(ctx, params)
+						if err != nil {
+							t.Fatal(err)
+						}
+						msgs[i] = *m
+					} else {
+						s := cl.Messages.NewStreaming(ctx, params)
+						for s.Next() {
+							if err := msgs[i].Accumulate(s.Current()); err != nil {
+								t.Fatal(err)
+							}
+						}
+						if err := s.Err(); err != nil {
+							t.Fatal(err)
+						}
+					}
+					_, bodies[i], _ = c.bodies()
+				}
+				ev := e.events.next(t)
+				if normalize(bodies[0]) != normalize(bodies[1]) {
+					t.Fatalf("through the proxy:\n%.400s\ndirectly:\n%.400s", bodies[1], bodies[0])
+				}
+				u := msgs[0].Usage
+				if u.OutputTokens == 0 || tokens(ev.Input.Tokens) != u.InputTokens || tokens(ev.Output.Tokens) != u.OutputTokens {
+					t.Errorf("tokens %d/%d, vLLM's usage %d/%d", tokens(ev.Input.Tokens), tokens(ev.Output.Tokens), u.InputTokens, u.OutputTokens)
+				}
+				if ev.Output.FinishReason != tc.stop || string(msgs[0].StopReason) != tc.stop || ev.Status.Outcome != audit.OutcomeOK || ev.Stream != streamed {
+					t.Errorf("finish %q (vLLM %q) outcome %s %s stream %v", ev.Output.FinishReason, msgs[0].StopReason, ev.Status.Outcome, ev.Status.Error, ev.Stream)
+				}
+			})
+		}
+	}
+	t.Run("an error event in the stream", func(t *testing.T) {
+		c := client(e.proxyURL, newCapture(), aoption.WithHeader(fakevllm.HeaderMidstreamError, "2"))
+		s := c.Messages.NewStreaming(ctx,
+			anthropic.MessageNewParams{Model: testModel, MaxTokens: 50, Messages: []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("hi"))}})
+		for s.Next() {
+		}
+		ev := e.events.next(t)
+		if ev.Status.Outcome != audit.OutcomeUpstreamError || ev.Status.UpstreamError != "internal_error" {
+			t.Errorf("outcome %s, upstream error %q", ev.Status.Outcome, ev.Status.UpstreamError)
+		}
+	})
 }
