@@ -285,7 +285,7 @@ func stringOf(kind fieldKind, raw []byte, truncated bool, known []string) string
 // still read, as a new string).
 var (
 	commonEventTypes = []string{"response.completed", "response.incomplete", "response.failed", "error",
-		"response.created", "message_start", "message_delta", "message_stop"}
+		"response.created", "response.in_progress", "message_start", "message_delta", "message_stop"}
 	responseStatuses  = []string{"completed", "incomplete", "failed", "in_progress", "queued", "cancelled"}
 	incompleteReasons = []string{"max_output_tokens", "content_filter"}
 	stopReasons       = []string{"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"}

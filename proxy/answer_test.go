@@ -326,3 +326,26 @@ func FuzzSSEEventReader(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkFieldScannerLargeBody: reading a 1.8 MB rerank answer (usage
+// first, then the results) as it passes, in 4 KiB pieces.
+func BenchmarkFieldScannerLargeBody(b *testing.B) {
+	body := []byte(`{"id":"rerank-1","model":"m","usage":{"prompt_tokens":812,"total_tokens":812},"results":[` +
+		strings.Repeat(`{"index":1,"document":{"text":"`+strings.Repeat("d", 900)+`","multi_modal":null},"relevance_score":0.25},`, 2000) + `{}]}`)
+	var s fieldScanner
+	var o answerObject
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		o.reset()
+		s.reset(answerSpec, &o)
+		for rest := body; len(rest) > 0; {
+			n := min(4096, len(rest))
+			s.write(rest[:n])
+			rest = rest[n:]
+		}
+		if !s.close() || o.prompt.n != 812 {
+			b.Fatal("usage not read")
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/zeebo/blake3"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/bench/fakevllm"
 	"github.com/auditproxy/auditproxy/hashing"
 )
 
@@ -407,5 +409,67 @@ func TestTapTakesTheModelFromTheAnswer(t *testing.T) {
 		if m.Name != tc.want || m.FromAnswer != tc.fromAnswer || (tc.fromAnswer && m.Checksum != "sum-of:"+tc.want) {
 			t.Errorf("%s: model %.40q from answer %v checksum %.40q", tc.name, m.Name, m.FromAnswer, m.Checksum)
 		}
+	}
+}
+
+// BenchmarkTapFormats is BenchmarkTap for a 200-token answer streamed by
+// each API, as the fake vLLM streams it (chat with its usage chunk removed;
+// Responses and Messages as they come). ns/event is the proxy's cost per
+// SSE event: hashing, finding events, reading the few that carry usage.
+func BenchmarkTapFormats(b *testing.B) {
+	fake := fakevllm.New(fakevllm.Config{OutputTokens: 200})
+	base, err := fake.Start("127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer fake.Close()
+	kid, _ := hashing.NewKeyIDer(make([]byte, 32))
+	p, err := New(Config{Upstream: "http://127.0.0.1:1", KeyIDer: kid, Recorder: discardRecorder{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const model = `"model":"meta-llama/Llama-3.1-8B-Instruct"`
+	for _, f := range []struct {
+		name, path, body string
+		kind             apiKind
+		strip            bool
+	}{
+		{"chat", "/v1/chat/completions", `{` + model + `,"stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`, apiOpenAI, true},
+		{"responses", "/v1/responses", `{` + model + `,"stream":true,"input":"hi"}`, apiResponses, false},
+		{"messages", "/v1/messages", `{` + model + `,"stream":true,"max_tokens":500,"messages":[{"role":"user","content":"hi"}]}`, apiMessages, false},
+	} {
+		resp, err := http.Post(base+f.path, "application/json", strings.NewReader(f.body))
+		if err != nil {
+			b.Fatal(err)
+		}
+		stream, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		events := bytes.Count(stream, []byte("\n\n"))
+		if resp.StatusCode != 200 || events < 200 {
+			b.Fatalf("%s: %d, %d events: %.300s", f.name, resp.StatusCode, events, stream)
+		}
+		b.Run(f.name, func(b *testing.B) {
+			buf := make([]byte, 4096)
+			r := &bytes.Reader{}
+			b.SetBytes(int64(len(stream)))
+			b.ReportAllocs()
+			for b.Loop() {
+				x := p.acquireExchange()
+				x.ev.Stream, x.ev.Model.Name = true, "meta-llama/Llama-3.1-8B-Instruct"
+				x.tap.stripUsage, x.tap.kind, x.tap.status = f.strip, f.kind, 200
+				r.Reset(stream)
+				x.tap.start(nil, r, []byte("text/event-stream"), -1)
+				for {
+					if _, err := x.tap.Read(buf); err != nil {
+						break
+					}
+				}
+				if x.tap.usage.output.n != 200 {
+					b.Fatalf("%s: %d output tokens read", f.name, x.tap.usage.output.n)
+				}
+				x.tap.CloseWithError(nil)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*events), "ns/event")
+		})
 	}
 }
