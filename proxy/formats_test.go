@@ -8,8 +8,11 @@ import (
 	"fmt"
 	"mime/multipart"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
@@ -373,4 +376,99 @@ func TestMessagesAPIThroughProxy(t *testing.T) {
 			t.Errorf("outcome %s, upstream error %q", ev.Status.Outcome, ev.Status.UpstreamError)
 		}
 	})
+}
+
+// writeLoRA makes a PEFT LoRA adapter directory the fake can load.
+func writeLoRA(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range map[string]string{
+		"adapter_config.json":       `{"peft_type":"LORA","base_model_name_or_path":"` + testModel + `","r":8}`,
+		"adapter_model.safetensors": "adapter weights",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// TestLoRALoadIsRecordedBeforeItsAnswer: a runtime LoRA load or unload
+// that vLLM accepted makes the proxy have the served models read again
+// (ModelsChanged) before the client gets the answer, so the adapter is
+// identified from its first request on; the exchange's event names the
+// adapter. A refused load changes nothing. A request for a model unknown
+// when it came waits for it to be identified (AwaitModel).
+func TestLoRALoadIsRecordedBeforeItsAnswer(t *testing.T) {
+	var mu sync.Mutex
+	sums := map[string]string{}
+	var changes, awaits int
+	e := newTestEnv(t, fakevllm.Config{OutputTokens: 3, AllowRuntimeLoRA: true}, func(c *proxy.Config) {
+		c.ModelChecksums = func(name string) (string, string) {
+			mu.Lock()
+			defer mu.Unlock()
+			if sums[name] == "" {
+				return "", ""
+			}
+			return sums[name], "blake3:base"
+		}
+		c.ModelsChanged = func(ctx context.Context) {
+			mu.Lock()
+			defer mu.Unlock()
+			changes++
+			sums["sql-adapter"] = "blake3:adapter"
+		}
+		c.AwaitModel = func(ctx context.Context, name string) (string, string) {
+			mu.Lock()
+			defer mu.Unlock()
+			awaits++
+			return "blake3:late-" + name, ""
+		}
+	})
+	counts := func() (int, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		return changes, awaits
+	}
+	hdr := map[string]string{"Content-Type": "application/json"}
+	load := `{"lora_name":"sql-adapter","lora_path":"` + writeLoRA(t) + `"}`
+	resp, body := rawRequest(t, "POST", e.proxyURL+"/v1/load_lora_adapter", hdr, load)
+	ev := e.events.next(t)
+	gotChanges, _ := counts()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "added successfully") || gotChanges != 1 {
+		t.Fatalf("load: %d %s, %d model changes", resp.StatusCode, body, gotChanges)
+	}
+	if ev.Model.Name != "sql-adapter" || ev.Model.Checksum != "blake3:adapter" || ev.Status.Outcome != audit.OutcomeOK {
+		t.Errorf("load event: model %+v outcome %s", ev.Model, ev.Status.Outcome)
+	}
+
+	// The first request to the adapter has both checksums.
+	rawRequest(t, "POST", e.proxyURL+"/v1/chat/completions", hdr, `{"model":"sql-adapter","messages":[{"role":"user","content":"select"}]}`)
+	if ev := e.events.next(t); ev.Model.Checksum != "blake3:adapter" || ev.Model.BaseChecksum != "blake3:base" {
+		t.Errorf("first request to the adapter: %+v", ev.Model)
+	}
+
+	// Loaded again without load_inplace: vLLM refuses, nothing changes.
+	resp, _ = rawRequest(t, "POST", e.proxyURL+"/v1/load_lora_adapter", hdr, load)
+	e.events.next(t)
+	if c, _ := counts(); resp.StatusCode != 400 || c != 1 {
+		t.Errorf("a refused load: %d, %d model changes", resp.StatusCode, c)
+	}
+
+	// A model the proxy had no checksum for when the request came.
+	rawRequest(t, "POST", e.proxyURL+"/v1/chat/completions", hdr, `{"model":"`+testModel+`","messages":[{"role":"user","content":"x"}]}`)
+	if ev := e.events.next(t); ev.Model.Checksum != "blake3:late-"+testModel {
+		t.Errorf("a model unknown when the request came: %+v", ev.Model)
+	}
+	if _, a := counts(); a != 1 {
+		t.Errorf("%d waits for a model unknown when the request came, want 1", a)
+	}
+
+	resp, _ = rawRequest(t, "POST", e.proxyURL+"/v1/unload_lora_adapter", hdr, `{"lora_name":"sql-adapter"}`)
+	if ev := e.events.next(t); resp.StatusCode != 200 || ev.Model.Name != "sql-adapter" {
+		t.Errorf("unload: %d, model %q", resp.StatusCode, ev.Model.Name)
+	}
+	if c, _ := counts(); c != 2 {
+		t.Errorf("%d model changes after the unload, want 2", c)
+	}
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -148,6 +149,10 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		f = parseRequestFields(body, &x.textScratch, x.lastModel)
 	}
 	ev.Model.Name, ev.Model.NameBytes = f.model, f.modelBytes
+	if isLoRAChange(ev.Path) && f.valid {
+		// A load or unload names the adapter it changes.
+		ev.Model.Name, ev.Model.NameBytes = topLevelString(f.text, "lora_name")
+	}
 	x.lastModel = f.model
 	if p.cfg.ModelChecksums != nil && f.model != "" {
 		ev.Model.Checksum, ev.Model.BaseChecksum = p.cfg.ModelChecksums(f.model)
@@ -447,6 +452,44 @@ func (p *Proxy) record(x *exchange) error {
 	}
 	p.metrics.observe(ev, err)
 	return err
+}
+
+// modelsAfterAnswer keeps the served models current around an answer vLLM
+// gave with 200: a runtime LoRA load or unload is recorded (ModelsChanged)
+// before its answer ends, and a request for a model whose checksums were
+// unknown gets them if they become known meanwhile (AwaitModel): an adapter
+// is identified from its first request on.
+func (p *Proxy) modelsAfterAnswer(x *exchange) {
+	ev := &x.ev
+	switch {
+	case ev.Method == "POST" && isLoRAChange(ev.Path):
+		if p.cfg.ModelsChanged != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), modelsChangedWait)
+			p.cfg.ModelsChanged(ctx)
+			cancel()
+		}
+		if p.cfg.ModelChecksums != nil && ev.Model.Name != "" {
+			ev.Model.Checksum, ev.Model.BaseChecksum = p.cfg.ModelChecksums(ev.Model.Name) // a loaded adapter's
+		}
+	case ev.Model.Name != "" && ev.Model.Checksum == "" && p.cfg.AwaitModel != nil && modelPaths[pathOnly(ev.Path)]:
+		ctx, cancel := context.WithTimeout(context.Background(), awaitModelWait)
+		ev.Model.Checksum, ev.Model.BaseChecksum = p.cfg.AwaitModel(ctx, ev.Model.Name)
+		cancel()
+	}
+}
+
+// How long an answer's end waits for the served models to be read again:
+// after a LoRA load, while the adapter's files are hashed; for a request
+// to a model unknown when it came, while /v1/models is read.
+const (
+	modelsChangedWait = 30 * time.Second
+	awaitModelWait    = 5 * time.Second
+)
+
+// isLoRAChange reports whether path is vLLM's runtime LoRA load or unload.
+func isLoRAChange(path string) bool {
+	path = pathOnly(path)
+	return path == "/v1/load_lora_adapter" || path == "/v1/unload_lora_adapter"
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

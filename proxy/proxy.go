@@ -39,6 +39,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -109,6 +110,18 @@ type Config struct {
 	// a served model name (see package identity): checksum and, for a LoRA
 	// adapter, its base's. It runs on every request.
 	ModelChecksums func(name string) (checksum, base string)
+	// AwaitModel, if set, is called when a request vLLM served named a
+	// model whose checksums were unknown when it arrived (an adapter a LoRA
+	// resolver loaded on this very request, say), before the answer's end
+	// is handed out. It may wait, within ctx (a few seconds), for the
+	// served models to be read again, and returns the checksums then
+	// known.
+	AwaitModel func(ctx context.Context, name string) (checksum, base string)
+	// ModelsChanged, if set, is called when vLLM answered 200 to a runtime
+	// LoRA load or unload, before the answer's end is handed out, so that
+	// the change is recorded, and the adapter's checksum known, before the
+	// client can send a request to it. It may wait within ctx.
+	ModelsChanged func(ctx context.Context)
 	// Metrics receives the proxy's measurements. Default: fresh, unregistered.
 	Metrics *Metrics
 	// Logger receives operational messages; never request content. Default

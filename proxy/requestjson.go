@@ -554,3 +554,23 @@ func cutModelName(name string) (string, int64) {
 	}
 	return name, 0
 }
+
+// topLevelString returns the last top-level member name of the JSON object
+// text holds, if it is a string (unescaped, cut as a model name is), as
+// pydantic reads a str field.
+func topLevelString(text []byte, name string) (string, int64) {
+	var last jsonMember
+	found := false
+	if _, ok := scanObject(text, func(m jsonMember) {
+		if keyIs(text[m.keyStart:m.keyEnd], name) {
+			last, found = m, true
+		}
+	}); !ok || !found {
+		return "", 0
+	}
+	v := text[last.valueStart:last.valueEnd]
+	if len(v) < 2 || v[0] != '"' {
+		return "", 0
+	}
+	return cutModelName(string(appendJSONUnescaped(nil, v[1:len(v)-1])))
+}

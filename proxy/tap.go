@@ -431,6 +431,9 @@ func (t *responseTap) finish(err error) error {
 			ev.Model.Checksum, ev.Model.BaseChecksum = x.p.cfg.ModelChecksums(ev.Model.Name)
 		}
 	}
+	if !clientFailed && !t.readFailed && t.status == 200 {
+		x.p.modelsAfterAnswer(x)
+	}
 	if t.usage.input.known {
 		x.inTokens = t.usage.input.n
 		ev.Input.Tokens = &x.inTokens
