@@ -470,6 +470,7 @@ func BenchmarkTapFormats(b *testing.B) {
 				x.tap.CloseWithError(nil)
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*events), "ns/event")
+			b.ReportMetric(float64(events), "events")
 		})
 	}
 }
