@@ -96,6 +96,12 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 			`{"model":"` + model + `","prompt":"Once upon a time","max_tokens":6,"stream":true}`},
 		{"embeddings", "/v1/embeddings",
 			`{"model":"` + model + `","input":["an audit trail","for every inference"]}`},
+		{"streamed Responses API", "/v1/responses",
+			`{"model":"` + model + `","input":"Which GPU served me?","max_output_tokens":8,"stream":true}`},
+		{"streamed Anthropic Messages API", "/v1/messages",
+			`{"model":"` + model + `","max_tokens":8,"messages":[{"role":"user","content":"Who sent this?"}],"stream":true}`},
+		{"rerank", "/v1/rerank",
+			`{"model":"` + model + `","query":"audit","documents":["an audit trail","a weather report"]}`},
 	}
 	for _, r := range requests {
 		outMu.Lock()
@@ -186,17 +192,9 @@ func demoRequest(url, body string, stdout io.Writer, mu *sync.Mutex) error {
 		if !ok || string(data) == "[DONE]" {
 			continue
 		}
-		var chunk struct {
-			Choices []struct {
-				Text  string `json:"text"`
-				Delta struct {
-					Content string `json:"content"`
-				} `json:"delta"`
-			} `json:"choices"`
-		}
-		if json.Unmarshal(data, &chunk) == nil && len(chunk.Choices) > 0 {
+		if text := streamedText(data); text != "" {
 			mu.Lock()
-			fmt.Fprint(stdout, chunk.Choices[0].Text+chunk.Choices[0].Delta.Content)
+			fmt.Fprint(stdout, text)
 			mu.Unlock()
 		}
 	}
@@ -204,4 +202,39 @@ func demoRequest(url, body string, stdout io.Writer, mu *sync.Mutex) error {
 	fmt.Fprintln(stdout)
 	mu.Unlock()
 	return sc.Err()
+}
+
+// streamedText returns the text an SSE event's data adds to the answer, in
+// each API's shape: a chat or completion chunk's choice, a Responses
+// output_text delta, a Messages text delta.
+func streamedText(data []byte) string {
+	var ev struct {
+		Type    string `json:"type"`
+		Choices []struct {
+			Text  string `json:"text"`
+			Delta struct {
+				Content string `json:"content"`
+			} `json:"delta"`
+		} `json:"choices"`
+		Delta json.RawMessage `json:"delta"`
+	}
+	if json.Unmarshal(data, &ev) != nil {
+		return ""
+	}
+	switch ev.Type {
+	case "response.output_text.delta":
+		var s string
+		json.Unmarshal(ev.Delta, &s)
+		return s
+	case "content_block_delta":
+		var d struct {
+			Text string `json:"text"`
+		}
+		json.Unmarshal(ev.Delta, &d)
+		return d.Text
+	}
+	if len(ev.Choices) > 0 {
+		return ev.Choices[0].Text + ev.Choices[0].Delta.Content
+	}
+	return ""
 }
