@@ -309,14 +309,19 @@ func TestDemoProcess(t *testing.T) {
 			t.Fatalf("demo did not finish its requests in 30s:\n%s", out.String())
 		}
 	}
-	if n := strings.Count(out.String(), "audit event:"); n != 4 {
-		t.Errorf("%d audit events printed, want 4 (chat, streamed chat, streamed completion, embeddings)", n)
+	const demoRequests = 7 // chat, streamed chat, streamed completion, embeddings, Responses, Messages, rerank
+	if n := strings.Count(out.String(), "audit event:"); n != demoRequests {
+		t.Errorf("%d audit events printed, want %d", n, demoRequests)
 	}
-	if !strings.Contains(out.String(), ": 4 inference events received and acknowledged") {
-		t.Errorf("the demo's aggregator did not report 4 events:\n%s", out.String())
+	if !strings.Contains(out.String(), fmt.Sprintf(": %d inference events received and acknowledged", demoRequests)) {
+		t.Errorf("the demo's aggregator did not report %d events:\n%s", demoRequests, out.String())
 	}
-	if n := strings.Count(out.String(), `"outcome": "ok"`); n != 4 {
-		t.Errorf("%d ok outcomes, want 4:\n%s", n, out.String())
+	if n := strings.Count(out.String(), `"outcome": "ok"`); n != demoRequests {
+		t.Errorf("%d ok outcomes, want %d:\n%s", n, demoRequests, out.String())
+	}
+	// Every API's answer gave its token counts (rerank has no output count).
+	if n := strings.Count(out.String(), `"tokens": null`); n != 1 {
+		t.Errorf("%d null token counts, want 1 (rerank's output):\n%s", n, out.String())
 	}
 	// The closing hint shows a curl command with the demo key; the events
 	// before it must not contain it.
@@ -339,7 +344,7 @@ func TestDemoProcess(t *testing.T) {
 		t.Fatal("demo did not exit within 10s of Ctrl-C")
 	}
 	var exported bytes.Buffer
-	if code := run([]string{"export", "--data-dir", dataDir}, &exported, io.Discard); code != 0 || strings.Count(exported.String(), `"type":"inference"`) != 4 {
+	if code := run([]string{"export", "--data-dir", dataDir}, &exported, io.Discard); code != 0 || strings.Count(exported.String(), `"type":"inference"`) != demoRequests {
 		t.Errorf("export after the demo: code %d, %q", code, exported.String())
 	}
 	// The command the demo suggests verifies its log.
