@@ -4,6 +4,10 @@
 //
 //	fakevllm -listen 127.0.0.1:8000 -model NAME -ttft 0s -itl 0s -output-tokens 16
 //
+// With -api-key KEY (repeatable), or else VLLM_API_KEY in the environment,
+// it requires "Authorization: Bearer KEY" on /v1 as vLLM started with
+// --api-key does; -api-key wins over the variable, as in vLLM.
+//
 // It serves until SIGINT or SIGTERM.
 package main
 
@@ -30,7 +34,14 @@ func main() {
 	flag.IntVar(&cfg.OutputTokens, "output-tokens", 16, "tokens generated when a request has no max_tokens; max_tokens caps it")
 	flag.StringVar(&cfg.Version, "version", "0.11.0", "vLLM version reported by /version")
 	flag.BoolVar(&cfg.RequireModel, "require-model", false, `reject requests without "model" (vLLM accepts them)`)
+	flag.Func("api-key", "require this bearer `key` on /v1 and vLLM's other guarded paths (repeat for several; default $VLLM_API_KEY)", func(k string) error {
+		cfg.APIKeys = append(cfg.APIKeys, k)
+		return nil
+	})
 	flag.Parse()
+	if len(cfg.APIKeys) == 0 {
+		cfg.APIKeys = []string{os.Getenv("VLLM_API_KEY")}
+	}
 	if flag.NArg() > 0 {
 		log.Fatalf("fakevllm: unexpected arguments %q", flag.Args())
 	}
