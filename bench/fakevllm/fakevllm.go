@@ -2,10 +2,10 @@
 // wire format auditproxy sits in front of: the exact JSON and SSE bytes vLLM
 // writes for chat completions, completions, embeddings, /v1/models, /version,
 // /health and /metrics, its error bodies, the API key check of --api-key
-// (auth.go), and a set of per-request test hooks
-// (mid-stream errors, silent upstreams, stalled streams, send timestamps)
-// chosen by request headers so that tests can drive the upstream through a
-// proxy that forwards headers unchanged.
+// (auth.go), and a set of per-request test hooks (mid-stream errors, silent
+// upstreams, stalled streams, send timestamps) chosen by request headers so
+// that tests can drive the upstream through a proxy that forwards headers
+// unchanged.
 //
 // No model runs: output tokens come from a fixed word list and token counts
 // are deterministic (prompt tokens are whitespace-separated words), so a test
