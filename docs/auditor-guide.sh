@@ -174,7 +174,9 @@ cat <<EOF
 Changes of the serving stack are events of their own: \`model_changed\` (other weights behind a served
 name), \`gpu_changed\`, \`upstream_version\` (vLLM's version), \`proxy_started\` / \`proxy_stopped\`, and
 \`annotation\` for an operator's change recorded with \`auditproxy annotate\` (who, who approved, ticket,
-why):
+why). A span in which the sidecar could not identify the served model (vLLM refused or did not answer
+its \`/v1/models\`, so events carry no model checksum) lies between \`model_identity_unavailable\` (with
+the reason) and \`model_identity_restored\`:
 
 EOF
 run ap query --since "$since" --type annotation --type model_changed --type gpu_changed --type upstream_version --type proxy_started --type proxy_stopped evidence

@@ -17,6 +17,32 @@
 // and record model_changed with before and after when it changes. Each poll
 // also reads vLLM's /version and records upstream_version when it is new or
 // changed.
+//
+// vLLM started with --api-key refuses /v1/models without "Authorization:
+// Bearer KEY": the poller sends ModelsOptions.APIKey on its own requests
+// (/v1/models and /version), and nowhere else. A poll that cannot read the
+// served models makes the identity unknown, a state that is shown
+// (auditproxy_model_identity_known, Status), logged and recorded
+// (availability.go).
+//
+// # Events
+//
+// Operational events (audit.NewOpsEvent), with these details:
+//
+//	model_changed               {"model","dir","files","after"[,"before"]}
+//	                            the weights behind a served name, first seen or changed
+//	upstream_version            {"after"[,"before"]}
+//	                            vLLM's /version, first seen or changed
+//	model_identity_unavailable  {"reason","error"[,"status"][,"hint"]}
+//	                            polls stopped reading /v1/models, or now fail for
+//	                            another reason; reason is unauthorized (401/403),
+//	                            unreachable or bad_response
+//	model_identity_restored     {"reason","unavailable_since"}
+//	                            a poll read /v1/models again after failing for reason
+//
+// Checksums are "blake3:<hex>" (hashing.BuildManifest); times RFC 3339 UTC.
+// No detail holds a credential: the API key is only ever in the request
+// header.
 package identity
 
 import (
@@ -63,7 +89,16 @@ type ModelsOptions struct {
 	Record func(event []byte) error
 	Source audit.Source
 	Logger *slog.Logger
+	// Client makes the requests. Default: a 10 s timeout, and redirects
+	// are not followed (a redirect is a bad_response), so the API key goes
+	// to the upstream and nowhere else.
 	Client *http.Client
+	// APIKey, if set, is sent as "Authorization: Bearer APIKey" on the
+	// poller's requests to the upstream. It is never logged or recorded.
+	APIKey string
+	// UnauthorizedHint says what to do when the upstream refuses the
+	// poller (401 or 403); it is shown with the failure.
+	UnauthorizedHint string
 }
 
 // ModelIDs are the checksums events carry for one served name.
@@ -79,9 +114,12 @@ type Models struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mu      sync.Mutex
-	known   map[string]string // dir -> checksum recorded
-	version string            // upstream version recorded
+	mu          sync.Mutex
+	known       map[string]string // dir -> checksum recorded
+	version     string            // upstream version recorded
+	avail       *availability     // can the served models be read
+	now         func() time.Time  // the clock of the identity state (tests set it)
+	versionWarn throttle          // failures to read /version
 }
 
 // modelCard is the part of a /v1/models card used here.
@@ -94,6 +132,15 @@ type modelCard struct {
 // StartModels polls in the background until Close. The first poll starts at
 // once.
 func StartModels(opts ModelsOptions) *Models {
+	m := newModels(opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	go m.run(ctx)
+	return m
+}
+
+// newModels returns Models with the defaults filled in, not polling.
+func newModels(opts ModelsOptions) *Models {
 	if opts.Interval <= 0 {
 		opts.Interval = 30 * time.Second
 	}
@@ -101,13 +148,12 @@ func StartModels(opts ModelsOptions) *Models {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.Client == nil {
-		opts.Client = &http.Client{Timeout: 10 * time.Second}
+		opts.Client = &http.Client{Timeout: 10 * time.Second,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m := &Models{opts: opts, cancel: cancel, done: make(chan struct{}), known: map[string]string{}}
+	m := &Models{opts: opts, done: make(chan struct{}), known: map[string]string{}, avail: newAvailability(), now: time.Now}
 	empty := map[string]ModelIDs{}
 	m.cur.Store(&empty)
-	go m.run(ctx)
 	return m
 }
 
@@ -139,12 +185,19 @@ func (m *Models) run(ctx context.Context) {
 
 // poll reads /v1/models and (re)hashes the weights of every served name.
 func (m *Models) poll(ctx context.Context) error {
-	if err := m.checkVersion(ctx); err != nil {
-		m.opts.Logger.Warn("cannot read the upstream's version", "err", err)
+	switch err := m.checkVersion(ctx); {
+	case err == nil:
+		m.versionWarn.reset()
+	case ctx.Err() == nil && m.versionWarn.due(m.now()):
+		m.opts.Logger.Warn("cannot read the upstream's version", "err", err, "repeated", "at most every "+warnEvery.String()+" while it lasts")
 	}
-	cards, err := m.models(ctx)
-	if err != nil {
-		return err
+	cards, perr := m.models(ctx)
+	if ctx.Err() != nil {
+		return nil // closing
+	}
+	m.report(perr, m.now())
+	if perr != nil {
+		return nil // reported
 	}
 	byID := map[string]modelCard{}
 	for _, c := range cards {
@@ -257,36 +310,78 @@ func (m *Models) checksum(ctx context.Context, name, dir string) (string, error)
 	return man.Checksum, nil
 }
 
-func (m *Models) models(ctx context.Context) ([]modelCard, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(m.opts.Upstream, "/")+"/v1/models", nil)
+// maxModelsBody bounds the /v1/models answer read: thousands of cards.
+const maxModelsBody = 16 << 20
+
+// models reads the served models' cards from /v1/models.
+func (m *Models) models(ctx context.Context) ([]modelCard, *pollError) {
+	resp, err := m.get(ctx, "/v1/models")
+	if err != nil {
+		return nil, &pollError{reason: ReasonUnreachable, msg: "cannot reach vLLM for GET /v1/models: " + err.Error()}
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return nil, &pollError{reason: ReasonUnauthorized, status: resp.StatusCode, msg: "vLLM answered " + resp.Status + " to GET /v1/models"}
+	default:
+		return nil, &pollError{reason: ReasonBadResponse, status: resp.StatusCode, msg: "vLLM answered " + resp.Status + " to GET /v1/models"}
+	}
+	cards, err := parseModelList(io.LimitReader(resp.Body, maxModelsBody+1))
+	if err != nil {
+		return nil, &pollError{reason: ReasonBadResponse, status: resp.StatusCode, msg: "vLLM's answer to GET /v1/models " + err.Error()}
+	}
+	return cards, nil
+}
+
+// parseModelList reads a /v1/models body: {"object":"list","data":[cards]}.
+// Its errors complete "vLLM's answer to GET /v1/models ...".
+func parseModelList(r io.Reader) ([]modelCard, error) {
+	body, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("was cut: %v", err)
+	}
+	if len(body) > maxModelsBody {
+		return nil, fmt.Errorf("is larger than %d MiB", maxModelsBody>>20)
+	}
+	var list struct {
+		Data *[]modelCard `json:"data"`
+	}
+	if err := json.Unmarshal(body, &list); err != nil {
+		return nil, fmt.Errorf("is not a model list: %v", err)
+	}
+	if list.Data == nil {
+		return nil, errors.New(`is not a model list: it has no "data" list`)
+	}
+	seen := map[string]bool{}
+	for i, c := range *list.Data {
+		if c.ID == "" {
+			return nil, fmt.Errorf("has a model card without an id (data[%d])", i)
+		}
+		if seen[c.ID] {
+			return nil, fmt.Errorf("lists model %q twice: which weights serve it is ambiguous", c.ID)
+		}
+		seen[c.ID] = true
+	}
+	return *list.Data, nil
+}
+
+// get sends the poller's GET for path to the upstream, with the API key.
+func (m *Models) get(ctx context.Context, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(m.opts.Upstream, "/")+path, nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := m.opts.Client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("GET /v1/models: %w", err)
+	if m.opts.APIKey != "" {
+		req.Header.Set("Authorization", "Bearer "+m.opts.APIKey)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET /v1/models: %s", resp.Status)
-	}
-	var list struct {
-		Data []modelCard `json:"data"`
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&list); err != nil {
-		return nil, fmt.Errorf("GET /v1/models: %w", err)
-	}
-	return list.Data, nil
+	return m.opts.Client.Do(req)
 }
 
 // checkVersion records an upstream_version event when vLLM's /version
 // answer is new or changed.
 func (m *Models) checkVersion(ctx context.Context) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(m.opts.Upstream, "/")+"/version", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := m.opts.Client.Do(req)
+	resp, err := m.get(ctx, "/version")
 	if err != nil {
 		return err
 	}
@@ -316,4 +411,27 @@ func (m *Models) checkVersion(ctx context.Context) error {
 		err = m.opts.Record(ev)
 	}
 	return err
+}
+
+// throttle lets a repeated warning through at most once per warnEvery;
+// reset lets the next one through at once.
+type throttle struct {
+	mu sync.Mutex
+	at time.Time
+}
+
+func (t *throttle) due(now time.Time) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.at.IsZero() && now.Sub(t.at) < warnEvery {
+		return false
+	}
+	t.at = now
+	return true
+}
+
+func (t *throttle) reset() {
+	t.mu.Lock()
+	t.at = time.Time{}
+	t.mu.Unlock()
 }

@@ -23,6 +23,10 @@ type AdminOptions struct {
 	// CPU profile costs CPU on the serving cores, so it is not for whoever
 	// can reach the metrics port.
 	ProfilingToken string
+	// Degraded, if set, returns what the sidecar serves without (one line
+	// each; none when all is well), for /readyz to show. It does not make
+	// /readyz fail: see AdminHandler.
+	Degraded func() []string
 }
 
 // AdminHandler serves the admin listener: /metrics in the Prometheus text
@@ -31,6 +35,16 @@ type AdminOptions struct {
 // a net/http handler: the admin port is not a hot path. /metrics, /healthz
 // and /readyz need no credentials, as Prometheus and kubelet expect; they
 // show counts and model names, never request content.
+//
+// /readyz answers 200 "ok" while the upstream's /health answers 200, and
+// 503 "not ready: ..." otherwise. Each line of opts.Degraded follows as
+// "degraded: ...": the sidecar serves and records every request, but
+// something its events should carry is missing (the model checksum while
+// the served models cannot be identified). That does not fail readiness:
+// a readiness failure takes the pod out of its Service, so a sidecar whose
+// vLLM refuses it /v1/models would drop all traffic, on every replica at
+// once, over a gap in the record that a restart does not fix. The metrics
+// and the log say it loudly instead.
 func (p *Proxy) AdminHandler(g prometheus.Gatherer, opts AdminOptions) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorLog: nil}))
@@ -44,11 +58,21 @@ func (p *Proxy) AdminHandler(g prometheus.Gatherer, opts AdminOptions) http.Hand
 	}
 	probe := &upstreamProbe{p: p}
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if err := probe.check(); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
+		var degraded []string
+		if opts.Degraded != nil {
+			degraded = opts.Degraded()
 		}
-		fmt.Fprintln(w, "ok")
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		if err := probe.check(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "not ready: "+err.Error())
+		} else {
+			fmt.Fprintln(w, "ok")
+		}
+		for _, d := range degraded {
+			fmt.Fprintln(w, "degraded: "+d)
+		}
 	})
 	return mux
 }
@@ -95,6 +119,9 @@ func (p *Proxy) checkUpstream(timeout time.Duration) error {
 	req.SetRequestURI("/health")
 	req.Header.SetHost(p.client.Addr)
 	req.Header.SetMethod(fasthttp.MethodGet)
+	if p.cfg.UpstreamAPIKey != "" {
+		req.Header.Set(fasthttp.HeaderAuthorization, "Bearer "+p.cfg.UpstreamAPIKey)
+	}
 	// The body streams (the client streams every response); /health has
 	// none worth reading, and releasing it closes the connection if needed.
 	if err := p.client.DoTimeout(req, resp, timeout); err != nil {

@@ -129,6 +129,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Source is written into every event.
 	Source audit.Source
+	// UpstreamAPIKey, if set, is sent as "Authorization: Bearer KEY" on the
+	// proxy's own requests to the upstream (the /readyz probe of /health),
+	// never on a client's request, which keeps its own Authorization.
+	UpstreamAPIKey string
 	// Dial, if set, opens connections to the upstream instead of TCP to
 	// Upstream's host:port (addr). Tests and benchmarks use it to put the
 	// upstream on an in-memory listener; the idle timeouts still apply to

@@ -2,10 +2,10 @@
 // wire format auditproxy sits in front of: the exact JSON and SSE bytes vLLM
 // writes for chat completions, completions, the Responses API, the Anthropic
 // Messages API, embeddings, /v1/models, /version, /health and /metrics, its
-// error bodies, and a set of per-request test hooks
-// (mid-stream errors, silent upstreams, stalled streams, send timestamps)
-// chosen by request headers so that tests can drive the upstream through a
-// proxy that forwards headers unchanged.
+// error bodies, the API key check of --api-key (auth.go), and a set of
+// per-request test hooks (mid-stream errors, silent upstreams, stalled
+// streams, send timestamps) chosen by request headers so that tests can
+// drive the upstream through a proxy that forwards headers unchanged.
 //
 // No model runs: output tokens come from a fixed word list and token counts
 // are deterministic (prompt tokens are whitespace-separated words), so a test
@@ -17,6 +17,7 @@ package fakevllm
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"net"
 	"strconv"
@@ -105,6 +106,12 @@ type Config struct {
 	// default 64 MiB. vLLM (uvicorn) sets no limit; the fake needs one
 	// because fasthttp holds a request body in memory.
 	MaxRequestBodySize int
+	// APIKeys, when it holds a non-empty key, makes the fake check
+	// "Authorization: Bearer KEY" as vLLM started with --api-key KEY...
+	// does (auth.go): /v1 and the other guarded paths answer 401
+	// {"error":"Unauthorized"} without one of the keys; /health, /version
+	// and /metrics stay open.
+	APIKeys []string
 }
 
 // Stats counts what the server did; all fields are totals since New.
@@ -116,6 +123,7 @@ type Stats struct {
 	// the peer closed the connection; tests use it to prove that a proxy
 	// closed its upstream connection when its client went away.
 	StreamsAborted   int64
+	Unauthorized     int64 // requests refused 401 for want of a valid API key (Config.APIKeys)
 	PromptTokens     int64 // prompt tokens of requests answered
 	CompletionTokens int64 // tokens actually sent (streams cut short count what was sent)
 }
@@ -123,7 +131,8 @@ type Stats struct {
 // Server is a fake vLLM OpenAI server. Create it with New.
 type Server struct {
 	cfg       Config
-	modelJSON []byte // cfg.Model as a JSON string literal, quotes included
+	modelJSON []byte              // cfg.Model as a JSON string literal, quotes included
+	keyHashes [][sha256.Size]byte // SHA-256 of each API key; none: no authentication
 	srv       *fasthttp.Server
 
 	done      chan struct{} // closed by Close: ends sleeps, stalls and streams
@@ -136,6 +145,7 @@ type Server struct {
 	streamsStarted   atomic.Int64
 	streamsCompleted atomic.Int64
 	streamsAborted   atomic.Int64
+	unauthorized     atomic.Int64
 	promptTokens     atomic.Int64
 	completionTokens atomic.Int64
 	e2eCount         atomic.Int64
@@ -172,6 +182,7 @@ func New(cfg Config) *Server {
 	s := &Server{
 		cfg:       cfg,
 		modelJSON: appendJSONString(nil, cfg.Model),
+		keyHashes: apiKeyHashes(cfg.APIKeys),
 		done:      make(chan struct{}),
 	}
 	s.srv = &fasthttp.Server{
@@ -256,6 +267,7 @@ func (s *Server) Stats() Stats {
 		StreamsStarted:   s.streamsStarted.Load(),
 		StreamsCompleted: s.streamsCompleted.Load(),
 		StreamsAborted:   s.streamsAborted.Load(),
+		Unauthorized:     s.unauthorized.Load(),
 		PromptTokens:     s.promptTokens.Load(),
 		CompletionTokens: s.completionTokens.Load(),
 	}
@@ -281,6 +293,9 @@ func (s *Server) sleep(d time.Duration) bool {
 // from your own fasthttp.Server or an in-memory listener.
 func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 	s.requests.Add(1)
+	if !s.authorize(ctx) {
+		return
+	}
 	h, err := parseHooks(&ctx.Request.Header)
 	if err != nil {
 		s.writeError(ctx, fasthttp.StatusBadRequest, "BadRequestError", err.Error())

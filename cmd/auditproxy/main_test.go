@@ -101,7 +101,7 @@ func TestHelpListsEveryFlagWithItsEnvVar(t *testing.T) {
 		"max-request-body-size", "upstream-idle-timeout", "client-idle-timeout", "durability", "fsync-interval",
 		"spool-max-bytes", "on-spool-full", "segment-max-bytes", "segment-max-age", "retention", "forward", "forward-tag",
 		"forward-insecure-skip-verify", "forward-ack-timeout", "drain-timeout", "log-name", "signing-key",
-		"checkpoint-interval", "checkpoint-every", "checkpoint-dir", "checkpoint-url"} {
+		"checkpoint-interval", "checkpoint-every", "checkpoint-dir", "checkpoint-url", "upstream-api-key-file"} {
 		if !strings.Contains(errOut.String(), "--"+flag+" ") || !strings.Contains(errOut.String(), "$"+envName(flag)) {
 			t.Errorf("serve --help does not document --%s and $%s", flag, envName(flag))
 		}

@@ -37,6 +37,7 @@ import (
 // serveConfig holds the flags shared by serve and demo.
 type serveConfig struct {
 	upstream            string
+	upstreamAPIKeyFile  string
 	listen              string
 	adminListen         string
 	adminPprof          bool
@@ -85,6 +86,7 @@ type serveConfig struct {
 
 func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.StringVar(&c.upstream, "upstream", "", "base `URL` of the vLLM server, e.g. http://127.0.0.1:8000 (required)")
+	fs.StringVar(&c.upstreamAPIKeyFile, "upstream-api-key-file", "", "`file` holding an API key vLLM accepts (vLLM's --api-key or VLLM_API_KEY; trailing whitespace is ignored): sent only on the sidecar's own requests to vLLM, such as its GET /v1/models, which vLLM refuses without it, leaving events without model checksums")
 	fs.StringVar(&c.listen, "listen", listenDefault, "`address` for clients (OpenAI-compatible API)")
 	fs.StringVar(&c.adminListen, "admin-listen", "127.0.0.1:9090", "`address` for /metrics, /healthz and /readyz; empty disables")
 	fs.BoolVar(&c.adminPprof, "admin-pprof", false, "serve Go's profiler under /debug/pprof/ on the admin listener, to requests with the admin token (DATA-DIR/admin.token) as a bearer token")
@@ -171,10 +173,14 @@ type instance struct {
 	gpu      *gpu.Reader
 	stopGPU  context.CancelFunc
 	models   *identity.Models
-	ln       net.Listener
-	admin    *http.Server
-	adminLn  net.Listener
-	serveErr chan error
+	// upstreamKey is the key of --upstream-api-key-file, for the sidecar's
+	// own requests to vLLM; kept out of cfg, whose values are logged and
+	// digested.
+	upstreamKey string
+	ln          net.Listener
+	admin       *http.Server
+	adminLn     net.Listener
+	serveErr    chan error
 }
 
 // start checks the configuration, opens the data dir and listeners, and
@@ -254,6 +260,12 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	}
 	if c.maxClientConns < 0 {
 		return nil, usageError{fmt.Sprintf("--max-client-conns %d: want 0 (below half the descriptor limit) or more", c.maxClientConns)}
+	}
+	var upstreamKey string
+	if c.upstreamAPIKeyFile != "" {
+		if upstreamKey, err = readUpstreamAPIKey(c.upstreamAPIKeyFile); err != nil {
+			return nil, err
+		}
 	}
 	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {
@@ -370,7 +382,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 		return nil, err
 	}
 	inst := &instance{cfg: c, log: logger, spool: spool, cpDir: cpDir, cpPoster: cpPoster, serveErr: make(chan error, 2),
-		ln: ln, adminLn: adminLn}
+		ln: ln, adminLn: adminLn, upstreamKey: upstreamKey}
 	if c.witnessURL != "" {
 		w, err := shipper.NewWitness(shipper.WitnessOptions{URL: c.witnessURL, Hashes: spool.TreeHashes(),
 			StateFile: filepath.Join(c.dataDir, "witness.json"), CosignatureFile: filepath.Join(c.dataDir, "cosignatures.ndjson"),
@@ -422,6 +434,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 		Capture:             capture,
 		GPU:                 inst.gpuRef.Load,
 		ModelChecksums:      inst.modelChecksums,
+		UpstreamAPIKey:      upstreamKey,
 		Metrics:             metrics,
 		Logger:              logger,
 		Source:              source,
@@ -430,7 +443,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 		spool.Close()
 		return nil, err
 	}
-	if err := inst.startIdentity(source); err != nil {
+	if err := inst.startIdentity(source, reg); err != nil {
 		spool.Close()
 		return nil, err
 	}
@@ -440,7 +453,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 			spool.Close()
 			return nil, err
 		}
-		var adminOpts proxy.AdminOptions
+		adminOpts := proxy.AdminOptions{Degraded: inst.degraded}
 		if c.adminPprof {
 			adminOpts.ProfilingToken = token
 		}
@@ -475,7 +488,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 		"durability", string(durability), "fsync_interval", c.fsyncInterval.String(),
 		"spool_max_bytes", int64(c.spoolMaxBytes), "forward", c.forward, "resumed_at", spool.Recovery.Resumed.String(),
 		"acked", spool.Recovery.Acked.String(), "descriptor_limit", proxy.DescriptorLimit(),
-		"max_client_conns", inst.proxy.MaxClientConns(), "admin_pprof", c.adminPprof)
+		"max_client_conns", inst.proxy.MaxClientConns(), "admin_pprof", c.adminPprof, "upstream_api_key", upstreamKey != "")
 	return inst, nil
 }
 
@@ -610,9 +623,10 @@ func openSigner(c serveConfig, logger *slog.Logger) (note.Signer, error) {
 	return loadSigner(path)
 }
 
-// startIdentity reads the GPU identity (and watches it), and records
-// proxy_started: what the events that follow were produced by.
-func (inst *instance) startIdentity(src audit.Source) error {
+// startIdentity reads the GPU identity (and watches it), starts the model
+// poller (its metrics in reg), and records proxy_started: what the events
+// that follow were produced by.
+func (inst *instance) startIdentity(src audit.Source, reg prometheus.Registerer) error {
 	c := inst.cfg
 	inst.source = src
 	var visible []string
@@ -656,7 +670,12 @@ func (inst *instance) startIdentity(src audit.Source) error {
 	}
 	inst.models = identity.StartModels(identity.ModelsOptions{Upstream: c.upstream, Dirs: dirs,
 		CacheFile: filepath.Join(c.dataDir, "manifest-cache.json"), Interval: c.modelPoll,
-		Record: inst.spool.Append, Source: src, Logger: inst.log})
+		Record: inst.spool.Append, Source: src, Logger: inst.log,
+		APIKey: inst.upstreamKey, UnauthorizedHint: unauthorizedHint(c.upstreamAPIKeyFile)})
+	if err := inst.models.Register(reg); err != nil {
+		inst.models.Close()
+		return err
+	}
 	inst.recordOps(audit.TypeProxyStarted, map[string]any{"version": buildVersion(), "config_digest": c.digest(),
 		"gpu": inst.gpuRef.Load(), "upstream": c.upstream, "listen": c.listen, "hash": c.hash, "durability": c.durability,
 		"forward": c.forward, "capture_payloads": c.capturePayloads})
@@ -680,6 +699,17 @@ func (c serveConfig) digest() string {
 	b, _ := json.Marshal(fmt.Sprintf("%+v", c))
 	sum := sha256.Sum256(b)
 	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// degraded says, for /readyz, what the events lack now.
+func (inst *instance) degraded() []string {
+	if inst.models == nil {
+		return nil
+	}
+	if p := inst.models.Status().Problem(); p != "" {
+		return []string{p}
+	}
+	return nil
 }
 
 func (inst *instance) modelChecksums(name string) (string, string) {

@@ -5,6 +5,10 @@
 //	fakevllm -listen 127.0.0.1:8000 -model NAME -ttft 0s -itl 0s -output-tokens 16 \
 //		[-force-include-usage off|final|every] [-allow-runtime-lora [-lora-resolver-dir DIR]]
 //
+// With -api-key KEY (repeatable), or else VLLM_API_KEY in the environment,
+// it requires "Authorization: Bearer KEY" on /v1 as vLLM started with
+// --api-key does; -api-key wins over the variable, as in vLLM.
+//
 // It serves until SIGINT or SIGTERM.
 package main
 
@@ -39,7 +43,14 @@ func main() {
 		"with -allow-runtime-lora, load an unknown model's adapter from this directory on first use (VLLM_LORA_RESOLVER_CACHE_DIR)")
 	flag.Float64Var(&cfg.MaxAudioFileMB, "max-audio-file-mb", 25, "largest audio upload in MiB (VLLM_MAX_AUDIO_CLIP_FILESIZE_MB)")
 	flag.IntVar(&cfg.MaxRequestBodySize, "max-request-body-size", 64<<20, "largest request body in bytes (vLLM sets none)")
+	flag.Func("api-key", "require this bearer `key` on /v1 and vLLM's other guarded paths (repeat for several; default $VLLM_API_KEY)", func(k string) error {
+		cfg.APIKeys = append(cfg.APIKeys, k)
+		return nil
+	})
 	flag.Parse()
+	if len(cfg.APIKeys) == 0 {
+		cfg.APIKeys = []string{os.Getenv("VLLM_API_KEY")}
+	}
 	if flag.NArg() > 0 {
 		log.Fatalf("fakevllm: unexpected arguments %q", flag.Args())
 	}
