@@ -39,6 +39,19 @@
 //	                            unreachable or bad_response
 //	model_identity_restored     {"reason","unavailable_since"}
 //	                            a poll read /v1/models again after failing for reason
+//	model_loaded                {"model","root"[,"parent"][,"checksum"][,"base_checksum"]}
+//	                            a name vLLM did not serve at the previous poll is served:
+//	                            a LoRA adapter loaded at run time or by a resolver, a
+//	                            model of a restarted vLLM; checksum once its weights
+//	                            are hashed (model_changed has the manifest)
+//	model_unloaded              {"model"[,"checksum"]}
+//	                            a name served at the previous poll is not any more
+//
+// A runtime LoRA load or unload that vLLM accepted makes the proxy call
+// Refresh before the answer reaches the client, and a request vLLM served
+// for a name no poll listed (an adapter a resolver loaded for it) calls
+// Await: either way the adapter is identified, and its load recorded, from
+// its first request on, not at the next poll.
 //
 // Checksums are "blake3:<hex>" (hashing.BuildManifest); times RFC 3339 UTC.
 // No detail holds a credential: the API key is only ever in the request
@@ -54,6 +67,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -72,6 +86,8 @@ const ChecksumPending = "pending"
 const (
 	TypeModelChanged    = "model_changed"
 	TypeUpstreamVersion = "upstream_version"
+	TypeModelLoaded     = "model_loaded"
+	TypeModelUnloaded   = "model_unloaded"
 )
 
 // ModelsOptions configure Models.
@@ -114,6 +130,17 @@ type Models struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
+	// polling is held by the poll in progress: the background loop's, or
+	// one Refresh or Await asked for.
+	polling chan struct{}
+	// listed is the served names of the last poll that read /v1/models,
+	// nil before the first; unlisted, names Await polled for in vain, and
+	// when (so that a name vLLM serves without listing it costs one poll
+	// an Interval, not one a request).
+	listed   atomic.Pointer[map[string]modelCard]
+	recorded map[string]ModelIDs // the checksums of the last poll's names (under polling)
+	unlisted map[string]time.Time
+
 	mu          sync.Mutex
 	known       map[string]string // dir -> checksum recorded
 	version     string            // upstream version recorded
@@ -151,7 +178,8 @@ func newModels(opts ModelsOptions) *Models {
 		opts.Client = &http.Client{Timeout: 10 * time.Second,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
-	m := &Models{opts: opts, done: make(chan struct{}), known: map[string]string{}, avail: newAvailability(), now: time.Now}
+	m := &Models{opts: opts, done: make(chan struct{}), known: map[string]string{}, avail: newAvailability(), now: time.Now,
+		polling: make(chan struct{}, 1), unlisted: map[string]time.Time{}}
 	empty := map[string]ModelIDs{}
 	m.cur.Store(&empty)
 	return m
@@ -172,7 +200,7 @@ func (m *Models) Close() {
 func (m *Models) run(ctx context.Context) {
 	defer close(m.done)
 	for {
-		if err := m.poll(ctx); err != nil && ctx.Err() == nil {
+		if err := m.Refresh(ctx); err != nil && ctx.Err() == nil {
 			m.opts.Logger.Warn("cannot identify the served models", "err", err)
 		}
 		select {
@@ -183,7 +211,51 @@ func (m *Models) run(ctx context.Context) {
 	}
 }
 
+// Refresh polls now: reads /v1/models, records what was loaded or
+// unloaded since the last poll, and hashes the weights of new names
+// (unchanged files are not read again). A poll in progress is waited for
+// first, within ctx.
+func (m *Models) Refresh(ctx context.Context) error {
+	select {
+	case m.polling <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-m.polling }()
+	return m.poll(ctx)
+}
+
+// Await returns the checksums of a name vLLM has just served. A name the
+// last poll listed is answered at once (its checksums, pending or unknown
+// as they are); another, an adapter a resolver loaded for this request say,
+// is polled for first, within ctx, once an Interval at most.
+func (m *Models) Await(ctx context.Context, name string) ModelIDs {
+	if listed := m.listed.Load(); listed != nil {
+		if _, ok := (*listed)[name]; ok {
+			return m.Lookup(name)
+		}
+	}
+	m.mu.Lock()
+	last, tried := m.unlisted[name]
+	due := !tried || m.now().Sub(last) >= m.opts.Interval
+	if due {
+		if len(m.unlisted) >= maxUnlisted {
+			clear(m.unlisted)
+		}
+		m.unlisted[name] = m.now()
+	}
+	m.mu.Unlock()
+	if due {
+		m.Refresh(ctx)
+	}
+	return m.Lookup(name)
+}
+
+// maxUnlisted bounds the names Await remembers polling for in vain.
+const maxUnlisted = 1024
+
 // poll reads /v1/models and (re)hashes the weights of every served name.
+// Called with polling held.
 func (m *Models) poll(ctx context.Context) error {
 	switch err := m.checkVersion(ctx); {
 	case err == nil:
@@ -262,7 +334,72 @@ func (m *Models) poll(ctx context.Context) error {
 		final[c.ID] = ids
 	}
 	m.cur.Store(&final)
+	if err := m.recordServedChanges(byID, final); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// recordServedChanges records model_loaded and model_unloaded for the
+// names served now and not at the last poll, and the other way round. The
+// first poll records none: model_changed records what a sidecar finds
+// served when it starts.
+func (m *Models) recordServedChanges(now map[string]modelCard, ids map[string]ModelIDs) error {
+	before := m.listed.Swap(&now)
+	if before == nil {
+		return nil
+	}
+	prevIDs := m.recorded
+	m.recorded = ids
+	var errs []error
+	record := func(typ string, details map[string]any) {
+		ev, err := audit.NewOpsEvent(typ, details, m.opts.Source, time.Now())
+		if err == nil && m.opts.Record != nil {
+			err = m.opts.Record(ev)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("record %s: %w", typ, err))
+		}
+	}
+	for _, name := range sortedNames(now) {
+		if _, was := (*before)[name]; was {
+			continue
+		}
+		c := now[name]
+		details := map[string]any{"model": name, "root": c.Root}
+		if c.Parent != nil {
+			details["parent"] = *c.Parent
+		}
+		if id := ids[name]; id.Checksum != "" {
+			details["checksum"] = id.Checksum
+			if id.BaseChecksum != "" {
+				details["base_checksum"] = id.BaseChecksum
+			}
+		}
+		m.opts.Logger.Info("a model is served that was not", "model", name, "root", c.Root)
+		record(TypeModelLoaded, details)
+	}
+	for _, name := range sortedNames(*before) {
+		if _, is := now[name]; is {
+			continue
+		}
+		details := map[string]any{"model": name}
+		if id := prevIDs[name]; id.Checksum != "" {
+			details["checksum"] = id.Checksum
+		}
+		m.opts.Logger.Info("a model is no longer served", "model", name)
+		record(TypeModelUnloaded, details)
+	}
+	return errors.Join(errs...)
+}
+
+func sortedNames(cards map[string]modelCard) []string {
+	names := make([]string, 0, len(cards))
+	for name := range cards {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
 }
 
 // checksum builds the manifest of dir and records a model_changed event

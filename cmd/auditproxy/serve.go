@@ -434,6 +434,8 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 		Capture:             capture,
 		GPU:                 inst.gpuRef.Load,
 		ModelChecksums:      inst.modelChecksums,
+		ModelsChanged:       inst.modelsChanged,
+		AwaitModel:          inst.awaitModel,
 		UpstreamAPIKey:      upstreamKey,
 		Metrics:             metrics,
 		Logger:              logger,
@@ -710,6 +712,24 @@ func (inst *instance) degraded() []string {
 		return []string{p}
 	}
 	return nil
+}
+
+// modelsChanged has the served models read again (a LoRA load or unload
+// vLLM accepted), within ctx.
+func (inst *instance) modelsChanged(ctx context.Context) {
+	if inst.models != nil {
+		inst.models.Refresh(ctx)
+	}
+}
+
+// awaitModel returns the checksums of a name vLLM has just served, reading
+// the served models again if no poll listed it (see identity.Models.Await).
+func (inst *instance) awaitModel(ctx context.Context, name string) (string, string) {
+	if inst.models == nil {
+		return "", ""
+	}
+	ids := inst.models.Await(ctx, name)
+	return ids.Checksum, ids.BaseChecksum
 }
 
 func (inst *instance) modelChecksums(name string) (string, string) {

@@ -1,0 +1,135 @@
+package identity
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/auditproxy/auditproxy/bench/fakevllm"
+)
+
+// writeAdapter makes a PEFT LoRA adapter directory vLLM (the fake) loads.
+func writeAdapter(t *testing.T, dir, base, weights string) string {
+	t.Helper()
+	os.MkdirAll(dir, 0o755)
+	for name, body := range map[string]string{
+		"adapter_config.json":       `{"peft_type":"LORA","base_model_name_or_path":"` + base + `","r":8}`,
+		"adapter_model.safetensors": weights,
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// countingTransport counts the poller's reads of /v1/models.
+type countingTransport struct{ polls atomic.Int64 }
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Path == "/v1/models" {
+		c.polls.Add(1)
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+func (r *recorder) ofType(typ string) []map[string]any {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []map[string]any
+	for _, e := range r.events {
+		if e["type"] == typ {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// TestRuntimeLoRAIsRecordedAtOnce: an adapter loaded at run time is
+// recorded (model_loaded, with its manifest's checksum) and identified by
+// the Refresh the proxy makes before the load's answer ends, not at the
+// next poll; its unload likewise. An adapter a resolver loads for a
+// request is polled for by Await; a served name no poll lists costs one
+// poll an Interval.
+func TestRuntimeLoRAIsRecordedAtOnce(t *testing.T) {
+	const base = "meta-llama/Llama-3.1-8B-Instruct"
+	root := t.TempDir()
+	resolver := filepath.Join(root, "resolver")
+	fake := fakevllm.New(fakevllm.Config{Model: base, Root: base, AllowRuntimeLoRA: true, LoRAResolverDir: resolver})
+	upstream, err := fake.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	rec := &recorder{}
+	transport := &countingTransport{}
+	m := StartModels(ModelsOptions{Upstream: upstream, Interval: time.Hour, Record: rec.Record,
+		Client: &http.Client{Transport: transport, Timeout: 10 * time.Second}})
+	defer m.Close()
+	waitUntil(t, func() bool { return m.listed.Load() != nil })
+	ctx := context.Background()
+
+	sql := writeAdapter(t, filepath.Join(root, "sql"), base, "sql weights")
+	if err := fake.LoadAdapter("sql-lora", sql); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := manifestChecksum(t, sql)
+	loaded := rec.ofType(TypeModelLoaded)
+	if len(loaded) != 1 {
+		t.Fatalf("model_loaded events: %v", loaded)
+	}
+	d := loaded[0]["details"].(map[string]any)
+	if d["model"] != "sql-lora" || d["root"] != sql || d["parent"] != base || d["checksum"] != want {
+		t.Errorf("model_loaded details %v, want the adapter's checksum %s", d, want)
+	}
+	if ids := m.Lookup("sql-lora"); ids.Checksum != want {
+		t.Errorf("after the refresh, sql-lora is %+v", ids)
+	}
+
+	resp, err := http.Post(upstream+"/v1/unload_lora_adapter", "application/json", strings.NewReader(`{"lora_name":"sql-lora"}`))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("unload: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	m.Refresh(ctx)
+	unloaded := rec.ofType(TypeModelUnloaded)
+	if len(unloaded) != 1 || unloaded[0]["details"].(map[string]any)["checksum"] != want {
+		t.Fatalf("model_unloaded events: %v", unloaded)
+	}
+	if ids := m.Lookup("sql-lora"); ids.Checksum != "" {
+		t.Errorf("an unloaded adapter still has checksums: %+v", ids)
+	}
+
+	// A resolver loads "auto" for the request that names it; Await, as the
+	// proxy calls it at that request's end, finds it.
+	auto := writeAdapter(t, filepath.Join(resolver, "auto"), base, "auto weights")
+	resp, err = http.Post(upstream+"/v1/completions", "application/json", strings.NewReader(`{"model":"auto","prompt":"x","max_tokens":1}`))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("request to a resolver's adapter: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	if ids := m.Await(ctx, "auto"); ids.Checksum != manifestChecksum(t, auto) {
+		t.Errorf("Await(auto) = %+v", ids)
+	}
+	if n := len(rec.ofType(TypeModelLoaded)); n != 2 {
+		t.Errorf("%d model_loaded events, want 2", n)
+	}
+
+	// Listed names are answered without a poll; an unlisted one polls once
+	// an Interval.
+	before := transport.polls.Load()
+	m.Await(ctx, "auto")
+	m.Await(ctx, "served-but-never-listed")
+	m.Await(ctx, "served-but-never-listed")
+	if n := transport.polls.Load() - before; n != 1 {
+		t.Errorf("%d polls for three Awaits (one listed name, one unlisted twice), want 1", n)
+	}
+}
