@@ -149,8 +149,10 @@ type Body struct {
 	Hash string `json:"hash,omitempty"`
 	// Bytes is the body's length in bytes.
 	Bytes int64 `json:"bytes"`
-	// Tokens is vLLM's token count (prompt_tokens for input,
-	// completion_tokens for output); nil when the upstream reported none.
+	// Tokens is vLLM's token count (usage.prompt_tokens for input,
+	// completion_tokens for output; input_tokens and output_tokens for the
+	// Responses and Messages APIs); nil when the upstream reported none,
+	// never a made-up 0.
 	Tokens *int64 `json:"tokens"`
 	// FinishReason is the first choice's finish_reason (output only); for
 	// the Responses API the response's status, or its incomplete reason;
