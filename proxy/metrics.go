@@ -219,7 +219,7 @@ var modelPaths = map[string]bool{
 	"/v1/chat/completions": true, "/v1/completions": true, "/v1/embeddings": true, "/v1/responses": true,
 	"/v1/messages": true, "/pooling": true, "/classify": true, "/score": true, "/v1/score": true,
 	"/rerank": true, "/v1/rerank": true, "/v2/rerank": true, "/v1/audio/transcriptions": true,
-	"/v1/audio/translations": true, "/tokenize": true, "/detokenize": true,
+	"/v1/audio/translations": true, "/tokenize": true, "/detokenize": true, "/invocations": true,
 }
 
 // validModelLabel reports whether name may be a label value as it is: at
