@@ -3,6 +3,7 @@ package proxy
 import (
 	"math"
 	"strconv"
+	"strings"
 )
 
 // answer.go reads what the audit record takes from an answer (token
@@ -27,10 +28,13 @@ const (
 // apiKindOf returns the API of a request path as vLLM routes it (the path
 // without its query).
 func apiKindOf(path string) apiKind {
-	switch pathOnly(path) {
-	case "/v1/responses":
+	path = pathOnly(path)
+	switch {
+	case path == "/v1/responses" || strings.HasPrefix(path, "/v1/responses/"):
+		// Also GET /v1/responses/{id} (a stored response, or its stream
+		// again with ?stream=true) and POST .../cancel: Responses objects.
 		return apiResponses
-	case "/v1/messages":
+	case path == "/v1/messages":
 		return apiMessages
 	}
 	return apiOpenAI

@@ -349,3 +349,15 @@ func BenchmarkFieldScannerLargeBody(b *testing.B) {
 		}
 	}
 }
+
+func TestAPIKindOf(t *testing.T) {
+	for path, want := range map[string]apiKind{
+		"/v1/chat/completions": apiOpenAI, "/v1/responses": apiResponses, "/v1/responses?x=1": apiResponses,
+		"/v1/responses/resp_1?stream=true": apiResponses, "/v1/responses/resp_1/cancel": apiResponses,
+		"/v1/messages": apiMessages, "/v1/messages/count_tokens": apiOpenAI, "/v1/responsesX": apiOpenAI,
+	} {
+		if got := apiKindOf(path); got != want {
+			t.Errorf("apiKindOf(%q) = %d, want %d", path, got, want)
+		}
+	}
+}
