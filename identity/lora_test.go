@@ -2,6 +2,7 @@ package identity
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -125,11 +126,32 @@ func TestRuntimeLoRAIsRecordedAtOnce(t *testing.T) {
 
 	// Listed names are answered without a poll; an unlisted one polls once
 	// an Interval.
+	clock := time.Now()
+	m.mu.Lock()
+	m.now = func() time.Time { return clock }
+	m.mu.Unlock()
+	advance := func(d time.Duration) {
+		m.mu.Lock()
+		clock = clock.Add(d)
+		m.mu.Unlock()
+	}
+	advance(time.Minute)
 	before := transport.polls.Load()
 	m.Await(ctx, "auto")
 	m.Await(ctx, "served-but-never-listed")
 	m.Await(ctx, "served-but-never-listed")
 	if n := transport.polls.Load() - before; n != 1 {
 		t.Errorf("%d polls for three Awaits (one listed name, one unlisted twice), want 1", n)
+	}
+	// A client naming a new model in every request: one poll a second.
+	advance(time.Minute)
+	before = transport.polls.Load()
+	for i := range 50 {
+		m.Await(ctx, fmt.Sprintf("random-%d", i))
+	}
+	advance(awaitPollGap)
+	m.Await(ctx, "random-after-a-second")
+	if n := transport.polls.Load() - before; n != 2 {
+		t.Errorf("%d polls for 51 new names within a second and one after, want 2", n)
 	}
 }

@@ -140,6 +140,8 @@ type Models struct {
 	listed   atomic.Pointer[map[string]modelCard]
 	recorded map[string]ModelIDs // the checksums of the last poll's names (under polling)
 	unlisted map[string]time.Time
+	// lastAwaitPoll is when Await last started a poll.
+	lastAwaitPoll time.Time
 
 	mu          sync.Mutex
 	known       map[string]string // dir -> checksum recorded
@@ -236,9 +238,11 @@ func (m *Models) Await(ctx context.Context, name string) ModelIDs {
 		}
 	}
 	m.mu.Lock()
+	now := m.now()
 	last, tried := m.unlisted[name]
-	due := !tried || m.now().Sub(last) >= m.opts.Interval
+	due := (!tried || now.Sub(last) >= m.opts.Interval) && now.Sub(m.lastAwaitPoll) >= awaitPollGap
 	if due {
+		m.lastAwaitPoll = now
 		if len(m.unlisted) >= maxUnlisted {
 			clear(m.unlisted)
 		}
@@ -251,8 +255,14 @@ func (m *Models) Await(ctx context.Context, name string) ModelIDs {
 	return m.Lookup(name)
 }
 
-// maxUnlisted bounds the names Await remembers polling for in vain.
-const maxUnlisted = 1024
+// maxUnlisted bounds the names Await remembers polling for in vain, and
+// awaitPollGap spaces the polls Await starts, whatever the names: clients
+// that name a new model in every request (which a vLLM with
+// VLLM_SKIP_MODEL_NAME_VALIDATION serves) make one poll a second at most.
+const (
+	maxUnlisted  = 1024
+	awaitPollGap = time.Second
+)
 
 // poll reads /v1/models and (re)hashes the weights of every served name.
 // Called with polling held.
