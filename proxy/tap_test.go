@@ -474,3 +474,52 @@ func BenchmarkTapFormats(b *testing.B) {
 		})
 	}
 }
+
+// FuzzTapLargeAndTypedEvents: FuzzTap for the streams whose events the tap
+// does not hold whole (a chat chunk and a Responses last event over 64
+// KiB) and for the typed streams: however the upstream's bytes are split,
+// the client gets them (less the usage chunk the proxy asked for), the
+// event hashes exactly that, and the counts are read.
+func FuzzTapLargeAndTypedEvents(f *testing.F) {
+	f.Add(uint8(0), []byte{255, 3}, uint16(4096), uint32(70000))
+	f.Add(uint8(1), []byte{0}, uint16(7), uint32(100))
+	f.Add(uint8(2), []byte{17, 200}, uint16(999), uint32(65536))
+	f.Fuzz(func(t *testing.T, which uint8, sizes []byte, bufSize uint16, big uint32) {
+		if bufSize == 0 || big > 300000 {
+			return
+		}
+		filler := strings.Repeat("x", int(big))
+		var stream, removed string
+		var kind apiKind
+		var wantOut int64
+		switch which % 3 {
+		case 0:
+			first := "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"" + filler + "\"},\"finish_reason\":null}]}\n\n"
+			stream, removed, kind, wantOut = roleChunk+first+finalChunk+usageChunk+doneChunk, usageChunk, apiOpenAI, 51
+		case 1:
+			stream = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"status\":\"in_progress\",\"usage\":null}}\n\n" +
+				"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":\"" + filler + "\",\"status\":\"completed\",\"usage\":{\"input_tokens\":3,\"output_tokens\":7}}}\n\n"
+			kind, wantOut = apiResponses, 7
+		default:
+			stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":0}}}\n\n" +
+				"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"" + filler + "\"}}\n\n" +
+				"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+			kind, wantOut = apiMessages, 9
+		}
+		got, ev := runTapAs(t, kind, "text/event-stream", stream, removed != "", sizes, int(bufSize))
+		want := strings.Replace(stream, removed, "", 1)
+		if removed == "" {
+			want = stream
+		}
+		if string(got) != want {
+			t.Fatalf("client got %d bytes, want %d", len(got), len(want))
+		}
+		sum := blake3.Sum256(got)
+		if ev.Output.Hash != hashing.FormatDigest(hashing.BLAKE3, sum[:]) {
+			t.Fatal("output hash is not the digest of what the client got")
+		}
+		if ev.Output.Tokens == nil || *ev.Output.Tokens != wantOut || ev.Status.Outcome != audit.OutcomeOK {
+			t.Fatalf("tokens %v, outcome %s %s", ev.Output.Tokens, ev.Status.Outcome, ev.Status.Error)
+		}
+	})
+}
