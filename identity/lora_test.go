@@ -155,3 +155,31 @@ func TestRuntimeLoRAIsRecordedAtOnce(t *testing.T) {
 		t.Errorf("%d polls for 51 new names within a second and one after, want 2", n)
 	}
 }
+
+// TestChecksumIsServedBeforeItsModelChanged: when model_changed is
+// recorded, Lookup already gives its checksum, so no event after it in the
+// log says "pending" (a request right after it did, now and then).
+func TestChecksumIsServedBeforeItsModelChanged(t *testing.T) {
+	dir := t.TempDir()
+	writeModel(t, dir, "weights")
+	fake := fakevllm.New(fakevllm.Config{Root: dir})
+	upstream, err := fake.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	var m *Models
+	var atRecord atomic.Value
+	m = newModels(ModelsOptions{Upstream: upstream, Record: func(ev []byte) error {
+		if strings.Contains(string(ev), `"type":"model_changed"`) {
+			atRecord.Store(m.Lookup("meta-llama/Llama-3.1-8B-Instruct").Checksum)
+		}
+		return nil
+	}})
+	if err := m.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := atRecord.Load(), manifestChecksum(t, dir); got != want {
+		t.Errorf("Lookup while model_changed was recorded: %v, want %s", got, want)
+	}
+}

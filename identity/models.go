@@ -65,6 +65,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"sort"
@@ -313,6 +314,32 @@ func (m *Models) poll(ctx context.Context) error {
 	m.cur.Store(&next)
 
 	sums := map[string]string{} // dir -> checksum
+	idsOf := func() map[string]ModelIDs {
+		ids := map[string]ModelIDs{}
+		for _, c := range cards {
+			d := dirOf(c)
+			if d == "" || sums[d] == "" {
+				continue
+			}
+			id := ModelIDs{Checksum: sums[d]}
+			if c.Parent != nil {
+				if base, ok := byID[*c.Parent]; ok {
+					id.BaseChecksum = sums[dirOf(base)]
+				}
+			}
+			ids[c.ID] = id
+		}
+		return ids
+	}
+	// A checksum is served to requests before its model_changed is
+	// recorded: an event after that one in the log never says pending.
+	publish := func(d, sum string) {
+		sums[d] = sum
+		upd := make(map[string]ModelIDs, len(next))
+		maps.Copy(upd, next)
+		maps.Copy(upd, idsOf())
+		m.cur.Store(&upd)
+	}
 	var errs []error
 	for _, c := range cards {
 		d := dirOf(c)
@@ -322,27 +349,11 @@ func (m *Models) poll(ctx context.Context) error {
 		if _, done := sums[d]; done {
 			continue
 		}
-		sum, err := m.checksum(ctx, c.ID, d)
-		if err != nil {
+		if err := m.checksum(ctx, c.ID, d, publish); err != nil {
 			errs = append(errs, err)
-			continue
 		}
-		sums[d] = sum
 	}
-	final := map[string]ModelIDs{}
-	for _, c := range cards {
-		d := dirOf(c)
-		if d == "" || sums[d] == "" {
-			continue
-		}
-		ids := ModelIDs{Checksum: sums[d]}
-		if c.Parent != nil {
-			if base, ok := byID[*c.Parent]; ok {
-				ids.BaseChecksum = sums[dirOf(base)]
-			}
-		}
-		final[c.ID] = ids
-	}
+	final := idsOf()
 	m.cur.Store(&final)
 	if err := m.recordServedChanges(byID, final); err != nil {
 		errs = append(errs, err)
@@ -412,9 +423,9 @@ func sortedNames(cards map[string]modelCard) []string {
 	return names
 }
 
-// checksum builds the manifest of dir and records a model_changed event
-// when its checksum is new or changed.
-func (m *Models) checksum(ctx context.Context, name, dir string) (string, error) {
+// checksum builds the manifest of dir, hands its checksum to publish, and
+// then records a model_changed event when the checksum is new or changed.
+func (m *Models) checksum(ctx context.Context, name, dir string, publish func(dir, sum string)) error {
 	start := time.Now()
 	lastLog := start
 	man, err := hashing.BuildManifest(ctx, dir, hashing.ManifestOptions{CacheFile: m.opts.CacheFile,
@@ -426,7 +437,7 @@ func (m *Models) checksum(ctx context.Context, name, dir string) (string, error)
 			}
 		}})
 	if err != nil {
-		return "", fmt.Errorf("model %s: %w", name, err)
+		return fmt.Errorf("model %s: %w", name, err)
 	}
 	if man.CacheErr != nil {
 		m.opts.Logger.Warn("model manifest cache not used", "err", man.CacheErr)
@@ -435,8 +446,9 @@ func (m *Models) checksum(ctx context.Context, name, dir string) (string, error)
 	before := m.known[dir]
 	m.known[dir] = man.Checksum
 	m.mu.Unlock()
+	publish(dir, man.Checksum)
 	if before == man.Checksum {
-		return man.Checksum, nil
+		return nil
 	}
 	if man.HashedBytes > 0 {
 		m.opts.Logger.Info("hashed model weights", "model", name, "dir", dir, "checksum", man.Checksum,
@@ -452,9 +464,9 @@ func (m *Models) checksum(ctx context.Context, name, dir string) (string, error)
 		err = m.opts.Record(ev)
 	}
 	if err != nil {
-		return man.Checksum, fmt.Errorf("record model_changed: %w", err)
+		return fmt.Errorf("record model_changed: %w", err)
 	}
-	return man.Checksum, nil
+	return nil
 }
 
 // maxModelsBody bounds the /v1/models answer read: thousands of cards.
