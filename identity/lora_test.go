@@ -183,3 +183,21 @@ func TestChecksumIsServedBeforeItsModelChanged(t *testing.T) {
 		t.Errorf("Lookup while model_changed was recorded: %v, want %s", got, want)
 	}
 }
+
+// TestAwaitDoesNotWaitBehindAPoll: while a poll runs (hashing a large
+// model takes minutes), Await answers at once instead of holding the end of
+// the request that called it.
+func TestAwaitDoesNotWaitBehindAPoll(t *testing.T) {
+	m := newModels(ModelsOptions{Upstream: "http://127.0.0.1:1"})
+	m.polling <- struct{}{} // a poll in progress
+	defer func() { <-m.polling }()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if ids := m.Await(ctx, "an-adapter"); ids != (ModelIDs{}) {
+		t.Errorf("Await = %+v", ids)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Await waited %v behind a poll in progress", d)
+	}
+}

@@ -231,7 +231,8 @@ func (m *Models) Refresh(ctx context.Context) error {
 // Await returns the checksums of a name vLLM has just served. A name the
 // last poll listed is answered at once (its checksums, pending or unknown
 // as they are); another, an adapter a resolver loaded for this request say,
-// is polled for first, within ctx, once an Interval at most.
+// is polled for first, within ctx, once an Interval at most, unless a poll
+// is already in progress.
 func (m *Models) Await(ctx context.Context, name string) ModelIDs {
 	if listed := m.listed.Load(); listed != nil {
 		if _, ok := (*listed)[name]; ok {
@@ -251,7 +252,14 @@ func (m *Models) Await(ctx context.Context, name string) ModelIDs {
 	}
 	m.mu.Unlock()
 	if due {
-		m.Refresh(ctx)
+		// Not behind a poll in progress: one that hashes a large model
+		// takes minutes, and this request's end would wait for it.
+		select {
+		case m.polling <- struct{}{}:
+			m.poll(ctx)
+			<-m.polling
+		default:
+		}
 	}
 	return m.Lookup(name)
 }
@@ -286,6 +294,9 @@ func (m *Models) poll(ctx context.Context) error {
 	for _, c := range cards {
 		byID[c.ID] = c
 	}
+	// Listed at once, before any hashing: Await answers a listed name
+	// without waiting for this poll.
+	before := m.listed.Swap(&byID)
 	dirOf := func(c modelCard) string {
 		if d, ok := m.opts.Dirs[c.ID]; ok {
 			return d
@@ -355,7 +366,7 @@ func (m *Models) poll(ctx context.Context) error {
 	}
 	final := idsOf()
 	m.cur.Store(&final)
-	if err := m.recordServedChanges(byID, final); err != nil {
+	if err := m.recordServedChanges(before, byID, final); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -365,8 +376,7 @@ func (m *Models) poll(ctx context.Context) error {
 // names served now and not at the last poll, and the other way round. The
 // first poll records none: model_changed records what a sidecar finds
 // served when it starts.
-func (m *Models) recordServedChanges(now map[string]modelCard, ids map[string]ModelIDs) error {
-	before := m.listed.Swap(&now)
+func (m *Models) recordServedChanges(before *map[string]modelCard, now map[string]modelCard, ids map[string]ModelIDs) error {
 	if before == nil {
 		return nil
 	}
