@@ -23,9 +23,9 @@ import (
 
 // BenchmarkSlowLargeUploads measures the memory that request bodies hold: 20
 // clients upload 31 MB bodies at 10 MB/s each, all at once, to a proxy whose
-// upstream reads and discards them. With the default request body budget
-// (256 MiB) the bodies that do not fit are refused at once; "unbounded"
-// sets a budget of 8 GiB, which every body fits in, as before the budget.
+// upstream reads and discards them. A body over 8 MiB is streamed upstream
+// holding its first 8 MiB (proxy/bigbody.go), so with the default request
+// body budget (256 MiB) all fit; "unbounded" sets a budget of 8 GiB.
 // It reports the peak of the process's resident memory above what it was
 // before the uploads (peak-rss-MB), the peak Go heap (peak-heap-MB) and how
 // many uploads were answered 200 and 503.

@@ -81,16 +81,26 @@ func (p *Proxy) readBody(ctx *fasthttp.RequestCtx, x *exchange) ([]byte, error) 
 		return req.Body(), nil
 	}
 	stream := ctx.RequestBodyStream()
-	limit := int64(p.cfg.MaxRequestBodySize)
+	limit := int64(p.cfg.MaxRequestBodySize) // 0: none
 	n := int64(req.Header.ContentLength())
-	if n > limit {
+	if limit > 0 && n > limit {
 		return nil, errBodyOverLimit
 	}
 	// size is where the buffer stops growing: the announced length, or for
-	// a chunked body one byte past the limit, to see that it is over.
-	size := limit + 1
-	if n >= 0 {
+	// a chunked body one byte past the limit, to see that it is over. A
+	// body longer than the proxy holds is read to bodyHold (one byte more
+	// for a chunked one, to see that it is longer), then streamed.
+	hold := p.bodyHold
+	var size int64
+	switch {
+	case n > hold:
+		size = hold
+	case n >= 0:
 		size = n
+	case limit > 0 && limit < hold:
+		size = limit + 1
+	default:
+		size = hold + 1
 	}
 	x.pooledBody = smallBodies.Get().(*[]byte)
 	buf := (*x.pooledBody)[:0]
@@ -113,7 +123,7 @@ func (p *Proxy) readBody(ctx *fasthttp.RequestCtx, x *exchange) ([]byte, error) 
 		buf = buf[:len(buf)+m]
 		x.body = buf
 		if err == io.EOF {
-			if n >= 0 && int64(len(buf)) < n {
+			if n >= 0 && int64(len(buf)) < min(n, size) {
 				return nil, io.ErrUnexpectedEOF
 			}
 			break
@@ -122,8 +132,26 @@ func (p *Proxy) readBody(ctx *fasthttp.RequestCtx, x *exchange) ([]byte, error) 
 			return nil, err
 		}
 	}
-	if int64(len(buf)) > limit {
+	if limit > 0 && int64(len(buf)) > limit {
 		return nil, errBodyOverLimit
+	}
+	if int64(len(buf)) > hold || n > hold {
+		// Longer than the proxy holds: stream it (bigbody.go).
+		x.streamed = true
+		x.in.Reset()
+		x.sbody = streamedBody{prefix: buf, rest: stream, in: x.in, left: -1, due: -1}
+		if n >= 0 {
+			x.sbody.due = n - int64(len(buf))
+		}
+		size := n
+		if n < 0 {
+			size = -1
+			if limit > 0 {
+				x.sbody.left = limit - int64(len(buf))
+			}
+		}
+		req.SetBodyStream(&x.sbody, int(size))
+		return buf, nil
 	}
 	req.SetBodyRaw(buf)
 	return buf, nil

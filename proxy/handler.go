@@ -35,6 +35,11 @@ type exchange struct {
 	bodyShare   int64
 	reqBody     []byte
 	textScratch []byte
+	// streamed says the body is longer than the proxy holds and goes
+	// upstream as sbody, hashed into in as it is sent (bigbody.go).
+	streamed bool
+	sbody    streamedBody
+	in       *hashing.Hasher
 	// Storage that the event's pointer fields point into, so building an
 	// event allocates nothing for them.
 	apiKeyID     string
@@ -70,6 +75,7 @@ func newExchange(p *Proxy) *exchange {
 	// generation, for a non-streamed one) must not hold its body.
 	x.bodySent = func() { p.releaseBody(x.ctx, x) }
 	x.tap.out = hashing.NewHasher(p.cfg.Hash)
+	x.in = hashing.NewHasher(p.cfg.Hash)
 	return x
 }
 
@@ -105,6 +111,7 @@ func (p *Proxy) releaseExchange(x *exchange) {
 	x.seal, x.payload = nil, audit.Payload{}
 	x.strs.reset() // the pooled exchange does not keep the last request's strings alive
 	x.upstream = 0
+	x.streamed, x.sbody = false, streamedBody{}
 	x.tap.reset()
 	p.exchPool.Put(x)
 }
@@ -137,13 +144,17 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 			p.log.Error("payload capture failed to start", "request_id", ev.RequestID, "err", err)
 		}
 	}
-	start := x.strs.mark()
-	inSum := hashing.Sum256(p.cfg.Hash, body)
-	x.strs.buf = hashing.AppendDigest(x.strs.buf, p.cfg.Hash, inSum[:])
-	ev.Input.Hash = x.strs.since(start)
-	ev.Input.Bytes = int64(len(body))
 	var f requestFields
-	if ct := ctx.Request.Header.ContentType(); isMultipartForm(ct) {
+	if !x.streamed {
+		start := x.strs.mark()
+		inSum := hashing.Sum256(p.cfg.Hash, body)
+		x.strs.buf = hashing.AppendDigest(x.strs.buf, p.cfg.Hash, inSum[:])
+		ev.Input.Hash = x.strs.since(start)
+		ev.Input.Bytes = int64(len(body))
+	}
+	if x.streamed {
+		// Not read for its fields (bigbody.go): the answer names the model.
+	} else if ct := ctx.Request.Header.ContentType(); isMultipartForm(ct) {
 		f = parseFormFields(body, ct)
 	} else {
 		f = parseRequestFields(body, &x.textScratch, x.lastModel)
@@ -189,6 +200,14 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 	x.ctx = ctx
 	err = x.up.roundTrip(p.client, &ctx.Request, resp, x.bodySent)
 	x.upstream = time.Since(sent)
+	if x.streamed {
+		// What was sent of a streamed body, all of it unless the send
+		// failed.
+		start := x.strs.mark()
+		x.strs.buf = x.in.AppendDigest(x.strs.buf)
+		ev.Input.Hash = x.strs.since(start)
+		ev.Input.Bytes = x.in.Bytes()
+	}
 	restoreClientRequest(&ctx.Request.Header, x.clientClose)
 	p.releaseBody(ctx, x) // if the request never went out
 	if err != nil {
@@ -218,6 +237,9 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	x.tap.start(resp, &x.up.body, resp.Header.ContentType(), resp.Header.ContentLength())
+	if x.streamed {
+		ev.Stream = x.tap.sse // the body was not read for its stream flag
+	}
 	if !x.tap.sse {
 		// A body that is not a stream follows its header at once.
 		x.watch.stop()
@@ -283,6 +305,12 @@ func (x *exchange) identifyCaller(h *fasthttp.RequestHeader) {
 // answerUpstreamFailure answers a request whose upstream exchange failed
 // before a response header arrived.
 func (p *Proxy) answerUpstreamFailure(ctx *fasthttp.RequestCtx, x *exchange, err error) {
+	if x.streamed && x.sbody.clientErr != nil {
+		// The client's streamed body failed, not the upstream: vLLM got
+		// a cut request, which it does not act on.
+		p.answerBodyError(ctx, x, x.sbody.clientErr)
+		return
+	}
 	pe, outcome, reason := errUpstreamUnreachable, audit.OutcomeUpstreamUnreachable, "upstream_unreachable"
 	switch {
 	case errors.Is(err, fasthttp.ErrNoFreeConns):
@@ -338,7 +366,7 @@ func (p *Proxy) answerBodyError(ctx *fasthttp.RequestCtx, x *exchange, err error
 	case isTimeout(err):
 		pe, reason = errRequestTimeout, "request_timeout"
 	}
-	if n := ctx.Request.Header.ContentLength(); n > 0 {
+	if n := ctx.Request.Header.ContentLength(); n > 0 && !x.streamed {
 		x.ev.Input.Bytes = int64(n)
 	}
 	x.ev.Status.Error = reason

@@ -71,11 +71,13 @@ type Config struct {
 	// does not ask for it, so removes nothing: a client that did not ask
 	// gets the chunk, as it would from vLLM directly.
 	UpstreamForcesUsage bool
-	// MaxRequestBodySize bounds request bodies; larger ones are answered 413
-	// without contacting the upstream. Default 32 MiB.
+	// MaxRequestBodySize, if positive, bounds request bodies; larger ones
+	// are answered 413 without contacting the upstream. Default 0: no
+	// limit, as vLLM sets none. A body longer than the proxy holds (8 MiB)
+	// is streamed to the upstream (bigbody.go).
 	MaxRequestBodySize int
 	// RequestBodyBudget bounds the bytes of request bodies held at once (see
-	// body.go); at least MaxRequestBodySize. Default: a quarter of the Go
+	// body.go); at least what one body holds. Default: a quarter of the Go
 	// memory limit (GOMEMLIMIT) when one is set, else 256 MiB.
 	RequestBodyBudget int64
 	// UpstreamIdleTimeout fails an upstream exchange when the upstream sends
@@ -150,6 +152,9 @@ type Proxy struct {
 	exchPool sync.Pool
 	admitter audit.Admitter // the Recorder, if it can refuse in advance
 	budget   *bodyBudget
+	// bodyHold is the most of a request body held; a longer one is
+	// streamed (bigbody.go).
+	bodyHold int64
 }
 
 // CaptureConfig turns on encrypted payload capture.
@@ -170,15 +175,25 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.KeyIDer == nil {
 		return nil, errors.New("proxy: Config.KeyIDer is required")
 	}
-	if cfg.MaxRequestBodySize <= 0 {
-		cfg.MaxRequestBodySize = 32 << 20
+	if cfg.MaxRequestBodySize < 0 {
+		cfg.MaxRequestBodySize = 0
 	}
 	if cfg.RequestBodyBudget <= 0 {
 		cfg.RequestBodyBudget = DefaultRequestBodyBudget()
 	}
-	if cfg.RequestBodyBudget < int64(cfg.MaxRequestBodySize) {
-		return nil, fmt.Errorf("proxy: the request body budget (%d bytes) is smaller than the largest request body (%d bytes)",
-			cfg.RequestBodyBudget, cfg.MaxRequestBodySize)
+	bodyHold := int64(streamedBodyMin)
+	if cfg.Capture != nil {
+		// Capture reads the body's first MaxBytes, and one more to know it
+		// is longer, before the body streams.
+		bodyHold = max(bodyHold, cfg.Capture.MaxBytes+1)
+	}
+	held := bodyHold + 1 // a chunked body is read one byte past what is held
+	if cfg.MaxRequestBodySize > 0 {
+		held = min(held, int64(cfg.MaxRequestBodySize)+1)
+	}
+	if cfg.RequestBodyBudget < held {
+		return nil, fmt.Errorf("proxy: the request body budget (%d bytes) is smaller than what one request body holds (%d bytes)",
+			cfg.RequestBodyBudget, held)
 	}
 	if cfg.UpstreamIdleTimeout <= 0 {
 		cfg.UpstreamIdleTimeout = 10 * time.Minute
@@ -205,7 +220,7 @@ func New(cfg Config) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{cfg: cfg, metrics: cfg.Metrics, log: cfg.Logger, budget: &bodyBudget{limit: cfg.RequestBodyBudget}}
+	p := &Proxy{cfg: cfg, metrics: cfg.Metrics, log: cfg.Logger, budget: &bodyBudget{limit: cfg.RequestBodyBudget}, bodyHold: bodyHold}
 	p.metrics.budget.Store(p.budget)
 	p.metrics.maxClientConns.Store(int64(cfg.MaxClientConns))
 	p.admitter, _ = cfg.Recorder.(audit.Admitter)

@@ -152,7 +152,8 @@ func (u *upstreamConn) roundTrip(hc *fasthttp.HostClient, req *fasthttp.Request,
 		switch {
 		case outcome == closedWhileIdle && stale < 8:
 			stale++
-		case outcome == nothingWritten && rewrites < 1:
+		case outcome == nothingWritten && rewrites < 1 && !req.IsBodyStream():
+			// (A streamed body's bytes the failed write took are gone.)
 			rewrites++
 		default:
 			if errors.Is(err, io.EOF) {
