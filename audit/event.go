@@ -25,7 +25,7 @@
 // Fields are only ever added to version 1; a change of meaning or a removal
 // bumps "v".
 //
-// The log (Chain.Append) writes each event with its "log" member in RFC 8785
+// The log (auditlog.Chain.Append) writes each event with its "log" member in RFC 8785
 // canonical form: members sorted by name, no whitespace. The object above is
 // shown in the order Event.AppendJSON writes it; the spooled and shipped line
 // has the same members, sorted.
@@ -39,11 +39,6 @@ import (
 
 // SchemaVersion is the value of every event's "v" field.
 const SchemaVersion = 1
-
-// Event types.
-const (
-	TypeInference = "inference"
-)
 
 // Outcome says how a proxied exchange ended. It complements the HTTP status
 // code: a stream can fail after its 200 was sent.
@@ -102,6 +97,25 @@ type Event struct {
 	// Log is the event's place in its log. The proxy leaves it nil; the
 	// spool's Chain adds it as the event is committed (see LogRef).
 	Log *LogRef `json:"log,omitempty"`
+}
+
+// LogRef is an event's place in its log: the "log" member of every event
+// written by a sidecar.
+//
+//	"log":{"origin":"<origin>","seq":N,"prev":"<hex>"}
+//
+// Origin names the log (one sidecar instance and epoch); Seq numbers its
+// events from 0 without gaps; Prev is the leaf hash (package auditlog) of the event with
+// seq N-1, in lower-case hex, and "" for seq 0.
+//
+// An event's leaf hash is the RFC 6962 leaf hash of its canonical bytes,
+// SHA-256(0x00 || JCS(event)), with JCS as RFC 8785 defines it and the "log"
+// member included. The events of one origin, in seq order, are the leaves of
+// an RFC 6962 Merkle tree, which checkpoints sign.
+type LogRef struct {
+	Origin string `json:"origin"`
+	Seq    int64  `json:"seq"`
+	Prev   string `json:"prev"`
 }
 
 // Payload is an encrypted capture of a request's bodies: an age file (base64

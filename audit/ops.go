@@ -6,16 +6,6 @@ import (
 	"time"
 )
 
-// Operational event types: what happened to the sidecar and what it serves,
-// recorded in the same log as the inferences so that "what changed during
-// the incident window" has an answer with the same proofs.
-const (
-	TypeProxyStarted = "proxy_started" // details: version, config digest, GPU reference
-	TypeProxyStopped = "proxy_stopped" // details: reason, events recorded
-	TypeGPUIdentity  = "gpu_identity"  // details: digest, identity (at start)
-	TypeGPUChanged   = "gpu_changed"   // details: before, after (digests and identities)
-)
-
 // opsEvent is the wire form of an operational event:
 //
 //	{"v":1,"type":"<type>","id":"<uuid>","time":"…","details":{…},"source":{…}}

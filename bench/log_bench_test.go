@@ -9,6 +9,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
 )
 
 func benchSigner(b *testing.B) (note.Signer, note.Verifiers) {
@@ -25,7 +26,7 @@ func benchSigner(b *testing.B) (note.Signer, note.Verifiers) {
 // log: the log member, RFC 8785 canonical form, leaf hash, tree update. It
 // runs on the spool's committer, once per event.
 func BenchmarkChainAppend(b *testing.B) {
-	c, err := audit.NewChain(audit.ChainState{Origin: "gpu-node-17/20261123T100000Z"})
+	c, err := auditlog.NewChain(auditlog.ChainState{Origin: "gpu-node-17/20261123T100000Z"})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -51,7 +52,7 @@ func BenchmarkChainAppend(b *testing.B) {
 // first). For one core, run it with -cpu 1 under taskset.
 func BenchmarkVerify(b *testing.B) {
 	s, keys := benchSigner(b)
-	c, _ := audit.NewChain(audit.ChainState{Origin: "gpu-node-17/20261123T100000Z"})
+	c, _ := auditlog.NewChain(auditlog.ChainState{Origin: "gpu-node-17/20261123T100000Z"})
 	const n = 100_000
 	lines := make([][]byte, 0, n+n/1000)
 	reencoded := make([][]byte, 0, n+n/1000)
@@ -96,7 +97,7 @@ func benchVerify(b *testing.B, keys note.Verifiers, lines [][]byte) {
 	b.ResetTimer()
 	// One op is one event; past the log's end the events come again, as
 	// at-least-once shipping delivers them, and count as duplicates.
-	v := audit.NewVerifier(keys)
+	v := auditlog.NewVerifier(keys)
 	for i := range b.N {
 		v.Add(lines[i%len(lines)])
 	}

@@ -10,6 +10,8 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
+	"github.com/auditproxy/auditproxy/query"
 )
 
 const queryBenchEvents = 1_000_000
@@ -25,7 +27,7 @@ var (
 // held in memory.
 func queryBenchLog(b *testing.B) [][]byte {
 	queryBenchOnce.Do(func() {
-		c, err := audit.NewChain(audit.ChainState{Origin: "gpu-node-17/20261123T000000Z"})
+		c, err := auditlog.NewChain(auditlog.ChainState{Origin: "gpu-node-17/20261123T000000Z"})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -51,9 +53,9 @@ func queryBenchLog(b *testing.B) [][]byte {
 
 // scan runs the query command's per-line work over every line: trim,
 // match, drop repeats. It returns the matches.
-func scan(b *testing.B, q *audit.Query, lines [][]byte, each func(v *fastjson.Value)) int {
+func scan(b *testing.B, q *query.Query, lines [][]byte, each func(v *fastjson.Value)) int {
 	var p fastjson.Parser
-	var ids audit.IDSet
+	var ids query.IDSet
 	n := 0
 	for _, line := range lines {
 		v, err := q.MatchValue(&p, bytes.TrimSpace(line))
@@ -90,24 +92,24 @@ func BenchmarkQuery(b *testing.B) {
 	mid := func(i int) time.Time { return queryBenchT0.Add(time.Duration(i) * time.Millisecond) }
 	for _, tc := range []struct {
 		name  string
-		f     audit.Filter
+		f     query.Filter
 		stats bool
 		want  int
 	}{
-		{"request-id", audit.Filter{RequestIDs: []string{fmt.Sprintf("req-%012d", queryBenchEvents/2)}}, false, 1},
-		{"api-key-id", audit.Filter{APIKeyIDs: []string{"k1:9f86d081884c7d659a2feaa0c55ad015"}}, false, queryBenchEvents},
-		{"time-range", audit.Filter{Since: mid(queryBenchEvents / 2), Until: mid(queryBenchEvents/2 + queryBenchEvents/10)}, false, queryBenchEvents / 10},
-		{"stats", audit.Filter{Types: []string{audit.TypeInference}}, true, queryBenchEvents},
+		{"request-id", query.Filter{RequestIDs: []string{fmt.Sprintf("req-%012d", queryBenchEvents/2)}}, false, 1},
+		{"api-key-id", query.Filter{APIKeyIDs: []string{"k1:9f86d081884c7d659a2feaa0c55ad015"}}, false, queryBenchEvents},
+		{"time-range", query.Filter{Since: mid(queryBenchEvents / 2), Until: mid(queryBenchEvents/2 + queryBenchEvents/10)}, false, queryBenchEvents / 10},
+		{"stats", query.Filter{Types: []string{audit.TypeInference}}, true, queryBenchEvents},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			q, err := audit.NewQuery(tc.f)
+			q, err := query.NewQuery(tc.f)
 			if err != nil {
 				b.Fatal(err)
 			}
 			b.SetBytes(bytesTotal)
 			b.ReportAllocs()
 			for b.Loop() {
-				var st audit.Stats
+				var st query.Stats
 				var each func(*fastjson.Value)
 				if tc.stats {
 					each = func(v *fastjson.Value) {

@@ -16,10 +16,6 @@ import (
 	"github.com/auditproxy/auditproxy/audit"
 )
 
-// TypeAnnotation is the event an operator records about an external change
-// (a rollout, a GPU tier change, an incident action).
-const TypeAnnotation = "annotation"
-
 // Annotation is what an operator records: what kind of change, who made
 // it, who approved it, under which ticket, and why.
 type Annotation struct {
@@ -75,7 +71,7 @@ func AnnotationHandler(token string, record func([]byte) error, src audit.Source
 			httpError(w, http.StatusBadRequest, err.Error())
 			return
 		}
-		ev, err := audit.NewOpsEvent(TypeAnnotation, a, src, time.Now())
+		ev, err := audit.NewOpsEvent(audit.TypeAnnotation, a, src, time.Now())
 		if err == nil {
 			err = record(ev)
 		}

@@ -38,7 +38,8 @@ const (
 	ReasonBadResponse = "bad_response"
 )
 
-// Event types recorded at a change of the identity state.
+// The events recorded at a change of the identity state
+// (audit.TypeModelIdentityUnavailable and audit.TypeModelIdentityRestored):
 //
 // model_identity_unavailable, when polls start failing (or fail for another
 // reason than before):
@@ -56,11 +57,6 @@ const (
 //
 // A sidecar whose first poll succeeds records neither: its model_changed
 // events say what it serves.
-const (
-	TypeModelIdentityUnavailable = "model_identity_unavailable"
-	TypeModelIdentityRestored    = "model_identity_restored"
-)
-
 // warnEvery bounds how often a lasting failure is logged again.
 const warnEvery = 5 * time.Minute
 
@@ -156,7 +152,7 @@ func (m *Models) report(perr *pollError, now time.Time) {
 		}
 		a.known.Set(1)
 		if prev.Polled && !prev.Known {
-			typ = TypeModelIdentityRestored
+			typ = audit.TypeModelIdentityRestored
 			details = map[string]any{"reason": prev.Reason, "unavailable_since": audit.Timestamp(prev.Since)}
 		}
 	} else {
@@ -173,7 +169,7 @@ func (m *Models) report(perr *pollError, now time.Time) {
 		} else {
 			a.failures = 1
 			warn = true
-			typ = TypeModelIdentityUnavailable
+			typ = audit.TypeModelIdentityUnavailable
 			details = map[string]any{"reason": perr.reason, "error": perr.msg}
 			if perr.status != 0 {
 				details["status"] = perr.status
@@ -198,7 +194,7 @@ func (m *Models) report(perr *pollError, now time.Time) {
 		}
 		attrs = append(attrs, "repeated", "at most every "+warnEvery.String()+" while it lasts")
 		m.opts.Logger.Warn("model identity unknown: events carry no model checksum and no model_changed is recorded", attrs...)
-	case typ == TypeModelIdentityRestored:
+	case typ == audit.TypeModelIdentityRestored:
 		m.opts.Logger.Info("model identity restored: the upstream's /v1/models answers again", "was", prev.Reason,
 			"unavailable_since", prev.Since.UTC().Format(time.RFC3339))
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
 )
 
@@ -51,7 +52,7 @@ func (r *recorder) identityEvents() []map[string]any {
 	defer r.mu.Unlock()
 	var out []map[string]any
 	for _, e := range r.events {
-		if t := e["type"]; t == TypeModelIdentityUnavailable || t == TypeModelIdentityRestored {
+		if t := e["type"]; t == audit.TypeModelIdentityUnavailable || t == audit.TypeModelIdentityRestored {
 			out = append(out, e)
 		}
 	}
@@ -116,14 +117,14 @@ func TestIdentityStateFollowsThePolls(t *testing.T) {
 		warnings int    // WARNs about the identity so far
 	}{
 		{0, "ok", true, "", "", 0},
-		{time.Minute, "401", false, ReasonUnauthorized, TypeModelIdentityUnavailable, 1},
+		{time.Minute, "401", false, ReasonUnauthorized, audit.TypeModelIdentityUnavailable, 1},
 		{2 * time.Minute, "401", false, ReasonUnauthorized, "", 1},
 		{5 * time.Minute, "401", false, ReasonUnauthorized, "", 1},
 		{6 * time.Minute, "401", false, ReasonUnauthorized, "", 2}, // warnEvery after the first
-		{7 * time.Minute, "hang up", false, ReasonUnreachable, TypeModelIdentityUnavailable, 3},
-		{8 * time.Minute, "500", false, ReasonBadResponse, TypeModelIdentityUnavailable, 4},
+		{7 * time.Minute, "hang up", false, ReasonUnreachable, audit.TypeModelIdentityUnavailable, 3},
+		{8 * time.Minute, "500", false, ReasonBadResponse, audit.TypeModelIdentityUnavailable, 4},
 		{9 * time.Minute, "not json", false, ReasonBadResponse, "", 4},
-		{10 * time.Minute, "ok", true, "", TypeModelIdentityRestored, 4},
+		{10 * time.Minute, "ok", true, "", audit.TypeModelIdentityRestored, 4},
 		{11 * time.Minute, "ok", true, "", "", 4},
 	}
 	events := 0
@@ -222,7 +223,7 @@ func TestFirstPollRefused(t *testing.T) {
 	waitUntil(t, func() bool { return fake.Stats().Unauthorized >= 5 })
 	m.Close()
 	evs := rec.identityEvents()
-	if len(evs) != 1 || evs[0]["type"] != TypeModelIdentityUnavailable {
+	if len(evs) != 1 || evs[0]["type"] != audit.TypeModelIdentityUnavailable {
 		t.Fatalf("identity events: %v", evs)
 	}
 	if s := m.Status(); s.Known || s.Reason != ReasonUnauthorized {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
 )
 
@@ -83,7 +84,7 @@ func TestRuntimeLoRAIsRecordedAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := manifestChecksum(t, sql)
-	loaded := rec.ofType(TypeModelLoaded)
+	loaded := rec.ofType(audit.TypeModelLoaded)
 	if len(loaded) != 1 {
 		t.Fatalf("model_loaded events: %v", loaded)
 	}
@@ -101,7 +102,7 @@ func TestRuntimeLoRAIsRecordedAtOnce(t *testing.T) {
 	}
 	resp.Body.Close()
 	m.Refresh(ctx)
-	unloaded := rec.ofType(TypeModelUnloaded)
+	unloaded := rec.ofType(audit.TypeModelUnloaded)
 	if len(unloaded) != 1 || unloaded[0]["details"].(map[string]any)["checksum"] != want {
 		t.Fatalf("model_unloaded events: %v", unloaded)
 	}
@@ -120,7 +121,7 @@ func TestRuntimeLoRAIsRecordedAtOnce(t *testing.T) {
 	if ids := m.Await(ctx, "auto"); ids.Checksum != manifestChecksum(t, auto) {
 		t.Errorf("Await(auto) = %+v", ids)
 	}
-	if n := len(rec.ofType(TypeModelLoaded)); n != 2 {
+	if n := len(rec.ofType(audit.TypeModelLoaded)); n != 2 {
 		t.Errorf("%d model_loaded events, want 2", n)
 	}
 

@@ -81,16 +81,6 @@ import (
 // ChecksumPending is the checksum of a model whose weights are being hashed.
 const ChecksumPending = "pending"
 
-// Event types recorded here: a served model's weights first seen or changed
-// (before and after), and the upstream's version (vLLM's /version) first
-// seen or changed.
-const (
-	TypeModelChanged    = "model_changed"
-	TypeUpstreamVersion = "upstream_version"
-	TypeModelLoaded     = "model_loaded"
-	TypeModelUnloaded   = "model_unloaded"
-)
-
 // ModelsOptions configure Models.
 type ModelsOptions struct {
 	// Upstream is the vLLM base URL whose /v1/models is polled.
@@ -408,7 +398,7 @@ func (m *Models) recordServedChanges(before *map[string]modelCard, now map[strin
 			}
 		}
 		m.opts.Logger.Info("a model is served that was not", "model", name, "root", c.Root)
-		record(TypeModelLoaded, details)
+		record(audit.TypeModelLoaded, details)
 	}
 	for _, name := range sortedNames(*before) {
 		if _, is := now[name]; is {
@@ -419,7 +409,7 @@ func (m *Models) recordServedChanges(before *map[string]modelCard, now map[strin
 			details["checksum"] = id.Checksum
 		}
 		m.opts.Logger.Info("a model is no longer served", "model", name)
-		record(TypeModelUnloaded, details)
+		record(audit.TypeModelUnloaded, details)
 	}
 	return errors.Join(errs...)
 }
@@ -469,7 +459,7 @@ func (m *Models) checksum(ctx context.Context, name, dir string, publish func(di
 		details["before"] = before
 		m.opts.Logger.Warn("model weights changed", "model", name, "before", before, "after", man.Checksum)
 	}
-	ev, err := audit.NewOpsEvent(TypeModelChanged, details, m.opts.Source, time.Now())
+	ev, err := audit.NewOpsEvent(audit.TypeModelChanged, details, m.opts.Source, time.Now())
 	if err == nil && m.opts.Record != nil {
 		err = m.opts.Record(ev)
 	}
@@ -575,7 +565,7 @@ func (m *Models) checkVersion(ctx context.Context) error {
 	if before != "" {
 		details["before"] = before
 	}
-	ev, err := audit.NewOpsEvent(TypeUpstreamVersion, details, m.opts.Source, time.Now())
+	ev, err := audit.NewOpsEvent(audit.TypeUpstreamVersion, details, m.opts.Source, time.Now())
 	if err == nil && m.opts.Record != nil {
 		err = m.opts.Record(ev)
 	}

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
 )
 
 // LogOptions make a spool a verifiable log (see audit.LogRef): the committer
@@ -63,7 +64,7 @@ const (
 type spoolLog struct {
 	opts    LogOptions
 	logger  *slog.Logger
-	chain   *audit.Chain
+	chain   *auditlog.Chain
 	origin  string    // the chain's, fixed once open
 	tree    *treeFile // the stored hashes proofs need (tree.go)
 	sinceCP int
@@ -95,7 +96,7 @@ type spoolLog struct {
 
 // logMark is a spoolLog's state before a commit, to undo a failed one.
 type logMark struct {
-	st        audit.ChainState
+	st        auditlog.ChainState
 	storedLen int
 	sinceCP   int
 	lastCP    time.Time
@@ -168,7 +169,7 @@ func (l *spoolLog) appendEvent(dst, event []byte) ([]byte, error) {
 	return dst, err
 }
 
-func (l *spoolLog) appendCheckpoint(dst []byte, now time.Time, final bool, outage *audit.CheckpointOutage) ([]byte, error) {
+func (l *spoolLog) appendCheckpoint(dst []byte, now time.Time, final bool, outage *auditlog.CheckpointOutage) ([]byte, error) {
 	start := len(dst)
 	l.cpPending = l.chain.Size()
 	dst, err := l.chain.AppendCheckpointEventAfter(dst, l.opts.Signer, now, l.opts.CheckpointInterval, final, outage, l.opts.Source)
@@ -246,7 +247,7 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 		return nil, err
 	}
 	if reason != "" {
-		st = audit.ChainState{Origin: l.newOrigin(time.Now())}
+		st = auditlog.ChainState{Origin: l.newOrigin(time.Now())}
 		// Recorded before the tree state is reset and log.json names the
 		// new origin: both hide what the old log was, and a crash before
 		// log_started commits would leave a spool whose next start no
@@ -262,7 +263,7 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 		}
 		l.cpSize.Store(0)
 		var ev logStarted
-		ev.V, ev.Type, ev.ID, ev.Time, ev.Source = 1, "log_started", audit.NewID(), audit.Timestamp(time.Now()), opts.Source
+		ev.V, ev.Type, ev.ID, ev.Time, ev.Source = 1, audit.TypeLogStarted, audit.NewID(), audit.Timestamp(time.Now()), opts.Source
 		ev.Started.Reason = reason
 		ev.Started.Lost, ev.Started.CommittedLost = s.Recovery.Lost, s.Recovery.CommittedLostDetail
 		ev.Started.PreviousCheckpoint = json.RawMessage("null")
@@ -285,7 +286,7 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 		f.close()
 		return nil, err
 	}
-	l.chain, err = audit.NewChain(st)
+	l.chain, err = auditlog.NewChain(st)
 	if err != nil {
 		f.close()
 		return nil, err
@@ -341,10 +342,10 @@ func (l *spoolLog) knowOrigin(origin string) {
 
 // recover returns the state of the log to continue, or the reason a new
 // epoch starts.
-func (l *spoolLog) recover(s *Spool) (audit.ChainState, string, error) {
+func (l *spoolLog) recover(s *Spool) (auditlog.ChainState, string, error) {
 	last, lastCP, err := lastRecords(s.dir, signerVerifier{l.opts.Signer})
 	if err != nil {
-		return audit.ChainState{}, "", err
+		return auditlog.ChainState{}, "", err
 	}
 	var kp fastjson.Parser
 	for _, rec := range [][]byte{last, lastCP} {
@@ -383,47 +384,47 @@ func (l *spoolLog) recover(s *Spool) (audit.ChainState, string, error) {
 		if rep.CommittedLost {
 			what = append(what, rep.CommittedLostDetail)
 		}
-		return audit.ChainState{}, "committed records were lost: " + strings.Join(what, "; "), nil
+		return auditlog.ChainState{}, "committed records were lost: " + strings.Join(what, "; "), nil
 	}
 	if p := s.pending; p != nil && p.Reason != "" {
 		// A previous start began a new epoch and stopped before committing
 		// its first event: whatever made it is still so (a log whose tree
 		// state was reset for that epoch cannot be continued either).
-		return audit.ChainState{}, p.Reason, nil
+		return auditlog.ChainState{}, p.Reason, nil
 	}
 	if last == nil {
 		origin, err := loadLogFile(s.dir)
 		if err != nil || origin == "" || !isOwnOrigin(origin, l.opts.Name) {
-			return audit.ChainState{}, "new data dir", nil
+			return auditlog.ChainState{}, "new data dir", nil
 		}
 		return l.continueFromTree(origin)
 	}
 	var p fastjson.Parser
 	v, err := p.ParseBytes(last)
 	if err != nil {
-		return audit.ChainState{}, "the newest spooled event is not JSON", nil
+		return auditlog.ChainState{}, "the newest spooled event is not JSON", nil
 	}
 	origin := string(v.GetStringBytes("log", "origin"))
 	seq := v.GetInt64("log", "seq")
 	if origin == "" || v.Get("log", "seq") == nil {
-		return audit.ChainState{}, "the newest spooled event has no log member", nil
+		return auditlog.ChainState{}, "the newest spooled event has no log member", nil
 	}
 	if !isOwnOrigin(origin, l.opts.Name) {
-		return audit.ChainState{}, fmt.Sprintf("instance name changed (was the log %q)", origin), nil
+		return auditlog.ChainState{}, fmt.Sprintf("instance name changed (was the log %q)", origin), nil
 	}
-	leaf, _, err := audit.LeafHash(&p, nil, last)
+	leaf, _, err := auditlog.LeafHash(&p, nil, last)
 	if err != nil {
-		return audit.ChainState{}, "the newest spooled event is not canonicalisable JSON", nil
+		return auditlog.ChainState{}, "the newest spooled event is not canonicalisable JSON", nil
 	}
 	n := seq + 1
 	tree, why, err := l.recoverTree(s, origin, n, leaf, lastCP)
 	if err != nil {
-		return audit.ChainState{}, "", err
+		return auditlog.ChainState{}, "", err
 	}
 	if why != "" {
-		return audit.ChainState{}, why, nil
+		return auditlog.ChainState{}, why, nil
 	}
-	return audit.ChainState{Origin: origin, Tree: tree, Prev: leaf}, "", nil
+	return auditlog.ChainState{Origin: origin, Tree: tree, Prev: leaf}, "", nil
 }
 
 // continueFromTree continues origin when the spool holds none of its
@@ -433,31 +434,31 @@ func (l *spoolLog) recover(s *Spool) (audit.ChainState, string, error) {
 // checkpointed (a fork), so the tree state says where it is: its size and
 // its last leaf hash (fsynced before any segment was deleted). A tree state
 // that cannot say starts a new epoch.
-func (l *spoolLog) continueFromTree(origin string) (audit.ChainState, string, error) {
+func (l *spoolLog) continueFromTree(origin string) (auditlog.ChainState, string, error) {
 	t := l.tree
 	if t.fresh || !t.legacy && t.origin != origin {
-		return audit.ChainState{}, fmt.Sprintf("the spool holds no event of the log %s and the log's tree state does not say how far it went (continuing could reuse its seqs)", origin), nil
+		return auditlog.ChainState{}, fmt.Sprintf("the spool holds no event of the log %s and the log's tree state does not say how far it went (continuing could reuse its seqs)", origin), nil
 	}
 	k := t.base
 	for tlog.StoredHashCount(k+1) <= t.n.Load() {
 		k++
 	}
 	if k == 0 {
-		return audit.ChainState{Origin: origin}, "", nil // started, nothing committed yet
+		return auditlog.ChainState{Origin: origin}, "", nil // started, nothing committed yet
 	}
 	if err := t.cut(k); err != nil {
-		return audit.ChainState{}, "", err
+		return auditlog.ChainState{}, "", err
 	}
-	tree, err := audit.TreeFromStored(k, t)
+	tree, err := auditlog.TreeFromStored(k, t)
 	var prev []tlog.Hash
 	if err == nil {
 		prev, err = t.ReadHashes([]int64{tlog.StoredHashIndex(0, k-1)})
 	}
 	if err != nil {
-		return audit.ChainState{}, fmt.Sprintf("the spool holds no event of the log %s and the log's tree state cannot give its last leaf (%v)", origin, err), nil
+		return auditlog.ChainState{}, fmt.Sprintf("the spool holds no event of the log %s and the log's tree state cannot give its last leaf (%v)", origin, err), nil
 	}
 	l.logger.Warn("the spool holds no event of the log (all shipped and deleted); continuing it from the log's tree state", "origin", origin, "size", k)
-	return audit.ChainState{Origin: origin, Tree: tree, Prev: prev[0]}, "", nil
+	return auditlog.ChainState{Origin: origin, Tree: tree, Prev: prev[0]}, "", nil
 }
 
 // recoverTree returns the edge of origin's tree of n leaves, from the tree
@@ -469,7 +470,7 @@ func (l *spoolLog) continueFromTree(origin string) (audit.ChainState, string, er
 // origin, if the file reaches back to it, must sign the root the file
 // gives at its size. Where it fails, the tree is rebuilt from the spool's
 // events from seq 0, if the spool still holds them all.
-func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, leaf tlog.Hash, lastCP []byte) (audit.Tree, string, error) {
+func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, leaf tlog.Hash, lastCP []byte) (auditlog.Tree, string, error) {
 	t := l.tree
 	var cpSize int64 = -1
 	var cpRoot tlog.Hash
@@ -477,7 +478,7 @@ func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, leaf tlog.Hash,
 		var p fastjson.Parser
 		if pl := placeOf(&p, lastCP); pl != nil && pl.Origin == origin {
 			v, _ := p.ParseBytes(lastCP)
-			if c, _, err := audit.OpenCheckpoint(v.GetStringBytes("checkpoint", "note"), note.VerifierList(signerVerifier{l.opts.Signer})); err == nil {
+			if c, _, err := auditlog.OpenCheckpoint(v.GetStringBytes("checkpoint", "note"), note.VerifierList(signerVerifier{l.opts.Signer})); err == nil {
 				cpSize, cpRoot = c.Size, c.Root
 			}
 		}
@@ -489,7 +490,7 @@ func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, leaf tlog.Hash,
 	case !t.legacy && t.origin != origin:
 		problem = fmt.Sprintf("it is the tree of %q", t.origin)
 	}
-	var tree audit.Tree
+	var tree auditlog.Tree
 	held := t.leaves()
 	if problem == "" && held > n {
 		// Hashes are appended only once the commit of their events is
@@ -521,7 +522,7 @@ func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, leaf tlog.Hash,
 			return tree, "", err
 		}
 		var err error
-		if tree, err = audit.TreeFromStored(trust, t); err != nil {
+		if tree, err = auditlog.TreeFromStored(trust, t); err != nil {
 			problem = err.Error()
 		} else if trust == cpSize && tree.Root() != cpRoot {
 			problem = fmt.Sprintf("its root at size %d is not the one the newest checkpoint signs", cpSize)
@@ -547,7 +548,7 @@ func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, leaf tlog.Hash,
 			}
 		}
 		if problem == "" && cpSize > trust && cpSize <= n {
-			if at, err := audit.TreeFromStored(cpSize, t); err != nil || at.Root() != cpRoot {
+			if at, err := auditlog.TreeFromStored(cpSize, t); err != nil || at.Root() != cpRoot {
 				problem = fmt.Sprintf("its hashes and the spool's events give another root at size %d than the newest checkpoint signs", cpSize)
 			}
 		}
@@ -558,11 +559,11 @@ func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, leaf tlog.Hash,
 			return tree, "", err
 		}
 		var err error
-		if tree, err = l.replay(s.dir, origin, audit.Tree{}, n); err != nil {
+		if tree, err = l.replay(s.dir, origin, auditlog.Tree{}, n); err != nil {
 			return tree, fmt.Sprintf("the log's tree state cannot be used (%s) and cannot be rebuilt from the spool: %v", problem, err), nil
 		}
 		if cpSize >= 0 && cpSize <= n {
-			if at, err := audit.TreeFromStored(cpSize, t); err != nil || at.Root() != cpRoot {
+			if at, err := auditlog.TreeFromStored(cpSize, t); err != nil || at.Root() != cpRoot {
 				return tree, fmt.Sprintf("the spool's events do not hash to the root the newest checkpoint (size %d) signs", cpSize), nil
 			}
 		}
@@ -578,7 +579,7 @@ func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, leaf tlog.Hash,
 // that holds the event before them, whose leaf hash the file holds: one
 // that is not the event's (a *leafMismatchError) means the file's hashes
 // are not the spool's events'.
-func (l *spoolLog) replay(dir, origin string, tree audit.Tree, n int64) (audit.Tree, error) {
+func (l *spoolLog) replay(dir, origin string, tree auditlog.Tree, n int64) (auditlog.Tree, error) {
 	var p fastjson.Parser
 	var scratch []byte
 	var stored []tlog.Hash
@@ -590,7 +591,7 @@ func (l *spoolLog) replay(dir, origin string, tree audit.Tree, n int64) (audit.T
 		}
 		seq := v.GetInt64("log", "seq")
 		if seq == from {
-			leaf, _, err := audit.LeafHash(&p, scratch, rec)
+			leaf, _, err := auditlog.LeafHash(&p, scratch, rec)
 			if err != nil {
 				return err
 			}
@@ -606,7 +607,7 @@ func (l *spoolLog) replay(dir, origin string, tree audit.Tree, n int64) (audit.T
 			return fmt.Errorf("event %d missing from the spool", tree.Size())
 		}
 		var leaf tlog.Hash
-		leaf, scratch, err = audit.LeafHash(&p, scratch, rec)
+		leaf, scratch, err = auditlog.LeafHash(&p, scratch, rec)
 		if err != nil {
 			return err
 		}
@@ -810,7 +811,7 @@ func isLogCheckpoint(p *fastjson.Parser, rec []byte, key note.Verifier) bool {
 	if err != nil {
 		return false
 	}
-	cp, _, err := audit.OpenCheckpoint(msg, note.VerifierList(key))
+	cp, _, err := auditlog.OpenCheckpoint(msg, note.VerifierList(key))
 	return err == nil && cp.Origin == origin && cp.Size == seq
 }
 

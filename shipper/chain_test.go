@@ -15,6 +15,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
 )
 
 func testSigner(t *testing.T) (note.Signer, note.Verifiers) {
@@ -34,13 +35,13 @@ func logOpts(s note.Signer) *LogOptions {
 }
 
 // verifyDataDir runs the auditor's verification over a data dir's spool.
-func verifyDataDir(t *testing.T, dataDir string, keys note.Verifiers, extra ...[]byte) *audit.Report {
+func verifyDataDir(t *testing.T, dataDir string, keys note.Verifiers, extra ...[]byte) *auditlog.Report {
 	t.Helper()
 	var out bytes.Buffer
 	if _, err := Export(dataDir, &out); err != nil {
 		t.Fatal(err)
 	}
-	v := audit.NewVerifier(keys)
+	v := auditlog.NewVerifier(keys)
 	for _, line := range bytes.Split(out.Bytes(), []byte("\n")) {
 		v.Add(line)
 	}
@@ -50,7 +51,7 @@ func verifyDataDir(t *testing.T, dataDir string, keys note.Verifiers, extra ...[
 	return v.Report()
 }
 
-func problems(r *audit.Report) string {
+func problems(r *auditlog.Report) string {
 	var b strings.Builder
 	b.WriteString(strings.Join(r.Problems, "\n"))
 	for _, o := range r.Origins {

@@ -20,6 +20,7 @@ import (
 	"github.com/valyala/fastjson"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/bench/forwardrecv"
 )
 
@@ -662,7 +663,7 @@ func TestDamagedSegmentIsQuarantinedAndShipped(t *testing.T) {
 					}
 				}
 				for _, e := range recv.Entries() {
-					if e.Record["type"] == TypeSegmentDamaged {
+					if e.Record["type"] == audit.TypeSegmentDamaged {
 						return true
 					}
 				}
@@ -678,7 +679,7 @@ func TestDamagedSegmentIsQuarantinedAndShipped(t *testing.T) {
 			// through JSON.
 			var details segmentDamage
 			for _, e := range recv.Entries() {
-				if e.Record["type"] == TypeSegmentDamaged {
+				if e.Record["type"] == audit.TypeSegmentDamaged {
 					b, _ := json.Marshal(e.Record["details"])
 					if err := json.Unmarshal(b, &details); err != nil {
 						t.Fatal(err)
@@ -1149,7 +1150,7 @@ func segmentDamagedEvents(t *testing.T, dataDir string) []segmentDamage {
 			Type    string
 			Details segmentDamage
 		}
-		if json.Unmarshal(line, &ev) == nil && ev.Type == TypeSegmentDamaged {
+		if json.Unmarshal(line, &ev) == nil && ev.Type == audit.TypeSegmentDamaged {
 			evs = append(evs, ev.Details)
 		}
 	}

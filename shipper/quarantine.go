@@ -14,16 +14,6 @@ import (
 	"github.com/auditproxy/auditproxy/audit"
 )
 
-// TypeSegmentDamaged is the operational event a spool records when it
-// quarantines a damaged segment:
-//
-//	{"type":"segment_damaged","details":{"segment":…,"saved_to":…,"records_kept":N,"damaged":[…]},…}
-//
-// Each damaged range says its offsets (uncompressed; end -1: the rest of a
-// compressed stream that cannot be decoded), the intact events around it
-// and, when both are in one origin, the seqs missing between them.
-const TypeSegmentDamaged = "segment_damaged"
-
 // errNotDamaged: a segment that failed to read scanned clean (the failure
 // was elsewhere: an I/O error that passed), so nothing was quarantined.
 var errNotDamaged = errors.New("the segment scans without damage")
@@ -131,7 +121,7 @@ func (s *Spool) quarantine(id uint64) (func(int64) int64, error) {
 	if s.chain != nil {
 		src = s.chain.opts.Source
 	}
-	ev, err := audit.NewOpsEvent(TypeSegmentDamaged, details, src, time.Now())
+	ev, err := audit.NewOpsEvent(audit.TypeSegmentDamaged, details, src, time.Now())
 	if err == nil {
 		err = s.append(func(dst []byte) []byte { return append(dst, ev...) }, true)
 	}

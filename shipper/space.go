@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
 )
 
 // Why a spool refuses requests (Admit), besides its size bound: the
@@ -185,12 +186,12 @@ func (s *Spool) commitSucceeded() {
 
 // outage returns the outage a checkpoint committed now reports, nil if
 // none.
-func (s *Spool) outage() *audit.CheckpointOutage {
+func (s *Spool) outage() *auditlog.CheckpointOutage {
 	w := &s.w
 	if w.outageSince.IsZero() {
 		return nil
 	}
-	return &audit.CheckpointOutage{Since: audit.Timestamp(w.outageSince), Reason: w.outageReason, Error: w.outageErr,
+	return &auditlog.CheckpointOutage{Since: audit.Timestamp(w.outageSince), Reason: w.outageReason, Error: w.outageErr,
 		FailedCommits: w.failedCommits, FailedCheckpoints: w.failedCPs}
 }
 

@@ -10,10 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/valyala/fastjson"
 	"golang.org/x/mod/sumdb/tlog"
-
-	"github.com/auditproxy/auditproxy/audit"
 )
 
 // spoolDirBytes returns the bytes of every file in a spool directory but
@@ -184,10 +183,10 @@ func legacyTreeHashes(t *testing.T, dataDir string) int64 {
 		t.Fatal(err)
 	}
 	var p fastjson.Parser
-	var tree audit.Tree
+	var tree auditlog.Tree
 	var file []byte
 	for _, line := range bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n")) {
-		leaf, _, err := audit.LeafHash(&p, nil, line)
+		leaf, _, err := auditlog.LeafHash(&p, nil, line)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -384,13 +383,13 @@ func TestLogContinuesWhenEveryEventWasDeleted(t *testing.T) {
 func spoolStoredHashes(t *testing.T, spoolDir, origin string) storedHashList {
 	t.Helper()
 	var p fastjson.Parser
-	var tree audit.Tree
+	var tree auditlog.Tree
 	var all storedHashList
 	err := forEachRecord(spoolDir, func(rec []byte) error {
 		if pl := placeOf(&p, rec); pl == nil || pl.Origin != origin {
 			return nil
 		}
-		leaf, _, err := audit.LeafHash(&p, nil, rec)
+		leaf, _, err := auditlog.LeafHash(&p, nil, rec)
 		if err != nil {
 			return err
 		}

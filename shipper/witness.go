@@ -23,6 +23,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
 )
 
 // WitnessOptions configure a Witness.
@@ -289,7 +290,7 @@ func parseWitnessItem(ev []byte) (witnessItem, error) {
 	if !errors.As(err, &unverified) {
 		return witnessItem{}, fmt.Errorf("checkpoint note: %v", err)
 	}
-	cp, err := audit.ParseCheckpoint(unverified.Note.Text)
+	cp, err := auditlog.ParseCheckpoint(unverified.Note.Text)
 	if err != nil {
 		return witnessItem{}, err
 	}

@@ -30,6 +30,7 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
 )
 
 // ---- a real log --------------------------------------------------------
@@ -60,10 +61,10 @@ func (m *witnessTestHashes) ReadHashes(idx []int64) ([]tlog.Hash, error) {
 	return out, nil
 }
 
-// witnessTestLog is an audit log built with audit.Chain: events and signed
+// witnessTestLog is an audit log built with auditlog.Chain: events and signed
 // checkpoint events, its stored hashes kept in memory.
 type witnessTestLog struct {
-	chain  *audit.Chain
+	chain  *auditlog.Chain
 	signer note.Signer
 	hashes *witnessTestHashes
 	tag    string
@@ -72,7 +73,7 @@ type witnessTestLog struct {
 
 func newWitnessTestLog(t *testing.T, origin string, signer note.Signer, tag string) *witnessTestLog {
 	t.Helper()
-	c, err := audit.NewChain(audit.ChainState{Origin: origin})
+	c, err := auditlog.NewChain(auditlog.ChainState{Origin: origin})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,7 +426,7 @@ func checkCosignature(t *testing.T, c witnessCosignature, size int64, logKey not
 	if len(n.Sigs) != 2 || len(n.UnverifiedSigs) != 0 {
 		t.Errorf("cosigned note of size %d: verified %v, unverified %v", size, n.Sigs, n.UnverifiedSigs)
 	}
-	cp, err := audit.ParseCheckpoint(n.Text)
+	cp, err := auditlog.ParseCheckpoint(n.Text)
 	if err != nil || cp.Size != size || cp.Origin != witnessTestOrigin {
 		t.Errorf("cosigned note's checkpoint: %+v, %v", cp, err)
 	}

@@ -29,6 +29,7 @@ import (
 	"filippo.io/age"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
 	"github.com/auditproxy/auditproxy/bench/forwardrecv"
 )
@@ -923,7 +924,7 @@ func TestVerifyProveAndVerifyProof(t *testing.T) {
 	}
 	proofFile := filepath.Join(t.TempDir(), "proof.json")
 	os.WriteFile(proofFile, out.Bytes(), 0o600)
-	var proof audit.InclusionProof
+	var proof auditlog.InclusionProof
 	if err := json.Unmarshal(out.Bytes(), &proof); err != nil || !bytes.Contains(proof.Event, []byte(`"request_id":"prove-me-4"`)) {
 		t.Fatalf("proof %s: %v", out.String(), err)
 	}

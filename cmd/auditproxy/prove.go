@@ -6,7 +6,7 @@ import (
 	"io"
 	"os"
 
-	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
 )
 
 // runProve prints an inclusion proof for the events of one request.
@@ -20,7 +20,7 @@ func runProve(args []string, stdout, stderr io.Writer) error {
 	if (*requestID == "" && *eventID == "") || fs.NArg() == 0 {
 		return usageError{"prove: give --request-id or --event-id, and at least one PATH"}
 	}
-	pr := audit.NewProver()
+	pr := auditlog.NewProver()
 	sel := newRequestSelector(*requestID, *eventID)
 	var readErr error
 	for _, path := range fs.Args() {
@@ -79,7 +79,7 @@ func runVerifyProof(args []string, stdout, stderr io.Writer) error {
 	dec := json.NewDecoder(in)
 	n := 0
 	for dec.More() {
-		var proof audit.InclusionProof
+		var proof auditlog.InclusionProof
 		if err := dec.Decode(&proof); err != nil {
 			return fmt.Errorf("verify-proof: not a proof printed by auditproxy prove: %w", err)
 		}

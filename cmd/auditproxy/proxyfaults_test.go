@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
 	"github.com/auditproxy/auditproxy/proxy"
 )
@@ -186,7 +186,7 @@ func TestProveRefusesToChooseAmongEventsOfOneRequestID(t *testing.T) {
 	if code := run([]string{"prove", "--request-id", "dup", "--event-id", ids[1], spool}, &out, &errOut); code != 0 {
 		t.Fatalf("prove --event-id: %d %s", code, errOut.String())
 	}
-	var proof audit.InclusionProof
+	var proof auditlog.InclusionProof
 	if err := json.Unmarshal(out.Bytes(), &proof); err != nil || !bytes.Contains(proof.Event, []byte(ids[1])) {
 		t.Fatalf("proof %s: %v", out.String(), err)
 	}

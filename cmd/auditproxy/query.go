@@ -21,6 +21,7 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/query"
 )
 
 const querySynopsis = "query PATH... [--since T] [--until T] [--model M] [--api-key-id K] [--request-id R] [--outcome O] [--type T] [--stats] [--json]"
@@ -38,7 +39,7 @@ const querySynopsis = "query PATH... [--since T] [--until T] [--model M] [--api-
 //
 // Lines that are not events (not JSON, no RFC 3339 "time") are skipped and
 // counted; after the output, a line on stderr names the first, and the exit
-// status is 1. Lines the raw pre-check rules out (see audit.Query) are not
+// status is 1. Lines the raw pre-check rules out (see query.Query) are not
 // parsed, so they are not checked.
 func runQuery(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("query", querySynopsis, stderr)
@@ -60,7 +61,7 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 		return usageError{"query: give at least one PATH (event files, directories, spool segments, or - for stdin)"}
 	}
 	now := time.Now()
-	f := audit.Filter{Types: types, Models: models, APIKeyIDs: keyIDs, RequestIDs: requestIDs}
+	f := query.Filter{Types: types, Models: models, APIKeyIDs: keyIDs, RequestIDs: requestIDs}
 	if f.Since, err = parseQueryTime(*since, now); err != nil {
 		return usageError{fmt.Sprintf("query: --since %q: %v", *since, err)}
 	}
@@ -77,7 +78,7 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 	if *stats && len(f.Types) == 0 {
 		f.Types = []string{audit.TypeInference} // the only type --stats counts
 	}
-	q, err := audit.NewQuery(f)
+	q, err := query.NewQuery(f)
 	if err != nil {
 		return usageError{"query: --since and --until: " + err.Error()}
 	}
@@ -92,8 +93,8 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 
 	var (
 		p      fastjson.Parser
-		ids    audit.IDSet
-		st     audit.Stats
+		ids    query.IDSet
+		st     query.Stats
 		sorter = &eventSorter{limit: querySortMemory}
 		bad    badEvents
 		n      int64 // events read from the current path
@@ -111,7 +112,7 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 			v, err := q.MatchValue(&p, line)
 			if err == nil && v != nil {
 				var t time.Time
-				if t, err = audit.EventTime(v); err == nil && ids.Add(v.GetStringBytes("id")) {
+				if t, err = query.EventTime(v); err == nil && ids.Add(v.GetStringBytes("id")) {
 					if *stats {
 						err = st.Add(v)
 					} else {
@@ -233,7 +234,7 @@ func (b *badEvents) err() error {
 }
 
 // printStats writes a summary as text: the totals, then a table by model.
-func printStats(w io.Writer, s audit.StatsSummary) error {
+func printStats(w io.Writer, s query.StatsSummary) error {
 	if s.Events == 0 {
 		_, err := fmt.Fprintln(w, "inference events: 0")
 		return err
@@ -315,14 +316,14 @@ func percent(rate float64) string { return strconv.FormatFloat(rate*100, 'f', 2,
 
 func ms(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
 
-func percentilesText(p *audit.Percentiles, what string) string {
+func percentilesText(p *query.Percentiles, what string) string {
 	if p == nil {
 		return "none"
 	}
 	return fmt.Sprintf("p50 %s  p95 %s  p99 %s  (%s: %d)", ms(p.P50), ms(p.P95), ms(p.P99), what, p.Count)
 }
 
-func percentileCells(p *audit.Percentiles) []string {
+func percentileCells(p *query.Percentiles) []string {
 	if p == nil {
 		return []string{"-", "-", "-"}
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/query"
 	"github.com/auditproxy/auditproxy/shipper"
 )
 
@@ -76,7 +77,7 @@ func queryFixture(t *testing.T) (string, map[string]string) {
 	return dir, ev
 }
 
-func query(args ...string) (stdout, stderr string, err error) {
+func queryCmd(args ...string) (stdout, stderr string, err error) {
 	var out, errOut bytes.Buffer
 	err = runQuery(args, &out, &errOut)
 	return out.String(), errOut.String(), err
@@ -104,7 +105,7 @@ func TestQueryPrintsMatchingEvents(t *testing.T) {
 		{[]string{"--since", "2026-11-23T11:00:02+01:00", "--until", "2026-11-23T10:00:03.000000001Z"}, "req-3 req-5 req-4"},
 		{[]string{"--until", "2026-11-23T10:00:03Z", "--model", "llama", "--api-key-id", "k1:aa"}, "req-1 req-3"},
 	} {
-		out, errOut, err := query(append(tc.args, dir)...)
+		out, errOut, err := queryCmd(append(tc.args, dir)...)
 		if err != nil {
 			t.Fatalf("%v: %v %s", tc.args, err, errOut)
 		}
@@ -129,7 +130,7 @@ func TestQueryPathsAndFlagsInAnyOrder(t *testing.T) {
 		{"--outcome", "upstream_error", a, "--outcome", "client_cancelled", b},
 		{"--outcome", "upstream_error", "--outcome", "client_cancelled", "--", a, b},
 	} {
-		if out, _, err := query(args...); err != nil || out != want {
+		if out, _, err := queryCmd(args...); err != nil || out != want {
 			t.Errorf("%v: %v\n%s", args, err, out)
 		}
 	}
@@ -138,7 +139,7 @@ func TestQueryPathsAndFlagsInAnyOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Chdir(dir)
-	if out, _, err := query("--", "--model"); err != nil || out != ev["req-1"]+"\n" {
+	if out, _, err := queryCmd("--", "--model"); err != nil || out != ev["req-1"]+"\n" {
 		t.Errorf(`query -- --model: %v %q`, err, out)
 	}
 }
@@ -153,7 +154,7 @@ func TestQueryStdin(t *testing.T) {
 	f.Seek(0, io.SeekStart)
 	defer func(old *os.File) { os.Stdin = old }(os.Stdin)
 	os.Stdin = f
-	if out, _, err := query("-"); err != nil || out != ev["req-1"]+"\n"+ev["req-6"]+"\n" {
+	if out, _, err := queryCmd("-"); err != nil || out != ev["req-1"]+"\n"+ev["req-6"]+"\n" {
 		t.Errorf("query -: %v\n%s", err, out)
 	}
 }
@@ -175,7 +176,7 @@ func TestQueryRelativeTimes(t *testing.T) {
 		{[]string{"--since", "4h", "--until", "0s"}, old + "\n" + recent + "\n"},
 		{[]string{"--since", "2h", "--until", "1h"}, ""},
 	} {
-		if out, _, err := query(append(tc.args, path)...); err != nil || out != tc.want {
+		if out, _, err := queryCmd(append(tc.args, path)...); err != nil || out != tc.want {
 			t.Errorf("%v: %v\n%s", tc.args, err, out)
 		}
 	}
@@ -228,7 +229,7 @@ func TestQuerySpills(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "e.ndjson")
 	os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o600)
 
-	inMemory, _, err := query(path)
+	inMemory, _, err := queryCmd(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +258,7 @@ func TestQuerySpills(t *testing.T) {
 	defer func(old int) { querySortMemory = old }(querySortMemory)
 	for _, limit := range []int{1, 5000, 100_000} {
 		querySortMemory = limit
-		spilled, _, err := query(path)
+		spilled, _, err := queryCmd(path)
 		if err != nil || spilled != inMemory {
 			t.Errorf("sort memory %d: %v; output differs: %v", limit, err, spilled != inMemory)
 		}
@@ -266,11 +267,11 @@ func TestQuerySpills(t *testing.T) {
 
 func TestQueryStats(t *testing.T) {
 	dir, _ := queryFixture(t)
-	out, _, err := query("--stats", "--json", dir)
+	out, _, err := queryCmd("--stats", "--json", dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var s audit.StatsSummary
+	var s query.StatsSummary
 	if err := json.Unmarshal([]byte(out), &s); err != nil {
 		t.Fatal(err)
 	}
@@ -281,10 +282,10 @@ func TestQueryStats(t *testing.T) {
 		time.Time(s.First) != qT0 || time.Time(s.Last) != qT0.Add(4*time.Second) {
 		t.Errorf("summary %+v", s.StatsGroup)
 	}
-	if l := s.Latency.Total; l == nil || *l != (audit.Percentiles{Count: 6, P50: 300, P95: 600, P99: 600}) {
+	if l := s.Latency.Total; l == nil || *l != (query.Percentiles{Count: 6, P50: 300, P95: 600, P99: 600}) {
 		t.Errorf("latency %+v", l)
 	}
-	if l := s.Latency.TTFT; l == nil || *l != (audit.Percentiles{Count: 4, P50: 20, P95: 60, P99: 60}) {
+	if l := s.Latency.TTFT; l == nil || *l != (query.Percentiles{Count: 4, P50: 20, P95: 60, P99: 60}) {
 		t.Errorf("ttft %+v", l)
 	}
 	if len(s.Models) != 2 || s.Models[0].Model != "llama" || s.Models[0].Events != 4 || s.Models[0].Errors != 1 ||
@@ -292,7 +293,7 @@ func TestQueryStats(t *testing.T) {
 		t.Errorf("by model %+v", s.Models)
 	}
 
-	out, _, err = query("--stats", dir)
+	out, _, err = queryCmd("--stats", dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,16 +313,16 @@ mistral       2       1  50.00%        400  500  500        50   50   50        
 		t.Errorf("text stats:\n%s\nwant:\n%s", out, want)
 	}
 
-	out, _, err = query("--stats", "--model", "mistral", "--outcome", "ok", dir)
+	out, _, err = queryCmd("--stats", "--model", "mistral", "--outcome", "ok", dir)
 	if err != nil || !strings.HasPrefix(out, "inference events: 1, 2026-11-23T10:00:03Z to 2026-11-23T10:00:03Z\nerrors:           0 (0.00%)\n") ||
 		!strings.Contains(out, "latency ttft ms:  none\n") || !strings.Contains(out, "\nmistral       1       0   0.00%        400  400  400         -    -    -") {
 		t.Errorf("stats of one event: %v\n%s", err, out)
 	}
-	out, _, err = query("--stats", "--type", "checkpoint", dir)
+	out, _, err = queryCmd("--stats", "--type", "checkpoint", dir)
 	if err != nil || out != "inference events: 0\n" {
 		t.Errorf("stats of no inference event: %v %q", err, out)
 	}
-	out, _, err = query("--stats", "--json", "--request-id", "none", dir)
+	out, _, err = queryCmd("--stats", "--json", "--request-id", "none", dir)
 	if err != nil || !strings.Contains(out, `"events": 0,`) || !strings.Contains(out, `"models": []`) {
 		t.Errorf("JSON stats of nothing: %v\n%s", err, out)
 	}
@@ -330,7 +331,7 @@ mistral       2       1  50.00%        400  500  500        50   50   50        
 func TestQueryStatsQuotesOddModelNames(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "e.ndjson")
 	os.WriteFile(path, []byte(qEvent(1, qT0, 1, "evil\x1b[2Jmodel", "", "ok", 1, 0, 1, 1)+"\n"), 0o600)
-	out, _, err := query("--stats", path)
+	out, _, err := queryCmd("--stats", path)
 	if err != nil || strings.ContainsRune(out, 0x1b) || !strings.Contains(out, `"evil\x1b[2Jmodel"`) {
 		t.Errorf("%v\n%q", err, out)
 	}
@@ -340,7 +341,7 @@ func TestQuerySkipsLinesThatAreNotEvents(t *testing.T) {
 	_, ev := queryFixture(t)
 	path := filepath.Join(t.TempDir(), "e.ndjson")
 	os.WriteFile(path, []byte(ev["req-2"]+"\n{broken\n"+ev["req-1"]+"\n"+`{"type":"inference","time":"noon"}`+"\n"), 0o600)
-	out, _, err := query(path)
+	out, _, err := queryCmd(path)
 	if out != ev["req-1"]+"\n"+ev["req-2"]+"\n" {
 		t.Errorf("printed:\n%s", out)
 	}
@@ -349,7 +350,7 @@ func TestQuerySkipsLinesThatAreNotEvents(t *testing.T) {
 		t.Errorf("error: %v", err)
 	}
 	// A request-id lookup does not parse the lines it rules out.
-	if out, _, err := query("--request-id", "req-1", path); err != nil || out != ev["req-1"]+"\n" {
+	if out, _, err := queryCmd("--request-id", "req-1", path); err != nil || out != ev["req-1"]+"\n" {
 		t.Errorf("lookup: %v\n%s", err, out)
 	}
 }
@@ -381,10 +382,10 @@ func TestQueryErrors(t *testing.T) {
 		}
 	}
 	// The same through runQuery: usage errors are usageErrors.
-	if _, _, err := query("--since", "yesterday", dir); !errors.As(err, new(usageError)) {
+	if _, _, err := queryCmd("--since", "yesterday", dir); !errors.As(err, new(usageError)) {
 		t.Errorf("bad --since: %T %v", err, err)
 	}
-	if _, _, err := query(filepath.Join(dir, "missing")); err == nil || errors.As(err, new(usageError)) {
+	if _, _, err := queryCmd(filepath.Join(dir, "missing")); err == nil || errors.As(err, new(usageError)) {
 		t.Errorf("missing path: %T %v", err, err)
 	}
 }

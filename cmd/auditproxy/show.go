@@ -16,6 +16,7 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/hashing"
 	"github.com/auditproxy/auditproxy/payload"
 )
@@ -52,7 +53,7 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 		return usageError{"show: " + err.Error()}
 	}
 
-	pr := audit.NewProver()
+	pr := auditlog.NewProver()
 	sel := newRequestSelector(*requestID, *eventID)
 	match := sel.match
 	var found [][]byte

@@ -14,7 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/shipper"
 )
 
@@ -49,7 +49,7 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError{"verify: " + err.Error()}
 	}
-	v := audit.NewVerifier(keys)
+	v := auditlog.NewVerifier(keys)
 	v.Until = untilTime
 	var damaged []*shipper.DamagedSegmentError
 	for _, path := range fs.Args() {
@@ -90,7 +90,7 @@ type silentError struct{ msg string }
 
 func (e silentError) Error() string { return e.msg }
 
-func printReport(w io.Writer, r *audit.Report, noKeys bool) {
+func printReport(w io.Writer, r *auditlog.Report, noKeys bool) {
 	for _, o := range r.Origins {
 		status := "OK"
 		if !o.OK {

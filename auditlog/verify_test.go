@@ -1,4 +1,4 @@
-package audit
+package auditlog
 
 import (
 	"bytes"
@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/auditproxy/auditproxy/audit"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -56,7 +57,7 @@ func buildLog(t testing.TB, c *Chain, s note.Signer, start time.Time, first, n i
 		}
 		lines = append(lines, line)
 		if (i-first+1)%10 == 0 || (final && i == first+n-1) {
-			cp, err := c.AppendCheckpointEvent(nil, s, at, 10*time.Second, final && i == first+n-1, Source{Host: "h", Version: "t"})
+			cp, err := c.AppendCheckpointEvent(nil, s, at, 10*time.Second, final && i == first+n-1, audit.Source{Host: "h", Version: "t"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -353,10 +354,10 @@ func TestVerifyAcceptsAReportedOutage(t *testing.T) {
 			}
 			var outage *CheckpointOutage
 			if tc.outageAfter >= 0 {
-				outage = &CheckpointOutage{Since: Timestamp(end.Add(tc.outageAfter)), Reason: "commit_failed",
+				outage = &CheckpointOutage{Since: audit.Timestamp(end.Add(tc.outageAfter)), Reason: "commit_failed",
 					Error: "no space left on device", FailedCommits: 12, FailedCheckpoints: 12}
 			}
-			cp, err := c.AppendCheckpointEventAfter(nil, s, at, 10*time.Second, false, outage, Source{Host: "h", Version: "t"})
+			cp, err := c.AppendCheckpointEventAfter(nil, s, at, 10*time.Second, false, outage, audit.Source{Host: "h", Version: "t"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -366,7 +367,7 @@ func TestVerifyAcceptsAReportedOutage(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				cp2, err := c.AppendCheckpointEventAfter(nil, s, at.Add(2*time.Second), 10*time.Second, false, nil, Source{Host: "h", Version: "t"})
+				cp2, err := c.AppendCheckpointEventAfter(nil, s, at.Add(2*time.Second), 10*time.Second, false, nil, audit.Source{Host: "h", Version: "t"})
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -1,4 +1,4 @@
-package audit
+package auditlog
 
 import (
 	"bytes"
@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/auditproxy/auditproxy/internal/jcs"
 	"golang.org/x/mod/sumdb/tlog"
 )
 
@@ -142,7 +143,7 @@ func TestChainWritesCanonicalLines(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		canon, err := AppendCanonical(nil, nil, line)
+		canon, err := jcs.Append(nil, nil, line)
 		if err != nil || !bytes.Equal(canon, line) {
 			t.Fatalf("%s written as %s, not canonical (%s, %v)", ev, line, canon, err)
 		}

@@ -1,4 +1,8 @@
-package audit
+// Package query selects audit events (Filter, Query), drops the repeats
+// that at-least-once shipping delivers (IDSet) and summarizes inference
+// events (Stats): the reading side of the events, for the query, show and
+// prove commands and anything else that scans logs.
+package query
 
 import (
 	"bytes"
@@ -9,33 +13,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/auditproxy/auditproxy/audit"
 	"github.com/valyala/fastjson"
 )
-
-// This file is the reading side of the events: selecting them (Filter,
-// Query), dropping repeats (IDSet) and summarizing inference events (Stats),
-// for the query command and anything else that scans logs.
-
-// Outcomes returns every Outcome an event can have, in the order of their
-// declaration.
-func Outcomes() []Outcome {
-	return []Outcome{OutcomeOK, OutcomeUpstreamError, OutcomeUpstreamUnreachable,
-		OutcomeUpstreamTimeout, OutcomeClientCancelled, OutcomeRejected}
-}
-
-// ParseOutcome returns s as an Outcome, or an error naming the outcomes
-// there are when s is none of them.
-func ParseOutcome(s string) (Outcome, error) {
-	all := Outcomes()
-	names := make([]string, len(all))
-	for i, o := range all {
-		if string(o) == s {
-			return o, nil
-		}
-		names[i] = string(o)
-	}
-	return "", fmt.Errorf("unknown outcome %q: want one of %s", s, strings.Join(names, ", "))
-}
 
 // Filter says which events a Query selects. Every criterion that is set must
 // hold (AND); within one list, any of its values will do (OR). The zero
@@ -59,8 +39,8 @@ type Filter struct {
 	APIKeyIDs []string
 	// RequestIDs selects on "request_id" (the X-Request-Id of the request).
 	RequestIDs []string
-	// Outcomes selects on "status"."outcome"; each must be one of Outcomes().
-	Outcomes []Outcome
+	// Outcomes selects on "status"."outcome"; each must be one of audit.Outcomes().
+	Outcomes []audit.Outcome
 }
 
 // Query is a compiled Filter. It keeps no state between events and is safe
@@ -84,7 +64,7 @@ type fieldFilter struct {
 // not before Until.
 func NewQuery(f Filter) (*Query, error) {
 	for _, o := range f.Outcomes {
-		if _, err := ParseOutcome(string(o)); err != nil {
+		if _, err := audit.ParseOutcome(string(o)); err != nil {
 			return nil, err
 		}
 	}
@@ -225,53 +205,7 @@ func EventTime(v *fastjson.Value) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, errors.New(`event "time" is not a string`)
 	}
-	return ParseTime(b)
-}
-
-// ParseTime parses an RFC 3339 time. Events' times, written as Timestamp
-// writes them (UTC, nine fractional digits), take a fast path.
-func ParseTime(b []byte) (time.Time, error) {
-	if t, ok := parseTimestamp(b); ok {
-		return t, nil
-	}
-	t, err := time.Parse(time.RFC3339Nano, string(b))
-	if err != nil {
-		return time.Time{}, fmt.Errorf("event time %q is not an RFC 3339 time", b)
-	}
-	return t, nil
-}
-
-// parseTimestamp parses exactly the layout "2006-01-02T15:04:05.000000000Z".
-func parseTimestamp(b []byte) (time.Time, bool) {
-	if len(b) != len(timestampLayout) || b[4] != '-' || b[7] != '-' || b[10] != 'T' ||
-		b[13] != ':' || b[16] != ':' || b[19] != '.' || b[29] != 'Z' {
-		return time.Time{}, false
-	}
-	num := func(s []byte) (int, bool) {
-		n := 0
-		for _, c := range s {
-			if c < '0' || c > '9' {
-				return 0, false
-			}
-			n = n*10 + int(c-'0')
-		}
-		return n, true
-	}
-	y, ok1 := num(b[0:4])
-	mo, ok2 := num(b[5:7])
-	d, ok3 := num(b[8:10])
-	h, ok4 := num(b[11:13])
-	mi, ok5 := num(b[14:16])
-	s, ok6 := num(b[17:19])
-	ns, ok7 := num(b[20:29])
-	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6 && ok7) || mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || s > 59 {
-		return time.Time{}, false
-	}
-	t := time.Date(y, time.Month(mo), d, h, mi, s, ns, time.UTC)
-	if t.Day() != d { // 31 April and the like; time.Parse says why
-		return time.Time{}, false
-	}
-	return t, true
+	return audit.ParseTime(b)
 }
 
 // IDSet remembers event ids, to drop the repeats of an event that
@@ -370,7 +304,7 @@ type statsAcc struct {
 // none), nothing added to the sums. An event of another type is ignored
 // and Add returns nil.
 func (s *Stats) Add(v *fastjson.Value) error {
-	if string(v.GetStringBytes("type")) != TypeInference {
+	if string(v.GetStringBytes("type")) != audit.TypeInference {
 		return nil
 	}
 	t, err := EventTime(v)
@@ -395,7 +329,7 @@ func (s *Stats) Add(v *fastjson.Value) error {
 	a.events++
 	outcome := v.GetStringBytes("status", "outcome")
 	a.count(outcome, 1)
-	if string(outcome) != string(OutcomeOK) {
+	if string(outcome) != string(audit.OutcomeOK) {
 		a.errors++
 	}
 	if f, ok := number(v, "latency_ms", "total"); ok {
@@ -458,8 +392,8 @@ type StatsGroup struct {
 	Events int64 `json:"events"`
 	// First and Last are the earliest and the latest event time; absent
 	// when there are no events.
-	First Timestamp `json:"first,omitzero"`
-	Last  Timestamp `json:"last,omitzero"`
+	First audit.Timestamp `json:"first,omitzero"`
+	Last  audit.Timestamp `json:"last,omitzero"`
 	// Errors counts the events whose status.outcome is not "ok";
 	// ErrorRate is Errors/Events (0 without events).
 	Errors    int64   `json:"errors"`
@@ -534,7 +468,7 @@ func (a *statsAcc) group() StatsGroup {
 		g.Outcomes[o.outcome] = o.n
 	}
 	if a.events > 0 {
-		g.First, g.Last = Timestamp(a.first.UTC()), Timestamp(a.last.UTC())
+		g.First, g.Last = audit.Timestamp(a.first.UTC()), audit.Timestamp(a.last.UTC())
 		g.ErrorRate = float64(a.errors) / float64(a.events)
 	}
 	g.Latency.Total = percentiles(a.total)

@@ -1,4 +1,4 @@
-package audit
+package auditlog
 
 import (
 	"bytes"
@@ -10,12 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/auditproxy/auditproxy/audit"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 )
-
-// TypeCheckpoint is the type of a checkpoint event.
-const TypeCheckpoint = "checkpoint"
 
 // Checkpoint is a log's size and root hash, the body of a C2SP
 // tlog-checkpoint:
@@ -104,7 +102,7 @@ type CheckpointRecord struct {
 // the checkpoint that carries it.
 type CheckpointOutage struct {
 	// Since is the time of the first failed commit.
-	Since Timestamp `json:"since"`
+	Since audit.Timestamp `json:"since"`
 	// Reason is the spool's state: commit_failed (a write or fsync failed)
 	// or unusable (a failed commit could not be cut off the segment).
 	Reason string `json:"reason"`
@@ -128,26 +126,26 @@ type checkpointEvent struct {
 	V          int              `json:"v"`
 	Type       string           `json:"type"`
 	ID         string           `json:"id"`
-	Time       Timestamp        `json:"time"`
+	Time       audit.Timestamp  `json:"time"`
 	Checkpoint CheckpointRecord `json:"checkpoint"`
-	Source     Source           `json:"source"`
+	Source     audit.Source     `json:"source"`
 }
 
 // AppendCheckpointEvent signs a checkpoint of the chain's current tree and
 // appends it to dst as the chain's next event.
-func (c *Chain) AppendCheckpointEvent(dst []byte, s note.Signer, now time.Time, interval time.Duration, final bool, src Source) ([]byte, error) {
+func (c *Chain) AppendCheckpointEvent(dst []byte, s note.Signer, now time.Time, interval time.Duration, final bool, src audit.Source) ([]byte, error) {
 	return c.AppendCheckpointEventAfter(dst, s, now, interval, final, nil, src)
 }
 
 // AppendCheckpointEventAfter is AppendCheckpointEvent for the first
 // checkpoint after an outage, which it reports (nil: none).
-func (c *Chain) AppendCheckpointEventAfter(dst []byte, s note.Signer, now time.Time, interval time.Duration, final bool, outage *CheckpointOutage, src Source) ([]byte, error) {
+func (c *Chain) AppendCheckpointEventAfter(dst []byte, s note.Signer, now time.Time, interval time.Duration, final bool, outage *CheckpointOutage, src audit.Source) ([]byte, error) {
 	cp := Checkpoint{Origin: c.origin, Size: c.tree.n, Root: c.tree.Root()}
 	signed, err := SignCheckpoint(cp, s)
 	if err != nil {
 		return dst, fmt.Errorf("sign checkpoint: %w", err)
 	}
-	ev := checkpointEvent{V: 1, Type: TypeCheckpoint, ID: NewID(), Time: Timestamp(now),
+	ev := checkpointEvent{V: 1, Type: audit.TypeCheckpoint, ID: audit.NewID(), Time: audit.Timestamp(now),
 		Checkpoint: CheckpointRecord{Origin: cp.Origin, Size: cp.Size, Root: base64.StdEncoding.EncodeToString(cp.Root[:]),
 			Note: string(signed), IntervalMS: interval.Milliseconds(), Final: final, Outage: outage},
 		Source: src}

@@ -1,4 +1,4 @@
-package audit
+package auditlog
 
 import (
 	"crypto/sha256"
@@ -7,32 +7,14 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/auditproxy/auditproxy/internal/jcs"
 	"github.com/valyala/fastjson"
 	"golang.org/x/mod/sumdb/tlog"
 )
 
-// LogRef is an event's place in its log: the "log" member of every event
-// written by a sidecar.
-//
-//	"log":{"origin":"<origin>","seq":N,"prev":"<hex>"}
-//
-// Origin names the log (one sidecar instance and epoch); Seq numbers its
-// events from 0 without gaps; Prev is the leaf hash (below) of the event with
-// seq N-1, in lower-case hex, and "" for seq 0.
-//
-// An event's leaf hash is the RFC 6962 leaf hash of its canonical bytes,
-// SHA-256(0x00 || JCS(event)), with JCS as in AppendCanonical and the "log"
-// member included. The events of one origin, in seq order, are the leaves of
-// an RFC 6962 Merkle tree, which checkpoints sign.
-type LogRef struct {
-	Origin string `json:"origin"`
-	Seq    int64  `json:"seq"`
-	Prev   string `json:"prev"`
-}
-
 // LeafHash returns the leaf hash of an event given as JSON.
 func LeafHash(p *fastjson.Parser, scratch []byte, event []byte) (tlog.Hash, []byte, error) {
-	canon, err := AppendCanonical(scratch[:0], p, event)
+	canon, err := jcs.Append(scratch[:0], p, event)
 	if err != nil {
 		return tlog.Hash{}, canon, err
 	}
@@ -141,7 +123,7 @@ type ChainState struct {
 // NewChain continues the log described by st.
 func NewChain(st ChainState) (*Chain, error) {
 	if st.Origin == "" {
-		return nil, errors.New("audit: log origin is empty")
+		return nil, errors.New("auditlog: log origin is empty")
 	}
 	return &Chain{origin: st.Origin, originLit: strconv.AppendQuote(nil, st.Origin), prev: st.Prev, tree: st.Tree}, nil
 }
@@ -186,12 +168,12 @@ func (c *Chain) TakeStored() []tlog.Hash {
 
 // Append appends to dst event, a JSON object without a "log" member, with
 // its "log" member added, and makes it the log's next event. It writes the
-// event in canonical form (see AppendCanonical): the line is its own leaf's
+// event in canonical form (see jcs.Append): the line is its own leaf's
 // bytes, so SHA-256(0x00 || line) is its leaf hash, and a verifier reading
 // the lines as written need not canonicalize them again.
 func (c *Chain) Append(dst, event []byte) ([]byte, error) {
 	if len(event) < 2 || event[0] != '{' || event[len(event)-1] != '}' {
-		return dst, errors.New("audit: event is not a JSON object")
+		return dst, errors.New("auditlog: event is not a JSON object")
 	}
 	s := append(c.scratch[:0], event[:len(event)-1]...)
 	if len(event) > 2 {
@@ -208,9 +190,9 @@ func (c *Chain) Append(dst, event []byte) ([]byte, error) {
 	s = append(s, `}}`...)
 	c.scratch = s
 	start := len(dst)
-	dst, err := AppendCanonical(dst, nil, s)
+	dst, err := jcs.Append(dst, nil, s)
 	if err != nil {
-		return dst, fmt.Errorf("audit: event is not valid JSON: %w", err)
+		return dst, fmt.Errorf("auditlog: event is not valid JSON: %w", err)
 	}
 	leaf := tlog.RecordHash(dst[start:])
 	c.stored = c.tree.Append(leaf, c.stored)

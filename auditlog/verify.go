@@ -1,4 +1,4 @@
-package audit
+package auditlog
 
 import (
 	"bytes"
@@ -12,6 +12,8 @@ import (
 	"sort"
 	"time"
 
+	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/internal/jcs"
 	"github.com/valyala/fastjson"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -102,7 +104,7 @@ func (v *Verifier) add(event []byte) error {
 	var err error
 	var ends [len(verifiedMembers)]int
 	var canon []byte
-	canon, v.vals, err = canonicalMembers(v.canon[:0], event, verifiedMembers[:], v.vals[:0], ends[:])
+	canon, v.vals, err = jcs.AppendMembers(v.canon[:0], event, verifiedMembers[:], v.vals[:0], ends[:])
 	if err != nil {
 		return fmt.Errorf("not JSON (%v)", err)
 	}
@@ -111,7 +113,7 @@ func (v *Verifier) add(event []byte) error {
 	}
 	leaf := v.leafHash(canon)
 	f, ok := fieldsFromMembers(v.vals, ends)
-	if !ok || f.typ == TypeCheckpoint {
+	if !ok || f.typ == audit.TypeCheckpoint {
 		// Escapes in the fields, or a checkpoint: read them with a parser.
 		if f, err = v.parseEventFields(canon); err != nil {
 			return err
@@ -138,11 +140,11 @@ func (v *Verifier) add(event []byte) error {
 		return errors.New(`"log" prev is not a 64-digit hex hash`)
 	}
 	id, typ, origin := f.id, f.typ, f.origin
-	if t, err := ParseTime(f.time); err == nil {
+	if t, err := audit.ParseTime(f.time); err == nil {
 		rec.time = t.UnixNano()
 	}
 	var cp *cpRec
-	if typ == TypeCheckpoint {
+	if typ == audit.TypeCheckpoint {
 		if f.cp == nil {
 			return errors.New(`checkpoint event without "checkpoint"`)
 		}
@@ -515,13 +517,13 @@ func (v *Verifier) parseEventFields(canon []byte) (eventFields, error) {
 			f.seq, f.hasSeq = seq, true
 		}
 	}
-	if c := val.Get("checkpoint"); c != nil && f.typ == TypeCheckpoint {
+	if c := val.Get("checkpoint"); c != nil && f.typ == audit.TypeCheckpoint {
 		f.cp = &cpRec{final: c.GetBool("final"), rec: CheckpointRecord{
 			Origin: string(c.GetStringBytes("origin")), Size: c.GetInt64("size"),
 			Root: string(c.GetStringBytes("root")), Note: string(c.GetStringBytes("note")),
 			IntervalMS: c.GetInt64("interval_ms")}}
 		if since := c.GetStringBytes("outage", "since"); since != nil {
-			if t, err := ParseTime(since); err == nil {
+			if t, err := audit.ParseTime(since); err == nil {
 				f.cp.outageSince = t.UnixNano()
 			}
 		}
@@ -646,7 +648,7 @@ func plainInt(v []byte) (int64, bool) {
 
 // internType returns the common event types without allocating.
 func internType(b []byte) string {
-	for _, t := range []string{TypeInference, TypeCheckpoint, "log_started", TypeProxyStarted, TypeProxyStopped} {
+	for _, t := range []string{audit.TypeInference, audit.TypeCheckpoint, audit.TypeLogStarted, audit.TypeProxyStarted, audit.TypeProxyStopped} {
 		if string(b) == t {
 			return t
 		}

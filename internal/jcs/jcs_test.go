@@ -1,4 +1,4 @@
-package audit
+package jcs
 
 import (
 	"bufio"
@@ -19,7 +19,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 	"unicode/utf16"
 	"unicode/utf8"
 
@@ -28,9 +27,9 @@ import (
 
 func jcsCanonical(t testing.TB, p *fastjson.Parser, js string) string {
 	t.Helper()
-	out, err := AppendCanonical(nil, p, []byte(js))
+	out, err := Append(nil, p, []byte(js))
 	if err != nil {
-		t.Fatalf("AppendCanonical(%q): %v", js, err)
+		t.Fatalf("Append(%q): %v", js, err)
 	}
 	return string(out)
 }
@@ -56,7 +55,7 @@ func TestAppendCanonicalFixtures(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := AppendCanonical([]byte("prefix"), &p, js)
+			got, err := Append([]byte("prefix"), &p, js)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -330,11 +329,11 @@ func TestAppendCanonicalErrors(t *testing.T) {
 	} {
 		var p fastjson.Parser
 		// A parse of a valid text first: the outcome must not depend on it.
-		if _, err := AppendCanonical(nil, &p, []byte(`{"b":"\u00e9","a":[1.5,"x\ty"]}`)); err != nil {
+		if _, err := Append(nil, &p, []byte(`{"b":"\u00e9","a":[1.5,"x\ty"]}`)); err != nil {
 			t.Fatal(err)
 		}
 		dst := []byte("prefix")
-		out, err := AppendCanonical(dst, &p, []byte(tc.in))
+		out, err := Append(dst, &p, []byte(tc.in))
 		if err == nil {
 			t.Errorf("%q: no error, got %s", tc.in, out)
 			continue
@@ -438,9 +437,9 @@ func TestCanonNumberFastPath(t *testing.T) {
 		if want := jcsAppendNumber(nil, f); string(got) != string(want) {
 			t.Fatalf("%s: got %s, slow path %s", lit, got, want)
 		}
-		// And through AppendCanonical, which has a fast path of its own.
-		if got2, err := AppendCanonical(nil, nil, []byte(lit)); err != nil || string(got2) != string(got) {
-			t.Fatalf("%s: AppendCanonical gives %s, %v; want %s", lit, got2, err, got)
+		// And through Append, which has a fast path of its own.
+		if got2, err := Append(nil, nil, []byte(lit)); err != nil || string(got2) != string(got) {
+			t.Fatalf("%s: Append gives %s, %v; want %s", lit, got2, err, got)
 		}
 	}
 }
@@ -656,9 +655,9 @@ func TestAppendCanonicalReusesParser(t *testing.T) {
 	big := `{"k":[` + strings.Repeat(`{"x\n":"\u00e9\ud83d\ude00","b":[1.5e300,{"a":null}],"a":"\u0000"},`, 100) + `0]}`
 	var p fastjson.Parser
 	for i, js := range []string{big, `{"a":[1,`, string(event), big, `"\ud800"`, string(event)} {
-		out, err := AppendCanonical(nil, &p, []byte(js))
+		out, err := Append(nil, &p, []byte(js))
 		var fresh fastjson.Parser
-		out2, err2 := AppendCanonical(nil, &fresh, []byte(js))
+		out2, err2 := Append(nil, &fresh, []byte(js))
 		if !bytes.Equal(out, out2) || (err == nil) != (err2 == nil) {
 			t.Errorf("%d: reused parser: %s, %v; fresh parser: %s, %v", i, out, err, out2, err2)
 		}
@@ -669,7 +668,7 @@ func TestAppendCanonicalReusesParser(t *testing.T) {
 	}
 	dst := make([]byte, 0, 1<<14)
 	allocs := testing.AllocsPerRun(100, func() {
-		out, err := AppendCanonical(dst[:0], &p, event)
+		out, err := Append(dst[:0], &p, event)
 		if err != nil || !bytes.Equal(out, want) {
 			t.Fatalf("%s %v", out, err)
 		}
@@ -687,7 +686,7 @@ func TestAppendCanonicalReusesParser(t *testing.T) {
 	large.WriteString(`"\u00e9\ud83d\ude00":{"z":1,"\ufb33":2}}`)
 	for _, js := range [][]byte{[]byte(large.String()), []byte(big)} {
 		allocs := testing.AllocsPerRun(100, func() {
-			if _, err := AppendCanonical(dst[:0], &p, js); err != nil {
+			if _, err := Append(dst[:0], &p, js); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -716,10 +715,10 @@ func TestAppendCanonicalInPlace(t *testing.T) {
 	}
 	var p fastjson.Parser
 	for _, doc := range docs {
-		want, wantErr := AppendCanonical(nil, &p, []byte(doc))
+		want, wantErr := Append(nil, &p, []byte(doc))
 		for _, extra := range []int{0, 1000} {
 			buf := append(make([]byte, 0, len(doc)+extra), doc...)
-			got, err := AppendCanonical(buf[:0], &p, buf)
+			got, err := Append(buf[:0], &p, buf)
 			if (err == nil) != (wantErr == nil) || !bytes.Equal(got, want) {
 				t.Errorf("%s in place: %s, %v; want %s, %v", doc, got, err, want, wantErr)
 			}
@@ -743,7 +742,7 @@ func TestAppendCanonicalConcurrent(t *testing.T) {
 			var out []byte
 			for range 200 {
 				var err error
-				if out, err = AppendCanonical(out[:0], &p, event); err != nil || !bytes.Equal(out, want) {
+				if out, err = Append(out[:0], &p, event); err != nil || !bytes.Equal(out, want) {
 					errc <- fmt.Errorf("%s %v", out, err)
 					return
 				}
@@ -817,7 +816,7 @@ func TestAppendCanonicalEncodingJSON(t *testing.T) {
 		if err := enc.Encode(m); err != nil {
 			t.Fatal(err)
 		}
-		out, err := AppendCanonical(nil, &p, buf.Bytes())
+		out, err := Append(nil, &p, buf.Bytes())
 		if err != nil {
 			t.Fatalf("%s: %v", buf.Bytes(), err)
 		}
@@ -833,41 +832,9 @@ func TestAppendCanonicalEncodingJSON(t *testing.T) {
 		}
 	}
 
-	// Events, written by encoding/json and by Event.AppendJSON.
-	key := "k1:97ec80fcbebd63cd2bdc8f0a95078437"
-	for range 500 {
-		n, ttft := rng.Int64N(1e9), randFloat()
-		ev := Event{V: 1, Type: TypeInference, ID: NewID(), Time: Timestamp(time.Unix(rng.Int64N(4e9), rng.Int64N(1e9)).UTC()),
-			RequestID: randString(), Method: "POST", Path: "/v1/chat/completions", Stream: rng.IntN(2) == 0,
-			Model: Model{Name: randString()}, Input: Body{Hash: "blake3:00", Bytes: rng.Int64N(1 << 40), Tokens: &n},
-			Output: Body{Hash: "blake3:11", Bytes: rng.Int64N(1 << 40), FinishReason: "stop"}, APIKeyID: &key,
-			Latency: Latency{Total: randFloat(), TTFT: &ttft, Upstream: randFloat(), Overhead: randFloat()},
-			Status:  Status{Code: 200, Outcome: OutcomeOK}, Source: Source{Host: "gpu-node-17", Version: "0.3.0"}}
-		buf.Reset()
-		enc := json.NewEncoder(&buf)
-		enc.SetEscapeHTML(false)
-		if err := enc.Encode(&ev); err != nil {
-			t.Fatal(err)
-		}
-		out, err := AppendCanonical(nil, &p, buf.Bytes())
-		if err != nil {
-			t.Fatalf("%s: %v", buf.Bytes(), err)
-		}
-		var back Event
-		if err := json.Unmarshal(out, &back); err != nil {
-			t.Fatalf("%s: %v", out, err)
-		}
-		if !reflect.DeepEqual(back, ev) {
-			t.Fatalf("event changed:\n%s\n%s\n%+v\n%+v", buf.Bytes(), out, back, ev)
-		}
-		out2, err := AppendCanonical(nil, &p, ev.AppendJSON(nil))
-		if err != nil || !bytes.Equal(out2, out) {
-			t.Fatalf("AppendJSON's canonical form differs:\n%s\n%s", out2, out)
-		}
-	}
 }
 
-// FuzzAppendCanonical checks, on any input, that AppendCanonical does not
+// FuzzAppendCanonical checks, on any input, that Append does not
 // panic and that whatever it accepts is JSON that an independent
 // implementation (encoding/json, jcsRefCanonical) canonicalizes the same, whose
 // jcsCanonical form is itself and holds the same values; and that what it
@@ -889,7 +856,7 @@ func FuzzAppendCanonical(f *testing.F) {
 	}
 	var p fastjson.Parser
 	f.Fuzz(func(t *testing.T, in []byte) {
-		out, err := AppendCanonical(nil, &p, in)
+		out, err := Append(nil, &p, in)
 		ref, refErr := jcsRefCanonical(in)
 		if err != nil {
 			if refErr == nil && utf8.Valid(in) && !jcsMaybeLoneSurrogate(in) && jcsNesting(in) < fastjson.MaxDepth {
@@ -906,11 +873,11 @@ func FuzzAppendCanonical(f *testing.F) {
 		if !bytes.Equal(out, ref) {
 			t.Fatalf("%q -> %q; reference gives %q", in, out, ref)
 		}
-		again, err := AppendCanonical(nil, &p, out)
+		again, err := Append(nil, &p, out)
 		if err != nil || !bytes.Equal(again, out) {
 			t.Fatalf("%q -> %q -> %q, %v", in, out, again, err)
 		}
-		// The check AppendCanonical starts with never calls a text
+		// The check Append starts with never calls a text
 		// canonical that the long way changes.
 		if jcsIsCanonical(in, nil, nil) {
 			c := new(jcsState)
@@ -932,7 +899,7 @@ func FuzzAppendCanonical(f *testing.F) {
 }
 
 // jcsMaybeLoneSurrogate reports whether js has a \u escape of a surrogate,
-// which encoding/json turns into U+FFFD where AppendCanonical rejects it.
+// which encoding/json turns into U+FFFD where Append rejects it.
 func jcsMaybeLoneSurrogate(js []byte) bool {
 	for i := 0; i+2 < len(js); i++ {
 		if js[i] == '\\' && js[i+1] == 'u' && (js[i+2] == 'd' || js[i+2] == 'D') {
@@ -948,7 +915,7 @@ func jcsNesting(js []byte) int {
 }
 
 // jcsRefCanonical is a plain RFC 8785 canonicalizer built on encoding/json, for
-// comparison. Unlike AppendCanonical it lets through lone surrogates and
+// comparison. Unlike Append it lets through lone surrogates and
 // invalid UTF-8, which encoding/json replaces with U+FFFD.
 func jcsRefCanonical(js []byte) ([]byte, error) {
 	if !json.Valid(js) {
@@ -1104,12 +1071,12 @@ func BenchmarkAppendCanonical(b *testing.B) {
 		b.SetBytes(int64(len(event)))
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := AppendCanonical(dst[:0], &p, event); err != nil {
+			if _, err := Append(dst[:0], &p, event); err != nil {
 				b.Fatal(err)
 			}
 		}
 	})
-	// For comparison: fastjson's parse alone, which AppendCanonical
+	// For comparison: fastjson's parse alone, which Append
 	// included before it read JSON on its own.
 	b.Run("parse-only", func(b *testing.B) {
 		b.SetBytes(int64(len(event)))
@@ -1180,7 +1147,7 @@ func TestJCSSpecial(t *testing.T) {
 }
 
 // TestAppendCanonicalDepth checks the nesting limit against fastjson's, which
-// AppendCanonical keeps: no value deeper than fastjson.MaxDepth, the
+// Append keeps: no value deeper than fastjson.MaxDepth, the
 // top-level value being at depth 1.
 func TestAppendCanonicalDepth(t *testing.T) {
 	var p fastjson.Parser
@@ -1202,7 +1169,7 @@ func TestAppendCanonicalDepth(t *testing.T) {
 			rep(`[{"b":1,"a":`, n/2) + "1" + rep("}]", n/2),
 		} {
 			_, fjErr := p.Parse(js)
-			out, err := AppendCanonical(nil, nil, []byte(js))
+			out, err := Append(nil, nil, []byte(js))
 			if (err == nil) != (fjErr == nil) {
 				t.Errorf("%d, %.40s...: %v; fastjson: %v", n, js, err, fjErr)
 				continue
@@ -1221,7 +1188,7 @@ func TestAppendCanonicalDepth(t *testing.T) {
 }
 
 // TestAppendCanonicalOrder checks member order and duplicate names on
-// objects that take each of AppendCanonical's ways: lazy objects (reached
+// objects that take each of Append's ways: lazy objects (reached
 // through objects only) and eager ones (in arrays), in and out of order,
 // names that the sort words tell apart and names they do not, and objects
 // small and large, against the reference.
@@ -1259,7 +1226,7 @@ func TestAppendCanonicalOrder(t *testing.T) {
 		docs = append(docs, b.String(), "["+b.String()+"]")
 	}
 	for _, doc := range docs {
-		got, err := AppendCanonical(nil, nil, []byte(doc))
+		got, err := Append(nil, nil, []byte(doc))
 		want, refErr := jcsRefCanonical([]byte(doc))
 		if err != nil || refErr != nil || !bytes.Equal(got, want) {
 			t.Errorf("%.80s...:\ngot  %.300s, %v\nwant %.300s, %v", doc, got, err, want, refErr)
@@ -1278,7 +1245,7 @@ func TestAppendCanonicalOrder(t *testing.T) {
 		"{" + strings.Repeat(`"a":1,`, 300) + `"a":1}`,
 		"{" + strings.Repeat(`"a":1,`, 40) + `"a":1}`,
 	} {
-		if _, err := AppendCanonical(nil, nil, []byte(doc)); err == nil || !strings.Contains(err.Error(), "duplicate key") {
+		if _, err := Append(nil, nil, []byte(doc)); err == nil || !strings.Contains(err.Error(), "duplicate key") {
 			t.Errorf("%.60s: %v, want a duplicate key error", doc, err)
 		}
 	}
@@ -1292,7 +1259,7 @@ func TestAppendCanonicalErrorKeepsDst(t *testing.T) {
 		for i := range dst[:cap(dst)] {
 			dst[:cap(dst)][i] = '#'
 		}
-		out, err := AppendCanonical(dst, nil, []byte(js))
+		out, err := Append(dst, nil, []byte(js))
 		if err == nil {
 			t.Fatalf("%s: no error", js)
 		}

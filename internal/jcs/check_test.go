@@ -1,4 +1,4 @@
-package audit
+package jcs
 
 import (
 	"bytes"
@@ -63,7 +63,7 @@ func TestJCSIsCanonical(t *testing.T) {
 }
 
 // The expected outputs of the RFC 8785 fixtures are recognized as canonical
-// but for those jcsIsCanonical leaves to AppendCanonical.
+// but for those jcsIsCanonical leaves to Append.
 func TestJCSIsCanonicalFixtures(t *testing.T) {
 	notChecked := map[string]string{
 		"french":        "non-ASCII names",
@@ -102,7 +102,7 @@ func TestCanonicalMembers(t *testing.T) {
 		`{"type":"t","log":{"seq":1.0},"id":"a"}`, // not: the value is canonicalized
 	} {
 		var ends [4]int
-		canon, vals, err := canonicalMembers(nil, []byte(in), names, nil, ends[:])
+		canon, vals, err := AppendMembers(nil, []byte(in), names, nil, ends[:])
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -113,7 +113,7 @@ func TestCanonicalMembers(t *testing.T) {
 			t.Errorf("%s: values %q ends %v", in, got, ends)
 		}
 	}
-	if _, _, err := canonicalMembers(nil, []byte(`{"a":1,"a":2}`), names, nil, make([]int, 4)); err == nil {
+	if _, _, err := AppendMembers(nil, []byte(`{"a":1,"a":2}`), names, nil, make([]int, 4)); err == nil {
 		t.Error("duplicate key accepted")
 	}
 }

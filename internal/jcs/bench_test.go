@@ -1,11 +1,11 @@
-package audit
+package jcs
 
 import (
 	"os"
 	"testing"
 )
 
-// BenchmarkAppendCanonicalForms measures AppendCanonical on the audit event
+// BenchmarkAppendCanonicalForms measures Append on the audit event
 // fixture as written (members out of order) and in canonical form (as the
 // verifier may meet it), and on an event in an array (objects sorted in
 // place).
@@ -28,7 +28,7 @@ func BenchmarkAppendCanonicalForms(b *testing.B) {
 			b.SetBytes(int64(len(bc.js)))
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := AppendCanonical(dst[:0], nil, bc.js); err != nil {
+				if _, err := Append(dst[:0], nil, bc.js); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -1,4 +1,9 @@
-package audit
+// Package jcs writes JSON in its RFC 8785 canonical form (the JSON
+// Canonicalization Scheme): members sorted by name as UTF-16 code units,
+// numbers as ECMAScript writes them, strings with the fewest escapes, no
+// whitespace. The log hashes events in this form, so that a record still
+// verifies after an aggregator has re-encoded it.
+package jcs
 
 import (
 	"encoding/binary"
@@ -15,7 +20,7 @@ import (
 	"github.com/valyala/fastjson"
 )
 
-// AppendCanonical appends the RFC 8785 canonical form (JSON Canonicalization
+// Append appends the RFC 8785 canonical form (JSON Canonicalization
 // Scheme, JCS) of the JSON text js to dst and returns the extended slice. The
 // log's Merkle leaves are these bytes, so that a record still verifies after
 // an aggregator has re-encoded it (through msgpack, say) and reordered its
@@ -45,7 +50,7 @@ import (
 // "9007199254740992"): RFC 8785 mandates it, and events keep their counts far
 // below 2^53.
 //
-// AppendCanonical returns an error, and dst unchanged (its spare capacity
+// Append returns an error, and dst unchanged (its spare capacity
 // included), when js is not JSON (including number forms JSON lacks, such as
 // 01, 1., .5, +1, NaN, Infinity), when an object has two members with the
 // same name ("duplicate key"), when a string holds a raw control character,
@@ -57,15 +62,15 @@ import (
 // form. When js has several faults, which one the error names is
 // not specified.
 //
-// p is not used: AppendCanonical reads js in a single pass of its own and
+// p is not used: Append reads js in a single pass of its own and
 // keeps no state between calls. The argument remains so that callers written
 // for the fastjson-based version still compile; it may be nil.
 //
-// AppendCanonical is safe for concurrent use. With a dst of sufficient
+// Append is safe for concurrent use. With a dst of sufficient
 // capacity it does not allocate, once its pooled scratch space has grown to
 // the size of the inputs. js may share memory with dst:
-// AppendCanonical(b[:0], p, b) canonicalizes b in place.
-func AppendCanonical(dst []byte, p *fastjson.Parser, js []byte) ([]byte, error) {
+// Append(b[:0], p, b) canonicalizes b in place.
+func Append(dst []byte, p *fastjson.Parser, js []byte) ([]byte, error) {
 	_ = p // unused, kept for API stability
 	if jcsIsCanonical(js, nil, nil) {
 		return append(dst, js...), nil
@@ -79,18 +84,18 @@ func AppendCanonical(dst []byte, p *fastjson.Parser, js []byte) ([]byte, error) 
 	return out, nil
 }
 
-// canonicalMembers returns the canonical form of js: js itself when it is
-// already canonical, or else AppendCanonical(dst, nil, js). It also appends
+// AppendMembers appends the canonical form of js: js itself when it is
+// already canonical, or else Append(dst, nil, js). It also appends
 // to vals the values of the top-level members of js named names, in that
 // order, and sets ends[i] to the end in vals of names[i]'s value (ends[i] ==
 // ends[i-1], or len(vals) on entry for i == 0, when names[i] is absent or js
 // is not an object). The values have canonical tokens, but the members of an
 // object among them may be in the order of js. It spares a caller that reads
 // a few members a second pass over the canonical form.
-func canonicalMembers(dst, js []byte, names []string, vals []byte, ends []int) (canon, _ []byte, _ error) {
+func AppendMembers(dst, js []byte, names []string, vals []byte, ends []int) (canon, _ []byte, _ error) {
 	var spans [8][2]int32
 	if len(names) > len(spans) {
-		panic("audit: canonicalMembers: too many names")
+		panic("jcs: AppendMembers: too many names")
 	}
 	for i := range names {
 		spans[i] = [2]int32{-1, -1}
@@ -145,7 +150,7 @@ func canonicalMembers(dst, js []byte, names []string, vals []byte, ends []int) (
 
 var jcsPool = sync.Pool{New: func() any { return new(jcsState) }}
 
-// jcsState is the scratch state of one AppendCanonical call.
+// jcsState is the scratch state of one Append call.
 type jcsState struct {
 	buf  []byte // the canonical tokens of js, in the order of js
 	keys []byte // the names of members whose canonical form has escapes, unescaped
@@ -864,7 +869,7 @@ func jcsHex4(s []byte, i int) (rune, bool) {
 	return r, true
 }
 
-// jcsNumChar holds the bytes that fastjson, which AppendCanonical once used,
+// jcsNumChar holds the bytes that fastjson, which Append once used,
 // takes as part of a number: a number token is the longest run of them, and
 // is then checked against the JSON grammar ("1.2.3" is an invalid number,
 // not a number followed by garbage).

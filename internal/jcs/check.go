@@ -1,4 +1,4 @@
-package audit
+package jcs
 
 import (
 	"encoding/binary"
@@ -7,7 +7,7 @@ import (
 )
 
 // jcsIsCanonical reports whether js is its own RFC 8785 canonical form, so
-// that AppendCanonical(nil, nil, js) would return js unchanged. It checks the
+// that Append(nil, nil, js) would return js unchanged. It checks the
 // form in place, without writing or sorting anything, which costs about half
 // of what canonicalizing costs; the log writes every event in canonical form
 // (see Chain.Append), so a verifier reading the spool, an export or an
@@ -16,7 +16,7 @@ import (
 // It answers false for every text that is not canonical, and also, to stay
 // small, for some that are: an object with a name that is not printable
 // ASCII, or a number of more than 15 significant digits. A false answer only
-// sends the caller to AppendCanonical.
+// sends the caller to Append.
 //
 // When names is not nil, spans[i] is set to the offsets in js of the value
 // of the top-level member named names[i], if there is one; the others are

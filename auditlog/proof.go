@@ -1,10 +1,11 @@
-package audit
+package auditlog
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
 
+	"github.com/auditproxy/auditproxy/audit"
 	"github.com/valyala/fastjson"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -88,7 +89,7 @@ func (pr *Prover) Add(event []byte, keep bool) error {
 	}
 	seq := v.GetInt64("log", "seq")
 	var cpNote string
-	if string(v.GetStringBytes("type")) == TypeCheckpoint {
+	if string(v.GetStringBytes("type")) == audit.TypeCheckpoint {
 		cpNote = string(v.GetStringBytes("checkpoint", "note"))
 	}
 	leaf, canon, err := LeafHash(&pr.p, pr.canon, event)

@@ -1,4 +1,4 @@
-package audit
+package query
 
 import (
 	"encoding/json"
@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/auditproxy/auditproxy/audit"
 	"github.com/valyala/fastjson"
 )
 
@@ -46,12 +47,12 @@ func queryEvents() []queryLine {
 	}
 	lines := []queryLine{{"ls", `{"v":1,"type":"log_started","id":"00000000-0000-4000-8000-000000000000","time":"2026-11-23T09:59:59.000000000Z","source":{"host":"h","version":"t"},"log":{"origin":"h/1","seq":0,"prev":""}}`}}
 	for i, r := range rows {
-		ev := Event{V: 1, Type: TypeInference, ID: "00000000-0000-4000-8000-00000000000" + string(rune('1'+i)),
-			Time: Timestamp(queryT0.Add(time.Duration(i) * time.Second)), RequestID: "r" + string(rune('1'+i)),
-			Method: "POST", Path: "/v1/chat/completions", Model: Model{Name: r.model},
-			Latency: Latency{Total: r.total, Upstream: r.total},
-			Status:  Status{Code: 200, Outcome: Outcome(r.outcome)},
-			Log:     &LogRef{Origin: "h/1", Seq: int64(i + 1), Prev: "ab"}}
+		ev := audit.Event{V: 1, Type: audit.TypeInference, ID: "00000000-0000-4000-8000-00000000000" + string(rune('1'+i)),
+			Time: audit.Timestamp(queryT0.Add(time.Duration(i) * time.Second)), RequestID: "r" + string(rune('1'+i)),
+			Method: "POST", Path: "/v1/chat/completions", Model: audit.Model{Name: r.model},
+			Latency: audit.Latency{Total: r.total, Upstream: r.total},
+			Status:  audit.Status{Code: 200, Outcome: audit.Outcome(r.outcome)},
+			Log:     &audit.LogRef{Origin: "h/1", Seq: int64(i + 1), Prev: "ab"}}
 		if r.key != "" {
 			ev.APIKeyID = &r.key
 		}
@@ -89,8 +90,8 @@ func TestQueryMatch(t *testing.T) {
 		want string
 	}{
 		{"everything", Filter{}, "ls r1 r2 r3 r4 r5 r6 r7 r2dup cp"},
-		{"type", Filter{Types: []string{TypeInference}}, "r1 r2 r3 r4 r5 r6 r7 r2dup"},
-		{"types OR", Filter{Types: []string{TypeCheckpoint, "log_started"}}, "ls cp"},
+		{"type", Filter{Types: []string{audit.TypeInference}}, "r1 r2 r3 r4 r5 r6 r7 r2dup"},
+		{"types OR", Filter{Types: []string{audit.TypeCheckpoint, "log_started"}}, "ls cp"},
 		{"unknown type", Filter{Types: []string{"nope"}}, ""},
 		{"model", Filter{Models: []string{"llama"}}, "r1 r2 r3 r7 r2dup"},
 		{"models OR", Filter{Models: []string{"llama", "mist"}}, "r1 r2 r3 r4 r5 r7 r2dup"},
@@ -102,19 +103,19 @@ func TestQueryMatch(t *testing.T) {
 		{"request id", Filter{RequestIDs: []string{"r3"}}, "r3"},
 		{"request id shipped twice", Filter{RequestIDs: []string{"r2"}}, "r2 r2dup"},
 		{"request id prefix is no match", Filter{RequestIDs: []string{"r"}}, ""},
-		{"outcome", Filter{Outcomes: []Outcome{OutcomeOK}}, "r1 r2 r4 r2dup"},
-		{"outcomes OR", Filter{Outcomes: []Outcome{OutcomeUpstreamError, OutcomeClientCancelled}}, "r3 r5"},
+		{"outcome", Filter{Outcomes: []audit.Outcome{audit.OutcomeOK}}, "r1 r2 r4 r2dup"},
+		{"outcomes OR", Filter{Outcomes: []audit.Outcome{audit.OutcomeUpstreamError, audit.OutcomeClientCancelled}}, "r3 r5"},
 		{"since is inclusive", Filter{Since: sec(2)}, "r3 r4 r5 r6 r7 cp"},
 		{"since, a nanosecond later", Filter{Since: sec(2).Add(1)}, "r4 r5 r6 r7 cp"},
 		{"since in another zone", Filter{Since: sec(2).In(time.FixedZone("CET", 3600))}, "r3 r4 r5 r6 r7 cp"},
 		{"until is exclusive", Filter{Until: sec(2)}, "ls r1 r2 r2dup"},
 		{"until, a nanosecond later", Filter{Until: sec(2).Add(1)}, "ls r1 r2 r3 r2dup"},
 		{"since and until", Filter{Since: sec(1), Until: sec(3)}, "r2 r3 r2dup"},
-		{"model AND outcome AND key", Filter{Models: []string{"llama"}, Outcomes: []Outcome{OutcomeOK}, APIKeyIDs: []string{"k1:bb"}}, "r2 r2dup"},
-		{"type AND since AND outcomes", Filter{Types: []string{TypeInference}, Since: sec(3), Outcomes: []Outcome{OutcomeOK, OutcomeRejected}}, "r4 r6"},
+		{"model AND outcome AND key", Filter{Models: []string{"llama"}, Outcomes: []audit.Outcome{audit.OutcomeOK}, APIKeyIDs: []string{"k1:bb"}}, "r2 r2dup"},
+		{"type AND since AND outcomes", Filter{Types: []string{audit.TypeInference}, Since: sec(3), Outcomes: []audit.Outcome{audit.OutcomeOK, audit.OutcomeRejected}}, "r4 r6"},
 		{"model AND request id, disjoint", Filter{Models: []string{"llama"}, RequestIDs: []string{"r4"}}, ""},
-		{"everything set", Filter{Types: []string{TypeInference}, Models: []string{"mist"}, APIKeyIDs: []string{"k1:aa"},
-			RequestIDs: []string{"r4", "r5"}, Outcomes: []Outcome{OutcomeOK}, Since: sec(3), Until: sec(4)}, "r4"},
+		{"everything set", Filter{Types: []string{audit.TypeInference}, Models: []string{"mist"}, APIKeyIDs: []string{"k1:aa"},
+			RequestIDs: []string{"r4", "r5"}, Outcomes: []audit.Outcome{audit.OutcomeOK}, Since: sec(3), Until: sec(4)}, "r4"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			q := mustQuery(t, tc.f)
@@ -175,7 +176,7 @@ func TestQueryErrors(t *testing.T) {
 		f    Filter
 		want string
 	}{
-		{Filter{Outcomes: []Outcome{"fine"}}, `unknown outcome "fine": want one of ok, upstream_error, upstream_unreachable, upstream_timeout, client_cancelled, rejected`},
+		{Filter{Outcomes: []audit.Outcome{"fine"}}, `unknown outcome "fine": want one of ok, upstream_error, upstream_unreachable, upstream_timeout, client_cancelled, rejected`},
 		{Filter{Since: queryT0, Until: queryT0}, "is not before until"},
 		{Filter{Since: queryT0.Add(time.Second), Until: queryT0}, "is not before until"},
 	} {
@@ -205,38 +206,6 @@ func TestQueryErrors(t *testing.T) {
 		got, err := tc.q.Match(&p, []byte(tc.event))
 		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) || got != tc.want {
 			t.Errorf("Match(%s): %v, %v; want %v, error %q", tc.event, got, err, tc.want, tc.wantErr)
-		}
-	}
-}
-
-func TestParseTime(t *testing.T) {
-	for _, s := range []string{
-		"2026-11-23T10:00:00.123456789Z",
-		"2026-11-23T10:00:00.000000000Z",
-		"1999-12-31T23:59:59.999999999Z",
-		"2024-02-29T00:00:00.000000000Z",
-		"2026-11-23T10:00:00Z",
-		"2026-11-23T11:00:00.5+01:00",
-		"2026-11-23t10:00:00.000000000z",
-		// not times:
-		"2026-02-29T00:00:00.000000000Z",
-		"2026-04-31T00:00:00.000000000Z",
-		"2026-13-01T00:00:00.000000000Z",
-		"2026-00-01T00:00:00.000000000Z",
-		"2026-11-00T00:00:00.000000000Z",
-		"2026-11-23T24:00:00.000000000Z",
-		"2026-11-23T10:60:00.000000000Z",
-		"2026-11-23T10:00:60.000000000Z",
-		"2026-11-23T10:00:00.00000000xZ",
-		"2026-11-23T10:00:00.-00000000Z",
-		"+026-11-23T10:00:00.000000000Z",
-		"2026-11-23 10:00:00.000000000Z",
-		"",
-	} {
-		want, wantErr := time.Parse(time.RFC3339Nano, s)
-		got, err := ParseTime([]byte(s))
-		if (err != nil) != (wantErr != nil) || !got.Equal(want) {
-			t.Errorf("ParseTime(%q) = %v, %v; time.Parse: %v, %v", s, got, err, want, wantErr)
 		}
 	}
 }
@@ -314,7 +283,7 @@ func TestStats(t *testing.T) {
 	// 1 100 200 300 400 500 700: ranks ceil(.5*7)=4, ceil(.95*7)=7,
 	// ceil(.99*7)=7. TTFT 10 20 50 70: ranks 2, 4, 4.
 	want := StatsSummary{
-		StatsGroup: StatsGroup{Events: 7, First: Timestamp(queryT0), Last: Timestamp(queryT0.Add(6 * time.Second)),
+		StatsGroup: StatsGroup{Events: 7, First: audit.Timestamp(queryT0), Last: audit.Timestamp(queryT0.Add(6 * time.Second)),
 			Errors: 4, ErrorRate: 4.0 / 7,
 			Outcomes: map[string]int64{"ok": 3, "upstream_error": 1, "client_cancelled": 1, "rejected": 1, "upstream_timeout": 1},
 			Latency:  LatencyStats{Total: pct(7, 300, 700, 700), TTFT: pct(4, 20, 70, 70)},
@@ -322,17 +291,17 @@ func TestStats(t *testing.T) {
 			InputTokens: 60, OutputTokens: 88},
 		Models: []ModelStats{
 			// llama: r1 r2 r3 r7; totals 100 200 300 700 (ranks 2, 4, 4), TTFT 10 20 70 (ranks 2, 3, 3)
-			{"llama", StatsGroup{Events: 4, First: Timestamp(queryT0), Last: Timestamp(queryT0.Add(6 * time.Second)),
+			{"llama", StatsGroup{Events: 4, First: audit.Timestamp(queryT0), Last: audit.Timestamp(queryT0.Add(6 * time.Second)),
 				Errors: 2, ErrorRate: 0.5, Outcomes: map[string]int64{"ok": 2, "upstream_error": 1, "upstream_timeout": 1},
 				Latency:     LatencyStats{Total: pct(4, 200, 700, 700), TTFT: pct(3, 20, 70, 70)},
 				InputTokens: 47, OutputTokens: 65}},
 			// mist: r4 r5; totals 400 500 (ranks 1, 2, 2), TTFT 50
-			{"mist", StatsGroup{Events: 2, First: Timestamp(queryT0.Add(3 * time.Second)), Last: Timestamp(queryT0.Add(4 * time.Second)),
+			{"mist", StatsGroup{Events: 2, First: audit.Timestamp(queryT0.Add(3 * time.Second)), Last: audit.Timestamp(queryT0.Add(4 * time.Second)),
 				Errors: 1, ErrorRate: 0.5, Outcomes: map[string]int64{"ok": 1, "client_cancelled": 1},
 				Latency:     LatencyStats{Total: pct(2, 400, 500, 500), TTFT: pct(1, 50, 50, 50)},
 				InputTokens: 13, OutputTokens: 23}},
 			// no model: r6 alone, no TTFT, no tokens
-			{"", StatsGroup{Events: 1, First: Timestamp(queryT0.Add(5 * time.Second)), Last: Timestamp(queryT0.Add(5 * time.Second)),
+			{"", StatsGroup{Events: 1, First: audit.Timestamp(queryT0.Add(5 * time.Second)), Last: audit.Timestamp(queryT0.Add(5 * time.Second)),
 				Errors: 1, ErrorRate: 1, Outcomes: map[string]int64{"rejected": 1},
 				Latency: LatencyStats{Total: pct(1, 1, 1, 1)}}},
 		},

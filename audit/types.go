@@ -1,0 +1,56 @@
+package audit
+
+// Event types: the value of every event's "type" member. Each event has the
+// members "v", "type", "id", "time" and "source"; what else it holds is said
+// below. All are written to the same log, so that "what changed during the
+// incident window" has an answer with the same proofs as the inferences.
+const (
+	// TypeInference is one proxied request and its answer (Event).
+	TypeInference = "inference"
+
+	// The log's own events (package auditlog).
+
+	// TypeLogStarted is the first event of every epoch of a log:
+	// "log_started":{"reason":…,"previous_checkpoint":{…}|null,"lost":[…],"committed_lost":…}.
+	TypeLogStarted = "log_started"
+	// TypeCheckpoint is a signed checkpoint of the log up to the event
+	// before it: "checkpoint":{"note":…,"interval_s":…,"final":…}.
+	TypeCheckpoint = "checkpoint"
+
+	// The spool's (package spool).
+
+	// TypeSegmentDamaged: the spool quarantined a damaged segment,
+	// "details":{"segment":…,"saved_to":…,"records_kept":N,"damaged":[…]}. Each
+	// damaged range says its offsets (uncompressed; end -1: the rest of a
+	// compressed stream that cannot be decoded), the intact events around it
+	// and, when both are in one origin, the seqs missing between them.
+	TypeSegmentDamaged = "segment_damaged"
+
+	// The sidecar's (NewOpsEvent).
+
+	TypeProxyStarted = "proxy_started" // details: version, config digest, GPU reference
+	TypeProxyStopped = "proxy_stopped" // details: reason, events recorded
+	TypeGPUIdentity  = "gpu_identity"  // details: digest, identity (at start)
+	TypeGPUChanged   = "gpu_changed"   // details: before, after (digests and identities)
+
+	// What the upstream serves (package identity).
+
+	// TypeModelChanged: a served model's weights first seen or changed
+	// (before and after).
+	TypeModelChanged = "model_changed"
+	// TypeUpstreamVersion: the upstream's version (vLLM's /version) first
+	// seen or changed.
+	TypeUpstreamVersion = "upstream_version"
+	// TypeModelLoaded and TypeModelUnloaded: a LoRA adapter loaded or
+	// unloaded through the proxy.
+	TypeModelLoaded   = "model_loaded"
+	TypeModelUnloaded = "model_unloaded"
+	// TypeModelIdentityUnavailable and TypeModelIdentityRestored: the
+	// models poller cannot read what the upstream serves, and can again.
+	TypeModelIdentityUnavailable = "model_identity_unavailable"
+	TypeModelIdentityRestored    = "model_identity_restored"
+
+	// TypeAnnotation is what an operator records about an external change
+	// (a rollout, a GPU tier change, an incident action).
+	TypeAnnotation = "annotation"
+)

@@ -1,0 +1,42 @@
+// Package auditlog owns the verifiable log the audit events form: each
+// event's place in it, the Merkle tree over the events, signed checkpoints,
+// inclusion proofs and the Verifier that checks a log from its events alone.
+//
+// # Places
+//
+// Every event a sidecar writes carries its place in its log, the "log"
+// member (audit.LogRef):
+//
+//	"log":{"origin":"<origin>","seq":N,"prev":"<hex>"}
+//
+// An origin names one log: a sidecar instance and an epoch. Seqs number the
+// origin's events from 0 without gaps; prev is the leaf hash of the event
+// with seq N-1, "" for seq 0, so the events form a hash chain.
+//
+// # Leaves and the tree
+//
+// An event's leaf hash is the RFC 6962 leaf hash of its canonical bytes:
+// SHA-256(0x00 || JCS(event)), JCS being RFC 8785 canonical JSON with the
+// "log" member included. Canonical bytes keep a record verifiable after an
+// aggregator re-encoded it (through msgpack, say) and reordered its members.
+// The events of one origin, in seq order, are the leaves of an RFC 6962
+// Merkle tree (Tree); Chain appends events to it, giving each its place.
+//
+// # Checkpoints
+//
+// A checkpoint is a C2SP tlog-checkpoint of the origin's tree (Checkpoint),
+// signed as a note (golang.org/x/mod/sumdb/note) and recorded in the log
+// itself as the event of type "checkpoint" at seq N, committing to the N
+// events before it. Checkpoints come at a cadence (an interval and a count of
+// events), so a Verifier can tell a log that stopped signing from one that
+// was cut short; a "final" checkpoint closes its epoch.
+//
+// # Verification
+//
+// A Verifier takes a log's events in any order, repeated or not (shipping
+// is at least once), and checks for each origin that seqs have no gaps, that
+// each prev is the leaf hash of the event before, that the leaves hash to
+// the root each checkpoint signs, that checkpoints are signed by a known key
+// and come at their cadence, and how much of what the newest checkpoint
+// commits to is present. A Prover gives inclusion proofs of chosen events.
+package auditlog
