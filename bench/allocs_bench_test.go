@@ -16,7 +16,7 @@ import (
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
 	"github.com/auditproxy/auditproxy/hashing"
 	"github.com/auditproxy/auditproxy/proxy"
-	"github.com/auditproxy/auditproxy/shipper"
+	"github.com/auditproxy/auditproxy/spool"
 )
 
 // BenchmarkProxyAllocs measures the allocations of one proxied request over
@@ -93,15 +93,15 @@ func startInmemoryPath(b *testing.B, withProxy bool) inmemoryPath {
 	}
 	source := audit.Source{Host: "gpu-node-17", Version: "bench"}
 	logger := slog.New(slog.DiscardHandler)
-	spool, err := shipper.OpenSpool(b.TempDir(), shipper.SpoolOptions{
-		Durability: shipper.DurabilitySync,
-		Log:        &shipper.LogOptions{Name: "bench-allocs", Signer: signer, Source: source},
+	sp, err := spool.Open(b.TempDir(), spool.Options{
+		Durability: spool.DurabilitySync,
+		Log:        &spool.LogOptions{Name: "bench-allocs", Signer: signer, Source: source},
 		Logger:     logger,
 	})
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { spool.Close() })
+	b.Cleanup(func() { sp.Close() })
 	kid, err := hashing.NewKeyIDer(make([]byte, 32))
 	if err != nil {
 		b.Fatal(err)
@@ -110,7 +110,7 @@ func startInmemoryPath(b *testing.B, withProxy bool) inmemoryPath {
 		Upstream: "http://fakevllm:8000",
 		Dial:     dialFake,
 		KeyIDer:  kid,
-		Recorder: spool,
+		Recorder: sp,
 		GPU:      func() *string { return nil }, // as serve without NVML: an atomic load of nil
 		Logger:   logger,
 		Source:   source,

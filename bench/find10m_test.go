@@ -21,7 +21,7 @@ import (
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/hashing"
 	"github.com/auditproxy/auditproxy/payload"
-	"github.com/auditproxy/auditproxy/shipper"
+	"github.com/auditproxy/auditproxy/spool"
 )
 
 // find10mEvents is the size of the log BenchmarkFind10M searches.
@@ -59,7 +59,7 @@ type find10mData struct {
 //
 // which finds the one event with that request id, decrypts its captured
 // bodies and checks them against the event's hashes. The spool (written
-// through shipper.OpenSpool as a signed log, async durability, 64 MiB
+// through spool.Open as a signed log, async durability, 64 MiB
 // segments sealed with zstd) is generated once, which takes about a minute
 // on 2 cores and 1.4 GB of disk (0.8 GB of sealed segments holding 8.8 GB
 // of JSON, 0.6 GB of the log's stored hashes), and kept in
@@ -191,15 +191,15 @@ func generateFind10M(dir string, n int64, logf func(string, ...any)) (*find10mDa
 	}
 	resp.WriteString("data: [DONE]\n\n")
 
-	spool, err := shipper.OpenSpool(dir, shipper.SpoolOptions{
-		Durability: shipper.DurabilityAsync,
+	sp, err := spool.Open(dir, spool.Options{
+		Durability: spool.DurabilityAsync,
 		MaxBytes:   1 << 40, // no back-pressure; segments stay 64 MiB
-		Log:        &shipper.LogOptions{Name: "bench-10m", Signer: signer, Source: audit.Source{Host: "gpu-node-17", Version: "0.3.0"}},
+		Log:        &spool.LogOptions{Name: "bench-10m", Signer: signer, Source: audit.Source{Host: "gpu-node-17", Version: "0.3.0"}},
 	})
 	if err != nil {
 		return nil, err
 	}
-	defer spool.Close()
+	defer sp.Close()
 	start := time.Now()
 	base := time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)
 	var buf []byte
@@ -222,7 +222,7 @@ func generateFind10M(dir string, n int64, logf func(string, ...any)) (*find10mDa
 			ev.Payload = &audit.Payload{Age: c.Ciphertext, InputBytes: c.InputBytes, OutputBytes: c.OutputBytes, Truncated: c.Truncated}
 		}
 		buf = ev.AppendJSON(buf[:0])
-		if err := spool.Append(buf); err != nil {
+		if err := sp.Append(buf); err != nil {
 			return nil, err
 		}
 		// Async appends return at once. Keep what the committer has yet
@@ -230,7 +230,7 @@ func generateFind10M(dir string, n int64, logf func(string, ...any)) (*find10mDa
 		// would take a huge batch and overfill its segment (rotation
 		// happens between commits).
 		if i%1024 == 0 {
-			for i-spool.Recorded() > 8192 {
+			for i-sp.Recorded() > 8192 {
 				time.Sleep(time.Millisecond)
 			}
 			if i%(1<<20) == 0 && time.Since(lastLog) > 30*time.Second {
@@ -239,10 +239,10 @@ func generateFind10M(dir string, n int64, logf func(string, ...any)) (*find10mDa
 			}
 		}
 	}
-	for spool.Recorded() < n {
+	for sp.Recorded() < n {
 		time.Sleep(10 * time.Millisecond)
 	}
-	spoolDir := spool.Dir()
+	spoolDir := sp.Dir()
 	// Sealing runs in the background; Close would interrupt it.
 	for {
 		plain, err := filepath.Glob(filepath.Join(spoolDir, "*.seg"))
@@ -255,7 +255,7 @@ func generateFind10M(dir string, n int64, logf func(string, ...any)) (*find10mDa
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if err := spool.Close(); err != nil {
+	if err := sp.Close(); err != nil {
 		return nil, err
 	}
 	d := &find10mData{Events: n, RequestID: requestID, TargetIndex: target, Request: string(reqBody),
@@ -271,7 +271,7 @@ func generateFind10M(dir string, n int64, logf func(string, ...any)) (*find10mDa
 	}
 	for _, e := range entries {
 		name := e.Name()
-		if !shipper.IsSegmentFile(name) {
+		if !spool.IsSegmentFile(name) {
 			continue
 		}
 		info, err := e.Info()
@@ -284,7 +284,7 @@ func generateFind10M(dir string, n int64, logf func(string, ...any)) (*find10mDa
 		} else {
 			d.ActiveBytes += info.Size()
 		}
-		if _, err := shipper.ReadSegmentFile(filepath.Join(spoolDir, name), func(rec []byte) error {
+		if _, err := spool.ReadSegmentFile(filepath.Join(spoolDir, name), func(rec []byte) error {
 			d.Records++
 			d.RecordBytes += int64(len(rec))
 			return nil

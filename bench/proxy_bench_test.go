@@ -13,14 +13,14 @@ import (
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
 	"github.com/auditproxy/auditproxy/hashing"
 	"github.com/auditproxy/auditproxy/proxy"
-	"github.com/auditproxy/auditproxy/shipper"
+	"github.com/auditproxy/auditproxy/spool"
 )
 
 // startPath starts a fake vLLM and, when durability is not empty, auditproxy
 // in front of it (recording to a real event file with that durability), all
 // in this process over loopback TCP. It returns a client for whichever the
 // benchmark talks to.
-func startPath(b *testing.B, durability shipper.Durability) *fasthttp.HostClient {
+func startPath(b *testing.B, durability spool.Durability) *fasthttp.HostClient {
 	b.Helper()
 	fake := fakevllm.New(fakevllm.Config{})
 	upstream, err := fake.Start("127.0.0.1:0")
@@ -30,7 +30,7 @@ func startPath(b *testing.B, durability shipper.Durability) *fasthttp.HostClient
 	b.Cleanup(func() { fake.Close() })
 	addr := strings.TrimPrefix(upstream, "http://")
 	if durability != "" {
-		log, err := shipper.OpenSpool(b.TempDir(), shipper.SpoolOptions{Durability: durability})
+		log, err := spool.Open(b.TempDir(), spool.Options{Durability: durability})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -84,8 +84,8 @@ func benchRequest(b *testing.B, c *fasthttp.HostClient, body string, wantSuffix 
 // durability (plus waiting for write and fsync, one request at a time).
 var paths = []struct {
 	name       string
-	durability shipper.Durability
-}{{"direct", ""}, {"proxy-async", shipper.DurabilityAsync}, {"proxy-sync", shipper.DurabilitySync}}
+	durability spool.Durability
+}{{"direct", ""}, {"proxy-async", spool.DurabilityAsync}, {"proxy-sync", spool.DurabilitySync}}
 
 // BenchmarkNonStream is one client, one request at a time: a non-streamed
 // chat completion with a 1 KiB prompt and a 2 KiB answer. allocs/op covers

@@ -10,7 +10,8 @@ import (
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/bench/forwardrecv"
-	"github.com/auditproxy/auditproxy/shipper"
+	"github.com/auditproxy/auditproxy/forward"
+	"github.com/auditproxy/auditproxy/spool"
 )
 
 // realisticEvent is an inference event as the proxy records it (about 700
@@ -31,33 +32,33 @@ func realisticEvent(i int64, now time.Time) *audit.Event {
 	}
 }
 
-func startShipPath(b *testing.B, durability shipper.Durability, onEntry func(forwardrecv.Entry)) (*shipper.Spool, *forwardrecv.Receiver) {
+func startShipPath(b *testing.B, durability spool.Durability, onEntry func(forwardrecv.Entry)) (*spool.Spool, *forwardrecv.Receiver) {
 	b.Helper()
 	recv, err := forwardrecv.Start("127.0.0.1:0", forwardrecv.Config{Discard: true, OnEntry: onEntry})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { recv.Close() })
-	spool, err := shipper.OpenSpool(b.TempDir(), shipper.SpoolOptions{Durability: durability, Forwarding: true})
+	sp, err := spool.Open(b.TempDir(), spool.Options{Durability: durability, Forwarding: true})
 	if err != nil {
 		b.Fatal(err)
 	}
-	sh, err := shipper.NewShipper(spool, shipper.ForwardOptions{Address: "tcp://" + recv.Addr()})
+	sh, err := forward.New(sp, forward.Options{Address: "tcp://" + recv.Addr()})
 	if err != nil {
 		b.Fatal(err)
 	}
 	sh.Start()
-	b.Cleanup(func() { spool.Close(); sh.Close() })
-	return spool, recv
+	b.Cleanup(func() { sp.Close(); sh.Close() })
+	return sp, recv
 }
 
 // BenchmarkShipWithAcks: events recorded by 64 concurrent requests (sync
 // durability: each waits for its group commit) until the loopback
 // aggregator has acknowledged every one. events/s is the end-to-end rate.
 func BenchmarkShipWithAcks(b *testing.B) {
-	for _, d := range []shipper.Durability{shipper.DurabilitySync, shipper.DurabilityAsync} {
+	for _, d := range []spool.Durability{spool.DurabilitySync, spool.DurabilityAsync} {
 		b.Run(string(d), func(b *testing.B) {
-			spool, recv := startShipPath(b, d, nil)
+			sp, recv := startShipPath(b, d, nil)
 			var next atomic.Int64
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -71,7 +72,7 @@ func BenchmarkShipWithAcks(b *testing.B) {
 						if i > int64(b.N) {
 							return
 						}
-						if err := spool.Record(realisticEvent(i, time.Now())); err != nil {
+						if err := sp.Record(realisticEvent(i, time.Now())); err != nil {
 							b.Error(err)
 							return
 						}
@@ -98,7 +99,7 @@ func BenchmarkEventToReceiverLatency(b *testing.B) {
 	for range b.N {
 		var mu sync.Mutex
 		var lat []time.Duration
-		spool, recv := startShipPath(b, shipper.DurabilitySync, func(e forwardrecv.Entry) {
+		sp, recv := startShipPath(b, spool.DurabilitySync, func(e forwardrecv.Entry) {
 			d := time.Since(e.Time)
 			mu.Lock()
 			lat = append(lat, d)
@@ -115,7 +116,7 @@ func BenchmarkEventToReceiverLatency(b *testing.B) {
 				defer wg.Done()
 				// The event's time is when it was due, so lateness of the
 				// load generator counts against us, not for us.
-				if err := spool.Record(realisticEvent(int64(i), due)); err != nil {
+				if err := sp.Record(realisticEvent(int64(i), due)); err != nil {
 					b.Error(err)
 				}
 			}()

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/auditproxy/auditproxy/shipper"
+	"github.com/auditproxy/auditproxy/spool"
 )
 
 func runExport(args []string, stdout, stderr io.Writer) error {
@@ -13,7 +13,7 @@ func runExport(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	st, err := shipper.Export(*dataDir, stdout)
+	st, err := spool.Export(*dataDir, stdout)
 	if st.TornBytes > 0 {
 		fmt.Fprintf(stderr, "auditproxy: export: skipped %d bytes at the end of the newest segment that are not a whole record (a proxy died while committing them, or is committing them now)\n", st.TornBytes)
 	}

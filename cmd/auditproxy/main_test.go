@@ -32,6 +32,7 @@ import (
 	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
 	"github.com/auditproxy/auditproxy/bench/forwardrecv"
+	"github.com/auditproxy/auditproxy/internal/testutil"
 )
 
 func TestUsageErrors(t *testing.T) {
@@ -403,7 +404,7 @@ func TestMain(m *testing.M) {
 // (a batch sent again after a kill) carry the same event id. (With
 // --durability async the same test loses events: 17 of 302 in one run.)
 func TestKill9KeepsEveryCompletedAnswer(t *testing.T) {
-	recv := startReceiver(t, "127.0.0.1:0", forwardrecv.Config{})
+	recv := testutil.StartReceiver(t, "127.0.0.1:0", forwardrecv.Config{})
 	forward := "tcp://" + recv.Addr()
 	_, upstream := startFake(t, fakevllm.Config{InterTokenLatency: time.Millisecond, OutputTokens: 30})
 	dataDir := t.TempDir()
@@ -583,7 +584,7 @@ func scrapeMetric(t *testing.T, admin, name string) float64 {
 // spool stays within its bound, and every event arrives.
 func TestAggregatorOutageUnderLoad(t *testing.T) {
 	_, upstream := startFake(t, fakevllm.Config{OutputTokens: 20})
-	recv := startReceiver(t, "127.0.0.1:0", forwardrecv.Config{})
+	recv := testutil.StartReceiver(t, "127.0.0.1:0", forwardrecv.Config{})
 	recvAddr := recv.Addr()
 	const maxBytes = 4 << 20
 	p := startServe(t, upstream, nil, "--data-dir", t.TempDir(), "--log-level", "error", "--forward", "tcp://"+recvAddr,
@@ -630,7 +631,7 @@ func TestAggregatorOutageUnderLoad(t *testing.T) {
 	if used := scrapeMetric(t, admin, "auditproxy_spool_bytes"); used > maxBytes+64<<10 {
 		t.Errorf("spool at %v bytes, bound %d", used, maxBytes)
 	}
-	recv2 := startReceiver(t, recvAddr, forwardrecv.Config{})
+	recv2 := testutil.StartReceiver(t, recvAddr, forwardrecv.Config{})
 	t.Logf("aggregator down for %v", time.Since(down).Round(time.Millisecond))
 	waitUntil(t, "ship lag to recover", 10*time.Second, func() bool {
 		return scrapeMetric(t, admin, "auditproxy_forward_ship_lag_seconds") < 0.5
@@ -736,7 +737,7 @@ func TestForwardOverTLSWithPrivateCA(t *testing.T) {
 	if err := os.WriteFile(caFile, caPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	recv := startReceiver(t, "127.0.0.1:0", forwardrecv.Config{TLS: serverTLS})
+	recv := testutil.StartReceiver(t, "127.0.0.1:0", forwardrecv.Config{TLS: serverTLS})
 	for _, tc := range []struct {
 		name   string
 		env    []string
@@ -802,18 +803,6 @@ func startFake(t *testing.T, cfg fakevllm.Config) (*fakevllm.Server, string) {
 	}
 	t.Cleanup(func() { fake.Close() })
 	return fake, upstream
-}
-
-// startReceiver starts a forward-protocol receiver for the rest of the
-// test.
-func startReceiver(t *testing.T, addr string, cfg forwardrecv.Config) *forwardrecv.Receiver {
-	t.Helper()
-	r, err := forwardrecv.Start(addr, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
-	return r
 }
 
 // served is a running `auditproxy serve`.

@@ -15,7 +15,7 @@ import (
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/query"
-	"github.com/auditproxy/auditproxy/shipper"
+	"github.com/auditproxy/auditproxy/spool"
 )
 
 var qT0 = time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
@@ -398,7 +398,7 @@ func TestQueryErrors(t *testing.T) {
 // forms is read once.
 func TestReadingALiveSpool(t *testing.T) {
 	dataDir := t.TempDir()
-	sp, err := shipper.OpenSpool(dataDir, shipper.SpoolOptions{SegmentMaxBytes: 4 << 10, MinFreeBytes: -1})
+	sp, err := spool.Open(dataDir, spool.Options{SegmentMaxBytes: 4 << 10, MinFreeBytes: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,7 +408,7 @@ func TestReadingALiveSpool(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	spoolDir := filepath.Join(dataDir, shipper.SpoolDirName)
+	spoolDir := filepath.Join(dataDir, spool.DirName)
 	deadline := time.Now().Add(5 * time.Second)
 	var sealed []string
 	for len(sealed) < 3 && time.Now().Before(deadline) {

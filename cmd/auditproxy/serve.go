@@ -26,12 +26,16 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
+	"github.com/auditproxy/auditproxy/auditlog/witness"
+	"github.com/auditproxy/auditproxy/forward"
 	"github.com/auditproxy/auditproxy/gpu"
 	"github.com/auditproxy/auditproxy/hashing"
 	"github.com/auditproxy/auditproxy/identity"
+	"github.com/auditproxy/auditproxy/internal/fsutil"
 	"github.com/auditproxy/auditproxy/payload"
 	"github.com/auditproxy/auditproxy/proxy"
-	"github.com/auditproxy/auditproxy/shipper"
+	"github.com/auditproxy/auditproxy/spool"
 )
 
 // serveConfig holds the flags shared by serve and demo.
@@ -112,7 +116,7 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.DurationVar(&c.segmentMaxAge, "segment-max-age", time.Hour, "rotate the active spool segment after this `duration`")
 	fs.DurationVar(&c.retention, "retention", 0, "delete sealed segments older than this `duration` (with --forward, only once acknowledged); 0 keeps them until space is needed")
 	fs.StringVar(&c.forward, "forward", "", "aggregator `address`, tcp://HOST:PORT or tls://HOST:PORT (Fluent Bit or Fluentd forward input with acks); TLS verifies against the system roots, or SSL_CERT_FILE for a private CA")
-	fs.StringVar(&c.forwardTag, "forward-tag", shipper.DefaultTag, "forward-protocol `tag` for events")
+	fs.StringVar(&c.forwardTag, "forward-tag", forward.DefaultTag, "forward-protocol `tag` for events")
 	fs.BoolVar(&c.forwardSkipVerify, "forward-insecure-skip-verify", false, "accept any TLS certificate from the aggregator (insecure: anyone on the path can read and drop the audit log)")
 	fs.DurationVar(&c.forwardAckTimeout, "forward-ack-timeout", 10*time.Second, "resend a batch on a new connection when its ack takes longer than this `duration`")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 10*time.Second, "on SIGTERM, how long to keep shipping the spool to the aggregator before exiting (the rest ships at the next start)")
@@ -161,12 +165,12 @@ type instance struct {
 	sig      chan os.Signal // SIGINT and SIGTERM, caught from the end of start on
 	log      *slog.Logger
 	proxy    *proxy.Proxy
-	spool    *shipper.Spool
-	shipper  *shipper.Shipper          // nil without --forward
-	cpDir    *shipper.CheckpointDir    // nil without --checkpoint-dir
-	cpPoster *shipper.CheckpointPoster // nil without --checkpoint-url
-	witness  *shipper.Witness          // nil without --witness-url
-	lock     *shipper.DataDirLock      // held until shutdown ends
+	spool    *spool.Spool
+	shipper  *forward.Shipper           // nil without --forward
+	cpDir    *auditlog.CheckpointDir    // nil without --checkpoint-dir
+	cpPoster *auditlog.CheckpointPoster // nil without --checkpoint-url
+	witness  *witness.Client            // nil without --witness-url
+	lock     *fsutil.DataDirLock        // held until shutdown ends
 	source   audit.Source
 	gpuRef   atomic.Pointer[string] // digest of the current GPU identity; nil without NVML
 	gpu      *gpu.Reader
@@ -200,7 +204,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	if _, err := proxy.ParseUpstream(c.upstream); err != nil {
 		return nil, usageError{"--upstream: " + err.Error()}
 	}
-	durability, err := shipper.ParseDurability(c.durability)
+	durability, err := spool.ParseDurability(c.durability)
 	if err != nil {
 		return nil, usageError{"--durability: " + err.Error()}
 	}
@@ -220,7 +224,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	// cut, every time.
 	if c.captureMaxBytes > maxCaptureBytes {
 		return nil, usageError{fmt.Sprintf("--capture-max-bytes %s: want at most %s (both bodies, encrypted and encoded, must fit in one spool record of %s)",
-			c.captureMaxBytes.String(), formatSize(maxCaptureBytes), formatSize(shipper.MaxRecordBytes))}
+			c.captureMaxBytes.String(), formatSize(maxCaptureBytes), formatSize(spool.MaxRecordBytes))}
 	}
 	var capture *proxy.CaptureConfig
 	switch {
@@ -238,14 +242,14 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	if c.logName == "" || strings.ContainsAny(c.logName, "\n") {
 		return nil, usageError{fmt.Sprintf("--log-name %q: want a non-empty name on one line", c.logName)}
 	}
-	if err := shipper.CheckLogName(c.logName); err != nil {
+	if err := spool.CheckLogName(c.logName); err != nil {
 		return nil, usageError{"--log-name: " + err.Error()}
 	}
 	if c.checkpointInterval < 10*time.Millisecond || c.checkpointEvery < 1 {
 		return nil, usageError{"--checkpoint-interval must be at least 10ms and --checkpoint-every at least 1"}
 	}
 	if c.forward != "" {
-		if _, _, err := shipper.ParseForwardAddress(c.forward); err != nil {
+		if _, _, err := forward.ParseAddress(c.forward); err != nil {
 			return nil, usageError{"--forward: " + err.Error()}
 		}
 	} else if c.forwardSkipVerify {
@@ -298,7 +302,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	}
 	// One writer per data dir, for the life of the process: a second one
 	// would fork the log. Released at the end of shutdown, or by the kernel.
-	lock, err := shipper.LockDataDir(c.dataDir)
+	lock, err := fsutil.LockDataDir(c.dataDir)
 	if err != nil {
 		return nil, err
 	}
@@ -322,21 +326,21 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	}
 	host, _ := os.Hostname()
 	source := audit.Source{Host: host, Version: buildVersion()}
-	logOpts := &shipper.LogOptions{Name: c.logName, Signer: signer, CheckpointInterval: c.checkpointInterval,
+	logOpts := &spool.LogOptions{Name: c.logName, Signer: signer, CheckpointInterval: c.checkpointInterval,
 		CheckpointEvery: c.checkpointEvery, Source: source, Witness: c.witnessURL != ""}
-	var cpDir *shipper.CheckpointDir
-	var cpPoster *shipper.CheckpointPoster
+	var cpDir *auditlog.CheckpointDir
+	var cpPoster *auditlog.CheckpointPoster
 	if c.checkpointURL != "" {
-		if cpPoster, err = shipper.NewCheckpointPoster(c.checkpointURL, logger); err != nil {
+		if cpPoster, err = auditlog.NewCheckpointPoster(c.checkpointURL, logger); err != nil {
 			return nil, usageError{"--checkpoint-url: " + err.Error()}
 		}
 	}
 	if c.checkpointDir != "" {
-		if cpDir, logOpts.PreviousCheckpoint, err = shipper.OpenCheckpointDir(c.checkpointDir, logger); err != nil {
+		if cpDir, logOpts.PreviousCheckpoint, err = auditlog.OpenCheckpointDir(c.checkpointDir, logger); err != nil {
 			return nil, err
 		}
 	}
-	var witness atomic.Pointer[shipper.Witness] // set once the spool (its hashes) is open
+	var witnessClient atomic.Pointer[witness.Client] // set once the spool (its hashes) is open
 	logOpts.OnCheckpoint = func(ev []byte) {
 		if cpDir != nil {
 			cpDir.Write(ev)
@@ -344,7 +348,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 		if cpPoster != nil {
 			cpPoster.Write(ev)
 		}
-		if w := witness.Load(); w != nil {
+		if w := witnessClient.Load(); w != nil {
 			w.Submit(ev)
 		}
 	}
@@ -352,7 +356,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	if minFree == 0 {
 		minFree = -1 // SpoolOptions: negative disables, 0 is the default
 	}
-	spool, err := shipper.OpenSpool(c.dataDir, shipper.SpoolOptions{
+	sp, err := spool.Open(c.dataDir, spool.Options{
 		MinFreeBytes:    minFree,
 		Durability:      durability,
 		FsyncInterval:   c.fsyncInterval,
@@ -377,33 +381,33 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if err := metrics.Register(reg); err != nil {
-		spool.Close()
+		sp.Close()
 		return nil, err
 	}
-	if err := spool.Register(reg); err != nil {
-		spool.Close()
+	if err := sp.Register(reg); err != nil {
+		sp.Close()
 		return nil, err
 	}
-	inst := &instance{cfg: c, log: logger, spool: spool, cpDir: cpDir, cpPoster: cpPoster, serveErr: make(chan error, 2),
+	inst := &instance{cfg: c, log: logger, spool: sp, cpDir: cpDir, cpPoster: cpPoster, serveErr: make(chan error, 2),
 		ln: ln, adminLn: adminLn, upstreamKey: upstreamKey}
 	if c.witnessURL != "" {
-		w, err := shipper.NewWitness(shipper.WitnessOptions{URL: c.witnessURL, Hashes: spool.TreeHashes(),
+		w, err := witness.New(witness.Options{URL: c.witnessURL, Hashes: sp.TreeHashes(),
 			StateFile: filepath.Join(c.dataDir, "witness.json"), CosignatureFile: filepath.Join(c.dataDir, "cosignatures.ndjson"),
-			Logger: logger, Cosigned: spool.WitnessCosigned})
+			Logger: logger, Cosigned: sp.WitnessCosigned})
 		if err != nil {
-			spool.Close()
+			sp.Close()
 			return nil, usageError{"--witness-url: " + err.Error()}
 		}
 		if err := w.Register(reg); err != nil {
 			w.Close(0)
-			spool.Close()
+			sp.Close()
 			return nil, err
 		}
-		witness.Store(w)
+		witnessClient.Store(w)
 		inst.witness = w
 	}
 	if c.forward != "" {
-		inst.shipper, err = shipper.NewShipper(spool, shipper.ForwardOptions{
+		inst.shipper, err = forward.New(sp, forward.Options{
 			Address:            c.forward,
 			Tag:                c.forwardTag,
 			InsecureSkipVerify: c.forwardSkipVerify,
@@ -414,13 +418,13 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 			err = inst.shipper.Register(reg)
 		}
 		if err != nil {
-			spool.Close()
+			sp.Close()
 			return nil, err
 		}
 	}
-	var rec audit.Recorder = spool
+	var rec audit.Recorder = sp
 	if tee != nil {
-		rec = teeRecorder{spool: spool, tee: tee}
+		rec = teeRecorder{spool: sp, tee: tee}
 	}
 	inst.proxy, err = proxy.New(proxy.Config{
 		Upstream:            c.upstream,
@@ -445,17 +449,17 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 		Source:              source,
 	})
 	if err != nil {
-		spool.Close()
+		sp.Close()
 		return nil, err
 	}
 	if err := inst.startIdentity(source, reg); err != nil {
-		spool.Close()
+		sp.Close()
 		return nil, err
 	}
 	if adminLn != nil {
 		token, err := identity.LoadOrCreateToken(filepath.Join(c.dataDir, "admin.token"))
 		if err != nil {
-			spool.Close()
+			sp.Close()
 			return nil, err
 		}
 		adminOpts := proxy.AdminOptions{Degraded: inst.degraded}
@@ -464,7 +468,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/", inst.proxy.AdminHandler(reg, adminOpts))
-		mux.Handle(identity.AnnotationPath, identity.AnnotationHandler(token, spool.Append, source))
+		mux.Handle(identity.AnnotationPath, identity.AnnotationHandler(token, sp.Append, source))
 		inst.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := inst.admin.Serve(inst.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -472,7 +476,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 			}
 		}()
 	}
-	if rep := spool.Recovery; rep.RecordsCut > 0 || rep.CommittedLost || len(rep.Lost) > 0 {
+	if rep := sp.Recovery; rep.RecordsCut > 0 || rep.CommittedLost || len(rep.Lost) > 0 {
 		logger.Warn("spool recovered after a crash", "records_cut", rep.RecordsCut, "bytes_cut", rep.BytesCut,
 			"committed_data_lost", rep.CommittedLost || len(rep.Lost) > 0, "damaged_ranges", len(rep.Lost))
 	}
@@ -480,7 +484,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 		inst.shipper.Start()
 	} else {
 		logger.Warn("no --forward: audit events stay only in the spool on this machine; ship them to an aggregator so that this server is not the only place they live",
-			"spool", spool.Dir())
+			"spool", sp.Dir())
 	}
 	go func() { inst.serveErr <- inst.proxy.Serve(inst.ln) }()
 	// Catch the signals before anyone is told the proxy serves, so that
@@ -491,8 +495,8 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	logger.Info("auditproxy serving", "version", buildVersion(), "listen", inst.ln.Addr().String(),
 		"admin", c.adminListen, "upstream", c.upstream, "data_dir", c.dataDir, "hash", string(alg),
 		"durability", string(durability), "fsync_interval", c.fsyncInterval.String(),
-		"spool_max_bytes", int64(c.spoolMaxBytes), "forward", c.forward, "resumed_at", spool.Recovery.Resumed.String(),
-		"acked", spool.Recovery.Acked.String(), "descriptor_limit", proxy.DescriptorLimit(),
+		"spool_max_bytes", int64(c.spoolMaxBytes), "forward", c.forward, "resumed_at", sp.Recovery.Resumed.String(),
+		"acked", sp.Recovery.Acked.String(), "descriptor_limit", proxy.DescriptorLimit(),
 		"max_client_conns", inst.proxy.MaxClientConns(), "admin_pprof", c.adminPprof, "upstream_api_key", upstreamKey != "")
 	return inst, nil
 }
@@ -590,7 +594,7 @@ func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 
 // teeRecorder records to the spool, then shows the event to tee.
 type teeRecorder struct {
-	spool *shipper.Spool
+	spool *spool.Spool
 	tee   func(*audit.Event)
 }
 

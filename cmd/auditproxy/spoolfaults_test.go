@@ -25,6 +25,7 @@ import (
 
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
 	"github.com/auditproxy/auditproxy/bench/forwardrecv"
+	"github.com/auditproxy/auditproxy/internal/testutil"
 )
 
 // postChat sends one chat completion through a sidecar and returns the
@@ -429,7 +430,7 @@ func TestDamagedSealedSegmentEndToEnd(t *testing.T) {
 	}
 
 	// A sidecar that ships the spool quarantines the segment.
-	recv := startReceiver(t, "127.0.0.1:0", forwardrecv.Config{})
+	recv := testutil.StartReceiver(t, "127.0.0.1:0", forwardrecv.Config{})
 	p = startServe(t, upstream, nil, "--data-dir", dataDir, "--log-level", "error", "--segment-max-bytes", "4KiB",
 		"--forward", "tcp://"+recv.Addr())
 	waitUntil(t, "the segment_damaged event at the aggregator", 30*time.Second, func() bool {

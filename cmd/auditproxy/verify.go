@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/auditproxy/auditproxy/auditlog"
-	"github.com/auditproxy/auditproxy/shipper"
+	"github.com/auditproxy/auditproxy/spool"
 )
 
 // stringList is a repeatable string flag.
@@ -51,7 +51,7 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	}
 	v := auditlog.NewVerifier(keys)
 	v.Until = untilTime
-	var damaged []*shipper.DamagedSegmentError
+	var damaged []*spool.DamagedSegmentError
 	for _, path := range fs.Args() {
 		if err := readEvents(path, v.Add); err != nil {
 			var dfe *damagedFilesError
@@ -128,7 +128,7 @@ func printReport(w io.Writer, r *auditlog.Report, noKeys bool) {
 // damagedFilesError names the spool segments that readEvents read past
 // damage: their intact events were read, the damaged ranges not.
 type damagedFilesError struct {
-	files []*shipper.DamagedSegmentError
+	files []*spool.DamagedSegmentError
 }
 
 func (e *damagedFilesError) Error() string {
@@ -142,7 +142,7 @@ func (e *damagedFilesError) Error() string {
 // collectDamage adds err to d when it is damage read past, and returns the
 // errors that are something else.
 func (d *damagedFilesError) collect(err error) error {
-	var dse *shipper.DamagedSegmentError
+	var dse *spool.DamagedSegmentError
 	var dfe *damagedFilesError
 	switch {
 	case errors.As(err, &dfe):
@@ -211,7 +211,7 @@ func isEventFileName(name string) bool {
 	if name == "state.json" || name == "log.json" {
 		return false
 	}
-	return shipper.IsSegmentFile(name) || strings.HasSuffix(name, ".ndjson") ||
+	return spool.IsSegmentFile(name) || strings.HasSuffix(name, ".ndjson") ||
 		strings.HasSuffix(name, ".jsonl") || strings.HasSuffix(name, ".json")
 }
 
@@ -324,9 +324,9 @@ func readEventsConcurrently(paths []string, workers int, add func(src int, ev []
 // records, read instead), a sealed one deleted (retention, or shipped and
 // deleted to make room), as export reads them.
 func readEventFile(path string, add func([]byte)) error {
-	if shipper.IsSegmentFile(path) {
+	if spool.IsSegmentFile(path) {
 		read := func(path string) error {
-			_, err := shipper.ReadSegmentFile(path, func(rec []byte) error { add(rec); return nil })
+			_, err := spool.ReadSegmentFile(path, func(rec []byte) error { add(rec); return nil })
 			return err
 		}
 		err := read(path)

@@ -1,0 +1,425 @@
+package spool
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/valyala/fastjson"
+)
+
+// Damage in a segment is any byte that is not part of an intact frame: a
+// frame whose length is out of range or whose checksum fails, bytes that do
+// not start a frame, a compressed stream that cannot be decoded past some
+// point. A reader that meets damage does not stop there (that would lose
+// every intact record after it, and a log that continues after a cut reuses
+// seqs already shipped and checkpointed: a fork). It resynchronises on the
+// next valid frame, one that
+//
+//   - has a length from 1 to maxRecordSize that the bytes hold,
+//   - whose payload passes its CRC-32C,
+//   - and whose payload is a JSON object in canonical form: starting with
+//     `{"`, ending with `}` (every event the spool writes is), and valid JSON.
+//
+// The last two conditions make a false frame in random bytes about one in
+// 2^56 per offset. What lies between the last intact frame before the
+// damage and that next frame is a damaged range. Bytes after the last
+// intact frame of the active segment with no valid frame after them are a
+// torn tail instead: a commit a crash interrupted, never acknowledged, which
+// is not a loss of committed data.
+
+// byteRange is a range of a segment's uncompressed bytes, [Start, End).
+// End is -1 when the damage runs to a point the reader cannot reach: the
+// rest of a compressed stream that cannot be decoded.
+type byteRange struct {
+	Start int64 `json:"offset"`
+	End   int64 `json:"end"`
+}
+
+func (r byteRange) String() string {
+	if r.End < 0 {
+		return fmt.Sprintf("%d-(end, undecodable)", r.Start)
+	}
+	return fmt.Sprintf("%d-%d", r.Start, r.End)
+}
+
+// logPlace is an event's place in its log.
+type logPlace struct {
+	Origin string `json:"origin"`
+	Seq    int64  `json:"seq"`
+}
+
+// placeOf returns rec's place in its log, nil when it has none.
+func placeOf(p *fastjson.Parser, rec []byte) *logPlace {
+	v, err := p.ParseBytes(rec)
+	if err != nil {
+		return nil
+	}
+	origin := v.GetStringBytes("log", "origin")
+	seqv := v.Get("log", "seq")
+	if len(origin) == 0 || seqv == nil {
+		return nil
+	}
+	seq, err := seqv.Int64()
+	if err != nil {
+		return nil
+	}
+	return &logPlace{string(origin), seq}
+}
+
+// seqRange is a range of seqs of one origin, First to Last inclusive.
+type seqRange struct {
+	Origin string `json:"origin"`
+	First  int64  `json:"first"`
+	Last   int64  `json:"last"`
+}
+
+// damagedRange is one damaged range and what it cost: the intact events
+// around it and, when both are in one origin, the seqs between them, which
+// are the events lost (as far as the records around the damage say).
+type damagedRange struct {
+	byteRange
+	Before  *logPlace `json:"last_intact_before"`
+	After   *logPlace `json:"first_intact_after"`
+	Missing *seqRange `json:"missing_seqs"`
+}
+
+// setMissing fills Missing from Before and After.
+func (d *damagedRange) setMissing() {
+	d.Missing = nil
+	if d.Before != nil && d.After != nil && d.Before.Origin == d.After.Origin && d.After.Seq > d.Before.Seq+1 {
+		d.Missing = &seqRange{d.Before.Origin, d.Before.Seq + 1, d.After.Seq - 1}
+	}
+}
+
+// segmentScan is what scanning a segment's bytes found.
+type segmentScan struct {
+	frames  []byteRange    // the intact frames, in order
+	damaged []damagedRange // damage with an intact frame after it (or undecodable)
+	tail    byteRange      // bytes after the last intact frame with no valid frame after them; empty if none
+}
+
+// validFrameAt reports the size of a valid frame (see above) at the start
+// of b, or 0.
+func validFrameAt(b []byte) int {
+	if len(b) < frameHeaderSize+2 {
+		return 0
+	}
+	n := binary.LittleEndian.Uint32(b)
+	if n < 2 || n > maxRecordSize || int64(len(b)) < frameHeaderSize+int64(n) {
+		return 0
+	}
+	payload := b[frameHeaderSize : frameHeaderSize+int(n)]
+	if payload[0] != '{' || payload[1] != '"' || payload[n-1] != '}' {
+		return 0
+	}
+	if crc32.Checksum(payload, crcTable) != binary.LittleEndian.Uint32(b[4:]) || fastjson.ValidateBytes(payload) != nil {
+		return 0
+	}
+	return frameHeaderSize + int(n)
+}
+
+// scanFrames scans a segment's bytes (its header included) from offset
+// from, a frame boundary: intact frames are read in order as a reader reads
+// them (any frame whose checksum passes), and past damage the scan
+// resynchronises on the next valid frame. A header that is not a segment's
+// is not scanned (all of it is damage).
+func scanFrames(data []byte, from int64) segmentScan {
+	var sc segmentScan
+	if len(data) < len(segmentMagic) || string(data[:len(segmentMagic)]) != segmentMagic {
+		sc.damaged = append(sc.damaged, damagedRange{byteRange: byteRange{0, int64(len(data))}})
+		return sc
+	}
+	off := max(from, int64(len(segmentMagic)))
+	var p fastjson.Parser
+	var before *logPlace // the last placed frame's, of frames[:searched]
+	searched := 0
+	for off < int64(len(data)) {
+		if _, size, err := parseFrame(data[off:], off); err == nil && size > 0 {
+			sc.frames = append(sc.frames, byteRange{off, off + int64(size)})
+			off += int64(size)
+			continue
+		}
+		// Damage (or a torn tail): find the next valid frame.
+		start := off
+		next := int64(-1)
+		for x := start + 1; x+frameHeaderSize < int64(len(data)); x++ {
+			// Payloads start with `{"`: look for that 8 bytes on, then
+			// check the frame around it.
+			k := bytes.Index(data[x+frameHeaderSize:], []byte(`{"`))
+			if k < 0 {
+				break
+			}
+			x += int64(k)
+			if validFrameAt(data[x:]) > 0 {
+				next = x
+				break
+			}
+		}
+		// The last event before the damage with a place in the log: a frame
+		// in none (an event a bug left unplaced) says nothing about the
+		// seqs lost, and the previous segment's last event would count
+		// this segment's events before the damage among them.
+		for i := len(sc.frames) - 1; i >= searched; i-- {
+			f := sc.frames[i]
+			if pl := placeOf(&p, data[f.Start+frameHeaderSize:f.End]); pl != nil {
+				before = pl
+				break
+			}
+		}
+		searched = len(sc.frames)
+		if next < 0 {
+			sc.tail = byteRange{start, int64(len(data))}
+			sc.placeAfter(data)
+			return sc
+		}
+		sc.damaged = append(sc.damaged, damagedRange{byteRange: byteRange{start, next}, Before: before})
+		off = next
+	}
+	sc.placeAfter(data)
+	return sc
+}
+
+// placeAfter sets each damaged range's After, the first event after it
+// with a place in the log, and its Missing.
+func (sc *segmentScan) placeAfter(data []byte) {
+	var p fastjson.Parser
+	i := 0
+	for k := range sc.damaged {
+		d := &sc.damaged[k]
+		for i < len(sc.frames) && sc.frames[i].Start < d.End {
+			i++
+		}
+		for j := i; j < len(sc.frames) && d.After == nil; j++ {
+			f := sc.frames[j]
+			d.After = placeOf(&p, data[f.Start+frameHeaderSize:f.End])
+		}
+		d.setMissing()
+	}
+}
+
+// lastPlace returns the place of the last of the frames that has one.
+func (sc *segmentScan) lastPlace(data []byte) *logPlace {
+	var p fastjson.Parser
+	for i := len(sc.frames) - 1; i >= 0; i-- {
+		f := sc.frames[i]
+		if pl := placeOf(&p, data[f.Start+frameHeaderSize:f.End]); pl != nil {
+			return pl
+		}
+	}
+	return nil
+}
+
+// readSegmentBytes reads a segment file's uncompressed bytes, as far as they
+// can be read: a compressed stream damaged in the middle decodes up to the
+// damage, and undecodable reports that (with the bytes before it).
+func readSegmentBytes(path string) (data []byte, undecodable error, err error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !strings.HasSuffix(path, sealedExt) {
+		return raw, nil, nil
+	}
+	data, undecodable = decompress(raw)
+	return data, undecodable, nil
+}
+
+// decompress decodes a zstd stream as far as it decodes.
+func decompress(raw []byte) ([]byte, error) {
+	dec, err := zstd.NewReader(bytes.NewReader(raw), zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+	if err != nil {
+		return nil, err
+	}
+	defer dec.Close()
+	var out bytes.Buffer
+	_, err = io.Copy(&out, dec)
+	return out.Bytes(), err
+}
+
+// segmentSalvage is what can still be read of a damaged segment file.
+type segmentSalvage struct {
+	data    []byte // its uncompressed bytes as far as they decode
+	scan    segmentScan
+	records int
+	newEnds []int64 // frame i's end in intactBytes; built by translate
+}
+
+// salvageSegment scans the segment file at path for intact records and
+// damage. newest says the file is the spool's newest plain segment, the only
+// one that may end in a torn tail; anywhere else bytes after the last intact
+// frame are damage too.
+func salvageSegment(path string, newest bool) (*segmentSalvage, error) {
+	data, undecodable, err := readSegmentBytes(path)
+	if err != nil {
+		return nil, err
+	}
+	sv := &segmentSalvage{data: data, scan: scanFrames(data, 0)}
+	sv.records = len(sv.scan.frames)
+	if t := sv.scan.tail; t.End > t.Start && (!newest || undecodable != nil) {
+		sv.scan.damaged = append(sv.scan.damaged, damagedRange{byteRange: t, Before: sv.scan.lastPlace(data)})
+		sv.scan.tail = byteRange{}
+	}
+	if undecodable != nil {
+		end := int64(len(data))
+		if n := len(sv.scan.damaged); n > 0 && sv.scan.damaged[n-1].End == end {
+			sv.scan.damaged[n-1].End = -1
+		} else {
+			sv.scan.damaged = append(sv.scan.damaged, damagedRange{byteRange: byteRange{end, -1}, Before: sv.scan.lastPlace(data)})
+		}
+	}
+	return sv, nil
+}
+
+// payload returns the payload of intact frame i.
+func (sv *segmentSalvage) payload(i int) []byte {
+	f := sv.scan.frames[i]
+	return sv.data[f.Start+frameHeaderSize : f.End]
+}
+
+// intactBytes returns a segment of the intact frames only: the header and
+// every intact frame, in order, with nothing between them.
+func (sv *segmentSalvage) intactBytes() []byte {
+	out := make([]byte, 0, len(sv.data))
+	out = append(out, segmentMagic...)
+	for _, f := range sv.scan.frames {
+		out = append(out, sv.data[f.Start:f.End]...)
+	}
+	return out
+}
+
+// translate maps an offset of the damaged segment to the segment of its
+// intact frames (intactBytes): a record's end stays the same record's end;
+// an offset inside a damaged range moves to where the next intact frame
+// starts.
+func (sv *segmentSalvage) translate(off int64) int64 {
+	frames := sv.scan.frames
+	if sv.newEnds == nil {
+		sv.newEnds = make([]int64, len(frames))
+		end := int64(len(segmentMagic))
+		for i, f := range frames {
+			end += f.End - f.Start
+			sv.newEnds[i] = end
+		}
+	}
+	// The first frame that ends after off starts where the one before it
+	// ends in the repaired segment.
+	i := sort.Search(len(frames), func(i int) bool { return off < frames[i].End })
+	if i == 0 {
+		return int64(len(segmentMagic))
+	}
+	return sv.newEnds[i-1]
+}
+
+// DamagedSegmentError reports damage that a reader read past: the intact
+// records of the file were read, these ranges were not.
+type DamagedSegmentError struct {
+	File    string
+	Ranges  []byteRange
+	Records int // intact records read
+}
+
+func (e *DamagedSegmentError) Error() string {
+	rs := make([]string, len(e.Ranges))
+	var lost int64
+	undecodable := false
+	for i, r := range e.Ranges {
+		rs[i] = r.String()
+		if r.End < 0 {
+			undecodable = true
+		} else {
+			lost += r.End - r.Start
+		}
+	}
+	what := fmt.Sprintf("%d bytes skipped", lost)
+	if undecodable {
+		what += ", and the rest of its compressed stream cannot be decoded"
+	}
+	return fmt.Sprintf("%s is damaged at offsets %s (%s); its %d intact records were read", e.File, strings.Join(rs, ", "), what, e.Records)
+}
+
+// scanSegmentFile calls fn with every intact record of the segment file at
+// path, in order, reading past damage (see above). It reads the file as a
+// stream and only loads it whole, to resynchronise, once it meets damage.
+// The error is a *DamagedSegmentError when damage was read past (every
+// intact record was delivered), fn's error, or the file's. newest: the file
+// is the spool's newest plain segment, whose trailing bytes that are no
+// whole record are a torn tail (returned as torn), not damage.
+func scanSegmentFile(path string, newest bool, fn func(off int64, rec []byte) error) (torn int64, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	sr, err := newSegmentReader(f, 0, strings.HasSuffix(path, sealedExt))
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	defer sr.Close()
+	for {
+		off := sr.off
+		rec, rerr := sr.next()
+		if rerr == io.EOF {
+			return 0, nil
+		}
+		if rerr == nil {
+			if err := fn(off, rec); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		// Damage, a torn tail, or a read error: read the file whole and
+		// scan from here.
+		var pe *os.PathError
+		if errors.As(rerr, &pe) {
+			return 0, rerr
+		}
+		return scanRest(path, newest, off, fn)
+	}
+}
+
+// scanRest delivers the intact records of the segment file at path from
+// offset from on, reading it whole.
+func scanRest(path string, newest bool, from int64, fn func(off int64, rec []byte) error) (int64, error) {
+	sv, err := salvageSegment(path, newest)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for i, f := range sv.scan.frames {
+		n++
+		if f.Start < from {
+			continue
+		}
+		if err := fn(f.Start, sv.payload(i)); err != nil {
+			return 0, err
+		}
+	}
+	torn := sv.scan.tail.End - sv.scan.tail.Start
+	var ranges []byteRange
+	for _, d := range sv.scan.damaged {
+		if d.End < 0 || d.End > from {
+			ranges = append(ranges, d.byteRange)
+		}
+	}
+	if len(ranges) == 0 {
+		return torn, nil
+	}
+	return torn, &DamagedSegmentError{File: path, Ranges: ranges, Records: n}
+}
+
+// segmentPath returns the path of segment id in dir, plain if present.
+func segmentPath(dir string, id uint64) (string, bool) {
+	base := filepath.Join(dir, segmentName(id))
+	if _, err := os.Stat(base + segmentExt); err == nil {
+		return base + segmentExt, false
+	}
+	return base + sealedExt, true
+}
