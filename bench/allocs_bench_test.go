@@ -13,6 +13,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
 	"github.com/auditproxy/auditproxy/hashing"
 	"github.com/auditproxy/auditproxy/proxy"
@@ -95,7 +96,7 @@ func startInmemoryPath(b *testing.B, withProxy bool) inmemoryPath {
 	logger := slog.New(slog.DiscardHandler)
 	sp, err := spool.Open(b.TempDir(), spool.Options{
 		Durability: spool.DurabilitySync,
-		Log:        &spool.LogOptions{Name: "bench-allocs", Signer: signer, Source: source},
+		Log:        &auditlog.Options{Name: "bench-allocs", Signer: signer, Source: source},
 		Logger:     logger,
 	})
 	if err != nil {

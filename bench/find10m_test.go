@@ -19,6 +19,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/hashing"
 	"github.com/auditproxy/auditproxy/payload"
 	"github.com/auditproxy/auditproxy/spool"
@@ -194,7 +195,7 @@ func generateFind10M(dir string, n int64, logf func(string, ...any)) (*find10mDa
 	sp, err := spool.Open(dir, spool.Options{
 		Durability: spool.DurabilityAsync,
 		MaxBytes:   1 << 40, // no back-pressure; segments stay 64 MiB
-		Log:        &spool.LogOptions{Name: "bench-10m", Signer: signer, Source: audit.Source{Host: "gpu-node-17", Version: "0.3.0"}},
+		Log:        &auditlog.Options{Name: "bench-10m", Signer: signer, Source: audit.Source{Host: "gpu-node-17", Version: "0.3.0"}},
 	})
 	if err != nil {
 		return nil, err

@@ -258,7 +258,7 @@ func (f *forwardFrame) reset(tag string) {
 // On error the frame is unchanged.
 func (f *forwardFrame) add(js []byte, now time.Time) error {
 	if f.gap == 0 {
-		panic("shipper: forwardFrame.add before reset")
+		panic("forward: forwardFrame.add before reset")
 	}
 	b := msgp.AppendArrayHeader(f.buf[:f.end], 2)
 	tpos := len(b)
@@ -293,7 +293,7 @@ func (f *forwardFrame) len() int { return f.n }
 // the frame (the options are dropped and written again by the next finish).
 func (f *forwardFrame) finish(chunk string) []byte {
 	if f.gap == 0 {
-		panic("shipper: forwardFrame.finish before reset")
+		panic("forward: forwardFrame.finish before reset")
 	}
 	h := msgp.AppendArrayHeader(f.hdr[:0], 3)
 	h = msgp.AppendString(h, f.tag)

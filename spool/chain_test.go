@@ -18,8 +18,8 @@ import (
 	"github.com/auditproxy/auditproxy/internal/testutil"
 )
 
-func logOpts(s note.Signer) *LogOptions {
-	return &LogOptions{Name: "test-node", Signer: s, CheckpointInterval: time.Hour, CheckpointEvery: 7,
+func logOpts(s note.Signer) *auditlog.Options {
+	return &auditlog.Options{Name: "test-node", Signer: s, CheckpointInterval: time.Hour, CheckpointEvery: 7,
 		Source: audit.Source{Host: "h", Version: "t"}}
 }
 
@@ -30,23 +30,7 @@ func verifyDataDir(t *testing.T, dataDir string, keys note.Verifiers, extra ...[
 	if _, err := Export(dataDir, &out); err != nil {
 		t.Fatal(err)
 	}
-	v := auditlog.NewVerifier(keys)
-	for _, line := range bytes.Split(out.Bytes(), []byte("\n")) {
-		v.Add(line)
-	}
-	for _, line := range extra {
-		v.Add(line)
-	}
-	return v.Report()
-}
-
-func problems(r *auditlog.Report) string {
-	var b strings.Builder
-	b.WriteString(strings.Join(r.Problems, "\n"))
-	for _, o := range r.Origins {
-		b.WriteString(strings.Join(o.Problems, "\n"))
-	}
-	return b.String()
+	return testutil.Verify(keys, append([][]byte{out.Bytes()}, extra...)...)
 }
 
 // TestSpoolIsAVerifiableLog: events committed through a spool with a log
@@ -70,7 +54,7 @@ func TestSpoolIsAVerifiableLog(t *testing.T) {
 	}
 	r := verifyDataDir(t, dir, keys)
 	if !r.OK || len(r.Origins) != 1 {
-		t.Fatalf("first run does not verify:\n%s", problems(r))
+		t.Fatalf("first run does not verify:\n%s", testutil.Problems(r))
 	}
 	origin := r.Origins[0].Origin
 	if !strings.HasPrefix(origin, "test-node/") || r.Origins[0].Events != 25 { // log_started, 20 events, 4 checkpoints
@@ -78,7 +62,7 @@ func TestSpoolIsAVerifiableLog(t *testing.T) {
 	}
 
 	// A restart continues the log, even with the stored hashes lost.
-	os.Remove(filepath.Join(s.dir, treeFileName))
+	os.Remove(filepath.Join(s.dir, auditlog.HashStoreFile))
 	s2 := openTestSpool(t, dir, Options{Log: logOpts(signer)})
 	if err := s2.Append(testutil.Event(100)); err != nil {
 		t.Fatal(err)
@@ -86,14 +70,14 @@ func TestSpoolIsAVerifiableLog(t *testing.T) {
 	s2.Close()
 	r = verifyDataDir(t, dir, keys)
 	if !r.OK || len(r.Origins) != 1 || r.Origins[0].Origin != origin || r.Origins[0].Events != 27 {
-		t.Fatalf("after a restart: %+v\n%s", r.Origins, problems(r))
+		t.Fatalf("after a restart: %+v\n%s", r.Origins, testutil.Problems(r))
 	}
 	// The stored hashes were rebuilt and extended: a third run agrees.
 	s3 := openTestSpool(t, dir, Options{Log: logOpts(signer)})
 	s3.Append(testutil.Event(101))
 	s3.Close()
 	if r = verifyDataDir(t, dir, keys); !r.OK {
-		t.Fatalf("third run:\n%s", problems(r))
+		t.Fatalf("third run:\n%s", testutil.Problems(r))
 	}
 }
 
@@ -110,7 +94,7 @@ func TestIdleLogCheckpointsOnItsCadence(t *testing.T) {
 	testutil.WaitFor(t, "three idle checkpoints", func() bool { return n.Load() >= 3 })
 	s.Close()
 	if r := verifyDataDir(t, dir, keys); !r.OK {
-		t.Fatalf("idle log:\n%s", problems(r))
+		t.Fatalf("idle log:\n%s", testutil.Problems(r))
 	}
 }
 
@@ -165,7 +149,7 @@ func TestNewEpochCitesTheLastCheckpoint(t *testing.T) {
 	}
 	r := verifyDataDir(t, dir, keys)
 	if !r.OK || len(r.Origins) != 2 {
-		t.Fatalf("two epochs: %+v\n%s", r.Origins, problems(r))
+		t.Fatalf("two epochs: %+v\n%s", r.Origins, testutil.Problems(r))
 	}
 }
 
@@ -195,7 +179,7 @@ func TestFailedCommitLeavesTheLogWhole(t *testing.T) {
 	}
 	s.Close()
 	if r := verifyDataDir(t, dir, keys); !r.OK {
-		t.Fatalf("after a failed commit:\n%s", problems(r))
+		t.Fatalf("after a failed commit:\n%s", testutil.Problems(r))
 	}
 }
 
@@ -225,7 +209,7 @@ func TestCheckpointDirKeepsASecondCopy(t *testing.T) {
 	// counts them as duplicates, not as problems.
 	r := verifyDataDir(t, dataDir, keys, bytes.Split(copies, []byte("\n"))...)
 	if !r.OK || r.Origins[0].Duplicates != 5 {
-		t.Fatalf("spool plus checkpoint dir: %+v\n%s", r.Origins, problems(r))
+		t.Fatalf("spool plus checkpoint dir: %+v\n%s", r.Origins, testutil.Problems(r))
 	}
 	_, last, _ = auditlog.OpenCheckpointDir(cpDir, nil)
 	if !bytes.Contains(last, []byte(`"final":true`)) {
@@ -233,31 +217,12 @@ func TestCheckpointDirKeepsASecondCopy(t *testing.T) {
 	}
 }
 
-// crashImage copies a data dir's spool as it is on disk now, as a crash
-// (kill -9) would leave it: what the next start finds.
+// crashImage returns a copy of dataDir's spool as a kill -9 would leave it
+// (no final checkpoint), in a new data dir.
 func crashImage(t *testing.T, dataDir string) string {
 	t.Helper()
 	dst := t.TempDir()
-	src := filepath.Join(dataDir, DirName)
-	if err := os.MkdirAll(filepath.Join(dst, DirName), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	entries, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if errors.Is(err, os.ErrNotExist) {
-			continue // a temporary file renamed or removed meanwhile
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dst, DirName, e.Name()), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	testutil.CopyDir(t, filepath.Join(dataDir, DirName), filepath.Join(dst, DirName))
 	return dst
 }
 
@@ -268,17 +233,7 @@ func logStartedOf(t *testing.T, dataDir string) []map[string]any {
 	if _, err := Export(dataDir, &out); err != nil {
 		t.Fatal(err)
 	}
-	var started []map[string]any
-	for _, line := range bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n")) {
-		var ev map[string]any
-		if err := json.Unmarshal(line, &ev); err != nil {
-			t.Fatalf("%v: %s", err, line)
-		}
-		if ev["type"] == "log_started" {
-			started = append(started, ev)
-		}
-	}
-	return started
+	return testutil.OfType(t, bytes.Split(out.Bytes(), []byte("\n")), audit.TypeLogStarted)
 }
 
 // TestOnlyRealCheckpointsAreCitedAsPrevious: the previous_checkpoint a new
@@ -396,7 +351,7 @@ func TestLogNameMustBePrintable(t *testing.T) {
 		s.Append(testutil.Event(1))
 		s.Close()
 		if r := verifyDataDir(t, dir, keys); !r.OK {
-			t.Errorf("log name %q:\n%s", tc.name, problems(r))
+			t.Errorf("log name %q:\n%s", tc.name, testutil.Problems(r))
 		}
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/klauspost/compress/zstd"
 	"github.com/valyala/fastjson"
 )
@@ -36,75 +38,11 @@ import (
 // torn tail instead: a commit a crash interrupted, never acknowledged, which
 // is not a loss of committed data.
 
-// byteRange is a range of a segment's uncompressed bytes, [Start, End).
-// End is -1 when the damage runs to a point the reader cannot reach: the
-// rest of a compressed stream that cannot be decoded.
-type byteRange struct {
-	Start int64 `json:"offset"`
-	End   int64 `json:"end"`
-}
-
-func (r byteRange) String() string {
-	if r.End < 0 {
-		return fmt.Sprintf("%d-(end, undecodable)", r.Start)
-	}
-	return fmt.Sprintf("%d-%d", r.Start, r.End)
-}
-
-// logPlace is an event's place in its log.
-type logPlace struct {
-	Origin string `json:"origin"`
-	Seq    int64  `json:"seq"`
-}
-
-// placeOf returns rec's place in its log, nil when it has none.
-func placeOf(p *fastjson.Parser, rec []byte) *logPlace {
-	v, err := p.ParseBytes(rec)
-	if err != nil {
-		return nil
-	}
-	origin := v.GetStringBytes("log", "origin")
-	seqv := v.Get("log", "seq")
-	if len(origin) == 0 || seqv == nil {
-		return nil
-	}
-	seq, err := seqv.Int64()
-	if err != nil {
-		return nil
-	}
-	return &logPlace{string(origin), seq}
-}
-
-// seqRange is a range of seqs of one origin, First to Last inclusive.
-type seqRange struct {
-	Origin string `json:"origin"`
-	First  int64  `json:"first"`
-	Last   int64  `json:"last"`
-}
-
-// damagedRange is one damaged range and what it cost: the intact events
-// around it and, when both are in one origin, the seqs between them, which
-// are the events lost (as far as the records around the damage say).
-type damagedRange struct {
-	byteRange
-	Before  *logPlace `json:"last_intact_before"`
-	After   *logPlace `json:"first_intact_after"`
-	Missing *seqRange `json:"missing_seqs"`
-}
-
-// setMissing fills Missing from Before and After.
-func (d *damagedRange) setMissing() {
-	d.Missing = nil
-	if d.Before != nil && d.After != nil && d.Before.Origin == d.After.Origin && d.After.Seq > d.Before.Seq+1 {
-		d.Missing = &seqRange{d.Before.Origin, d.Before.Seq + 1, d.After.Seq - 1}
-	}
-}
-
 // segmentScan is what scanning a segment's bytes found.
 type segmentScan struct {
-	frames  []byteRange    // the intact frames, in order
-	damaged []damagedRange // damage with an intact frame after it (or undecodable)
-	tail    byteRange      // bytes after the last intact frame with no valid frame after them; empty if none
+	frames  []audit.ByteRange    // the intact frames, in order
+	damaged []audit.DamagedRange // damage with an intact frame after it (or undecodable)
+	tail    audit.ByteRange      // bytes after the last intact frame with no valid frame after them; empty if none
 }
 
 // validFrameAt reports the size of a valid frame (see above) at the start
@@ -135,16 +73,16 @@ func validFrameAt(b []byte) int {
 func scanFrames(data []byte, from int64) segmentScan {
 	var sc segmentScan
 	if len(data) < len(segmentMagic) || string(data[:len(segmentMagic)]) != segmentMagic {
-		sc.damaged = append(sc.damaged, damagedRange{byteRange: byteRange{0, int64(len(data))}})
+		sc.damaged = append(sc.damaged, audit.DamagedRange{ByteRange: audit.ByteRange{Start: 0, End: int64(len(data))}})
 		return sc
 	}
 	off := max(from, int64(len(segmentMagic)))
 	var p fastjson.Parser
-	var before *logPlace // the last placed frame's, of frames[:searched]
+	var before *audit.Place // the last placed frame's, of frames[:searched]
 	searched := 0
 	for off < int64(len(data)) {
 		if _, size, err := parseFrame(data[off:], off); err == nil && size > 0 {
-			sc.frames = append(sc.frames, byteRange{off, off + int64(size)})
+			sc.frames = append(sc.frames, audit.ByteRange{Start: off, End: off + int64(size)})
 			off += int64(size)
 			continue
 		}
@@ -170,18 +108,18 @@ func scanFrames(data []byte, from int64) segmentScan {
 		// this segment's events before the damage among them.
 		for i := len(sc.frames) - 1; i >= searched; i-- {
 			f := sc.frames[i]
-			if pl := placeOf(&p, data[f.Start+frameHeaderSize:f.End]); pl != nil {
+			if pl := auditlog.PlaceOf(&p, data[f.Start+frameHeaderSize:f.End]); pl != nil {
 				before = pl
 				break
 			}
 		}
 		searched = len(sc.frames)
 		if next < 0 {
-			sc.tail = byteRange{start, int64(len(data))}
+			sc.tail = audit.ByteRange{Start: start, End: int64(len(data))}
 			sc.placeAfter(data)
 			return sc
 		}
-		sc.damaged = append(sc.damaged, damagedRange{byteRange: byteRange{start, next}, Before: before})
+		sc.damaged = append(sc.damaged, audit.DamagedRange{ByteRange: audit.ByteRange{Start: start, End: next}, Before: before})
 		off = next
 	}
 	sc.placeAfter(data)
@@ -200,18 +138,18 @@ func (sc *segmentScan) placeAfter(data []byte) {
 		}
 		for j := i; j < len(sc.frames) && d.After == nil; j++ {
 			f := sc.frames[j]
-			d.After = placeOf(&p, data[f.Start+frameHeaderSize:f.End])
+			d.After = auditlog.PlaceOf(&p, data[f.Start+frameHeaderSize:f.End])
 		}
-		d.setMissing()
+		d.SetMissing()
 	}
 }
 
 // lastPlace returns the place of the last of the frames that has one.
-func (sc *segmentScan) lastPlace(data []byte) *logPlace {
+func (sc *segmentScan) lastPlace(data []byte) *audit.Place {
 	var p fastjson.Parser
 	for i := len(sc.frames) - 1; i >= 0; i-- {
 		f := sc.frames[i]
-		if pl := placeOf(&p, data[f.Start+frameHeaderSize:f.End]); pl != nil {
+		if pl := auditlog.PlaceOf(&p, data[f.Start+frameHeaderSize:f.End]); pl != nil {
 			return pl
 		}
 	}
@@ -265,15 +203,15 @@ func salvageSegment(path string, newest bool) (*segmentSalvage, error) {
 	sv := &segmentSalvage{data: data, scan: scanFrames(data, 0)}
 	sv.records = len(sv.scan.frames)
 	if t := sv.scan.tail; t.End > t.Start && (!newest || undecodable != nil) {
-		sv.scan.damaged = append(sv.scan.damaged, damagedRange{byteRange: t, Before: sv.scan.lastPlace(data)})
-		sv.scan.tail = byteRange{}
+		sv.scan.damaged = append(sv.scan.damaged, audit.DamagedRange{ByteRange: t, Before: sv.scan.lastPlace(data)})
+		sv.scan.tail = audit.ByteRange{}
 	}
 	if undecodable != nil {
 		end := int64(len(data))
 		if n := len(sv.scan.damaged); n > 0 && sv.scan.damaged[n-1].End == end {
 			sv.scan.damaged[n-1].End = -1
 		} else {
-			sv.scan.damaged = append(sv.scan.damaged, damagedRange{byteRange: byteRange{end, -1}, Before: sv.scan.lastPlace(data)})
+			sv.scan.damaged = append(sv.scan.damaged, audit.DamagedRange{ByteRange: audit.ByteRange{Start: end, End: -1}, Before: sv.scan.lastPlace(data)})
 		}
 	}
 	return sv, nil
@@ -323,7 +261,7 @@ func (sv *segmentSalvage) translate(off int64) int64 {
 // records of the file were read, these ranges were not.
 type DamagedSegmentError struct {
 	File    string
-	Ranges  []byteRange
+	Ranges  []audit.ByteRange
 	Records int // intact records read
 }
 
@@ -403,10 +341,10 @@ func scanRest(path string, newest bool, from int64, fn func(off int64, rec []byt
 		}
 	}
 	torn := sv.scan.tail.End - sv.scan.tail.Start
-	var ranges []byteRange
+	var ranges []audit.ByteRange
 	for _, d := range sv.scan.damaged {
 		if d.End < 0 || d.End > from {
-			ranges = append(ranges, d.byteRange)
+			ranges = append(ranges, d.ByteRange)
 		}
 	}
 	if len(ranges) == 0 {

@@ -7,11 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -21,39 +19,11 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/internal/testutil"
 )
 
 // logBuffer collects a spool's log lines (JSON), safe for concurrent use.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) logger() *slog.Logger {
-	return slog.New(slog.NewJSONHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-// lines returns the log lines whose message contains msg, decoded.
-func (l *logBuffer) lines(msg string) []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []map[string]any
-	for _, line := range bytes.Split(l.b.Bytes(), []byte("\n")) {
-		var m map[string]any
-		if json.Unmarshal(line, &m) == nil && strings.Contains(m["msg"].(string), msg) {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
 // TestUnusableStateFileIsReported: a start without a usable state.json
 // (deleted, corrupt, of an unknown version) ships everything again; it says
 // so in one WARN with the number of events, in the recovery report and in a
@@ -96,8 +66,8 @@ func TestUnusableStateFileIsReported(t *testing.T) {
 			statePath := filepath.Join(dir, DirName, stateFileName)
 			tc.mangle(statePath)
 
-			var logs logBuffer
-			opts.Logger = logs.logger()
+			var logs testutil.LogBuffer
+			opts.Logger = logs.Logger()
 			s = openTestSpool(t, dir, opts)
 			if !strings.Contains(s.Recovery.StateLost, tc.problem) || s.Recovery.Resend != int64(len(ids)) {
 				t.Errorf("recovery report: state lost %q, resend %d; want %q and the %d events in the spool",
@@ -106,7 +76,7 @@ func TestUnusableStateFileIsReported(t *testing.T) {
 			if s.Acked() != (Pos{}) {
 				t.Errorf("acked %v, want shipping from the oldest event", s.Acked())
 			}
-			warns := logs.lines("spool state file unusable")
+			warns := logs.Lines("spool state file unusable")
 			if len(warns) != 1 || warns[0]["level"] != "WARN" || warns[0]["events_to_resend"] != float64(len(ids)) ||
 				!strings.Contains(warns[0]["problem"].(string), tc.problem) || !strings.Contains(warns[0]["msg"].(string), "deduplicates") {
 				t.Errorf("warning: %v", warns)
@@ -121,9 +91,9 @@ func TestUnusableStateFileIsReported(t *testing.T) {
 	}
 
 	// A new spool has no state file and nothing to resend: no warning.
-	var logs logBuffer
-	s := openTestSpool(t, t.TempDir(), Options{Forwarding: true, Logger: logs.logger()})
-	if s.Recovery.StateLost != "" || len(logs.lines("state file")) != 0 {
+	var logs testutil.LogBuffer
+	s := openTestSpool(t, t.TempDir(), Options{Forwarding: true, Logger: logs.Logger()})
+	if s.Recovery.StateLost != "" || len(logs.Lines("state file")) != 0 {
 		t.Errorf("a new spool reports a lost state: %q", s.Recovery.StateLost)
 	}
 }
@@ -230,8 +200,8 @@ func TestFailingCommitsRefuseUntilAProbeSucceeds(t *testing.T) {
 	for _, withLog := range []bool{true, false} {
 		t.Run(fmt.Sprintf("log=%v", withLog), func(t *testing.T) {
 			dir := t.TempDir()
-			var logs logBuffer
-			opts := Options{SpaceCheckInterval: 20 * time.Millisecond, Logger: logs.logger()}
+			var logs testutil.LogBuffer
+			opts := Options{SpaceCheckInterval: 20 * time.Millisecond, Logger: logs.Logger()}
 			var checkpoints atomic.Int64
 			if withLog {
 				opts.Log = logOpts(signer)
@@ -274,12 +244,12 @@ func TestFailingCommitsRefuseUntilAProbeSucceeds(t *testing.T) {
 				t.Fatal("a spool whose probes fail takes requests")
 			}
 			// A standing failure is logged once, then at most every 30 s.
-			if n := len(logs.lines("spool commit failed")); n != 1 {
+			if n := len(logs.Lines("spool commit failed")); n != 1 {
 				t.Errorf("%d log lines for one standing failure, want 1", n)
 			}
 			fail.Store(false)
 			testutil.WaitFor(t, "a probe to succeed", func() bool { return s.Admit() == nil })
-			if metric("auditproxy_spool_writable") != 1 || len(logs.lines("commits succeed again")) != 1 {
+			if metric("auditproxy_spool_writable") != 1 || len(logs.Lines("commits succeed again")) != 1 {
 				t.Errorf("writable %v after the recovery", metric("auditproxy_spool_writable"))
 			}
 			if err := s.Append(testutil.Event(3)); err != nil {
@@ -304,7 +274,7 @@ func TestFailingCommitsRefuseUntilAProbeSucceeds(t *testing.T) {
 			}
 			r := verifyDataDir(t, dir, keys)
 			if !r.OK || r.Origins[0].Outages != 1 {
-				t.Fatalf("the log after an outage: outages %d\n%s", r.Origins[0].Outages, problems(r))
+				t.Fatalf("the log after an outage: outages %d\n%s", r.Origins[0].Outages, testutil.Problems(r))
 			}
 			var out bytes.Buffer
 			Export(dir, &out)
@@ -317,16 +287,16 @@ func TestFailingCommitsRefuseUntilAProbeSucceeds(t *testing.T) {
 
 // framesBySeq returns the byte range of each frame of a segment's bytes, by
 // the seq of its event.
-func framesBySeq(t *testing.T, data []byte) map[int64]byteRange {
+func framesBySeq(t *testing.T, data []byte) map[int64]audit.ByteRange {
 	t.Helper()
 	sc := scanFrames(data, 0)
 	if len(sc.damaged) > 0 || sc.tail.End > sc.tail.Start {
 		t.Fatalf("segment already damaged: %+v", sc)
 	}
 	var p fastjson.Parser
-	out := map[int64]byteRange{}
+	out := map[int64]audit.ByteRange{}
 	for _, f := range sc.frames {
-		pl := placeOf(&p, data[f.Start+frameHeaderSize:f.End])
+		pl := auditlog.PlaceOf(&p, data[f.Start+frameHeaderSize:f.End])
 		if pl == nil {
 			t.Fatalf("frame %v is in no log", f)
 		}
@@ -347,27 +317,27 @@ func TestDamageInTheActiveSegment(t *testing.T) {
 	signer, keys := testutil.Signer(t, "spool-test")
 	for _, tc := range []struct {
 		name          string
-		damage        func(data []byte, f map[int64]byteRange) []byte
+		damage        func(data []byte, f map[int64]audit.ByteRange) []byte
 		first, last   int64 // the seqs lost
 		wantTornBytes bool
 	}{
-		{"a flipped byte in one record", func(d []byte, f map[int64]byteRange) []byte {
+		{"a flipped byte in one record", func(d []byte, f map[int64]audit.ByteRange) []byte {
 			d[f[10].Start+40] ^= 0x20
 			return d
 		}, 10, 10, false},
-		{"a zeroed range across records", func(d []byte, f map[int64]byteRange) []byte {
+		{"a zeroed range across records", func(d []byte, f map[int64]audit.ByteRange) []byte {
 			clear(d[f[12].Start+30 : f[15].Start+5])
 			return d
 		}, 12, 15, false},
-		{"a length out of range", func(d []byte, f map[int64]byteRange) []byte {
+		{"a length out of range", func(d []byte, f map[int64]audit.ByteRange) []byte {
 			binary.LittleEndian.PutUint32(d[f[10].Start:], 0xffffffff)
 			return d
 		}, 10, 10, false},
-		{"damage at the start of the segment", func(d []byte, f map[int64]byteRange) []byte {
+		{"damage at the start of the segment", func(d []byte, f map[int64]audit.ByteRange) []byte {
 			d[f[0].Start+frameHeaderSize+3] ^= 0x01
 			return d
 		}, 0, 0, false},
-		{"damage and a torn tail", func(d []byte, f map[int64]byteRange) []byte {
+		{"damage and a torn tail", func(d []byte, f map[int64]audit.ByteRange) []byte {
 			d[f[10].Start+40] ^= 0x20
 			last := f[int64(len(f)-1)]
 			return d[:last.Start+(last.End-last.Start)/2]
@@ -388,7 +358,7 @@ func TestDamageInTheActiveSegment(t *testing.T) {
 				if err != nil || !ok {
 					t.Fatal("seq 20 not found", err)
 				}
-				if pl := placeOf(&p, rec); pl != nil && pl.Seq == 20 {
+				if pl := auditlog.PlaceOf(&p, rec); pl != nil && pl.Seq == 20 {
 					acked = end
 					break
 				}
@@ -401,16 +371,16 @@ func TestDamageInTheActiveSegment(t *testing.T) {
 			data, _ := os.ReadFile(segPath)
 			frames := framesBySeq(t, data)
 			origin := ""
-			if pl := placeOf(&p, data[frames[0].Start+frameHeaderSize:frames[0].End]); pl != nil {
+			if pl := auditlog.PlaceOf(&p, data[frames[0].Start+frameHeaderSize:frames[0].End]); pl != nil {
 				origin = pl.Origin
 			}
 			damaged := tc.damage(bytes.Clone(data), frames)
 			os.WriteFile(segPath, damaged, 0o600)
 
-			var logs logBuffer
-			s2 := openTestSpool(t, image, Options{Forwarding: true, Log: logOpts(signer), Logger: logs.logger()})
+			var logs testutil.LogBuffer
+			s2 := openTestSpool(t, image, Options{Forwarding: true, Log: logOpts(signer), Logger: logs.Logger()})
 			lost := s2.Recovery.Lost
-			if len(lost) != 1 || tc.first > 0 && (lost[0].Missing == nil || *lost[0].Missing != (seqRange{origin, tc.first, tc.last})) {
+			if len(lost) != 1 || tc.first > 0 && (lost[0].Missing == nil || *lost[0].Missing != (audit.SeqRange{Origin: origin, First: tc.first, Last: tc.last})) {
 				t.Fatalf("recovery report: %+v, want seqs %d..%d of %s lost", lost, tc.first, tc.last, origin)
 			}
 			if tc.first == 0 && (lost[0].Before != nil || lost[0].After == nil || lost[0].After.Seq != 1) {
@@ -423,14 +393,14 @@ func TestDamageInTheActiveSegment(t *testing.T) {
 			if err != nil || !bytes.Equal(saved, damaged[lost[0].Start:lost[0].End]) {
 				t.Errorf("saved damage %s: %v, %d bytes; want the %d damaged", lost[0].SavedTo, err, len(saved), lost[0].End-lost[0].Start)
 			}
-			if len(logs.lines("committed records of the spool are damaged")) != 1 {
+			if len(logs.Lines("committed records of the spool are damaged")) != 1 {
 				t.Error("the damage is not logged")
 			}
 			// Shipping resumes after the same record.
 			r = s2.NewReader(s2.Acked())
 			rec, _, ok, err := r.Next()
 			r.Close()
-			if pl := placeOf(&p, rec); err != nil || !ok || pl == nil || pl.Seq != 21 || pl.Origin != origin {
+			if pl := auditlog.PlaceOf(&p, rec); err != nil || !ok || pl == nil || pl.Seq != 21 || pl.Origin != origin {
 				t.Errorf("first unacknowledged record after the repair: %v %v %s", err, pl, rec)
 			}
 			s2.Append(testutil.Event(100))
@@ -444,7 +414,7 @@ func TestDamageInTheActiveSegment(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, line := range bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n")) {
-				pl := placeOf(&p, line)
+				pl := auditlog.PlaceOf(&p, line)
 				if pl.Origin == origin {
 					seqs[pl.Seq] = true
 				} else {
@@ -630,8 +600,8 @@ func TestDamagedSegmentIsQuarantinedAndReadPast(t *testing.T) {
 
 			// Read as a shipper reads: handing each read error to
 			// Quarantine, which must let the reader go on.
-			var logs logBuffer
-			s := openTestSpool(t, dir, Options{Forwarding: true, SegmentMaxBytes: 4 << 10, Log: logOpts(signer), Logger: logs.logger()})
+			var logs testutil.LogBuffer
+			s := openTestSpool(t, dir, Options{Forwarding: true, SegmentMaxBytes: 4 << 10, Log: logOpts(signer), Logger: logs.Logger()})
 			r := s.NewReader(Pos{})
 			defer r.Close()
 			var records []map[string]any
@@ -646,9 +616,7 @@ func TestDamagedSegmentIsQuarantinedAndReadPast(t *testing.T) {
 			}
 			t.Cleanup(func() {
 				if t.Failed() {
-					logs.mu.Lock()
-					t.Log(logs.b.String())
-					logs.mu.Unlock()
+					t.Log(logs.String())
 				}
 			})
 			testutil.WaitFor(t, "every intact event and the segment_damaged event read", func() bool {
@@ -688,7 +656,7 @@ func TestDamagedSegmentIsQuarantinedAndReadPast(t *testing.T) {
 					t.Errorf("event %s, in the damaged range, arrived", id)
 				}
 			}
-			var details segmentDamage
+			var details audit.SegmentDamage
 			for _, rec := range records {
 				if rec["type"] == audit.TypeSegmentDamaged {
 					b, _ := json.Marshal(rec["details"])
@@ -718,7 +686,7 @@ func TestDamagedSegmentIsQuarantinedAndReadPast(t *testing.T) {
 			if got := testutil.MetricValue(t, s.Register, "auditproxy_spool_segments_damaged_total"); got != 1 {
 				t.Errorf("auditproxy_spool_segments_damaged_total = %v", got)
 			}
-			if len(logs.lines("a spool segment is damaged")) != 1 {
+			if len(logs.Lines("a spool segment is damaged")) != 1 {
 				t.Error("the damage is not logged")
 			}
 			r.Close()
@@ -739,8 +707,8 @@ func TestDamagedSegmentIsQuarantinedAndReadPast(t *testing.T) {
 				if j > i {
 					want = fmt.Sprintf("seq %d..%d missing", lostSeqs[i], lostSeqs[j])
 				}
-				if rep.OK || !strings.Contains(problems(rep), want) {
-					t.Errorf("verify: want %q\n%s", want, problems(rep))
+				if rep.OK || !strings.Contains(testutil.Problems(rep), want) {
+					t.Errorf("verify: want %q\n%s", want, testutil.Problems(rep))
 				}
 				i = j + 1
 			}
@@ -910,14 +878,14 @@ func TestLostCommittedRecordsStartANewEpoch(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			origin, size := s.chain.origin, s.chain.size.Load()
+			origin, size := s.chain.Origin(), s.chain.Size()
 			image := crashImage(t, dir) // kill -9
 			tc.lose(t, filepath.Join(image, DirName), committed.Segment)
 
 			s2 := openTestSpool(t, image, Options{Forwarding: tc.forwarding, SegmentMaxBytes: 4 << 10, Log: logOpts(signer)})
-			if !s2.Recovery.CommittedLost || s2.chain.origin == origin {
+			if !s2.Recovery.CommittedLost || s2.chain.Origin() == origin {
 				t.Fatalf("committed lost %v (%s); the log continues %s at seq %d, seqs up to %d were committed",
-					s2.Recovery.CommittedLost, s2.Recovery.CommittedLostDetail, s2.chain.origin, s2.chain.size.Load(), size-1)
+					s2.Recovery.CommittedLost, s2.Recovery.CommittedLostDetail, s2.chain.Origin(), s2.chain.Size(), size-1)
 			}
 			if tc.forwarding && s2.activeID <= committed.Segment {
 				t.Errorf("the new active segment %d takes the id of the lost one, which the state file names", s2.activeID)
@@ -943,9 +911,9 @@ func TestLostCommittedRecordsStartANewEpoch(t *testing.T) {
 			// Said once: the next start continues the new epoch.
 			s3 := openTestSpool(t, image, Options{Forwarding: tc.forwarding, Log: logOpts(signer)})
 			s3.Close()
-			if s3.Recovery.CommittedLost || s3.chain.origin != s2.chain.origin {
+			if s3.Recovery.CommittedLost || s3.chain.Origin() != s2.chain.Origin() {
 				t.Errorf("the start after: committed lost %v (%s), origin %s, want %s", s3.Recovery.CommittedLost,
-					s3.Recovery.CommittedLostDetail, s3.chain.origin, s2.chain.origin)
+					s3.Recovery.CommittedLostDetail, s3.chain.Origin(), s2.chain.Origin())
 			}
 		})
 	}
@@ -1012,9 +980,9 @@ func TestRepairIsKeptInTheStateFile(t *testing.T) {
 
 				s3 := openTestSpool(t, image, opts)
 				s3.Close()
-				if s3.Recovery.CommittedLost || len(s3.Recovery.Lost) > 0 || s3.chain.origin != s2.chain.origin {
+				if s3.Recovery.CommittedLost || len(s3.Recovery.Lost) > 0 || s3.chain.Origin() != s2.chain.Origin() {
 					t.Errorf("the start after the repair reports a loss again: committed lost %v (%s), lost %v; origin %s, want %s",
-						s3.Recovery.CommittedLost, s3.Recovery.CommittedLostDetail, s3.Recovery.Lost, s3.chain.origin, s2.chain.origin)
+						s3.Recovery.CommittedLost, s3.Recovery.CommittedLostDetail, s3.Recovery.Lost, s3.chain.Origin(), s2.chain.Origin())
 				}
 				if n := len(logStartedOf(t, image)); n != 2 {
 					t.Errorf("%d epochs, want 2 (the first, and the one after the loss)", n)
@@ -1057,12 +1025,12 @@ func TestNewEpochSurvivesACrashBeforeItsFirstEvent(t *testing.T) {
 			for i := range 40 {
 				s.Append(testutil.Event(i))
 			}
-			origin := s.chain.origin
+			origin := s.chain.Origin()
 			image := crashImage(t, dir) // kill -9, no state file
 			tc.lose(t, filepath.Join(image, DirName))
 
 			s2 := openTestSpool(t, image, opts)
-			if s2.chain.origin == origin {
+			if s2.chain.Origin() == origin {
 				t.Fatalf("the loss was not found: %+v", s2.Recovery)
 			}
 			image2 := crashImage(t, image) // kill -9 before anything is committed
@@ -1071,13 +1039,13 @@ func TestNewEpochSurvivesACrashBeforeItsFirstEvent(t *testing.T) {
 			if err := s3.Append(testutil.Event(200)); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := os.Stat(filepath.Join(image2, DirName, pendingEpochFile)); !errors.Is(err, os.ErrNotExist) {
+			if _, err := os.Stat(filepath.Join(image2, DirName, auditlog.PendingEpochFile)); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("the record of the new epoch is still there once its log_started is committed: %v", err)
 			}
 			s3.Close()
 			started := logStartedOf(t, image2)
 			ls := started[len(started)-1]["log_started"].(map[string]any)
-			if reason := ls["reason"].(string); len(started) != 2 || s3.chain.origin == origin || !strings.Contains(reason, tc.want) {
+			if reason := ls["reason"].(string); len(started) != 2 || s3.chain.Origin() == origin || !strings.Contains(reason, tc.want) {
 				t.Fatalf("%d epochs; the last one's reason %q, want it to say %q", len(started), reason, tc.want)
 			}
 			if lost, _ := ls["lost"].([]any); len(s2.Recovery.Lost) > 0 {
@@ -1094,15 +1062,15 @@ func TestNewEpochSurvivesACrashBeforeItsFirstEvent(t *testing.T) {
 
 			// A crash just after log_started's commit, before the record's
 			// removal: the next start sees the epoch's events and goes on.
-			b, err := json.Marshal(map[string]string{"origin": s3.chain.origin, "reason": "x", "committed_lost": "y"})
+			b, err := json.Marshal(map[string]string{"origin": s3.chain.Origin(), "reason": "x", "committed_lost": "y"})
 			if err != nil {
 				t.Fatal(err)
 			}
-			os.WriteFile(filepath.Join(image2, DirName, pendingEpochFile), b, 0o600)
+			os.WriteFile(filepath.Join(image2, DirName, auditlog.PendingEpochFile), b, 0o600)
 			s4 := openTestSpool(t, image2, opts)
 			s4.Close()
-			if s4.chain.origin != s3.chain.origin || s4.Recovery.CommittedLost {
-				t.Errorf("a record of an epoch already started began another: %s after %s (%+v)", s4.chain.origin, s3.chain.origin, s4.Recovery)
+			if s4.chain.Origin() != s3.chain.Origin() || s4.Recovery.CommittedLost {
+				t.Errorf("a record of an epoch already started began another: %s after %s (%+v)", s4.chain.Origin(), s3.chain.Origin(), s4.Recovery)
 			}
 		})
 	}
@@ -1126,15 +1094,15 @@ func damageSealed(t *testing.T, spoolDir string, id uint64) {
 
 // segmentDamagedEvents returns the segment_damaged events of a data dir's
 // spool.
-func segmentDamagedEvents(t *testing.T, dataDir string) []segmentDamage {
+func segmentDamagedEvents(t *testing.T, dataDir string) []audit.SegmentDamage {
 	t.Helper()
 	var out bytes.Buffer
 	Export(dataDir, &out)
-	var evs []segmentDamage
+	var evs []audit.SegmentDamage
 	for _, line := range bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n")) {
 		var ev struct {
 			Type    string
-			Details segmentDamage
+			Details audit.SegmentDamage
 		}
 		if json.Unmarshal(line, &ev) == nil && ev.Type == audit.TypeSegmentDamaged {
 			evs = append(evs, ev.Details)
@@ -1229,7 +1197,7 @@ func TestQuarantineKeepsEveryDamagedFile(t *testing.T) {
 	if _, err := s.quarantine(3); err != nil {
 		t.Fatal(err)
 	}
-	if total, onDisk := s.totalBytes(), spoolDirBytes(t, s.dir); total != onDisk {
+	if total, onDisk := s.totalBytes(), testutil.DirBytes(t, s.dir); total != onDisk {
 		t.Errorf("the spool counts %d bytes, its files hold %d", total, onDisk)
 	}
 	s.Close()
@@ -1294,7 +1262,7 @@ func TestMissingSeqsAroundUnplacedEvents(t *testing.T) {
 				payload := data[f.Start+frameHeaderSize : f.End]
 				for _, id := range damaged {
 					if bytes.Contains(payload, []byte(id)) {
-						lost = append(lost, placeOf(&p, payload).Seq)
+						lost = append(lost, auditlog.PlaceOf(&p, payload).Seq)
 						clear(data[f.Start+4 : f.End-2])
 					}
 				}
@@ -1330,7 +1298,7 @@ func TestSpoolCountsAnUnusableStateFileOnce(t *testing.T) {
 			if err := s.SaveState(); err != nil {
 				t.Fatal(err)
 			}
-			if total, onDisk := s.totalBytes(), spoolDirBytes(t, s.dir); total != onDisk {
+			if total, onDisk := s.totalBytes(), testutil.DirBytes(t, s.dir); total != onDisk {
 				t.Errorf("the spool counts %d bytes, its files hold %d", total, onDisk)
 			}
 		})
@@ -1358,5 +1326,68 @@ func TestRecordCountAcrossDamageIsNotExact(t *testing.T) {
 	segs, _, _ = listSegments(spoolDir)
 	if n, exact := countRecords(spoolDir, segs, -1); exact {
 		t.Errorf("%d records, said to be exact across a segment that lost one", n)
+	}
+}
+
+// TestSpoolFullSaysWhatFillsIt: a spool at its bound refuses requests and
+// says what fills it, so that an operator knows what to do: events not yet
+// acknowledged (the aggregator), segments kept without forwarding
+// (--retention), saved damage (remove it once examined), the log's tree
+// state. (auditlog's TestUndeletableSegmentsSayWhy: acknowledged segments
+// that cannot be deleted, and why.)
+func TestSpoolFullSaysWhatFillsIt(t *testing.T) {
+	signer, _ := testutil.Signer(t, "spool-test")
+	for _, tc := range []struct {
+		name    string
+		opts    Options
+		prepare func(t *testing.T, s *Spool) // before it is filled
+		ack     bool                         // every event is acknowledged
+		want    []string
+	}{
+		{"events not yet acknowledged", Options{Forwarding: true, Log: logOpts(signer)}, nil, false,
+			[]string{"in segments holding events not yet acknowledged by the aggregator", "in the log's tree state (log.tree)"}},
+		{"no forwarding", Options{}, nil, false,
+			[]string{"in segments, kept without --forward until --retention deletes them"}},
+		{"saved damage", Options{Forwarding: true}, func(t *testing.T, s *Spool) {
+			os.WriteFile(filepath.Join(s.dir, segmentName(1)+sealedExt+damagedExt), make([]byte, 64<<10), 0o600)
+			s.otherBytes.Store(otherFileBytes(s.dir))
+		}, true, []string{"in saved damage (.corrupt, .damaged"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := tc.opts
+			opts.MaxBytes, opts.SegmentMaxBytes, opts.MinFreeBytes = 64<<10, 4<<10, -1
+			s := openTestSpool(t, t.TempDir(), opts)
+			if tc.prepare != nil {
+				tc.prepare(t, s)
+			}
+			var err error
+			for i := 0; i < 5000 && err == nil; i++ {
+				if err := s.Append(testutil.Event(i)); err != nil {
+					t.Fatal(err)
+				}
+				if tc.ack {
+					c, _ := s.Committed()
+					s.Ack(c)
+				}
+				if err = s.Admit(); err != nil {
+					// Full once what can be done to make room was done.
+					testutil.WaitFor(t, "sealing", func() bool {
+						s.stateMu.Lock()
+						defer s.stateMu.Unlock()
+						return len(s.sealQueue) == 0
+					})
+					s.reclaim(time.Now())
+					err = s.Admit()
+				}
+			}
+			if !errors.Is(err, ErrSpoolFull) {
+				t.Fatalf("Admit: %v", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Admit: %v\nwant it to say %q", err, w)
+				}
+			}
+		})
 	}
 }

@@ -37,22 +37,11 @@ func (s *Spool) maintenanceLoop() {
 	}
 }
 
-// rebaseTree drops the log's stored hashes that no proof needs any more
-// (see tree.go), once that is worth a rewrite.
+// rebaseTree drops the log's stored hashes that no proof needs any more,
+// once that is worth a rewrite (auditlog.Log.Rebase).
 func (s *Spool) rebaseTree() {
-	if s.chain == nil || !s.chain.rebaseDue() {
-		return
-	}
-	keep := s.chain.keepFrom()
-	before := s.chain.tree.size.Load()
-	done, err := s.chain.tree.rebase(keep, s.chain.origin)
-	if err != nil {
-		s.log.Error("cannot rewrite the log's tree state smaller; it keeps growing until a rewrite succeeds", "err", err)
-		return
-	}
-	if done {
-		s.log.Debug("rewrote the log's tree state from the size proofs need on", "from_size", keep,
-			"bytes_before", before, "bytes_after", s.chain.tree.size.Load())
+	if s.chain != nil {
+		s.chain.Rebase()
 	}
 }
 
@@ -247,7 +236,7 @@ func (s *Spool) reclaim(now time.Time) {
 		if s.chain != nil {
 			// The stored hashes of the segment's events must be on disk
 			// before the events go: a crash would otherwise need them.
-			if err := s.chain.tree.sync(); err != nil {
+			if err := s.chain.SyncHashes(); err != nil {
 				why := fmt.Sprintf("the log's tree state, which a recomputation after a crash would need their events for, cannot be written and fsynced (%v)", err)
 				if old := s.reclaimBlocked.Swap(&why); old == nil || *old != why {
 					s.log.Error("cannot fsync the log's tree state; not deleting spool segments", "err", err)

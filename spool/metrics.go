@@ -107,27 +107,13 @@ func (s *Spool) Register(reg prometheus.Registerer) error {
 			Help: "Events this run ships again from the oldest because the spool's state file (state.json) was missing, corrupt or of an unknown version at start, so nothing said what the aggregator had acknowledged (it deduplicates them by event id). 0 normally.",
 		}, func() float64 { return float64(rec.Resend) }),
 	}
-	if s.chain != nil {
-		cs = append(cs,
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-				Name: "auditproxy_checkpoint_last_timestamp_seconds",
-				Help: "Unix time of the newest signed checkpoint committed to the spool (before the first, the time the log was opened).",
-			}, func() float64 { return float64(s.chain.cpCommitted.Load()) / 1e9 }),
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-				Name: "auditproxy_checkpoint_interval_seconds",
-				Help: "The longest time between two checkpoints (--checkpoint-interval): a newest checkpoint older than twice this means the log stopped signing.",
-			}, func() float64 { return s.chain.opts.CheckpointInterval.Seconds() }))
-		if s.chain.opts.Witness {
-			cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{
-				Name: "auditproxy_witness_proofs_abandoned_total",
-				Help: "Times the log stopped keeping the hashes of a consistency proof from the size the witness last cosigned, because they would pass an eighth of --spool-max-bytes (the witness absent or refusing for that long): the spool does not wait for the witness, and that witness cannot cosign this log again without such a proof. Must stay 0.",
-			}, func() float64 { return float64(s.chain.witnessAbandonedN.Load()) }))
-		}
-	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return err
 		}
+	}
+	if s.chain != nil {
+		return s.chain.Register(reg)
 	}
 	return nil
 }

@@ -12,20 +12,13 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/internal/fsutil"
 )
 
 // errNotDamaged: a segment that failed to read scanned clean (the failure
 // was elsewhere: an I/O error that passed), so nothing was quarantined.
 var errNotDamaged = errors.New("the segment scans without damage")
-
-// segmentDamage is the details of a segment_damaged event.
-type segmentDamage struct {
-	Segment     string         `json:"segment"`
-	SavedTo     string         `json:"saved_to"`
-	RecordsKept int            `json:"records_kept"`
-	Damaged     []damagedRange `json:"damaged"`
-}
 
 // quarantine takes damaged segment id (one the committer is done with: not
 // the active one) out of the way of readers without losing anything:
@@ -83,11 +76,11 @@ func (s *Spool) quarantine(id uint64) (func(int64) int64, error) {
 	// not hold them: the neighbours' last and first.
 	if d := &sv.scan.damaged[0]; d.Before == nil {
 		d.Before = s.lastPlaceBefore(id)
-		d.setMissing()
+		d.SetMissing()
 	}
 	if d := &sv.scan.damaged[len(sv.scan.damaged)-1]; d.After == nil {
 		d.After = s.firstPlaceAfter(id)
-		d.setMissing()
+		d.SetMissing()
 	}
 
 	base := filepath.Join(s.dir, segmentName(id))
@@ -117,10 +110,10 @@ func (s *Spool) quarantine(id uint64) (func(int64) int64, error) {
 	}
 
 	damaged := filepath.Base(damagedPath)
-	details := segmentDamage{Segment: filepath.Base(base + sealedExt), SavedTo: damaged, RecordsKept: sv.records, Damaged: sv.scan.damaged}
+	details := audit.SegmentDamage{Segment: filepath.Base(base + sealedExt), SavedTo: damaged, RecordsKept: sv.records, Damaged: sv.scan.damaged}
 	src := audit.Source{}
 	if s.chain != nil {
-		src = s.chain.opts.Source
+		src = s.chain.Source()
 	}
 	ev, err := audit.NewOpsEvent(audit.TypeSegmentDamaged, details, src, time.Now())
 	if err == nil {
@@ -203,7 +196,7 @@ func (s *Spool) damagedPath(path string) (_ string, leftover int64, _ error) {
 
 // firstPlaceAfter returns the log place of the first intact record of the
 // segment after id that has one, nil if none.
-func (s *Spool) firstPlaceAfter(id uint64) *logPlace {
+func (s *Spool) firstPlaceAfter(id uint64) *audit.Place {
 	s.stateMu.Lock()
 	var next uint64
 	for _, sg := range s.segs {
@@ -218,10 +211,10 @@ func (s *Spool) firstPlaceAfter(id uint64) *logPlace {
 	}
 	path, _ := segmentPath(s.dir, next)
 	var p fastjson.Parser
-	var first *logPlace
+	var first *audit.Place
 	errFound := errors.New("found")
 	scanSegmentFile(path, true, func(_ int64, rec []byte) error {
-		if first = placeOf(&p, rec); first != nil {
+		if first = auditlog.PlaceOf(&p, rec); first != nil {
 			return errFound
 		}
 		return nil

@@ -18,6 +18,7 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/internal/fsutil"
 )
 
@@ -80,8 +81,9 @@ type Options struct {
 	// how often a spool whose commits fail probes with a commit of its own.
 	// Default 1 s.
 	SpaceCheckInterval time.Duration
-	// Log, if set, makes the spool a verifiable log (see LogOptions).
-	Log    *LogOptions
+	// Log, if set, makes the spool a verifiable log (auditlog.Log), opened
+	// on it once the spool has recovered.
+	Log    *auditlog.Options
 	Logger *slog.Logger
 
 	statfs func(dir string) (free, total int64, err error) // tests fake it
@@ -143,7 +145,7 @@ type RecoveryReport struct {
 	// the damaged bytes saved to .corrupt files. Like CommittedLost it
 	// starts a new log epoch, whose log_started event lists it: continuing
 	// the log after lost records would hide the loss.
-	Lost []LostRange
+	Lost []audit.LostRange
 	// Resumed is where the spool continues: the end of the last record.
 	Resumed Pos
 	// Acked is the acknowledged position loaded from the state file.
@@ -183,7 +185,7 @@ type Spool struct {
 	sync         func(*os.File) error // tests slow it down
 	broken       error                // a failed commit could not be undone
 	out          []byte               // the framed batch being written
-	chain        *spoolLog            // nil unless the spool is a verifiable log
+	chain        *auditlog.Log        // nil unless the spool is a verifiable log
 	w            writability          // can it take events (see space.go)
 
 	// Shared with readers and the maintenance goroutine.
@@ -211,8 +213,8 @@ type Spool struct {
 	stateSize int64      // of state.json, under stateFile
 
 	// pending is a new log epoch a previous start began and did not
-	// commit (see pendingEpochFile), nil if none; read by openLog.
-	pending *pendingEpoch
+	// commit (see auditlog.PendingEpochFile), nil if none; read by auditlog.Open (logStore.Recovered).
+	pending *auditlog.PendingEpoch
 
 	// Recovery says what opening found.
 	Recovery RecoveryReport
@@ -289,7 +291,7 @@ func Open(dataDir string, opts Options) (*Spool, error) {
 	}
 	if opts.Log != nil {
 		var err error
-		if s.chain, err = openLog(s, *opts.Log); err != nil {
+		if s.chain, err = auditlog.Open(logStore{s}, *opts.Log); err != nil {
 			s.active.Close()
 			return nil, err
 		}
@@ -297,7 +299,7 @@ func Open(dataDir string, opts Options) (*Spool, error) {
 	}
 	origin := ""
 	if s.chain != nil {
-		origin = s.chain.origin
+		origin = s.chain.Origin()
 	}
 	s.maxEvent = maxEventSize(origin)
 	s.metrics.spool = s
@@ -479,7 +481,7 @@ func (s *Spool) stateLost(cause error, segs []segmentFile, activeRecords int) {
 func (s *Spool) totalBytes() int64 {
 	n := s.used.Load() + s.otherBytes.Load()
 	if s.chain != nil {
-		n += s.chain.tree.size.Load()
+		n += s.chain.HashBytes()
 	}
 	return n
 }
@@ -497,7 +499,7 @@ func otherFileBytes(dir string) int64 {
 	for _, e := range entries {
 		name := e.Name()
 		if !e.Type().IsRegular() || IsSegmentFile(name) || strings.HasSuffix(name, tmpExt) ||
-			name == treeFileName || name == legacyTreeName { // counted as the log keeps them
+			auditlog.IsHashStoreFile(name) { // counted as the log keeps them
 			continue
 		}
 		if fi, err := e.Info(); err == nil {
@@ -633,16 +635,6 @@ func (s *Spool) repairSegment(id uint64) (int64, int, func(int64) int64, error) 
 	return end, records, nil, f.Sync()
 }
 
-// LostRange is committed data a start found damaged in the active segment:
-// the byte range (of the segment as found), the intact events around it,
-// the seqs missing between them, and where the bytes were saved.
-type LostRange struct {
-	Segment string `json:"segment"`
-	damagedRange
-	Bytes   int64  `json:"bytes"`
-	SavedTo string `json:"saved_to"`
-}
-
 // repairDamage rewrites the active segment without its damaged ranges (see
 // repairSegment).
 func (s *Spool) repairDamage(id uint64, path string, data []byte) (int64, int, func(int64) int64, error) {
@@ -652,7 +644,7 @@ func (s *Spool) repairDamage(id uint64, path string, data []byte) (int64, int, f
 		// Damage before the first intact frame: the event before it is the
 		// previous segment's last.
 		sv.scan.damaged[0].Before = s.lastPlaceBefore(id)
-		sv.scan.damaged[0].setMissing()
+		sv.scan.damaged[0].SetMissing()
 	}
 	name := segmentName(id) + segmentExt
 	for _, d := range sv.scan.damaged {
@@ -660,7 +652,7 @@ func (s *Spool) repairDamage(id uint64, path string, data []byte) (int64, int, f
 		if err := fsutil.WriteFileSynced(q, data[d.Start:d.End]); err != nil {
 			return 0, 0, nil, fmt.Errorf("save damaged bytes to %s: %w", q, err)
 		}
-		lr := LostRange{Segment: name, damagedRange: d, Bytes: d.End - d.Start, SavedTo: filepath.Base(q)}
+		lr := audit.LostRange{Segment: name, DamagedRange: d, Bytes: d.End - d.Start, SavedTo: filepath.Base(q)}
 		s.Recovery.addLost(lr)
 		s.log.Error("committed records of the spool are damaged; every intact record after the damage is kept, the damaged bytes saved, and a new log epoch says what was lost",
 			"segment", name, "offset", d.Start, "end", d.End, "bytes", d.End-d.Start, "last_intact_before", d.Before,
@@ -693,7 +685,7 @@ func (s *Spool) repairDamage(id uint64, path string, data []byte) (int64, int, f
 
 // lastPlaceBefore returns the log place of the last intact record of the
 // segment before id that has one, nil if none.
-func (s *Spool) lastPlaceBefore(id uint64) *logPlace {
+func (s *Spool) lastPlaceBefore(id uint64) *audit.Place {
 	segs, _, err := listSegments(s.dir)
 	if err != nil {
 		return nil
@@ -709,9 +701,9 @@ func (s *Spool) lastPlaceBefore(id uint64) *logPlace {
 	}
 	path, _ := segmentPath(s.dir, prev.id)
 	var p fastjson.Parser
-	var last *logPlace
+	var last *audit.Place
 	scanSegmentFile(path, false, func(_ int64, rec []byte) error {
-		if pl := placeOf(&p, rec); pl != nil {
+		if pl := auditlog.PlaceOf(&p, rec); pl != nil {
 			last = pl
 		}
 		return nil
@@ -779,7 +771,7 @@ func (s *Spool) fullError(used int64) error {
 		parts = append(parts, fmt.Sprintf("%d in segments, kept without --forward until --retention deletes them", held))
 	}
 	if s.chain != nil {
-		parts = append(parts, fmt.Sprintf("%d in the log's tree state (log.tree)", s.chain.tree.size.Load()))
+		parts = append(parts, fmt.Sprintf("%d in the log's tree state (log.tree)", s.chain.HashBytes()))
 	}
 	if n := s.otherBytes.Load(); n > 0 {
 		parts = append(parts, fmt.Sprintf("%d in saved damage (.corrupt, .damaged, kept until an operator removes them) and state files", n))
@@ -884,7 +876,7 @@ func (s *Spool) commitLoop() {
 	defer spaceCheck.Stop()
 	var cpTick <-chan time.Time
 	if s.chain != nil {
-		t := time.NewTicker(max(s.chain.opts.CheckpointInterval/4, time.Millisecond))
+		t := time.NewTicker(max(s.chain.CheckpointInterval()/4, time.Millisecond))
 		defer t.Stop()
 		cpTick = t.C
 	}
@@ -892,7 +884,7 @@ func (s *Spool) commitLoop() {
 		open := true
 		select {
 		case <-cpTick:
-			if !s.chain.due(time.Now()) {
+			if !s.chain.CheckpointDue(time.Now()) {
 				continue
 			}
 		case <-s.kick:
@@ -925,7 +917,7 @@ func (s *Spool) commitLoop() {
 		s.cur = s.newBatch()
 		s.mu.Unlock()
 		// A log checkpoints on its cadence even when idle, and at Close.
-		if b.n > 0 || (s.chain != nil && (!open || s.chain.due(last))) {
+		if b.n > 0 || (s.chain != nil && (!open || s.chain.CheckpointDue(last))) {
 			b.err = s.commit(b, !open, false)
 		}
 		b.done.Done()
@@ -947,9 +939,9 @@ func (s *Spool) commit(b *batch, final, checkpoint bool) error {
 		return s.broken
 	}
 	start := time.Now()
-	var mark logMark
+	var mark auditlog.Mark
 	if s.chain != nil {
-		mark = s.chain.mark()
+		mark = s.chain.Mark()
 	}
 	out, err := s.frame(s.out[:0], b, final, checkpoint, start)
 	s.out = out
@@ -971,8 +963,8 @@ func (s *Spool) commit(b *batch, final, checkpoint bool) error {
 		s.metrics.commitErrors.Inc()
 		heldCheckpoint := false
 		if s.chain != nil {
-			heldCheckpoint = len(s.chain.cps) > 0
-			s.chain.rollback(mark)
+			heldCheckpoint = s.chain.HoldsCheckpoint()
+			s.chain.Rollback(mark)
 		}
 		s.undo(err)
 		s.commitFailed(err, heldCheckpoint)
@@ -981,13 +973,13 @@ func (s *Spool) commit(b *batch, final, checkpoint bool) error {
 	s.metrics.commitSeconds.Observe(time.Since(start).Seconds())
 	s.commitSucceeded()
 	if s.chain != nil {
-		if len(s.chain.cps) > 0 {
+		if s.chain.HoldsCheckpoint() {
 			s.w.outageSince = time.Time{} // reported by the checkpoint just committed
 		}
-		if s.chain.committed() {
+		if s.chain.Committed() {
 			s.epochStarted()
 		}
-		if s.chain.rebaseDue() {
+		if s.chain.RebaseDue() {
 			s.wakeMaintenance()
 		}
 	}
@@ -1078,7 +1070,7 @@ func (s *Spool) Close() error {
 		err = cerr
 	}
 	if s.chain != nil {
-		if cerr := s.chain.close(); err == nil {
+		if cerr := s.chain.Close(); err == nil {
 			err = cerr
 		}
 	}
@@ -1168,15 +1160,18 @@ func (s *Spool) wakeMaintenance() {
 // frame appends b's events to dst as frames, each placed in the log when the
 // spool is one, followed by a checkpoint when one is due.
 func (s *Spool) frame(dst []byte, b *batch, final, checkpoint bool, now time.Time) ([]byte, error) {
-	if s.chain != nil && s.chain.starting != nil {
+	if s.chain != nil {
 		start := len(dst)
 		dst = append(dst, make([]byte, frameHeaderSize)...)
 		var err error
-		if dst, err = s.chain.appendEvent(dst, s.chain.starting); err != nil {
+		if dst, err = s.chain.AppendStarted(dst); err != nil {
 			return dst, err
 		}
-		putFrameHeader(dst[start:])
-		s.chain.starting, s.chain.startingNow = nil, true
+		if len(dst) > start+frameHeaderSize {
+			putFrameHeader(dst[start:])
+		} else {
+			dst = dst[:start]
+		}
 	}
 	for rest := b.buf; len(rest) >= 4; {
 		n := binary.LittleEndian.Uint32(rest)
@@ -1186,7 +1181,7 @@ func (s *Spool) frame(dst []byte, b *batch, final, checkpoint bool, now time.Tim
 		dst = append(dst, make([]byte, frameHeaderSize)...)
 		if s.chain != nil {
 			var err error
-			if dst, err = s.chain.appendEvent(dst, event); err != nil {
+			if dst, err = s.chain.AppendEvent(dst, event); err != nil {
 				// Not JSON: a bug upstream. Keep the event, outside the log,
 				// rather than lose it; a verifier reports it as unchained.
 				s.log.Error("event not placed in the log", "err", err)
@@ -1197,11 +1192,11 @@ func (s *Spool) frame(dst []byte, b *batch, final, checkpoint bool, now time.Tim
 		}
 		putFrameHeader(dst[start:])
 	}
-	if s.chain != nil && (final || checkpoint || s.chain.due(now)) {
+	if s.chain != nil && (final || checkpoint || s.chain.CheckpointDue(now)) {
 		start := len(dst)
 		dst = append(dst, make([]byte, frameHeaderSize)...)
 		var err error
-		if dst, err = s.chain.appendCheckpoint(dst, now, final, s.outage()); err != nil {
+		if dst, err = s.chain.AppendCheckpoint(dst, now, final, s.outage()); err != nil {
 			return dst, err
 		}
 		putFrameHeader(dst[start:])

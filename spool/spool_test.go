@@ -345,7 +345,7 @@ func TestTornTailRecovery(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if s.Recovery.RecordsCut != 0 || len(s.Recovery.Lost) != 1 || s.Recovery.Lost[0].byteRange != (byteRange{int64(bounds[2]), int64(bounds[3])}) {
+			if s.Recovery.RecordsCut != 0 || len(s.Recovery.Lost) != 1 || s.Recovery.Lost[0].ByteRange != (audit.ByteRange{Start: int64(bounds[2]), End: int64(bounds[3])}) {
 				t.Errorf("recovery: %+v; want bytes %d-%d lost, nothing cut", s.Recovery, bounds[2], bounds[3])
 			}
 			if err := s.Append(testutil.Event(99)); err != nil {
@@ -407,8 +407,8 @@ func TestRotationAfterAFailedSegmentCreation(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			var logs logBuffer
-			s := openTestSpool(t, dir, Options{Forwarding: true, SegmentMaxBytes: 4 << 10, MinFreeBytes: -1, Logger: logs.logger()})
+			var logs testutil.LogBuffer
+			s := openTestSpool(t, dir, Options{Forwarding: true, SegmentMaxBytes: 4 << 10, MinFreeBytes: -1, Logger: logs.Logger()})
 			second := filepath.Join(dir, DirName, segmentName(2)+segmentExt)
 			if tc.leftover != nil {
 				if err := os.WriteFile(second, tc.leftover, 0o600); err != nil {
@@ -433,7 +433,7 @@ func TestRotationAfterAFailedSegmentCreation(t *testing.T) {
 			if tc.failSync && !failed.Load() {
 				t.Fatal("the injected failure was not met")
 			}
-			failures := len(logs.lines("cannot start a new spool segment; continuing in the current one"))
+			failures := len(logs.Lines("cannot start a new spool segment; continuing in the current one"))
 			if !tc.rotates {
 				data, _ := os.ReadFile(second)
 				if !bytes.Equal(data, tc.leftover) || failures == 0 {
@@ -483,7 +483,7 @@ func TestEventLargerThanARecordIsRefused(t *testing.T) {
 		}
 	}
 	r.Close()
-	if margin := maxRecordSize - maxEventSize(s.chain.origin); added > margin || margin > 1<<20 {
+	if margin := maxRecordSize - maxEventSize(s.chain.Origin()); added > margin || margin > 1<<20 {
 		t.Errorf("placing an event adds %d bytes, the margin is %d", added, margin)
 	}
 	// Refused by size alone: a lower bound stands for maxEventSize, which
@@ -505,7 +505,7 @@ func TestEventLargerThanARecordIsRefused(t *testing.T) {
 	}
 	s.Close()
 	if r := verifyDataDir(t, dir, keys); !r.OK || r.Origins[0].Events != 4 {
-		t.Errorf("after refused events:\n%s", problems(r))
+		t.Errorf("after refused events:\n%s", testutil.Problems(r))
 	}
 }
 
@@ -843,11 +843,11 @@ func FuzzSegmentRecovery(f *testing.F) {
 		}
 		for _, d := range sc.damaged {
 			if d.End <= d.Start || validFrameAt(data[d.End:]) == 0 {
-				t.Fatalf("damaged range %v is not followed by a valid frame", d.byteRange)
+				t.Fatalf("damaged range %v is not followed by a valid frame", d.ByteRange)
 			}
 			covered += d.End - d.Start
 		}
-		if len(sc.damaged) == 0 && (len(sc.frames) != records || sc.tail != (byteRange{end, int64(len(data))}) && end != int64(len(data))) {
+		if len(sc.damaged) == 0 && (len(sc.frames) != records || sc.tail != (audit.ByteRange{Start: end, End: int64(len(data))}) && end != int64(len(data))) {
 			t.Fatalf("no damage, yet %d frames (validPrefix %d) and tail %v (validPrefix ends at %d)", len(sc.frames), records, sc.tail, end)
 		}
 		covered += sc.tail.End - sc.tail.Start

@@ -37,7 +37,7 @@ type Options struct {
 	// URL is the witness's submission prefix (http or https): checkpoints
 	// are posted to URL + "/add-checkpoint".
 	URL string
-	// Hashes reads the log's stored hashes (Spool.TreeHashes), for the
+	// Hashes reads the log's stored hashes (a Log), for the
 	// consistency proofs. Required.
 	Hashes tlog.HashReader
 	// StateFile, if set, remembers the size (and root) of the last
@@ -54,7 +54,7 @@ type Options struct {
 	Client *http.Client
 	// Cosigned, if set, is told the size the witness cosigned for an
 	// origin: at start (from StateFile) and after each cosignature. The
-	// spool (Spool.WitnessCosigned) keeps its stored hashes from there on,
+	// log (auditlog.Log.WitnessCosigned) keeps its stored hashes from there on,
 	// which the next consistency proof needs.
 	Cosigned func(origin string, size int64)
 }
@@ -207,7 +207,7 @@ func New(opts Options) (*Client, error) {
 	return w, nil
 }
 
-// Submit queues a checkpoint event (as given to LogOptions.OnCheckpoint)
+// Submit queues a checkpoint event (as given to auditlog.Options.OnCheckpoint)
 // for the witness. It never blocks; a malformed event is logged and
 // dropped.
 func (w *Client) Submit(checkpointEvent []byte) {

@@ -242,7 +242,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	if c.logName == "" || strings.ContainsAny(c.logName, "\n") {
 		return nil, usageError{fmt.Sprintf("--log-name %q: want a non-empty name on one line", c.logName)}
 	}
-	if err := spool.CheckLogName(c.logName); err != nil {
+	if err := auditlog.CheckLogName(c.logName); err != nil {
 		return nil, usageError{"--log-name: " + err.Error()}
 	}
 	if c.checkpointInterval < 10*time.Millisecond || c.checkpointEvery < 1 {
@@ -326,7 +326,7 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	}
 	host, _ := os.Hostname()
 	source := audit.Source{Host: host, Version: buildVersion()}
-	logOpts := &spool.LogOptions{Name: c.logName, Signer: signer, CheckpointInterval: c.checkpointInterval,
+	logOpts := &auditlog.Options{Name: c.logName, Signer: signer, CheckpointInterval: c.checkpointInterval,
 		CheckpointEvery: c.checkpointEvery, Source: source, Witness: c.witnessURL != ""}
 	var cpDir *auditlog.CheckpointDir
 	var cpPoster *auditlog.CheckpointPoster
@@ -391,9 +391,9 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	inst := &instance{cfg: c, log: logger, spool: sp, cpDir: cpDir, cpPoster: cpPoster, serveErr: make(chan error, 2),
 		ln: ln, adminLn: adminLn, upstreamKey: upstreamKey}
 	if c.witnessURL != "" {
-		w, err := witness.New(witness.Options{URL: c.witnessURL, Hashes: sp.TreeHashes(),
+		w, err := witness.New(witness.Options{URL: c.witnessURL, Hashes: sp.Log(),
 			StateFile: filepath.Join(c.dataDir, "witness.json"), CosignatureFile: filepath.Join(c.dataDir, "cosignatures.ndjson"),
-			Logger: logger, Cosigned: sp.WitnessCosigned})
+			Logger: logger, Cosigned: sp.Log().WitnessCosigned})
 		if err != nil {
 			sp.Close()
 			return nil, usageError{"--witness-url: " + err.Error()}

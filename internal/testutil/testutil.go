@@ -4,15 +4,23 @@
 package testutil
 
 import (
+	"bytes"
 	"crypto/rand"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/bench/forwardrecv"
 )
 
@@ -90,4 +98,136 @@ func StartReceiver(tb testing.TB, addr string, cfg forwardrecv.Config) *forwardr
 	}
 	tb.Cleanup(func() { r.Close() })
 	return r
+}
+
+// LogBuffer captures a logger's JSON lines, for tests that assert on what
+// was logged.
+type LogBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// Logger returns a logger, at debug level, that writes to l.
+func (l *LogBuffer) Logger() *slog.Logger {
+	return slog.New(slog.NewJSONHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// Lines returns the lines whose message contains msg, decoded.
+func (l *LogBuffer) Lines(msg string) []map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	for _, line := range bytes.Split(l.b.Bytes(), []byte("\n")) {
+		var m map[string]any
+		if json.Unmarshal(line, &m) == nil && strings.Contains(fmt.Sprint(m["msg"]), msg) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// String returns everything logged.
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// CopyDir copies the regular files of directory src into dst (created if
+// needed), skipping those that vanish meanwhile: the image a kill -9 leaves
+// of a directory being written.
+func CopyDir(tb testing.TB, src, dst string) {
+	tb.Helper()
+	if err := os.MkdirAll(dst, 0o700); err != nil {
+		tb.Fatal(err)
+	}
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // a temporary file renamed or removed meanwhile
+		}
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o600); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// DirBytes returns the bytes of every file in dir but temporary ones
+// (*.tmp): what a spool directory holds on disk.
+func DirBytes(tb testing.TB, dir string) int64 {
+	tb.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var n int64
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".tmp") {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		n += fi.Size()
+	}
+	return n
+}
+
+// Verify runs the auditor's verification (auditlog.Verifier) over events
+// given as JSON lines, several to a slice or one each.
+func Verify(keys note.Verifiers, lines ...[]byte) *auditlog.Report {
+	v := auditlog.NewVerifier(keys)
+	for _, l := range lines {
+		for _, line := range bytes.Split(l, []byte("\n")) {
+			v.Add(line)
+		}
+	}
+	return v.Report()
+}
+
+// Problems returns every problem a verification report lists, one a line.
+func Problems(r *auditlog.Report) string {
+	var b strings.Builder
+	b.WriteString(strings.Join(r.Problems, "\n"))
+	for _, o := range r.Origins {
+		b.WriteString(strings.Join(o.Problems, "\n"))
+	}
+	return b.String()
+}
+
+// OfType returns the events among lines (JSON objects) whose "type" is typ,
+// decoded.
+func OfType(tb testing.TB, lines [][]byte, typ string) []map[string]any {
+	tb.Helper()
+	var out []map[string]any
+	for _, line := range lines {
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		var ev map[string]any
+		if err := json.Unmarshal(line, &ev); err != nil {
+			tb.Fatalf("%v: %s", err, line)
+		}
+		if ev["type"] == typ {
+			out = append(out, ev)
+		}
+	}
+	return out
 }

@@ -1,4 +1,4 @@
-package spool
+package auditlog
 
 import (
 	"bytes"
@@ -15,20 +15,17 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fastjson"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/auditproxy/auditproxy/audit"
-	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/internal/fsutil"
 )
 
-// LogOptions make a spool a verifiable log (see audit.LogRef): the committer
-// gives every event its place in the log (origin, seq, prev) as it commits
-// it, keeps the log's Merkle tree, and commits signed checkpoints among the
-// events.
-type LogOptions struct {
+// Options configure a Log.
+type Options struct {
 	// Name is the sidecar's stable instance name. The log's origin is
 	// Name + "/" + epoch, the epoch being the UTC time the log started
 	// (20261123T101500Z): a new epoch starts when no earlier log can be
@@ -52,22 +49,39 @@ type LogOptions struct {
 	OnCheckpoint func(event []byte)
 	// Witness says that a witness is sent the checkpoints: the stored
 	// hashes are kept for consistency proofs from the size it last
-	// cosigned, which it reports with Spool.WitnessCosigned (until it does,
+	// cosigned, which it reports with Log.WitnessCosigned (until it does,
 	// from 0). Without one they are kept from the newest checkpoint on.
 	Witness bool
 }
 
 const (
 	logFileName = "log.json" // {"origin": …} of the current log
+	// damagedTreeExt is appended to a tree state file that cannot be
+	// read, kept aside while the tree is rebuilt.
+	damagedTreeExt = ".corrupt"
+	// treeFailureLogEvery bounds the log lines of failing tree writes.
+	treeFailureLogEvery = 30 * time.Second
 )
 
-// spoolLog is the log side of a spool. The committer goroutine owns it.
-type spoolLog struct {
-	opts    LogOptions
+// A Log is a verifiable log kept in a spool (Store): the spool's committer
+// hands it every event as it frames a commit (AppendEvent), and the Log
+// gives the event its place in the log (origin, seq, prev), keeps the
+// log's Merkle tree and its stored hashes (log.tree, see hashstore.go),
+// adds signed checkpoints at their cadence (CheckpointDue,
+// AppendCheckpoint), and hands each checkpoint on once its commit is
+// durable (Committed). A failed commit is undone with Mark and Rollback.
+//
+// The committer goroutine makes those calls, one at a time; ReadHashes,
+// WitnessCosigned, Size and the metrics are safe from any goroutine.
+type Log struct {
+	opts    Options
+	st      Store
+	dir     string
+	rec     Recovered // what the spool's recovery found, and the log's own findings
 	logger  *slog.Logger
-	chain   *auditlog.Chain
+	chain   *Chain
 	origin  string    // the chain's, fixed once open
-	tree    *treeFile // the stored hashes proofs need (tree.go)
+	tree    *treeFile // the stored hashes proofs need (hashstore.go)
 	sinceCP int
 	// cpSize is the size of the newest committed checkpoint, witnessSize
 	// what the witness last cosigned: keepFrom.
@@ -95,31 +109,33 @@ type spoolLog struct {
 	witnessAbandoned, witnessAbandonedN atomic.Int64
 }
 
-// logMark is a spoolLog's state before a commit, to undo a failed one.
-type logMark struct {
-	st        auditlog.ChainState
+// Mark is a Log's state before a commit, to undo a failed one.
+type Mark struct {
+	st        ChainState
 	storedLen int
 	sinceCP   int
 	lastCP    time.Time
 	starting  []byte
 }
 
-func (l *spoolLog) mark() logMark {
-	return logMark{l.chain.State(), l.chain.StoredLen(), l.sinceCP, l.lastCP, l.starting}
+// Mark returns the log's state before a commit.
+func (l *Log) Mark() Mark {
+	return Mark{l.chain.State(), l.chain.StoredLen(), l.sinceCP, l.lastCP, l.starting}
 }
 
-func (l *spoolLog) rollback(m logMark) {
+// Rollback undoes what was appended since m, for a commit that failed.
+func (l *Log) Rollback(m Mark) {
 	l.chain.Restore(m.st, m.storedLen)
 	l.sinceCP, l.lastCP, l.starting = m.sinceCP, m.lastCP, m.starting
 	l.startingNow = false
 	l.cps = l.cps[:0]
 }
 
-// committed keeps the stored hashes of the commit that just completed and
+// Committed keeps the stored hashes of the commit that just completed and
 // hands over its checkpoints. The hashes are written without fsync: after a
 // crash they are recomputed from the spool. It reports whether the commit
 // held the new epoch's log_started.
-func (l *spoolLog) committed() (started bool) {
+func (l *Log) Committed() (started bool) {
 	started, l.startingNow = l.startingNow, false
 	if stored := l.chain.TakeStored(); len(stored) > 0 {
 		l.treeWritten(l.tree.append(stored))
@@ -139,16 +155,16 @@ func (l *spoolLog) committed() (started bool) {
 }
 
 // treeWritten logs a failed write of the tree state (the first, then one
-// every failureLogEvery while it lasts) and its end. The hashes are kept
+// every treeFailureLogEvery while it lasts) and its end. The hashes are kept
 // until they are written (treeFile.append); until then no segment is
 // deleted.
-func (l *spoolLog) treeWritten(err error) {
+func (l *Log) treeWritten(err error) {
 	now := time.Now()
 	switch {
 	case err == nil && !l.treeFailingSince.IsZero():
 		l.logger.Warn("the log's tree state is written again", "failing_for", now.Sub(l.treeFailingSince).Round(time.Millisecond).String())
 		l.treeFailingSince = time.Time{}
-	case err != nil && (l.treeFailingSince.IsZero() || now.Sub(l.treeFailLogged) >= failureLogEvery):
+	case err != nil && (l.treeFailingSince.IsZero() || now.Sub(l.treeFailLogged) >= treeFailureLogEvery):
 		if l.treeFailingSince.IsZero() {
 			l.treeFailingSince = now
 		}
@@ -158,11 +174,14 @@ func (l *spoolLog) treeWritten(err error) {
 	}
 }
 
-func (l *spoolLog) due(now time.Time) bool {
+// CheckpointDue reports whether a checkpoint is due at now.
+func (l *Log) CheckpointDue(now time.Time) bool {
 	return l.sinceCP >= l.opts.CheckpointEvery || now.Sub(l.lastCP) >= l.opts.CheckpointInterval
 }
 
-func (l *spoolLog) appendEvent(dst, event []byte) ([]byte, error) {
+// AppendEvent appends event, placed in the log, to dst: its canonical form
+// with the "log" member added (Chain.Append).
+func (l *Log) AppendEvent(dst, event []byte) ([]byte, error) {
 	dst, err := l.chain.Append(dst, event)
 	if err == nil {
 		l.sinceCP++
@@ -170,7 +189,10 @@ func (l *spoolLog) appendEvent(dst, event []byte) ([]byte, error) {
 	return dst, err
 }
 
-func (l *spoolLog) appendCheckpoint(dst []byte, now time.Time, final bool, outage *auditlog.CheckpointOutage) ([]byte, error) {
+// AppendCheckpoint appends a signed checkpoint of the log so far to dst, as
+// the log's next event; final closes the epoch (the spool is closing), and
+// outage is the commit outage it reports (nil: none).
+func (l *Log) AppendCheckpoint(dst []byte, now time.Time, final bool, outage *CheckpointOutage) ([]byte, error) {
 	start := len(dst)
 	l.cpPending = l.chain.Size()
 	dst, err := l.chain.AppendCheckpointEventAfter(dst, l.opts.Signer, now, l.opts.CheckpointInterval, final, outage, l.opts.Source)
@@ -197,24 +219,26 @@ type logStarted struct {
 		// Lost lists committed records found damaged when the epoch started
 		// (see RecoveryReport.Lost); CommittedLost says what the state file
 		// shows was lost from the end of the spool.
-		Lost          []LostRange `json:"lost,omitempty"`
-		CommittedLost string      `json:"committed_lost,omitempty"`
+		Lost          []audit.LostRange `json:"lost,omitempty"`
+		CommittedLost string            `json:"committed_lost,omitempty"`
 	} `json:"log_started"`
 	Source audit.Source `json:"source"`
 }
 
-// openLog recovers the log state of spool s: it continues the log of the
-// spool's newest event, repairing the stored hashes from the spool if a
-// crash left them short, or starts a new epoch.
-func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
+// Open opens the log kept in st, the spool it is committed to: it continues
+// the log of the spool's newest event, repairing the stored hashes from the
+// spool's events if a crash left them short, or starts a new epoch, whose
+// log_started event the first commit holds. The spool must not commit
+// until Open returns.
+func Open(st Store, opts Options) (*Log, error) {
 	if opts.Signer == nil {
-		return nil, errors.New("spool log: a checkpoint signer is required")
+		return nil, errors.New("audit log: a checkpoint signer is required")
 	}
 	if opts.Name == "" {
-		return nil, errors.New("spool log: an instance name is required")
+		return nil, errors.New("audit log: an instance name is required")
 	}
 	if err := CheckLogName(opts.Name); err != nil {
-		return nil, fmt.Errorf("spool log: %w", err)
+		return nil, fmt.Errorf("audit log: %w", err)
 	}
 	if opts.CheckpointInterval <= 0 {
 		opts.CheckpointInterval = 10 * time.Second
@@ -222,43 +246,45 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 	if opts.CheckpointEvery <= 0 {
 		opts.CheckpointEvery = 1000
 	}
-	l := &spoolLog{opts: opts, logger: s.log, lastCP: time.Now()}
+	dir := st.Dir()
+	l := &Log{opts: opts, st: st, dir: dir, logger: st.Logger(), lastCP: time.Now(), rec: st.Recovered()}
 	// An eighth of the spool's bound; but at least four checkpoint
 	// intervals' hashes (about two an event), so that a witness that
 	// cosigns each checkpoint a little late is never given up on, unless
 	// that passes a quarter of the bound.
-	l.witnessKeepMax = max(s.opts.MaxBytes/8, min(4*int64(opts.CheckpointEvery)*2*tlog.HashSize, s.opts.MaxBytes/4))
+	maxBytes := st.MaxBytes()
+	l.witnessKeepMax = max(maxBytes/8, min(4*int64(opts.CheckpointEvery)*2*tlog.HashSize, maxBytes/4))
 	l.cpCommitted.Store(l.lastCP.UnixNano())
-	t, err := openTreeFile(s.dir)
+	t, err := openTreeFile(dir)
 	if errors.Is(err, errTreeDamaged) {
 		// Its header does not read back: start it again, and let recover
 		// rebuild it from the spool.
-		s.log.Error("the log's tree state is damaged; rebuilding it from the spool's events", "err", err)
-		os.Rename(filepath.Join(s.dir, treeFileName), filepath.Join(s.dir, treeFileName+quarantineExt))
-		t, err = openTreeFile(s.dir)
+		l.logger.Error("the log's tree state is damaged; rebuilding it from the spool's events", "err", err)
+		os.Rename(filepath.Join(dir, HashStoreFile), filepath.Join(dir, HashStoreFile+damagedTreeExt))
+		t, err = openTreeFile(dir)
 	}
 	if err != nil {
 		return nil, err
 	}
 	l.tree = t
 	f := t // closed on the error paths below
-	st, reason, err := l.recover(s)
+	cs, reason, err := l.recover()
 	if err != nil {
 		f.close()
 		return nil, err
 	}
 	if reason != "" {
-		st = auditlog.ChainState{Origin: l.newOrigin(time.Now())}
+		cs = ChainState{Origin: l.newOrigin(time.Now())}
 		// Recorded before the tree state is reset and log.json names the
 		// new origin: both hide what the old log was, and a crash before
 		// log_started commits would leave a spool whose next start no
 		// longer knows why the log cannot go on.
-		pe := pendingEpoch{Origin: st.Origin, Reason: reason, Lost: s.Recovery.Lost, CommittedLost: s.Recovery.CommittedLostDetail}
-		if err := savePendingEpoch(s.dir, pe); err != nil {
+		pe := PendingEpoch{Origin: cs.Origin, Reason: reason, Lost: l.rec.Lost, CommittedLost: l.rec.CommittedLostDetail}
+		if err := SavePendingEpoch(dir, pe); err != nil {
 			f.close()
 			return nil, err
 		}
-		if err := t.reset(st.Origin); err != nil {
+		if err := t.reset(cs.Origin); err != nil {
 			f.close()
 			return nil, err
 		}
@@ -266,7 +292,7 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 		var ev logStarted
 		ev.V, ev.Type, ev.ID, ev.Time, ev.Source = 1, audit.TypeLogStarted, audit.NewID(), audit.Timestamp(time.Now()), opts.Source
 		ev.Started.Reason = reason
-		ev.Started.Lost, ev.Started.CommittedLost = s.Recovery.Lost, s.Recovery.CommittedLostDetail
+		ev.Started.Lost, ev.Started.CommittedLost = l.rec.Lost, l.rec.CommittedLostDetail
 		ev.Started.PreviousCheckpoint = json.RawMessage("null")
 		if prev := bytes.TrimSpace(l.opts.PreviousCheckpoint); len(prev) > 0 && json.Valid(prev) {
 			ev.Started.PreviousCheckpoint = prev
@@ -275,24 +301,24 @@ func openLog(s *Spool, opts LogOptions) (*spoolLog, error) {
 			f.close()
 			return nil, err
 		}
-		s.log.Info("starting a new log epoch", "origin", st.Origin, "reason", reason)
+		l.logger.Info("starting a new log epoch", "origin", cs.Origin, "reason", reason)
 	}
-	if st.Tree.Size() == 0 && (t.legacy || t.origin != st.Origin) {
-		if err := t.reset(st.Origin); err != nil { // nothing committed yet to this log
+	if cs.Tree.Size() == 0 && (t.legacy || t.origin != cs.Origin) {
+		if err := t.reset(cs.Origin); err != nil { // nothing committed yet to this log
 			f.close()
 			return nil, err
 		}
 	}
-	if err := saveLogFile(s.dir, st.Origin); err != nil {
+	if err := saveLogFile(dir, cs.Origin); err != nil {
 		f.close()
 		return nil, err
 	}
-	l.chain, err = auditlog.NewChain(st)
+	l.chain, err = NewChain(cs)
 	if err != nil {
 		f.close()
 		return nil, err
 	}
-	l.origin = st.Origin
+	l.origin = cs.Origin
 	l.size.Store(l.chain.Size())
 	return l, nil
 }
@@ -320,7 +346,7 @@ func CheckLogName(name string) error {
 // second of one this spool knows (a crash and a restart in quick
 // succession) would take that epoch's origin and reuse its seqs; its time is
 // moved on a second until the origin is new.
-func (l *spoolLog) newOrigin(now time.Time) string {
+func (l *Log) newOrigin(now time.Time) string {
 	for t := now.UTC().Truncate(time.Second); ; t = t.Add(time.Second) {
 		origin := l.opts.Name + "/" + t.Format("20060102T150405Z")
 		if !l.known[origin] {
@@ -331,7 +357,7 @@ func (l *spoolLog) newOrigin(now time.Time) string {
 
 // knowOrigin notes an origin found in the spool, which a new epoch must not
 // take.
-func (l *spoolLog) knowOrigin(origin string) {
+func (l *Log) knowOrigin(origin string) {
 	if origin == "" {
 		return
 	}
@@ -343,29 +369,29 @@ func (l *spoolLog) knowOrigin(origin string) {
 
 // recover returns the state of the log to continue, or the reason a new
 // epoch starts.
-func (l *spoolLog) recover(s *Spool) (auditlog.ChainState, string, error) {
-	last, lastCP, err := lastRecords(s.dir, signerVerifier{l.opts.Signer})
+func (l *Log) recover() (ChainState, string, error) {
+	last, lastCP, err := lastRecords(l.st, signerVerifier{l.opts.Signer})
 	if err != nil {
-		return auditlog.ChainState{}, "", err
+		return ChainState{}, "", err
 	}
 	var kp fastjson.Parser
 	for _, rec := range [][]byte{last, lastCP} {
-		if pl := placeOf(&kp, rec); pl != nil {
+		if pl := PlaceOf(&kp, rec); pl != nil {
 			l.knowOrigin(pl.Origin)
 		}
 	}
-	if origin, err := loadLogFile(s.dir); err == nil {
+	if origin, err := loadLogFile(l.dir); err == nil {
 		l.knowOrigin(origin)
 	}
-	for _, lr := range s.Recovery.Lost {
-		for _, pl := range []*logPlace{lr.Before, lr.After} {
+	for _, lr := range l.rec.Lost {
+		for _, pl := range []*audit.Place{lr.Before, lr.After} {
 			if pl != nil {
 				l.knowOrigin(pl.Origin)
 			}
 		}
 	}
-	if s.pending != nil {
-		l.knowOrigin(s.pending.Origin) // chosen, maybe with events nowhere but in the aggregator
+	if l.rec.Pending != nil {
+		l.knowOrigin(l.rec.Pending.Origin) // chosen, maybe with events nowhere but in the aggregator
 	}
 	if lastCP != nil && l.opts.PreviousCheckpoint == nil {
 		l.opts.PreviousCheckpoint = lastCP
@@ -373,7 +399,7 @@ func (l *spoolLog) recover(s *Spool) (auditlog.ChainState, string, error) {
 	// Committed records were lost: the log cannot go on as if they were
 	// there. Continuing after a cut would reuse seqs already shipped and
 	// checkpointed (a fork); continuing after a hole would hide it.
-	if rep := s.Recovery; len(rep.Lost) > 0 || rep.CommittedLost {
+	if rep := l.rec; len(rep.Lost) > 0 || rep.CommittedLost {
 		var what []string
 		for _, lr := range rep.Lost {
 			w := fmt.Sprintf("%d bytes of segment %s at offset %d", lr.Bytes, lr.Segment, lr.Start)
@@ -385,47 +411,47 @@ func (l *spoolLog) recover(s *Spool) (auditlog.ChainState, string, error) {
 		if rep.CommittedLost {
 			what = append(what, rep.CommittedLostDetail)
 		}
-		return auditlog.ChainState{}, "committed records were lost: " + strings.Join(what, "; "), nil
+		return ChainState{}, "committed records were lost: " + strings.Join(what, "; "), nil
 	}
-	if p := s.pending; p != nil && p.Reason != "" {
+	if p := l.rec.Pending; p != nil && p.Reason != "" {
 		// A previous start began a new epoch and stopped before committing
 		// its first event: whatever made it is still so (a log whose tree
 		// state was reset for that epoch cannot be continued either).
-		return auditlog.ChainState{}, p.Reason, nil
+		return ChainState{}, p.Reason, nil
 	}
 	if last == nil {
-		origin, err := loadLogFile(s.dir)
+		origin, err := loadLogFile(l.dir)
 		if err != nil || origin == "" || !isOwnOrigin(origin, l.opts.Name) {
-			return auditlog.ChainState{}, "new data dir", nil
+			return ChainState{}, "new data dir", nil
 		}
 		return l.continueFromTree(origin)
 	}
 	var p fastjson.Parser
 	v, err := p.ParseBytes(last)
 	if err != nil {
-		return auditlog.ChainState{}, "the newest spooled event is not JSON", nil
+		return ChainState{}, "the newest spooled event is not JSON", nil
 	}
 	origin := string(v.GetStringBytes("log", "origin"))
 	seq := v.GetInt64("log", "seq")
 	if origin == "" || v.Get("log", "seq") == nil {
-		return auditlog.ChainState{}, "the newest spooled event has no log member", nil
+		return ChainState{}, "the newest spooled event has no log member", nil
 	}
 	if !isOwnOrigin(origin, l.opts.Name) {
-		return auditlog.ChainState{}, fmt.Sprintf("instance name changed (was the log %q)", origin), nil
+		return ChainState{}, fmt.Sprintf("instance name changed (was the log %q)", origin), nil
 	}
-	leaf, _, err := auditlog.LeafHash(&p, nil, last)
+	leaf, _, err := LeafHash(&p, nil, last)
 	if err != nil {
-		return auditlog.ChainState{}, "the newest spooled event is not canonicalisable JSON", nil
+		return ChainState{}, "the newest spooled event is not canonicalisable JSON", nil
 	}
 	n := seq + 1
-	tree, why, err := l.recoverTree(s, origin, n, leaf, lastCP)
+	tree, why, err := l.recoverTree(origin, n, leaf, lastCP)
 	if err != nil {
-		return auditlog.ChainState{}, "", err
+		return ChainState{}, "", err
 	}
 	if why != "" {
-		return auditlog.ChainState{}, why, nil
+		return ChainState{}, why, nil
 	}
-	return auditlog.ChainState{Origin: origin, Tree: tree, Prev: leaf}, "", nil
+	return ChainState{Origin: origin, Tree: tree, Prev: leaf}, "", nil
 }
 
 // continueFromTree continues origin when the spool holds none of its
@@ -435,31 +461,31 @@ func (l *spoolLog) recover(s *Spool) (auditlog.ChainState, string, error) {
 // checkpointed (a fork), so the tree state says where it is: its size and
 // its last leaf hash (fsynced before any segment was deleted). A tree state
 // that cannot say starts a new epoch.
-func (l *spoolLog) continueFromTree(origin string) (auditlog.ChainState, string, error) {
+func (l *Log) continueFromTree(origin string) (ChainState, string, error) {
 	t := l.tree
 	if t.fresh || !t.legacy && t.origin != origin {
-		return auditlog.ChainState{}, fmt.Sprintf("the spool holds no event of the log %s and the log's tree state does not say how far it went (continuing could reuse its seqs)", origin), nil
+		return ChainState{}, fmt.Sprintf("the spool holds no event of the log %s and the log's tree state does not say how far it went (continuing could reuse its seqs)", origin), nil
 	}
 	k := t.base
 	for tlog.StoredHashCount(k+1) <= t.n.Load() {
 		k++
 	}
 	if k == 0 {
-		return auditlog.ChainState{Origin: origin}, "", nil // started, nothing committed yet
+		return ChainState{Origin: origin}, "", nil // started, nothing committed yet
 	}
 	if err := t.cut(k); err != nil {
-		return auditlog.ChainState{}, "", err
+		return ChainState{}, "", err
 	}
-	tree, err := auditlog.TreeFromStored(k, t)
+	tree, err := TreeFromStored(k, t)
 	var prev []tlog.Hash
 	if err == nil {
 		prev, err = t.ReadHashes([]int64{tlog.StoredHashIndex(0, k-1)})
 	}
 	if err != nil {
-		return auditlog.ChainState{}, fmt.Sprintf("the spool holds no event of the log %s and the log's tree state cannot give its last leaf (%v)", origin, err), nil
+		return ChainState{}, fmt.Sprintf("the spool holds no event of the log %s and the log's tree state cannot give its last leaf (%v)", origin, err), nil
 	}
 	l.logger.Warn("the spool holds no event of the log (all shipped and deleted); continuing it from the log's tree state", "origin", origin, "size", k)
-	return auditlog.ChainState{Origin: origin, Tree: tree, Prev: prev[0]}, "", nil
+	return ChainState{Origin: origin, Tree: tree, Prev: prev[0]}, "", nil
 }
 
 // recoverTree returns the edge of origin's tree of n leaves, from the tree
@@ -471,15 +497,15 @@ func (l *spoolLog) continueFromTree(origin string) (auditlog.ChainState, string,
 // origin, if the file reaches back to it, must sign the root the file
 // gives at its size. Where it fails, the tree is rebuilt from the spool's
 // events from seq 0, if the spool still holds them all.
-func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, leaf tlog.Hash, lastCP []byte) (auditlog.Tree, string, error) {
+func (l *Log) recoverTree(origin string, n int64, leaf tlog.Hash, lastCP []byte) (Tree, string, error) {
 	t := l.tree
 	var cpSize int64 = -1
 	var cpRoot tlog.Hash
 	if lastCP != nil {
 		var p fastjson.Parser
-		if pl := placeOf(&p, lastCP); pl != nil && pl.Origin == origin {
+		if pl := PlaceOf(&p, lastCP); pl != nil && pl.Origin == origin {
 			v, _ := p.ParseBytes(lastCP)
-			if c, _, err := auditlog.OpenCheckpoint(v.GetStringBytes("checkpoint", "note"), note.VerifierList(signerVerifier{l.opts.Signer})); err == nil {
+			if c, _, err := OpenCheckpoint(v.GetStringBytes("checkpoint", "note"), note.VerifierList(signerVerifier{l.opts.Signer})); err == nil {
 				cpSize, cpRoot = c.Size, c.Root
 			}
 		}
@@ -491,7 +517,7 @@ func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, leaf tlog.Hash,
 	case !t.legacy && t.origin != origin:
 		problem = fmt.Sprintf("it is the tree of %q", t.origin)
 	}
-	var tree auditlog.Tree
+	var tree Tree
 	held := t.leaves()
 	if problem == "" && held > n {
 		// Hashes are appended only once the commit of their events is
@@ -500,12 +526,13 @@ func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, leaf tlog.Hash,
 		// cannot go on at seq n, which was shipped and checkpointed.
 		detail := fmt.Sprintf("the log's tree state holds %d events of %s, the spool's newest is seq %d: seqs %d..%d were committed and are no longer in the spool",
 			held, origin, n-1, n, held-1)
-		s.log.Error("the log's tree state is ahead of the spool: the disk lost fsynced data; a new log epoch says so",
+		l.logger.Error("the log's tree state is ahead of the spool: the disk lost fsynced data; a new log epoch says so",
 			"origin", origin, "tree_size", held, "spool_size", n)
-		if s.Recovery.CommittedLost {
-			detail = s.Recovery.CommittedLostDetail + "; " + detail
+		if l.rec.CommittedLost {
+			detail = l.rec.CommittedLostDetail + "; " + detail
 		}
-		s.Recovery.CommittedLost, s.Recovery.CommittedLostDetail = true, detail
+		l.rec.CommittedLost, l.rec.CommittedLostDetail = true, detail
+		l.st.ReportCommittedLost(detail)
 		return tree, "committed records were lost: " + detail, nil
 	}
 	if problem == "" {
@@ -523,7 +550,7 @@ func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, leaf tlog.Hash,
 			return tree, "", err
 		}
 		var err error
-		if tree, err = auditlog.TreeFromStored(trust, t); err != nil {
+		if tree, err = TreeFromStored(trust, t); err != nil {
 			problem = err.Error()
 		} else if trust == cpSize && tree.Root() != cpRoot {
 			problem = fmt.Sprintf("its root at size %d is not the one the newest checkpoint signs", cpSize)
@@ -536,11 +563,11 @@ func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, leaf tlog.Hash,
 		}
 		if problem == "" && trust < n {
 			if trust < k {
-				s.log.Debug("recomputing the log's stored hashes after the newest checkpoint from the spool", "from_seq", trust, "to_seq", n-1)
+				l.logger.Debug("recomputing the log's stored hashes after the newest checkpoint from the spool", "from_seq", trust, "to_seq", n-1)
 			} else {
-				s.log.Warn("recomputing the log's stored hashes from the spool", "from_seq", trust, "to_seq", n-1)
+				l.logger.Warn("recomputing the log's stored hashes from the spool", "from_seq", trust, "to_seq", n-1)
 			}
-			if tree, err = l.replay(s.dir, origin, tree, n); err != nil {
+			if tree, err = l.replay(origin, tree, n); err != nil {
 				var mismatch *leafMismatchError
 				if !errors.As(err, &mismatch) {
 					return tree, fmt.Sprintf("the log's tree cannot be rebuilt: %v", err), nil
@@ -549,22 +576,22 @@ func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, leaf tlog.Hash,
 			}
 		}
 		if problem == "" && cpSize > trust && cpSize <= n {
-			if at, err := auditlog.TreeFromStored(cpSize, t); err != nil || at.Root() != cpRoot {
+			if at, err := TreeFromStored(cpSize, t); err != nil || at.Root() != cpRoot {
 				problem = fmt.Sprintf("its hashes and the spool's events give another root at size %d than the newest checkpoint signs", cpSize)
 			}
 		}
 	}
 	if problem != "" {
-		s.log.Error("the log's tree state cannot be used; rebuilding it from the spool's events", "problem", problem, "origin", origin)
+		l.logger.Error("the log's tree state cannot be used; rebuilding it from the spool's events", "problem", problem, "origin", origin)
 		if err := t.reset(origin); err != nil {
 			return tree, "", err
 		}
 		var err error
-		if tree, err = l.replay(s.dir, origin, auditlog.Tree{}, n); err != nil {
+		if tree, err = l.replay(origin, Tree{}, n); err != nil {
 			return tree, fmt.Sprintf("the log's tree state cannot be used (%s) and cannot be rebuilt from the spool: %v", problem, err), nil
 		}
 		if cpSize >= 0 && cpSize <= n {
-			if at, err := auditlog.TreeFromStored(cpSize, t); err != nil || at.Root() != cpRoot {
+			if at, err := TreeFromStored(cpSize, t); err != nil || at.Root() != cpRoot {
 				return tree, fmt.Sprintf("the spool's events do not hash to the root the newest checkpoint (size %d) signs", cpSize), nil
 			}
 		}
@@ -580,19 +607,19 @@ func (l *spoolLog) recoverTree(s *Spool, origin string, n int64, leaf tlog.Hash,
 // that holds the event before them, whose leaf hash the file holds: one
 // that is not the event's (a *leafMismatchError) means the file's hashes
 // are not the spool's events'.
-func (l *spoolLog) replay(dir, origin string, tree auditlog.Tree, n int64) (auditlog.Tree, error) {
+func (l *Log) replay(origin string, tree Tree, n int64) (Tree, error) {
 	var p fastjson.Parser
 	var scratch []byte
 	var stored []tlog.Hash
 	from := tree.Size() - 1 // the event whose leaf the file ends with
-	err := forEachRecordFrom(dir, segmentHolding(dir, origin, max(from, 0)), func(rec []byte) error {
+	err := forEachRecordFrom(l.st, segmentHolding(l.st, origin, max(from, 0)), func(rec []byte) error {
 		v, err := p.ParseBytes(rec)
 		if err != nil || string(v.GetStringBytes("log", "origin")) != origin {
 			return nil
 		}
 		seq := v.GetInt64("log", "seq")
 		if seq == from {
-			leaf, _, err := auditlog.LeafHash(&p, scratch, rec)
+			leaf, _, err := LeafHash(&p, scratch, rec)
 			if err != nil {
 				return err
 			}
@@ -608,7 +635,7 @@ func (l *spoolLog) replay(dir, origin string, tree auditlog.Tree, n int64) (audi
 			return fmt.Errorf("event %d missing from the spool", tree.Size())
 		}
 		var leaf tlog.Hash
-		leaf, scratch, err = auditlog.LeafHash(&p, scratch, rec)
+		leaf, scratch, err = LeafHash(&p, scratch, rec)
 		if err != nil {
 			return err
 		}
@@ -638,42 +665,37 @@ func (e *leafMismatchError) Error() string {
 	return fmt.Sprintf("its leaf %d is not the hash of the spool's event %d", e.seq, e.seq)
 }
 
-// segmentHolding returns the id of the newest segment of the spool in dir
+// segmentHolding returns the id of the newest segment of st
 // whose first event is origin's at seq or before, where a replay of origin
 // from seq starts; the oldest segment if none is. Only first records are
 // read. A segment that starts with another origin's event starts the
 // replay too: origin's events, which follow every other origin's in the
 // spool, cannot be in an older one.
-func segmentHolding(dir, origin string, seq int64) uint64 {
-	segs, _, err := listSegments(dir)
+func segmentHolding(st Store, origin string, seq int64) uint64 {
+	segs, err := st.Segments()
 	if err != nil || len(segs) == 0 {
 		return 0
 	}
 	var p fastjson.Parser
 	for i := len(segs) - 1; i > 0; i-- {
-		sr, err := openSegment(dir, segs[i].id)
+		rec, err := st.FirstRecord(segs[i])
 		if err != nil {
 			continue
 		}
-		rec, err := sr.next()
-		var pl *logPlace
-		if err == nil {
-			pl = placeOf(&p, rec)
-		}
-		sr.Close()
-		if pl != nil && (pl.Origin != origin || pl.Seq <= seq) {
-			return segs[i].id
+		if pl := PlaceOf(&p, rec); pl != nil && (pl.Origin != origin || pl.Seq <= seq) {
+			return segs[i]
 		}
 	}
-	return segs[0].id
+	return segs[0]
 }
 
 // ReadHashes implements tlog.HashReader over the tree state file.
-func (l *spoolLog) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+func (l *Log) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	return l.tree.ReadHashes(indexes)
 }
 
-func (l *spoolLog) close() error { return l.tree.close() }
+// Close closes the stored hashes file.
+func (l *Log) Close() error { return l.tree.close() }
 
 // keepFrom returns the tree size the log's stored hashes must prove from:
 // the size the witness last cosigned (with a witness; 0 until it says), and
@@ -688,7 +710,7 @@ func (l *spoolLog) close() error { return l.tree.close() }
 // error naming the size proofs start from for a proof from before (it
 // keeps retrying; a witness that cosigned this log before cannot accept
 // its checkpoints again without one).
-func (l *spoolLog) keepFrom() int64 {
+func (l *Log) keepFrom() int64 {
 	keep := l.cpSize.Load()
 	if !l.opts.Witness {
 		return keep
@@ -708,30 +730,9 @@ func (l *spoolLog) keepFrom() int64 {
 	return keep
 }
 
-// rebaseDue reports whether the tree state has grown enough to rewrite.
-func (l *spoolLog) rebaseDue() bool {
+// RebaseDue reports whether the tree state has grown enough to rewrite.
+func (l *Log) RebaseDue() bool {
 	return l.tree.worthRebasing(l.keepFrom())
-}
-
-// WitnessCosigned tells the spool the size the witness last cosigned for
-// origin (WitnessOptions.Cosigned): the log's stored hashes are kept from
-// there on, for the consistency proof of the next checkpoint.
-func (s *Spool) WitnessCosigned(origin string, size int64) {
-	if s.chain == nil || origin != s.chain.origin {
-		return
-	}
-	for {
-		old := s.chain.witnessSize.Load()
-		if size <= old {
-			return
-		}
-		if s.chain.witnessSize.CompareAndSwap(old, size) {
-			break
-		}
-	}
-	if s.chain.rebaseDue() {
-		s.wakeMaintenance()
-	}
 }
 
 func isOwnOrigin(origin, name string) bool {
@@ -762,23 +763,22 @@ func saveLogFile(dir, origin string) error {
 // lastRecords returns the spool's newest record and its newest checkpoint
 // event (nil when there is none; see isLogCheckpoint), reading from the
 // newest segment back.
-func lastRecords(dir string, key note.Verifier) (last, lastCP []byte, err error) {
-	segs, _, err := listSegments(dir)
+func lastRecords(st Store, key note.Verifier) (last, lastCP []byte, err error) {
+	segs, err := st.Segments()
 	if err != nil {
 		return nil, nil, err
 	}
 	var p fastjson.Parser
 	for i := len(segs) - 1; i >= 0 && (last == nil || lastCP == nil); i-- {
 		var segLast, segCP []byte
-		err := readSegment(dir, segs[i].id, func(rec []byte) error {
+		err := st.ReadSegment(segs[i], func(rec []byte) error {
 			segLast = append(segLast[:0], rec...)
 			if isLogCheckpoint(&p, rec, key) {
 				segCP = append(segCP[:0], rec...)
 			}
 			return nil
 		})
-		var damaged *DamagedSegmentError
-		if err != nil && !errors.As(err, &damaged) {
+		if err != nil {
 			return nil, nil, err
 		}
 		if last == nil && segLast != nil {
@@ -789,6 +789,24 @@ func lastRecords(dir string, key note.Verifier) (last, lastCP []byte, err error)
 		}
 	}
 	return last, lastCP, nil
+}
+
+// forEachRecordFrom calls fn with every intact record of st from segment
+// from on, oldest first, until fn returns an error.
+func forEachRecordFrom(st Store, from uint64, fn func([]byte) error) error {
+	segs, err := st.Segments()
+	if err != nil {
+		return err
+	}
+	for _, id := range segs {
+		if id < from {
+			continue
+		}
+		if err := st.ReadSegment(id, fn); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // isLogCheckpoint reports whether rec is a checkpoint of a log written
@@ -812,7 +830,7 @@ func isLogCheckpoint(p *fastjson.Parser, rec []byte, key note.Verifier) bool {
 	if err != nil {
 		return false
 	}
-	cp, _, err := auditlog.OpenCheckpoint(msg, note.VerifierList(key))
+	cp, _, err := OpenCheckpoint(msg, note.VerifierList(key))
 	return err == nil && cp.Origin == origin && cp.Size == seq
 }
 
@@ -829,48 +847,112 @@ func (v signerVerifier) Verify(msg, sig []byte) bool {
 	return err == nil && bytes.Equal(again, sig)
 }
 
-// forEachRecord calls fn with every record of the spool in dir, oldest
-// first, until fn returns an error.
-func forEachRecord(dir string, fn func([]byte) error) error {
-	return forEachRecordFrom(dir, 0, fn)
+// AppendStarted appends the new epoch's log_started event to dst, when the
+// log is a new epoch that has not committed it yet; else it returns dst.
+// The commit that holds it must be the first.
+func (l *Log) AppendStarted(dst []byte) ([]byte, error) {
+	if l.starting == nil {
+		return dst, nil
+	}
+	dst, err := l.AppendEvent(dst, l.starting)
+	if err != nil {
+		return dst, err
+	}
+	l.starting, l.startingNow = nil, true
+	return dst, nil
 }
 
-// forEachRecordFrom is forEachRecord from segment from on.
-func forEachRecordFrom(dir string, from uint64, fn func([]byte) error) error {
-	segs, _, err := listSegments(dir)
-	if err != nil {
-		return err
+// HoldsCheckpoint reports whether the commit in progress holds a
+// checkpoint.
+func (l *Log) HoldsCheckpoint() bool { return len(l.cps) > 0 }
+
+// Origin returns the log's origin.
+func (l *Log) Origin() string { return l.origin }
+
+// Source returns the source the log's own events carry.
+func (l *Log) Source() audit.Source { return l.opts.Source }
+
+// CheckpointInterval returns the longest time between checkpoints.
+func (l *Log) CheckpointInterval() time.Duration { return l.opts.CheckpointInterval }
+
+// Size returns the log's size at the last commit.
+func (l *Log) Size() int64 { return l.size.Load() }
+
+// HashBytes returns the size of the stored hashes file, which the spool
+// counts in its bound.
+func (l *Log) HashBytes() int64 { return l.tree.size.Load() }
+
+// SyncHashes makes the stored hashes durable. The spool calls it before it
+// deletes a segment: a recomputation after a crash would need the
+// segment's events otherwise.
+func (l *Log) SyncHashes() error { return l.tree.sync() }
+
+// Rebase rewrites the stored hashes file from the size proofs need on
+// (see hashstore.go), once that is worth a rewrite.
+func (l *Log) Rebase() {
+	if !l.RebaseDue() {
+		return
 	}
-	for _, sg := range segs {
-		if sg.id < from {
-			continue
+	keep := l.keepFrom()
+	before := l.tree.size.Load()
+	done, err := l.tree.rebase(keep, l.origin)
+	if err != nil {
+		l.logger.Error("cannot rewrite the log's tree state smaller; it keeps growing until a rewrite succeeds", "err", err)
+		return
+	}
+	if done {
+		l.logger.Debug("rewrote the log's tree state from the size proofs need on", "from_size", keep,
+			"bytes_before", before, "bytes_after", l.tree.size.Load())
+	}
+}
+
+// WitnessCosigned tells the log the size the witness last cosigned for
+// origin (witness.Options.Cosigned): the stored hashes are kept from there
+// on, for the consistency proof of the next checkpoint.
+func (l *Log) WitnessCosigned(origin string, size int64) {
+	if origin != l.origin {
+		return
+	}
+	for {
+		old := l.witnessSize.Load()
+		if size <= old {
+			return
 		}
-		var damaged *DamagedSegmentError
-		if err := readSegment(dir, sg.id, fn); err != nil && !errors.As(err, &damaged) {
-			return err // fn's, or the file's: damage is read past, and what it lost shows as missing records
+		if l.witnessSize.CompareAndSwap(old, size) {
+			break
+		}
+	}
+	if l.RebaseDue() {
+		l.st.WakeMaintenance()
+	}
+}
+
+// Register registers the log's metrics with reg.
+func (l *Log) Register(reg prometheus.Registerer) error {
+	cs := []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "auditproxy_checkpoint_last_timestamp_seconds",
+			Help: "Unix time of the newest signed checkpoint committed to the spool (before the first, the time the log was opened).",
+		}, func() float64 { return float64(l.cpCommitted.Load()) / 1e9 }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "auditproxy_checkpoint_interval_seconds",
+			Help: "The longest time between two checkpoints (--checkpoint-interval): a newest checkpoint older than twice this means the log stopped signing.",
+		}, func() float64 { return l.opts.CheckpointInterval.Seconds() }),
+	}
+	if l.opts.Witness {
+		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "auditproxy_witness_proofs_abandoned_total",
+			Help: "Times the log stopped keeping the hashes of a consistency proof from the size the witness last cosigned, because they would pass an eighth of --spool-max-bytes (the witness absent or refusing for that long): the spool does not wait for the witness, and that witness cannot cosign this log again without such a proof. Must stay 0.",
+		}, func() float64 { return float64(l.witnessAbandonedN.Load()) }))
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// readSegment calls fn with each intact record of segment id, reading past
-// damage: a *DamagedSegmentError then says what was skipped. The spool's
-// newest segment has been repaired before this is called, so a torn tail
-// is damage too.
-func readSegment(dir string, id uint64, fn func([]byte) error) error {
-	path, _ := segmentPath(dir, id)
-	_, err := scanSegmentFile(path, false, func(_ int64, rec []byte) error { return fn(rec) })
-	return err
-}
-
-// TreeHashes reads the log's stored hashes (tlog.StoredHashIndex order), for
-// proofs between checkpoints such as a witness's consistency proofs. Hashes
-// are readable once the commit that produced them completed, so from an
-// OnCheckpoint callback every hash up to that checkpoint's size is. It is nil
-// when the spool is not a log.
-func (s *Spool) TreeHashes() tlog.HashReader {
-	if s.chain == nil {
-		return nil
-	}
-	return s.chain
-}
+// CheckpointSize returns the size of the newest committed checkpoint (0
+// before the first).
+func (l *Log) CheckpointSize() int64 { return l.cpSize.Load() }

@@ -1,4 +1,4 @@
-package spool
+package auditlog_test
 
 import (
 	"bytes"
@@ -13,44 +13,10 @@ import (
 
 	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/internal/testutil"
+	"github.com/auditproxy/auditproxy/spool"
 	"github.com/valyala/fastjson"
 	"golang.org/x/mod/sumdb/tlog"
 )
-
-// spoolDirBytes returns the bytes of every file in a spool directory but
-// temporary ones.
-func spoolDirBytes(t *testing.T, dir string) int64 {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n int64
-	for _, e := range entries {
-		if strings.HasSuffix(e.Name(), tmpExt) {
-			continue
-		}
-		fi, err := e.Info()
-		if err != nil {
-			t.Fatal(err)
-		}
-		n += fi.Size()
-	}
-	return n
-}
-
-// fillLog appends n events with async durability (fast: one fsync per
-// interval, not per event) and waits until they are committed.
-func fillLog(t *testing.T, s *Spool, from, n int) {
-	t.Helper()
-	before := s.Recorded()
-	for i := from; i < from+n; i++ {
-		if err := s.Append(testutil.Event(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	testutil.WaitFor(t, "the events to be committed", func() bool { return s.Recorded() >= before+int64(n) })
-}
 
 // TestTreeStateStaysBounded measures the log's tree state: the previous
 // release kept every stored hash (64 bytes an event, for ever); log.tree
@@ -64,50 +30,46 @@ func TestTreeStateStaysBounded(t *testing.T) {
 	dir := t.TempDir()
 	opts := logOpts(signer)
 	opts.CheckpointEvery = 1000
-	s := openTestSpool(t, dir, Options{Durability: DurabilityAsync, SegmentMaxBytes: 1 << 20, Log: opts})
+	s := openTestSpool(t, dir, spool.Options{Durability: spool.DurabilityAsync, SegmentMaxBytes: 1 << 20, Log: opts})
 	var largest int64
 	for i := 0; i < events; i += 1000 {
 		fillLog(t, s, i, 1000)
 		// The maintenance loop rewrites the file off the commit path;
 		// sample once it has caught up (at 60,000 events a second here it
 		// can lag behind; at a GPU server's rates it does not).
-		testutil.WaitFor(t, "the maintenance loop to catch up", func() bool { return !s.chain.rebaseDue() })
-		largest = max(largest, s.chain.tree.size.Load())
+		testutil.WaitFor(t, "the maintenance loop to catch up", func() bool { return !s.Log().RebaseDue() })
+		largest = max(largest, s.Log().HashBytes())
 	}
-	testutil.WaitFor(t, "sealing", func() bool {
-		s.stateMu.Lock()
-		defer s.stateMu.Unlock()
-		return len(s.sealQueue) == 0
-	})
-	size := s.chain.size.Load()
+	waitSealed(t, s)
+	size := s.Log().Size()
 	legacy := tlog.StoredHashCount(size) * tlog.HashSize
-	testutil.WaitFor(t, "the tree state to be rewritten", func() bool { return s.chain.tree.baseSize() > 0 })
-	got := s.chain.tree.size.Load()
+	testutil.WaitFor(t, "the tree state to be rewritten", func() bool { return s.Log().Tree().BaseSize() > 0 })
+	got := s.Log().HashBytes()
 	t.Logf("%d events in the log (%d leaves, checkpoints every 1,000): tree.hashes of the previous release %d bytes; log.tree at most %d bytes (sampled every 1,000 events), %d at the end (proves from size %d)",
-		events, size, legacy, largest, got, s.chain.tree.baseSize())
+		events, size, legacy, largest, got, s.Log().Tree().BaseSize())
 	// At most: the hashes since the newest checkpoint (a checkpoint
 	// interval, here up to 2,000 events as commits group them), and as
 	// many again before a rewrite, and the rewrite's minimum.
-	if bound := int64(2*2*2000*tlog.HashSize + treeRewriteMin + 4096); largest > bound || got > bound {
+	if bound := int64(2*2*2000*tlog.HashSize + auditlog.TreeRewriteMin + 4096); largest > bound || got > bound {
 		t.Errorf("log.tree reached %d bytes in %d events, want at most %d", largest, events, bound)
 	}
-	if total, onDisk := s.totalBytes(), spoolDirBytes(t, s.dir); total != onDisk {
+	if total, onDisk := spoolBytes(t, s), testutil.DirBytes(t, s.Dir()); total != onDisk {
 		t.Errorf("the spool counts %d bytes, its files hold %d", total, onDisk)
 	}
 	s.Close()
 
-	s2 := openTestSpool(t, dir, Options{Log: logOpts(signer)})
-	if s2.chain.size.Load() != size+1 { // the final checkpoint
-		t.Errorf("after a restart the log is at %d, want %d", s2.chain.size.Load(), size+1)
+	s2 := openTestSpool(t, dir, spool.Options{Log: logOpts(signer)})
+	if s2.Log().Size() != size+1 { // the final checkpoint
+		t.Errorf("after a restart the log is at %d, want %d", s2.Log().Size(), size+1)
 	}
-	if total, onDisk := s2.totalBytes(), spoolDirBytes(t, s2.dir); total != onDisk {
+	if total, onDisk := spoolBytes(t, s2), testutil.DirBytes(t, s2.Dir()); total != onDisk {
 		t.Errorf("after a restart the spool counts %d bytes, its files hold %d", total, onDisk)
 	}
 	s2.Append(testutil.Event(events))
 	s2.Close()
 	r := verifyDataDir(t, dir, keys)
 	if !r.OK || len(r.Origins) != 1 {
-		t.Fatalf("after a restart from log.tree:\n%s", problems(r))
+		t.Fatalf("after a restart from log.tree:\n%s", testutil.Problems(r))
 	}
 }
 
@@ -141,9 +103,9 @@ func TestWitnessProofsAfterRewrites(t *testing.T) {
 	}
 	// Sync durability: one commit per event, so that checkpoints come at
 	// sizes 500, 1001, 1502, ...
-	s := openTestSpool(t, t.TempDir(), Options{Log: opts})
+	s := openTestSpool(t, t.TempDir(), spool.Options{Log: opts})
 	fillLog(t, s, 0, 3000)
-	if b := s.chain.tree.baseSize(); b != 0 {
+	if b := s.Log().Tree().BaseSize(); b != 0 {
 		t.Fatalf("trimmed to %d before the witness said what it cosigned", b)
 	}
 	// The witness cosigned the checkpoint before the newest.
@@ -161,17 +123,17 @@ func TestWitnessProofsAfterRewrites(t *testing.T) {
 	if cosigned < 2000 {
 		t.Fatalf("checkpoints at %v: want one past 2000 before the newest", roots)
 	}
-	s.WitnessCosigned("another/20260101T000000Z", 1<<40) // another log's: ignored
-	s.WitnessCosigned(s.chain.origin, cosigned)
+	s.Log().WitnessCosigned("another/20260101T000000Z", 1<<40) // another log's: ignored
+	s.Log().WitnessCosigned(s.Log().Origin(), cosigned)
 	fillLog(t, s, 3000, 10)
-	testutil.WaitFor(t, "a rewrite", func() bool { return s.chain.tree.baseSize() == cosigned })
+	testutil.WaitFor(t, "a rewrite", func() bool { return s.Log().Tree().BaseSize() == cosigned })
 	mu.Lock()
 	defer mu.Unlock()
 	for size, root := range roots {
 		if size <= cosigned {
 			continue
 		}
-		proof, err := tlog.ProveTree(size, cosigned, s.TreeHashes())
+		proof, err := tlog.ProveTree(size, cosigned, s.Log())
 		if err != nil {
 			t.Fatalf("proof from %d to %d: %v", cosigned, size, err)
 		}
@@ -179,7 +141,7 @@ func TestWitnessProofsAfterRewrites(t *testing.T) {
 			t.Fatalf("proof from %d to %d does not verify: %v", cosigned, size, err)
 		}
 	}
-	if _, err := tlog.ProveTree(cosigned+500, 500, s.TreeHashes()); err == nil || !strings.Contains(err.Error(), "no longer kept") {
+	if _, err := tlog.ProveTree(cosigned+500, 500, s.Log()); err == nil || !strings.Contains(err.Error(), "no longer kept") {
 		t.Errorf("a proof from before the witness's size: %v", err)
 	}
 }
@@ -189,7 +151,7 @@ func TestWitnessProofsAfterRewrites(t *testing.T) {
 func legacyTreeHashes(t *testing.T, dataDir string) int64 {
 	t.Helper()
 	var out bytes.Buffer
-	if _, err := Export(dataDir, &out); err != nil {
+	if _, err := spool.Export(dataDir, &out); err != nil {
 		t.Fatal(err)
 	}
 	var p fastjson.Parser
@@ -204,9 +166,9 @@ func legacyTreeHashes(t *testing.T, dataDir string) int64 {
 			file = append(file, h[:]...)
 		}
 	}
-	spoolDir := filepath.Join(dataDir, DirName)
-	os.Remove(filepath.Join(spoolDir, treeFileName))
-	if err := os.WriteFile(filepath.Join(spoolDir, legacyTreeName), file, 0o600); err != nil {
+	spoolDir := filepath.Join(dataDir, spool.DirName)
+	os.Remove(filepath.Join(spoolDir, auditlog.HashStoreFile))
+	if err := os.WriteFile(filepath.Join(spoolDir, auditlog.LegacyHashStoreFile), file, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return int64(len(file))
@@ -221,30 +183,30 @@ func TestPreviousReleaseTreeHashesOpens(t *testing.T) {
 	dir := t.TempDir()
 	opts := logOpts(signer)
 	opts.CheckpointEvery = 1000
-	s := openTestSpool(t, dir, Options{Durability: DurabilityAsync, Log: opts})
+	s := openTestSpool(t, dir, spool.Options{Durability: spool.DurabilityAsync, Log: opts})
 	fillLog(t, s, 0, 5000)
-	origin := s.chain.origin
+	origin := s.Log().Origin()
 	s.Close()
 	legacy := legacyTreeHashes(t, dir)
 
 	opts = logOpts(signer)
 	opts.CheckpointEvery = 1000
-	s = openTestSpool(t, dir, Options{Durability: DurabilityAsync, Log: opts})
-	if s.chain.origin != origin {
-		t.Fatalf("the previous release's data dir started a new log %s (was %s)", s.chain.origin, origin)
+	s = openTestSpool(t, dir, spool.Options{Durability: spool.DurabilityAsync, Log: opts})
+	if s.Log().Origin() != origin {
+		t.Fatalf("the previous release's data dir started a new log %s (was %s)", s.Log().Origin(), origin)
 	}
 	fillLog(t, s, 5000, 1000)
 	testutil.WaitFor(t, "the rewrite to log.tree", func() bool {
-		_, err := os.Stat(filepath.Join(dir, DirName, legacyTreeName))
+		_, err := os.Stat(filepath.Join(dir, spool.DirName, auditlog.LegacyHashStoreFile))
 		return os.IsNotExist(err)
 	})
-	fi, err := os.Stat(filepath.Join(dir, DirName, treeFileName))
+	fi, err := os.Stat(filepath.Join(dir, spool.DirName, auditlog.HashStoreFile))
 	if err != nil || fi.Size() >= legacy {
 		t.Errorf("log.tree: %v, %d bytes; tree.hashes was %d", err, fi.Size(), legacy)
 	}
 	s.Close()
 	if r := verifyDataDir(t, dir, keys); !r.OK || len(r.Origins) != 1 {
-		t.Fatalf("after the previous release's data dir:\n%s", problems(r))
+		t.Fatalf("after the previous release's data dir:\n%s", testutil.Problems(r))
 	}
 }
 
@@ -258,88 +220,82 @@ func TestTreeStateAfterACrash(t *testing.T) {
 	signer, keys := testutil.Signer(t, "spool-test")
 	type crash struct {
 		name      string
-		damage    func(t *testing.T, spoolDir string, tf *treeFile)
+		damage    func(t *testing.T, spoolDir string, tf *auditlog.TreeFile)
 		newEpoch  string // "": the same log continues
 		verifying bool   // the whole spool verifies
 	}
 	for _, tc := range []crash{
-		{"a torn tail", func(t *testing.T, dir string, tf *treeFile) {
-			os.Truncate(filepath.Join(dir, treeFileName), tf.size.Load()-45)
+		{"a torn tail", func(t *testing.T, dir string, tf *auditlog.TreeFile) {
+			os.Truncate(filepath.Join(dir, auditlog.HashStoreFile), tf.Bytes()-45)
 		}, "", true},
-		{"no hashes after the header", func(t *testing.T, dir string, tf *treeFile) {
-			os.Truncate(filepath.Join(dir, treeFileName), tf.hdr)
+		{"no hashes after the header", func(t *testing.T, dir string, tf *auditlog.TreeFile) {
+			os.Truncate(filepath.Join(dir, auditlog.HashStoreFile), tf.HeaderBytes())
 		}, "", true},
-		{"no file", func(t *testing.T, dir string, tf *treeFile) {
-			os.Remove(filepath.Join(dir, treeFileName))
+		{"no file", func(t *testing.T, dir string, tf *auditlog.TreeFile) {
+			os.Remove(filepath.Join(dir, auditlog.HashStoreFile))
 		}, "", true},
-		{"a changed hash", func(t *testing.T, dir string, tf *treeFile) {
-			f, _ := os.OpenFile(filepath.Join(dir, treeFileName), os.O_RDWR, 0)
-			f.WriteAt([]byte("XXXX"), tf.hdr+5)
+		{"a changed hash", func(t *testing.T, dir string, tf *auditlog.TreeFile) {
+			f, _ := os.OpenFile(filepath.Join(dir, auditlog.HashStoreFile), os.O_RDWR, 0)
+			f.WriteAt([]byte("XXXX"), tf.HeaderBytes()+5)
 			f.Close()
 		}, "", true},
-		{"a damaged header", func(t *testing.T, dir string, tf *treeFile) {
-			f, _ := os.OpenFile(filepath.Join(dir, treeFileName), os.O_RDWR, 0)
+		{"a damaged header", func(t *testing.T, dir string, tf *auditlog.TreeFile) {
+			f, _ := os.OpenFile(filepath.Join(dir, auditlog.HashStoreFile), os.O_RDWR, 0)
 			f.WriteAt([]byte("X"), 9)
 			f.Close()
 		}, "", true},
-		{"no file and the oldest events gone", func(t *testing.T, dir string, tf *treeFile) {
+		{"no file and the oldest events gone", func(t *testing.T, dir string, tf *auditlog.TreeFile) {
 			// Deleted by retention, say: a recomputation has no seq 0.
-			os.Remove(filepath.Join(dir, treeFileName))
-			segs, _, _ := listSegments(dir)
-			os.Remove(filepath.Join(dir, segmentName(segs[0].id)+sealedExt))
-			os.Remove(filepath.Join(dir, segmentName(segs[0].id)+segmentExt))
+			os.Remove(filepath.Join(dir, auditlog.HashStoreFile))
+			os.Remove(segmentFiles(t, dir)[0])
 		}, "the log's tree state", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			opts := logOpts(signer)
 			opts.CheckpointEvery = 1000
-			s := openTestSpool(t, dir, Options{Durability: DurabilityAsync, SegmentMaxBytes: 64 << 10, Log: opts})
+			s := openTestSpool(t, dir, spool.Options{Durability: spool.DurabilityAsync, SegmentMaxBytes: 64 << 10, Log: opts})
 			fillLog(t, s, 0, 2500)
-			testutil.WaitFor(t, "sealing", func() bool {
-				s.stateMu.Lock()
-				defer s.stateMu.Unlock()
-				return len(s.sealQueue) == 0
-			})
+			waitSealed(t, s)
 			// The damage below is placed with the live file's header and
 			// size: the image must hold the same file, not one the
 			// maintenance loop is about to rewrite smaller.
-			testutil.WaitFor(t, "the maintenance loop to catch up", func() bool { return !s.chain.rebaseDue() })
-			origin := s.chain.origin
+			testutil.WaitFor(t, "the maintenance loop to catch up", func() bool { return !s.Log().RebaseDue() })
+			origin := s.Log().Origin()
 			image := crashImage(t, dir) // kill -9: no final checkpoint
-			tc.damage(t, filepath.Join(image, DirName), s.chain.tree)
-			s2 := openTestSpool(t, image, Options{Log: logOpts(signer)})
+			tc.damage(t, filepath.Join(image, spool.DirName), s.Log().Tree())
+			s2 := openTestSpool(t, image, spool.Options{Log: logOpts(signer)})
 			if err := s2.Append(testutil.Event(9999)); err != nil {
 				t.Fatal(err)
 			}
 			s2.Close()
 			started := logStartedOf(t, image)
 			if tc.newEpoch != "" && len(started) == 0 {
-				entries, _ := os.ReadDir(filepath.Join(image, DirName))
+				entries, _ := os.ReadDir(filepath.Join(image, spool.DirName))
 				var names []string
 				for _, e := range entries {
 					names = append(names, e.Name())
 				}
-				t.Fatalf("no log_started at all (origin %s, now %s); spool: %v", origin, s2.chain.origin, names)
+				t.Fatalf("no log_started at all (origin %s, now %s); spool: %v", origin, s2.Log().Origin(), names)
 			}
 			if tc.newEpoch == "" {
-				if s2.chain.origin != origin || len(started) != 1 {
-					t.Errorf("a new epoch %s after %s", s2.chain.origin, tc.name)
+				if s2.Log().Origin() != origin || len(started) != 1 {
+					t.Errorf("a new epoch %s after %s", s2.Log().Origin(), tc.name)
 				}
 			} else {
 				reason, _ := started[len(started)-1]["log_started"].(map[string]any)["reason"].(string)
-				if s2.chain.origin == origin || !strings.Contains(reason, tc.newEpoch) {
+				if s2.Log().Origin() == origin || !strings.Contains(reason, tc.newEpoch) {
 					t.Errorf("no new epoch saying why: %q", reason)
 				}
 			}
 			r := verifyDataDir(t, image, keys)
 			if tc.verifying && !r.OK {
-				t.Errorf("verify:\n%s", problems(r))
+				t.Errorf("verify:\n%s", testutil.Problems(r))
 			}
 			// With the oldest segment deleted, the old epoch lacks its events
 			// (if any are left to show it); the new epoch verifies.
 			for _, o := range r.Origins {
-				if o.Origin == s2.chain.origin && !o.OK {
+				if o.Origin == s2.Log().Origin() && !o.OK {
 					t.Errorf("the new epoch: %v", o.Problems)
 				}
 			}
@@ -355,59 +311,59 @@ func TestTreeStateAfterACrash(t *testing.T) {
 func TestLogContinuesWhenEveryEventWasDeleted(t *testing.T) {
 	signer, _ := testutil.Signer(t, "spool-test")
 	dir := t.TempDir()
-	s := openTestSpool(t, dir, Options{SegmentMaxAge: 50 * time.Millisecond, Log: logOpts(signer)})
+	s := openTestSpool(t, dir, spool.Options{SegmentMaxAge: 50 * time.Millisecond, Log: logOpts(signer)})
 	for i := range 30 {
 		s.Append(testutil.Event(i))
 	}
-	size := s.chain.size.Load()
+	size := s.Log().Size()
 	testutil.WaitFor(t, "rotation by age and sealing", func() bool {
-		s.stateMu.Lock()
-		defer s.stateMu.Unlock()
-		return len(s.segs) >= 2 && s.segs[len(s.segs)-1].size == int64(len(segmentMagic)) && len(s.sealQueue) == 0
+		segs := segmentFiles(t, s.Dir())
+		if len(segs) < 2 || unsealed(segs) != 1 {
+			return false
+		}
+		records := 0
+		_, err := spool.ReadSegmentFile(segs[len(segs)-1], func([]byte) error { records++; return nil })
+		return err == nil && records == 0
 	})
-	s.chain.tree.sync() // as before any deletion
+	s.Log().SyncHashes() // as before any deletion
 	image := crashImage(t, dir)
-	segs, _, _ := listSegments(filepath.Join(image, DirName))
-	for _, sg := range segs[:len(segs)-1] { // shipped and deleted
-		os.Remove(filepath.Join(image, DirName, segmentName(sg.id)+sealedExt))
+	segs := segmentFiles(t, filepath.Join(image, spool.DirName))
+	for _, path := range segs[:len(segs)-1] { // shipped and deleted
+		os.Remove(path)
 	}
-	s2 := openTestSpool(t, image, Options{Log: logOpts(signer)})
+	s2 := openTestSpool(t, image, spool.Options{Log: logOpts(signer)})
 	if err := s2.Append(testutil.Event(100)); err != nil {
 		t.Fatal(err)
 	}
 	s2.Close()
 	var out bytes.Buffer
-	if _, err := Export(image, &out); err != nil {
+	if _, err := spool.Export(image, &out); err != nil {
 		t.Fatal(err)
 	}
 	var p fastjson.Parser
-	first := placeOf(&p, bytes.SplitN(out.Bytes(), []byte("\n"), 2)[0])
-	if first == nil || first.Origin != s.chain.origin || first.Seq != size {
-		t.Fatalf("the first event after the restart is at %+v, want seq %d of %s", first, size, s.chain.origin)
+	first := auditlog.PlaceOf(&p, bytes.SplitN(out.Bytes(), []byte("\n"), 2)[0])
+	if first == nil || first.Origin != s.Log().Origin() || first.Seq != size {
+		t.Fatalf("the first event after the restart is at %+v, want seq %d of %s", first, size, s.Log().Origin())
 	}
 }
 
 // spoolStoredHashes returns every stored hash of origin's tree, computed
-// from the events of a spool directory (tlog.StoredHashIndex order), as a
+// from the events of a data dir's spool (tlog.StoredHashIndex order), as a
 // tlog.HashReader.
-func spoolStoredHashes(t *testing.T, spoolDir, origin string) storedHashList {
+func spoolStoredHashes(t *testing.T, dataDir, origin string) storedHashList {
 	t.Helper()
 	var p fastjson.Parser
 	var tree auditlog.Tree
 	var all storedHashList
-	err := forEachRecord(spoolDir, func(rec []byte) error {
-		if pl := placeOf(&p, rec); pl == nil || pl.Origin != origin {
-			return nil
+	for _, rec := range exportLines(t, dataDir) {
+		if pl := auditlog.PlaceOf(&p, rec); pl == nil || pl.Origin != origin {
+			continue
 		}
 		leaf, _, err := auditlog.LeafHash(&p, nil, rec)
 		if err != nil {
-			return err
+			t.Fatal(err)
 		}
 		all = tree.Append(leaf, all)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 	return all
 }
@@ -420,26 +376,6 @@ func (l storedHashList) ReadHashes(idx []int64) ([]tlog.Hash, error) {
 		out[i] = l[x]
 	}
 	return out, nil
-}
-
-// failTreeWrites makes the tree state's writes fail (as ENOSPC or EIO
-// would) until the returned function is called.
-func failTreeWrites(t *testing.T, tf *treeFile) (restore func()) {
-	t.Helper()
-	ro, err := os.Open(filepath.Join(tf.dir, treeFileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tf.mu.Lock()
-	good := tf.f
-	tf.f = ro
-	tf.mu.Unlock()
-	return func() {
-		tf.mu.Lock()
-		tf.f = good
-		tf.mu.Unlock()
-		ro.Close()
-	}
 }
 
 // TestTreeStateWriteFailures: a failed write of the tree state does not
@@ -461,37 +397,35 @@ func TestTreeStateWriteFailures(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			var logs logBuffer
-			s := openTestSpool(t, dir, Options{Log: logOpts(signer), Logger: logs.logger()})
+			var logs testutil.LogBuffer
+			s := openTestSpool(t, dir, spool.Options{Log: logOpts(signer), Logger: logs.Logger()})
 			for i := range 10 {
 				s.Append(testutil.Event(i))
 			}
-			tf := s.chain.tree
+			tf := s.Log().Tree()
 			if tc.backlogMax > 0 {
-				tf.mu.Lock()
-				tf.backlogMax = tc.backlogMax
-				tf.mu.Unlock()
+				tf.SetBacklogMax(tc.backlogMax)
 			}
-			restore := failTreeWrites(t, tf)
+			restore := tf.FailWrites(t)
 			for i := 10; i < 10+tc.failFor; i++ {
 				if err := s.Append(testutil.Event(i)); err != nil {
 					t.Fatal(err)
 				}
 			}
 			// Meanwhile: every hash readable and right, none fsyncable.
-			size := s.chain.size.Load()
-			want := spoolStoredHashes(t, s.dir, s.chain.origin)
-			got, err := s.TreeHashes().ReadHashes([]int64{int64(len(want)) - 1})
+			size := s.Log().Size()
+			want := spoolStoredHashes(t, dir, s.Log().Origin())
+			got, err := s.Log().ReadHashes([]int64{int64(len(want)) - 1})
 			if tc.backlogMax == 0 && (err != nil || got[0] != want[len(want)-1]) {
 				t.Errorf("the newest stored hash while writes fail: %v", err)
 			}
 			if tc.backlogMax > 0 && err == nil {
 				t.Errorf("a stored hash past the bound is served: %v", got)
 			}
-			if err := tf.sync(); err == nil {
+			if err := tf.Sync(); err == nil {
 				t.Error("the tree state fsyncs while hashes are not in it: a segment could be deleted")
 			}
-			if n := len(logs.lines("cannot write the log's tree state")); n != 1 {
+			if n := len(logs.Lines("cannot write the log's tree state")); n != 1 {
 				t.Errorf("%d failures logged, want the first only", n)
 			}
 			restore()
@@ -502,31 +436,31 @@ func TestTreeStateWriteFailures(t *testing.T) {
 				// Past the bound, the hashes after the failure are rebuilt
 				// from the spool at the next start; until then nothing is
 				// deleted.
-				if err := tf.sync(); err == nil {
+				if err := tf.Sync(); err == nil {
 					t.Error("the tree state fsyncs with hashes it no longer holds")
 				}
 				s.Close()
-				s2 := openTestSpool(t, dir, Options{Log: logOpts(signer)})
+				s2 := openTestSpool(t, dir, spool.Options{Log: logOpts(signer)})
 				s2.Append(testutil.Event(100))
 				s2.Close()
 				if r := verifyDataDir(t, dir, keys); !r.OK || len(r.Origins) != 1 {
-					t.Errorf("after the tree state was rebuilt:\n%s", problems(r))
+					t.Errorf("after the tree state was rebuilt:\n%s", testutil.Problems(r))
 				}
 				return
 			}
-			if err := tf.sync(); err != nil {
+			if err := tf.Sync(); err != nil {
 				t.Errorf("sync after the writes succeed again: %v", err)
 			}
-			size = s.chain.size.Load()
-			want = spoolStoredHashes(t, s.dir, s.chain.origin)
-			if n := tf.n.Load(); n != int64(len(want)) || n != tlog.StoredHashCount(size) {
+			size = s.Log().Size()
+			want = spoolStoredHashes(t, dir, s.Log().Origin())
+			if n := tf.Stored(); n != int64(len(want)) || n != tlog.StoredHashCount(size) {
 				t.Errorf("%d stored hashes in the file, want %d", n, len(want))
 			}
 			const m = 8
 			rm, _ := tlog.TreeHash(m, want)
 			for n := int64(m + 1); n <= size; n++ {
 				rn, _ := tlog.TreeHash(n, want)
-				proof, err := tlog.ProveTree(n, m, s.TreeHashes())
+				proof, err := tlog.ProveTree(n, m, s.Log())
 				if err == nil {
 					err = tlog.CheckTree(proof, n, rn, m, rm)
 				}
@@ -535,11 +469,11 @@ func TestTreeStateWriteFailures(t *testing.T) {
 				}
 			}
 			s.Close()
-			s2 := openTestSpool(t, dir, Options{Log: logOpts(signer)})
+			s2 := openTestSpool(t, dir, spool.Options{Log: logOpts(signer)})
 			s2.Append(testutil.Event(100))
 			s2.Close()
 			if r := verifyDataDir(t, dir, keys); !r.OK || len(r.Origins) != 1 {
-				t.Errorf("after failed tree writes:\n%s", problems(r))
+				t.Errorf("after failed tree writes:\n%s", testutil.Problems(r))
 			}
 		})
 	}
@@ -556,13 +490,13 @@ func TestTreeStateWriteFailures(t *testing.T) {
 func TestTreeStateIsCheckedAgainstTheSpool(t *testing.T) {
 	signer, keys := testutil.Signer(t, "spool-test")
 	// corrupt flips a byte of stored hash idx of the tree state file at path.
-	corrupt := func(t *testing.T, path string, tf *treeFile, idx int64) {
+	corrupt := func(t *testing.T, path string, tf *auditlog.TreeFile, idx int64) {
 		f, err := os.OpenFile(path, os.O_RDWR, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer f.Close()
-		off := tf.hdr + (idx-tf.baseIndex())*tlog.HashSize
+		off := tf.HeaderBytes() + (idx-tf.BaseIndex())*tlog.HashSize
 		b := make([]byte, 1)
 		f.ReadAt(b, off)
 		b[0] ^= 0x40
@@ -572,17 +506,17 @@ func TestTreeStateIsCheckedAgainstTheSpool(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		checkpoint bool // the spool holds a checkpoint before its newest events
-		damage     func(t *testing.T, path string, tf *treeFile, cpSize, n int64)
+		damage     func(t *testing.T, path string, tf *auditlog.TreeFile, cpSize, n int64)
 	}{
-		{"a wrong hash after the newest checkpoint", true, func(t *testing.T, path string, tf *treeFile, cpSize, n int64) {
-			corrupt(t, path, tf, last(frontierIndexes(n)))
+		{"a wrong hash after the newest checkpoint", true, func(t *testing.T, path string, tf *auditlog.TreeFile, cpSize, n int64) {
+			corrupt(t, path, tf, last(auditlog.FrontierIndexes(n)))
 		}},
-		{"a wrong hash before the newest checkpoint, the tail after it lost", true, func(t *testing.T, path string, tf *treeFile, cpSize, n int64) {
+		{"a wrong hash before the newest checkpoint, the tail after it lost", true, func(t *testing.T, path string, tf *auditlog.TreeFile, cpSize, n int64) {
 			k := cpSize - 1
-			corrupt(t, path, tf, last(frontierIndexes(k)))
-			os.Truncate(path, tf.hdr+(tlog.StoredHashCount(k)-tf.baseIndex())*tlog.HashSize)
+			corrupt(t, path, tf, last(auditlog.FrontierIndexes(k)))
+			os.Truncate(path, tf.HeaderBytes()+(tlog.StoredHashCount(k)-tf.BaseIndex())*tlog.HashSize)
 		}},
-		{"a wrong last leaf and no checkpoint", false, func(t *testing.T, path string, tf *treeFile, cpSize, n int64) {
+		{"a wrong last leaf and no checkpoint", false, func(t *testing.T, path string, tf *auditlog.TreeFile, cpSize, n int64) {
 			corrupt(t, path, tf, tlog.StoredHashIndex(0, n-1))
 		}},
 	} {
@@ -592,27 +526,27 @@ func TestTreeStateIsCheckedAgainstTheSpool(t *testing.T) {
 			if !tc.checkpoint {
 				opts.CheckpointEvery = 1000
 			}
-			s := openTestSpool(t, dir, Options{Log: opts})
-			for i := 0; i < 24 || tc.checkpoint && s.chain.size.Load()-s.chain.cpSize.Load() < 4; i++ {
+			s := openTestSpool(t, dir, spool.Options{Log: opts})
+			for i := 0; i < 24 || tc.checkpoint && s.Log().Size()-s.Log().CheckpointSize() < 4; i++ {
 				s.Append(testutil.Event(i))
 			}
-			origin, n, cpSize := s.chain.origin, s.chain.size.Load(), s.chain.cpSize.Load()
+			origin, n, cpSize := s.Log().Origin(), s.Log().Size(), s.Log().CheckpointSize()
 			if tc.checkpoint != (cpSize > 0) {
 				t.Fatalf("newest checkpoint at %d", cpSize)
 			}
 			image := crashImage(t, dir) // kill -9
-			tc.damage(t, filepath.Join(image, DirName, treeFileName), s.chain.tree, cpSize, n)
+			tc.damage(t, filepath.Join(image, spool.DirName, auditlog.HashStoreFile), s.Log().Tree(), cpSize, n)
 
-			s2 := openTestSpool(t, image, Options{Log: logOpts(signer)})
+			s2 := openTestSpool(t, image, spool.Options{Log: logOpts(signer)})
 			for i := range 10 {
 				s2.Append(testutil.Event(100 + i))
 			}
 			s2.Close()
-			if s2.chain.origin != origin {
-				t.Errorf("a new epoch %s; the spool holds every event to rebuild the tree from", s2.chain.origin)
+			if s2.Log().Origin() != origin {
+				t.Errorf("a new epoch %s; the spool holds every event to rebuild the tree from", s2.Log().Origin())
 			}
 			if r := verifyDataDir(t, image, keys); !r.OK {
-				t.Errorf("the log after a start from a wrong tree state:\n%s", problems(r))
+				t.Errorf("the log after a start from a wrong tree state:\n%s", testutil.Problems(r))
 			}
 		})
 	}
@@ -633,35 +567,31 @@ func TestAbsentWitnessNeverFillsTheSpool(t *testing.T) {
 	opts.CheckpointEvery = 200
 	const maxBytes = 1 << 20
 	dir := t.TempDir()
-	var logs logBuffer
-	s := openTestSpool(t, dir, Options{Forwarding: true, MaxBytes: maxBytes, SegmentMaxBytes: 64 << 10, MinFreeBytes: -1,
-		Durability: DurabilityAsync, Log: opts, Logger: logs.logger()})
+	var logs testutil.LogBuffer
+	s := openTestSpool(t, dir, spool.Options{Forwarding: true, MaxBytes: maxBytes, SegmentMaxBytes: 64 << 10, MinFreeBytes: -1,
+		Durability: spool.DurabilityAsync, Log: opts, Logger: logs.Logger()})
 	fillLog(t, s, 0, 300)
-	cosigned := s.chain.cpSize.Load()
-	s.WitnessCosigned(s.chain.origin, cosigned) // then the witness is gone
+	cosigned := s.Log().CheckpointSize()
+	s.Log().WitnessCosigned(s.Log().Origin(), cosigned) // then the witness is gone
 	var largest int64
 	for i := 300; i < 20000; i += 500 {
 		fillLog(t, s, i, 500)
 		c, _ := s.Committed()
 		s.Ack(c) // the aggregator has every event
-		s.wakeMaintenance()
-		testutil.WaitFor(t, "the maintenance loop to catch up", func() bool { return !s.chain.rebaseDue() })
-		largest = max(largest, s.chain.tree.size.Load())
+		testutil.WaitFor(t, "the maintenance loop to catch up", func() bool { return !s.Log().RebaseDue() })
+		largest = max(largest, s.Log().HashBytes())
 	}
-	testutil.WaitFor(t, "acknowledged segments deleted", func() bool {
-		s.wakeMaintenance()
-		return s.Admit() == nil
-	})
-	if bound := int64(maxBytes/8 + treeRewriteMin); largest > bound {
+	testutil.WaitFor(t, "acknowledged segments deleted", func() bool { return s.Admit() == nil })
+	if bound := int64(maxBytes/8 + auditlog.TreeRewriteMin); largest > bound {
 		t.Errorf("log.tree reached %d bytes, want at most %d (an eighth of the bound, and a rewrite's minimum)", largest, bound)
 	}
 	if got := testutil.MetricValue(t, s.Register, "auditproxy_witness_proofs_abandoned_total"); got != 1 {
 		t.Errorf("auditproxy_witness_proofs_abandoned_total = %v, want 1", got)
 	}
-	if n := len(logs.lines("the witness has not cosigned this log for so long")); n != 1 {
+	if n := len(logs.Lines("the witness has not cosigned this log for so long")); n != 1 {
 		t.Errorf("said %d times, want once", n)
 	}
-	if _, err := tlog.ProveTree(s.chain.cpSize.Load(), cosigned, s.TreeHashes()); err == nil || !strings.Contains(err.Error(), "no longer kept") {
+	if _, err := tlog.ProveTree(s.Log().CheckpointSize(), cosigned, s.Log()); err == nil || !strings.Contains(err.Error(), "no longer kept") {
 		t.Errorf("a proof from the witness's size: %v", err)
 	}
 	s.Close()
@@ -670,71 +600,38 @@ func TestAbsentWitnessNeverFillsTheSpool(t *testing.T) {
 	}
 }
 
-// TestSpoolFullSaysWhatFillsIt: a spool at its bound refuses requests and
-// says what fills it, so that an operator knows what to do: events not yet
-// acknowledged (the aggregator), segments kept without forwarding
-// (--retention), saved damage (remove it once examined), the log's tree
-// state, or acknowledged segments that cannot be deleted (and why).
-func TestSpoolFullSaysWhatFillsIt(t *testing.T) {
+// TestUndeletableSegmentsSayWhy: while the log's stored hashes cannot be
+// made durable, acknowledged segments are not deleted (a recomputation
+// after a crash would need their events), and a spool full of them says
+// so, naming the log's tree state.
+func TestUndeletableSegmentsSayWhy(t *testing.T) {
 	signer, _ := testutil.Signer(t, "spool-test")
-	for _, tc := range []struct {
-		name    string
-		opts    Options
-		prepare func(t *testing.T, s *Spool) // before it is filled
-		ack     bool                         // every event is acknowledged
-		want    []string
-	}{
-		{"events not yet acknowledged", Options{Forwarding: true, Log: logOpts(signer)}, nil, false,
-			[]string{"in segments holding events not yet acknowledged by the aggregator", "in the log's tree state (log.tree)"}},
-		{"no forwarding", Options{}, nil, false,
-			[]string{"in segments, kept without --forward until --retention deletes them"}},
-		{"saved damage", Options{Forwarding: true}, func(t *testing.T, s *Spool) {
-			os.WriteFile(filepath.Join(s.dir, segmentName(1)+sealedExt+damagedExt), make([]byte, 64<<10), 0o600)
-			s.otherBytes.Store(otherFileBytes(s.dir))
-		}, true, []string{"in saved damage (.corrupt, .damaged"}},
-		{"acknowledged segments that cannot be deleted", Options{Forwarding: true, Log: logOpts(signer)}, func(t *testing.T, s *Spool) {
-			tf := s.chain.tree
-			tf.mu.Lock()
-			tf.backlogMax = 1
-			tf.mu.Unlock()
-			failTreeWrites(t, tf)
-		}, true, []string{"acknowledged segments cannot be deleted: the log's tree state", "in acknowledged segments"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			opts := tc.opts
-			opts.MaxBytes, opts.SegmentMaxBytes, opts.MinFreeBytes = 64<<10, 4<<10, -1
-			s := openTestSpool(t, t.TempDir(), opts)
-			if tc.prepare != nil {
-				tc.prepare(t, s)
-			}
-			var err error
-			for i := 0; i < 5000 && err == nil; i++ {
-				if err := s.Append(testutil.Event(i)); err != nil {
-					t.Fatal(err)
-				}
-				if tc.ack {
-					c, _ := s.Committed()
-					s.Ack(c)
-				}
-				if err = s.Admit(); err != nil {
-					// Full once what can be done to make room was done.
-					testutil.WaitFor(t, "sealing", func() bool {
-						s.stateMu.Lock()
-						defer s.stateMu.Unlock()
-						return len(s.sealQueue) == 0
-					})
-					s.reclaim(time.Now())
-					err = s.Admit()
-				}
-			}
-			if !errors.Is(err, ErrSpoolFull) {
-				t.Fatalf("Admit: %v", err)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("Admit: %v\nwant it to say %q", err, w)
-				}
-			}
-		})
+	s := openTestSpool(t, t.TempDir(), spool.Options{Forwarding: true, Log: logOpts(signer),
+		MaxBytes: 64 << 10, SegmentMaxBytes: 4 << 10, MinFreeBytes: -1})
+	tf := s.Log().Tree()
+	tf.SetBacklogMax(1)
+	tf.FailWrites(t)
+	want := []string{"acknowledged segments cannot be deleted: the log's tree state", "in acknowledged segments"}
+	var err error
+	for i := 0; i < 5000 && err == nil; i++ {
+		if err := s.Append(testutil.Event(i)); err != nil {
+			t.Fatal(err)
+		}
+		c, _ := s.Committed()
+		s.Ack(c)
+		err = s.Admit()
+	}
+	if !errors.Is(err, spool.ErrSpoolFull) {
+		t.Fatalf("Admit: %v", err)
+	}
+	// The maintenance loop tries to make room, and then says why it cannot.
+	testutil.WaitFor(t, "the spool to say why it is full", func() bool {
+		err = s.Admit()
+		return err != nil && strings.Contains(err.Error(), want[0])
+	})
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("Admit: %v\nwant it to say %q", err, w)
+		}
 	}
 }

@@ -1,4 +1,4 @@
-package spool
+package auditlog
 
 import (
 	"encoding/binary"
@@ -50,10 +50,13 @@ import (
 // The previous release kept every stored hash from index 0 in tree.hashes,
 // without a header: such a file is read as a tree state with M = 0 and
 // replaced by log.tree at the first rewrite.
+// crcTable is CRC-32C, as the spool's frames use.
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
 const (
-	treeFileName   = "log.tree"
-	legacyTreeName = "tree.hashes"
-	treeMagic      = "aptree\x01\n"
+	HashStoreFile       = "log.tree"
+	LegacyHashStoreFile = "tree.hashes"
+	treeMagic           = "aptree\x01\n"
 	// treeRewriteMin: a rewrite drops at least this much.
 	treeRewriteMin = 64 << 10
 )
@@ -118,10 +121,10 @@ func frontierIndexes(m int64) []int64 {
 // release's tree.hashes, or a new empty log.tree.
 func openTreeFile(dir string) (*treeFile, error) {
 	t := &treeFile{dir: dir, backlogMax: treeBacklogMax}
-	path := filepath.Join(dir, treeFileName)
+	path := filepath.Join(dir, HashStoreFile)
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if errors.Is(err, os.ErrNotExist) {
-		if lf, lerr := os.OpenFile(filepath.Join(dir, legacyTreeName), os.O_RDWR, 0); lerr == nil {
+		if lf, lerr := os.OpenFile(filepath.Join(dir, LegacyHashStoreFile), os.O_RDWR, 0); lerr == nil {
 			t.f, t.legacy = lf, true
 			return t, t.load()
 		}
@@ -159,7 +162,7 @@ func (t *treeFile) load() error {
 		return fmt.Errorf("read the log's tree state: %w", err)
 	}
 	bad := func(why string) error {
-		return fmt.Errorf("%w: %s %s", errTreeDamaged, filepath.Join(t.dir, treeFileName), why)
+		return fmt.Errorf("%w: %s %s", errTreeDamaged, filepath.Join(t.dir, HashStoreFile), why)
 	}
 	if len(head) < 8+8+2 || string(head[:8]) != treeMagic {
 		return bad("has no tree state header")
@@ -220,7 +223,7 @@ func treeHeader(origin string, base int64, front []tlog.Hash) []byte {
 // t.mu held, or before t is shared.
 func (t *treeFile) writeNew(path, origin string, base int64, front []tlog.Hash, body []byte) error {
 	hdr := treeHeader(origin, base, front)
-	tmp := path + tmpExt
+	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("write the log's tree state: %w", err)
@@ -256,7 +259,7 @@ func (t *treeFile) writeNew(path, origin string, base int64, front []tlog.Hash, 
 		return fmt.Errorf("write the log's tree state: fsync its directory: %w", err)
 	}
 	if wasLegacy {
-		os.Remove(filepath.Join(t.dir, legacyTreeName))
+		os.Remove(filepath.Join(t.dir, LegacyHashStoreFile))
 		fsutil.SyncDir(t.dir)
 	}
 	return nil
@@ -374,7 +377,7 @@ func (t *treeFile) cut(k int64) error {
 func (t *treeFile) reset(origin string) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.writeNew(filepath.Join(t.dir, treeFileName), origin, 0, nil, nil)
+	return t.writeNew(filepath.Join(t.dir, HashStoreFile), origin, 0, nil, nil)
 }
 
 // rebase rewrites the file to prove from size base on (see above), when
@@ -416,7 +419,7 @@ func (t *treeFile) rebase(base int64, origin string) (bool, error) {
 		body = append(body, more...)
 	}
 	// Hashes whose write failed go into the new file.
-	return true, t.writeNew(filepath.Join(t.dir, treeFileName), origin, base, front, append(body, t.backlog...))
+	return true, t.writeNew(filepath.Join(t.dir, HashStoreFile), origin, base, front, append(body, t.backlog...))
 }
 
 // worthRebasing reports whether rebase(base) would rewrite the file: it
@@ -455,4 +458,11 @@ func (t *treeFile) close() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.f.Close()
+}
+
+// IsHashStoreFile reports whether name is the stored hashes file, or the
+// previous release's, which a spool counts as the log keeps them
+// (Log.HashBytes) rather than as other files.
+func IsHashStoreFile(name string) bool {
+	return name == HashStoreFile || name == LegacyHashStoreFile
 }
