@@ -140,10 +140,17 @@ func (c *Chain) AppendCheckpointEvent(dst []byte, s note.Signer, now time.Time, 
 // AppendCheckpointEventAfter is AppendCheckpointEvent for the first
 // checkpoint after an outage, which it reports (nil: none).
 func (c *Chain) AppendCheckpointEventAfter(dst []byte, s note.Signer, now time.Time, interval time.Duration, final bool, outage *CheckpointOutage, src audit.Source) ([]byte, error) {
+	dst, _, err := c.appendCheckpointEvent(dst, s, now, interval, final, outage, src)
+	return dst, err
+}
+
+// appendCheckpointEvent is AppendCheckpointEventAfter; it also returns the
+// checkpoint appended, signed, its Event the bytes appended.
+func (c *Chain) appendCheckpointEvent(dst []byte, s note.Signer, now time.Time, interval time.Duration, final bool, outage *CheckpointOutage, src audit.Source) ([]byte, SignedCheckpoint, error) {
 	cp := Checkpoint{Origin: c.origin, Size: c.tree.n, Root: c.tree.Root()}
 	signed, err := SignCheckpoint(cp, s)
 	if err != nil {
-		return dst, fmt.Errorf("sign checkpoint: %w", err)
+		return dst, SignedCheckpoint{}, fmt.Errorf("sign checkpoint: %w", err)
 	}
 	ev := checkpointEvent{V: 1, Type: audit.TypeCheckpoint, ID: audit.NewID(), Time: audit.Timestamp(now),
 		Checkpoint: CheckpointRecord{Origin: cp.Origin, Size: cp.Size, Root: base64.StdEncoding.EncodeToString(cp.Root[:]),
@@ -153,7 +160,61 @@ func (c *Chain) AppendCheckpointEventAfter(dst []byte, s note.Signer, now time.T
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
 	if err := enc.Encode(ev); err != nil {
-		return dst, err
+		return dst, SignedCheckpoint{}, err
 	}
-	return c.Append(dst, bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
+	start := len(dst)
+	dst, err = c.Append(dst, bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
+	if err != nil {
+		return dst, SignedCheckpoint{}, err
+	}
+	return dst, SignedCheckpoint{Checkpoint: cp, Note: signed, Event: bytes.Clone(dst[start:])}, nil
+}
+
+// A SignedCheckpoint is a checkpoint the log committed, as it hands it on
+// (Options.OnCheckpoint) to those who keep or submit it: the checkpoint
+// directory, the checkpoint URL, the witness.
+type SignedCheckpoint struct {
+	Checkpoint
+	// Note is the signed note: the checkpoint's text and the log's
+	// signature (SignCheckpoint).
+	Note []byte
+	// Event is the checkpoint event as committed: its canonical JSON, one
+	// line without the newline.
+	Event []byte
+}
+
+// ParseSignedCheckpoint reads a checkpoint event (one committed by a Log,
+// read back from a file or an aggregator). The note's signature is not
+// checked (OpenCheckpoint does that, given the keys); its form is, and its
+// text must be the checkpoint the event's record names.
+func ParseSignedCheckpoint(event []byte) (SignedCheckpoint, error) {
+	var e struct {
+		Type       string `json:"type"`
+		Checkpoint struct {
+			Origin string `json:"origin"`
+			Size   int64  `json:"size"`
+			Note   string `json:"note"`
+		} `json:"checkpoint"`
+	}
+	if err := json.Unmarshal(event, &e); err != nil {
+		return SignedCheckpoint{}, fmt.Errorf("checkpoint event: %w", err)
+	}
+	if e.Type != audit.TypeCheckpoint || e.Checkpoint.Note == "" {
+		return SignedCheckpoint{}, fmt.Errorf("event of type %q without a checkpoint note", e.Type)
+	}
+	msg := []byte(e.Checkpoint.Note)
+	_, err := note.Open(msg, nil)
+	var unverified *note.UnverifiedNoteError
+	if !errors.As(err, &unverified) {
+		return SignedCheckpoint{}, fmt.Errorf("checkpoint note: %v", err)
+	}
+	cp, err := ParseCheckpoint(unverified.Note.Text)
+	if err != nil {
+		return SignedCheckpoint{}, err
+	}
+	if cp.Origin != e.Checkpoint.Origin || cp.Size != e.Checkpoint.Size {
+		return SignedCheckpoint{}, fmt.Errorf("checkpoint record (%s, %d) differs from its note (%s, %d)",
+			e.Checkpoint.Origin, e.Checkpoint.Size, cp.Origin, cp.Size)
+	}
+	return SignedCheckpoint{Checkpoint: cp, Note: msg, Event: bytes.Clone(event)}, nil
 }

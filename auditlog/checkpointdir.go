@@ -63,9 +63,9 @@ func OpenCheckpointDir(dir string, logger *slog.Logger) (*CheckpointDir, []byte,
 	return c, last, nil
 }
 
-// Write queues one checkpoint event; the copy is written in the background
+// Write queues cp's event; the copy is written in the background
 // so that the spool's committer does not wait for a second disk.
-func (c *CheckpointDir) Write(event []byte) { c.ch <- event }
+func (c *CheckpointDir) Write(cp SignedCheckpoint) { c.ch <- cp.Event }
 
 func (c *CheckpointDir) run() {
 	defer close(c.done)

@@ -49,8 +49,9 @@ func NewCheckpointPoster(rawURL string, logger *slog.Logger) (*CheckpointPoster,
 	return p, nil
 }
 
-// Write queues one checkpoint event. It never blocks.
-func (p *CheckpointPoster) Write(event []byte) {
+// Write queues cp's event for posting. It never blocks.
+func (p *CheckpointPoster) Write(cp SignedCheckpoint) {
+	event := cp.Event
 	for {
 		select {
 		case p.ch <- event:

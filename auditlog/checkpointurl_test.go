@@ -34,7 +34,7 @@ func TestCheckpointPosterDeliversInOrderThroughFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 5 {
-		p.Write([]byte(`{"n":` + string(rune('0'+i)) + `}`))
+		p.Write(SignedCheckpoint{Event: []byte(`{"n":` + string(rune('0'+i)) + `}`)})
 	}
 	if err := p.Close(10 * time.Second); err != nil {
 		t.Fatal(err)
@@ -54,7 +54,7 @@ func TestCheckpointPosterNeverBlocksAndCloseIsBounded(t *testing.T) {
 	p, _ := NewCheckpointPoster(srv.URL, nil)
 	start := time.Now()
 	for range 1000 {
-		p.Write([]byte(`{}`))
+		p.Write(SignedCheckpoint{Event: []byte(`{}`)})
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("1000 writes took %v", d)

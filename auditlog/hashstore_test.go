@@ -2,7 +2,6 @@ package auditlog_test
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -84,15 +83,8 @@ func TestWitnessProofsAfterRewrites(t *testing.T) {
 	opts.Witness = true
 	var mu sync.Mutex
 	var roots = map[int64]tlog.Hash{}
-	opts.OnCheckpoint = func(ev []byte) {
-		var cp struct {
-			Checkpoint struct{ Note string }
-		}
-		if err := json.Unmarshal(ev, &cp); err != nil {
-			t.Error(err)
-			return
-		}
-		c, _, err := auditlog.OpenCheckpoint([]byte(cp.Checkpoint.Note), keys)
+	opts.OnCheckpoint = func(cp auditlog.SignedCheckpoint) {
+		c, _, err := auditlog.OpenCheckpoint(cp.Note, keys)
 		if err != nil {
 			t.Error(err)
 			return

@@ -44,9 +44,10 @@ type Options struct {
 	// the spool (the checkpoint directory), cited by the first event of a
 	// new epoch.
 	PreviousCheckpoint []byte
-	// OnCheckpoint, if set, receives each checkpoint event once the commit
-	// holding it is durable; the slice is the callee's.
-	OnCheckpoint func(event []byte)
+	// OnCheckpoint, if set, receives each checkpoint once the commit
+	// holding it is durable, on the committer's goroutine: it must not
+	// block. The value is the callee's.
+	OnCheckpoint func(SignedCheckpoint)
 	// Witness says that a witness is sent the checkpoints: the stored
 	// hashes are kept for consistency proofs from the size it last
 	// cosigned, which it reports with Log.WitnessCosigned (until it does,
@@ -89,7 +90,7 @@ type Log struct {
 	cpPending           int64        // the size of the checkpoint in the commit in progress
 	size                atomic.Int64 // the log's size at the last commit, for readers
 	lastCP              time.Time
-	cps                 [][]byte // checkpoint events of the commit in progress
+	cps                 []SignedCheckpoint // checkpoints of the commit in progress
 	// cpCommitted is the time (Unix ns) of the newest checkpoint committed
 	// to the spool, or of the log's opening before the first: read by the
 	// metrics, so an alert can tell a log that stopped signing.
@@ -195,11 +196,11 @@ func (l *Log) AppendEvent(dst, event []byte) ([]byte, error) {
 func (l *Log) AppendCheckpoint(dst []byte, now time.Time, final bool, outage *CheckpointOutage) ([]byte, error) {
 	start := len(dst)
 	l.cpPending = l.chain.Size()
-	dst, err := l.chain.AppendCheckpointEventAfter(dst, l.opts.Signer, now, l.opts.CheckpointInterval, final, outage, l.opts.Source)
+	dst, cp, err := l.chain.appendCheckpointEvent(dst, l.opts.Signer, now, l.opts.CheckpointInterval, final, outage, l.opts.Source)
 	if err != nil {
 		return dst[:start], err
 	}
-	l.cps = append(l.cps, bytes.Clone(dst[start:]))
+	l.cps = append(l.cps, cp)
 	l.sinceCP, l.lastCP = 0, now
 	return dst, nil
 }

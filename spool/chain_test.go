@@ -41,7 +41,7 @@ func TestSpoolIsAVerifiableLog(t *testing.T) {
 	signer, keys := testutil.Signer(t, "spool-test")
 	var cps [][]byte
 	opts := logOpts(signer)
-	opts.OnCheckpoint = func(ev []byte) { cps = append(cps, ev) }
+	opts.OnCheckpoint = func(cp auditlog.SignedCheckpoint) { cps = append(cps, cp.Event) }
 	s := openTestSpool(t, dir, Options{Log: opts})
 	for i := range 20 {
 		if err := s.Append(testutil.Event(i)); err != nil {
@@ -88,7 +88,7 @@ func TestIdleLogCheckpointsOnItsCadence(t *testing.T) {
 	opts := logOpts(signer)
 	opts.CheckpointInterval = 30 * time.Millisecond
 	var n atomic.Int64
-	opts.OnCheckpoint = func([]byte) { n.Add(1) }
+	opts.OnCheckpoint = func(auditlog.SignedCheckpoint) { n.Add(1) }
 	dir := t.TempDir()
 	s := openTestSpool(t, dir, Options{Log: opts})
 	testutil.WaitFor(t, "three idle checkpoints", func() bool { return n.Load() >= 3 })
@@ -106,7 +106,7 @@ func TestCheckpointAgeMetric(t *testing.T) {
 	opts := logOpts(signer)
 	opts.CheckpointInterval = 200 * time.Millisecond
 	var n atomic.Int64
-	opts.OnCheckpoint = func([]byte) { n.Add(1) }
+	opts.OnCheckpoint = func(auditlog.SignedCheckpoint) { n.Add(1) }
 	opened := time.Now()
 	s := openTestSpool(t, t.TempDir(), Options{Log: opts})
 	defer s.Close()

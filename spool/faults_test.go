@@ -206,7 +206,7 @@ func TestFailingCommitsRefuseUntilAProbeSucceeds(t *testing.T) {
 			if withLog {
 				opts.Log = logOpts(signer)
 				opts.Log.CheckpointInterval = 100 * time.Millisecond
-				opts.Log.OnCheckpoint = func([]byte) { checkpoints.Add(1) }
+				opts.Log.OnCheckpoint = func(auditlog.SignedCheckpoint) { checkpoints.Add(1) }
 			}
 			s := openTestSpool(t, dir, opts)
 			var fail atomic.Bool

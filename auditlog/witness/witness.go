@@ -24,10 +24,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 
-	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/internal/fsutil"
 )
@@ -207,15 +205,10 @@ func New(opts Options) (*Client, error) {
 	return w, nil
 }
 
-// Submit queues a checkpoint event (as given to auditlog.Options.OnCheckpoint)
-// for the witness. It never blocks; a malformed event is logged and
-// dropped.
-func (w *Client) Submit(checkpointEvent []byte) {
-	it, err := parseWitnessItem(checkpointEvent)
-	if err != nil {
-		w.log.Error("witness: not a checkpoint event; dropped", "err", err)
-		return
-	}
+// Submit queues a checkpoint (as auditlog.Options.OnCheckpoint hands it
+// on) for the witness. It never blocks.
+func (w *Client) Submit(cp auditlog.SignedCheckpoint) {
+	it := witnessItem{origin: cp.Origin, size: cp.Size, root: cp.Root, note: cp.Note}
 	w.mu.Lock()
 	if w.closing {
 		w.mu.Unlock()
@@ -270,41 +263,6 @@ func (w *Client) Close(timeout time.Duration) error {
 		return fmt.Errorf("witness %s: %d checkpoint(s) not cosigned within %s", w.opts.URL, left, timeout)
 	}
 	return nil
-}
-
-// parseWitnessItem reads a checkpoint event's signed note.
-func parseWitnessItem(ev []byte) (witnessItem, error) {
-	var e struct {
-		Type       string `json:"type"`
-		Checkpoint struct {
-			Origin string `json:"origin"`
-			Size   int64  `json:"size"`
-			Note   string `json:"note"`
-		} `json:"checkpoint"`
-	}
-	if err := json.Unmarshal(ev, &e); err != nil {
-		return witnessItem{}, err
-	}
-	if e.Type != audit.TypeCheckpoint || e.Checkpoint.Note == "" {
-		return witnessItem{}, fmt.Errorf("event type %q without a checkpoint note", e.Type)
-	}
-	msg := []byte(e.Checkpoint.Note)
-	// Opened with no keys only to check the note's form and get its text:
-	// the witness checks the signature.
-	_, err := note.Open(msg, nil)
-	var unverified *note.UnverifiedNoteError
-	if !errors.As(err, &unverified) {
-		return witnessItem{}, fmt.Errorf("checkpoint note: %v", err)
-	}
-	cp, err := auditlog.ParseCheckpoint(unverified.Note.Text)
-	if err != nil {
-		return witnessItem{}, err
-	}
-	if cp.Origin != e.Checkpoint.Origin || cp.Size != e.Checkpoint.Size {
-		return witnessItem{}, fmt.Errorf("checkpoint record (%s, %d) differs from its note (%s, %d)",
-			e.Checkpoint.Origin, e.Checkpoint.Size, cp.Origin, cp.Size)
-	}
-	return witnessItem{origin: cp.Origin, size: cp.Size, root: cp.Root, note: msg}, nil
 }
 
 // witnessOutcome is what became of one attempt at a checkpoint.

@@ -341,15 +341,15 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 		}
 	}
 	var witnessClient atomic.Pointer[witness.Client] // set once the spool (its hashes) is open
-	logOpts.OnCheckpoint = func(ev []byte) {
+	logOpts.OnCheckpoint = func(cp auditlog.SignedCheckpoint) {
 		if cpDir != nil {
-			cpDir.Write(ev)
+			cpDir.Write(cp)
 		}
 		if cpPoster != nil {
-			cpPoster.Write(ev)
+			cpPoster.Write(cp)
 		}
 		if w := witnessClient.Load(); w != nil {
-			w.Submit(ev)
+			w.Submit(cp)
 		}
 	}
 	minFree := int64(c.spoolMinFree)
