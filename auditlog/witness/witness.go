@@ -35,9 +35,6 @@ type Options struct {
 	// URL is the witness's submission prefix (http or https): checkpoints
 	// are posted to URL + "/add-checkpoint".
 	URL string
-	// Hashes reads the log's stored hashes (a Log), for the
-	// consistency proofs. Required.
-	Hashes tlog.HashReader
 	// StateFile, if set, remembers the size (and root) of the last
 	// checkpoint the witness cosigned, per origin, across restarts. It is
 	// replaced atomically. Without it every start begins at "old 0" and
@@ -50,11 +47,6 @@ type Options struct {
 	Logger          *slog.Logger
 	// Client defaults to an http.Client with a 30 s timeout.
 	Client *http.Client
-	// Cosigned, if set, is told the size the witness cosigned for an
-	// origin: at start (from StateFile) and after each cosignature. The
-	// log (auditlog.Log.WitnessCosigned) keeps its stored hashes from there on,
-	// which the next consistency proof needs.
-	Cosigned func(origin string, size int64)
 }
 
 // Client submits each checkpoint to a C2SP tlog-witness
@@ -92,6 +84,7 @@ type Client struct {
 	client   *http.Client
 
 	mu      sync.Mutex
+	lg      Log           // set by Start
 	queue   []witnessItem // at most one per origin, oldest first
 	seq     uint64
 	closing bool
@@ -178,9 +171,6 @@ func New(opts Options) (*Client, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("witness URL %q: want http(s)://HOST[/PREFIX]", opts.URL)
 	}
-	if opts.Hashes == nil {
-		return nil, errors.New("witness: the log's stored hashes are required")
-	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -201,8 +191,38 @@ func New(opts Options) (*Client, error) {
 		state:     make(map[string]witnessLogState),
 	}
 	w.loadState()
-	go w.run()
 	return w, nil
+}
+
+// Log is the log whose checkpoints a Client submits (an auditlog.Log): its
+// stored hashes give the consistency proofs, and it is told the size the
+// witness cosigned for an origin, at Start (from Options.StateFile) and
+// after each cosignature, so that it keeps its stored hashes from there on.
+type Log interface {
+	tlog.HashReader
+	WitnessCosigned(origin string, size int64)
+}
+
+// Start starts submitting to the witness the checkpoints of lg, those
+// submitted before included. The log must be open: a Client is made
+// before it, so that its first checkpoints are not missed, and started
+// once it is.
+func (w *Client) Start(lg Log) {
+	w.mu.Lock()
+	if w.lg != nil || w.closing {
+		w.mu.Unlock()
+		return
+	}
+	w.lg = lg
+	sizes := make(map[string]int64, len(w.state))
+	for origin, ls := range w.state {
+		sizes[origin] = ls.Size
+	}
+	w.mu.Unlock()
+	for origin, size := range sizes {
+		lg.WitnessCosigned(origin, size)
+	}
+	go w.run()
 }
 
 // Submit queues a checkpoint (as auditlog.Options.OnCheckpoint hands it
@@ -245,6 +265,9 @@ func (w *Client) Close(timeout time.Duration) error {
 	if !w.closing {
 		w.closing = true
 		close(w.closingCh)
+		if w.lg == nil {
+			close(w.done) // never started: no run to end
+		}
 	}
 	w.mu.Unlock()
 	t := time.NewTimer(timeout)
@@ -459,7 +482,7 @@ func (w *Client) request(it witnessItem, old int64) ([]byte, error) {
 	var proof tlog.TreeProof
 	if old > 0 && old < it.size {
 		var err error
-		if proof, err = tlog.ProveTree(it.size, old, w.opts.Hashes); err != nil {
+		if proof, err = tlog.ProveTree(it.size, old, w.lg); err != nil {
 			return nil, err
 		}
 		if len(proof) > witnessMaxProof {
@@ -504,10 +527,10 @@ func (w *Client) cosigned(log *slog.Logger, it witnessItem, resp []byte) witness
 	w.state[it.origin] = witnessLogState{Size: it.size, Root: base64.StdEncoding.EncodeToString(it.root[:])}
 	if err := w.saveState(); err != nil {
 		log.Error("witness: cannot save the witness state", "err", err)
-	} else if w.opts.Cosigned != nil {
+	} else {
 		// Only once the state file says so: after a crash before it, the
 		// next start proves from the size the file holds.
-		w.opts.Cosigned(it.origin, it.size)
+		w.lg.WitnessCosigned(it.origin, it.size)
 	}
 	sigs, bad := parseWitnessSignatures(resp)
 	if bad > 0 {
@@ -598,9 +621,6 @@ func (w *Client) loadState() {
 	}
 	for origin, ls := range st.Logs {
 		w.state[origin] = ls
-		if w.opts.Cosigned != nil {
-			w.opts.Cosigned(origin, ls.Size)
-		}
 	}
 }
 

@@ -46,6 +46,10 @@ func (m *witnessTestHashes) add(hs []tlog.Hash) {
 	m.mu.Unlock()
 }
 
+// WitnessCosigned makes witnessTestHashes a Log; the tests read what the
+// witness cosigned from its state and cosignature files.
+func (m *witnessTestHashes) WitnessCosigned(string, int64) {}
+
 func (m *witnessTestHashes) ReadHashes(idx []int64) ([]tlog.Hash, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -329,12 +333,13 @@ func witnessTestLogKey(t *testing.T) (note.Signer, note.Verifier) {
 	return s, v
 }
 
-func newTestWitness(t *testing.T, opts Options) *Client {
+func newTestWitness(t *testing.T, opts Options, lg Log) *Client {
 	t.Helper()
 	w, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	w.Start(lg)
 	return w
 }
 
@@ -416,9 +421,8 @@ func TestWitnessCosignsEveryCheckpointAndResumes(t *testing.T) {
 	tw := startTestTlogWitness(t, note.VerifierList(logV), nil, witnessTestOrigin)
 	dir := t.TempDir()
 	lg := newWitnessTestLog(t, witnessTestOrigin, logS, "a")
-	opts := Options{URL: tw.srv.URL + "/", Hashes: lg.hashes,
-		StateFile: filepath.Join(dir, "witness.json"), CosignatureFile: filepath.Join(dir, "cosignatures.jsonl")}
-	w := newTestWitness(t, opts)
+	opts := Options{URL: tw.srv.URL + "/", StateFile: filepath.Join(dir, "witness.json"), CosignatureFile: filepath.Join(dir, "cosignatures.jsonl")}
+	w := newTestWitness(t, opts, lg.hashes)
 	var sizes []int64
 	for _, n := range []int{1, 4, 9, 30, 2, 64} {
 		lg.grow(t, n)
@@ -460,7 +464,7 @@ func TestWitnessCosignsEveryCheckpointAndResumes(t *testing.T) {
 	}
 
 	// A restart continues from the stored size: no 409 round trip.
-	w = newTestWitness(t, opts)
+	w = newTestWitness(t, opts, lg.hashes)
 	lg.grow(t, 5)
 	ev, size := lg.checkpoint(t)
 	w.Submit(signedCheckpoint(t, ev))
@@ -486,10 +490,9 @@ func TestWitnessFollowsTheWitnessSizeOn409(t *testing.T) {
 	tw := startTestTlogWitness(t, note.VerifierList(logV), nil, witnessTestOrigin)
 	dir := t.TempDir()
 	lg := newWitnessTestLog(t, witnessTestOrigin, logS, "a")
-	opts := Options{URL: tw.srv.URL, Hashes: lg.hashes,
-		StateFile: filepath.Join(dir, "witness.json"), CosignatureFile: filepath.Join(dir, "cosignatures.jsonl")}
+	opts := Options{URL: tw.srv.URL, StateFile: filepath.Join(dir, "witness.json"), CosignatureFile: filepath.Join(dir, "cosignatures.jsonl")}
 
-	w := newTestWitness(t, opts)
+	w := newTestWitness(t, opts, lg.hashes)
 	lg.grow(t, 7)
 	ev1, size1 := lg.checkpoint(t)
 	w.Submit(signedCheckpoint(t, ev1))
@@ -500,7 +503,7 @@ func TestWitnessFollowsTheWitnessSizeOn409(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w = newTestWitness(t, opts)
+	w = newTestWitness(t, opts, lg.hashes)
 	lg.grow(t, 20)
 	ev2, size2 := lg.checkpoint(t)
 	w.Submit(signedCheckpoint(t, ev2))
@@ -514,7 +517,7 @@ func TestWitnessFollowsTheWitnessSizeOn409(t *testing.T) {
 	}
 	var logs testutil.LogBuffer
 	opts.Logger = logs.Logger()
-	w = newTestWitness(t, opts)
+	w = newTestWitness(t, opts, lg.hashes)
 	lg.grow(t, 3)
 	ev3, size3 := lg.checkpoint(t)
 	w.Submit(signedCheckpoint(t, ev3))
@@ -523,7 +526,7 @@ func TestWitnessFollowsTheWitnessSizeOn409(t *testing.T) {
 	}
 	// A client with no state at all.
 	opts.StateFile = ""
-	w = newTestWitness(t, opts)
+	w = newTestWitness(t, opts, lg.hashes)
 	lg.grow(t, 40)
 	ev4, size4 := lg.checkpoint(t)
 	w.Submit(signedCheckpoint(t, ev4))
@@ -572,7 +575,7 @@ func TestWitnessReportsAForkedLog(t *testing.T) {
 	// The witness cosigns log A at size witnessed.
 	a := newWitnessTestLog(t, witnessTestOrigin, logS, "a")
 	aState := filepath.Join(dir, "a.json")
-	w := newTestWitness(t, Options{URL: tw.srv.URL, Hashes: a.hashes, StateFile: aState})
+	w := newTestWitness(t, Options{URL: tw.srv.URL, StateFile: aState}, a.hashes)
 	a.grow(t, 20)
 	ev, witnessed := a.checkpoint(t)
 	w.Submit(signedCheckpoint(t, ev))
@@ -611,7 +614,7 @@ func TestWitnessReportsAForkedLog(t *testing.T) {
 				t.Fatalf("fork at size %d", size)
 			}
 			sub := t.TempDir()
-			opts := Options{URL: tw.srv.URL, Hashes: b.hashes, CosignatureFile: filepath.Join(sub, "cosignatures.jsonl")}
+			opts := Options{URL: tw.srv.URL, CosignatureFile: filepath.Join(sub, "cosignatures.jsonl")}
 			if tc.withState {
 				opts.StateFile = filepath.Join(sub, "state.json")
 				if err := os.WriteFile(opts.StateFile, aStateBytes, 0o600); err != nil {
@@ -621,7 +624,7 @@ func TestWitnessReportsAForkedLog(t *testing.T) {
 			var logs testutil.LogBuffer
 			opts.Logger = logs.Logger()
 			before := len(tw.requests())
-			w := newTestWitness(t, opts)
+			w := newTestWitness(t, opts, b.hashes)
 			w.Submit(signedCheckpoint(t, ev))
 			if err := w.Close(5 * time.Second); err != nil {
 				t.Fatal(err)
@@ -669,7 +672,7 @@ func TestWitnessSupersedesQueuedCheckpoints(t *testing.T) {
 	tw := startTestTlogWitness(t, note.VerifierList(logV), gate, witnessTestOrigin)
 	lg := newWitnessTestLog(t, witnessTestOrigin, logS, "a")
 	cosFile := filepath.Join(t.TempDir(), "cosignatures.jsonl")
-	w := newTestWitness(t, Options{URL: tw.srv.URL, Hashes: lg.hashes, CosignatureFile: cosFile})
+	w := newTestWitness(t, Options{URL: tw.srv.URL, CosignatureFile: cosFile}, lg.hashes)
 	lg.grow(t, 3)
 	ev, first := lg.checkpoint(t)
 	w.Submit(signedCheckpoint(t, ev))
@@ -732,8 +735,7 @@ func TestWitnessDownNeverBlocksAndCloseIsBounded(t *testing.T) {
 	for name, u := range map[string]string{"hanging": hanging.URL, "failing": failing.URL, "refused": refused} {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
-			w := newTestWitness(t, Options{URL: u, Hashes: lg.hashes,
-				StateFile: filepath.Join(dir, "state.json"), CosignatureFile: filepath.Join(dir, "cosignatures.jsonl")})
+			w := newTestWitness(t, Options{URL: u, StateFile: filepath.Join(dir, "state.json"), CosignatureFile: filepath.Join(dir, "cosignatures.jsonl")}, lg.hashes)
 			start := time.Now()
 			for i := range 1000 {
 				w.Submit(signedCheckpoint(t, events[i*len(events)/1000]))
@@ -770,17 +772,16 @@ func TestWitnessDownNeverBlocksAndCloseIsBounded(t *testing.T) {
 func TestNewWitnessChecksItsOptions(t *testing.T) {
 	h := &witnessTestHashes{}
 	for _, opts := range []Options{
-		{URL: "", Hashes: h},
-		{URL: "ftp://witness.example", Hashes: h},
-		{URL: "https://", Hashes: h},
-		{URL: "https://witness.example"},
+		{URL: ""},
+		{URL: "ftp://witness.example"},
+		{URL: "https://"},
 	} {
 		if w, err := New(opts); err == nil {
 			w.Close(time.Second)
 			t.Errorf("New(%+v) succeeded", opts)
 		}
 	}
-	w := newTestWitness(t, Options{URL: "https://witness.example", Hashes: h})
+	w := newTestWitness(t, Options{URL: "https://witness.example"}, h)
 	if err := w.Close(time.Second); err != nil {
 		t.Errorf("Close with nothing queued: %v", err)
 	}
@@ -800,4 +801,83 @@ func signedCheckpoint(t *testing.T, event []byte) auditlog.SignedCheckpoint {
 		t.Fatal(err)
 	}
 	return cp
+}
+
+// cosignedLog records what a Client tells its log it cosigned.
+type cosignedLog struct {
+	*witnessTestHashes
+	mu    sync.Mutex
+	sizes map[string]int64
+}
+
+func (l *cosignedLog) WitnessCosigned(origin string, size int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.sizes[origin] = size
+}
+
+func (l *cosignedLog) size(origin string) int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.sizes[origin]
+}
+
+// TestCheckpointsBeforeStartAreSent: a Client is made before the log opens
+// (so that the log's first checkpoints reach it) and started once it is.
+// What was submitted meanwhile is sent once it starts; the log is told
+// the size the state file holds at Start, and each new cosignature after;
+// a Client closed without being started ends at once and says what it did
+// not send.
+func TestCheckpointsBeforeStartAreSent(t *testing.T) {
+	logS, logV := witnessTestLogKey(t)
+	tw := startTestTlogWitness(t, note.VerifierList(logV), nil, witnessTestOrigin)
+	dir := t.TempDir()
+	lg := newWitnessTestLog(t, witnessTestOrigin, logS, "a")
+	opts := Options{URL: tw.srv.URL, StateFile: filepath.Join(dir, "witness.json")}
+	w, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lg.grow(t, 6)
+	ev, size := lg.checkpoint(t)
+	w.Submit(signedCheckpoint(t, ev))
+	time.Sleep(50 * time.Millisecond)
+	if n := len(tw.requests()); n != 0 {
+		t.Fatalf("%d requests to the witness before Start", n)
+	}
+	cl := &cosignedLog{witnessTestHashes: lg.hashes, sizes: map[string]int64{}}
+	w.Start(cl)
+	waitForWitness(t, "the checkpoint submitted before Start cosigned", func() bool { return cl.size(witnessTestOrigin) == size })
+	if err := w.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	// A restart: the log hears the stored size at Start, before any
+	// checkpoint.
+	w, err = New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl2 := &cosignedLog{witnessTestHashes: lg.hashes, sizes: map[string]int64{}}
+	w.Start(cl2)
+	if got := cl2.size(witnessTestOrigin); got != size {
+		t.Errorf("at Start the log heard size %d, want %d from the state file", got, size)
+	}
+	w.Close(time.Second)
+
+	// Never started: Close does not wait, and names what was not sent.
+	w, err = New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lg.grow(t, 2)
+	ev, _ = lg.checkpoint(t)
+	w.Submit(signedCheckpoint(t, ev))
+	start := time.Now()
+	if err := w.Close(5 * time.Second); err == nil || !strings.Contains(err.Error(), "1 checkpoint(s) not cosigned") {
+		t.Errorf("Close of a Client never started: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("Close of a Client never started took %v", d)
+	}
 }

@@ -340,7 +340,16 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 			return nil, err
 		}
 	}
-	var witnessClient atomic.Pointer[witness.Client] // set once the spool (its hashes) is open
+	// The witness client is made before the spool, so that the log's first
+	// checkpoints reach it, and started once the log is open.
+	var wc *witness.Client
+	if c.witnessURL != "" {
+		if wc, err = witness.New(witness.Options{URL: c.witnessURL,
+			StateFile: filepath.Join(c.dataDir, "witness.json"), CosignatureFile: filepath.Join(c.dataDir, "cosignatures.ndjson"),
+			Logger: logger}); err != nil {
+			return nil, usageError{"--witness-url: " + err.Error()}
+		}
+	}
 	logOpts.OnCheckpoint = func(cp auditlog.SignedCheckpoint) {
 		if cpDir != nil {
 			cpDir.Write(cp)
@@ -348,8 +357,8 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 		if cpPoster != nil {
 			cpPoster.Write(cp)
 		}
-		if w := witnessClient.Load(); w != nil {
-			w.Submit(cp)
+		if wc != nil {
+			wc.Submit(cp)
 		}
 	}
 	minFree := int64(c.spoolMinFree)
@@ -375,6 +384,9 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 		if cpPoster != nil {
 			cpPoster.Close(0)
 		}
+		if wc != nil {
+			wc.Close(0)
+		}
 		return nil, err
 	}
 	metrics := proxy.NewMetrics()
@@ -390,21 +402,13 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	}
 	inst := &instance{cfg: c, log: logger, spool: sp, cpDir: cpDir, cpPoster: cpPoster, serveErr: make(chan error, 2),
 		ln: ln, adminLn: adminLn, upstreamKey: upstreamKey}
-	if c.witnessURL != "" {
-		w, err := witness.New(witness.Options{URL: c.witnessURL, Hashes: sp.Log(),
-			StateFile: filepath.Join(c.dataDir, "witness.json"), CosignatureFile: filepath.Join(c.dataDir, "cosignatures.ndjson"),
-			Logger: logger, Cosigned: sp.Log().WitnessCosigned})
-		if err != nil {
-			sp.Close()
-			return nil, usageError{"--witness-url: " + err.Error()}
-		}
-		if err := w.Register(reg); err != nil {
-			w.Close(0)
+	if wc != nil {
+		wc.Start(sp.Log())
+		inst.witness = wc
+		if err := wc.Register(reg); err != nil {
 			sp.Close()
 			return nil, err
 		}
-		witnessClient.Store(w)
-		inst.witness = w
 	}
 	if c.forward != "" {
 		inst.shipper, err = forward.New(sp, forward.Options{
