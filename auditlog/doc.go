@@ -1,6 +1,22 @@
 // Package auditlog owns the verifiable log the audit events form: each
-// event's place in it, the Merkle tree over the events, signed checkpoints,
-// inclusion proofs and the Verifier that checks a log from its events alone.
+// event's place in it, the Merkle tree over the events and its stored
+// hashes, epochs, signed checkpoints and their cadence, what is done with
+// each checkpoint once committed, inclusion proofs, and the Verifier that
+// checks a log from its events alone.
+//
+// # Writing
+//
+// A Log is kept in a spool (package spool opens it through Options.Log):
+// the spool's committer hands it every event as it frames a commit, and the
+// Log places it (Chain), keeps the tree's stored hashes beside the spool's
+// segments (log.tree, see hashstore.go), adds a signed checkpoint when one
+// is due, and, once the commit is durable, hands each checkpoint on as a
+// SignedCheckpoint (Options.OnCheckpoint) to a CheckpointDir, a
+// CheckpointPoster and the witness client (package auditlog/witness). When
+// it opens, the Log reads the spool through Store to continue the log of
+// the spool's newest event, or starts a new epoch, whose first event
+// (log_started) says why: a new data dir, committed records lost, a log
+// state that cannot be trusted.
 //
 // # Places
 //
