@@ -318,15 +318,8 @@ const witnessTestOrigin = "test-node/20260101T000000Z"
 
 func witnessTestLogKey(t *testing.T) (note.Signer, note.Verifier) {
 	t.Helper()
-	skey, vkey, err := note.GenerateKey(rand.Reader, "test-node")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := note.NewSigner(skey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := note.NewVerifier(vkey)
+	s, keys := testutil.Signer(t, "test-node")
+	v, err := keys.Verifier(s.Name(), s.KeyHash())
 	if err != nil {
 		t.Fatal(err)
 	}
