@@ -25,6 +25,7 @@ import (
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
 	"github.com/auditproxy/auditproxy/hashing"
+	"github.com/auditproxy/auditproxy/internal/testutil"
 	"github.com/auditproxy/auditproxy/proxy"
 )
 
@@ -78,31 +79,13 @@ func (s *eventSink) rawJSON() string {
 	return s.raw.String()
 }
 
-// syncBuffer collects log output from concurrent goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 type testEnv struct {
 	fake     *fakevllm.Server
 	upstream string // the fake's base URL
 	proxyURL string // the proxy's base URL
 	proxy    *proxy.Proxy
 	events   *eventSink
-	logs     *syncBuffer
+	logs     *testutil.LogBuffer
 	keyIDer  *hashing.KeyIDer
 }
 
@@ -110,7 +93,7 @@ type testEnv struct {
 // the proxy's config.
 func newTestEnv(t testing.TB, fcfg fakevllm.Config, mod func(*proxy.Config)) *testEnv {
 	t.Helper()
-	e := &testEnv{fake: fakevllm.New(fcfg), events: newEventSink(), logs: &syncBuffer{}}
+	e := &testEnv{fake: fakevllm.New(fcfg), events: newEventSink(), logs: &testutil.LogBuffer{}}
 	var err error
 	e.upstream, err = e.fake.Start("127.0.0.1:0")
 	if err != nil {

@@ -774,24 +774,6 @@ func TestForwardOverTLSWithPrivateCA(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a child's stderr and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // startFake starts a fake vLLM for the rest of the test and returns it and
 // its URL.
 func startFake(t *testing.T, cfg fakevllm.Config) (*fakevllm.Server, string) {
@@ -809,7 +791,7 @@ func startFake(t *testing.T, cfg fakevllm.Config) (*fakevllm.Server, string) {
 type served struct {
 	cmd           *exec.Cmd
 	listen, admin string
-	stderr        *syncBuffer
+	stderr        *testutil.LogBuffer
 }
 
 // startServe runs `auditproxy serve` in front of upstream on fresh loopback
@@ -817,7 +799,7 @@ type served struct {
 // until it is ready. It is killed at the end of the test if still running.
 func startServe(t *testing.T, upstream string, env []string, args ...string) *served {
 	t.Helper()
-	s := &served{listen: freeAddr(t), admin: freeAddr(t), stderr: &syncBuffer{}}
+	s := &served{listen: freeAddr(t), admin: freeAddr(t), stderr: &testutil.LogBuffer{}}
 	s.cmd = exec.Command(buildBinary(t), append([]string{"serve", "--upstream", upstream,
 		"--listen", s.listen, "--admin-listen", s.admin}, args...)...)
 	s.cmd.Env = append(os.Environ(), env...)

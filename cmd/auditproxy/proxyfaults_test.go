@@ -18,6 +18,7 @@ import (
 
 	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
+	"github.com/auditproxy/auditproxy/internal/testutil"
 	"github.com/auditproxy/auditproxy/proxy"
 )
 
@@ -71,7 +72,7 @@ func TestServeSurvivesRunningOutOfDescriptors(t *testing.T) {
 	// "ulimit -n" sets the hard limit too, so Go cannot raise it.
 	cmd := exec.Command("/bin/sh", "-c", `ulimit -n 1024 && exec "$0" "$@"`, bin, "serve", "--upstream", upstream,
 		"--listen", listen, "--admin-listen", admin, "--data-dir", filepath.Join(t.TempDir(), "data"))
-	stderr := &syncBuffer{}
+	stderr := &testutil.LogBuffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -209,7 +210,7 @@ func TestServeRaisesTheDescriptorLimit(t *testing.T) {
 	listen, admin := freeAddr(t), freeAddr(t)
 	cmd := exec.Command("/bin/sh", "-c", `ulimit -S -n 512 && exec "$0" "$@"`, buildBinary(t), "serve", "--upstream", upstream,
 		"--listen", listen, "--admin-listen", admin, "--data-dir", filepath.Join(t.TempDir(), "data"))
-	stderr := &syncBuffer{}
+	stderr := &testutil.LogBuffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

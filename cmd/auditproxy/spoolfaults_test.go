@@ -63,7 +63,7 @@ func TestSecondWriterOnALiveDataDirIsRefused(t *testing.T) {
 
 	second := exec.Command(buildBinary(t), "serve", "--upstream", upstream, "--listen", freeAddr(t),
 		"--admin-listen", freeAddr(t), "--data-dir", dataDir)
-	stderr := &syncBuffer{}
+	stderr := &testutil.LogBuffer{}
 	second.Stderr = stderr
 	done := make(chan error, 1)
 	if err := second.Start(); err != nil {
@@ -532,7 +532,7 @@ func TestKill9WhileTheTreeStateIsRewritten(t *testing.T) {
 type retriedServe struct {
 	cmd           *exec.Cmd
 	listen, admin string
-	stderr        *syncBuffer
+	stderr        *testutil.LogBuffer
 	exited        chan struct{}
 	err           error // the exit, once exited is closed
 }
@@ -557,7 +557,7 @@ func (s *retriedServe) kill() {
 func startServeRetrying(t *testing.T, upstream string, args ...string) *retriedServe {
 	t.Helper()
 	for attempt := 0; ; attempt++ {
-		s := &retriedServe{listen: freeAddr(t), admin: freeAddr(t), stderr: &syncBuffer{}, exited: make(chan struct{})}
+		s := &retriedServe{listen: freeAddr(t), admin: freeAddr(t), stderr: &testutil.LogBuffer{}, exited: make(chan struct{})}
 		s.cmd = exec.Command(buildBinary(t), append([]string{"serve", "--upstream", upstream,
 			"--listen", s.listen, "--admin-listen", s.admin}, args...)...)
 		s.cmd.Stderr = s.stderr

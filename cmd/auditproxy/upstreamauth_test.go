@@ -14,6 +14,7 @@ import (
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/bench/fakevllm"
+	"github.com/auditproxy/auditproxy/internal/testutil"
 )
 
 // The keys of a vLLM started with --api-key sk-vllm-sidecar-... --api-key
@@ -263,7 +264,7 @@ func TestModelIdentityRestoredWhenVLLMAnswers(t *testing.T) {
 	os.WriteFile(keyFile, []byte(sidecarKey), 0o600)
 	dataDir := t.TempDir()
 	listen, admin := freeAddr(t), freeAddr(t)
-	stderr := &syncBuffer{}
+	stderr := &testutil.LogBuffer{}
 	cmd := exec.Command(buildBinary(t), "serve", "--upstream", "http://"+vllmAddr, "--listen", listen, "--admin-listen", admin,
 		"--data-dir", dataDir, "--log-level", "debug", "--model-poll-interval", "50ms", "--upstream-api-key-file", keyFile)
 	cmd.Stderr = stderr
