@@ -9,7 +9,7 @@ import (
 
 	"github.com/fluent/fluent-logger-golang/fluent"
 
-	"github.com/auditproxy/auditproxy/bench/forwardrecv"
+	"github.com/auditproxy/auditproxy/internal/forwardrecv"
 )
 
 // These benchmarks measure what github.com/fluent/fluent-logger-golang can
@@ -17,7 +17,7 @@ import (
 // with RequestAck the library sends each Post as its own Message-mode frame
 // and blocks until that frame's ack comes back, so one connection carries
 // one event per round trip and nothing is batched. The peer is
-// bench/forwardrecv in this process over loopback TCP, keeping no entries,
+// internal/forwardrecv in this process over loopback TCP, keeping no entries,
 // so allocs/op counts the receiver's decoding too.
 
 // auditEvent is a realistic audit record: about 700 bytes in msgpack (the

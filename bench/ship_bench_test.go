@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/auditproxy/auditproxy/audit"
-	"github.com/auditproxy/auditproxy/bench/forwardrecv"
+	"github.com/auditproxy/auditproxy/internal/forwardrecv"
 	"github.com/auditproxy/auditproxy/forward"
 	"github.com/auditproxy/auditproxy/spool"
 )

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/auditproxy/auditproxy/audit"
-	"github.com/auditproxy/auditproxy/bench/fakevllm"
+	"github.com/auditproxy/auditproxy/internal/fakevllm"
 )
 
 // writeAdapter makes a PEFT LoRA adapter directory vLLM (the fake) loads.

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/auditproxy/auditproxy/bench/fakevllm"
+	"github.com/auditproxy/auditproxy/internal/fakevllm"
 	"github.com/auditproxy/auditproxy/proxy"
 )
 

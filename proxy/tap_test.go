@@ -12,7 +12,7 @@ import (
 	"github.com/zeebo/blake3"
 
 	"github.com/auditproxy/auditproxy/audit"
-	"github.com/auditproxy/auditproxy/bench/fakevllm"
+	"github.com/auditproxy/auditproxy/internal/fakevllm"
 	"github.com/auditproxy/auditproxy/hashing"
 )
 

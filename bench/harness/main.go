@@ -1,7 +1,7 @@
 // Command harness is auditproxy's load harness: it measures what the proxy
 // adds in front of vLLM by comparing, in one run and in interleaved rounds
 // (direct, proxy, direct, proxy, …), a direct connection to the simulated
-// vLLM server of bench/fakevllm with the same traffic sent through auditproxy.
+// vLLM server of internal/fakevllm with the same traffic sent through auditproxy.
 //
 //	go run ./bench/harness [-workload nonstream|nonstream-rate|stream|all] [-rate 2000] [-rounds 5] [-duration 10s] [-out FILE]
 //

@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/auditproxy/auditproxy/bench/fakevllm"
+	"github.com/auditproxy/auditproxy/internal/fakevllm"
 )
 
 // run performs the whole comparison and writes the markdown report to

@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/auditproxy/auditproxy/bench/fakevllm"
+	"github.com/auditproxy/auditproxy/internal/fakevllm"
 	"github.com/valyala/fasthttp"
 )
 

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/auditproxy/auditproxy/audit"
-	"github.com/auditproxy/auditproxy/bench/fakevllm"
-	"github.com/auditproxy/auditproxy/bench/forwardrecv"
+	"github.com/auditproxy/auditproxy/internal/fakevllm"
+	"github.com/auditproxy/auditproxy/internal/forwardrecv"
 )
 
 const demoAPIKey = "sk-demo-0123456789"

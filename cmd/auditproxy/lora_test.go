@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/auditproxy/auditproxy/audit"
-	"github.com/auditproxy/auditproxy/bench/fakevllm"
+	"github.com/auditproxy/auditproxy/internal/fakevllm"
 )
 
 // TestRuntimeLoRAThroughServe: behind a vLLM that loads LoRA adapters at

@@ -30,8 +30,8 @@ import (
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/auditlog"
-	"github.com/auditproxy/auditproxy/bench/fakevllm"
-	"github.com/auditproxy/auditproxy/bench/forwardrecv"
+	"github.com/auditproxy/auditproxy/internal/fakevllm"
+	"github.com/auditproxy/auditproxy/internal/forwardrecv"
 	"github.com/auditproxy/auditproxy/internal/testutil"
 )
 

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/auditproxy/auditproxy/auditlog"
-	"github.com/auditproxy/auditproxy/bench/fakevllm"
+	"github.com/auditproxy/auditproxy/internal/fakevllm"
 	"github.com/auditproxy/auditproxy/internal/testutil"
 	"github.com/auditproxy/auditproxy/proxy"
 )

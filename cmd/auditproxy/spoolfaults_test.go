@@ -23,8 +23,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
-	"github.com/auditproxy/auditproxy/bench/fakevllm"
-	"github.com/auditproxy/auditproxy/bench/forwardrecv"
+	"github.com/auditproxy/auditproxy/internal/fakevllm"
+	"github.com/auditproxy/auditproxy/internal/forwardrecv"
 	"github.com/auditproxy/auditproxy/internal/testutil"
 )
 

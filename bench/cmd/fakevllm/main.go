@@ -1,5 +1,5 @@
 // Command fakevllm runs the simulated vLLM OpenAI server of package
-// bench/fakevllm as its own process, so that load tests measure it apart from
+// internal/fakevllm as its own process, so that load tests measure it apart from
 // the load generator and the proxy.
 //
 //	fakevllm -listen 127.0.0.1:8000 -model NAME -ttft 0s -itl 0s -output-tokens 16 \
@@ -21,7 +21,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/auditproxy/auditproxy/bench/fakevllm"
+	"github.com/auditproxy/auditproxy/internal/fakevllm"
 )
 
 func main() {

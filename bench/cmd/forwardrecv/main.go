@@ -1,5 +1,5 @@
 // Command forwardrecv runs the Fluentd forward-protocol receiver of package
-// bench/forwardrecv as its own process: an aggregator for the shipper to
+// internal/forwardrecv as its own process: an aggregator for the shipper to
 // send to in manual tests and load runs.
 //
 //	forwardrecv -listen 127.0.0.1:24224 [-tls-cert FILE -tls-key FILE] [-mode ack|withhold|drop] [-print]
@@ -22,7 +22,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/auditproxy/auditproxy/bench/forwardrecv"
+	"github.com/auditproxy/auditproxy/internal/forwardrecv"
 )
 
 func main() {

@@ -16,7 +16,7 @@ import (
 )
 
 // updateGolden rewrites testdata/*.golden from the fake's current answers:
-// go test ./bench/fakevllm -run Golden -update
+// go test ./internal/fakevllm -run Golden -update
 var updateGolden = flag.Bool("update", false, "rewrite testdata/*.golden")
 
 // moreVolatile extends normalize (fakevllm_test.go) to the ids of the newer

@@ -1,7 +1,7 @@
 // Package forwardrecv is a receiver for the Fluentd forward protocol, v1
 // (https://github.com/fluent/fluentd/wiki/Forward-Protocol-Specification-v1),
 // written to be the aggregator peer in tests and benchmarks of auditproxy's
-// shipper. It owns its own msgpack decoder, and the few bytes of encoder an
+// shipper (package forward), and the demo's aggregator. It owns its own msgpack decoder, and the few bytes of encoder an
 // ack needs, and imports no msgpack or Fluentd library, so that it checks a
 // sender independently of the code the sender was built with.
 //
