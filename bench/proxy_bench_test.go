@@ -10,8 +10,8 @@ import (
 
 	"github.com/valyala/fasthttp"
 
-	"github.com/auditproxy/auditproxy/internal/fakevllm"
 	"github.com/auditproxy/auditproxy/hashing"
+	"github.com/auditproxy/auditproxy/internal/fakevllm"
 	"github.com/auditproxy/auditproxy/proxy"
 	"github.com/auditproxy/auditproxy/spool"
 )

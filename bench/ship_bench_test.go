@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/auditproxy/auditproxy/audit"
-	"github.com/auditproxy/auditproxy/internal/forwardrecv"
 	"github.com/auditproxy/auditproxy/forward"
+	"github.com/auditproxy/auditproxy/internal/forwardrecv"
 	"github.com/auditproxy/auditproxy/spool"
 )
 

@@ -23,8 +23,8 @@ import (
 	"github.com/openai/openai-go/v3/option"
 
 	"github.com/auditproxy/auditproxy/audit"
-	"github.com/auditproxy/auditproxy/internal/fakevllm"
 	"github.com/auditproxy/auditproxy/hashing"
+	"github.com/auditproxy/auditproxy/internal/fakevllm"
 	"github.com/auditproxy/auditproxy/internal/testutil"
 	"github.com/auditproxy/auditproxy/proxy"
 )

@@ -12,8 +12,8 @@ import (
 	"github.com/zeebo/blake3"
 
 	"github.com/auditproxy/auditproxy/audit"
-	"github.com/auditproxy/auditproxy/internal/fakevllm"
 	"github.com/auditproxy/auditproxy/hashing"
+	"github.com/auditproxy/auditproxy/internal/fakevllm"
 )
 
 // lastEvent keeps the last recorded event.
