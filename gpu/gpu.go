@@ -34,12 +34,10 @@
 package gpu
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"time"
 )
 
 // Identity is what the audit event records about the GPUs. Field names and
@@ -121,29 +119,4 @@ func (e *unavailableError) Unwrap() []error {
 		return []error{ErrUnavailable}
 	}
 	return []error{ErrUnavailable, e.cause}
-}
-
-// Watch reads the identity every interval until ctx is done, and calls
-// changed when its digest differs from last's (the identity read before
-// Watch was called). A failed read is reported to failed and retried at the
-// next interval; the last good identity stays current.
-func (r *Reader) Watch(ctx context.Context, interval time.Duration, last *Identity, changed func(before, after *Identity), failed func(error)) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		id, err := r.Read()
-		if err != nil {
-			failed(err)
-			continue
-		}
-		if last == nil || id.Digest() != last.Digest() {
-			changed(last, id)
-			last = id
-		}
-	}
 }

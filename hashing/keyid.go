@@ -4,14 +4,14 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
 
 	"github.com/zeebo/blake3"
+
+	"github.com/auditproxy/auditproxy/internal/fsutil"
 )
 
 // KeyIDSecretSize is the size in bytes of the secret that keys API key ids.
@@ -77,44 +77,26 @@ func Credential(authorization []byte) []byte {
 }
 
 // LoadOrCreateKeyIDSecret reads the secret from path. If the file does not
-// exist it generates a random secret and writes it there with mode 0600,
-// creating the parent directory (mode 0700) if needed. The file holds the
-// secret in hex, so an operator can copy it between sidecars that must
-// produce the same ids.
+// exist it generates a random secret and writes it there with mode 0600
+// (fsutil.CreateSecretFile), creating the parent directory (mode 0700) if
+// needed. The file holds the secret in hex, so an operator can copy it
+// between sidecars that must produce the same ids. Two sidecars sharing a
+// data dir that start at once get the same secret: the one created first.
 func LoadOrCreateKeyIDSecret(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if err == nil {
-		return parseKeyIDSecret(path, b)
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("read key id secret: %w", err)
-	}
-	secret := make([]byte, KeyIDSecretSize)
-	if _, err := rand.Read(secret); err != nil {
-		return nil, fmt.Errorf("generate key id secret: %w", err)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("create key id secret directory: %w", err)
-	}
-	// O_EXCL: two sidecars sharing a data dir must not each write their own.
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, fs.ErrExist) {
-		return LoadOrCreateKeyIDSecret(path)
-	}
+	b, err := fsutil.LoadOrCreateSecretFile(path, func() ([]byte, error) {
+		secret := make([]byte, KeyIDSecretSize)
+		if _, err := rand.Read(secret); err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, err
+		}
+		return []byte(hex.EncodeToString(secret) + "\n"), nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("create key id secret: %w", err)
+		return nil, fmt.Errorf("key id secret: %w", err)
 	}
-	_, err = f.WriteString(hex.EncodeToString(secret) + "\n")
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, fmt.Errorf("write key id secret %s: %w", path, err)
-	}
-	return secret, nil
+	return parseKeyIDSecret(path, b)
 }
 
 // LoadKeyIDSecret reads the secret a sidecar keys its ids with from path,

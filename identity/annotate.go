@@ -5,15 +5,14 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/internal/fsutil"
 )
 
 // Annotation is what an operator records: what kind of change, who made
@@ -94,29 +93,22 @@ func httpError(w http.ResponseWriter, code int, msg string) {
 }
 
 // LoadOrCreateToken reads the admin token from path, creating it (32
-// random bytes, hex, mode 0600) if absent.
+// random bytes, hex, mode 0600, fsynced: fsutil.CreateSecretFile) if
+// absent.
 func LoadOrCreateToken(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err == nil {
-		tok := strings.TrimSpace(string(b))
-		if len(tok) < 32 {
-			return "", fmt.Errorf("admin token %s: shorter than 32 characters", path)
+	b, err := fsutil.LoadOrCreateSecretFile(path, func() ([]byte, error) {
+		var raw [32]byte
+		if _, err := rand.Read(raw[:]); err != nil {
+			return nil, err
 		}
-		return tok, nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("admin token: %w", err)
-	}
-	var raw [32]byte
-	rand.Read(raw[:])
-	tok := hex.EncodeToString(raw[:])
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		return []byte(hex.EncodeToString(raw[:]) + "\n"), nil
+	})
 	if err != nil {
 		return "", fmt.Errorf("admin token: %w", err)
 	}
-	_, err = f.WriteString(tok + "\n")
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < 32 {
+		return "", fmt.Errorf("admin token %s: shorter than 32 characters", path)
 	}
-	return tok, err
+	return tok, nil
 }

@@ -1,8 +1,10 @@
 // Package identity owns what a request was served by, beyond the request
 // itself: the checksum of the model weights behind each served model name
 // (a LoRA adapter's and its base model's), how those are discovered from the
-// upstream and the weights directories and kept current, and the events that
-// record them and their changes in the audit log.
+// upstream and the weights directories and kept current (Models); the
+// identity of the GPUs the upstream runs on, read through package gpu and
+// kept current (GPU, gpu.go); the events that record them and their changes
+// in the audit log; and operators' annotations of a change (annotate.go).
 //
 // Discovery: every poll reads the upstream's /v1/models. A served name's
 // weights directory is the one given for it (--model-dir NAME=DIR, or DIR

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/auditproxy/auditproxy/internal/fsutil"
 )
 
 // runKeygen writes a new checkpoint signing key.
@@ -42,19 +45,9 @@ func writeSigningKey(path, name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) {
+	err = fsutil.CreateSecretFile(path, []byte(skey+"\n"))
+	if errors.Is(err, fs.ErrExist) {
 		return "", fmt.Errorf("signing key %s exists; not overwriting it", path)
-	}
-	if err != nil {
-		return "", fmt.Errorf("write signing key: %w", err)
-	}
-	_, err = f.WriteString(skey + "\n")
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
 	}
 	if err == nil {
 		err = os.WriteFile(path+".pub", []byte(vkey+"\n"), 0o644)

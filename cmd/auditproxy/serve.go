@@ -16,7 +16,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 	"unicode"
@@ -29,7 +28,6 @@ import (
 	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/auditlog/witness"
 	"github.com/auditproxy/auditproxy/forward"
-	"github.com/auditproxy/auditproxy/gpu"
 	"github.com/auditproxy/auditproxy/hashing"
 	"github.com/auditproxy/auditproxy/identity"
 	"github.com/auditproxy/auditproxy/internal/fsutil"
@@ -172,9 +170,7 @@ type instance struct {
 	witness  *witness.Client            // nil without --witness-url
 	lock     *fsutil.DataDirLock        // held until shutdown ends
 	source   audit.Source
-	gpuRef   atomic.Pointer[string] // digest of the current GPU identity; nil without NVML
-	gpu      *gpu.Reader
-	stopGPU  context.CancelFunc
+	gpu      *identity.GPU // its Current is nil without NVML
 	models   *identity.Models
 	// upstreamKey is the key of --upstream-api-key-file, for the sidecar's
 	// own requests to vLLM; kept out of cfg, whose values are logged and
@@ -186,36 +182,89 @@ type instance struct {
 	serveErr    chan error
 }
 
+// settings are what checkFlags makes of the flags for the later steps.
+type settings struct {
+	alg        hashing.Algorithm
+	durability spool.Durability
+	capture    *proxy.CaptureConfig // nil without --capture-payloads
+}
+
 // start checks the configuration, opens the data dir and listeners, and
 // serves in the background. tee, if not nil, also receives every event
 // (demo prints them).
+//
+// Each step pushes what it opened onto undo; when a later step fails, undo
+// releases all of it, last opened first, so that a failed start leaves
+// neither a goroutine nor a listener nor the data dir's lock behind. Once
+// start returns the instance, shutdown releases them instead, in the order
+// what is recorded needs (see shutdown).
 func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance, err error) {
+	inst := &instance{cfg: c, serveErr: make(chan error, 2)}
+	var undo closers
+	defer func() {
+		if err != nil {
+			_ = undo.unwind() // the step's error says why start failed
+		}
+	}()
 	// Every flag is checked, and both listeners bound, before anything is
 	// created on disk or recorded: a sidecar that cannot serve must leave no
 	// proxy_started event behind.
-	logger, err := newLogger(c.logLevel, c.logFormat, stderr)
+	s, err := inst.checkFlags(stderr)
 	if err != nil {
 		return nil, err
 	}
-	alg, err := hashing.ParseAlgorithm(c.hash)
+	if err := inst.listen(&undo); err != nil {
+		return nil, err
+	}
+	keyIDer, signer, err := inst.openDataDir(&undo)
 	if err != nil {
-		return nil, usageError{"--hash: " + err.Error()}
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := inst.openLog(s, signer, reg, &undo); err != nil {
+		return nil, err
+	}
+	if err := inst.buildProxy(s, keyIDer, reg, tee); err != nil {
+		return nil, err
+	}
+	if err := inst.startIdentity(reg, &undo); err != nil {
+		return nil, err
+	}
+	if err := inst.startAdmin(reg, &undo); err != nil {
+		return nil, err
+	}
+	inst.serve(s)
+	return inst, nil
+}
+
+// checkFlags checks every flag, makes the logger, and reads the upstream
+// API key; it creates nothing.
+func (inst *instance) checkFlags(stderr io.Writer) (settings, error) {
+	c := inst.cfg
+	var s settings
+	logger, err := newLogger(c.logLevel, c.logFormat, stderr)
+	if err != nil {
+		return s, err
+	}
+	inst.log = logger
+	if s.alg, err = hashing.ParseAlgorithm(c.hash); err != nil {
+		return s, usageError{"--hash: " + err.Error()}
 	}
 	if _, err := proxy.ParseUpstream(c.upstream); err != nil {
-		return nil, usageError{"--upstream: " + err.Error()}
+		return s, usageError{"--upstream: " + err.Error()}
 	}
-	durability, err := spool.ParseDurability(c.durability)
-	if err != nil {
-		return nil, usageError{"--durability: " + err.Error()}
+	if s.durability, err = spool.ParseDurability(c.durability); err != nil {
+		return s, usageError{"--durability: " + err.Error()}
 	}
 	if c.onSpoolFull != "reject" {
-		return nil, usageError{fmt.Sprintf("--on-spool-full %q: the only policy is reject (an inference never runs without its record)", c.onSpoolFull)}
+		return s, usageError{fmt.Sprintf("--on-spool-full %q: the only policy is reject (an inference never runs without its record)", c.onSpoolFull)}
 	}
 	if c.spoolMaxBytes < 1<<20 {
-		return nil, usageError{fmt.Sprintf("--spool-max-bytes %s: want at least 1MiB", c.spoolMaxBytes.String())}
+		return s, usageError{fmt.Sprintf("--spool-max-bytes %s: want at least 1MiB", c.spoolMaxBytes.String())}
 	}
 	if c.segmentMaxBytes < 4<<10 || c.segmentMaxBytes > c.spoolMaxBytes/2 {
-		return nil, usageError{fmt.Sprintf("--segment-max-bytes %s: want 4KiB to half of --spool-max-bytes", c.segmentMaxBytes.String())}
+		return s, usageError{fmt.Sprintf("--segment-max-bytes %s: want 4KiB to half of --spool-max-bytes", c.segmentMaxBytes.String())}
 	}
 	// A captured exchange goes into its event: both bodies, encrypted (age
 	// adds 16 bytes every 64 KiB) and base64-encoded (4/3), so 64 MiB of
@@ -223,133 +272,149 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	// rest of the event. A larger event would be refused, and its answer
 	// cut, every time.
 	if c.captureMaxBytes > maxCaptureBytes {
-		return nil, usageError{fmt.Sprintf("--capture-max-bytes %s: want at most %s (both bodies, encrypted and encoded, must fit in one spool record of %s)",
+		return s, usageError{fmt.Sprintf("--capture-max-bytes %s: want at most %s (both bodies, encrypted and encoded, must fit in one spool record of %s)",
 			c.captureMaxBytes.String(), formatSize(maxCaptureBytes), formatSize(spool.MaxRecordBytes))}
 	}
-	var capture *proxy.CaptureConfig
 	switch {
 	case c.capturePayloads && len(c.payloadRecipients) == 0:
-		return nil, usageError{"--capture-payloads needs at least one --payload-recipient age1..."}
+		return s, usageError{"--capture-payloads needs at least one --payload-recipient age1..."}
 	case !c.capturePayloads && len(c.payloadRecipients) > 0:
-		return nil, usageError{"--payload-recipient without --capture-payloads"}
+		return s, usageError{"--payload-recipient without --capture-payloads"}
 	case c.capturePayloads:
 		rcpts, err := payload.ParseRecipients(c.payloadRecipients)
 		if err != nil {
-			return nil, usageError{err.Error()}
+			return s, usageError{err.Error()}
 		}
-		capture = &proxy.CaptureConfig{Recipients: rcpts, MaxBytes: int64(c.captureMaxBytes)}
+		s.capture = &proxy.CaptureConfig{Recipients: rcpts, MaxBytes: int64(c.captureMaxBytes)}
 	}
 	if c.logName == "" || strings.ContainsAny(c.logName, "\n") {
-		return nil, usageError{fmt.Sprintf("--log-name %q: want a non-empty name on one line", c.logName)}
+		return s, usageError{fmt.Sprintf("--log-name %q: want a non-empty name on one line", c.logName)}
 	}
 	if err := auditlog.CheckLogName(c.logName); err != nil {
-		return nil, usageError{"--log-name: " + err.Error()}
+		return s, usageError{"--log-name: " + err.Error()}
 	}
 	if c.checkpointInterval < 10*time.Millisecond || c.checkpointEvery < 1 {
-		return nil, usageError{"--checkpoint-interval must be at least 10ms and --checkpoint-every at least 1"}
+		return s, usageError{"--checkpoint-interval must be at least 10ms and --checkpoint-every at least 1"}
 	}
 	if c.forward != "" {
 		if _, _, err := forward.ParseAddress(c.forward); err != nil {
-			return nil, usageError{"--forward: " + err.Error()}
+			return s, usageError{"--forward: " + err.Error()}
 		}
 	} else if c.forwardSkipVerify {
-		return nil, usageError{"--forward-insecure-skip-verify without --forward"}
+		return s, usageError{"--forward-insecure-skip-verify without --forward"}
 	}
 	if c.adminPprof && c.adminListen == "" {
-		return nil, usageError{"--admin-pprof without --admin-listen"}
+		return s, usageError{"--admin-pprof without --admin-listen"}
 	}
 	held := int64(8<<20) + 1 // what one body holds: see proxy/bigbody.go
 	if c.maxRequestBodySize > 0 {
 		held = min(held, int64(c.maxRequestBodySize)+1)
 	}
 	if c.requestBodyBudget != 0 && int64(c.requestBodyBudget) < held {
-		return nil, usageError{fmt.Sprintf("--request-body-budget %s: want more than one request body holds (8MiB, or --max-request-body-size if smaller)", c.requestBodyBudget.String())}
+		return s, usageError{fmt.Sprintf("--request-body-budget %s: want more than one request body holds (8MiB, or --max-request-body-size if smaller)", c.requestBodyBudget.String())}
 	}
 	if c.maxClientConns < 0 {
-		return nil, usageError{fmt.Sprintf("--max-client-conns %d: want 0 (below half the descriptor limit) or more", c.maxClientConns)}
+		return s, usageError{fmt.Sprintf("--max-client-conns %d: want 0 (below half the descriptor limit) or more", c.maxClientConns)}
 	}
-	var upstreamKey string
 	if c.upstreamAPIKeyFile != "" {
-		if upstreamKey, err = readUpstreamAPIKey(c.upstreamAPIKeyFile); err != nil {
-			return nil, err
+		if inst.upstreamKey, err = readUpstreamAPIKey(c.upstreamAPIKeyFile); err != nil {
+			return s, err
 		}
 	}
+	return s, nil
+}
+
+// listen binds the client listener and the admin one.
+func (inst *instance) listen(undo *closers) error {
+	c := inst.cfg
 	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", c.listen, err)
+		return fmt.Errorf("listen %s: %w", c.listen, err)
 	}
-	var adminLn net.Listener
+	inst.ln = ln
+	undo.push(ln.Close)
 	if c.adminListen != "" {
-		if adminLn, err = net.Listen("tcp", c.adminListen); err != nil {
-			ln.Close()
-			return nil, fmt.Errorf("admin listen %s: %w", c.adminListen, err)
-		}
-	}
-	defer func() {
+		adminLn, err := net.Listen("tcp", c.adminListen)
 		if err != nil {
-			ln.Close()
-			if adminLn != nil {
-				adminLn.Close()
-			}
+			return fmt.Errorf("admin listen %s: %w", c.adminListen, err)
 		}
-	}()
+		inst.adminLn = adminLn
+		undo.push(adminLn.Close)
+	}
+	return nil
+}
 
+// openDataDir creates the data dir, takes its lock, and loads the key id
+// secret and the checkpoint signing key (created on first start).
+func (inst *instance) openDataDir(undo *closers) (*hashing.KeyIDer, note.Signer, error) {
+	c := &inst.cfg
 	if c.keyIDSecretFile == "" {
 		c.keyIDSecretFile = filepath.Join(c.dataDir, "key-id.secret")
 	}
 	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create data dir: %w", err)
+		return nil, nil, fmt.Errorf("create data dir: %w", err)
 	}
 	// One writer per data dir, for the life of the process: a second one
 	// would fork the log. Released at the end of shutdown, or by the kernel.
 	lock, err := fsutil.LockDataDir(c.dataDir)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	started := false
-	defer func() {
-		if !started {
-			lock.Close()
-		}
-	}()
+	inst.lock = lock
+	undo.push(lock.Close)
 	secret, err := hashing.LoadOrCreateKeyIDSecret(c.keyIDSecretFile)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	keyIDer, err := hashing.NewKeyIDer(secret)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	signer, err := openSigner(c, logger)
+	signer, err := openSigner(*c, inst.log)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	return keyIDer, signer, nil
+}
+
+// openLog opens the spool and the log it commits into, with the log's
+// consumers (the checkpoint copies and the witness) and the shipper that
+// forwards it (started by serve); their metrics go to reg.
+func (inst *instance) openLog(s settings, signer note.Signer, reg prometheus.Registerer, undo *closers) error {
+	c, logger := inst.cfg, inst.log
 	host, _ := os.Hostname()
-	source := audit.Source{Host: host, Version: buildVersion()}
+	inst.source = audit.Source{Host: host, Version: buildVersion()}
 	logOpts := &auditlog.Options{Name: c.logName, Signer: signer, CheckpointInterval: c.checkpointInterval,
-		CheckpointEvery: c.checkpointEvery, Source: source, Witness: c.witnessURL != ""}
-	var cpDir *auditlog.CheckpointDir
-	var cpPoster *auditlog.CheckpointPoster
+		CheckpointEvery: c.checkpointEvery, Source: inst.source, Witness: c.witnessURL != ""}
 	if c.checkpointURL != "" {
-		if cpPoster, err = auditlog.NewCheckpointPoster(c.checkpointURL, logger); err != nil {
-			return nil, usageError{"--checkpoint-url: " + err.Error()}
+		poster, err := auditlog.NewCheckpointPoster(c.checkpointURL, logger)
+		if err != nil {
+			return usageError{"--checkpoint-url: " + err.Error()}
 		}
+		inst.cpPoster = poster
+		undo.push(func() error { return poster.Close(0) })
 	}
 	if c.checkpointDir != "" {
-		if cpDir, logOpts.PreviousCheckpoint, err = auditlog.OpenCheckpointDir(c.checkpointDir, logger); err != nil {
-			return nil, err
+		dir, previous, err := auditlog.OpenCheckpointDir(c.checkpointDir, logger)
+		if err != nil {
+			return err
 		}
+		inst.cpDir, logOpts.PreviousCheckpoint = dir, previous
+		undo.push(dir.Close)
 	}
 	// The witness client is made before the spool, so that the log's first
 	// checkpoints reach it, and started once the log is open.
-	var wc *witness.Client
 	if c.witnessURL != "" {
-		if wc, err = witness.New(witness.Options{URL: c.witnessURL,
+		wc, err := witness.New(witness.Options{URL: c.witnessURL,
 			StateFile: filepath.Join(c.dataDir, "witness.json"), CosignatureFile: filepath.Join(c.dataDir, "cosignatures.ndjson"),
-			Logger: logger}); err != nil {
-			return nil, usageError{"--witness-url: " + err.Error()}
+			Logger: logger})
+		if err != nil {
+			return usageError{"--witness-url: " + err.Error()}
 		}
+		inst.witness = wc
+		undo.push(func() error { return wc.Close(0) })
 	}
+	cpDir, cpPoster, wc := inst.cpDir, inst.cpPoster, inst.witness
 	logOpts.OnCheckpoint = func(cp auditlog.SignedCheckpoint) {
 		if cpDir != nil {
 			cpDir.Write(cp)
@@ -365,9 +430,11 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	if minFree == 0 {
 		minFree = -1 // SpoolOptions: negative disables, 0 is the default
 	}
+	// Pushed after its consumers, the spool is closed before them: its
+	// last checkpoint still reaches them.
 	sp, err := spool.Open(c.dataDir, spool.Options{
 		MinFreeBytes:    minFree,
-		Durability:      durability,
+		Durability:      s.durability,
 		FsyncInterval:   c.fsyncInterval,
 		MaxBytes:        int64(c.spoolMaxBytes),
 		SegmentMaxBytes: int64(c.segmentMaxBytes),
@@ -378,58 +445,53 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 		Logger:          logger,
 	})
 	if err != nil {
-		if cpDir != nil {
-			cpDir.Close()
-		}
-		if cpPoster != nil {
-			cpPoster.Close(0)
-		}
-		if wc != nil {
-			wc.Close(0)
-		}
-		return nil, err
+		return err
 	}
-	metrics := proxy.NewMetrics()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if err := metrics.Register(reg); err != nil {
-		sp.Close()
-		return nil, err
-	}
+	inst.spool = sp
+	undo.push(sp.Close)
 	if err := sp.Register(reg); err != nil {
-		sp.Close()
-		return nil, err
+		return err
 	}
-	inst := &instance{cfg: c, log: logger, spool: sp, cpDir: cpDir, cpPoster: cpPoster, serveErr: make(chan error, 2),
-		ln: ln, adminLn: adminLn, upstreamKey: upstreamKey}
 	if wc != nil {
 		wc.Start(sp.Log())
-		inst.witness = wc
 		if err := wc.Register(reg); err != nil {
-			sp.Close()
-			return nil, err
+			return err
 		}
 	}
 	if c.forward != "" {
-		inst.shipper, err = forward.New(sp, forward.Options{
+		// Not pushed: it runs nothing until serve starts it, and nothing
+		// fails after that.
+		sh, err := forward.New(sp, forward.Options{
 			Address:            c.forward,
 			Tag:                c.forwardTag,
 			InsecureSkipVerify: c.forwardSkipVerify,
 			AckTimeout:         c.forwardAckTimeout,
 			Logger:             logger,
 		})
-		if err == nil {
-			err = inst.shipper.Register(reg)
-		}
 		if err != nil {
-			sp.Close()
-			return nil, err
+			return err
+		}
+		inst.shipper = sh
+		if err := sh.Register(reg); err != nil {
+			return err
 		}
 	}
-	var rec audit.Recorder = sp
-	if tee != nil {
-		rec = teeRecorder{spool: sp, tee: tee}
+	return nil
+}
+
+// buildProxy makes the proxy (its metrics in reg), recording into the
+// spool and, with tee, showing each event to tee too.
+func (inst *instance) buildProxy(s settings, keyIDer *hashing.KeyIDer, reg prometheus.Registerer, tee func(*audit.Event)) error {
+	c := inst.cfg
+	metrics := proxy.NewMetrics()
+	if err := metrics.Register(reg); err != nil {
+		return err
 	}
+	var rec audit.Recorder = inst.spool
+	if tee != nil {
+		rec = teeRecorder{spool: inst.spool, tee: tee}
+	}
+	var err error
 	inst.proxy, err = proxy.New(proxy.Config{
 		Upstream:            c.upstream,
 		MaxRequestBodySize:  int(c.maxRequestBodySize),
@@ -439,47 +501,53 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 		UpstreamMaxConns:    c.upstreamMaxConns,
 		UpstreamForcesUsage: c.upstreamForcesUsage,
 		MaxClientConns:      c.maxClientConns,
-		Hash:                alg,
+		Hash:                s.alg,
 		KeyIDer:             keyIDer,
 		Recorder:            rec,
-		Capture:             capture,
-		GPU:                 inst.gpuRef.Load,
+		Capture:             s.capture,
+		GPU:                 inst.gpuDigest,
 		ModelChecksums:      inst.modelChecksums,
 		ModelsChanged:       inst.modelsChanged,
 		AwaitModel:          inst.awaitModel,
-		UpstreamAPIKey:      upstreamKey,
+		UpstreamAPIKey:      inst.upstreamKey,
 		Metrics:             metrics,
-		Logger:              logger,
-		Source:              source,
+		Logger:              inst.log,
+		Source:              inst.source,
 	})
+	return err
+}
+
+// startAdmin serves /metrics (reg), /healthz, /readyz, the annotations
+// and, with --admin-pprof, the profiler on the admin listener.
+func (inst *instance) startAdmin(reg prometheus.Gatherer, undo *closers) error {
+	if inst.adminLn == nil {
+		return nil
+	}
+	token, err := identity.LoadOrCreateToken(filepath.Join(inst.cfg.dataDir, "admin.token"))
 	if err != nil {
-		sp.Close()
-		return nil, err
+		return err
 	}
-	if err := inst.startIdentity(source, reg); err != nil {
-		sp.Close()
-		return nil, err
+	adminOpts := proxy.AdminOptions{Degraded: inst.degraded}
+	if inst.cfg.adminPprof {
+		adminOpts.ProfilingToken = token
 	}
-	if adminLn != nil {
-		token, err := identity.LoadOrCreateToken(filepath.Join(c.dataDir, "admin.token"))
-		if err != nil {
-			sp.Close()
-			return nil, err
+	mux := http.NewServeMux()
+	mux.Handle("/", inst.proxy.AdminHandler(reg, adminOpts))
+	mux.Handle(identity.AnnotationPath, identity.AnnotationHandler(token, inst.spool.Append, inst.source))
+	inst.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	undo.push(inst.admin.Close)
+	go func() {
+		if err := inst.admin.Serve(inst.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			inst.serveErr <- fmt.Errorf("admin server: %w", err)
 		}
-		adminOpts := proxy.AdminOptions{Degraded: inst.degraded}
-		if c.adminPprof {
-			adminOpts.ProfilingToken = token
-		}
-		mux := http.NewServeMux()
-		mux.Handle("/", inst.proxy.AdminHandler(reg, adminOpts))
-		mux.Handle(identity.AnnotationPath, identity.AnnotationHandler(token, sp.Append, source))
-		inst.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go func() {
-			if err := inst.admin.Serve(inst.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				inst.serveErr <- fmt.Errorf("admin server: %w", err)
-			}
-		}()
-	}
+	}()
+	return nil
+}
+
+// serve starts the shipper and the proxy, and catches the signals. It is
+// the last step, and cannot fail: nothing it starts is pushed on undo.
+func (inst *instance) serve(s settings) {
+	c, logger, sp := inst.cfg, inst.log, inst.spool
 	if rep := sp.Recovery; rep.RecordsCut > 0 || rep.CommittedLost || len(rep.Lost) > 0 {
 		logger.Warn("spool recovered after a crash", "records_cut", rep.RecordsCut, "bytes_cut", rep.BytesCut,
 			"committed_data_lost", rep.CommittedLost || len(rep.Lost) > 0, "damaged_ranges", len(rep.Lost))
@@ -495,14 +563,12 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	// a Ctrl-C right after shuts it down rather than killing it.
 	inst.sig = make(chan os.Signal, 1)
 	signal.Notify(inst.sig, syscall.SIGINT, syscall.SIGTERM)
-	inst.lock, started = lock, true // released at the end of shutdown
 	logger.Info("auditproxy serving", "version", buildVersion(), "listen", inst.ln.Addr().String(),
-		"admin", c.adminListen, "upstream", c.upstream, "data_dir", c.dataDir, "hash", string(alg),
-		"durability", string(durability), "fsync_interval", c.fsyncInterval.String(),
+		"admin", c.adminListen, "upstream", c.upstream, "data_dir", c.dataDir, "hash", string(s.alg),
+		"durability", string(s.durability), "fsync_interval", c.fsyncInterval.String(),
 		"spool_max_bytes", int64(c.spoolMaxBytes), "forward", c.forward, "resumed_at", sp.Recovery.Resumed.String(),
 		"acked", sp.Recovery.Acked.String(), "descriptor_limit", proxy.DescriptorLimit(),
-		"max_client_conns", inst.proxy.MaxClientConns(), "admin_pprof", c.adminPprof, "upstream_api_key", upstreamKey != "")
-	return inst, nil
+		"max_client_conns", inst.proxy.MaxClientConns(), "admin_pprof", c.adminPprof, "upstream_api_key", inst.upstreamKey != "")
 }
 
 // waitForSignal serves until SIGINT or SIGTERM, then shuts down.
@@ -535,10 +601,7 @@ func (inst *instance) shutdown() error {
 		err = fmt.Errorf("in-flight requests still running after %s", inst.cfg.shutdownTimeout)
 		reason = "signal; shutdown timeout passed with requests in flight"
 	}
-	if inst.stopGPU != nil {
-		inst.stopGPU()
-		inst.gpu.Close()
-	}
+	inst.gpu.Close()
 	if inst.models != nil {
 		inst.models.Close()
 	}
@@ -636,43 +699,22 @@ func openSigner(c serveConfig, logger *slog.Logger) (note.Signer, error) {
 	return loadSigner(path)
 }
 
-// startIdentity reads the GPU identity (and watches it), starts the model
-// poller (its metrics in reg), and records proxy_started: what the events
+// startIdentity starts reading the GPU identity and the served models (the
+// poller's metrics in reg), and records proxy_started: what the events
 // that follow were produced by.
-func (inst *instance) startIdentity(src audit.Source, reg prometheus.Registerer) error {
+func (inst *instance) startIdentity(reg prometheus.Registerer, undo *closers) error {
 	c := inst.cfg
-	inst.source = src
 	var visible []string
 	if c.gpus != "" {
 		visible = strings.Split(c.gpus, ",")
 	}
-	var id *gpu.Identity
-	r, err := gpu.Open(visible)
-	if err == nil {
-		if id, err = r.Read(); err != nil {
-			r.Close()
-		}
-	}
-	switch {
-	case err != nil && c.requireGPU:
+	g, err := identity.StartGPU(identity.GPUOptions{Visible: visible, Require: c.requireGPU, Interval: c.gpuRefresh,
+		Record: inst.spool.Append, Source: inst.source, Logger: inst.log})
+	if err != nil {
 		return fmt.Errorf("--require-gpu: %w", err)
-	case err != nil:
-		inst.log.Warn("no GPU identity: events record \"gpu\": null", "err", err)
-	default:
-		inst.gpu = r
-		digest := id.Digest()
-		inst.recordOps(audit.TypeGPUIdentity, map[string]any{"digest": digest, "identity": id})
-		inst.gpuRef.Store(&digest)
-		ctx, cancel := context.WithCancel(context.Background())
-		inst.stopGPU = cancel
-		go r.Watch(ctx, c.gpuRefresh, id, func(before, after *gpu.Identity) {
-			d := after.Digest()
-			inst.recordOps(audit.TypeGPUChanged, map[string]any{"before": map[string]any{"digest": before.Digest(), "identity": before},
-				"after": map[string]any{"digest": d, "identity": after}})
-			inst.gpuRef.Store(&d)
-			inst.log.Warn("GPU identity changed", "before", before.Digest(), "after", d)
-		}, func(err error) { inst.log.Warn("cannot re-read the GPU identity", "err", err) })
 	}
+	inst.gpu = g
+	undo.push(g.Close)
 	dirs := map[string]string{}
 	for _, spec := range c.modelDirs {
 		name, dir, named := strings.Cut(spec, "=")
@@ -681,19 +723,24 @@ func (inst *instance) startIdentity(src audit.Source, reg prometheus.Registerer)
 		}
 		dirs[name] = dir
 	}
-	inst.models = identity.StartModels(identity.ModelsOptions{Upstream: c.upstream, Dirs: dirs,
+	models := identity.StartModels(identity.ModelsOptions{Upstream: c.upstream, Dirs: dirs,
 		CacheFile: filepath.Join(c.dataDir, "manifest-cache.json"), Interval: c.modelPoll,
-		Record: inst.spool.Append, Source: src, Logger: inst.log,
+		Record: inst.spool.Append, Source: inst.source, Logger: inst.log,
 		APIKey: inst.upstreamKey, UnauthorizedHint: unauthorizedHint(c.upstreamAPIKeyFile)})
-	if err := inst.models.Register(reg); err != nil {
-		inst.models.Close()
+	inst.models = models
+	undo.push(func() error { models.Close(); return nil })
+	if err := models.Register(reg); err != nil {
 		return err
 	}
 	inst.recordOps(audit.TypeProxyStarted, map[string]any{"version": buildVersion(), "config_digest": c.digest(),
-		"gpu": inst.gpuRef.Load(), "upstream": c.upstream, "listen": c.listen, "hash": c.hash, "durability": c.durability,
+		"gpu": inst.gpu.Current(), "upstream": c.upstream, "listen": c.listen, "hash": c.hash, "durability": c.durability,
 		"forward": c.forward, "capture_payloads": c.capturePayloads})
 	return nil
 }
+
+// gpuDigest is the digest of the current GPU identity, for events; nil
+// without NVML.
+func (inst *instance) gpuDigest() *string { return inst.gpu.Current() }
 
 // recordOps records an operational event in the spool, logging a failure.
 func (inst *instance) recordOps(typ string, details any) {
