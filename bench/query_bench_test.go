@@ -11,6 +11,7 @@ import (
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/auditlog"
+	"github.com/auditproxy/auditproxy/eventsrc"
 	"github.com/auditproxy/auditproxy/query"
 )
 
@@ -55,7 +56,7 @@ func queryBenchLog(b *testing.B) [][]byte {
 // match, drop repeats. It returns the matches.
 func scan(b *testing.B, q *query.Query, lines [][]byte, each func(v *fastjson.Value)) int {
 	var p fastjson.Parser
-	var ids query.IDSet
+	var ids eventsrc.IDSet
 	n := 0
 	for _, line := range lines {
 		v, err := q.MatchValue(&p, bytes.TrimSpace(line))

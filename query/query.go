@@ -1,7 +1,8 @@
-// Package query selects audit events (Filter, Query), drops the repeats
-// that at-least-once shipping delivers (IDSet) and summarizes inference
-// events (Stats): the reading side of the events, for the query, show and
-// prove commands and anything else that scans logs.
+// Package query selects audit events (Filter, Query; Selector for the one
+// event a command acts on) and summarizes inference events (Stats): the
+// reading side of the events, for the query, show and prove commands and
+// anything else that scans logs. Package eventsrc reads the events, drops
+// their repeats and sorts them.
 package query
 
 import (
@@ -38,7 +39,11 @@ type Filter struct {
 	// ("k1:<hex>", see package hashing), never the token itself.
 	APIKeyIDs []string
 	// RequestIDs selects on "request_id" (the X-Request-Id of the request).
+	// A client chooses it, and may send the same one twice.
 	RequestIDs []string
+	// IDs selects on "id", the event's own id (unique, but read twice when
+	// shipped twice).
+	IDs []string
 	// Outcomes selects on "status"."outcome"; each must be one of audit.Outcomes().
 	Outcomes []audit.Outcome
 }
@@ -56,8 +61,10 @@ type fieldFilter struct {
 	values [][]byte
 	// needles are the values as JSON strings ("value", quotes included),
 	// for the raw pre-check; nil when a value is "" (which also matches an
-	// absent member, so the raw bytes prove nothing).
+	// absent member, so the raw bytes prove nothing). anchors are the
+	// index of each needle's rarest byte (see rareByte).
 	needles [][]byte
+	anchors []int
 }
 
 // NewQuery compiles f. It fails when an outcome is unknown or when Since is
@@ -83,6 +90,7 @@ func NewQuery(f Filter) (*Query, error) {
 		values []string
 		path   []string
 	}{
+		{f.IDs, []string{"id"}},
 		{f.RequestIDs, []string{"request_id"}},
 		{f.APIKeyIDs, []string{"api_key_id"}},
 		{f.Models, []string{"model", "name"}},
@@ -97,10 +105,12 @@ func NewQuery(f Filter) (*Query, error) {
 		for _, v := range c.values {
 			ff.values = append(ff.values, []byte(v))
 			usable = usable && v != ""
-			ff.needles = append(ff.needles, []byte(`"`+v+`"`))
+			needle := []byte(`"` + v + `"`)
+			ff.needles = append(ff.needles, needle)
+			ff.anchors = append(ff.anchors, rareByte(needle))
 		}
 		if !usable {
-			ff.needles = nil
+			ff.needles, ff.anchors = nil, nil
 		}
 		q.fields = append(q.fields, ff)
 	}
@@ -129,7 +139,7 @@ func (q *Query) MatchValue(p *fastjson.Parser, event []byte) (*fastjson.Value, e
 	escaped := -1 // unknown; then 0 or 1
 	for i := range q.fields {
 		ff := &q.fields[i]
-		if ff.needles == nil || containsAny(event, ff.needles) {
+		if ff.needles == nil || ff.containsAny(event) {
 			continue
 		}
 		if escaped < 0 {
@@ -167,9 +177,51 @@ func (q *Query) MatchValue(p *fastjson.Parser, event []byte) (*fastjson.Value, e
 	return v, nil
 }
 
-func containsAny(event []byte, needles [][]byte) bool {
-	for _, n := range needles {
-		if bytes.Contains(event, n) {
+func (ff *fieldFilter) containsAny(event []byte) bool {
+	for i, n := range ff.needles {
+		if containsAnchored(event, n, ff.anchors[i]) {
+			return true
+		}
+	}
+	return false
+}
+
+// rareByte returns the index of the byte of needle likely rarest in audit
+// events, which are mostly lowercase hex, digits, JSON punctuation and
+// snake_case keys: better an uppercase letter or punctuation such as -, then
+// another lowercase letter.
+func rareByte(needle []byte) int {
+	rank := func(c byte) int {
+		switch {
+		case c >= '0' && c <= '9', c >= 'a' && c <= 'f', strings.IndexByte(`":,{} `, c) >= 0:
+			return 2
+		case c >= 'g' && c <= 'z', c == '_', c == '.':
+			return 1
+		}
+		return 0
+	}
+	best := 0
+	for i := range needle {
+		if rank(needle[i]) < rank(needle[best]) {
+			best = i
+		}
+	}
+	return best
+}
+
+// containsAnchored is bytes.Contains(s, needle), searching for needle[k]
+// first: bytes.Index looks for needle[0], here a quote, and a request id
+// such as a UUID goes on with hex digits, which every event holds hundreds
+// of.
+func containsAnchored(s, needle []byte, k int) bool {
+	c := needle[k]
+	for i := k; i < len(s); i++ {
+		j := bytes.IndexByte(s[i:], c)
+		if j < 0 {
+			return false
+		}
+		i += j
+		if start := i - k; start+len(needle) <= len(s) && bytes.Equal(s[start:start+len(needle)], needle) {
 			return true
 		}
 	}
@@ -208,80 +260,8 @@ func EventTime(v *fastjson.Value) (time.Time, error) {
 	return audit.ParseTime(b)
 }
 
-// IDSet remembers event ids, to drop the repeats of an event that
-// at-least-once shipping delivers more than once (same event, same "id").
-// Ids in the canonical form NewID writes take 16 bytes each; others are kept
-// as strings. The zero IDSet is empty and ready to use.
-type IDSet struct {
-	uuids map[[16]byte]struct{}
-	other map[string]struct{}
-}
-
-// Add adds id and reports whether it was not in the set yet. An empty id
-// (an event without one) is never a repeat: Add returns true.
-func (s *IDSet) Add(id []byte) bool {
-	if len(id) == 0 {
-		return true
-	}
-	if u, ok := parseUUID(id); ok {
-		if s.uuids == nil {
-			s.uuids = map[[16]byte]struct{}{}
-		}
-		if _, dup := s.uuids[u]; dup {
-			return false
-		}
-		s.uuids[u] = struct{}{}
-		return true
-	}
-	if s.other == nil {
-		s.other = map[string]struct{}{}
-	}
-	if _, dup := s.other[string(id)]; dup {
-		return false
-	}
-	s.other[string(id)] = struct{}{}
-	return true
-}
-
-// Len returns the number of ids in the set.
-func (s *IDSet) Len() int { return len(s.uuids) + len(s.other) }
-
-// parseUUID parses the lower-case canonical form only, so that two ids map
-// to the same key exactly when they are the same string.
-func parseUUID(b []byte) (u [16]byte, ok bool) {
-	if len(b) != 36 || b[8] != '-' || b[13] != '-' || b[18] != '-' || b[23] != '-' {
-		return u, false
-	}
-	j := 0
-	for i := 0; i < 36; {
-		if i == 8 || i == 13 || i == 18 || i == 23 {
-			i++
-			continue
-		}
-		hi, ok1 := lowerHex(b[i])
-		lo, ok2 := lowerHex(b[i+1])
-		if !ok1 || !ok2 {
-			return u, false
-		}
-		u[j] = hi<<4 | lo
-		i += 2
-		j++
-	}
-	return u, true
-}
-
-func lowerHex(c byte) (byte, bool) {
-	switch {
-	case c >= '0' && c <= '9':
-		return c - '0', true
-	case c >= 'a' && c <= 'f':
-		return c - 'a' + 10, true
-	}
-	return 0, false
-}
-
 // Stats summarizes inference events; it ignores events of other types. Add
-// each event once (drop repeats first, with an IDSet): Stats counts what it
+// each event once (drop repeats first, with an eventsrc.IDSet): Stats counts what it
 // is given. It keeps two float64s per event (total latency, and TTFT for
 // streamed events) for exact percentiles, and sums and counts per model. The
 // zero Stats is empty and ready to use.

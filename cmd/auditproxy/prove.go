@@ -7,6 +7,8 @@ import (
 	"os"
 
 	"github.com/auditproxy/auditproxy/auditlog"
+	"github.com/auditproxy/auditproxy/eventsrc"
+	"github.com/auditproxy/auditproxy/query"
 )
 
 // runProve prints an inclusion proof for the events of one request.
@@ -21,13 +23,13 @@ func runProve(args []string, stdout, stderr io.Writer) error {
 		return usageError{"prove: give --request-id or --event-id, and at least one PATH"}
 	}
 	pr := auditlog.NewProver()
-	sel := newRequestSelector(*requestID, *eventID)
+	sel := query.NewSelector(*requestID, *eventID)
 	var readErr error
 	for _, path := range fs.Args() {
-		err := readEvents(path, func(ev []byte) {
+		err := eventsrc.Read(path, func(ev []byte) {
 			// verify reports unreadable events; prove only needs the
 			// readable ones.
-			if err := pr.Add(ev, sel.match(ev)); err != nil && readErr == nil {
+			if err := pr.Add(ev, sel.Match(ev)); err != nil && readErr == nil {
 				readErr = err
 			}
 		})
@@ -35,7 +37,7 @@ func runProve(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("prove: %w", err)
 		}
 	}
-	if err := sel.check("prove"); err != nil {
+	if err := checkSelected("prove", sel); err != nil {
 		return err
 	}
 	proofs, err := pr.Prove()

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,12 +12,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/valyala/fastjson"
-
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/auditlog"
+	"github.com/auditproxy/auditproxy/eventsrc"
 	"github.com/auditproxy/auditproxy/hashing"
 	"github.com/auditproxy/auditproxy/payload"
+	"github.com/auditproxy/auditproxy/query"
 )
 
 // runShow reconstructs one request from the log: its event, its decrypted
@@ -54,13 +53,13 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 	}
 
 	pr := auditlog.NewProver()
-	sel := newRequestSelector(*requestID, *eventID)
-	match := sel.match
+	sel := query.NewSelector(*requestID, *eventID)
+	match := sel.Match
 	var found [][]byte
 	if len(keys) > 0 {
 		// The proof needs every event of the log, in order per file.
 		for _, path := range fs.Args() {
-			err := readEvents(path, func(ev []byte) {
+			err := eventsrc.Read(path, func(ev []byte) {
 				keep := match(ev)
 				if keep {
 					found = append(found, append([]byte(nil), ev...))
@@ -80,7 +79,7 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 		}
 		var mu sync.Mutex
 		var hits []hit
-		err := readEventsConcurrently(fs.Args(), showReaders(), func(src int, ev []byte) {
+		err := eventsrc.ReadConcurrently(fs.Args(), showReaders(), func(src int, ev []byte) {
 			if match(ev) {
 				ev = append([]byte(nil), ev...)
 				mu.Lock()
@@ -96,7 +95,7 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 			found = append(found, h.ev)
 		}
 	}
-	if err := sel.check("show"); err != nil {
+	if err := checkSelected("show", sel); err != nil {
 		return err
 	}
 	var ev audit.Event
@@ -172,77 +171,3 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 // showReaders is how many files show reads at once: one per core, each
 // decompressing its own segment.
 func showReaders() int { return min(runtime.GOMAXPROCS(0), 16) }
-
-// requestIDMatcher returns a function, safe for concurrent use, that reports
-// whether an event's request_id is id.
-//
-// Parsing every event dominates a search through millions of them, so an
-// event is parsed only if its bytes contain id: a JSON encoder writes these
-// characters as they are, except for ones an encoder may escape (quote,
-// backslash, control characters, non-ASCII, and the / < > & some encoders
-// escape), for which every event is parsed.
-func requestIDMatcher(id string) func(ev []byte) bool {
-	literal := id != ""
-	for i := 0; i < len(id); i++ {
-		if c := id[i]; c < 0x20 || c >= 0x7f || strings.IndexByte(`"\/<>&`, c) >= 0 {
-			literal = false
-			break
-		}
-	}
-	needle := []byte(id)
-	anchor := rareByte(needle)
-	var parsers fastjson.ParserPool
-	return func(ev []byte) bool {
-		if literal && !containsAnchored(ev, needle, anchor) {
-			return false
-		}
-		p := parsers.Get()
-		defer parsers.Put(p)
-		v, err := p.ParseBytes(ev)
-		if err != nil {
-			return false
-		}
-		return string(v.GetStringBytes("request_id")) == id
-	}
-}
-
-// rareByte returns the index of the byte of needle likely rarest in audit
-// events, which are mostly lowercase hex, digits, JSON punctuation and
-// snake_case keys: better an uppercase letter or punctuation such as -, then
-// another lowercase letter.
-func rareByte(needle []byte) int {
-	rank := func(c byte) int {
-		switch {
-		case c >= '0' && c <= '9', c >= 'a' && c <= 'f', strings.IndexByte(`":,{} `, c) >= 0:
-			return 2
-		case c >= 'g' && c <= 'z', c == '_', c == '.':
-			return 1
-		}
-		return 0
-	}
-	best := 0
-	for i := range needle {
-		if rank(needle[i]) < rank(needle[best]) {
-			best = i
-		}
-	}
-	return best
-}
-
-// containsAnchored is bytes.Contains(s, needle), searching for needle[k]
-// first: bytes.Index looks for needle[0], and a request id such as a UUID
-// starts with a hex digit, which every event holds hundreds of.
-func containsAnchored(s, needle []byte, k int) bool {
-	c := needle[k]
-	for i := k; i < len(s); i++ {
-		j := bytes.IndexByte(s[i:], c)
-		if j < 0 {
-			return false
-		}
-		i += j
-		if start := i - k; start+len(needle) <= len(s) && bytes.Equal(s[start:start+len(needle)], needle) {
-			return true
-		}
-	}
-	return false
-}
