@@ -25,10 +25,12 @@
 // Fields are only ever added to version 1; a change of meaning or a removal
 // bumps "v".
 //
-// The log (auditlog.Chain.Append) writes each event with its "log" member in RFC 8785
-// canonical form: members sorted by name, no whitespace. The object above is
-// shown in the order Event.AppendJSON writes it; the spooled and shipped line
-// has the same members, sorted.
+// Event.AppendJSON writes an event in RFC 8785 canonical form (members
+// sorted by name, no whitespace), the form the log hashes; the log
+// (auditlog.Chain.Append) adds the "log" member at its place. The object
+// above is shown in a reading order; the spooled and shipped line has the
+// same members, sorted. Readers must not depend on member order: an
+// aggregator may re-encode a line in another.
 package audit
 
 import (

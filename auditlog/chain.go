@@ -175,25 +175,39 @@ func (c *Chain) Append(dst, event []byte) ([]byte, error) {
 	if len(event) < 2 || event[0] != '{' || event[len(event)-1] != '}' {
 		return dst, errors.New("auditlog: event is not a JSON object")
 	}
-	s := append(c.scratch[:0], event[:len(event)-1]...)
-	if len(event) > 2 {
-		s = append(s, ',')
-	}
-	s = append(s, `"log":{"origin":`...)
-	s = append(s, c.originLit...)
-	s = append(s, `,"prev":"`...)
+	v := append(c.scratch[:0], `{"origin":`...)
+	v = append(v, c.originLit...)
+	v = append(v, `,"prev":"`...)
 	if c.tree.n > 0 {
-		s = hex.AppendEncode(s, c.prev[:])
+		v = hex.AppendEncode(v, c.prev[:])
 	}
-	s = append(s, `","seq":`...)
-	s = strconv.AppendInt(s, c.tree.n, 10)
-	s = append(s, `}}`...)
-	c.scratch = s
+	v = append(v, `","seq":`...)
+	v = strconv.AppendInt(v, c.tree.n, 10)
+	v = append(v, '}')
 	start := len(dst)
-	dst, err := jcs.Append(dst, nil, s)
-	if err != nil {
-		return dst, fmt.Errorf("auditlog: event is not valid JSON: %w", err)
+	// An event already in canonical form (Event.AppendJSON writes it so)
+	// gets its "log" member in one pass; anything else is canonicalized
+	// whole, with the member added. Both give the same bytes.
+	out, ok := jcs.AppendInserted(dst, event, "log", v)
+	c.scratch = v
+	if !ok {
+		// The event with the member added after its own, in the scratch
+		// buffer after v.
+		n := len(v)
+		s := append(v, event[:len(event)-1]...)
+		if len(event) > 2 {
+			s = append(s, ',')
+		}
+		s = append(s, `"log":`...)
+		s = append(s, s[:n]...)
+		s = append(s, '}')
+		c.scratch = s
+		var err error
+		if out, err = jcs.Append(dst, nil, s[n:]); err != nil {
+			return dst, fmt.Errorf("auditlog: event is not valid JSON: %w", err)
+		}
 	}
+	dst = out
 	leaf := tlog.RecordHash(dst[start:])
 	c.stored = c.tree.Append(leaf, c.stored)
 	c.prev = leaf

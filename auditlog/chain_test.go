@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"testing"
+	"time"
 
+	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/internal/jcs"
 	"golang.org/x/mod/sumdb/tlog"
 )
@@ -163,4 +166,63 @@ func TestChainWritesCanonicalLines(t *testing.T) {
 func sha256Leaf(line []byte) []byte {
 	h := sha256.Sum256(append([]byte{0}, line...))
 	return h[:]
+}
+
+// TestChainAddsLogToCanonicalEventsInOnePass: an event in canonical form
+// (Event.AppendJSON) gets its "log" member spliced in without being parsed;
+// the same event in encoding/json's member order is canonicalized whole.
+// Both give the same lines, which are canonical, so the same leaves.
+func TestChainAddsLogToCanonicalEventsInOnePass(t *testing.T) {
+	fast, _ := NewChain(ChainState{Origin: "test-node/20261123T100000Z"})
+	slow, _ := NewChain(ChainState{Origin: "test-node/20261123T100000Z"})
+	key, gpu := "k1:97ec80fcbebd63cd2bdc8f0a95078437", "sha256:ab"
+	names := []string{"Qwen/Qwen3-0.6B", "", "quote\" back\\ nl\n ctl\x01 \u2028 é 日本 bad\xff", "log", "\U0001F600"}
+	for i := range 200 {
+		n, ttft := int64(i*7), float64(i)/4
+		ev := audit.Event{V: 1, Type: audit.TypeInference, ID: audit.NewID(), Time: audit.Timestamp(t0.Add(time.Duration(i) * time.Millisecond)),
+			RequestID: fmt.Sprintf("req-%d", i), Method: "POST", Path: "/v1/chat/completions", Stream: i%2 == 0,
+			Model:   audit.Model{Name: names[i%len(names)], Checksum: "blake3:00"},
+			Input:   audit.Body{Hash: "sha256:00", Bytes: int64(i) << (i % 40), Tokens: &n},
+			Output:  audit.Body{Hash: "sha256:11", Bytes: 3, FinishReason: "stop"},
+			Latency: audit.Latency{Total: float64(i) + 0.125, TTFT: &ttft, Upstream: float64(i) * 2, Overhead: -0.5},
+			Status:  audit.Status{Code: 200 + i%300, Outcome: audit.OutcomeOK}, Source: audit.Source{Host: "h", Version: "t"}}
+		if i%3 == 0 {
+			ev.APIKeyID, ev.GPU = &key, &gpu
+		}
+		if i%7 == 0 {
+			// Numbers the one-pass check does not read (more significant
+			// digits, exponents): the event is canonicalized whole, to the
+			// same bytes.
+			ttft = float64(i) / 3
+			ev.Latency.Total, ev.Latency.Upstream = 1.5e-7, 1e21
+		}
+		if i%5 == 0 {
+			ev.Payload = &audit.Payload{Age: []byte{byte(i)}, InputBytes: 1, OutputBytes: 2}
+		}
+		std, err := json.Marshal(&ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		line := ev.AppendJSON(nil)
+		if _, ok := jcs.AppendInserted(nil, line, "log", []byte(`{}`)); !ok && i%7 != 0 {
+			t.Fatalf("event %d: AppendJSON's line is not taken in one pass: %s", i, line)
+		}
+		a, err := fast.Append(nil, line)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := slow.Append(nil, std)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a, b) {
+			t.Fatalf("event %d:\none pass   %s\ncanonical %s", i, a, b)
+		}
+		if again, err := jcs.Append(nil, nil, a); err != nil || !bytes.Equal(again, a) {
+			t.Fatalf("event %d: the line is not canonical: %s", i, a)
+		}
+	}
+	if fast.Root() != slow.Root() {
+		t.Error("the two chains' roots differ")
+	}
 }

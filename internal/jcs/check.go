@@ -33,6 +33,12 @@ type jcsChecker struct {
 	js    []byte
 	names []string
 	spans [][2]int32
+	// insert, when set, is a name whose place among the top-level members
+	// is wanted: at is the offset of the first member named after it (-1:
+	// none), and found says a member has the name itself.
+	insert string
+	at     int
+	found  bool
 }
 
 // value returns the offset past the canonical value at js[i], at the given
@@ -97,6 +103,14 @@ func (k *jcsChecker) object(i, depth int) int {
 		v := end + 1
 		if end = k.value(v, depth+1); end < 0 || end >= len(js) {
 			return -1
+		}
+		if depth == 1 && k.insert != "" {
+			switch {
+			case string(name) == k.insert:
+				k.found = true
+			case k.at < 0 && string(name) > k.insert:
+				k.at = i
+			}
 		}
 		if depth == 1 {
 			for n, want := range k.names {
@@ -266,4 +280,44 @@ func (k *jcsChecker) number(i int) int {
 		return -1 // an exponent, or not a number
 	}
 	return j
+}
+
+// AppendInserted appends to dst the JSON object js with the member
+// name:value added at its place in the canonical order, and reports true,
+// when js is a canonical object without a member name and value is a
+// canonical value; otherwise it appends nothing and reports false, and
+// the caller canonicalizes (Append). name must be printable ASCII other
+// than '"' and '\\'.
+//
+// The result is what Append would give for js with the member added, but
+// found in one pass over js, without parsing or sorting it: the log adds
+// each event's "log" member this way.
+func AppendInserted(dst, js []byte, name string, value []byte) ([]byte, bool) {
+	if len(js) < 2 || js[0] != '{' || !jcsIsCanonical(value, nil, nil) {
+		return dst, false
+	}
+	k := jcsChecker{js: js, insert: name, at: -1}
+	if len(js) > 1<<31-1 || k.value(0, 1) != len(js) || k.found {
+		return dst, false
+	}
+	member := func(dst []byte) []byte {
+		dst = append(dst, '"')
+		dst = append(dst, name...)
+		dst = append(dst, '"', ':')
+		return append(dst, value...)
+	}
+	switch {
+	case len(js) == 2: // {}
+		dst = append(dst, '{')
+		dst = member(dst)
+		return append(dst, '}'), true
+	case k.at < 0: // after every member
+		dst = append(dst, js[:len(js)-1]...)
+		dst = member(append(dst, ','))
+		return append(dst, '}'), true
+	default: // before the member at k.at
+		dst = append(dst, js[:k.at]...)
+		dst = append(member(dst), ',')
+		return append(dst, js[k.at:]...), true
+	}
 }
