@@ -40,7 +40,10 @@ import (
 //
 // What this holds is fixed: the scanner's stack and current scalar (2 KiB),
 // 1 KiB of a model name, a few KiB of transcoding and the multipart
-// reader's buffer.
+// reader's buffer. One thing is bounded only by Go's multipart reader: it
+// reads a part's header lines whole, up to its own limit of 10 MiB, so a
+// hostile form can hold that much, outside the budget, while it is read
+// (a held form of 8 MiB is parsed the same way).
 type streamFields struct {
 	form bool
 	// JSON: head holds the first bytes until the encoding is known (enc);
