@@ -26,6 +26,8 @@ package proxy
 type fieldScanner struct {
 	spec *fieldSpec
 	sink fieldSink
+	// pieces is sink, if it takes the pieces of the scalars it reads.
+	pieces fieldPieceSink
 
 	state scanState
 	stack []scanFrame
@@ -51,6 +53,16 @@ type fieldScanner struct {
 // with a slot. raw is valid only during the call.
 type fieldSink interface {
 	take(slot int, kind fieldKind, raw []byte, truncated bool)
+}
+
+// fieldPieceSink is a fieldSink that is also handed every piece of a
+// scalar reported to it as the piece arrives, before take: a string's
+// escaped bytes (str), a number's or literal's text. A sink reads a scalar
+// longer than maxFieldBytes this way without holding it (a request's model
+// name, a number of any length).
+type fieldPieceSink interface {
+	fieldSink
+	piece(slot int, str bool, b []byte)
 }
 
 // fieldKind says what a sink is told about.
@@ -141,6 +153,7 @@ func compileFieldSpec(root field) *fieldSpec {
 // reset makes the scanner ready for a new value.
 func (s *fieldScanner) reset(spec *fieldSpec, sink fieldSink) {
 	s.spec, s.sink = spec, sink
+	s.pieces, _ = sink.(fieldPieceSink)
 	s.state = stValue
 	s.stack = s.stack[:0]
 	s.valNode = 0
@@ -310,6 +323,9 @@ func (s *fieldScanner) beginLeaf(slot int, str bool) {
 func (s *fieldScanner) keepLeaf(b []byte) {
 	if s.leafSlot == 0 && s.leafString {
 		return
+	}
+	if s.pieces != nil && s.leafSlot > 0 {
+		s.pieces.piece(s.leafSlot, s.leafString, b)
 	}
 	room := maxFieldBytes - len(s.leaf)
 	if len(b) > room {

@@ -153,7 +153,7 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		ev.Input.Bytes = int64(len(body))
 	}
 	if x.streamed {
-		// Not read for its fields (bigbody.go): the answer names the model.
+		// Read for its fields as it is sent (bigbody.go).
 	} else if ct := ctx.Request.Header.ContentType(); isMultipartForm(ct) {
 		f = parseFormFields(body, ct)
 	} else {
@@ -195,18 +195,15 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 
 	x.clientClose = prepareUpstreamRequest(&ctx.Request, ev.RequestID, p.client.Addr)
 	resp := fasthttp.AcquireResponse()
-	x.watch.start(ctx.Conn())
+	if !x.streamed {
+		x.watch.start(ctx.Conn()) // a streamed body's starts once it is read
+	}
 	sent := time.Now()
 	x.ctx = ctx
 	err = x.up.roundTrip(p.client, &ctx.Request, resp, x.bodySent)
 	x.upstream = time.Since(sent)
 	if x.streamed {
-		// What was sent of a streamed body, all of it unless the send
-		// failed.
-		start := x.strs.mark()
-		x.strs.buf = x.in.AppendDigest(x.strs.buf)
-		ev.Input.Hash = x.strs.since(start)
-		ev.Input.Bytes = x.in.Bytes()
+		p.streamedBodySent(x, err)
 	}
 	restoreClientRequest(&ctx.Request.Header, x.clientClose)
 	p.releaseBody(ctx, x) // if the request never went out
@@ -237,9 +234,6 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	x.tap.start(resp, &x.up.body, resp.Header.ContentType(), resp.Header.ContentLength())
-	if x.streamed {
-		ev.Stream = x.tap.sse // the body was not read for its stream flag
-	}
 	if !x.tap.sse {
 		// A body that is not a stream follows its header at once.
 		x.watch.stop()
@@ -305,11 +299,13 @@ func (x *exchange) identifyCaller(h *fasthttp.RequestHeader) {
 // answerUpstreamFailure answers a request whose upstream exchange failed
 // before a response header arrived.
 func (p *Proxy) answerUpstreamFailure(ctx *fasthttp.RequestCtx, x *exchange, err error) {
-	if x.streamed && x.sbody.clientErr != nil {
+	if clientErr, unread := x.streamedBodyFault(); clientErr != nil {
 		// The client's streamed body failed, not the upstream: vLLM got
-		// a cut request, which it does not act on.
-		p.answerBodyError(ctx, x, x.sbody.clientErr)
+		// a cut request, which it does not act on (bigbody.go).
+		p.answerBodyError(ctx, x, clientErr)
 		return
+	} else if unread {
+		defer ctx.SetConnectionClose() // the rest of the body is not read
 	}
 	pe, outcome, reason := errUpstreamUnreachable, audit.OutcomeUpstreamUnreachable, "upstream_unreachable"
 	switch {

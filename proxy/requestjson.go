@@ -302,7 +302,7 @@ func pyBool(v []byte) (b, ok bool) {
 		}
 		return false, false
 	}
-	f, err := strconv.ParseFloat(string(v), 64)
+	f, err := parseJSONFloat(v)
 	switch {
 	case err != nil:
 		return false, false
