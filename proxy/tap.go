@@ -327,7 +327,10 @@ func (t *responseTap) inspectEvent(ev sseEvent) (remove bool) {
 		return false
 	}
 	d := ev.data
-	if string(d) == "[DONE]" {
+	if bytes.HasPrefix(d, doneMarker) {
+		// The SDKs end a stream at data that starts with [DONE]
+		// (openai-python: sse.data.startswith("[DONE]"); openai-go:
+		// bytes.HasPrefix), so it is the end, held back like [DONE].
 		t.done = true
 		return false
 	}
@@ -345,18 +348,45 @@ func (t *responseTap) inspectEvent(ev sseEvent) (remove bool) {
 // usageInfo reads. Most events carry only content (and an OpenAI chunk
 // "finish_reason":null); they are passed without a parse. The names
 // searched for cannot stand in a string value, where quotes are escaped.
+//
+// A name written with escapes ("usag\u0065") is the same name to Python's
+// json, so data holding a \u escape is parsed. A chunk is passed unparsed
+// for "finish_reason":null only when every finish_reason in it is null (a
+// chunk of two choices, or a duplicate member, may hold another).
 func mayCarryFields(kind apiKind, d []byte) bool {
-	if bytes.Contains(d, []byte(`"usage"`)) || bytes.Contains(d, []byte(`"error"`)) {
+	if bytes.Contains(d, []byte(`"usage"`)) || bytes.Contains(d, []byte(`"error"`)) || bytes.Contains(d, []byte(`\u`)) {
 		return true
 	}
 	switch kind {
 	case apiOpenAI:
-		return bytes.Contains(d, []byte(`"finish_reason"`)) && !bytes.Contains(d, []byte(`"finish_reason":null`))
+		n := bytes.Count(d, []byte(`"finish_reason"`))
+		return n > 0 && bytes.Count(d, []byte(`"finish_reason":null`)) != n
+	case apiResponses:
+		// The last event ends the stream whether or not it has usage.
+		return hasResponsesEnd(d)
 	case apiMessages:
 		return bytes.Contains(d, []byte(`"stop_reason"`)) || bytes.Contains(d, []byte(`"message_stop"`))
 	}
 	return false
 }
+
+// hasResponsesEnd reports whether d may be a Responses stream's last
+// event: it names "response.completed", ".incomplete" or ".failed" (one
+// search for the common prefix, which costs a third of three).
+func hasResponsesEnd(d []byte) bool {
+	for {
+		i := bytes.Index(d, []byte(`"response.`))
+		if i < 0 {
+			return false
+		}
+		d = d[i+len(`"response.`):]
+		if bytes.HasPrefix(d, []byte(`completed"`)) || bytes.HasPrefix(d, []byte(`incomplete"`)) || bytes.HasPrefix(d, []byte(`failed"`)) {
+			return true
+		}
+	}
+}
+
+var doneMarker = []byte("[DONE]")
 
 // scanBigEvent reads on in an SSE event too large to hold, from bigScanned
 // to the end of the buffer, and hands out what it read. It reports whether
