@@ -84,6 +84,14 @@ type responseTap struct {
 	big        sseEventReader
 	inBig      bool
 	bigScanned int
+	// searched: the bytes ready:searched were searched for the end of the
+	// SSE event at ready and hold none (0: not searched). A read that adds
+	// bytes is searched again only when they may complete a blank line
+	// (see mayEndEvent), so an event that arrives a byte at a time is
+	// searched in linear time, not once per byte.
+	searched int
+	// scanned counts the bytes offered to nextSSEEvent (read by tests).
+	scanned int
 }
 
 // start prepares the tap for the upstream response resp, whose body is read
@@ -109,7 +117,7 @@ func (t *responseTap) reset() {
 	t.out.Reset()
 	t.status = 0
 	t.sse, t.json, t.stripUsage, t.inBig = false, false, false, false
-	t.kind, t.bigScanned = apiOpenAI, 0
+	t.kind, t.bigScanned, t.searched, t.scanned = apiOpenAI, 0, 0, 0
 	t.outStart, t.outEnd, t.ready, t.end = 0, 0, 0, 0
 	t.eof, t.readFailed, t.gotFirst, t.done = false, false, false, false
 	t.size, t.read, t.held, t.recorded = 0, 0, false, false
@@ -217,6 +225,7 @@ func (t *responseTap) fill() {
 		n := copy(t.buf, t.buf[t.outEnd:t.end])
 		t.ready -= t.outEnd
 		t.bigScanned = max(t.bigScanned-t.outEnd, 0)
+		t.searched = max(t.searched-t.outEnd, 0)
 		t.end = n
 		t.outStart, t.outEnd = 0, 0
 	}
@@ -236,7 +245,7 @@ func (t *responseTap) fill() {
 			t.buf = append(t.buf, make([]byte, len(t.buf))...)
 		case t.sse && !t.inBig:
 			// One event fills the buffer: read it as it passes.
-			t.inBig, t.bigScanned = true, t.ready
+			t.inBig, t.bigScanned, t.searched = true, t.ready, 0
 			t.big = sseEventReader{}
 			t.obj.reset()
 			t.scan.reset(answerSpec, &t.obj)
@@ -302,10 +311,17 @@ func (t *responseTap) scanEvents() {
 		if t.inBig && !t.scanBigEvent() {
 			return
 		}
-		ev, ok := nextSSEEvent(t.buf[t.ready:t.end], &t.scratch)
-		if !ok {
+		if t.searched > t.ready && !mayEndEvent(t.buf[t.ready:t.end], t.searched-t.ready) {
+			t.searched = t.end
 			return
 		}
+		t.scanned += t.end - t.ready
+		ev, ok := nextSSEEvent(t.buf[t.ready:t.end], &t.scratch)
+		if !ok {
+			t.searched = t.end
+			return
+		}
+		t.searched = 0 // the next event is searched from its start
 		if t.inspectEvent(ev) {
 			copy(t.buf[t.ready:], t.buf[t.ready+ev.size:t.end])
 			t.end -= ev.size
@@ -316,6 +332,30 @@ func (t *responseTap) scanEvents() {
 			return
 		}
 		t.ready += ev.size
+	}
+}
+
+// mayEndEvent reports whether b, an SSE event's bytes of which b[:old]
+// were searched and hold no blank line, may now hold one. A blank line is
+// a line end at the event's start, or a line end after another: "\n\n",
+// "\n\r" or "\r\r" (a "\r\n" pair is one line end). Only the new bytes and
+// the two before them are looked at: a pair wholly in the old bytes would
+// have ended the event, except one whose "\r" was the last byte (a "\n" may
+// still follow it), which the two bytes cover.
+func mayEndEvent(b []byte, old int) bool {
+	if len(b) > 0 && (b[0] == '\n' || b[0] == '\r') {
+		return true
+	}
+	w := b[max(old-2, 0):]
+	for {
+		i := bytes.IndexAny(w, "\r\n")
+		if i < 0 || i+1 >= len(w) {
+			return false
+		}
+		if c, d := w[i], w[i+1]; d == '\r' || (c == '\n' && d == '\n') {
+			return true
+		}
+		w = w[i+1:]
 	}
 }
 
