@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"math"
 	"strconv"
 	"strings"
@@ -132,6 +133,29 @@ var answerSpec = func() *fieldSpec {
 	}})
 }()
 
+// truthyScalar reports whether a JSON number or literal is true to Python
+// (bool(json.loads(raw))): true, NaN, Infinity and a number other than zero.
+// A number Python reads as a float (with a fraction or an exponent) is zero
+// when it parses to zero, as 1e-400 does in both languages; an integer when
+// all its digits are zeros. A number longer than maxFieldBytes (truncated)
+// counts as true: its kept digits cannot say.
+func truthyScalar(raw []byte, truncated bool) bool {
+	switch string(raw) {
+	case "null", "false":
+		return false
+	case "true", "NaN", "Infinity", "-Infinity":
+		return true
+	}
+	if truncated {
+		return true
+	}
+	if bytes.ContainsAny(raw, ".eE") {
+		v, err := strconv.ParseFloat(string(raw), 64)
+		return err != nil || v != 0
+	}
+	return strings.Trim(string(raw), "-0") != ""
+}
+
 // optInt is a count that may be unknown.
 type optInt struct {
 	n     int64
@@ -203,12 +227,21 @@ func (o *answerObject) take(slot int, kind fieldKind, raw []byte, truncated bool
 	case slotFinishReason:
 		o.choiceFinish = stringOf(kind, raw, truncated, commonFinishReasons)
 	case slotError:
-		// An error object, or a string (vLLM's auth middleware answers
-		// {"error":"Unauthorized"}).
-		if kind == fieldOpen || kind == fieldString {
-			o.isError, o.errorType = true, ""
-		} else if kind == fieldScalar {
-			o.isError, o.errorType = string(raw) != "null", ""
+		// An error member counts as the OpenAI Python SDK counts it: when
+		// data.get("error") is truthy (_streaming.py,
+		// _raise_streaming_error). So an error object or array that is not
+		// empty, a non-empty string (vLLM's auth middleware answers
+		// {"error":"Unauthorized"}), true, a number other than zero; not
+		// null, false, 0, "", {} or [].
+		switch kind {
+		case fieldOpen:
+			o.isError, o.errorType = false, "" // known at the close
+		case fieldClose:
+			o.isError = len(raw) == 1 // "}" or "]": not empty
+		case fieldString:
+			o.isError, o.errorType = len(raw) > 0, ""
+		case fieldScalar:
+			o.isError, o.errorType = truthyScalar(raw, truncated), ""
 		}
 	case slotErrorType:
 		o.errorType = stringOf(kind, raw, truncated, nil)

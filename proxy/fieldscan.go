@@ -72,7 +72,7 @@ const (
 	fieldString fieldKind = iota // raw: the escaped bytes between the quotes
 	fieldScalar                  // a number, true, false, null, NaN, Infinity: raw as written
 	fieldOpen                    // an object or array begins; raw is "{" or "["
-	fieldClose                   // it ends
+	fieldClose                   // it ends; raw is "}" or "]", "{}" or "[]" if it was empty
 )
 
 // maxFieldBytes bounds the bytes of one scalar kept for a sink. A longer
@@ -104,6 +104,9 @@ const (
 type scanFrame struct {
 	node  int32
 	array bool
+	// filled: a member or element has begun (a sink is told an empty
+	// container at its close).
+	filled bool
 }
 
 // fieldSpec is a compiled tree of member names (see field).
@@ -231,6 +234,7 @@ func (s *fieldScanner) step(b []byte, i int) int {
 		if c == ']' {
 			return s.closeContainer(i)
 		}
+		s.stack[len(s.stack)-1].filled = true
 		return s.startValue(b, i)
 	case stValue:
 		return s.startValue(b, i)
@@ -244,6 +248,7 @@ func (s *fieldScanner) step(b []byte, i int) int {
 			s.fail()
 			return i
 		}
+		s.stack[len(s.stack)-1].filled = true
 		s.key = s.key[:0]
 		s.keyOverflow = false
 		s.state = stKey
@@ -407,8 +412,13 @@ func (s *fieldScanner) closeContainer(i int) int {
 	s.stack = s.stack[:len(s.stack)-1]
 	if slot := s.spec.nodes[top.node].slot; slot > 0 {
 		closer := closeBrace
-		if top.array {
+		switch {
+		case top.array && !top.filled:
+			closer = emptyArray
+		case top.array:
 			closer = closeBracket
+		case !top.filled:
+			closer = emptyObject
 		}
 		s.sink.take(slot, fieldClose, closer, false)
 	}
@@ -492,4 +502,7 @@ func validScalar(b []byte) bool {
 	return i == len(b)
 }
 
-var closeBrace, closeBracket = []byte("}"), []byte("]")
+var (
+	closeBrace, closeBracket = []byte("}"), []byte("]")
+	emptyObject, emptyArray  = []byte("{}"), []byte("[]")
+)

@@ -248,11 +248,22 @@ func TestReviewBrokenAfterDone(t *testing.T) {
 // recorded upstream_error. (openai-go differs from both: it stops at any
 // "error" member gjson finds, null included.)
 func TestReviewErrorMemberAsTheSDKReadsIt(t *testing.T) {
-	for _, v := range []string{`false`, `""`, `{}`, `[]`, `0`} {
+	for _, v := range []string{`false`, `""`, `{}`, `[]`, `0`, `null`, `-0`, `0.0`, `0e5`, `1e-400`, `{ }`, `[ ]`} {
 		chunk := strings.Replace(finalChunk, `"object"`, `"error":`+v+`,"object"`, 1)
 		_, ev := runTap(t, roleChunk+chunk+doneChunk, false, []byte{255}, 4096)
 		if ev.Status.Outcome != audit.OutcomeOK {
 			t.Errorf(`"error":%s: outcome %s %s, want ok (Python's data.get("error") is falsy)`, v, ev.Status.Outcome, ev.Status.Error)
+		}
+	}
+	// Controls: truthy members are errors, the type read from an object.
+	for _, v := range []string{`true`, `"x"`, `{"type":"BadRequestError"}`, `[0]`, `[[]]`, `1`, `-0.5`, `1e400`, `NaN`, `{"message":""}`} {
+		chunk := strings.Replace(finalChunk, `"object"`, `"error":`+v+`,"object"`, 1)
+		_, ev := runTap(t, roleChunk+chunk+doneChunk, false, []byte{255}, 4096)
+		if ev.Status.Outcome != audit.OutcomeUpstreamError || ev.Status.Error != "upstream_error_in_stream" {
+			t.Errorf(`"error":%s: outcome %s %s, want upstream_error_in_stream (Python's data.get("error") is truthy)`, v, ev.Status.Outcome, ev.Status.Error)
+		}
+		if want := map[bool]string{true: "BadRequestError"}[strings.Contains(v, "type")]; ev.Status.UpstreamError != want {
+			t.Errorf(`"error":%s: upstream error %q, want %q`, v, ev.Status.UpstreamError, want)
 		}
 	}
 }
