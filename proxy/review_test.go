@@ -149,10 +149,33 @@ func TestReviewMalformedJSONReadsNothing(t *testing.T) {
 		{"an invalid escape in a string not read", `{"x":"\q",` + usage + `}`},
 		{"a \\u escape without four hex digits", `{"x":"\u12",` + usage + `}`},
 		{"nesting deeper than Python's recursion limit", `{"x":` + strings.Repeat("[", 100000) + strings.Repeat("]", 100000) + `,` + usage + `}`},
+		{"two values without a comma in a member not read", `{"x":[1 2],` + usage + `}`},
+		{"a member without a colon in an object not read", `{"x":{"a" 1},` + usage + `}`},
+		{"a trailing comma in an array not read", `{"x":[1,],` + usage + `}`},
+		{"a leading zero", `{"x":[01],` + usage + `}`},
+		{"a fraction without digits", `{"x":[1.],` + usage + `}`},
+		{"an exponent without digits", `{"x":{"a":1e+},` + usage + `}`},
+		{"a cut literal", `{"x":[nul],` + usage + `}`},
+		{"a control character in a string not read", "{\"x\":[\"a\x01b\"]," + usage + `}`},
+		{"an invalid escape in a key not read", `{"x":{"\q":1},` + usage + `}`},
 	} {
 		_, ev := runTapAs(t, apiOpenAI, "application/json", tc.body, false, []byte{255}, 4096)
 		if ev.Input.Tokens != nil || ev.Output.Tokens != nil {
 			t.Errorf("%s: tokens %d/%d read from a body json.loads refuses", tc.name, *ev.Input.Tokens, *ev.Output.Tokens)
+		}
+	}
+	// Controls: bodies json.loads reads (each checked with Python 3.11)
+	// keep their usage.
+	for _, body := range []string{
+		`{"x":[1,-0,0.5e-3,1E+9,-12.25,NaN,Infinity,-Infinity,true,false,null],` + usage + `}`,
+		`{"x":"\"\\\/\b\f\n\r\t\u00e9\ud800\uDFFF","\u0079":{"a":[{}],"b":{}},` + usage + `}`,
+		`{"x":` + strings.Repeat("[", 900) + strings.Repeat("]", 900) + `,` + usage + `}`,
+		`{"x":` + strings.Repeat("9", 4000) + `,"y":"` + strings.Repeat("s", 5000) + `",` + usage + "}",
+		" {\t\"x\" :\r\n[ 1 , { } ] ,\n" + usage + " } ",
+	} {
+		_, ev := runTapAs(t, apiOpenAI, "application/json", body, false, []byte{255}, 4096)
+		if ev.Input.Tokens == nil || *ev.Input.Tokens != 3 || ev.Output.Tokens == nil || *ev.Output.Tokens != 4 {
+			t.Errorf("%.60q: usage not read from a body json.loads reads", body)
 		}
 	}
 }
