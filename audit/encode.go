@@ -70,6 +70,9 @@ func (ev *Event) AppendJSON(dst []byte) []byte {
 	if ev.Status.UpstreamError != "" {
 		dst = appendField(dst, "upstream_error", ev.Status.UpstreamError)
 	}
+	if ev.Status.AfterEnd != "" {
+		dst = appendField(dst, "after_end", ev.Status.AfterEnd)
+	}
 	dst = append(dst, `},"source":{"host":`...)
 	dst = appendString(dst, ev.Source.Host)
 	dst = appendField(dst, "version", ev.Source.Version)

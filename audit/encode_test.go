@@ -31,6 +31,7 @@ func TestAppendJSONMatchesEncodingJSON(t *testing.T) {
 		{Model: Model{Name: "quote\" back\\ nl\n tab\t ctl\x01 del\x7f <html>&amp; \u2028\u2029 é 日本 bad\xff\xfe end"},
 			Path: "/v1/\x00", Source: Source{Host: "h", Version: "v"}},
 		{Model: Model{Name: "m", NameBytes: 5000, Checksum: "blake3:00"}},
+		{Status: Status{Code: 200, Outcome: OutcomeOK, AfterEnd: "upstream_broke_off"}},
 	}
 	for i := range events {
 		want := marshalStd(t, &events[i])

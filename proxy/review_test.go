@@ -193,6 +193,11 @@ func TestReviewHashCoversWhatTheClientGot(t *testing.T) {
 		if ev.Output.Hash != hashing.FormatDigest(hashing.BLAKE3, sum[:]) || ev.Output.Bytes != int64(len(got)) {
 			t.Errorf("split %v: the event hashes %d bytes, the client got %d", sizes, ev.Output.Bytes, len(got))
 		}
+		// The fix withholds the tail past a buffer: the client still gets
+		// its whole answer, [DONE] included, and the event says so.
+		if !strings.Contains(string(got), doneChunk) || ev.Status.Outcome != audit.OutcomeOK || ev.Status.AfterEnd != "tail_withheld" {
+			t.Errorf("split %v: [DONE] handed out %v, status %+v", sizes, strings.Contains(string(got), doneChunk), ev.Status)
+		}
 	}
 }
 
@@ -261,6 +266,11 @@ func TestReviewBrokenAfterDone(t *testing.T) {
 	}
 	if ev := rec.ev; ev.Status.Outcome != audit.OutcomeOK {
 		t.Errorf("outcome %s %s for an answer the client got whole, [DONE] included", ev.Status.Outcome, ev.Status.Error)
+	}
+	// The break is recorded beside the outcome, and the finish reason and
+	// counts are the complete answer's.
+	if ev := rec.ev; ev.Status.AfterEnd != "upstream_broke_off" || ev.Status.Error != "" || ev.Output.FinishReason != "length" || ev.Output.Tokens == nil || *ev.Output.Tokens != 51 {
+		t.Errorf("status %+v, finish %q, output tokens %v: want after_end upstream_broke_off beside a complete answer", ev.Status, ev.Output.FinishReason, ev.Output.Tokens)
 	}
 }
 

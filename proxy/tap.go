@@ -67,6 +67,9 @@ type responseTap struct {
 	size, read int64
 	held       bool // the end of the answer has arrived and is held back
 	recorded   bool // the event is recorded; every byte in buf is hashed
+	// afterEnd is the event's status.after_end: "tail_withheld" when the
+	// upstream sent more than a buffer after the answer's end.
+	afterEnd string
 
 	buf                             []byte
 	outStart, outEnd, ready, end    int
@@ -122,6 +125,7 @@ func (t *responseTap) reset() {
 	t.eof, t.readFailed, t.gotFirst, t.done = false, false, false, false
 	t.size, t.read, t.held, t.recorded = 0, 0, false, false
 	t.readErr = nil
+	t.afterEnd = ""
 	t.usage = usageInfo{}
 	t.obj.wantModel = false
 	if cap(t.buf) > tapRetainLimit {
@@ -186,7 +190,7 @@ func (t *responseTap) CloseWithError(err error) error {
 	switch {
 	case !t.recorded:
 		t.finish(err) // the answer did not reach its end
-	case err != nil && !t.readFailed:
+	case err != nil && !t.readFailed && t.afterEnd == "":
 		x.p.log.Info("the end of a recorded answer was not delivered", "request_id", x.ev.RequestID, "err", redactError(err))
 	}
 	t.releaseUpstream()
@@ -231,13 +235,24 @@ func (t *responseTap) fill() {
 	}
 	if t.end == len(t.buf) {
 		if t.held && !t.recorded {
-			// More than a buffer after [DONE]: nothing a vLLM sends. Record
-			// now rather than hold an unbounded tail.
+			// More than a buffer after the answer's end ([DONE], a typed
+			// stream's last event): nothing vLLM sends. The event is
+			// recorded now, over everything up to here, rather than when
+			// an unbounded tail ends (the client, its answer complete but
+			// for the held end, would wait for that). Then the client gets
+			// exactly what the event hashes, its answer's end included,
+			// and its body ends there: a byte handed out after the record
+			// would be in no hash. The rest is withheld, and the event
+			// says so (status.after_end). A chunked body ends cleanly; one
+			// of fixed length ends short, so the connection closes.
+			t.afterEnd = "tail_withheld"
 			if t.finish(nil) != nil {
 				t.eof, t.readErr, t.readFailed = true, errEventNotRecorded, true
 				return
 			}
+			t.x.p.log.Info("the upstream sent more than a buffer after the end of its answer; the rest is withheld", "request_id", t.x.ev.RequestID)
 			t.ready = t.end
+			t.eof, t.readErr = true, io.EOF
 			return
 		}
 		switch {
@@ -480,8 +495,8 @@ func (t *responseTap) finish(err error) error {
 	}
 	t.recorded = true
 	if err != nil || t.eof {
-		// Recorded early (more than a buffer after [DONE]), the rest
-		// still streams; CloseWithError releases the upstream then.
+		// Recorded at a tail withheld (more than a buffer after [DONE]),
+		// CloseWithError releases the upstream, closing its connection.
 		t.releaseUpstream()
 	}
 	if t.json && t.read > 0 && t.scan.close() {
@@ -517,6 +532,18 @@ func (t *responseTap) finish(err error) error {
 		ev.Input.AudioSeconds = &x.audioSeconds
 	}
 	ev.Status.Code = t.status
+	// The stream's end ([DONE], its last typed event) arrived whole before
+	// the upstream connection broke or idled out: the answer is complete,
+	// as the SDKs read it, and the client gets all of it. The outcome is
+	// the answer's; the break is recorded beside it.
+	brokeAfterEnd := t.readFailed && t.done && !clientFailed
+	ev.Status.AfterEnd = t.afterEnd
+	if brokeAfterEnd {
+		ev.Status.AfterEnd = "upstream_broke_off"
+		if isTimeout(t.readErr) {
+			ev.Status.AfterEnd = "upstream_idle_timeout"
+		}
+	}
 	switch {
 	case x.gone.Load():
 		// The client left while vLLM queued or prefilled the stream; the
@@ -529,10 +556,10 @@ func (t *responseTap) finish(err error) error {
 		if isTimeout(err) {
 			ev.Status.Error = "client_idle_timeout"
 		}
-	case t.readFailed && isTimeout(t.readErr):
+	case t.readFailed && !brokeAfterEnd && isTimeout(t.readErr):
 		ev.Status.Outcome = audit.OutcomeUpstreamTimeout
 		ev.Status.Error = "upstream_idle_timeout"
-	case t.readFailed:
+	case t.readFailed && !brokeAfterEnd:
 		ev.Status.Outcome = audit.OutcomeUpstreamError
 		ev.Status.Error = "upstream_broke_off"
 	case t.usage.isError:
@@ -549,7 +576,10 @@ func (t *responseTap) finish(err error) error {
 	default:
 		ev.Status.Outcome = audit.OutcomeOK
 	}
-	if clientFailed || t.readFailed {
+	switch {
+	case brokeAfterEnd:
+		x.p.log.Info("the upstream connection broke after the end of the answer", "request_id", ev.RequestID, "after_end", ev.Status.AfterEnd, "err", redactError(t.readErr))
+	case clientFailed || t.readFailed:
 		cause := err
 		if t.readFailed {
 			cause = t.readErr
