@@ -50,14 +50,42 @@ func apiKindOf(path string) apiKind {
 // a completion (a body neither accepts falls through to the next type;
 // rewriting it changes nothing vLLM accepts, since stream_options is
 // optional in both).
+//
+// /inference/v1/generate (GenerateRequest) has stream_options too, and its
+// stream ends with a "choices":[] usage chunk when asked
+// (scale_out/token_in_token_out/protocol.py and serving.py @055e47c2).
 func hasStreamOptions(path string, f *requestFields) bool {
 	switch pathOnly(path) {
-	case "/v1/chat/completions", "/v1/completions":
+	case "/v1/chat/completions", "/v1/completions", "/inference/v1/generate":
 		return true
 	case "/invocations":
 		return f.hasMessages || f.hasPrompt
 	}
 	return false
+}
+
+// forcedUsageApplies reports whether vLLM's --enable-force-include-usage
+// makes a stream to path carry usage unasked. /inference/v1/generate calls
+// should_include_usage(request.stream_options, False): the flag does not
+// apply there, so the proxy asks for usage even with
+// --upstream-force-include-usage.
+func forcedUsageApplies(path string) bool {
+	return pathOnly(path) != "/inference/v1/generate"
+}
+
+// countsTokens reports whether the usage in an answer to path counts
+// tokens this exchange made vLLM process. /v1/chat/completions/derender
+// and /v1/completions/derender run no inference: they turn a
+// GenerateResponse the client sends back into a chat or completion
+// answer, with usage built from what the client sent
+// (scale_out/derender/serving.py @055e47c2); the tokens were counted at
+// /inference/v1/generate, so the event's counts are null here.
+func countsTokens(path string) bool {
+	switch pathOnly(path) {
+	case "/v1/chat/completions/derender", "/v1/completions/derender":
+		return false
+	}
+	return true
 }
 
 func pathOnly(path string) string {

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -160,9 +162,9 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		f = parseRequestFields(body, &x.textScratch, x.lastModel)
 	}
 	ev.Model.Name, ev.Model.NameBytes = f.model, f.modelBytes
-	if isLoRAChange(ev.Path) && f.valid {
+	if isLoRAChange(ev.Method, ev.Path) {
 		// A load or unload names the adapter it changes.
-		ev.Model.Name, ev.Model.NameBytes = topLevelString(f.text, "lora_name")
+		ev.Model.Name, ev.Model.NameBytes = loraAdapterName(ev.Path, &f)
 	}
 	x.lastModel = f.model
 	if p.cfg.ModelChecksums != nil && f.model != "" {
@@ -179,7 +181,7 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		defer p.budget.give(int64(cap(x.textScratch)))
 	}
 	x.tap.kind = apiKindOf(ev.Path)
-	if f.valid && f.stream && !f.includeUsage && f.rewritable && hasStreamOptions(ev.Path, &f) && !p.cfg.UpstreamForcesUsage {
+	if f.valid && f.stream && !f.includeUsage && f.rewritable && hasStreamOptions(ev.Path, &f) && !(p.cfg.UpstreamForcesUsage && forcedUsageApplies(ev.Path)) {
 		x.reqBody = withIncludeUsage(x.reqBody[:0], f)
 		if !p.budget.take(int64(cap(x.reqBody))) {
 			p.answerBodyError(ctx, x, errBodyOverBudget)
@@ -486,7 +488,7 @@ func (p *Proxy) record(x *exchange) error {
 func (p *Proxy) modelsAfterAnswer(x *exchange) {
 	ev := &x.ev
 	switch {
-	case ev.Method == "POST" && isLoRAChange(ev.Path):
+	case isLoRAChange(ev.Method, ev.Path):
 		if p.cfg.ModelsChanged != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), modelsChangedWait)
 			p.cfg.ModelsChanged(ctx)
@@ -510,10 +512,43 @@ const (
 	awaitModelWait    = 5 * time.Second
 )
 
-// isLoRAChange reports whether path is vLLM's runtime LoRA load or unload.
-func isLoRAChange(path string) bool {
+// isLoRAChange reports whether a request is vLLM's runtime LoRA load or
+// unload: POST /v1/load_lora_adapter and /v1/unload_lora_adapter, and the
+// same two handlers as the SageMaker standards library mounts them (vLLM
+// registers them with register_load_adapter_handler and
+// register_unload_adapter_handler, serve/lora/api_router.py @055e47c2):
+// POST /adapters and DELETE /adapters/{adapter_name}.
+func isLoRAChange(method, path string) bool {
 	path = pathOnly(path)
-	return path == "/v1/load_lora_adapter" || path == "/v1/unload_lora_adapter"
+	switch {
+	case path == "/v1/load_lora_adapter" || path == "/v1/unload_lora_adapter" || path == "/adapters":
+		return method == "POST"
+	case strings.HasPrefix(path, "/adapters/"):
+		name := path[len("/adapters/"):]
+		return method == "DELETE" && name != "" && !strings.Contains(name, "/")
+	}
+	return false
+}
+
+// loraAdapterName returns the adapter a LoRA change names, as vLLM reads
+// it: lora_name in a /v1 body; name in a SageMaker load's body (its
+// request_shape maps lora_name to body.name); the path parameter of a
+// SageMaker unload, percent-decoded as Starlette decodes path parameters.
+func loraAdapterName(path string, f *requestFields) (string, int64) {
+	path = pathOnly(path)
+	switch {
+	case strings.HasPrefix(path, "/adapters/"):
+		name, err := url.PathUnescape(path[len("/adapters/"):])
+		if err != nil {
+			return "", 0
+		}
+		return cutModelName(name)
+	case !f.valid:
+		return "", 0
+	case path == "/adapters":
+		return topLevelString(f.text, "name")
+	}
+	return topLevelString(f.text, "lora_name")
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -134,7 +134,7 @@ func TestRouteAnswersOutsideTheFake(t *testing.T) {
 		{"generative scoring", "/generative_scoring", false, json, generativeScoringAnswer, 10, 15, ""},
 		{"tokens in, tokens out", "/inference/v1/generate", false, json, generateAnswer, 4, 3, "length"},
 		{"tokens in, tokens out, a stream that asked for usage", "/inference/v1/generate", true, sse, generateWithUsage, 4, 2, "stop"},
-		{"tokens in, tokens out, a stream that did not", "/inference/v1/generate", true, sse, generateNoUsage, -1, -1, "stop"},
+		{"tokens in, tokens out, a stream without the usage chunk (a request the proxy could not rewrite)", "/inference/v1/generate", true, sse, generateNoUsage, -1, -1, "stop"},
 		{"count_tokens is a count, not usage", "/v1/messages/count_tokens", false, json, countTokensAnswer, -1, -1, ""},
 		{"tokenize", "/tokenize", false, json, tokenizeAnswer, -1, -1, ""},
 		{"cohere chat: not read", "/cohere/v2/chat", false, json, cohereAnswer, -1, -1, ""},
@@ -161,38 +161,54 @@ func tokens(p *int64) int64 {
 	return *p
 }
 
-// TestGenerateStreamUsageMismatch: GenerateRequest (/inference/v1/generate)
+// TestGenerateStreamAsksForUsage: GenerateRequest (/inference/v1/generate)
 // has stream_options, and its stream ends with the same "choices":[] usage
-// chunk as a chat stream (scale_out/token_in_token_out/protocol.py,
-// serving.py @055e47c2; there should_include_usage is called with force
-// False, so --enable-force-include-usage does not apply). The proxy asks
-// for include_usage only on chat and completions, so such a stream that did
-// not ask has null counts (TestRouteAnswersOutsideTheFake).
-func TestGenerateStreamUsageMismatch(t *testing.T) {
+// chunk as a chat stream when asked (scale_out/token_in_token_out/
+// protocol.py, serving.py @055e47c2), so the proxy asks for it as for chat
+// and completions, and removes it again
+// (TestGenerateStreamUsageThroughTheProxy). There should_include_usage is
+// called with force False, so --enable-force-include-usage does not apply:
+// the proxy asks even when told vLLM forces usage. This was
+// TestGenerateStreamUsageMismatch, which pinned that the proxy did not ask.
+func TestGenerateStreamAsksForUsage(t *testing.T) {
 	f := requestFields{valid: true, stream: true, rewritable: true}
-	if hasStreamOptions("/inference/v1/generate", &f) {
-		t.Error("the proxy now asks /inference/v1/generate streams for usage: invert this test and the null row of TestRouteAnswersOutsideTheFake")
+	for _, path := range []string{"/inference/v1/generate", "/inference/v1/generate?x=1", "/v1/chat/completions", "/v1/completions"} {
+		if !hasStreamOptions(path, &f) {
+			t.Errorf("%s streams are not asked for usage", path)
+		}
 	}
-	if !hasStreamOptions("/v1/chat/completions", &f) {
-		t.Error("chat streams are not asked for usage")
+	if forcedUsageApplies("/inference/v1/generate") || !forcedUsageApplies("/v1/chat/completions") {
+		t.Error("--enable-force-include-usage applies to chat, not to /inference/v1/generate")
+	}
+	if hasStreamOptions("/v1/chat/completions/derender", &f) || hasStreamOptions("/inference/v1/generatex", &f) {
+		t.Error("a route without stream_options is asked for usage")
 	}
 }
 
-// TestDerenderUsageMismatch: /v1/chat/completions/derender and
+// TestDerenderCountsNoTokens: /v1/chat/completions/derender and
 // /v1/completions/derender run no inference: they turn a GenerateResponse
 // the client sends back into a chat or completion answer, with usage built
 // from what the client sent (prompt_tokens as given, 0 when left out;
 // completion tokens = the token ids sent; scale_out/derender/serving.py
-// @055e47c2). The proxy records that usage as the exchange's token counts,
-// so a disaggregated client's tokens are counted at /inference/v1/generate
-// and again here.
-func TestDerenderUsageMismatch(t *testing.T) {
+// @055e47c2). Those tokens were counted at /inference/v1/generate, so the
+// event's counts are null here; the finish reason is the answer's. This
+// was TestDerenderUsageMismatch, which pinned that the usage was counted.
+func TestDerenderCountsNoTokens(t *testing.T) {
 	derendered := `{"id":"generate-tokens-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},` +
 		`"logprobs":null,"finish_reason":"length","stop_reason":null}],"service_tier":null,"system_fingerprint":null,` +
 		`"usage":{"prompt_tokens":0,"total_tokens":3,"completion_tokens":3,"prompt_tokens_details":null},"prompt_logprobs":null,"kv_transfer_params":null}`
-	_, ev := tapAnswer(t, "/v1/chat/completions/derender", false, "application/json", derendered, nil)
-	if tokens(ev.Input.Tokens) != 0 || tokens(ev.Output.Tokens) != 3 {
-		t.Errorf("tokens %d/%d: the proxy no longer records a derender's usage; invert this test", tokens(ev.Input.Tokens), tokens(ev.Output.Tokens))
+	for _, path := range []string{"/v1/chat/completions/derender", "/v1/completions/derender?x=1"} {
+		got, ev := tapAnswer(t, path, false, "application/json", derendered, nil)
+		if string(got) != derendered {
+			t.Fatalf("%s: the client got other bytes", path)
+		}
+		if ev.Input.Tokens != nil || ev.Output.Tokens != nil || ev.Output.FinishReason != "length" || ev.Status.Outcome != audit.OutcomeOK {
+			t.Errorf("%s: tokens %d/%d finish %q outcome %s; want null counts", path, tokens(ev.Input.Tokens), tokens(ev.Output.Tokens), ev.Output.FinishReason, ev.Status.Outcome)
+		}
+	}
+	// Control: the same answer at /v1/chat/completions is an inference's.
+	if _, ev := tapAnswer(t, "/v1/chat/completions", false, "application/json", derendered, nil); tokens(ev.Input.Tokens) != 0 || tokens(ev.Output.Tokens) != 3 {
+		t.Errorf("chat: tokens %d/%d, want 0/3", tokens(ev.Input.Tokens), tokens(ev.Output.Tokens))
 	}
 }
 
@@ -268,23 +284,44 @@ func TestMessagesCachedInputMismatch(t *testing.T) {
 	}
 }
 
-// TestSageMakerAdapterRoutesMismatch: with VLLM_ALLOW_RUNTIME_LORA_UPDATING,
+// TestSageMakerAdapterRoutes: with VLLM_ALLOW_RUNTIME_LORA_UPDATING,
 // vLLM's LoRA handlers are also registered with the SageMaker standards
 // library (register_load_adapter_handler, register_unload_adapter_handler
 // in serve/lora/api_router.py @055e47c2), whose bootstrap (launchers/app.py)
-// mounts them at POST /adapters ({"name","src"}) and DELETE
-// /adapters/{adapter_name} (aws/model-hosting-container-standards,
-// sagemaker/lora/routes.py). A load or unload there changes the served
-// models as /v1/load_lora_adapter does, but the proxy does not treat it as
-// one: no early /v1/models read, and the event does not name the adapter.
-func TestSageMakerAdapterRoutesMismatch(t *testing.T) {
-	for _, path := range []string{"/adapters", "/adapters/sql-adapter"} {
-		if isLoRAChange(path) {
-			t.Errorf("%s is now a LoRA change: invert this test", path)
+// mounts them at POST /adapters ({"name","src"}: request_shape maps
+// lora_name to body.name) and DELETE /adapters/{adapter_name} (lora_name
+// from the path; aws/model-hosting-container-standards,
+// sagemaker/lora/routes.py). They are LoRA changes like
+// /v1/load_lora_adapter: the event names the adapter (and
+// TestSageMakerAdapterChangesReadTheModels checks the /v1/models read).
+// This was TestSageMakerAdapterRoutesMismatch, which pinned that they were
+// not.
+func TestSageMakerAdapterRoutes(t *testing.T) {
+	for _, tc := range []struct {
+		method, path string
+		want         bool
+	}{
+		{"POST", "/adapters", true}, {"DELETE", "/adapters/sql-adapter", true}, {"DELETE", "/adapters/a%2Fb?x=1", true},
+		{"POST", "/v1/load_lora_adapter", true}, {"POST", "/v1/unload_lora_adapter?x=1", true},
+		{"GET", "/adapters", false}, {"DELETE", "/adapters/", false}, {"DELETE", "/adapters/a/b", false},
+		{"POST", "/adapters/sql-adapter", false}, {"GET", "/v1/load_lora_adapter", false}, {"POST", "/adaptersx", false},
+	} {
+		if got := isLoRAChange(tc.method, tc.path); got != tc.want {
+			t.Errorf("%s %s: a LoRA change %v, want %v", tc.method, tc.path, got, tc.want)
 		}
 	}
-	if !isLoRAChange("/v1/load_lora_adapter") || !isLoRAChange("/v1/unload_lora_adapter?x=1") {
-		t.Error("the /v1 LoRA routes are not LoRA changes")
+	for _, tc := range []struct{ path, body, want string }{
+		{"/adapters", `{"name":"sql-adapter","src":"s3://b/a"}`, "sql-adapter"},
+		{"/adapters", `{"lora_name":"x","src":"s3://b/a"}`, ""},
+		{"/adapters/sql%2Dadapter", ``, "sql-adapter"},
+		{"/adapters/bad%zz", ``, ""},
+		{"/v1/load_lora_adapter", `{"lora_name":"sql-adapter","lora_path":"/p"}`, "sql-adapter"},
+	} {
+		var scratch []byte
+		f := parseRequestFields([]byte(tc.body), &scratch, "")
+		if got, _ := loraAdapterName(tc.path, &f); got != tc.want {
+			t.Errorf("%s %s: adapter %q, want %q", tc.path, tc.body, got, tc.want)
+		}
 	}
 }
 

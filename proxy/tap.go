@@ -519,11 +519,12 @@ func (t *responseTap) finish(err error) error {
 	if !clientFailed && !t.readFailed && t.status == 200 {
 		x.p.modelsAfterAnswer(x)
 	}
-	if t.usage.input.known {
+	counts := countsTokens(ev.Path)
+	if t.usage.input.known && counts {
 		x.inTokens = t.usage.input.n
 		ev.Input.Tokens = &x.inTokens
 	}
-	if t.usage.output.known {
+	if t.usage.output.known && counts {
 		x.outTokens = t.usage.output.n
 		ev.Output.Tokens = &x.outTokens
 	}

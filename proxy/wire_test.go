@@ -223,6 +223,15 @@ func TestClientThatWaitsIsNotCancelled(t *testing.T) {
 type scriptedUpstream struct {
 	ln              net.Listener
 	requests, conns atomic.Int32
+	mu              sync.Mutex
+	bodies          []string // the request bodies received, in order
+}
+
+// sentBodies returns the request bodies the upstream has received.
+func (u *scriptedUpstream) sentBodies() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]string(nil), u.bodies...)
 }
 
 func startScriptedUpstream(t *testing.T, answer func(c net.Conn, nth int) (keepOpen bool)) *scriptedUpstream {
@@ -247,7 +256,10 @@ func startScriptedUpstream(t *testing.T, answer func(c net.Conn, nth int) (keepO
 					if err != nil {
 						return
 					}
-					io.Copy(io.Discard, req.Body)
+					b, _ := io.ReadAll(req.Body)
+					u.mu.Lock()
+					u.bodies = append(u.bodies, string(b))
+					u.mu.Unlock()
 					u.requests.Add(1)
 					if !answer(c, nth) {
 						return
