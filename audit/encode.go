@@ -89,7 +89,13 @@ func (ev *Event) AppendJSON(dst []byte) []byte {
 	dst = append(dst, `,"source":{"host":`...)
 	dst = appendString(dst, ev.Source.Host)
 	dst = appendField(dst, "version", ev.Source.Version)
-	dst = append(dst, `},"status":{"code":`...)
+	dst = append(dst, `},"status":{`...)
+	if ev.Status.AfterEnd != "" {
+		dst = append(dst, `"after_end":`...)
+		dst = appendString(dst, ev.Status.AfterEnd)
+		dst = append(dst, ',')
+	}
+	dst = append(dst, `"code":`...)
 	dst = appendInt(dst, int64(ev.Status.Code))
 	if ev.Status.Error != "" {
 		dst = appendField(dst, "error", ev.Status.Error)

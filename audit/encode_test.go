@@ -51,6 +51,7 @@ func TestAppendJSONIsCanonicalEncodingJSON(t *testing.T) {
 		{Model: Model{Name: "m", NameBytes: 5000, Checksum: "blake3:00", BaseChecksum: "blake3:01"}},
 		{Input: Body{Bytes: 1<<60 + 1}, Output: Body{Bytes: -(1 << 55) - 3}, Log: &LogRef{Origin: "o/1", Seq: 1<<53 + 1, Prev: "ab"},
 			Payload: &Payload{Age: []byte("x"), InputBytes: 3, OutputBytes: 4, Truncated: true}},
+		{Status: Status{Code: 200, Outcome: OutcomeOK, AfterEnd: "upstream_broke_off"}},
 	}
 	for i := range events {
 		want := canonicalStd(t, &events[i])

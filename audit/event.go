@@ -208,6 +208,15 @@ type Status struct {
 	// 200 stream ("InternalServerError"); never its message, which may quote
 	// the prompt.
 	UpstreamError string `json:"upstream_error,omitempty"`
+	// AfterEnd says what went wrong on the upstream's side after the
+	// answer's end had arrived whole (a stream's data: [DONE] or its last
+	// typed event), which the outcome does not count against the answer:
+	// "upstream_broke_off" or "upstream_idle_timeout" (the connection broke
+	// or idled out before the body's own end), "tail_withheld" (the
+	// upstream sent more than a buffer after the end; the proxy ended the
+	// client's body with what it had hashed and forwarded nothing more).
+	// Empty when nothing did.
+	AfterEnd string `json:"after_end,omitempty"`
 }
 
 // Source identifies the sidecar that wrote the event.

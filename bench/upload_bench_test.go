@@ -24,8 +24,9 @@ import (
 // BenchmarkSlowLargeUploads measures the memory that request bodies hold: 20
 // clients upload 31 MB bodies at 10 MB/s each, all at once, to a proxy whose
 // upstream reads and discards them. A body over 8 MiB is streamed upstream
-// holding its first 8 MiB (proxy/bigbody.go), so with the default request
-// body budget (256 MiB) all fit; "unbounded" sets a budget of 8 GiB.
+// as it arrives, holding a 64 KiB piece buffer (proxy/bigbody.go), so with
+// the default request body budget (256 MiB) all fit; "unbounded" sets a
+// budget of 8 GiB.
 // It reports the peak of the process's resident memory above what it was
 // before the uploads (peak-rss-MB), the peak Go heap (peak-heap-MB) and how
 // many uploads were answered 200 and 503.

@@ -303,8 +303,9 @@ func (m *Models) poll(ctx context.Context) error {
 	}
 	// Names whose weights are being hashed for the first time are pending
 	// meanwhile.
+	prev := *m.cur.Load()
 	next := map[string]ModelIDs{}
-	for k, v := range *m.cur.Load() {
+	for k, v := range prev {
 		next[k] = v
 	}
 	m.mu.Lock()
@@ -357,6 +358,18 @@ func (m *Models) poll(ctx context.Context) error {
 		}
 	}
 	final := idsOf()
+	if ctx.Err() != nil {
+		// Cut short (an Await's deadline passed): the names this poll did
+		// not reach keep the checksums they had, rather than none until
+		// the next poll.
+		for _, c := range cards {
+			if id, had := prev[c.ID]; had && id.Checksum != ChecksumPending {
+				if _, ok := final[c.ID]; !ok {
+					final[c.ID] = id
+				}
+			}
+		}
+	}
 	m.cur.Store(&final)
 	if err := m.recordServedChanges(before, byID, final); err != nil {
 		errs = append(errs, err)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"math"
 	"strconv"
 	"strings"
@@ -49,14 +50,42 @@ func apiKindOf(path string) apiKind {
 // a completion (a body neither accepts falls through to the next type;
 // rewriting it changes nothing vLLM accepts, since stream_options is
 // optional in both).
+//
+// /inference/v1/generate (GenerateRequest) has stream_options too, and its
+// stream ends with a "choices":[] usage chunk when asked
+// (scale_out/token_in_token_out/protocol.py and serving.py @055e47c2).
 func hasStreamOptions(path string, f *requestFields) bool {
 	switch pathOnly(path) {
-	case "/v1/chat/completions", "/v1/completions":
+	case "/v1/chat/completions", "/v1/completions", "/inference/v1/generate":
 		return true
 	case "/invocations":
 		return f.hasMessages || f.hasPrompt
 	}
 	return false
+}
+
+// forcedUsageApplies reports whether vLLM's --enable-force-include-usage
+// makes a stream to path carry usage unasked. /inference/v1/generate calls
+// should_include_usage(request.stream_options, False): the flag does not
+// apply there, so the proxy asks for usage even with
+// --upstream-force-include-usage.
+func forcedUsageApplies(path string) bool {
+	return pathOnly(path) != "/inference/v1/generate"
+}
+
+// countsTokens reports whether the usage in an answer to path counts
+// tokens this exchange made vLLM process. /v1/chat/completions/derender
+// and /v1/completions/derender run no inference: they turn a
+// GenerateResponse the client sends back into a chat or completion
+// answer, with usage built from what the client sent
+// (scale_out/derender/serving.py @055e47c2); the tokens were counted at
+// /inference/v1/generate, so the event's counts are null here.
+func countsTokens(path string) bool {
+	switch pathOnly(path) {
+	case "/v1/chat/completions/derender", "/v1/completions/derender":
+		return false
+	}
+	return true
 }
 
 func pathOnly(path string) string {
@@ -132,6 +161,29 @@ var answerSpec = func() *fieldSpec {
 	}})
 }()
 
+// truthyScalar reports whether a JSON number or literal is true to Python
+// (bool(json.loads(raw))): true, NaN, Infinity and a number other than zero.
+// A number Python reads as a float (with a fraction or an exponent) is zero
+// when it parses to zero, as 1e-400 does in both languages; an integer when
+// all its digits are zeros. A number longer than maxFieldBytes (truncated)
+// counts as true: its kept digits cannot say.
+func truthyScalar(raw []byte, truncated bool) bool {
+	switch string(raw) {
+	case "null", "false":
+		return false
+	case "true", "NaN", "Infinity", "-Infinity":
+		return true
+	}
+	if truncated {
+		return true
+	}
+	if bytes.ContainsAny(raw, ".eE") {
+		v, err := strconv.ParseFloat(string(raw), 64)
+		return err != nil || v != 0
+	}
+	return strings.Trim(string(raw), "-0") != ""
+}
+
 // optInt is a count that may be unknown.
 type optInt struct {
 	n     int64
@@ -203,12 +255,21 @@ func (o *answerObject) take(slot int, kind fieldKind, raw []byte, truncated bool
 	case slotFinishReason:
 		o.choiceFinish = stringOf(kind, raw, truncated, commonFinishReasons)
 	case slotError:
-		// An error object, or a string (vLLM's auth middleware answers
-		// {"error":"Unauthorized"}).
-		if kind == fieldOpen || kind == fieldString {
-			o.isError, o.errorType = true, ""
-		} else if kind == fieldScalar {
-			o.isError, o.errorType = string(raw) != "null", ""
+		// An error member counts as the OpenAI Python SDK counts it: when
+		// data.get("error") is truthy (_streaming.py,
+		// _raise_streaming_error). So an error object or array that is not
+		// empty, a non-empty string (vLLM's auth middleware answers
+		// {"error":"Unauthorized"}), true, a number other than zero; not
+		// null, false, 0, "", {} or [].
+		switch kind {
+		case fieldOpen:
+			o.isError, o.errorType = false, "" // known at the close
+		case fieldClose:
+			o.isError = len(raw) == 1 // "}" or "]": not empty
+		case fieldString:
+			o.isError, o.errorType = len(raw) > 0, ""
+		case fieldScalar:
+			o.isError, o.errorType = truthyScalar(raw, truncated), ""
 		}
 	case slotErrorType:
 		o.errorType = stringOf(kind, raw, truncated, nil)

@@ -218,7 +218,8 @@ func FuzzFieldScanner(f *testing.F) {
 	for _, s := range []string{`{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}`,
 		`{"error":{"type":"X"}}`, `{"object":"error","type":"Y"}`, `{"choices":[{"index":0,"finish_reason":"stop"}]}`,
 		`{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":3}}`,
-		`{"usage":{"prompt_tokens":1},"results":[{"a":"\"}]"}]}`, `{"us\u0061ge":{"prompt_tokens":1}}`} {
+		`{"usage":{"prompt_tokens":1},"results":[{"a":"\"}]"}]}`, `{"us\u0061ge":{"prompt_tokens":1}}`,
+		`{"x":[1,{"a":[-0.5e3,"\u00e9"]}],"usage":{"prompt_tokens":1}}`, `{"x":[1},"usage":{"prompt_tokens":1}}`} {
 		f.Add([]byte(s), []byte{3, 0, 9})
 	}
 	f.Fuzz(func(t *testing.T, b, sizes []byte) {
@@ -228,6 +229,12 @@ func FuzzFieldScanner(f *testing.F) {
 			t.Fatalf("%q: whole %v %+v, split %v %+v", b, okWhole, whole, okSplit, split)
 		}
 		usage, prompt, completion, isObject := referenceUsage(b)
+		// The converse: an object the scanner finds well-formed is one
+		// encoding/json parses (the grammars differ only in Python's NaN
+		// and Infinity, left out here).
+		if okWhole && !isObject && !bytes.ContainsAny(b, "NI") && bytes.HasPrefix(bytes.TrimLeft(b, " \t\r\n"), []byte("{")) {
+			t.Fatalf("%q: the scanner reads a body encoding/json refuses", b)
+		}
 		if !isObject {
 			return
 		}
@@ -358,6 +365,44 @@ func TestAPIKindOf(t *testing.T) {
 	} {
 		if got := apiKindOf(path); got != want {
 			t.Errorf("apiKindOf(%q) = %d, want %d", path, got, want)
+		}
+	}
+}
+
+// BenchmarkFieldScannerTokenIDs: reading a chat answer of ~1 MB whose
+// usage comes before prompt_token_ids and prompt_logprobs (vLLM's
+// return_token_ids, prompt_logprobs): numbers and small objects the
+// scanner skips, in 4 KiB pieces.
+func BenchmarkFieldScannerTokenIDs(b *testing.B) {
+	var ids, lps strings.Builder
+	for i := range 60000 {
+		if i > 0 {
+			ids.WriteByte(',')
+		}
+		fmt.Fprintf(&ids, "%d", 100+i*7%128000)
+	}
+	for i := range 4000 {
+		if i > 0 {
+			lps.WriteByte(',')
+		}
+		fmt.Fprintf(&lps, `{"%d":{"logprob":-%d.25,"rank":%d,"decoded_token":"tok\u00e9n"}}`, i, i%9, i%50)
+	}
+	body := []byte(`{"id":"chatcmpl-1","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],` +
+		`"usage":{"prompt_tokens":60000,"completion_tokens":1,"total_tokens":60001},"prompt_logprobs":[null,` + lps.String() + `],"prompt_token_ids":[` + ids.String() + `]}`)
+	var s fieldScanner
+	var o answerObject
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		o.reset()
+		s.reset(answerSpec, &o)
+		for rest := body; len(rest) > 0; {
+			n := min(4096, len(rest))
+			s.write(rest[:n])
+			rest = rest[n:]
+		}
+		if !s.close() || o.prompt.n != 60000 {
+			b.Fatal("usage not read")
 		}
 	}
 }

@@ -22,7 +22,10 @@ import (
 //
 // The streamed request rewritten for include_usage holds a second copy, and
 // a body in UTF-16 or UTF-32 a UTF-8 copy while it is read: each takes a
-// share too.
+// share too. A body longer than the proxy holds (8 MiB) is not held: it is
+// streamed upstream through a 64 KiB piece buffer, which holds the share
+// (bigbody.go), so the budget bounds the number of bodies held whole, not
+// the length of any body.
 
 // DefaultRequestBodyBudget is the budget when none is configured: a quarter
 // of the Go memory limit when one is set (GOMEMLIMIT), else 256 MiB.
@@ -71,8 +74,10 @@ const (
 
 // readBody reads the request body into a buffer of x's and makes it the
 // request's body. The buffer grows as bytes arrive, and takes its share of
-// the budget as it grows: a client that announces 32 MiB and sends 8 KiB
-// holds 64 KiB, not 32 MiB. The share is held until releaseBody.
+// the budget as it grows: a client that announces 8 MiB and sends 8 KiB
+// holds 64 KiB, not 8 MiB. The share is held until releaseBody. A body
+// longer than the proxy holds becomes a stream instead (streamBody); what
+// was read of it, if anything, goes first.
 func (p *Proxy) readBody(ctx *fasthttp.RequestCtx, x *exchange) ([]byte, error) {
 	req := &ctx.Request
 	if !req.IsBodyStream() {
@@ -88,13 +93,16 @@ func (p *Proxy) readBody(ctx *fasthttp.RequestCtx, x *exchange) ([]byte, error) 
 	}
 	// size is where the buffer stops growing: the announced length, or for
 	// a chunked body one byte past the limit, to see that it is over. A
-	// body longer than the proxy holds is read to bodyHold (one byte more
-	// for a chunked one, to see that it is longer), then streamed.
+	// body longer than the proxy holds (hold) is streamed (bigbody.go):
+	// one announced so is read no further than payload capture needs, a
+	// chunked one is read one byte past hold, to see that it is longer.
 	hold := p.bodyHold
 	var size int64
 	switch {
 	case n > hold:
-		size = hold
+		if p.cfg.Capture != nil {
+			size = p.cfg.Capture.MaxBytes + 1
+		}
 	case n >= 0:
 		size = n
 	case limit > 0 && limit < hold:
@@ -135,23 +143,10 @@ func (p *Proxy) readBody(ctx *fasthttp.RequestCtx, x *exchange) ([]byte, error) 
 	if limit > 0 && int64(len(buf)) > limit {
 		return nil, errBodyOverLimit
 	}
-	if int64(len(buf)) > hold || n > hold {
+	if n > hold || int64(len(buf)) > hold {
 		// Longer than the proxy holds: stream it (bigbody.go).
-		x.streamed = true
-		x.in.Reset()
-		x.sbody = streamedBody{prefix: buf, rest: stream, in: x.in, left: -1, due: -1}
-		if n >= 0 {
-			x.sbody.due = n - int64(len(buf))
-		}
-		size := n
-		if n < 0 {
-			size = -1
-			if limit > 0 {
-				x.sbody.left = limit - int64(len(buf))
-			}
-		}
-		req.SetBodyStream(&x.sbody, int(size))
-		return buf, nil
+		x.body = buf
+		return buf, p.streamBody(ctx, x, stream, buf, n, limit)
 	}
 	req.SetBodyRaw(buf)
 	return buf, nil

@@ -6,7 +6,9 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -470,5 +472,81 @@ func TestLoRALoadIsRecordedBeforeItsAnswer(t *testing.T) {
 	}
 	if c, _ := counts(); c != 2 {
 		t.Errorf("%d model changes after the unload, want 2", c)
+	}
+}
+
+// TestSageMakerAdapterChangesReadTheModels: a load at POST /adapters and an
+// unload at DELETE /adapters/{name} (vLLM's LoRA handlers as SageMaker
+// mounts them) read the served models again before the answer's end, as
+// /v1/load_lora_adapter does, and their events name the adapter.
+func TestSageMakerAdapterChangesReadTheModels(t *testing.T) {
+	up := startScriptedUpstream(t, func(c net.Conn, _ int) bool {
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
+		return true
+	})
+	var mu sync.Mutex
+	changes := 0
+	e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) {
+		c.Upstream = "http://" + up.ln.Addr().String()
+		c.ModelsChanged = func(context.Context) {
+			mu.Lock()
+			defer mu.Unlock()
+			changes++
+		}
+		c.ModelChecksums = func(name string) (string, string) { return "blake3:" + name, "" }
+	})
+	hdr := map[string]string{"Content-Type": "application/json"}
+	for i, req := range []struct{ method, path, body string }{
+		{"POST", "/adapters", `{"name":"sql-adapter","src":"s3://bucket/sql"}`},
+		{"DELETE", "/adapters/sql-adapter", ""},
+	} {
+		resp, _ := rawRequest(t, req.method, e.proxyURL+req.path, hdr, req.body)
+		ev := e.events.next(t)
+		mu.Lock()
+		n := changes
+		mu.Unlock()
+		if resp.StatusCode != 200 || n != i+1 {
+			t.Errorf("%s %s: status %d, %d model reads, want %d", req.method, req.path, resp.StatusCode, n, i+1)
+		}
+		if ev.Model.Name != "sql-adapter" || ev.Model.Checksum != "blake3:sql-adapter" {
+			t.Errorf("%s %s: event model %+v, want the adapter", req.method, req.path, ev.Model)
+		}
+	}
+}
+
+// TestGenerateStreamUsageThroughTheProxy: a streamed /inference/v1/generate
+// request that did not ask for usage goes to vLLM with include_usage (also
+// with --upstream-force-include-usage, which vLLM does not apply there),
+// the usage chunk is removed from the client's stream, and the event has
+// its counts.
+func TestGenerateStreamUsageThroughTheProxy(t *testing.T) {
+	const (
+		chunk1 = "data: {\"request_id\":\"g\",\"choices\":[{\"index\":0,\"logprobs\":null,\"finish_reason\":null,\"token_ids\":[5],\"routed_experts\":null,\"sampling_mask\":null}],\"usage\":null}\n\n"
+		chunk2 = "data: {\"request_id\":\"g\",\"choices\":[{\"index\":0,\"logprobs\":null,\"finish_reason\":\"stop\",\"token_ids\":[6],\"routed_experts\":null,\"sampling_mask\":null}],\"usage\":null}\n\n"
+		usage  = "data: {\"request_id\":\"g\",\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"total_tokens\":6,\"completion_tokens\":2}}\n\n"
+		done   = "data: [DONE]\n\n"
+	)
+	for _, forced := range []bool{false, true} {
+		up := startScriptedUpstream(t, func(c net.Conn, _ int) bool {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"+chunk1+chunk2+usage+done)
+			return false
+		})
+		e := newTestEnv(t, fakevllm.Config{}, func(c *proxy.Config) {
+			c.Upstream = "http://" + up.ln.Addr().String()
+			c.UpstreamForcesUsage = forced
+		})
+		resp, got := rawRequest(t, "POST", e.proxyURL+"/inference/v1/generate", map[string]string{"Content-Type": "application/json"},
+			`{"token_ids":[1,2,3,4],"sampling_params":{"max_tokens":2},"stream":true}`)
+		ev := e.events.next(t)
+		sent := up.sentBodies()
+		if len(sent) != 1 || !strings.Contains(sent[0], `"include_usage":true`) {
+			t.Errorf("forced=%v: vLLM was sent %q, want include_usage", forced, sent)
+		}
+		if resp.StatusCode != 200 || string(got) != chunk1+chunk2+done {
+			t.Errorf("forced=%v: the client got %d %q, want the stream without the usage chunk", forced, resp.StatusCode, got)
+		}
+		if ev.Input.Tokens == nil || *ev.Input.Tokens != 4 || ev.Output.Tokens == nil || *ev.Output.Tokens != 2 || ev.Status.Outcome != audit.OutcomeOK {
+			t.Errorf("forced=%v: event tokens %v/%v outcome %s", forced, ev.Input.Tokens, ev.Output.Tokens, ev.Status.Outcome)
+		}
 	}
 }

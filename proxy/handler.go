@@ -6,7 +6,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -153,16 +155,16 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		ev.Input.Bytes = int64(len(body))
 	}
 	if x.streamed {
-		// Not read for its fields (bigbody.go): the answer names the model.
+		// Read for its fields as it is sent (bigbody.go).
 	} else if ct := ctx.Request.Header.ContentType(); isMultipartForm(ct) {
 		f = parseFormFields(body, ct)
 	} else {
 		f = parseRequestFields(body, &x.textScratch, x.lastModel)
 	}
 	ev.Model.Name, ev.Model.NameBytes = f.model, f.modelBytes
-	if isLoRAChange(ev.Path) && f.valid {
+	if isLoRAChange(ev.Method, ev.Path) {
 		// A load or unload names the adapter it changes.
-		ev.Model.Name, ev.Model.NameBytes = topLevelString(f.text, "lora_name")
+		ev.Model.Name, ev.Model.NameBytes = loraAdapterName(ev.Path, &f)
 	}
 	x.lastModel = f.model
 	if p.cfg.ModelChecksums != nil && f.model != "" {
@@ -179,7 +181,7 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		defer p.budget.give(int64(cap(x.textScratch)))
 	}
 	x.tap.kind = apiKindOf(ev.Path)
-	if f.valid && f.stream && !f.includeUsage && f.rewritable && hasStreamOptions(ev.Path, &f) && !p.cfg.UpstreamForcesUsage {
+	if f.valid && f.stream && !f.includeUsage && f.rewritable && hasStreamOptions(ev.Path, &f) && !(p.cfg.UpstreamForcesUsage && forcedUsageApplies(ev.Path)) {
 		x.reqBody = withIncludeUsage(x.reqBody[:0], f)
 		if !p.budget.take(int64(cap(x.reqBody))) {
 			p.answerBodyError(ctx, x, errBodyOverBudget)
@@ -195,18 +197,15 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 
 	x.clientClose = prepareUpstreamRequest(&ctx.Request, ev.RequestID, p.client.Addr)
 	resp := fasthttp.AcquireResponse()
-	x.watch.start(ctx.Conn())
+	if !x.streamed {
+		x.watch.start(ctx.Conn()) // a streamed body's starts once it is read
+	}
 	sent := time.Now()
 	x.ctx = ctx
 	err = x.up.roundTrip(p.client, &ctx.Request, resp, x.bodySent)
 	x.upstream = time.Since(sent)
 	if x.streamed {
-		// What was sent of a streamed body, all of it unless the send
-		// failed.
-		start := x.strs.mark()
-		x.strs.buf = x.in.AppendDigest(x.strs.buf)
-		ev.Input.Hash = x.strs.since(start)
-		ev.Input.Bytes = x.in.Bytes()
+		p.streamedBodySent(x, err)
 	}
 	restoreClientRequest(&ctx.Request.Header, x.clientClose)
 	p.releaseBody(ctx, x) // if the request never went out
@@ -237,9 +236,6 @@ func (p *Proxy) handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	x.tap.start(resp, &x.up.body, resp.Header.ContentType(), resp.Header.ContentLength())
-	if x.streamed {
-		ev.Stream = x.tap.sse // the body was not read for its stream flag
-	}
 	if !x.tap.sse {
 		// A body that is not a stream follows its header at once.
 		x.watch.stop()
@@ -305,11 +301,13 @@ func (x *exchange) identifyCaller(h *fasthttp.RequestHeader) {
 // answerUpstreamFailure answers a request whose upstream exchange failed
 // before a response header arrived.
 func (p *Proxy) answerUpstreamFailure(ctx *fasthttp.RequestCtx, x *exchange, err error) {
-	if x.streamed && x.sbody.clientErr != nil {
+	if clientErr, unread := x.streamedBodyFault(); clientErr != nil {
 		// The client's streamed body failed, not the upstream: vLLM got
-		// a cut request, which it does not act on.
-		p.answerBodyError(ctx, x, x.sbody.clientErr)
+		// a cut request, which it does not act on (bigbody.go).
+		p.answerBodyError(ctx, x, clientErr)
 		return
+	} else if unread {
+		defer ctx.SetConnectionClose() // the rest of the body is not read
 	}
 	pe, outcome, reason := errUpstreamUnreachable, audit.OutcomeUpstreamUnreachable, "upstream_unreachable"
 	switch {
@@ -490,7 +488,7 @@ func (p *Proxy) record(x *exchange) error {
 func (p *Proxy) modelsAfterAnswer(x *exchange) {
 	ev := &x.ev
 	switch {
-	case ev.Method == "POST" && isLoRAChange(ev.Path):
+	case isLoRAChange(ev.Method, ev.Path):
 		if p.cfg.ModelsChanged != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), modelsChangedWait)
 			p.cfg.ModelsChanged(ctx)
@@ -514,10 +512,43 @@ const (
 	awaitModelWait    = 5 * time.Second
 )
 
-// isLoRAChange reports whether path is vLLM's runtime LoRA load or unload.
-func isLoRAChange(path string) bool {
+// isLoRAChange reports whether a request is vLLM's runtime LoRA load or
+// unload: POST /v1/load_lora_adapter and /v1/unload_lora_adapter, and the
+// same two handlers as the SageMaker standards library mounts them (vLLM
+// registers them with register_load_adapter_handler and
+// register_unload_adapter_handler, serve/lora/api_router.py @055e47c2):
+// POST /adapters and DELETE /adapters/{adapter_name}.
+func isLoRAChange(method, path string) bool {
 	path = pathOnly(path)
-	return path == "/v1/load_lora_adapter" || path == "/v1/unload_lora_adapter"
+	switch {
+	case path == "/v1/load_lora_adapter" || path == "/v1/unload_lora_adapter" || path == "/adapters":
+		return method == "POST"
+	case strings.HasPrefix(path, "/adapters/"):
+		name := path[len("/adapters/"):]
+		return method == "DELETE" && name != "" && !strings.Contains(name, "/")
+	}
+	return false
+}
+
+// loraAdapterName returns the adapter a LoRA change names, as vLLM reads
+// it: lora_name in a /v1 body; name in a SageMaker load's body (its
+// request_shape maps lora_name to body.name); the path parameter of a
+// SageMaker unload, percent-decoded as Starlette decodes path parameters.
+func loraAdapterName(path string, f *requestFields) (string, int64) {
+	path = pathOnly(path)
+	switch {
+	case strings.HasPrefix(path, "/adapters/"):
+		name, err := url.PathUnescape(path[len("/adapters/"):])
+		if err != nil {
+			return "", 0
+		}
+		return cutModelName(name)
+	case !f.valid:
+		return "", 0
+	case path == "/adapters":
+		return topLevelString(f.text, "name")
+	}
+	return topLevelString(f.text, "lora_name")
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

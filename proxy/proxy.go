@@ -33,6 +33,13 @@
 // upstream, or a write to the client, that makes no progress for that long
 // fails.
 //
+// # Request bodies
+//
+// A request body is read whole before it is sent, within a memory budget
+// (body.go), up to 8 MiB; a longer one, of any length (vLLM sets no limit),
+// is streamed to the upstream as it arrives, hashed and read for its fields
+// on the way (bigbody.go, bodyfields.go).
+//
 // The handler (handler.go), the upstream connection (transport.go), the
 // response body tap (tap.go) and the header rules (headers.go) live in
 // separate files.
@@ -71,14 +78,19 @@ type Config struct {
 	// does not ask for it, so removes nothing: a client that did not ask
 	// gets the chunk, as it would from vLLM directly.
 	UpstreamForcesUsage bool
-	// MaxRequestBodySize, if positive, bounds request bodies; larger ones
-	// are answered 413 without contacting the upstream. Default 0: no
-	// limit, as vLLM sets none. A body longer than the proxy holds (8 MiB)
-	// is streamed to the upstream (bigbody.go).
+	// MaxRequestBodySize, if positive, bounds request bodies; a body
+	// announced larger is answered 413 without contacting the upstream,
+	// and a chunked body that grows larger is cut and answered 413.
+	// Default 0: no limit, as vLLM sets none. Memory is bounded by
+	// streaming instead: a body longer than 8 MiB (or than Capture's
+	// MaxBytes) is streamed to the upstream as it arrives, read for its
+	// fields and hashed on the way, holding a 64 KiB piece buffer
+	// (bigbody.go); it is not rewritten to ask for usage.
 	MaxRequestBodySize int
 	// RequestBodyBudget bounds the bytes of request bodies held at once (see
-	// body.go); at least what one body holds. Default: a quarter of the Go
-	// memory limit (GOMEMLIMIT) when one is set, else 256 MiB.
+	// body.go): held bodies, and a streamed body's piece buffer; at least
+	// what one body holds (MinRequestBodyBudget). Default: a quarter of the
+	// Go memory limit (GOMEMLIMIT) when one is set, else 256 MiB.
 	RequestBodyBudget int64
 	// UpstreamIdleTimeout fails an upstream exchange when the upstream sends
 	// no byte for this long: 504 before the response started, a cut stream
@@ -152,7 +164,7 @@ type Proxy struct {
 	exchPool sync.Pool
 	admitter audit.Admitter // the Recorder, if it can refuse in advance
 	budget   *bodyBudget
-	// bodyHold is the most of a request body held; a longer one is
+	// bodyHold is the most of a request body held whole; a longer one is
 	// streamed (bigbody.go).
 	bodyHold int64
 }
@@ -181,16 +193,7 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.RequestBodyBudget <= 0 {
 		cfg.RequestBodyBudget = DefaultRequestBodyBudget()
 	}
-	bodyHold := int64(streamedBodyMin)
-	if cfg.Capture != nil {
-		// Capture reads the body's first MaxBytes, and one more to know it
-		// is longer, before the body streams.
-		bodyHold = max(bodyHold, cfg.Capture.MaxBytes+1)
-	}
-	held := bodyHold + 1 // a chunked body is read one byte past what is held
-	if cfg.MaxRequestBodySize > 0 {
-		held = min(held, int64(cfg.MaxRequestBodySize)+1)
-	}
+	bodyHold, held := requestBodyHold(cfg.MaxRequestBodySize, cfg.Capture)
 	if cfg.RequestBodyBudget < held {
 		return nil, fmt.Errorf("proxy: the request body budget (%d bytes) is smaller than what one request body holds (%d bytes)",
 			cfg.RequestBodyBudget, held)

@@ -32,14 +32,30 @@ func isMultipartForm(contentType []byte) bool {
 // rewrite would move the client's bytes), and valid is false when the body
 // does not parse as a form, as Starlette would refuse it.
 func parseFormFields(body, contentType []byte) (f requestFields) {
-	_, params, err := mime.ParseMediaType(string(contentType))
-	if err != nil || params["boundary"] == "" {
+	boundary := formBoundary(contentType)
+	if boundary == "" {
 		return requestFields{}
 	}
-	if !bytes.Contains(body, []byte("--"+params["boundary"]+"--")) {
+	if !bytes.Contains(body, []byte("--"+boundary+"--")) {
 		return requestFields{} // no close delimiter: cut off (Go's reader takes that for the end)
 	}
-	r := multipart.NewReader(bytes.NewReader(body), params["boundary"])
+	return readFormFields(multipart.NewReader(bytes.NewReader(body), boundary))
+}
+
+// formBoundary returns a multipart Content-Type's boundary, "" if it has
+// none or does not parse.
+func formBoundary(contentType []byte) string {
+	_, params, err := mime.ParseMediaType(string(contentType))
+	if err != nil {
+		return ""
+	}
+	return params["boundary"]
+}
+
+// readFormFields reads requestFields from the parts r reads, to the close
+// delimiter. It reads a part's value only for the fields vLLM acts on, so a
+// form read from a stream (bigbody.go) is not held.
+func readFormFields(r *multipart.Reader) (f requestFields) {
 	var model, stream, includeUsage []byte
 	var modelBytes int64
 	for {

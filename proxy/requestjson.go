@@ -261,6 +261,41 @@ func appendJSONUnescaped(dst, s []byte) []byte {
 	return dst
 }
 
+// validJSONStringText reports whether s, a string's bytes between its
+// quotes, is what Python's json accepts: no control character, and only
+// the escapes \" \\ \/ \b \f \n \r \t and \u with four hex digits.
+// (The body's other strings, which the proxy does not read, are not
+// checked here: see docs/vllm-wire-format.md.)
+func validJSONStringText(s []byte) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20:
+			return false
+		case c == '\\':
+			if i+1 >= len(s) {
+				return false
+			}
+			i++
+			switch s[i] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			case 'u':
+				if i+5 > len(s) {
+					return false
+				}
+				for _, h := range s[i+1 : i+5] {
+					if !isHex(h) {
+						return false
+					}
+				}
+				i += 4
+			default:
+				return false
+			}
+		}
+	}
+	return true
+}
+
 func hex4(s []byte, i int) (rune, bool) {
 	if i+4 > len(s) {
 		return 0, false
@@ -302,7 +337,7 @@ func pyBool(v []byte) (b, ok bool) {
 		}
 		return false, false
 	}
-	f, err := strconv.ParseFloat(string(v), 64)
+	f, err := parseJSONFloat(v)
 	switch {
 	case err != nil:
 		return false, false
@@ -342,6 +377,13 @@ func parseRequestFields(body []byte, scratch *[]byte, prevModel string) (f reque
 	})
 	if !ok {
 		return requestFields{}
+	}
+	if hasModel {
+		if v := f.text[model.valueStart:model.valueEnd]; len(v) >= 2 && v[0] == '"' && !validJSONStringText(v[1:len(v)-1]) {
+			// Python's json refuses the body (vLLM answers 400): no
+			// fields, as the streamed reader (fieldScanner) reads none.
+			return requestFields{}
+		}
 	}
 	f.valid, f.end = true, end
 	if hasModel {

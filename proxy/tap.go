@@ -67,6 +67,9 @@ type responseTap struct {
 	size, read int64
 	held       bool // the end of the answer has arrived and is held back
 	recorded   bool // the event is recorded; every byte in buf is hashed
+	// afterEnd is the event's status.after_end: "tail_withheld" when the
+	// upstream sent more than a buffer after the answer's end.
+	afterEnd string
 
 	buf                             []byte
 	outStart, outEnd, ready, end    int
@@ -84,6 +87,14 @@ type responseTap struct {
 	big        sseEventReader
 	inBig      bool
 	bigScanned int
+	// searched: the bytes ready:searched were searched for the end of the
+	// SSE event at ready and hold none (0: not searched). A read that adds
+	// bytes is searched again only when they may complete a blank line
+	// (see mayEndEvent), so an event that arrives a byte at a time is
+	// searched in linear time, not once per byte.
+	searched int
+	// scanned counts the bytes offered to nextSSEEvent (read by tests).
+	scanned int
 }
 
 // start prepares the tap for the upstream response resp, whose body is read
@@ -109,11 +120,12 @@ func (t *responseTap) reset() {
 	t.out.Reset()
 	t.status = 0
 	t.sse, t.json, t.stripUsage, t.inBig = false, false, false, false
-	t.kind, t.bigScanned = apiOpenAI, 0
+	t.kind, t.bigScanned, t.searched, t.scanned = apiOpenAI, 0, 0, 0
 	t.outStart, t.outEnd, t.ready, t.end = 0, 0, 0, 0
 	t.eof, t.readFailed, t.gotFirst, t.done = false, false, false, false
 	t.size, t.read, t.held, t.recorded = 0, 0, false, false
 	t.readErr = nil
+	t.afterEnd = ""
 	t.usage = usageInfo{}
 	t.obj.wantModel = false
 	if cap(t.buf) > tapRetainLimit {
@@ -178,7 +190,7 @@ func (t *responseTap) CloseWithError(err error) error {
 	switch {
 	case !t.recorded:
 		t.finish(err) // the answer did not reach its end
-	case err != nil && !t.readFailed:
+	case err != nil && !t.readFailed && t.afterEnd == "":
 		x.p.log.Info("the end of a recorded answer was not delivered", "request_id", x.ev.RequestID, "err", redactError(err))
 	}
 	t.releaseUpstream()
@@ -217,18 +229,30 @@ func (t *responseTap) fill() {
 		n := copy(t.buf, t.buf[t.outEnd:t.end])
 		t.ready -= t.outEnd
 		t.bigScanned = max(t.bigScanned-t.outEnd, 0)
+		t.searched = max(t.searched-t.outEnd, 0)
 		t.end = n
 		t.outStart, t.outEnd = 0, 0
 	}
 	if t.end == len(t.buf) {
 		if t.held && !t.recorded {
-			// More than a buffer after [DONE]: nothing a vLLM sends. Record
-			// now rather than hold an unbounded tail.
+			// More than a buffer after the answer's end ([DONE], a typed
+			// stream's last event): nothing vLLM sends. The event is
+			// recorded now, over everything up to here, rather than when
+			// an unbounded tail ends (the client, its answer complete but
+			// for the held end, would wait for that). Then the client gets
+			// exactly what the event hashes, its answer's end included,
+			// and its body ends there: a byte handed out after the record
+			// would be in no hash. The rest is withheld, and the event
+			// says so (status.after_end). A chunked body ends cleanly; one
+			// of fixed length ends short, so the connection closes.
+			t.afterEnd = "tail_withheld"
 			if t.finish(nil) != nil {
 				t.eof, t.readErr, t.readFailed = true, errEventNotRecorded, true
 				return
 			}
+			t.x.p.log.Info("the upstream sent more than a buffer after the end of its answer; the rest is withheld", "request_id", t.x.ev.RequestID)
 			t.ready = t.end
+			t.eof, t.readErr = true, io.EOF
 			return
 		}
 		switch {
@@ -236,7 +260,7 @@ func (t *responseTap) fill() {
 			t.buf = append(t.buf, make([]byte, len(t.buf))...)
 		case t.sse && !t.inBig:
 			// One event fills the buffer: read it as it passes.
-			t.inBig, t.bigScanned = true, t.ready
+			t.inBig, t.bigScanned, t.searched = true, t.ready, 0
 			t.big = sseEventReader{}
 			t.obj.reset()
 			t.scan.reset(answerSpec, &t.obj)
@@ -302,10 +326,17 @@ func (t *responseTap) scanEvents() {
 		if t.inBig && !t.scanBigEvent() {
 			return
 		}
-		ev, ok := nextSSEEvent(t.buf[t.ready:t.end], &t.scratch)
-		if !ok {
+		if t.searched > t.ready && !mayEndEvent(t.buf[t.ready:t.end], t.searched-t.ready) {
+			t.searched = t.end
 			return
 		}
+		t.scanned += t.end - t.ready
+		ev, ok := nextSSEEvent(t.buf[t.ready:t.end], &t.scratch)
+		if !ok {
+			t.searched = t.end
+			return
+		}
+		t.searched = 0 // the next event is searched from its start
 		if t.inspectEvent(ev) {
 			copy(t.buf[t.ready:], t.buf[t.ready+ev.size:t.end])
 			t.end -= ev.size
@@ -319,6 +350,30 @@ func (t *responseTap) scanEvents() {
 	}
 }
 
+// mayEndEvent reports whether b, an SSE event's bytes of which b[:old]
+// were searched and hold no blank line, may now hold one. A blank line is
+// a line end at the event's start, or a line end after another: "\n\n",
+// "\n\r" or "\r\r" (a "\r\n" pair is one line end). Only the new bytes and
+// the two before them are looked at: a pair wholly in the old bytes would
+// have ended the event, except one whose "\r" was the last byte (a "\n" may
+// still follow it), which the two bytes cover.
+func mayEndEvent(b []byte, old int) bool {
+	if len(b) > 0 && (b[0] == '\n' || b[0] == '\r') {
+		return true
+	}
+	w := b[max(old-2, 0):]
+	for {
+		i := bytes.IndexAny(w, "\r\n")
+		if i < 0 || i+1 >= len(w) {
+			return false
+		}
+		if c, d := w[i], w[i+1]; d == '\r' || (c == '\n' && d == '\n') {
+			return true
+		}
+		w = w[i+1:]
+	}
+}
+
 // inspectEvent reads usage, finish reason, errors and the end marker from one
 // event, and reports whether the event is to be removed. Most chunks carry
 // only content and "finish_reason":null; they are recognised without a parse.
@@ -327,7 +382,10 @@ func (t *responseTap) inspectEvent(ev sseEvent) (remove bool) {
 		return false
 	}
 	d := ev.data
-	if string(d) == "[DONE]" {
+	if bytes.HasPrefix(d, doneMarker) {
+		// The SDKs end a stream at data that starts with [DONE]
+		// (openai-python: sse.data.startswith("[DONE]"); openai-go:
+		// bytes.HasPrefix), so it is the end, held back like [DONE].
 		t.done = true
 		return false
 	}
@@ -345,18 +403,45 @@ func (t *responseTap) inspectEvent(ev sseEvent) (remove bool) {
 // usageInfo reads. Most events carry only content (and an OpenAI chunk
 // "finish_reason":null); they are passed without a parse. The names
 // searched for cannot stand in a string value, where quotes are escaped.
+//
+// A name written with escapes ("usag\u0065") is the same name to Python's
+// json, so data holding a \u escape is parsed. A chunk is passed unparsed
+// for "finish_reason":null only when every finish_reason in it is null (a
+// chunk of two choices, or a duplicate member, may hold another).
 func mayCarryFields(kind apiKind, d []byte) bool {
-	if bytes.Contains(d, []byte(`"usage"`)) || bytes.Contains(d, []byte(`"error"`)) {
+	if bytes.Contains(d, []byte(`"usage"`)) || bytes.Contains(d, []byte(`"error"`)) || bytes.Contains(d, []byte(`\u`)) {
 		return true
 	}
 	switch kind {
 	case apiOpenAI:
-		return bytes.Contains(d, []byte(`"finish_reason"`)) && !bytes.Contains(d, []byte(`"finish_reason":null`))
+		n := bytes.Count(d, []byte(`"finish_reason"`))
+		return n > 0 && bytes.Count(d, []byte(`"finish_reason":null`)) != n
+	case apiResponses:
+		// The last event ends the stream whether or not it has usage.
+		return hasResponsesEnd(d)
 	case apiMessages:
 		return bytes.Contains(d, []byte(`"stop_reason"`)) || bytes.Contains(d, []byte(`"message_stop"`))
 	}
 	return false
 }
+
+// hasResponsesEnd reports whether d may be a Responses stream's last
+// event: it names "response.completed", ".incomplete" or ".failed" (one
+// search for the common prefix, which costs a third of three).
+func hasResponsesEnd(d []byte) bool {
+	for {
+		i := bytes.Index(d, []byte(`"response.`))
+		if i < 0 {
+			return false
+		}
+		d = d[i+len(`"response.`):]
+		if bytes.HasPrefix(d, []byte(`completed"`)) || bytes.HasPrefix(d, []byte(`incomplete"`)) || bytes.HasPrefix(d, []byte(`failed"`)) {
+			return true
+		}
+	}
+}
+
+var doneMarker = []byte("[DONE]")
 
 // scanBigEvent reads on in an SSE event too large to hold, from bigScanned
 // to the end of the buffer, and hands out what it read. It reports whether
@@ -410,8 +495,8 @@ func (t *responseTap) finish(err error) error {
 	}
 	t.recorded = true
 	if err != nil || t.eof {
-		// Recorded early (more than a buffer after [DONE]), the rest
-		// still streams; CloseWithError releases the upstream then.
+		// Recorded at a tail withheld (more than a buffer after [DONE]),
+		// CloseWithError releases the upstream, closing its connection.
 		t.releaseUpstream()
 	}
 	if t.json && t.read > 0 && t.scan.close() {
@@ -434,11 +519,12 @@ func (t *responseTap) finish(err error) error {
 	if !clientFailed && !t.readFailed && t.status == 200 {
 		x.p.modelsAfterAnswer(x)
 	}
-	if t.usage.input.known {
+	counts := countsTokens(ev.Path)
+	if t.usage.input.known && counts {
 		x.inTokens = t.usage.input.n
 		ev.Input.Tokens = &x.inTokens
 	}
-	if t.usage.output.known {
+	if t.usage.output.known && counts {
 		x.outTokens = t.usage.output.n
 		ev.Output.Tokens = &x.outTokens
 	}
@@ -447,6 +533,18 @@ func (t *responseTap) finish(err error) error {
 		ev.Input.AudioSeconds = &x.audioSeconds
 	}
 	ev.Status.Code = t.status
+	// The stream's end ([DONE], its last typed event) arrived whole before
+	// the upstream connection broke or idled out: the answer is complete,
+	// as the SDKs read it, and the client gets all of it. The outcome is
+	// the answer's; the break is recorded beside it.
+	brokeAfterEnd := t.readFailed && t.done && !clientFailed
+	ev.Status.AfterEnd = t.afterEnd
+	if brokeAfterEnd {
+		ev.Status.AfterEnd = "upstream_broke_off"
+		if isTimeout(t.readErr) {
+			ev.Status.AfterEnd = "upstream_idle_timeout"
+		}
+	}
 	switch {
 	case x.gone.Load():
 		// The client left while vLLM queued or prefilled the stream; the
@@ -459,10 +557,10 @@ func (t *responseTap) finish(err error) error {
 		if isTimeout(err) {
 			ev.Status.Error = "client_idle_timeout"
 		}
-	case t.readFailed && isTimeout(t.readErr):
+	case t.readFailed && !brokeAfterEnd && isTimeout(t.readErr):
 		ev.Status.Outcome = audit.OutcomeUpstreamTimeout
 		ev.Status.Error = "upstream_idle_timeout"
-	case t.readFailed:
+	case t.readFailed && !brokeAfterEnd:
 		ev.Status.Outcome = audit.OutcomeUpstreamError
 		ev.Status.Error = "upstream_broke_off"
 	case t.usage.isError:
@@ -479,7 +577,10 @@ func (t *responseTap) finish(err error) error {
 	default:
 		ev.Status.Outcome = audit.OutcomeOK
 	}
-	if clientFailed || t.readFailed {
+	switch {
+	case brokeAfterEnd:
+		x.p.log.Info("the upstream connection broke after the end of the answer", "request_id", ev.RequestID, "after_end", ev.Status.AfterEnd, "err", redactError(t.readErr))
+	case clientFailed || t.readFailed:
 		cause := err
 		if t.readFailed {
 			cause = t.readErr

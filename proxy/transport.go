@@ -138,9 +138,14 @@ func (u *upstreamConn) done(keepAlive bool) {
 // same with its idle-connection reader). A write that failed before any byte
 // was accepted is tried once more on a new connection.
 //
+// A streamed body (bigbody.go) is never written twice: the bytes a failed
+// write took from the client are gone, and the write takes the stream off
+// req, which would then go out again with no body.
+//
 // sent is called once the request is written: its body is no longer needed.
 func (u *upstreamConn) roundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response, sent func()) error {
 	req.URI().DisablePathNormalizing = true
+	streamed := req.IsBodyStream()
 	for stale, rewrites := 0, 0; ; {
 		outcome, err := u.try(hc, req, resp, sent)
 		if err == nil {
@@ -152,8 +157,7 @@ func (u *upstreamConn) roundTrip(hc *fasthttp.HostClient, req *fasthttp.Request,
 		switch {
 		case outcome == closedWhileIdle && stale < 8:
 			stale++
-		case outcome == nothingWritten && rewrites < 1 && !req.IsBodyStream():
-			// (A streamed body's bytes the failed write took are gone.)
+		case outcome == nothingWritten && rewrites < 1 && !streamed:
 			rewrites++
 		default:
 			if errors.Is(err, io.EOF) {

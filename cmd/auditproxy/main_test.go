@@ -49,6 +49,7 @@ func TestUsageErrors(t *testing.T) {
 		{"bad upstream", []string{"serve", "--upstream", "ftp://x"}, nil, 2, "scheme must be http or https"},
 		{"bad hash", []string{"serve", "--upstream", "http://127.0.0.1:1", "--hash", "md5"}, nil, 2, `unknown hash algorithm "md5"`},
 		{"bad size", []string{"serve", "--upstream", "http://127.0.0.1:1", "--max-request-body-size", "lots"}, nil, 2, `invalid size "lots"`},
+		{"budget below one body", []string{"serve", "--upstream", "http://127.0.0.1:1", "--request-body-budget", "8MiB"}, nil, 2, "--request-body-budget 8MiB: want at least 8454145 bytes"},
 		{"bad env value", []string{"serve", "--upstream", "http://127.0.0.1:1"}, map[string]string{"AUDITPROXY_UPSTREAM_IDLE_TIMEOUT": "soon"}, 2, "$AUDITPROXY_UPSTREAM_IDLE_TIMEOUT"},
 		{"env upstream is used", []string{"serve"}, map[string]string{"AUDITPROXY_UPSTREAM": "gopher://x"}, 2, "scheme must be http or https"},
 		{"bad durability", []string{"serve", "--upstream", "http://127.0.0.1:1", "--durability", "eventually"}, nil, 2, `unknown durability "eventually"`},

@@ -96,7 +96,7 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.StringVar(&c.dataDir, "data-dir", "./auditproxy-data", "`directory` for the spool (DATA-DIR/spool) and the key id secret")
 	fs.StringVar(&c.hash, "hash", "blake3", "body digest `algorithm`: blake3 or sha256")
 	fs.StringVar(&c.keyIDSecretFile, "key-id-secret-file", "", "`file` with the 32-byte secret (hex) that keys api_key_id; generated with mode 0600 if absent (default DATA-DIR/key-id.secret)")
-	fs.Var(&c.maxRequestBodySize, "max-request-body-size", "largest request body `size` accepted; larger ones get 413 (0: no limit, as vLLM; a body over 8MiB is streamed to vLLM, not held)")
+	fs.Var(&c.maxRequestBodySize, "max-request-body-size", "largest request body `size` accepted; larger ones get 413 (0: no limit, as vLLM sets none; a body over 8MiB is streamed to vLLM as it arrives, read and hashed on the way, never held)")
 	fs.Var(&c.requestBodyBudget, "request-body-budget", "most bytes of request bodies held at once (`size`); a request whose body does not fit gets 503 request_bodies_over_budget (0: a quarter of GOMEMLIMIT if set, else 256MiB)")
 	fs.DurationVar(&c.upstreamIdleTimeout, "upstream-idle-timeout", 10*time.Minute, "fail an upstream exchange that sends no byte for this `duration` (504, or a cut stream); bounds the longest non-streamed generation")
 	fs.DurationVar(&c.clientIdleTimeout, "client-idle-timeout", 2*time.Minute, "fail a client that reads no byte of its response, or sends no byte of its request, for this `duration`")
@@ -306,12 +306,12 @@ func (inst *instance) checkFlags(stderr io.Writer) (settings, error) {
 	if c.adminPprof && c.adminListen == "" {
 		return s, usageError{"--admin-pprof without --admin-listen"}
 	}
-	held := int64(8<<20) + 1 // what one body holds: see proxy/bigbody.go
-	if c.maxRequestBodySize > 0 {
-		held = min(held, int64(c.maxRequestBodySize)+1)
+	var captureMax int64
+	if s.capture != nil {
+		captureMax = s.capture.MaxBytes
 	}
-	if c.requestBodyBudget != 0 && int64(c.requestBodyBudget) < held {
-		return s, usageError{fmt.Sprintf("--request-body-budget %s: want more than one request body holds (8MiB, or --max-request-body-size if smaller)", c.requestBodyBudget.String())}
+	if held := proxy.MinRequestBodyBudget(int(c.maxRequestBodySize), captureMax); c.requestBodyBudget != 0 && int64(c.requestBodyBudget) < held {
+		return s, usageError{fmt.Sprintf("--request-body-budget %s: want at least %d bytes, what one request body may hold (8MiB, or --capture-max-bytes if larger, and a 64KiB piece; --max-request-body-size if smaller)", c.requestBodyBudget.String(), held)}
 	}
 	if c.maxClientConns < 0 {
 		return s, usageError{fmt.Sprintf("--max-client-conns %d: want 0 (below half the descriptor limit) or more", c.maxClientConns)}
