@@ -68,18 +68,8 @@ func createError(path string, err error) error {
 // createExclusive is CreateSecretFile for a file system without hard links:
 // a reader may find the file empty until data is written.
 func createExclusive(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	err := writeSynced(path, os.O_EXCL, data)
+	if err != nil && !errors.Is(err, fs.ErrExist) {
 		os.Remove(path) // not left behind empty or cut, to be read as the secret
 	}
 	return err

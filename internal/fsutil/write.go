@@ -27,7 +27,13 @@ func WriteFileAtomic(path string, data []byte) error {
 // WriteFileSynced writes data to path (mode 0600) and fsyncs it; the caller
 // fsyncs the directory.
 func WriteFileSynced(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	return writeSynced(path, os.O_TRUNC, data)
+}
+
+// writeSynced creates or opens path (mode 0600) with flag added to
+// O_WRONLY|O_CREATE, writes data and fsyncs it.
+func writeSynced(path string, flag int, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|flag, 0o600)
 	if err != nil {
 		return err
 	}

@@ -19,9 +19,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf16"
 	"unicode/utf8"
 
+	"github.com/auditproxy/auditproxy/audit"
 	"github.com/valyala/fastjson"
 )
 
@@ -832,6 +834,37 @@ func TestAppendCanonicalEncodingJSON(t *testing.T) {
 		}
 	}
 
+	// Events, written by encoding/json and by audit.Event.AppendJSON (which must be that canonical form).
+	key := "k1:97ec80fcbebd63cd2bdc8f0a95078437"
+	for range 500 {
+		n, ttft := rng.Int64N(1e9), randFloat()
+		ev := audit.Event{V: 1, Type: audit.TypeInference, ID: audit.NewID(), Time: audit.Timestamp(time.Unix(rng.Int64N(4e9), rng.Int64N(1e9)).UTC()),
+			RequestID: randString(), Method: "POST", Path: "/v1/chat/completions", Stream: rng.IntN(2) == 0,
+			Model: audit.Model{Name: randString()}, Input: audit.Body{Hash: "blake3:00", Bytes: rng.Int64N(1 << 40), Tokens: &n},
+			Output: audit.Body{Hash: "blake3:11", Bytes: rng.Int64N(1 << 40), FinishReason: "stop"}, APIKeyID: &key,
+			Latency: audit.Latency{Total: randFloat(), TTFT: &ttft, Upstream: randFloat(), Overhead: randFloat()},
+			Status:  audit.Status{Code: 200, Outcome: audit.OutcomeOK}, Source: audit.Source{Host: "gpu-node-17", Version: "0.3.0"}}
+		buf.Reset()
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(&ev); err != nil {
+			t.Fatal(err)
+		}
+		out, err := Append(nil, &p, buf.Bytes())
+		if err != nil {
+			t.Fatalf("%s: %v", buf.Bytes(), err)
+		}
+		var back audit.Event
+		if err := json.Unmarshal(out, &back); err != nil {
+			t.Fatalf("%s: %v", out, err)
+		}
+		if !reflect.DeepEqual(back, ev) {
+			t.Fatalf("event changed:\n%s\n%s\n%+v\n%+v", buf.Bytes(), out, back, ev)
+		}
+		if got := ev.AppendJSON(nil); !bytes.Equal(got, out) {
+			t.Fatalf("AppendJSON is not encoding/json's canonical form:\n%s\n%s", got, out)
+		}
+	}
 }
 
 // FuzzAppendCanonical checks, on any input, that Append does not
