@@ -64,6 +64,9 @@ func (ev *Event) AppendJSON(dst []byte) []byte {
 		dst = appendString(dst, ev.Model.Checksum)
 		dst = append(dst, ',')
 	}
+	if ev.Model.FromAnswer {
+		dst = append(dst, `"from_answer":true,`...)
+	}
 	dst = append(dst, `"name":`...)
 	dst = appendString(dst, ev.Model.Name)
 	if ev.Model.NameBytes != 0 {
@@ -74,9 +77,15 @@ func (ev *Event) AppendJSON(dst []byte) []byte {
 	dst = ev.Output.appendJSON(dst)
 	dst = appendField(dst, "path", ev.Path)
 	if p := ev.Payload; p != nil {
-		dst = append(dst, `,"payload":{"age":"`...)
-		dst = base64.StdEncoding.AppendEncode(dst, p.Age)
-		dst = append(dst, `","input_bytes":`...)
+		dst = append(dst, `,"payload":{"age":`...)
+		if p.Age == nil {
+			dst = append(dst, "null"...)
+		} else {
+			dst = append(dst, '"')
+			dst = base64.StdEncoding.AppendEncode(dst, p.Age)
+			dst = append(dst, '"')
+		}
+		dst = append(dst, `,"input_bytes":`...)
 		dst = appendInt(dst, p.InputBytes)
 		dst = append(dst, `,"output_bytes":`...)
 		dst = appendInt(dst, p.OutputBytes)
@@ -116,7 +125,13 @@ func (ev *Event) AppendJSON(dst []byte) []byte {
 }
 
 func (b *Body) appendJSON(dst []byte) []byte {
-	dst = append(dst, `{"bytes":`...)
+	dst = append(dst, '{')
+	if b.AudioSeconds != nil {
+		dst = append(dst, `"audio_seconds":`...)
+		dst = appendFloat(dst, *b.AudioSeconds)
+		dst = append(dst, ',')
+	}
+	dst = append(dst, `"bytes":`...)
 	dst = appendInt(dst, b.Bytes)
 	if b.FinishReason != "" {
 		dst = appendField(dst, "finish_reason", b.FinishReason)

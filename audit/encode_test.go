@@ -36,7 +36,7 @@ func canonicalStd(t testing.TB, ev *Event) []byte {
 func TestAppendJSONIsCanonicalEncodingJSON(t *testing.T) {
 	key := "k1:00"
 	n := int64(-3)
-	ttft := 1e-7
+	ttft, audio := 1e-7, 12.5
 	events := []Event{
 		{},
 		{V: 1, Type: TypeInference, ID: "x", Time: Timestamp(time.Unix(1, 5)), APIKeyID: &key,
@@ -49,6 +49,8 @@ func TestAppendJSONIsCanonicalEncodingJSON(t *testing.T) {
 		{Input: Body{Bytes: 1<<60 + 1}, Output: Body{Bytes: -(1 << 55) - 3}, Log: &LogRef{Origin: "o/1", Seq: 1<<53 + 1, Prev: "ab"},
 			Payload: &Payload{Age: []byte("x"), InputBytes: 3, OutputBytes: 4, Truncated: true}},
 		{Status: Status{Code: 200, Outcome: OutcomeOK, AfterEnd: "upstream_broke_off"}},
+		{Model: Model{Name: "whisper", FromAnswer: true}, Input: Body{AudioSeconds: &audio}, Output: Body{AudioSeconds: &audio},
+			Payload: &Payload{}},
 	}
 	for i := range events {
 		want := canonicalStd(t, &events[i])

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -925,5 +926,53 @@ func TestReaderFollowsCommitsAcrossRotation(t *testing.T) {
 		if i >= len(got) || got[i] != string(testutil.Event(i)) {
 			t.Fatalf("record %d missing or out of order (%d read)", i, len(got))
 		}
+	}
+}
+
+// TestRecordedEventKeepsEveryMember: an event recorded through the spool
+// reads back from it with every member it was given, the optional ones
+// included (model.from_answer and audio_seconds were once dropped on the way
+// to disk), and as the same event.
+func TestRecordedEventKeepsEveryMember(t *testing.T) {
+	dir := t.TempDir()
+	signer, _ := testutil.Signer(t, "spool-test")
+	s := openTestSpool(t, dir, Options{Log: logOpts(signer)})
+	key, gpu, n, ttft, audio := "k1:00", "sha256:ab", int64(7), 12.5, 3.25
+	ev := audit.Event{V: 1, Type: audit.TypeInference, ID: audit.NewID(), Time: audit.Timestamp(time.Date(2026, 12, 5, 9, 0, 0, 5, time.UTC)),
+		RequestID: "r", Method: "POST", Path: "/v1/audio/transcriptions", Stream: true, GPU: &gpu, APIKeyID: &key,
+		Model:   audit.Model{Name: "whisper", NameBytes: 7, Checksum: "blake3:00", BaseChecksum: "blake3:01", FromAnswer: true},
+		Input:   audit.Body{Hash: "sha256:00", Bytes: 1, Tokens: &n, AudioSeconds: &audio},
+		Output:  audit.Body{Hash: "sha256:11", Bytes: 2, Tokens: &n, FinishReason: "stop", AudioSeconds: &audio},
+		Latency: audit.Latency{Total: 1.5, TTFT: &ttft, Upstream: 1.25, Overhead: 0.25},
+		Status:  audit.Status{Code: 200, Outcome: audit.OutcomeOK, Error: "e", UpstreamError: "u", AfterEnd: "upstream_broke_off"},
+		Source:  audit.Source{Host: "h", Version: "v"}, Payload: &audit.Payload{Age: []byte("age"), InputBytes: 1, OutputBytes: 2, Truncated: true}}
+	if err := s.Record(&ev); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	var out bytes.Buffer
+	if _, err := Export(dir, &out); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, line := range bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n")) {
+		var back audit.Event
+		if err := json.Unmarshal(line, &back); err != nil {
+			t.Fatal(err)
+		}
+		if back.Type != audit.TypeInference {
+			continue
+		}
+		found = true
+		if back.Log == nil {
+			t.Fatal("no log member")
+		}
+		back.Log = nil
+		if !reflect.DeepEqual(back, ev) {
+			t.Errorf("read back from the spool:\n%+v\nrecorded:\n%+v\n%s", back, ev, line)
+		}
+	}
+	if !found {
+		t.Fatal("the event is not in the spool")
 	}
 }
