@@ -1160,47 +1160,47 @@ func (s *Spool) wakeMaintenance() {
 // frame appends b's events to dst as frames, each placed in the log when the
 // spool is one, followed by a checkpoint when one is due.
 func (s *Spool) frame(dst []byte, b *batch, final, checkpoint bool, now time.Time) ([]byte, error) {
+	var err error
 	if s.chain != nil {
-		start := len(dst)
-		dst = append(dst, make([]byte, frameHeaderSize)...)
-		var err error
-		if dst, err = s.chain.AppendStarted(dst); err != nil {
+		if dst, err = appendFramed(dst, s.chain.AppendStarted); err != nil {
 			return dst, err
-		}
-		if len(dst) > start+frameHeaderSize {
-			putFrameHeader(dst[start:])
-		} else {
-			dst = dst[:start]
 		}
 	}
 	for rest := b.buf; len(rest) >= 4; {
 		n := binary.LittleEndian.Uint32(rest)
 		event := rest[4 : 4+n]
 		rest = rest[4+n:]
-		start := len(dst)
-		dst = append(dst, make([]byte, frameHeaderSize)...)
-		if s.chain != nil {
-			var err error
-			if dst, err = s.chain.AppendEvent(dst, event); err != nil {
+		dst, _ = appendFramed(dst, func(dst []byte) ([]byte, error) {
+			if s.chain == nil {
+				return append(dst, event...), nil
+			}
+			out, err := s.chain.AppendEvent(dst, event)
+			if err != nil {
 				// Not JSON: a bug upstream. Keep the event, outside the log,
 				// rather than lose it; a verifier reports it as unchained.
 				s.log.Error("event not placed in the log", "err", err)
-				dst = append(dst, event...)
+				out = append(dst, event...)
 			}
-		} else {
-			dst = append(dst, event...)
-		}
-		putFrameHeader(dst[start:])
+			return out, nil
+		})
 	}
 	if s.chain != nil && (final || checkpoint || s.chain.CheckpointDue(now)) {
-		start := len(dst)
-		dst = append(dst, make([]byte, frameHeaderSize)...)
-		var err error
-		if dst, err = s.chain.AppendCheckpoint(dst, now, final, s.outage()); err != nil {
-			return dst, err
-		}
-		putFrameHeader(dst[start:])
+		return appendFramed(dst, func(dst []byte) ([]byte, error) {
+			return s.chain.AppendCheckpoint(dst, now, final, s.outage())
+		})
 	}
+	return dst, nil
+}
+
+// appendFramed appends to dst the frame of what payload appends, in place;
+// nothing when it appends nothing or fails.
+func appendFramed(dst []byte, payload func([]byte) ([]byte, error)) ([]byte, error) {
+	start := len(dst)
+	dst, err := payload(append(dst, make([]byte, frameHeaderSize)...))
+	if err != nil || len(dst) == start+frameHeaderSize {
+		return dst[:start], err
+	}
+	putFrameHeader(dst[start:])
 	return dst, nil
 }
 
