@@ -68,6 +68,9 @@ type Hasher struct {
 	b3    *blake3.Hasher
 	h     hash.Hash
 	bytes int64
+	// sum receives h.Sum: a buffer on the stack would escape through the
+	// interface call, one allocation per digest (SHA-256, the default).
+	sum [64]byte
 }
 
 // NewHasher returns a Hasher for alg.
@@ -109,8 +112,7 @@ func (h *Hasher) AppendDigest(dst []byte) []byte {
 		var sum [32]byte
 		return AppendDigest(dst, h.alg, h.b3.Sum(sum[:0]))
 	}
-	var sum [64]byte
-	return AppendDigest(dst, h.alg, h.h.Sum(sum[:0]))
+	return AppendDigest(dst, h.alg, h.h.Sum(h.sum[:0]))
 }
 
 // Sum returns the digest string of b.

@@ -93,7 +93,7 @@ func TestLargeBodiesStreamToVLLM(t *testing.T) {
 			if code != 200 || (direct != nil && normalize(direct) != normalize(proxied)) {
 				t.Fatalf("through the proxy %d:\n%.300s\ndirectly:\n%.300s", code, proxied, direct)
 			}
-			if want := "blake3:" + b3hex(body); ev.Input.Hash != want || ev.Input.Bytes != int64(len(body)) {
+			if want := bodyDigest(body); ev.Input.Hash != want || ev.Input.Bytes != int64(len(body)) {
 				t.Errorf("input %s/%d, want %s/%d", ev.Input.Hash, ev.Input.Bytes, want, len(body))
 			}
 			if ev.Model.Name != testModel || ev.Model.FromAnswer || ev.Stream != tc.stream || ev.Status.Outcome != audit.OutcomeOK {
@@ -138,7 +138,7 @@ func TestStreamedFormIsRead(t *testing.T) {
 	if ev.Model.Name != testModel || !ev.Stream || tokens(ev.Input.Tokens) != in || tokens(ev.Output.Tokens) != out || in < 0 {
 		t.Errorf("model %q stream %v tokens %v/%v (vLLM %d/%d)", ev.Model.Name, ev.Stream, ev.Input.Tokens, ev.Output.Tokens, in, out)
 	}
-	if ev.Input.Bytes != int64(b.Len()) || ev.Input.Hash != "blake3:"+b3hex(b.Bytes()) {
+	if ev.Input.Bytes != int64(b.Len()) || ev.Input.Hash != bodyDigest(b.Bytes()) {
 		t.Errorf("input %s/%d", ev.Input.Hash, ev.Input.Bytes)
 	}
 }
@@ -207,7 +207,7 @@ func TestStreamedBodyHoldsOnlyItsPiece(t *testing.T) {
 			t.Fatalf("upload once complete: %v %v", resp, err)
 		}
 		resp.Body.Close()
-		if ev := e.events.next(t); ev.Input.Hash != "blake3:"+b3hex(u.body) || ev.Model.Name != testModel {
+		if ev := e.events.next(t); ev.Input.Hash != bodyDigest(u.body) || ev.Model.Name != testModel {
 			t.Errorf("event input %s model %q", ev.Input.Hash, ev.Model.Name)
 		}
 	}
@@ -354,11 +354,11 @@ func TestStreamedBodyFaults(t *testing.T) {
 				t.Errorf("event %+v", ev.Status)
 			}
 			switch {
-			case tc.sent >= 0 && (ev.Input.Bytes != int64(tc.sent) || ev.Input.Hash != "blake3:"+b3hex(body[:tc.sent])):
+			case tc.sent >= 0 && (ev.Input.Bytes != int64(tc.sent) || ev.Input.Hash != bodyDigest(body[:tc.sent])):
 				t.Errorf("input %d bytes %s, want the %d bytes sent", ev.Input.Bytes, ev.Input.Hash, tc.sent)
 			case tc.sent == -1 && ev.Input.Bytes > 24<<20:
 				t.Errorf("input %d bytes: more than the limit was sent", ev.Input.Bytes)
-			case tc.sent == -2 && (ev.Input.Bytes > int64(half) || ev.Input.Hash != "blake3:"+b3hex(body[:ev.Input.Bytes])):
+			case tc.sent == -2 && (ev.Input.Bytes > int64(half) || ev.Input.Hash != bodyDigest(body[:ev.Input.Bytes])):
 				// A reset may drop bytes the proxy had not read yet.
 				t.Errorf("input %d bytes %s, want a start of the %d bytes sent", ev.Input.Bytes, ev.Input.Hash, half)
 			}
@@ -419,7 +419,7 @@ func TestUpstreamRefusingMidUpload(t *testing.T) {
 		if resp.StatusCode != 502 || !resp.Close || ev.Status.Outcome != audit.OutcomeUpstreamUnreachable || ev.Status.Code != 502 {
 			t.Errorf("reset %v: %d (close %v), event %+v", reset, resp.StatusCode, resp.Close, ev.Status)
 		}
-		if ev.Input.Bytes <= 0 || ev.Input.Bytes >= int64(len(body)) || ev.Input.Hash != "blake3:"+b3hex(body[:ev.Input.Bytes]) {
+		if ev.Input.Bytes <= 0 || ev.Input.Bytes >= int64(len(body)) || ev.Input.Hash != bodyDigest(body[:ev.Input.Bytes]) {
 			t.Errorf("reset %v: input %d bytes %s, want what was sent of the body", reset, ev.Input.Bytes, ev.Input.Hash)
 		}
 		if n := conns.Load(); n != 1 {
@@ -481,7 +481,7 @@ func TestStreamedChunkedBodyDropsTrailers(t *testing.T) {
 	if code, answer := rawExchange(t, strings.TrimPrefix(e.proxyURL, "http://"), raw); code != 200 {
 		t.Fatalf("%d %s", code, answer)
 	}
-	if ev := e.events.next(t); ev.Input.Hash != "blake3:"+b3hex(body) || ev.Model.Name != testModel {
+	if ev := e.events.next(t); ev.Input.Hash != bodyDigest(body) || ev.Model.Name != testModel {
 		t.Errorf("input %s model %q", ev.Input.Hash, ev.Model.Name)
 	}
 	got := up.last(t)
@@ -577,7 +577,7 @@ func TestStreamedBodyCapture(t *testing.T) {
 			t.Errorf("chunked %v: capture holds %d request bytes (the body's first %d: %v) and %d answer bytes: %v",
 				chunked, len(req), limit, bytes.Equal(req, body[:limit]), len(resp), err)
 		}
-		if ev.Input.Hash != "blake3:"+b3hex(body) || ev.Model.Name != testModel {
+		if ev.Input.Hash != bodyDigest(body) || ev.Model.Name != testModel {
 			t.Errorf("chunked %v: input %s model %q", chunked, ev.Input.Hash, ev.Model.Name)
 		}
 	}

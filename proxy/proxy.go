@@ -107,7 +107,8 @@ type Config struct {
 	// 503 and closed. Default: DefaultMaxClientConns of the descriptor
 	// limit, so that the process does not run out of descriptors.
 	MaxClientConns int
-	// Hash is the digest algorithm for bodies. Default BLAKE3.
+	// Hash is the digest algorithm for bodies. Default SHA-256, the digest
+	// auditors' record fields name (issue #16); BLAKE3 on request.
 	Hash hashing.Algorithm
 	// KeyIDer computes api_key_id. Required.
 	KeyIDer *hashing.KeyIDer
@@ -211,7 +212,7 @@ func New(cfg Config) (*Proxy, error) {
 		cfg.MaxClientConns = DefaultMaxClientConns(DescriptorLimit())
 	}
 	if cfg.Hash == "" {
-		cfg.Hash = hashing.BLAKE3
+		cfg.Hash = hashing.SHA256
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics()

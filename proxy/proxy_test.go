@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"github.com/zeebo/blake3"
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/hashing"
@@ -251,13 +253,13 @@ func (e *testEnv) exchangeBoth(t *testing.T, do func(openai.Client) error) (dire
 // client sent and received, computed independently of the proxy's code.
 func checkHashes(t *testing.T, ev audit.Event, req, resp []byte) {
 	t.Helper()
-	if want := "blake3:" + b3hex(req); ev.Input.Hash != want {
+	if want := bodyDigest(req); ev.Input.Hash != want {
 		t.Errorf("input.hash = %s, want %s (of the %d request bytes the client sent)", ev.Input.Hash, want, len(req))
 	}
 	if ev.Input.Bytes != int64(len(req)) {
 		t.Errorf("input.bytes = %d, want %d", ev.Input.Bytes, len(req))
 	}
-	if want := "blake3:" + b3hex(resp); ev.Output.Hash != want {
+	if want := bodyDigest(resp); ev.Output.Hash != want {
 		t.Errorf("output.hash = %s, want %s (of the %d response bytes the client got)", ev.Output.Hash, want, len(resp))
 	}
 	if ev.Output.Bytes != int64(len(resp)) {
@@ -543,7 +545,7 @@ func TestProxyFailures(t *testing.T) {
 		}
 		ev := e.events.next(t)
 		if ev.Status.Outcome != audit.OutcomeUpstreamError || ev.Status.Error != "upstream_broke_off" ||
-			ev.Output.Bytes != int64(len(half)) || ev.Output.Hash != "blake3:"+b3hex([]byte(half)) {
+			ev.Output.Bytes != int64(len(half)) || ev.Output.Hash != bodyDigest([]byte(half)) {
 			t.Errorf("event status %+v output %+v; want upstream_broke_off over the %d bytes received", ev.Status, ev.Output, len(half))
 		}
 	})
@@ -579,7 +581,7 @@ func TestProxyFailures(t *testing.T) {
 		if ev.Status.Outcome != audit.OutcomeUpstreamTimeout || ev.Status.Error != "upstream_idle_timeout" {
 			t.Errorf("status %+v", ev.Status)
 		}
-		if want := "blake3:" + b3hex(b); ev.Output.Hash != want {
+		if want := bodyDigest(b); ev.Output.Hash != want {
 			t.Errorf("output hash %s, want %s of the %d bytes received", ev.Output.Hash, want, len(b))
 		}
 	})
@@ -597,7 +599,7 @@ func TestProxyFailures(t *testing.T) {
 			if ev.Status.Outcome != audit.OutcomeUpstreamError || ev.Status.UpstreamError != "InternalServerError" || ev.Status.Code != 200 {
 				t.Errorf("status %+v", ev.Status)
 			}
-			if want := "blake3:" + b3hex(b); ev.Output.Hash != want {
+			if want := bodyDigest(b); ev.Output.Hash != want {
 				t.Errorf("output hash %s, want %s", ev.Output.Hash, want)
 			}
 		})
@@ -897,9 +899,39 @@ func TestAnswerEndsOnlyAfterItsEvent(t *testing.T) {
 				t.Fatal("the response did not complete after its event was recorded")
 			}
 			ev := sink.next(t)
-			if want := "blake3:" + b3hex(got); ev.Output.Hash != want || ev.Status.Outcome != audit.OutcomeOK || ev.Output.Tokens == nil {
+			if want := bodyDigest(got); ev.Output.Hash != want || ev.Status.Outcome != audit.OutcomeOK || ev.Output.Tokens == nil {
 				t.Errorf("event %s %s %v, want ok, tokens, and the hash of the %d bytes received", ev.Output.Hash, ev.Status.Outcome, ev.Output.Tokens, len(got))
 			}
 		})
+	}
+}
+
+// BLAKE3 stays available on request (--hash blake3): both bodies, streamed
+// and not, are hashed with it and the digests say so.
+func TestBLAKE3OnRequest(t *testing.T) {
+	e := newTestEnv(t, fakevllm.Config{OutputTokens: 20}, func(c *proxy.Config) { c.Hash = hashing.BLAKE3 })
+	ctx := context.Background()
+	chat := openai.ChatCompletionNewParams{
+		Model:    testModel,
+		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hash me with blake3")},
+	}
+	b3 := func(b []byte) string {
+		s := blake3.Sum256(b)
+		return "blake3:" + hex.EncodeToString(s[:])
+	}
+	for _, stream := range []bool{false, true} {
+		_, proxied, req, ev, _ := e.exchangeBoth(t, func(c openai.Client) error {
+			if stream {
+				s := c.Chat.Completions.NewStreaming(ctx, chat)
+				for s.Next() {
+				}
+				return s.Err()
+			}
+			_, err := c.Chat.Completions.New(ctx, chat)
+			return err
+		})
+		if ev.Stream != stream || ev.Input.Hash != b3(req) || ev.Output.Hash != b3(proxied) {
+			t.Errorf("stream=%v: input %s output %s, want %s and %s", stream, ev.Input.Hash, ev.Output.Hash, b3(req), b3(proxied))
+		}
 	}
 }

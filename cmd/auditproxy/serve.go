@@ -94,7 +94,7 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.BoolVar(&c.adminPprof, "admin-pprof", false, "serve Go's profiler under /debug/pprof/ on the admin listener, to requests with the admin token (DATA-DIR/admin.token) as a bearer token")
 	fs.IntVar(&c.maxClientConns, "max-client-conns", 0, "most open client `connections`; one more is answered 503 too_many_connections (0: below half the file descriptor limit)")
 	fs.StringVar(&c.dataDir, "data-dir", "./auditproxy-data", "`directory` for the spool (DATA-DIR/spool) and the key id secret")
-	fs.StringVar(&c.hash, "hash", "blake3", "body digest `algorithm`: blake3 or sha256")
+	fs.StringVar(&c.hash, "hash", "sha256", "body digest `algorithm`: sha256 or blake3")
 	fs.StringVar(&c.keyIDSecretFile, "key-id-secret-file", "", "`file` with the 32-byte secret (hex) that keys api_key_id; generated with mode 0600 if absent (default DATA-DIR/key-id.secret)")
 	fs.Var(&c.maxRequestBodySize, "max-request-body-size", "largest request body `size` accepted; larger ones get 413 (0: no limit, as vLLM sets none; a body over 8MiB is streamed to vLLM as it arrives, read and hashed on the way, never held)")
 	fs.Var(&c.requestBodyBudget, "request-body-budget", "most bytes of request bodies held at once (`size`); a request whose body does not fit gets 503 request_bodies_over_budget (0: a quarter of GOMEMLIMIT if set, else 256MiB)")
