@@ -46,6 +46,13 @@ type Options struct {
 	// Defaults: 2,000 events, 4 MiB of JSON.
 	BatchMaxEvents int
 	BatchMaxBytes  int
+	// BatchLinger is how long the shipper, caught up and woken by a new
+	// commit, waits for more before it reads a message: at low rates one
+	// message and one ack per event cost the proxy a wake-up, a write and a
+	// read each (the aggregator's guarantee is seconds, not microseconds).
+	// Under load the shipper is never caught up and never lingers.
+	// Default 5 ms; negative: none.
+	BatchLinger time.Duration
 	// AckTimeout bounds the wait for an acknowledgement (and for a write);
 	// then the connection is dropped and the batch sent again on a new
 	// one. Default 10 s.
@@ -72,6 +79,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.BatchMaxBytes <= 0 {
 		o.BatchMaxBytes = 4 << 20
+	}
+	if o.BatchLinger == 0 {
+		o.BatchLinger = 5 * time.Millisecond
 	}
 	if o.AckTimeout <= 0 {
 		o.AckTimeout = 10 * time.Second
@@ -270,6 +280,9 @@ func (sh *Shipper) run() {
 				select {
 				case <-changed:
 					saveTimer.Stop()
+					if sh.opts.BatchLinger > 0 && !sh.sleep(sh.opts.BatchLinger) {
+						return
+					}
 				case <-saveDue:
 				case <-sh.ctx.Done():
 					return

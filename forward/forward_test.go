@@ -463,3 +463,43 @@ func TestShipLagWhileStuck(t *testing.T) {
 		t.Errorf("auditproxy_forward_ship_lag_seconds = %v while stuck", got)
 	}
 }
+
+// TestLowRateEventsShareMessages: events committed one at a time, a
+// millisecond apart (a sidecar at ~1,000 req/s with sync durability), go
+// out in messages of several events, not one message and one ack each, and
+// arrive within a linger or so of the last commit. With no linger the same
+// run sends about one message per event.
+func TestLowRateEventsShareMessages(t *testing.T) {
+	for _, linger := range []time.Duration{20 * time.Millisecond, -1} {
+		recv := testutil.StartReceiver(t, "127.0.0.1:0", forwardrecv.Config{})
+		s := openTestSpool(t, t.TempDir(), spool.Options{Forwarding: true})
+		opts := fastForward(recv.Addr())
+		opts.BatchLinger = linger
+		startShipper(t, s, opts)
+		const n = 60
+		want := make([]string, n)
+		var last time.Time
+		for i := range want {
+			want[i] = fmt.Sprintf("e%d", i)
+			if err := s.Append(fmt.Appendf(nil, `{"v":1,"id":%q}`, want[i])); err != nil {
+				t.Fatal(err)
+			}
+			last = time.Now()
+			time.Sleep(time.Millisecond)
+		}
+		if !recv.WaitFor(n, 5*time.Second) {
+			t.Fatalf("linger %v: %d of %d events shipped", linger, recv.Len(), n)
+		}
+		took, msgs := time.Since(last), recv.Stats().Messages
+		t.Logf("linger %v: %d events in %d messages, the last arrived %v after its commit", linger, n, msgs, took)
+		if !slices.Equal(recordIDs(recv.Entries()), want) {
+			t.Errorf("linger %v: events out of order or missing: %v", linger, recordIDs(recv.Entries()))
+		}
+		if linger > 0 && msgs > n/3 {
+			t.Errorf("linger %v: %d events went out in %d messages; at low rates they should share them", linger, n, msgs)
+		}
+		if took > time.Second {
+			t.Errorf("linger %v: the last event took %v to arrive", linger, took)
+		}
+	}
+}
