@@ -236,6 +236,10 @@ func TestParseFlags(t *testing.T) {
 		{name: "proxy-url with fake-listen", args: []string{"-proxy-url", "http://127.0.0.1:8080", "-fake-listen", "127.0.0.1:8000"}},
 		{name: "fake listening beyond loopback", args: []string{"-fake-listen", "0.0.0.0:8000"}, wantErr: "-fake-listen"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected arguments"},
+		{name: "peers by default: the bare fasthttp proxy, nginx, haproxy", args: nil, check: wantPeers("fasthttp", "nginx", "haproxy")},
+		{name: "no peers", args: []string{"-peers", "none"}, check: wantPeers()},
+		{name: "peers in the order given, once each", args: []string{"-peers", "nginx, fasthttp,nginx"}, check: wantPeers("nginx", "fasthttp")},
+		{name: "unknown peer", args: []string{"-peers", "fasthttp,envoy"}, wantErr: "want fasthttp, nginx, haproxy or none"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -253,6 +257,14 @@ func TestParseFlags(t *testing.T) {
 				tc.check(t, o)
 			}
 		})
+	}
+}
+
+func wantPeers(want ...string) func(*testing.T, options) {
+	return func(t *testing.T, o options) {
+		if !slices.Equal(o.peers, want) {
+			t.Errorf("peers %q, want %q", o.peers, want)
+		}
 	}
 }
 
@@ -333,8 +345,8 @@ func checkMedianOfRounds(t *testing.T, sec, col string, rounds int) {
 		t.Errorf("description does not explain the median of rounds:\n%s", sec)
 	}
 	tabs := tables(t, sec)
-	if len(tabs) != 2 {
-		t.Fatalf("want the targets' table and the comparison table, got %d tables in:\n%s", len(tabs), sec)
+	if len(tabs) != 2 && len(tabs) != 3 {
+		t.Fatalf("want the targets' table, the comparison table and, with peers, auditproxy against them; got %d tables in:\n%s", len(tabs), sec)
 	}
 	rows := tabs[0]
 	medians := map[string]float64{}
@@ -554,5 +566,67 @@ func TestRunProxyFailsToStart(t *testing.T) {
 	err = run(context.Background(), o, io.Discard, io.Discard, "harness (test)")
 	if err == nil || !strings.Contains(err.Error(), failMessage) || !strings.Contains(err.Error(), "exited") {
 		t.Fatalf("err %v, want the proxy's exit and its log", err)
+	}
+}
+
+// TestPeerTables checks which targets auditproxy is set against, and the
+// figures, on made-up aggregates.
+func TestPeerTables(t *testing.T) {
+	fake, ap, apAsync, bare, ng := &child{name: "fakevllm"}, &child{name: "auditproxy"}, &child{name: "auditproxy-async"},
+		&child{name: "bareproxy"}, &child{name: "nginx"}
+	targets := []*target{
+		{name: "direct", procs: []*child{fake}},
+		{name: "auditproxy", procs: []*child{fake, ap}},
+		{name: "auditproxy-async", procs: []*child{fake, apAsync}},
+		{name: "fasthttp", procs: []*child{fake, bare}, peer: true},
+		{name: "nginx", procs: []*child{fake, ng}, peer: true},
+	}
+	agg := func(name string, rps []int64, cpuMs, rssMB int64) *aggregate {
+		a := &aggregate{}
+		for _, n := range rps {
+			a.add(roundResult{requests: n, window: time.Second, lat: []int64{int64(time.Millisecond)},
+				cpu: map[string]time.Duration{name: time.Duration(cpuMs) * time.Millisecond / time.Duration(len(rps))},
+				rss: map[string]int64{name: rssMB << 20}})
+		}
+		return a
+	}
+	aggs := []*aggregate{
+		agg("fakevllm", []int64{2000, 2000}, 0, 0),
+		agg("auditproxy", []int64{800, 900}, 170, 30), // 1700 requests, 100 µs each
+		agg("auditproxy-async", []int64{900, 1000}, 190, 30),
+		agg("bareproxy", []int64{1000, 1000}, 80, 20), // 40 µs each
+		agg("nginx", []int64{1000, 1250}, 45, 10),     // 20 µs each
+	}
+	var got []string
+	for _, pp := range peerPairs(targets, aggs) {
+		got = append(got, pp.label())
+	}
+	want := []string{"auditproxy / fasthttp (bare proxy)", "auditproxy / nginx", "auditproxy-async / fasthttp (bare proxy)", "auditproxy-async / nginx"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("pairs %q, want %q", got, want)
+	}
+	tabs := tables(t, nonstreamPeersTable(targets, aggs)+"\n")
+	if len(tabs) != 1 {
+		t.Fatalf("%d tables, want 1", len(tabs))
+	}
+	for pair, cells := range map[string][3]string{
+		"auditproxy / fasthttp (bare proxy)": {"×0.850", "×0.800 / ×0.900", "×2.500"},
+		"auditproxy / nginx":                 {"×0.756", "×0.800 / ×0.720", "×5.000"},
+		"auditproxy-async / nginx":           {"×0.844", "×0.900 / ×0.800", "×5.000"},
+	} {
+		row := tabs[0][pair]
+		if g := [3]string{row["RPS ÷ peer"], row["RPS ÷ peer per round"], row["proxy CPU µs/request ÷ peer"]}; g != cells {
+			t.Errorf("%s: %q, want %q", pair, g, cells)
+		}
+	}
+	stream := tables(t, streamPeersTable(targets, aggs)+"\n")[0]
+	if got := stream["auditproxy / nginx"]["peak RSS ÷ peer"]; got != "×3.000" {
+		t.Errorf("peak RSS ÷ nginx %s, want ×3.000", got)
+	}
+	// Without peers there is nothing to set auditproxy against.
+	for _, f := range []func([]*target, []*aggregate) string{nonstreamPeersTable, nonstreamRatePeersTable, streamPeersTable} {
+		if s := f(targets[:3], aggs[:3]); s != "" {
+			t.Errorf("a peers table without peers:\n%s", s)
+		}
 	}
 }

@@ -21,6 +21,15 @@ type target struct {
 	name  string
 	url   string   // base URL, http://127.0.0.1:PORT
 	procs []*child // processes whose CPU the target's rounds are charged with
+	peer  bool     // a plain proxy of -peers, which auditproxy is compared with
+}
+
+// label is the target's name in tables.
+func (t *target) label() string {
+	if t.name == "fasthttp" {
+		return bareProxyLabel
+	}
+	return t.name
 }
 
 func (t *target) addr() string {

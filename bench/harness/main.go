@@ -5,10 +5,11 @@
 //
 //	go run ./bench/harness [-workload nonstream|nonstream-rate|stream|all] [-rate 2000] [-rounds 5] [-duration 10s] [-out FILE]
 //
-// By default it builds bench/cmd/fakevllm and cmd/auditproxy, runs each as
-// its own process on 127.0.0.1, and kills them when it exits (also on
-// Ctrl-C). -fake-bin and -proxy-bin skip the builds; -fake-url and -proxy-url
-// use servers that are already running. All traffic stays on 127.0.0.1 and
+// By default it builds bench/cmd/fakevllm and cmd/auditproxy (and
+// bench/cmd/bareproxy for the fasthttp peer), runs each as its own process
+// on 127.0.0.1, and kills them when it exits (also on Ctrl-C). -fake-bin
+// and -proxy-bin skip the builds; -fake-url and -proxy-url use servers that
+// are already running. All traffic stays on 127.0.0.1 and
 // the run ends by itself (see -timeout).
 //
 // Workloads (all, the default, runs the three in this order):
@@ -27,6 +28,15 @@
 //     concurrency: the time to first token and per-chunk delay the proxy adds.
 //     The fake stamps each chunk's id with its send time, so per-chunk delay
 //     is receive time minus send time.
+//
+// Peers (-peers, default fasthttp,nginx,haproxy) are plain reverse proxies
+// measured in the same interleaved rounds, so that each table also shows
+// auditproxy against them: fasthttp is bench/cmd/bareproxy, a bare fasthttp
+// proxy configured as auditproxy's own but auditing nothing, the floor for a
+// Go proxy on fasthttp, which the harness builds like the fake (-bare-bin
+// skips the build); nginx and HAProxy are the distribution's (see
+// peers.go). -peers none measures auditproxy against the direct connection
+// alone.
 package main
 
 import (
@@ -67,7 +77,8 @@ type options struct {
 	streamChunks int
 	streamITL    time.Duration
 
-	peers        []string // plain proxies measured beside auditproxy: nginx, haproxy
+	peers        []string // plain proxies measured beside auditproxy: fasthttp, nginx, haproxy
+	bareBin      string   // bench/cmd/bareproxy binary, the fasthttp peer ("": build it)
 	installPeers bool
 	streamLevels []int         // concurrent streams of each stream level; nil: -concurrency or the default
 	recvBin      string        // forwardrecv binary ("": build it)
@@ -114,7 +125,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.streamChunks, "stream-chunks", 200, "content chunks per stream")
 	fs.DurationVar(&o.streamITL, "stream-itl", 5*time.Millisecond, "delay between stream chunks (at least concurrency × 50µs at each stream level, "+
 		"so the fake sends at most 20,000 chunks/s: 100ms at 2,000 streams, about a loaded vLLM's pace)")
-	peers := fs.String("peers", "nginx,haproxy", "plain reverse proxies to measure beside auditproxy, comma-separated: nginx, haproxy, or none")
+	peers := fs.String("peers", "fasthttp,nginx,haproxy", "plain reverse proxies to measure beside auditproxy, comma-separated: "+
+		"fasthttp (bench/cmd/bareproxy, a bare fasthttp proxy: the floor for a Go proxy), nginx, haproxy, or none")
+	fs.StringVar(&o.bareBin, "bare-bin", "", "bareproxy binary to run as the fasthttp peer instead of building ./bench/cmd/bareproxy")
 	fs.BoolVar(&o.async, "async", false, "also measure auditproxy with --durability async (events fsynced every --fsync-interval, not before each answer ends) as auditproxy-async")
 	fs.BoolVar(&o.installPeers, "install-peers", true, "install missing peers with apt-get (as root)")
 	levels := fs.String("stream-concurrency", "", "stream workload: comma-separated concurrent stream counts, one level each, e.g. 32,1000,2000 (default: -concurrency, or 32)")
@@ -127,12 +140,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	for _, p := range strings.Split(*peers, ",") {
 		switch p = strings.TrimSpace(p); p {
 		case "", "none":
-		case "nginx", "haproxy":
+		case "fasthttp", "nginx", "haproxy":
 			if !slices.Contains(o.peers, p) {
 				o.peers = append(o.peers, p)
 			}
 		default:
-			return o, fmt.Errorf("-peers %q: want nginx, haproxy or none", *peers)
+			return o, fmt.Errorf("-peers %q: want fasthttp, nginx, haproxy or none", *peers)
 		}
 	}
 	if *levels != "" {

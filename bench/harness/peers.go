@@ -12,11 +12,18 @@ import (
 	"time"
 )
 
-// The peers are the plain reverse proxies users put in front of vLLM
-// today, configured as a careful operator would for LLM traffic, so that
-// auditproxy (auditing everything) is compared with a proxy that does no
-// auditing at all:
+// The peers are plain reverse proxies that do no auditing at all, measured
+// beside auditproxy (auditing everything): the floor for a Go proxy, and
+// the proxies users put in front of vLLM today, configured as a careful
+// operator would for LLM traffic:
 //
+//   - fasthttp (tables: "fasthttp (bare proxy)"): bench/cmd/bareproxy, a
+//     bare fasthttp reverse proxy with auditproxy's own fasthttp server and
+//     client settings, header handling and choice between buffering and
+//     streaming an answer, and nothing else: no hashing, no events, no log.
+//     auditproxy against it is the cost of auditing; against nginx and
+//     HAProxy, that plus the cost of proxying in Go on fasthttp. The harness
+//     builds it from this tree (-bare-bin skips the build).
 //   - nginx: proxy_pass to an upstream block with keepalive (HTTP/1.1,
 //     Connection cleared), access_log off, 2 worker processes (the
 //     machine's cores), proxy_buffering and proxy_request_buffering off
@@ -25,9 +32,9 @@ import (
 //     option http-no-delay, without which HAProxy holds small SSE chunks
 //     back to merge them (measured: +107 ms per chunk at p50).
 //
-// Both come from the distribution's packages (apt-get install nginx-light
-// haproxy), which the harness installs when they are missing and it runs
-// as root with apt-get (-install-peers).
+// nginx and HAProxy come from the distribution's packages (apt-get install
+// nginx-light haproxy), which the harness installs when they are missing
+// and it runs as root with apt-get (-install-peers).
 
 var peerPackages = map[string]string{"nginx": "nginx-light", "haproxy": "haproxy"}
 
@@ -192,6 +199,20 @@ backend vllm
 		return nil, "", err
 	}
 	return startPeer(ctx, g, "haproxy", bin, []string{"-db", "-f", confPath}, listen, dir)
+}
+
+// bareProxyLabel is what tables call the fasthttp peer.
+const bareProxyLabel = "fasthttp (bare proxy)"
+
+// startBareProxy runs bench/cmd/bareproxy in front of upstream (host:port)
+// and waits until it proxies.
+func startBareProxy(ctx context.Context, g *procGroup, bin, upstream, dir string) (*child, string, error) {
+	port, err := freePorts(1)
+	if err != nil {
+		return nil, "", err
+	}
+	listen := "127.0.0.1:" + strconv.Itoa(port[0])
+	return startPeer(ctx, g, "bareproxy", bin, []string{"-listen", listen, "-upstream", "http://" + upstream}, listen, dir)
 }
 
 // startForwardRecv runs bench/cmd/forwardrecv, the forward-protocol

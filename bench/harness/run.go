@@ -110,6 +110,25 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer, cmdline strin
 	var peerDescs []string
 	upstream := strings.TrimPrefix(fakeURL, "http://")
 	for _, name := range o.peers {
+		if name == "fasthttp" {
+			bin := o.bareBin
+			if bin == "" {
+				bin = filepath.Join(tmp, "bareproxy")
+				logf("building ./bench/cmd/bareproxy")
+				if err := build(ctx, "./bench/cmd/bareproxy", bin); err != nil {
+					return fmt.Errorf("%w\n(pass -bare-bin to use another build, or -peers without fasthttp)", err)
+				}
+			}
+			c, u, err := startBareProxy(ctx, &procs, bin, upstream, tmp)
+			if err != nil {
+				return fmt.Errorf("starting the fasthttp peer: %w", err)
+			}
+			targets = append(targets, &target{name: name, url: u, procs: []*child{fake, c}, peer: true})
+			peerDescs = append(peerDescs, fmt.Sprintf("- %s: process `%s -listen %s -upstream %s` (%s): bench/cmd/bareproxy, "+
+				"auditproxy's fasthttp server and client settings with no auditing (no hashing, no events, no log), the floor for a Go proxy on fasthttp\n",
+				bareProxyLabel, bin, strings.TrimPrefix(u, "http://"), fakeURL, peerVersion(bin)))
+			continue
+		}
 		bin, why := findPeer(ctx, name, o.installPeers, logf)
 		if bin == "" {
 			logf("%s: skipped: %s", name, why)
@@ -124,7 +143,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer, cmdline strin
 		if err != nil {
 			return fmt.Errorf("starting %s: %w", name, err)
 		}
-		targets = append(targets, &target{name: name, url: u, procs: []*child{fake, c}})
+		targets = append(targets, &target{name: name, url: u, procs: []*child{fake, c}, peer: true})
 		peerDescs = append(peerDescs, fmt.Sprintf("- %s: %s (%s) at %s, configuration in the harness's bench/harness/peers.go\n", name, bin, peerVersion(bin), u))
 	}
 	model, err := servedModel(ctx, fakeURL)
@@ -561,7 +580,7 @@ func errorNotes(targets []*target, aggs []*aggregate) string {
 	var b strings.Builder
 	for i, a := range aggs {
 		if a.errors > 0 {
-			fmt.Fprintf(&b, "\n%d errors via %s; first: `%s`\n", a.errors, targets[i].name, strings.ReplaceAll(a.firstErr, "`", "'"))
+			fmt.Fprintf(&b, "\n%d errors via %s; first: `%s`\n", a.errors, targets[i].label(), strings.ReplaceAll(a.firstErr, "`", "'"))
 		}
 	}
 	return b.String()
@@ -576,7 +595,7 @@ func nonstreamReport(o options, spec loadSpec, maxTokens int, targets []*target,
 	b.WriteString("| target | requests | errors | RPS | RPS per round | p50 ms | p99 ms | p99.9 ms | p99 per round ms | p99 median of rounds ms | CPU µs/request |\n")
 	b.WriteString("|---|---:|---:|---:|---|---:|---:|---:|---|---:|---|\n")
 	for i, a := range aggs {
-		fmt.Fprintf(&b, "| %s | %d | %d | %.0f | %s | %s | %s | %s | %s | %s | %s |\n", targets[i].name, a.requests, a.errors, a.rps(),
+		fmt.Fprintf(&b, "| %s | %d | %d | %.0f | %s | %s | %s | %s | %s | %s | %s |\n", targets[i].label(), a.requests, a.errors, a.rps(),
 			roundList(a), fmtMs(a.latMs(50)), fmtMs(a.latMs(99)), fmtMs(a.latMs(99.9)),
 			msList(a.roundLatP99), fmtMs(medianMs(a.roundLatP99)), cpuPer(a, targets[i], a.requests))
 	}
@@ -587,10 +606,11 @@ func nonstreamReport(o options, spec loadSpec, maxTokens int, targets []*target,
 	d, ng := aggs[0], peerAgg(targets, aggs, "nginx")
 	for i, p := range aggs[1:] {
 		t := targets[i+1]
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", t.name, ratio(p.rps(), d.rps()), ratioTo(p, ng, (*aggregate).rps),
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", t.label(), ratio(p.rps(), d.rps()), ratioTo(p, ng, (*aggregate).rps),
 			fmtAdded(p.latMs(50), d.latMs(50)), fmtAdded(p.latMs(99), d.latMs(99)), fmtAdded(p.latMs(99.9), d.latMs(99.9)),
 			fmtAdded(medianMs(p.roundLatP99), medianMs(d.roundLatP99)), proxyCPU(p, t, p.requests))
 	}
+	b.WriteString(nonstreamPeersTable(targets, aggs))
 	b.WriteString(errorNotes(targets, aggs))
 	return b.String()
 }
@@ -622,8 +642,16 @@ func ratioTo(p, ref *aggregate, f func(*aggregate) float64) string {
 // proxyCPU is the CPU of a target's own processes (all but the fake, which
 // is charged to every target alike) per unit of work, in µs.
 func proxyCPU(a *aggregate, t *target, units int64) string {
-	if units == 0 || len(t.procs) < 2 {
+	v, ok := proxyCPUValue(a, t, units)
+	if !ok {
 		return "n/a"
+	}
+	return fmt.Sprintf("%.1f", v)
+}
+
+func proxyCPUValue(a *aggregate, t *target, units int64) (float64, bool) {
+	if units == 0 || len(t.procs) < 2 {
+		return 0, false
 	}
 	var total time.Duration
 	found := false
@@ -636,24 +664,151 @@ func proxyCPU(a *aggregate, t *target, units int64) string {
 			found = true
 		}
 	}
-	if !found {
-		return "n/a"
-	}
-	return fmt.Sprintf("%.1f", float64(total.Microseconds())/float64(units))
+	return float64(total.Microseconds()) / float64(units), found
 }
 
 // proxyRSS is the peak resident memory of a target's own processes, in MB.
 func proxyRSS(a *aggregate, t *target) string {
+	total := proxyRSSBytes(a, t)
+	if total == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f", float64(total)/(1<<20))
+}
+
+func proxyRSSBytes(a *aggregate, t *target) int64 {
 	var total int64
 	for _, c := range t.procs[1:] {
 		if c != nil && c.name != "forwardrecv" { // the aggregator runs elsewhere in production
 			total += a.rss[c.name]
 		}
 	}
-	if total == 0 {
+	return total
+}
+
+// peerPair is an auditproxy target (auditproxy, auditproxy-async) and a
+// peer measured in the same rounds.
+type peerPair struct {
+	t, peer   *target
+	a, peerAg *aggregate
+}
+
+// peerPairs pairs each auditproxy target with each peer, in target order;
+// none when no peer was measured.
+func peerPairs(targets []*target, aggs []*aggregate) []peerPair {
+	var out []peerPair
+	for i, t := range targets[1:] { // targets[0] is direct
+		if t.peer {
+			continue
+		}
+		for j, p := range targets {
+			if p.peer {
+				out = append(out, peerPair{t: t, peer: p, a: aggs[i+1], peerAg: aggs[j]})
+			}
+		}
+	}
+	return out
+}
+
+func (pp peerPair) label() string { return pp.t.label() + " / " + pp.peer.label() }
+
+// cpuRatio is the pair's proxy CPU per unit of work, auditproxy's over the
+// peer's.
+func (pp peerPair) cpuRatio(units func(*aggregate) int64) string {
+	a, ok1 := proxyCPUValue(pp.a, pp.t, units(pp.a))
+	p, ok2 := proxyCPUValue(pp.peerAg, pp.peer, units(pp.peerAg))
+	if !ok1 || !ok2 {
 		return "n/a"
 	}
-	return fmt.Sprintf("%.1f", float64(total)/(1<<20))
+	return ratio(a, p)
+}
+
+// rssRatio is the pair's peak RSS, auditproxy's over the peer's.
+func (pp peerPair) rssRatio() string {
+	a, p := proxyRSSBytes(pp.a, pp.t), proxyRSSBytes(pp.peerAg, pp.peer)
+	if a == 0 || p == 0 {
+		return "n/a" // not sampled: a target the harness did not start
+	}
+	return ratio(float64(a), float64(p))
+}
+
+func perRequest(a *aggregate) int64 { return a.requests }
+func perChunk(a *aggregate) int64   { return a.chunks }
+
+// roundRatios lists, round by round, a's values over b's.
+func roundRatios(a, b []float64) string {
+	parts := make([]string, min(len(a), len(b)))
+	for i := range parts {
+		parts[i] = ratio(a[i], b[i])
+	}
+	return strings.Join(parts, " / ")
+}
+
+// peersIntro opens the table of auditproxy against each peer; diffs says
+// it has "− peer's" columns.
+func peersIntro(diffs bool) string {
+	s := "\nauditproxy against each peer measured in the same rounds (÷ peer: auditproxy's figure over the peer's"
+	if diffs {
+		s += "; − peer's: auditproxy's added figure minus the peer's added figure, which is auditproxy's figure minus the peer's"
+	}
+	return s + ")"
+}
+
+func nonstreamPeersTable(targets []*target, aggs []*aggregate) string {
+	pairs := peerPairs(targets, aggs)
+	if len(pairs) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString(peersIntro(false) + ". RPS ÷ peer per round: the ratio of the RPS each measured in round 1, 2, …, rounds being interleaved. " +
+		"Issue #16 asks, at 64 connections, for RPS ÷ fasthttp (bare proxy) of at least ×0.85 and RPS ÷ nginx of at least ×0.8:\n\n")
+	b.WriteString("| auditproxy / peer | RPS ÷ peer | RPS ÷ peer per round | proxy CPU µs/request ÷ peer |\n")
+	b.WriteString("|---|---:|---|---:|\n")
+	for _, pp := range pairs {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", pp.label(), ratio(pp.a.rps(), pp.peerAg.rps()),
+			roundRatios(pp.a.roundRPS, pp.peerAg.roundRPS), pp.cpuRatio(perRequest))
+	}
+	return b.String()
+}
+
+func nonstreamRatePeersTable(targets []*target, aggs []*aggregate) string {
+	pairs := peerPairs(targets, aggs)
+	if len(pairs) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString(peersIntro(true) + ". Issue #16 asks, at 2,000 requests/s, for proxy CPU µs/request ÷ nginx of at most ×2 " +
+		"and added p99 − nginx's of at most +0.5 ms:\n\n")
+	b.WriteString("| auditproxy / peer | added p50 − peer's ms | added p99 − peer's ms | added p99 median of rounds − peer's ms | proxy CPU µs/request ÷ peer |\n")
+	b.WriteString("|---|---:|---:|---:|---:|\n")
+	for _, pp := range pairs {
+		a, p := pp.a, pp.peerAg
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", pp.label(), fmtAdded(a.latMs(50), p.latMs(50)), fmtAdded(a.latMs(99), p.latMs(99)),
+			fmtAdded(medianMs(a.roundLatP99), medianMs(p.roundLatP99)), pp.cpuRatio(perRequest))
+	}
+	return b.String()
+}
+
+func streamPeersTable(targets []*target, aggs []*aggregate) string {
+	pairs := peerPairs(targets, aggs)
+	if len(pairs) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString(peersIntro(true) + ". Issue #16 asks, at 256 streams, for added chunk delay p99 − nginx's of at most +0.1 ms, and at 2,000 streams " +
+		"for peak RSS ÷ nginx of at most ×1.2 and a time until all streams end of at most ×1.05 nginx's; that time is not measured here " +
+		"(each round keeps its streams going back to back for its duration):\n\n")
+	b.WriteString("| auditproxy / peer | added TTFT p99 − peer's ms | added chunk delay p50 − peer's ms | added chunk delay p99 − peer's ms | " +
+		"added chunk delay p99 median of rounds − peer's ms | peak RSS ÷ peer | proxy CPU µs/chunk ÷ peer |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
+	for _, pp := range pairs {
+		a, p := pp.a, pp.peerAg
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", pp.label(), fmtAdded(a.latMs(99), p.latMs(99)),
+			fmtAdded(a.delayMs(50), p.delayMs(50)), fmtAdded(a.delayMs(99), p.delayMs(99)),
+			fmtAdded(medianMs(a.roundDelayP99), medianMs(p.roundDelayP99)),
+			pp.rssRatio(), pp.cpuRatio(perChunk))
+	}
+	return b.String()
 }
 
 // plotTargets writes the latency (or per-chunk delay) percentiles of every
@@ -665,7 +820,7 @@ func plotTargets(path, title string, targets []*target, aggs []*aggregate, delay
 		if delays {
 			lat = aggs[i].delays
 		}
-		series = append(series, cdfSeries{Name: t.name, Lat: lat})
+		series = append(series, cdfSeries{Name: t.label(), Lat: lat})
 	}
 	if err := writeCDF(path, title, series); err != nil {
 		return fmt.Errorf("-plot %s: %w", path, err)
@@ -688,7 +843,7 @@ func nonstreamRateReport(spec loadSpec, maxTokens int, targets []*target, aggs [
 		"p99 per round ms | p99 median of rounds ms | send lag p99 ms | CPU µs/request |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---|\n")
 	for i, a := range aggs {
-		fmt.Fprintf(&b, "| %s | %d | %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n", targets[i].name, a.requests, a.errors,
+		fmt.Fprintf(&b, "| %s | %d | %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n", targets[i].label(), a.requests, a.errors,
 			fmtRate(spec.rate), a.rps(), roundList(a), fmtMs(a.latMs(50)), fmtMs(a.latMs(99)), fmtMs(a.latMs(99.9)),
 			msList(a.roundLatP99), fmtMs(medianMs(a.roundLatP99)), fmtMs(a.lagMs(99)), cpuPer(a, targets[i], a.requests))
 	}
@@ -703,14 +858,15 @@ func nonstreamRateReport(spec loadSpec, maxTokens int, targets []*target, aggs [
 		if ng != nil {
 			vsNginx = ratio(medianMs(p.roundLatP99)-medianMs(d.roundLatP99), medianMs(ng.roundLatP99)-medianMs(d.roundLatP99))
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", t.name,
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", t.label(),
 			fmtAdded(p.latMs(50), d.latMs(50)), fmtAdded(p.latMs(99), d.latMs(99)), fmtAdded(p.latMs(99.9), d.latMs(99.9)),
 			fmtAdded(medianMs(p.roundLatP99), medianMs(d.roundLatP99)), vsNginx, proxyCPU(p, t, p.requests))
 	}
+	b.WriteString(nonstreamRatePeersTable(targets, aggs))
 	for i, a := range aggs {
 		if a.unsent > 0 {
 			fmt.Fprintf(&b, "\n%d requests due via %s were still unsent %v after their round's window closed: the rate was not kept, "+
-				"so its latencies are queueing; lower -rate\n", a.unsent, targets[i].name, openLoopGrace(spec.duration))
+				"so its latencies are queueing; lower -rate\n", a.unsent, targets[i].label(), openLoopGrace(spec.duration))
 		}
 	}
 	b.WriteString(errorNotes(targets, aggs))
@@ -733,7 +889,7 @@ func streamReport(o options, spec loadSpec, itl time.Duration, targets []*target
 		"chunk delay p50 ms | chunk delay p99 ms | chunk delay p99.9 ms | chunk delay p99 per round ms | chunk delay p99 median of rounds ms | CPU µs/chunk |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---|\n")
 	for i, a := range aggs {
-		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", targets[i].name, a.requests, a.chunks, a.errors, a.stalls,
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", targets[i].label(), a.requests, a.chunks, a.errors, a.stalls,
 			fmtMs(a.latMs(50)), fmtMs(a.latMs(99)), msList(a.roundLatP99), fmtMs(medianMs(a.roundLatP99)),
 			fmtMs(a.delayMs(50)), fmtMs(a.delayMs(99)), fmtMs(a.delayMs(99.9)), msList(a.roundDelayP99), fmtMs(medianMs(a.roundDelayP99)),
 			cpuPer(a, targets[i], a.chunks))
@@ -746,11 +902,12 @@ func streamReport(o options, spec loadSpec, itl time.Duration, targets []*target
 	d := aggs[0]
 	for i, p := range aggs[1:] {
 		t := targets[i+1]
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", t.name,
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", t.label(),
 			fmtAdded(p.latMs(50), d.latMs(50)), fmtAdded(p.latMs(99), d.latMs(99)),
 			fmtAdded(p.delayMs(50), d.delayMs(50)), fmtAdded(p.delayMs(99), d.delayMs(99)), fmtAdded(p.delayMs(99.9), d.delayMs(99.9)),
 			fmtAdded(medianMs(p.roundLatP99), medianMs(d.roundLatP99)), fmtAdded(medianMs(p.roundDelayP99), medianMs(d.roundDelayP99)), fmtMs(float64(p.maxGap)/1e6), proxyRSS(p, t), proxyCPU(p, t, p.chunks))
 	}
+	b.WriteString(streamPeersTable(targets, aggs))
 	b.WriteString(errorNotes(targets, aggs))
 	return b.String()
 }
