@@ -119,6 +119,39 @@ func BenchmarkManifest(b *testing.B) {
 			}
 		})
 	}
+
+	// openssl on every core: one process per shard, GOMAXPROCS at a time,
+	// the bound issue #16 sets for the manifest (its SHA-256 column is
+	// required, so SHA-256 on all cores is the limit, not b3sum).
+	if path, err := exec.LookPath("openssl"); err == nil {
+		b.Run(fmt.Sprintf("openssl-dgst-sha256/parallel=%d", runtime.GOMAXPROCS(0)), func(b *testing.B) {
+			b.SetBytes(total)
+			for b.Loop() {
+				jobs := make(chan string, len(shards))
+				for _, s := range shards {
+					jobs <- s
+				}
+				close(jobs)
+				errs := make(chan error, runtime.GOMAXPROCS(0))
+				for range runtime.GOMAXPROCS(0) {
+					go func() {
+						var err error
+						for s := range jobs {
+							if out, e := exec.Command(path, "dgst", "-sha256", s).CombinedOutput(); e != nil && err == nil {
+								err = fmt.Errorf("openssl dgst -sha256 %s: %v\n%s", s, e, out)
+							}
+						}
+						errs <- err
+					}()
+				}
+				for range runtime.GOMAXPROCS(0) {
+					if err := <-errs; err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
+	}
 }
 
 // BenchmarkManifestWarmCache is a restart with unchanged weights: every
