@@ -36,13 +36,19 @@ import (
 // damage and that next frame is a damaged range. Bytes after the last
 // intact frame of the active segment with no valid frame after them are a
 // torn tail instead: a commit a crash interrupted, never acknowledged, which
-// is not a loss of committed data.
+// is not a loss of committed data. The zero bytes a plain segment ends with
+// are neither: they are its preallocated space, not yet written (see
+// segment.go). A torn tail ends where they start.
 
 // segmentScan is what scanning a segment's bytes found.
 type segmentScan struct {
 	frames  []audit.ByteRange    // the intact frames, in order
 	damaged []audit.DamagedRange // damage with an intact frame after it (or undecodable)
-	tail    audit.ByteRange      // bytes after the last intact frame with no valid frame after them; empty if none
+	tail    audit.ByteRange      // bytes after the last intact frame with no valid frame after them, up to the unwritten space; empty if none
+	// unwritten is where the zero bytes that the segment ends with start,
+	// after the last frame and the tail: its preallocated space, not yet
+	// written. len(data) when there are none.
+	unwritten int64
 }
 
 // validFrameAt reports the size of a valid frame (see above) at the start
@@ -69,18 +75,21 @@ func validFrameAt(b []byte) int {
 // from, a frame boundary: intact frames are read in order as a reader reads
 // them (any frame whose checksum passes), and past damage the scan
 // resynchronises on the next valid frame. A header that is not a segment's
-// is not scanned (all of it is damage).
+// is not scanned (all of it is damage). A frame boundary from which every
+// byte is zero ends the scan: the rest is unwritten space.
 func scanFrames(data []byte, from int64) segmentScan {
-	var sc segmentScan
+	sc := segmentScan{unwritten: int64(len(data))}
 	if len(data) < len(segmentMagic) || string(data[:len(segmentMagic)]) != segmentMagic {
 		sc.damaged = append(sc.damaged, audit.DamagedRange{ByteRange: audit.ByteRange{Start: 0, End: int64(len(data))}})
 		return sc
 	}
 	off := max(from, int64(len(segmentMagic)))
+	// Past z every byte is zero.
+	z := int64(zeroTailStart(data))
 	var p fastjson.Parser
 	var before *audit.Place // the last placed frame's, of frames[:searched]
 	searched := 0
-	for off < int64(len(data)) {
+	for off < z {
 		if _, size, err := parseFrame(data[off:], off); err == nil && size > 0 {
 			sc.frames = append(sc.frames, audit.ByteRange{Start: off, End: off + int64(size)})
 			off += int64(size)
@@ -115,15 +124,25 @@ func scanFrames(data []byte, from int64) segmentScan {
 		}
 		searched = len(sc.frames)
 		if next < 0 {
-			sc.tail = audit.ByteRange{Start: start, End: int64(len(data))}
+			sc.tail = audit.ByteRange{Start: start, End: tornEnd(data, start, z)}
+			sc.unwritten = sc.tail.End
 			sc.placeAfter(data)
 			return sc
 		}
 		sc.damaged = append(sc.damaged, audit.DamagedRange{ByteRange: audit.ByteRange{Start: start, End: next}, Before: before})
 		off = next
 	}
+	sc.unwritten = max(off, z) // off passes z when the last frame ends with zero bytes
 	sc.placeAfter(data)
 	return sc
+}
+
+// tornEnd returns where a torn tail that starts at frame boundary start
+// ends, in a segment whose bytes past z are all zero: at z, or at the end
+// of the torn frame's header if that is later (the high bytes of its length
+// are zeros of the frame, not unwritten space).
+func tornEnd(data []byte, start, z int64) int64 {
+	return max(z, min(int64(len(data)), start+frameHeaderSize))
 }
 
 // placeAfter sets each damaged range's After, the first event after it

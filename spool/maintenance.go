@@ -15,7 +15,8 @@ import (
 
 // maintenanceLoop seals (compresses) segments the committer has finished
 // with and deletes segments that retention or space allow, off the
-// committer's path, until Close.
+// committer's path, until Close. (Preallocated space is filled by
+// fillLoop, prealloc.go.)
 func (s *Spool) maintenanceLoop() {
 	defer close(s.maintDone)
 	period := time.Minute
@@ -89,7 +90,8 @@ var errStopped = errors.New("spool closing")
 
 // seal compresses segment id to NAME.seg.zst and removes the plain file once
 // the compressed one is fsynced, renamed into place and checked to
-// decompress to the same bytes.
+// decompress to the same bytes. It compresses the segment up to its logical
+// end: the preallocated space after it is not part of the segment.
 func (s *Spool) seal(id uint64) error {
 	s.segFiles.Lock()
 	defer s.segFiles.Unlock()
@@ -104,6 +106,10 @@ func (s *Spool) seal(id uint64) error {
 		return err
 	}
 	defer src.Close()
+	end, err := s.logicalEnd(id, src)
+	if err != nil {
+		return err
+	}
 	tmp := base + sealedExt + tmpExt
 	dst, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
@@ -119,7 +125,7 @@ func (s *Spool) seal(id uint64) error {
 		return err
 	}
 	plainCRC := crc32.New(crcTable)
-	_, err = io.Copy(enc, io.TeeReader(stopReader{src, s.stop}, plainCRC))
+	_, err = io.Copy(enc, io.TeeReader(stopReader{io.LimitReader(src, end), s.stop}, plainCRC))
 	if cerr := enc.Close(); err == nil {
 		err = cerr
 	}
@@ -158,6 +164,24 @@ func (s *Spool) seal(id uint64) error {
 	s.stateMu.Unlock()
 	s.metrics.sealed.Inc()
 	return nil
+}
+
+// logicalEnd returns where the records of plain segment id, open as f, end:
+// known for a segment this run rotated, else where the zeros that the file
+// ends with start (the frames the spool writes end with a closing brace).
+func (s *Spool) logicalEnd(id uint64, f *os.File) (int64, error) {
+	s.stateMu.Lock()
+	var end int64
+	for _, sg := range s.segs {
+		if sg.id == id && !sg.sealed {
+			end = sg.end
+		}
+	}
+	s.stateMu.Unlock()
+	if end > 0 {
+		return end, nil
+	}
+	return fileContentEnd(f)
 }
 
 // checkCompressed decompresses path and compares its checksum with want.

@@ -2,6 +2,7 @@ package spool
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -28,9 +29,19 @@ import (
 //	crc     uint32, little endian: CRC-32C (Castagnoli) of the payload
 //	payload length bytes: one event as a JSON object
 //
-// A sealed segment is compressed to a single zstd stream of the same bytes
-// (NAME.seg.zst). Offsets always count uncompressed bytes, so a position in
-// a segment stays valid when it is sealed.
+// A plain segment file may be longer than its frames: it is preallocated
+// (see prealloc.go), and the space not yet written reads as zero bytes. A
+// frame's length is never 0, so a frame boundary from which every byte to
+// the end of the file is zero is the segment's logical end, not a torn
+// tail nor damage; zero bytes followed by anything else are damage, as any
+// bytes that are not a frame. The frames the spool writes end with the
+// payload's closing brace, so the logical end is also where the file's
+// trailing run of zero bytes starts (zeroTailStart).
+//
+// A sealed segment is compressed to a single zstd stream of the same bytes,
+// up to the logical end (NAME.seg.zst): it never holds the unwritten
+// space. Offsets always count uncompressed bytes, so a position in a
+// segment stays valid when it is sealed.
 const (
 	segmentMagic    = "apspool\x01"
 	frameHeaderSize = 8
@@ -193,6 +204,13 @@ func (sr *segmentReader) next() ([]byte, error) {
 		return nil, sr.wrap(err)
 	}
 	n := binary.LittleEndian.Uint32(sr.hdr[:])
+	if n == 0 && sr.unwrittenFrom(sr.off) {
+		// The preallocated space after the last frame. The stream is put
+		// back at the frame boundary: a later call reads on from there.
+		sr.plain.off = sr.off
+		sr.r.Reset(sr.plain)
+		return nil, io.EOF
+	}
 	if n == 0 || n > maxRecordSize {
 		return nil, &errCorruptFrame{sr.off, fmt.Sprintf("length %d out of range", n)}
 	}
@@ -207,6 +225,80 @@ func (sr *segmentReader) next() ([]byte, error) {
 	}
 	sr.off += frameHeaderSize + int64(n)
 	return sr.buf, nil
+}
+
+// unwrittenFrom reports whether every byte of a plain segment from offset
+// off to the end of the file (or the reader's limit) is zero: the space
+// preallocated and not yet written. A sealed segment holds no such space.
+func (sr *segmentReader) unwrittenFrom(off int64) bool {
+	if sr.plain == nil {
+		return false
+	}
+	zero, err := zeroFrom(sr.f, off, sr.plain.limit)
+	return err == nil && zero
+}
+
+// zeroBlock is a run of zero bytes to compare with.
+var zeroBlock [64 << 10]byte
+
+// zeroTailStart returns where the run of zero bytes that data ends with
+// starts: len(data) when its last byte is not zero, 0 when all are zero.
+func zeroTailStart(data []byte) int {
+	end := len(data)
+	for end > 0 {
+		n := min(end, len(zeroBlock))
+		if !bytes.Equal(data[end-n:end], zeroBlock[:n]) {
+			break
+		}
+		end -= n
+	}
+	for end > 0 && data[end-1] == 0 {
+		end--
+	}
+	return end
+}
+
+// zeroFrom reports whether the bytes of f from off to its end, or to limit
+// if that comes first, are all zero.
+func zeroFrom(f *os.File, off, limit int64) (bool, error) {
+	buf := make([]byte, len(zeroBlock))
+	for off < limit {
+		b := buf[:min(int64(len(buf)), limit-off)]
+		n, err := f.ReadAt(b, off)
+		if !bytes.Equal(b[:n], zeroBlock[:n]) {
+			return false, nil
+		}
+		off += int64(n)
+		if err == io.EOF {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// fileContentEnd returns where the run of zero bytes that f ends with
+// starts (see zeroTailStart), reading it from its end.
+func fileContentEnd(f *os.File) (int64, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	end := fi.Size()
+	buf := make([]byte, 256<<10)
+	for end > 0 {
+		b := buf[:min(end, int64(len(buf)))]
+		if _, err := f.ReadAt(b, end-int64(len(b))); err != nil {
+			return 0, err
+		}
+		if k := zeroTailStart(b); k > 0 {
+			return end - int64(len(b)) + int64(k), nil
+		}
+		end -= int64(len(b))
+	}
+	return 0, nil
 }
 
 // limit stops reading a plain segment at offset n, so that bytes past the
@@ -288,7 +380,11 @@ func (sr *segmentReader) Close() error {
 type segmentFile struct {
 	id     uint64
 	sealed bool  // compressed
-	size   int64 // on disk
+	size   int64 // on disk: a plain segment's whole file, preallocated space included
+	// end is a plain segment's logical end (where its unwritten space
+	// starts), when the spool knows it: the active segment's, and a
+	// rotated one's. 0: not known (found on disk at open).
+	end int64
 }
 
 // listSegments returns the segments in dir, oldest first, and the names of

@@ -98,10 +98,12 @@ func (s *Spool) checkSpace() {
 			s.log.Warn("cannot read the free space of the spool's filesystem; not checking it", "err", err)
 		}
 		w.free, w.lowSpace = -1, false
+		s.free.Store(-1)
 		s.publishWritability()
 		return
 	}
 	w.free, w.total, w.sinceStatfs, w.checked = free, total, 0, time.Now()
+	s.free.Store(free)
 	s.metrics.freeBytes.Set(float64(free))
 	low := s.opts.MinFreeBytes > 0 && free < s.opts.MinFreeBytes
 	if low != w.lowSpace {

@@ -90,6 +90,11 @@ type Options struct {
 	// beforeSeal, in tests, runs in the maintenance loop between taking
 	// segment id from the head of the seal queue and sealing it.
 	beforeSeal func(id uint64)
+	// noPrepare, in tests, prepares no segment ahead: rotation creates
+	// each (createSegment), as it does when none is ready.
+	noPrepare bool
+	// prepareSync, in tests, replaces the fsync of the prepared segment.
+	prepareSync func(*os.File) error
 }
 
 func (o *Options) setDefaults() {
@@ -180,9 +185,13 @@ type Spool struct {
 	// Owned by the committer goroutine.
 	active       *os.File
 	activeID     uint64
-	activeSize   int64
+	activeSize   int64 // the logical end: where the next record goes
+	activeAlloc  int64 // the file's length, preallocated space included (>= activeSize)
 	activeOpened time.Time
-	sync         func(*os.File) error // tests slow it down
+	prepAsked    bool                 // the next segment was asked for (askPrepare)
+	noExtend     bool                 // a preallocation of the active segment failed: not tried again for it
+	sync         func(*os.File) error // fdatasync; tests slow it down or fail it
+	syncing      int64                // the end of the records the sync in progress makes durable (for tests' sync)
 	broken       error                // a failed commit could not be undone
 	out          []byte               // the framed batch being written
 	chain        *auditlog.Log        // nil unless the spool is a verifiable log
@@ -202,6 +211,17 @@ type Spool struct {
 	// reclaimBlocked says why no segment can be deleted (the log's tree
 	// state cannot be fsynced), nil when they can.
 	reclaimBlocked atomic.Pointer[string]
+	free           atomic.Int64 // the filesystem's free bytes at the last statfs, -1 unknown
+	noPrealloc     atomic.Bool  // the filesystem cannot preallocate (fallocate unsupported)
+
+	// The next segment, prepared ahead (prealloc.go).
+	prepMu     sync.Mutex  // held for the prepared file's renames
+	prepSize   int64       // its size, 0 while there is none; under prepMu
+	prepWanted atomic.Bool // asked for by the committer, not yet prepared
+	prepFailed bool        // the last try failed (logged once); fillLoop only
+	fill       fillState   // the active segment's space being zero-filled
+	fillKick   chan struct{}
+	fillDone   chan struct{}
 
 	recorded atomic.Int64
 	maxEvent int // maxEventSize, fixed at open
@@ -284,8 +304,14 @@ func Open(dataDir string, opts Options) (*Spool, error) {
 	s := &Spool{dir: dir, opts: opts, log: opts.Logger, metrics: newSpoolMetrics(),
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 		changed: make(chan struct{}), maint: make(chan struct{}, 1), maintDone: make(chan struct{}),
-		sync: (*os.File).Sync}
+		fillKick: make(chan struct{}, 1), fillDone: make(chan struct{}),
+		sync: fsutil.Fdatasync}
 	s.cur = s.newBatch()
+	// The free space first: recovery preallocates the active segment only
+	// where there is room.
+	s.w.free = -1
+	s.free.Store(-1)
+	s.checkSpace()
 	if err := s.recover(); err != nil {
 		return nil, err
 	}
@@ -306,10 +332,9 @@ func Open(dataDir string, opts Options) (*Spool, error) {
 	if len(s.Recovery.Lost) > 0 {
 		s.metrics.damaged.Inc()
 	}
-	s.w.free = -1
-	s.checkSpace()
 	go s.commitLoop()
 	go s.maintenanceLoop()
+	go s.fillLoop()
 	return s, nil
 }
 
@@ -331,6 +356,15 @@ func (s *Spool) recover() error {
 			return fmt.Errorf("remove leftover %s: %w", name, err)
 		}
 	}
+	if err := s.adoptPrepared(); err != nil {
+		return fmt.Errorf("prepared segment: %w", err)
+	}
+	// What is on disk so far, for roomFor (set again below).
+	used := s.prepSize
+	for _, sg := range segs {
+		used += sg.size
+	}
+	s.used.Store(used)
 	activeRecords := -1 // unknown
 	moved := false      // positions in the active segment moved with a repair
 	if len(segs) == 0 || segs[len(segs)-1].sealed {
@@ -352,7 +386,7 @@ func (s *Spool) recover() error {
 		if err := s.createSegment(next); err != nil {
 			return err
 		}
-		segs = append(segs, segmentFile{id: next, size: int64(len(segmentMagic))})
+		segs = append(segs, segmentFile{id: next, size: s.activeAlloc, end: s.activeSize})
 	} else {
 		last := &segs[len(segs)-1]
 		end, records, translate, err := s.repairSegment(last.id)
@@ -371,11 +405,18 @@ func (s *Spool) recover() error {
 				st.Acked.Offset = translate(st.Acked.Offset)
 			}
 		}
-		f, err := os.OpenFile(filepath.Join(s.dir, segmentName(last.id)+segmentExt), os.O_WRONLY|os.O_APPEND, 0)
+		// Written in place at the logical end (pwrite), not appended: the
+		// file may be longer (preallocated).
+		f, err := os.OpenFile(filepath.Join(s.dir, segmentName(last.id)+segmentExt), os.O_RDWR, 0)
 		if err != nil {
 			return fmt.Errorf("open segment: %w", err)
 		}
-		s.active, s.activeID, s.activeSize, last.size = f, last.id, end, end
+		alloc := end
+		if fi, err := f.Stat(); err == nil {
+			alloc = max(end, fi.Size())
+		}
+		s.active, s.activeID, s.activeSize, s.activeAlloc = f, last.id, end, alloc
+		last.size, last.end = alloc, end
 		if st.Written.Segment == last.id && st.Written.Offset > end || st.Written.Segment > last.id {
 			s.committedLost(st.Written, fmt.Sprintf("the spool ends at %s", Pos{last.id, end}))
 		}
@@ -386,12 +427,18 @@ func (s *Spool) recover() error {
 			s.sealQueue = append(s.sealQueue, sg.id)
 		}
 	}
-	var used int64
+	used = s.prepSize
 	for _, sg := range segs {
 		used += sg.size
 	}
 	s.used.Store(used)
 	s.segs = segs
+	// A segment the previous run stopped cleanly (truncated to its
+	// records), one a previous release wrote, or one just repaired, is
+	// preallocated again.
+	s.fill = fillState{id: s.activeID, written: s.activeSize, zeroed: s.activeSize, limit: s.activeAlloc}
+	s.setActiveAlloc(s.preallocate(s.active, s.activeAlloc, s.preallocSize()))
+	s.kickFill() // zero-fill it ahead of the commits
 	s.committed = Pos{s.activeID, s.activeSize}
 	s.acked = st.Acked
 	if s.committed.Less(s.acked) {
@@ -453,7 +500,11 @@ func (s *Spool) stateLost(cause error, segs []segmentFile, activeRecords int) {
 	}
 	empty := true
 	for _, sg := range segs {
-		empty = empty && sg.size <= int64(len(segmentMagic))
+		n := sg.size
+		if sg.end > 0 {
+			n = sg.end // preallocated: its records end here
+		}
+		empty = empty && n <= int64(len(segmentMagic))
 	}
 	if empty {
 		return // a new spool: nothing was shipped, nothing is resent
@@ -498,7 +549,7 @@ func otherFileBytes(dir string) int64 {
 	var n int64
 	for _, e := range entries {
 		name := e.Name()
-		if !e.Type().IsRegular() || IsSegmentFile(name) || strings.HasSuffix(name, tmpExt) ||
+		if !e.Type().IsRegular() || IsSegmentFile(name) || strings.HasSuffix(name, tmpExt) || name == preparedName || // counted with the segments
 			auditlog.IsHashStoreFile(name) { // counted as the log keeps them
 			continue
 		}
@@ -509,23 +560,29 @@ func otherFileBytes(dir string) int64 {
 	return n
 }
 
-// createSegment starts segment id as the active one. The file is created
+// createSegment starts segment id as the active one, preallocated where
+// there is room (fallocate only: fillLoop zero-fills it, off the commit
+// path, see prealloc.go). The file is created
 // exclusively, never over a segment that holds records. A file of that name
-// that holds part of a header at most (what a creation that failed, or a
-// crash during one, leaves) is taken over. A creation that fails removes
-// its file again: left behind, it would fail every later rotation, and the
-// active segment would grow until the spool is full.
+// that holds part of a header at most, and zeros (what a creation that
+// failed, or a crash during one, leaves) is taken over. A creation that
+// fails removes its file again: left behind, it would fail every later
+// rotation, and the active segment would grow until the spool is full.
 func (s *Spool) createSegment(id uint64) error {
 	name := segmentName(id) + segmentExt
 	path := filepath.Join(s.dir, name)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, os.ErrExist) {
 		f, err = takeOverUnwrittenSegment(path)
 	}
 	if err != nil {
 		return fmt.Errorf("create segment %s: %w", name, err)
 	}
-	if _, err = f.WriteString(segmentMagic); err == nil {
+	alloc := int64(len(segmentMagic))
+	if _, err = f.WriteAt([]byte(segmentMagic), 0); err == nil {
+		alloc = s.preallocate(f, alloc, s.preallocSize())
+		// fdatasync writes the new size and blocks too: they are needed
+		// to read the data back.
 		err = s.sync(f)
 	}
 	if err == nil {
@@ -540,20 +597,25 @@ func (s *Spool) createSegment(id uint64) error {
 		}
 		return fmt.Errorf("create segment %s: %w", name, err)
 	}
-	s.active, s.activeID, s.activeSize = f, id, int64(len(segmentMagic))
+	s.active, s.activeID, s.activeSize, s.activeAlloc = f, id, int64(len(segmentMagic)), alloc
 	return nil
 }
 
-// takeOverUnwrittenSegment opens the segment file at path for append,
-// emptied, if it holds no more than a part of a segment's header: no record
-// was ever committed to it.
+// takeOverUnwrittenSegment opens the segment file at path, emptied, if it
+// holds no more than a part of a segment's header, and zeros (preallocated
+// space): no record was ever committed to it.
 func takeOverUnwrittenSegment(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, err
 	}
+	end, err := fileContentEnd(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
 	head := make([]byte, len(segmentMagic)+1)
-	n, err := f.ReadAt(head, 0)
+	n, err := f.ReadAt(head[:min(end, int64(len(head)))], 0)
 	if err != nil && err != io.EOF {
 		f.Close()
 		return nil, err
@@ -589,7 +651,9 @@ func (s *Spool) repairSegment(id uint64) (int64, int, func(int64) int64, error) 
 		return 0, 0, nil, fmt.Errorf("read segment: %w", err)
 	}
 	end, records := validPrefix(data)
-	if end == int64(len(data)) && end > 0 {
+	// Past z every byte is zero: preallocated space, not yet written.
+	z := int64(zeroTailStart(data))
+	if end > 0 && end >= z {
 		return end, records, nil, nil
 	}
 	if end > 0 {
@@ -597,11 +661,11 @@ func (s *Spool) repairSegment(id uint64) (int64, int, func(int64) int64, error) 
 			return s.repairDamage(id, path, data)
 		}
 	}
-	cut := data[end:]
+	cut := data[end:tornEnd(data, end, z)]
 	if end == 0 {
 		// Not even a whole header: the crash came while creating it.
 		end = int64(len(segmentMagic))
-		if !bytes.HasPrefix([]byte(segmentMagic), data) {
+		if !bytes.HasPrefix([]byte(segmentMagic), data[:z]) {
 			return 0, 0, nil, fmt.Errorf("segment %s is not a spool segment (bad header); move it away to start", path)
 		}
 		cut = nil
@@ -624,11 +688,13 @@ func (s *Spool) repairSegment(id uint64) (int64, int, func(int64) int64, error) 
 		return 0, 0, nil, err
 	}
 	defer f.Close()
-	if int64(len(data)) < end {
+	if z < end {
 		if _, err := f.WriteAt([]byte(segmentMagic), 0); err != nil {
 			return 0, 0, nil, err
 		}
 	}
+	// Cut to the records (the preallocated space with it: recover
+	// preallocates again).
 	if err := f.Truncate(end); err != nil {
 		return 0, 0, nil, fmt.Errorf("cut torn tail: %w", err)
 	}
@@ -770,6 +836,11 @@ func (s *Spool) fullError(used int64) error {
 	} else {
 		parts = append(parts, fmt.Sprintf("%d in segments, kept without --forward until --retention deletes them", held))
 	}
+	s.prepMu.Lock()
+	if s.prepSize > 0 {
+		parts = append(parts, fmt.Sprintf("%d in the next segment, preallocated ahead", s.prepSize))
+	}
+	s.prepMu.Unlock()
 	if s.chain != nil {
 		parts = append(parts, fmt.Sprintf("%d in the log's tree state (log.tree)", s.chain.HashBytes()))
 	}
@@ -900,6 +971,8 @@ func (s *Spool) commitLoop() {
 		case <-ageCheck.C:
 			if s.activeSize > int64(len(segmentMagic)) && time.Since(s.activeOpened) >= s.opts.SegmentMaxAge {
 				s.rotate()
+			} else if s.activeSize > int64(len(segmentMagic)) {
+				s.askPrepare()
 			}
 			continue
 		case <-spaceCheck.C:
@@ -927,13 +1000,17 @@ func (s *Spool) commitLoop() {
 		}
 		if s.activeSize >= s.opts.SegmentMaxBytes {
 			s.rotate()
+		} else {
+			s.askPrepare()
 		}
 	}
 }
 
 // commit frames one batch (placing each event in the log, and adding a
-// checkpoint when one is due, or final or checkpoint is set), writes and
-// fsyncs it, then publishes the new end.
+// checkpoint when one is due, or final or checkpoint is set), writes it at
+// the active segment's logical end and fdatasyncs it (into preallocated
+// space a commit changes no metadata: see prealloc.go), then publishes the
+// new end.
 func (s *Spool) commit(b *batch, final, checkpoint bool) error {
 	if s.broken != nil {
 		return s.broken
@@ -945,13 +1022,20 @@ func (s *Spool) commit(b *batch, final, checkpoint bool) error {
 	}
 	out, err := s.frame(s.out[:0], b, final, checkpoint, start)
 	s.out = out
+	end := s.activeSize + int64(len(out))
 	if err == nil {
-		_, err = s.active.Write(out)
+		s.extendActive(end)
+		// Under fill.mu: fillLoop writes zeros only past what is written.
+		s.fill.mu.Lock()
+		_, err = s.active.WriteAt(out, s.activeSize)
+		s.fill.written = max(s.fill.written, end)
+		s.fill.mu.Unlock()
 		if err != nil {
 			err = fmt.Errorf("append %d events to the spool: %w", b.n, err)
 		}
 	}
 	if err == nil {
+		s.syncing = end
 		if err = s.sync(s.active); err != nil {
 			// After a failed fsync the kernel may have dropped the dirty
 			// pages; nothing written since the last good fsync can be
@@ -984,11 +1068,14 @@ func (s *Spool) commit(b *batch, final, checkpoint bool) error {
 		}
 	}
 	s.committedBytes(int64(len(out)))
-	s.activeSize += int64(len(out))
+	s.activeSize = end
 	s.recorded.Add(int64(b.n))
-	s.used.Add(int64(len(out)))
+	if end > s.activeAlloc { // written past the preallocated space
+		s.used.Add(end - s.activeAlloc)
+		s.activeAlloc = end
+	}
 	s.stateMu.Lock()
-	s.segs[len(s.segs)-1].size = s.activeSize
+	s.segs[len(s.segs)-1].size, s.segs[len(s.segs)-1].end = s.activeAlloc, s.activeSize
 	s.committed = Pos{s.activeID, s.activeSize}
 	s.notifyChanged()
 	s.stateMu.Unlock()
@@ -1002,24 +1089,38 @@ func (s *Spool) commit(b *batch, final, checkpoint bool) error {
 // too, the spool is broken: nothing is committed (after the garbage) until
 // a probe manages the cut (retryUndo).
 func (s *Spool) undo(cause error) {
-	err := s.active.Truncate(s.activeSize)
-	if err == nil {
-		err = s.active.Sync()
-	}
-	if err != nil {
+	if err := s.cutFailedCommit(); err != nil {
 		s.broken = fmt.Errorf("spool unusable: a failed commit (%v) could not be cut off the segment: %w", cause, err)
 		s.log.Error("spool unusable; refusing requests until the failed commit can be cut off", "err", s.broken)
 	}
 }
 
+// cutFailedCommit truncates the active segment to the committed end and
+// fsyncs it. After a failed fdatasync the kernel may have dropped the dirty
+// pages; the truncation drops them with their blocks, so nothing of the
+// failed commit can come back, whatever the preallocated blocks held. The
+// preallocated space goes with them; the next commit preallocates again
+// (extendActive).
+func (s *Spool) cutFailedCommit() error {
+	s.fill.mu.Lock()
+	err := s.active.Truncate(s.activeSize)
+	if err == nil {
+		s.fill.written, s.fill.limit = s.activeSize, s.activeSize
+		s.fill.zeroed = min(s.fill.zeroed, s.activeSize)
+	}
+	s.fill.mu.Unlock()
+	if err == nil {
+		s.setActiveAlloc(s.activeSize)
+		s.noExtend = false
+		err = s.active.Sync()
+	}
+	return err
+}
+
 // retryUndo tries again to cut what a failed commit left after the
 // committed end.
 func (s *Spool) retryUndo() error {
-	err := s.active.Truncate(s.activeSize)
-	if err == nil {
-		err = s.active.Sync()
-	}
-	if err != nil {
+	if err := s.cutFailedCommit(); err != nil {
 		return fmt.Errorf("cut a failed commit off the segment: %w", err)
 	}
 	s.log.Warn("the failed commit was cut off the segment; the spool is usable again")
@@ -1027,19 +1128,43 @@ func (s *Spool) retryUndo() error {
 	return nil
 }
 
-// rotate seals the active segment and starts the next. A failure leaves the
-// current segment active.
+// rotate seals the active segment and starts the next: the one prepared
+// ahead if it is ready, else one it creates. A failure leaves the current
+// segment active.
+//
+// The old segment keeps its preallocated space after its records until it
+// is sealed (the seal reads up to its logical end, and removes it): cutting
+// it off here would cost the commit path a truncation and its journal
+// commit, and a crash before the seal would leave it anyway, which every
+// reader of the segment handles.
 func (s *Spool) rotate() {
 	old, oldID := s.active, s.activeID
-	if err := s.createSegment(oldID + 1); err != nil {
+	prepared, err := s.startPrepared(oldID + 1)
+	if err == nil && !prepared {
+		err = s.createSegment(oldID + 1)
+	}
+	if err != nil {
 		s.log.Error("cannot start a new spool segment; continuing in the current one", "err", err)
 		return
 	}
+	// A prepared segment is zero-filled already; one just created is
+	// filled ahead of the commits.
+	zeroed := s.activeSize
+	if prepared {
+		zeroed = s.activeAlloc
+	}
+	s.fill.mu.Lock()
+	s.fill.id, s.fill.written, s.fill.zeroed, s.fill.limit = s.activeID, s.activeSize, zeroed, s.activeAlloc
+	s.fill.mu.Unlock()
 	old.Close()
 	s.activeOpened = time.Now()
-	s.used.Add(int64(len(segmentMagic)))
+	s.prepAsked, s.noExtend = false, false
+	if !prepared {
+		s.used.Add(s.activeAlloc) // a prepared one was counted already
+		s.kickFill()
+	}
 	s.stateMu.Lock()
-	s.segs = append(s.segs, segmentFile{id: s.activeID, size: s.activeSize})
+	s.segs = append(s.segs, segmentFile{id: s.activeID, size: s.activeAlloc, end: s.activeSize})
 	s.committed = Pos{s.activeID, s.activeSize}
 	s.sealQueue = append(s.sealQueue, oldID)
 	s.notifyChanged()
@@ -1063,9 +1188,22 @@ func (s *Spool) Close() error {
 	s.mu.Unlock()
 	<-s.done
 	<-s.maintDone
+	<-s.fillDone
 	pending.done.Wait()
 	err := pending.err
 	s.releaseBatch(pending)
+	// A clean stop leaves the active segment as long as its records, and
+	// no prepared segment: the files are then what the previous release
+	// wrote (which would take the preallocated space for a torn tail), and
+	// the next start preallocates again. A crash leaves both, which the
+	// next start handles.
+	if terr := s.active.Truncate(s.activeSize); terr == nil {
+		s.setActiveAlloc(s.activeSize)
+		s.active.Sync()
+	} else {
+		s.log.Warn("cannot cut the spool's active segment to its records at stop; the next start reads past its unwritten space", "err", terr)
+	}
+	s.dropPrepared()
 	if cerr := s.active.Close(); err == nil {
 		err = cerr
 	}

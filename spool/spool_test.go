@@ -137,8 +137,9 @@ func TestGroupCommit(t *testing.T) {
 	var syncedSize atomic.Int64
 	s.sync = func(f *os.File) error {
 		syncs.Add(1)
-		fi, _ := f.Stat()
-		syncedSize.Store(fi.Size())
+		// The end of what this sync makes durable (the file's size is
+		// that of its preallocated space).
+		syncedSize.Store(s.syncing)
 		time.Sleep(fsyncTime) // a slow disk, so that events pile up behind it
 		return f.Sync()
 	}
@@ -409,7 +410,10 @@ func TestRotationAfterAFailedSegmentCreation(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			var logs testutil.LogBuffer
-			s := openTestSpool(t, dir, Options{Forwarding: true, SegmentMaxBytes: 4 << 10, MinFreeBytes: -1, Logger: logs.Logger()})
+			// noPrepare: rotation creates each segment itself, as it does
+			// when none was prepared ahead in time; failures of the
+			// preparation are TestPreparedSegmentFailures'.
+			s := openTestSpool(t, dir, Options{Forwarding: true, SegmentMaxBytes: 4 << 10, MinFreeBytes: -1, Logger: logs.Logger(), noPrepare: true})
 			second := filepath.Join(dir, DirName, segmentName(2)+segmentExt)
 			if tc.leftover != nil {
 				if err := os.WriteFile(second, tc.leftover, 0o600); err != nil {
@@ -773,7 +777,10 @@ func TestCommitFailureIsUndoneAndReported(t *testing.T) {
 // repaired segment (intact frames only) scans to the same records with
 // nothing left to repair; offsets translate to the same records; and
 // Export reads the same records, the torn tail counted and the damage
-// named. The reader never panics nor allocates for lengths the file does
+// named. The zero bytes a segment ends with (its preallocated space, not yet
+// written) are none of these: frames, damage, the torn tail and that space
+// cover the segment exactly, and zeros followed by a valid frame are
+// damage. The reader never panics nor allocates for lengths the file does
 // not hold. (Open itself, with its fsyncs, is covered at every cut
 // offset by TestTornTailRecovery and for damage in the middle by
 // TestDamageInTheActiveSegment; fsyncs would make fuzzing crawl.)
@@ -798,6 +805,14 @@ func FuzzSegmentRecovery(f *testing.F) {
 	binary.LittleEndian.PutUint32(badLen[bounds[2]:], 200<<20) // a length the file does not hold
 	f.Add(badLen)
 	f.Add(append(bytes.Clone(flipped), "torn"...))
+	// Preallocated: records, then zeros to the end; torn, then zeros; a
+	// torn header whose length ends in zero bytes; zeros, then a frame.
+	zeros := make([]byte, 300)
+	f.Add(append(bytes.Clone(valid), zeros...))
+	f.Add(append(bytes.Clone(valid[:bounds[3]-7]), zeros...))
+	f.Add(append(bytes.Clone(valid[:bounds[3]+2]), zeros...))
+	f.Add(append(append(bytes.Clone(valid[:bounds[1]]), zeros...), valid[bounds[1]:]...))
+	f.Add(append([]byte(segmentMagic), zeros...))
 	dir := f.TempDir()
 	spoolDir := filepath.Join(dir, DirName)
 	os.MkdirAll(spoolDir, 0o700)
@@ -848,12 +863,16 @@ func FuzzSegmentRecovery(f *testing.F) {
 			}
 			covered += d.End - d.Start
 		}
-		if len(sc.damaged) == 0 && (len(sc.frames) != records || sc.tail != (audit.ByteRange{Start: end, End: int64(len(data))}) && end != int64(len(data))) {
-			t.Fatalf("no damage, yet %d frames (validPrefix %d) and tail %v (validPrefix ends at %d)", len(sc.frames), records, sc.tail, end)
+		if len(sc.damaged) == 0 && (len(sc.frames) != records || sc.tail != (audit.ByteRange{Start: end, End: sc.unwritten}) && end < sc.unwritten) {
+			t.Fatalf("no damage, yet %d frames (validPrefix %d) and tail %v (validPrefix ends at %d, unwritten space at %d)", len(sc.frames), records, sc.tail, end, sc.unwritten)
 		}
 		covered += sc.tail.End - sc.tail.Start
+		if sc.unwritten > int64(len(data)) || bytes.ContainsFunc(data[sc.unwritten:], func(r rune) bool { return r != 0 }) {
+			t.Fatalf("unwritten space from %d of %d bytes holds more than zeros", sc.unwritten, len(data))
+		}
+		covered += int64(len(data)) - sc.unwritten
 		if covered != int64(len(data)) {
-			t.Fatalf("frames, damage and tail cover %d of %d bytes", covered, len(data))
+			t.Fatalf("frames, damage, tail and unwritten space cover %d of %d bytes", covered, len(data))
 		}
 		// Repair: the intact frames alone scan to the same, with nothing to
 		// repair, and offsets translate record for record.

@@ -191,8 +191,12 @@ func TestFullDiskFailsClosed(t *testing.T) {
 	}))
 	defer recorder.Close()
 
+	// Small segments: the spool commits into the space it preallocated
+	// (its active segment and the next one, prepared) also once the
+	// filesystem is full; checkpoints fill 16 KiB segments within seconds,
+	// and only then do commits fail.
 	p := startServe(t, recorder.URL, nil, "--data-dir", dataDir, "--log-level", "warn", "--spool-min-free-bytes", "2MiB",
-		"--spool-max-bytes", "1GiB", "--segment-max-bytes", "256KiB", "--checkpoint-interval", "200ms")
+		"--spool-max-bytes", "1GiB", "--segment-max-bytes", "16KiB", "--checkpoint-interval", "200ms")
 
 	var mu sync.Mutex
 	status := map[string]int{} // request id -> status
