@@ -265,25 +265,7 @@ func benchCommit(b *testing.B, variant string, writers int) {
 	ds, ok := readDiskStats(dir)
 	b.ResetTimer()
 	start := time.Now()
-	var wg sync.WaitGroup
-	per := b.N / writers
-	for w := range writers {
-		n := per
-		if w == 0 {
-			n += b.N - per*writers
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range n {
-				if err := g.append(recs[(w*7+i)%len(recs)]); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	runWriters(b, writers, func(w, i int) error { return g.append(recs[(w*7+i)%len(recs)]) })
 	elapsed := time.Since(start)
 	b.StopTimer()
 	reportDisk(b, ds, ok, dir, b.N)
@@ -452,4 +434,29 @@ func prepareFile(path, how string) error {
 		err = f.Sync()
 	}
 	return err
+}
+
+// runWriters runs b.N calls of write on writers goroutines (w: the
+// goroutine, i: its call) and returns once all are done; the first error
+// fails the benchmark and ends its goroutine.
+func runWriters(b *testing.B, writers int, write func(w, i int) error) {
+	var wg sync.WaitGroup
+	per := b.N / writers
+	for w := range writers {
+		n := per
+		if w == 0 {
+			n += b.N - per*writers
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range n {
+				if err := write(w, i); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

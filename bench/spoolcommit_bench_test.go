@@ -4,7 +4,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -59,25 +58,7 @@ func benchSpoolCommit(b *testing.B, segmentMaxBytes int64, settle time.Duration,
 	b.ReportAllocs()
 	before := commitCount(b, reg)
 	b.ResetTimer()
-	var wg sync.WaitGroup
-	per := b.N / writers
-	for w := range writers {
-		n := per
-		if w == 0 {
-			n += b.N - per*writers
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range n {
-				if err := sp.Append(events[(w*7+i)%len(events)]); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	runWriters(b, writers, func(w, i int) error { return sp.Append(events[(w*7+i)%len(events)]) })
 	b.StopTimer()
 	if commits := commitCount(b, reg) - before; commits > 0 {
 		b.ReportMetric(float64(b.N)/float64(commits), "events/commit")

@@ -239,6 +239,7 @@ func (s *Spool) fillActive() error {
 	}()
 	zeros := make([]byte, zeroFillStep)
 	var pause *time.Timer
+	defer stopTimer(&pause)
 	for {
 		s.fill.mu.Lock()
 		off, limit := max(s.fill.zeroed, s.fill.written), s.fill.limit
@@ -268,16 +269,8 @@ func (s *Spool) fillActive() error {
 		if err != nil {
 			return err
 		}
-		if pause == nil {
-			pause = time.NewTimer(zeroFillPause)
-			defer pause.Stop()
-		} else {
-			pause.Reset(zeroFillPause)
-		}
-		select {
-		case <-s.stop:
+		if !s.pauseFill(&pause) {
 			return errStopped
-		case <-pause.C:
 		}
 	}
 }
@@ -339,6 +332,7 @@ func (s *Spool) writePrepared(size int64) error {
 func (s *Spool) zeroFill(f *os.File, from, to int64) error {
 	zeros := make([]byte, zeroFillStep)
 	var pause *time.Timer
+	defer stopTimer(&pause)
 	for off := from; off < to; {
 		n := min(int64(len(zeros)), to-off)
 		if _, err := f.WriteAt(zeros[:n], off); err != nil {
@@ -351,16 +345,8 @@ func (s *Spool) zeroFill(f *os.File, from, to int64) error {
 		if off >= to {
 			break
 		}
-		if pause == nil {
-			pause = time.NewTimer(zeroFillPause)
-			defer pause.Stop()
-		} else {
-			pause.Reset(zeroFillPause)
-		}
-		select {
-		case <-s.stop:
+		if !s.pauseFill(&pause) {
 			return errStopped
-		case <-pause.C:
 		}
 	}
 	return nil
@@ -452,5 +438,28 @@ func (s *Spool) dropPrepared() {
 	if size > 0 {
 		os.Remove(filepath.Join(s.dir, preparedName))
 		s.used.Add(-size)
+	}
+}
+
+// pauseFill leaves the disk to the commits for zeroFillPause between two
+// steps of zeros, on one timer made at the first pause (*t); it reports
+// false when the spool stops meanwhile.
+func (s *Spool) pauseFill(t **time.Timer) bool {
+	if *t == nil {
+		*t = time.NewTimer(zeroFillPause)
+	} else {
+		(*t).Reset(zeroFillPause)
+	}
+	select {
+	case <-s.stop:
+		return false
+	case <-(*t).C:
+		return true
+	}
+}
+
+func stopTimer(t **time.Timer) {
+	if *t != nil {
+		(*t).Stop()
 	}
 }
