@@ -296,10 +296,14 @@ func TestRunWithBareProxyPeer(t *testing.T) {
 	} {
 		sec := section(report, w.name)
 		tabs := tables(t, sec)
-		if len(tabs) != 3 {
-			t.Fatalf("%s: %d tables, want the targets', the comparison and auditproxy against the peer:\n%s", w.name, len(tabs), sec)
+		want := 3
+		if w.name == "stream" {
+			want = 4 // the burst's
 		}
-		targets, cmp, vs := tabs[0], tabs[1], tabs[2][pair]
+		if len(tabs) != want {
+			t.Fatalf("%s: %d tables, want the targets', for streams the burst's, the comparison and auditproxy against the peer:\n%s", w.name, len(tabs), sec)
+		}
+		targets, cmp, vs := tabs[0], tableWith(t, sec, w.cpuCol), tableWith(t, sec, "auditproxy / peer")[pair]
 		bare := targets[bareProxyLabel]
 		if bare == nil || bare[w.count] == "0" || bare["errors"] != "0" || cmp[bareProxyLabel] == nil {
 			t.Fatalf("%s: the bare proxy's rows %v, %v: want traffic and no errors in both tables:\n%s", w.name, bare, cmp[bareProxyLabel], sec)
@@ -340,6 +344,29 @@ func TestRunWithBareProxyPeer(t *testing.T) {
 			want = num(sec, cmp["auditproxy"]["peak RSS MB"]) / num(sec, cmp[bareProxyLabel]["peak RSS MB"])
 			if got := num(sec, vs["peak RSS ÷ peer"]); !near(got, want, 0.02, 0.002) {
 				t.Errorf("peak RSS ÷ peer %v, want about ×%.3f from the comparison table:\n%s", got, want, sec)
+			}
+			checkBurst(t, sec, o, "direct", "auditproxy", bareProxyLabel)
+			burst := tableWith(t, sec, "burst end median of rounds ms")
+			// The peak RSS covers the burst: it is at least the burst's.
+			for _, target := range []string{"auditproxy", bareProxyLabel} {
+				if peak, inBurst := num(sec, cmp[target]["peak RSS MB"]), num(sec, burst[target]["burst peak RSS MB"]); peak < inBurst {
+					t.Errorf("%s: peak RSS %v MB, under the burst's %v MB:\n%s", target, peak, inBurst, sec)
+				}
+			}
+			want = num(sec, burst["auditproxy"]["burst end median of rounds ms"]) / num(sec, burst[bareProxyLabel]["burst end median of rounds ms"])
+			if got := num(sec, vs["burst end ÷ peer"]); !near(got, want, 0.0001, 0.0015) {
+				t.Errorf("burst end ÷ peer %v, want ×%.3f from the burst table:\n%s", got, want, sec)
+			}
+			ap := strings.Split(burst["auditproxy"]["burst end ms per round"], " / ")
+			bp := strings.Split(burst[bareProxyLabel]["burst end ms per round"], " / ")
+			got := strings.Split(vs["burst end ÷ peer per round"], " / ")
+			if len(got) != 3 || len(ap) != 3 || len(bp) != 3 {
+				t.Fatalf("burst end ÷ peer per round %q from %q and %q: want 3 rounds each", got, ap, bp)
+			}
+			for r := range got {
+				if want := num(sec, ap[r]) / num(sec, bp[r]); !near(num(sec, got[r]), want, 0.0001, 0.0015) {
+					t.Errorf("round %d: burst end ÷ peer %s, want ×%.3f from %s and %s ms", r+1, got[r], want, ap[r], bp[r])
+				}
 			}
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"os"
@@ -240,6 +241,16 @@ func TestParseFlags(t *testing.T) {
 		{name: "no peers", args: []string{"-peers", "none"}, check: wantPeers()},
 		{name: "peers in the order given, once each", args: []string{"-peers", "nginx, fasthttp,nginx"}, check: wantPeers("nginx", "fasthttp")},
 		{name: "unknown peer", args: []string{"-peers", "fasthttp,envoy"}, wantErr: "want fasthttp, nginx, haproxy or none"},
+		{name: "stream bursts by default", args: nil, check: func(t *testing.T, o options) {
+			if !o.streamBurst {
+				t.Error("-stream-burst off by default")
+			}
+		}},
+		{name: "stream bursts off", args: []string{"-stream-burst=false"}, check: func(t *testing.T, o options) {
+			if o.streamBurst {
+				t.Error("-stream-burst=false left it on")
+			}
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -345,8 +356,8 @@ func checkMedianOfRounds(t *testing.T, sec, col string, rounds int) {
 		t.Errorf("description does not explain the median of rounds:\n%s", sec)
 	}
 	tabs := tables(t, sec)
-	if len(tabs) != 2 && len(tabs) != 3 {
-		t.Fatalf("want the targets' table, the comparison table and, with peers, auditproxy against them; got %d tables in:\n%s", len(tabs), sec)
+	if len(tabs) < 2 || len(tabs) > 4 {
+		t.Fatalf("want the targets' table, for streams the burst table, the comparison table and, with peers, auditproxy against them; got %d tables in:\n%s", len(tabs), sec)
 	}
 	rows := tabs[0]
 	medians := map[string]float64{}
@@ -373,10 +384,93 @@ func checkMedianOfRounds(t *testing.T, sec, col string, rounds int) {
 		}
 		medians[target] = got
 	}
-	cell := tabs[1]["auditproxy"]["added "+col+" median of rounds ms"]
+	cell := tableWith(t, sec, "added "+col+" median of rounds ms")["auditproxy"]["added "+col+" median of rounds ms"]
 	added, err := strconv.ParseFloat(cell, 64)
 	if want := medians["auditproxy"] - medians["direct"]; err != nil || math.Abs(added-want) > 0.0025 {
 		t.Errorf("auditproxy's added %s median of rounds %q, want %+.3f", col, cell, want)
+	}
+}
+
+// tableWith returns the first table in sec with a column named col.
+func tableWith(t *testing.T, sec, col string) map[string]map[string]string {
+	t.Helper()
+	for _, tab := range tables(t, sec) {
+		for _, row := range tab {
+			if _, ok := row[col]; ok {
+				return tab
+			}
+			break
+		}
+	}
+	t.Fatalf("no table with a %q column in:\n%s", col, sec)
+	return nil
+}
+
+// msCell parses a cell in milliseconds; ok false for n/a or junk.
+func msCell(cell string) (float64, bool) {
+	v, err := strconv.ParseFloat(strings.TrimPrefix(cell, "×"), 64)
+	return v, err == nil && !math.IsNaN(v)
+}
+
+// checkBurst asserts that the stream section sec has a burst table whose
+// figures are possible for o's streams: each round's burst end no shorter
+// than the fake's pacing alone allows and not absurdly long, the median
+// and the margin over the ideal computed from them, no errors, and the
+// comparison table's added figure the difference of the medians.
+func checkBurst(t *testing.T, sec string, o options, targets ...string) {
+	t.Helper()
+	conc := o.streamConcurrency()[0]
+	ideal := ms(int64(streamIdeal(o.streamChunks, o.itl(conc))))
+	if want := fmt.Sprintf("(%d chunks − 1) × %v = %s ms", o.streamChunks, o.itl(conc), fmtMs(ideal)); !strings.Contains(sec, want) {
+		t.Errorf("burst description does not state the ideal %q:\n%s", want, sec)
+	}
+	// Loose: a shared, loaded machine, the race detector. A burst that
+	// waited for a read timeout (60 s) or ran its streams one after
+	// another would be far over.
+	limit := ideal + 3000
+	burst := tableWith(t, sec, "burst end median of rounds ms")
+	medians := map[string]float64{}
+	for _, target := range targets {
+		row := burst[target]
+		if row == nil {
+			t.Fatalf("no burst row for %s in:\n%s", target, sec)
+		}
+		if want := strconv.Itoa(o.rounds * conc); row["burst streams"] != want || row["burst errors"] != "0" {
+			t.Errorf("%s: %s burst streams, %s errors; want %s, none\n%s", target, row["burst streams"], row["burst errors"], want, sec)
+		}
+		var perRound []float64
+		for _, f := range strings.Split(row["burst end ms per round"], " / ") {
+			v, ok := msCell(f)
+			if !ok || v < ideal || v > limit {
+				t.Errorf("%s: burst end per round %q: want %d values from the ideal %s ms to %.0f ms\n%s",
+					target, row["burst end ms per round"], o.rounds, fmtMs(ideal), limit, sec)
+			}
+			perRound = append(perRound, v)
+		}
+		if len(perRound) != o.rounds {
+			t.Errorf("%s: burst end per round %q: want %d rounds", target, row["burst end ms per round"], o.rounds)
+		}
+		med, ok := msCell(row["burst end median of rounds ms"])
+		if want := medianMs(perRound); !ok || math.Abs(med-want) > 0.0015 {
+			t.Errorf("%s: burst end median %q, want %.3f, the median of %q", target, row["burst end median of rounds ms"], want, row["burst end ms per round"])
+		}
+		over, ok := msCell(row["burst end − ideal median of rounds ms"])
+		if !ok || math.Abs(over-(med-ideal)) > 0.0015 {
+			t.Errorf("%s: burst end − ideal %q, want %+.3f", target, row["burst end − ideal median of rounds ms"], med-ideal)
+		}
+		spread, ok1 := msCell(row["send spread max ms"])
+		ttft, ok2 := msCell(row["slowest TTFT median of rounds ms"])
+		if !ok1 || !ok2 || spread < 0 || spread > med || ttft <= 0 || ttft > med {
+			t.Errorf("%s: send spread %q, slowest TTFT %q: want each within the burst's %.3f ms", target, row["send spread max ms"], row["slowest TTFT median of rounds ms"], med)
+		}
+		medians[target] = med
+	}
+	cmp := tableWith(t, sec, "added burst end median of rounds ms")
+	for _, target := range targets[1:] {
+		added, ok := msCell(cmp[target]["added burst end median of rounds ms"])
+		if want := medians[target] - medians["direct"]; !ok || math.Abs(added-want) > 0.0025 {
+			t.Errorf("%s: added burst end %q, want %+.3f", target, cmp[target]["added burst end median of rounds ms"], want)
+		}
 	}
 }
 
@@ -478,6 +572,7 @@ func TestRunInProcess(t *testing.T) {
 		t.Fatalf("run: %v\nstderr:\n%s", err, stderr.String())
 	}
 	checkReport(t, stdout.String(), true, o.rate, true)
+	checkBurst(t, section(stdout.String(), "stream"), o, "direct", "auditproxy")
 	saved, err := os.ReadFile(o.out)
 	if err != nil {
 		t.Fatal(err)
@@ -581,21 +676,24 @@ func TestPeerTables(t *testing.T) {
 		{name: "fasthttp", procs: []*child{fake, bare}, peer: true},
 		{name: "nginx", procs: []*child{fake, ng}, peer: true},
 	}
-	agg := func(name string, rps []int64, cpuMs, rssMB int64) *aggregate {
+	// burstMs: each round's burst end; its peak RSS is burstRSSMB, in the
+	// window rssMB.
+	agg := func(name string, rps []int64, cpuMs, rssMB int64, burstMs []int64, burstRSSMB int64) *aggregate {
 		a := &aggregate{}
-		for _, n := range rps {
+		for i, n := range rps {
 			a.add(roundResult{requests: n, window: time.Second, lat: []int64{int64(time.Millisecond)},
-				cpu: map[string]time.Duration{name: time.Duration(cpuMs) * time.Millisecond / time.Duration(len(rps))},
-				rss: map[string]int64{name: rssMB << 20}})
+				cpu:   map[string]time.Duration{name: time.Duration(cpuMs) * time.Millisecond / time.Duration(len(rps))},
+				rss:   map[string]int64{name: rssMB << 20},
+				burst: &burstResult{streams: 4, elapsed: time.Duration(burstMs[i]) * time.Millisecond, rss: map[string]int64{name: burstRSSMB << 20}}})
 		}
 		return a
 	}
 	aggs := []*aggregate{
-		agg("fakevllm", []int64{2000, 2000}, 0, 0),
-		agg("auditproxy", []int64{800, 900}, 170, 30), // 1700 requests, 100 µs each
-		agg("auditproxy-async", []int64{900, 1000}, 190, 30),
-		agg("bareproxy", []int64{1000, 1000}, 80, 20), // 40 µs each
-		agg("nginx", []int64{1000, 1250}, 45, 10),     // 20 µs each
+		agg("fakevllm", []int64{2000, 2000}, 0, 0, []int64{90, 90}, 0),
+		agg("auditproxy", []int64{800, 900}, 170, 30, []int64{110, 120}, 45), // 1700 requests, 100 µs each
+		agg("auditproxy-async", []int64{900, 1000}, 190, 30, []int64{105, 95}, 20),
+		agg("bareproxy", []int64{1000, 1000}, 80, 20, []int64{110, 100}, 10), // 40 µs each
+		agg("nginx", []int64{1000, 1250}, 45, 10, []int64{100, 100}, 15),     // 20 µs each
 	}
 	var got []string
 	for _, pp := range peerPairs(targets, aggs) {
@@ -620,8 +718,37 @@ func TestPeerTables(t *testing.T) {
 		}
 	}
 	stream := tables(t, streamPeersTable(targets, aggs)+"\n")[0]
-	if got := stream["auditproxy / nginx"]["peak RSS ÷ peer"]; got != "×3.000" {
-		t.Errorf("peak RSS ÷ nginx %s, want ×3.000", got)
+	// The peak covers the bursts: auditproxy's 45 MB there, nginx's 15.
+	for pair, cells := range map[string][3]string{
+		"auditproxy / nginx":                       {"×3.000", "×1.150", "×1.100 / ×1.200"},
+		"auditproxy / fasthttp (bare proxy)":       {"×2.250", "×1.095", "×1.000 / ×1.200"},
+		"auditproxy-async / fasthttp (bare proxy)": {"×1.500", "×0.952", "×0.955 / ×0.950"},
+	} {
+		row := stream[pair]
+		if g := [3]string{row["peak RSS ÷ peer"], row["burst end ÷ peer"], row["burst end ÷ peer per round"]}; g != cells {
+			t.Errorf("stream %s: peak RSS, burst end, burst end per round ÷ peer %q, want %q", pair, g, cells)
+		}
+	}
+	// The burst table: each target's figures, its RSS in the bursts alone.
+	spec := loadSpec{stream: true, concurrency: 4, wantEvents: 12, burst: true, ideal: 90 * time.Millisecond, stallAfter: time.Second}
+	sec := streamBurstTable(spec, 10, 10*time.Millisecond, targets, aggs)
+	if !strings.Contains(sec, "(10 chunks − 1) × 10ms = 90.000 ms") {
+		t.Errorf("burst table does not state the ideal:\n%s", sec)
+	}
+	burst := tables(t, sec+"\n")[0]
+	for target, cells := range map[string][5]string{
+		"direct":     {"8", "90.000 / 90.000", "90.000", "+0.000", "n/a"},
+		"auditproxy": {"8", "110.000 / 120.000", "115.000", "+25.000", "45.0"},
+		"nginx":      {"8", "100.000 / 100.000", "100.000", "+10.000", "15.0"},
+	} {
+		row := burst[target]
+		if g := [5]string{row["burst streams"], row["burst end ms per round"], row["burst end median of rounds ms"],
+			row["burst end − ideal median of rounds ms"], row["burst peak RSS MB"]}; g != cells {
+			t.Errorf("burst table, %s: %q, want %q", target, g, cells)
+		}
+	}
+	if s := streamBurstTable(loadSpec{stream: true}, 10, 0, targets, aggs); s != "" {
+		t.Errorf("a burst table with the burst off:\n%s", s)
 	}
 	// Without peers there is nothing to set auditproxy against.
 	for _, f := range []func([]*target, []*aggregate) string{nonstreamPeersTable, nonstreamRatePeersTable, streamPeersTable} {

@@ -39,19 +39,21 @@ func (t *target) addr() string {
 
 // roundResult is what one round against one target measured.
 type roundResult struct {
-	requests int64                    // requests (streams) started in the window and completed
-	errors   int64                    // failed requests, all kinds
-	firstErr string                   // the first failure, to explain errors
-	window   time.Duration            // measured time
-	lat      []int64                  // ns: request latency (nonstream) or TTFT (stream)
-	delays   []int64                  // ns: per-chunk delay (stream)
-	chunks   int64                    // stream data events received in the window
-	lags     []int64                  // ns: open loop, actual send minus intended send time
-	unsent   int64                    // open loop: requests due in the window, still unsent after the grace
-	cpu      map[string]time.Duration // CPU used by each child during the window
-	rss      map[string]int64         // peak resident bytes of each child (with its descendants) in the window
-	stalls   int64                    // streams in the window with a gap between events over loadSpec.stallAfter
-	maxGap   time.Duration            // the longest gap between two events of one stream
+	requests  int64                    // requests (streams) started in the window and completed
+	errors    int64                    // failed requests, all kinds
+	firstErr  string                   // the first failure, to explain errors
+	window    time.Duration            // measured time
+	lat       []int64                  // ns: request latency (nonstream) or TTFT (stream)
+	delays    []int64                  // ns: per-chunk delay (stream)
+	chunks    int64                    // stream data events received in the window
+	lags      []int64                  // ns: open loop, actual send minus intended send time
+	unsent    int64                    // open loop: requests due in the window, still unsent after the grace
+	cpu       map[string]time.Duration // CPU used by each child during the window
+	rss       map[string]int64         // peak resident bytes of each child (with its descendants) in the window
+	stalls    int64                    // streams in the window with a gap between events over loadSpec.stallAfter
+	maxGap    time.Duration            // the longest gap between two events of one stream
+	burst     *burstResult             // stream with loadSpec.burst: the burst after the window
+	unsettled bool                     // the processes were still busy when the burst had to start
 }
 
 // loadSpec is one workload's traffic.
@@ -67,6 +69,8 @@ type loadSpec struct {
 	wantEvents  int           // stream: data events before [DONE]
 	stallAfter  time.Duration // stream: a longer gap between two events of a stream is a stall
 	once        bool          // stop after the first request (pre-flight checks)
+	burst       bool          // stream: after the window, start concurrency streams at once (see runBurst)
+	ideal       time.Duration // stream: what the fake's pacing alone makes a stream last, TTFT + (chunks − 1) × ITL
 }
 
 // workerResult is one worker's share of a round. Each worker keeps its own
@@ -92,6 +96,11 @@ func newClient(addr string, spec loadSpec) *fasthttp.HostClient {
 		WriteTimeout:       60 * time.Second,
 		StreamResponseBody: spec.stream,
 		ReadBufferSize:     16 << 10,
+		// The burst after a stream round reuses the round's connections
+		// after waiting for quiet (up to settleLimit): they must not be
+		// closed as idle in between, or the burst would open new ones,
+		// N at once, and measure a connect storm instead.
+		MaxIdleConnDuration: time.Minute,
 	}
 }
 
@@ -136,14 +145,7 @@ func runRound(ctx context.Context, t *target, spec loadSpec) roundResult {
 			return
 		}
 		for time.Now().Before(end) {
-			for _, c := range t.procs {
-				if c == nil {
-					continue
-				}
-				if b, ok := rssBytes(c.cmd.Process.Pid); ok && b > peak[c.name] {
-					peak[c.name] = b
-				}
-			}
+			samplePeakRSS(t.procs, peak)
 			select {
 			case <-time.After(250 * time.Millisecond):
 			case <-ctx.Done():
@@ -199,7 +201,26 @@ func runRound(ctx context.Context, t *target, spec loadSpec) roundResult {
 			r.cpu[name] = after - before
 		}
 	}
+	if spec.stream && spec.burst && ctx.Err() == nil {
+		// Work the proxy defers past the window's streams (auditproxy
+		// seals and ships their events) would otherwise slow its burst.
+		r.unsettled = !settle(ctx, []*target{t}, settleLimit)
+		b := runBurst(ctx, hc, t, spec)
+		r.burst = &b
+	}
 	return r
+}
+
+// samplePeakRSS raises peak[name] to each child's resident memory now.
+func samplePeakRSS(procs []*child, peak map[string]int64) {
+	for _, c := range procs {
+		if c == nil {
+			continue
+		}
+		if b, ok := rssBytes(c.cmd.Process.Pid); ok && b > peak[c.name] {
+			peak[c.name] = b
+		}
+	}
 }
 
 // harnessCPU names the load generator's own CPU use in reports.
@@ -396,25 +417,9 @@ func streamWorker(ctx context.Context, hc *fasthttp.HostClient, base string, spe
 		if !t0.Before(end) {
 			return
 		}
-		var st streamStats
-		err := hc.Do(req, resp)
-		if err == nil && resp.StatusCode() != fasthttp.StatusOK {
-			body, _ := io.ReadAll(io.LimitReader(resp.BodyStream(), 200))
-			err = fmt.Errorf("status %d: %s", resp.StatusCode(), body)
-		}
-		if err == nil && resp.BodyStream() == nil {
-			err = errors.New("answer is not streamed")
-		}
-		if err == nil {
-			br.Reset(resp.BodyStream())
-			st.delays = w.delays // samples go straight into the worker's list
-			st, err = readBenchStream(br, t0, win, st)
-			w.delays = st.delays
-		}
-		if err == nil && st.events != spec.wantEvents {
-			err = fmt.Errorf("stream had %d data events before [DONE], want %d", st.events, spec.wantEvents)
-		}
-		resp.CloseBodyStream()
+		st := streamStats{delays: w.delays} // samples go straight into the worker's list
+		st, err := oneStream(hc, req, resp, br, t0, win, spec, st)
+		w.delays = st.delays
 		w.chunks += int64(st.inWindow)
 		if err != nil {
 			if win.contains(t0) || win.contains(time.Now()) {
@@ -437,6 +442,141 @@ func streamWorker(ctx context.Context, hc *fasthttp.HostClient, base string, spe
 			return
 		}
 	}
+}
+
+// oneStream sends req, sent at t0, and reads its stream to the end (the
+// body stream closed), checking it has spec.wantEvents data events; see
+// readBenchStream for st and win.
+func oneStream(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response, br *bufio.Reader,
+	t0 time.Time, win window, spec loadSpec, st streamStats) (streamStats, error) {
+	defer resp.CloseBodyStream()
+	if err := hc.Do(req, resp); err != nil {
+		return st, err
+	}
+	if resp.StatusCode() != fasthttp.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.BodyStream(), 200))
+		return st, fmt.Errorf("status %d: %s", resp.StatusCode(), body)
+	}
+	if resp.BodyStream() == nil {
+		return st, errors.New("answer is not streamed")
+	}
+	br.Reset(resp.BodyStream())
+	st, err := readBenchStream(br, t0, win, st)
+	if err == nil && st.events != spec.wantEvents {
+		err = fmt.Errorf("stream had %d data events before [DONE], want %d", st.events, spec.wantEvents)
+	}
+	return st, err
+}
+
+// burstResult is what one burst measured: spec.concurrency streams
+// started at once, each read to its end.
+type burstResult struct {
+	streams, errors, stalls int64 // streams started, failed, and completed with a gap over spec.stallAfter
+	firstErr                string
+	// elapsed runs from the first request sent to the last byte of the
+	// last stream to end (its failure, for a failed one): the time until
+	// all streams end.
+	elapsed time.Duration
+	spread  time.Duration // the last request's send time minus the first's: the load generator's share of elapsed
+	ttftMax time.Duration // the slowest first data event of a completed stream
+	rss     map[string]int64
+}
+
+// runBurst starts spec.concurrency streams at once on hc and waits for
+// them all to end. Each stream's goroutine builds its request and buffers
+// first and then waits at a gate, so that opening the gate sends them all
+// as close together as the Go scheduler allows; hc is the round's pool,
+// whose connections (one per stream of the round) are still open, so no
+// request waits for a dial. Resident memory is sampled through the burst,
+// which is where it peaks when streams are many.
+func runBurst(ctx context.Context, hc *fasthttp.HostClient, t *target, spec loadSpec) burstResult {
+	type result struct {
+		sent, end time.Time
+		st        streamStats
+		err       error
+	}
+	results := make([]result, spec.concurrency)
+	gate := make(chan struct{})
+	var ready, done sync.WaitGroup
+	for i := range results {
+		ready.Add(1)
+		done.Add(1)
+		go func(r *result) {
+			defer done.Done()
+			req := newRequest(t.url, "/v1/chat/completions", spec)
+			resp := fasthttp.AcquireResponse()
+			defer fasthttp.ReleaseRequest(req)
+			defer fasthttp.ReleaseResponse(resp)
+			br := bufio.NewReaderSize(nil, 64<<10)
+			ready.Done()
+			select {
+			case <-gate:
+			case <-ctx.Done():
+				r.err = context.Cause(ctx)
+				return
+			}
+			r.sent = time.Now()
+			// No samples are taken (an empty window): the burst gives
+			// one figure, the steady window the delays.
+			r.st, r.err = oneStream(hc, req, resp, br, r.sent, window{}, spec, streamStats{})
+			r.end = time.Now()
+		}(&results[i])
+	}
+	ready.Wait()
+
+	// The first sample halfway through the pacing, when every stream is
+	// open, then every tenth of it, between 50 and 250 ms: often enough
+	// to see a short burst, rarely enough not to compete with the
+	// processes measured (each sample walks /proc).
+	peak := map[string]int64{}
+	stop := make(chan struct{})
+	rssDone := make(chan struct{})
+	go func() {
+		defer close(rssDone)
+		next, every := spec.ideal/2, burstRSSEvery(spec.ideal)
+		for {
+			select {
+			case <-time.After(next):
+			case <-stop:
+				return
+			}
+			samplePeakRSS(t.procs, peak)
+			next = every
+		}
+	}()
+
+	start := time.Now()
+	close(gate)
+	done.Wait()
+	close(stop)
+	<-rssDone
+
+	b := burstResult{streams: int64(len(results)), rss: peak}
+	for _, r := range results {
+		if r.sent.IsZero() {
+			b.errors++ // cancelled before the gate opened
+			continue
+		}
+		b.spread = max(b.spread, r.sent.Sub(start))
+		b.elapsed = max(b.elapsed, r.end.Sub(start))
+		if r.err != nil {
+			b.errors++
+			if b.firstErr == "" {
+				b.firstErr = r.err.Error()
+			}
+			continue
+		}
+		b.ttftMax = max(b.ttftMax, r.st.ttft)
+		if spec.stallAfter > 0 && r.st.maxGap > spec.stallAfter {
+			b.stalls++
+		}
+	}
+	return b
+}
+
+// burstRSSEvery is how often a burst samples resident memory.
+func burstRSSEvery(ideal time.Duration) time.Duration {
+	return min(max(ideal/10, 50*time.Millisecond), 250*time.Millisecond)
 }
 
 // window is a round's measured time, [from, to).

@@ -25,9 +25,18 @@
 //     intended send time. This is where the proxy's added latency is read.
 //     `-workload nonstream -rate N` runs this one alone, too.
 //   - stream: streamed chat completions, 200 chunks 5 ms apart, at modest
-//     concurrency: the time to first token and per-chunk delay the proxy adds.
-//     The fake stamps each chunk's id with its send time, so per-chunk delay
-//     is receive time minus send time.
+//     concurrency (-stream-concurrency for several levels): the time to
+//     first token and per-chunk delay the proxy adds. The fake stamps each
+//     chunk's id with its send time, so per-chunk delay is receive time
+//     minus send time. Each round keeps N streams going back to back for
+//     its window; then (-stream-burst, on by default), once the processes
+//     are quiet, it starts N streams at once on the round's open
+//     connections and measures the time from the first request sent to the
+//     last stream's last byte, against the ideal the fake's pacing alone
+//     needs, (chunks − 1) × ITL: issue #16's "time until all streams end".
+//     The burst adds that ideal plus the wait for quiet, about 1.2 s at the
+//     defaults, to every round of every target. Peak RSS covers the window
+//     and the burst, where it peaks when streams are many.
 //
 // Peers (-peers, default fasthttp,nginx,haproxy) are plain reverse proxies
 // measured in the same interleaved rounds, so that each table also shows
@@ -85,6 +94,7 @@ type options struct {
 	plot         string        // PNG file for the latency CDF
 	async        bool          // also auditproxy with --durability async
 	stallAfter   time.Duration // a stream gap longer than this is a stall (0: derived from the ITL)
+	streamBurst  bool          // after each stream round, a burst of all the level's streams at once
 
 	tmpParent string // where the run's temporary directory goes ("": the system's); tests set it
 }
@@ -133,6 +143,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	levels := fs.String("stream-concurrency", "", "stream workload: comma-separated concurrent stream counts, one level each, e.g. 32,1000,2000 (default: -concurrency, or 32)")
 	fs.StringVar(&o.recvBin, "recv-bin", "", "forwardrecv binary to run instead of building ./bench/cmd/forwardrecv (the aggregator auditproxy ships to)")
 	fs.StringVar(&o.plot, "plot", "", "write a PNG of the latency percentiles per target (nonstream-rate latency, and stream chunk delay in FILE with -stream before .png)")
+	fs.BoolVar(&o.streamBurst, "stream-burst", true, "stream: after each round's window, wait for quiet and start the level's N streams at once, "+
+		"measuring the time until all have ended (adds about (chunks − 1) × ITL plus the wait per round and target)")
 	fs.DurationVar(&o.stallAfter, "stall-after", 0, "stream: a gap between two chunks longer than this counts the stream as stalled (default max(1s, 20 × ITL))")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -274,6 +286,10 @@ func (o options) plannedRun() time.Duration {
 	if o.streams() {
 		for _, conc := range o.streamConcurrency() {
 			d += per + 2*time.Duration(o.rounds)*time.Duration(o.streamChunks)*o.itl(conc)
+			if o.streamBurst {
+				// The burst, and the wait for quiet before it.
+				d += 2 * time.Duration(o.rounds) * (streamIdeal(o.streamChunks, o.itl(conc)) + time.Second)
+			}
 		}
 	}
 	return d * time.Duration(2+len(o.peers)) / 2

@@ -348,6 +348,15 @@ func rounds(ctx context.Context, o options, targets []*target, spec loadSpec, la
 			if res.errors > 0 {
 				msg += fmt.Sprintf(", %d errors (first: %s)", res.errors, res.firstErr)
 			}
+			if b := res.burst; b != nil {
+				msg += fmt.Sprintf("; burst of %d: all ended after %s ms (ideal %s)", b.streams, fmtMs(ms(int64(b.elapsed))), fmtMs(ms(int64(spec.ideal))))
+				if b.errors > 0 {
+					msg += fmt.Sprintf(", %d errors (first: %s)", b.errors, b.firstErr)
+				}
+				if res.unsettled {
+					msg += fmt.Sprintf(", started with %s still busy after %v", t.name, settleLimit)
+				}
+			}
 			logf("%s", msg)
 		}
 	}
@@ -478,6 +487,8 @@ func streamWorkload(ctx context.Context, o options, targets []*target, model str
 		duration:    o.duration,
 		wantEvents:  o.streamChunks + 2, // role chunk, content chunks, usage chunk
 		stallAfter:  stall,
+		burst:       o.streamBurst,
+		ideal:       streamIdeal(o.streamChunks, itl),
 	}
 	// One stream each way first, so a proxy that buffers, drops or breaks
 	// streams stops the run with a reason.
@@ -486,12 +497,24 @@ func streamWorkload(ctx context.Context, o options, targets []*target, model str
 			return "", nil, fmt.Errorf("test stream via %s (%s): %w", t.name, t.url, err)
 		}
 	}
-	logf("stream: %d chunks %v apart per stream, %d concurrent streams", o.streamChunks, itl, conc)
+	msg := fmt.Sprintf("stream: %d chunks %v apart per stream, %d concurrent streams", o.streamChunks, itl, conc)
+	if spec.burst {
+		msg += fmt.Sprintf("; after each round a burst of %d streams at once (ideal %s ms)", conc, fmtMs(ms(int64(spec.ideal))))
+	}
+	logf("%s", msg)
 	aggs, err := rounds(ctx, o, targets, spec, fmt.Sprintf("stream-%d", conc), logf)
 	if err != nil {
 		return "", nil, err
 	}
 	return streamReport(o, spec, itl, targets, aggs), aggs, nil
+}
+
+// streamIdeal is how long the fake's pacing alone makes a stream last, from
+// the request to its last chunk, at TTFT 0 (the harness's): the role chunk
+// and the first content chunk go out at once, then each further content
+// chunk after one ITL, and the usage chunk and [DONE] right after the last.
+func streamIdeal(chunks int, itl time.Duration) time.Duration {
+	return time.Duration(chunks-1) * itl
 }
 
 func checkStream(ctx context.Context, t *target, spec loadSpec) error {
@@ -668,22 +691,27 @@ func proxyCPUValue(a *aggregate, t *target, units int64) (float64, bool) {
 }
 
 // proxyRSS is the peak resident memory of a target's own processes, in MB.
-func proxyRSS(a *aggregate, t *target) string {
-	total := proxyRSSBytes(a, t)
-	if total == 0 {
-		return "n/a"
-	}
-	return fmt.Sprintf("%.1f", float64(total)/(1<<20))
-}
+func proxyRSS(a *aggregate, t *target) string { return fmtMB(proxyRSSBytes(a, t)) }
 
-func proxyRSSBytes(a *aggregate, t *target) int64 {
+func proxyRSSBytes(a *aggregate, t *target) int64 { return proxyRSSIn(a.rss, t) }
+
+// proxyRSSIn sums the peaks in rss of a target's own processes.
+func proxyRSSIn(rss map[string]int64, t *target) int64 {
 	var total int64
 	for _, c := range t.procs[1:] {
 		if c != nil && c.name != "forwardrecv" { // the aggregator runs elsewhere in production
-			total += a.rss[c.name]
+			total += rss[c.name]
 		}
 	}
 	return total
+}
+
+// fmtMB formats bytes in MB, n/a for none (not sampled).
+func fmtMB(b int64) string {
+	if b == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f", float64(b)/(1<<20))
 }
 
 // peerPair is an auditproxy target (auditproxy, auditproxy-async) and a
@@ -796,17 +824,61 @@ func streamPeersTable(targets []*target, aggs []*aggregate) string {
 	}
 	var b strings.Builder
 	b.WriteString(peersIntro(true) + ". Issue #16 asks, at 256 streams, for added chunk delay p99 − nginx's of at most +0.1 ms, and at 2,000 streams " +
-		"for peak RSS ÷ nginx of at most ×1.2 and a time until all streams end of at most ×1.05 nginx's; that time is not measured here " +
-		"(each round keeps its streams going back to back for its duration):\n\n")
+		"for peak RSS ÷ nginx of at most ×1.2 and a time until all streams end of at most ×1.05 nginx's: burst end ÷ peer, " +
+		"the medians of rounds over each other (the ideal included, as the issue counts it), and per round the ratio of the two bursts run in round 1, 2, …:\n\n")
 	b.WriteString("| auditproxy / peer | added TTFT p99 − peer's ms | added chunk delay p50 − peer's ms | added chunk delay p99 − peer's ms | " +
-		"added chunk delay p99 median of rounds − peer's ms | peak RSS ÷ peer | proxy CPU µs/chunk ÷ peer |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
+		"added chunk delay p99 median of rounds − peer's ms | peak RSS ÷ peer | burst end ÷ peer | burst end ÷ peer per round | proxy CPU µs/chunk ÷ peer |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---|---:|\n")
 	for _, pp := range pairs {
 		a, p := pp.a, pp.peerAg
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", pp.label(), fmtAdded(a.latMs(99), p.latMs(99)),
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", pp.label(), fmtAdded(a.latMs(99), p.latMs(99)),
 			fmtAdded(a.delayMs(50), p.delayMs(50)), fmtAdded(a.delayMs(99), p.delayMs(99)),
 			fmtAdded(medianMs(a.roundDelayP99), medianMs(p.roundDelayP99)),
-			pp.rssRatio(), pp.cpuRatio(perChunk))
+			pp.rssRatio(), ratio(medianMs(a.roundBurstMs), medianMs(p.roundBurstMs)), orNA(roundRatios(a.roundBurstMs, p.roundBurstMs)),
+			pp.cpuRatio(perChunk))
+	}
+	return b.String()
+}
+
+func orNA(s string) string {
+	if s == "" {
+		return "n/a"
+	}
+	return s
+}
+
+func burstNote(spec loadSpec) string {
+	if !spec.burst {
+		return " (no burst: -stream-burst=false)"
+	}
+	return "; the burst after it has the next table"
+}
+
+// streamBurstTable lists each target's bursts; "" when none ran.
+func streamBurstTable(spec loadSpec, chunks int, itl time.Duration, targets []*target, aggs []*aggregate) string {
+	if !spec.burst {
+		return ""
+	}
+	var b strings.Builder
+	ideal := ms(int64(spec.ideal))
+	fmt.Fprintf(&b, "\nBurst, issue #16's time until all streams end: after each round's window, once the processes are quiet (as before a round), "+
+		"%d streams start at once on the round's %d open keep-alive connections (each request built beforehand, all released together), "+
+		"with the same request, chunks and ITL. Burst end: the time from the first request sent to the last byte of the last stream to end. "+
+		"Ideal: what the fake's pacing alone needs, TTFT 0 + (%d chunks − 1) × %v = %s ms (the first content chunk goes out with the role chunk; "+
+		"usage and [DONE] right after the last); burst end − ideal is the rest: the proxy, the fake and the load generator at this concurrency. "+
+		"Send spread: the last request's send time minus the first's, the load generator's share. Slowest TTFT: the longest wait for a stream's first "+
+		"data event. Errors and stalled: streams of the bursts that failed, and that had a gap over %v. Burst peak RSS: the proxy's own processes, "+
+		"sampled every %v through the burst; the peak RSS column below covers the window and the burst. Each burst adds about the ideal "+
+		"plus the wait for quiet (a fifth of a second or more) to its round.\n\n",
+		spec.concurrency, spec.concurrency, chunks, itl, fmtMs(ideal),
+		spec.stallAfter, burstRSSEvery(spec.ideal))
+	b.WriteString("| target | burst streams | burst errors | burst stalled | burst end ms per round | burst end median of rounds ms | " +
+		"burst end − ideal median of rounds ms | send spread max ms | slowest TTFT median of rounds ms | burst peak RSS MB |\n")
+	b.WriteString("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|\n")
+	for i, a := range aggs {
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %s | %s | %s | %s | %s | %s |\n", targets[i].label(), a.burstStreams, a.burstErrors, a.burstStalls,
+			msList(a.roundBurstMs), fmtMs(medianMs(a.roundBurstMs)), fmtAdded(medianMs(a.roundBurstMs), ideal),
+			fmtMs(ms(int64(a.burstSpreadMax))), fmtMs(medianMs(a.roundBurstTTFTMaxMs)), fmtMB(proxyRSSIn(a.burstRSS, targets[i])))
 	}
 	return b.String()
 }
@@ -882,9 +954,10 @@ func streamReport(o options, spec loadSpec, itl time.Duration, targets []*target
 	fmt.Fprintf(&b, "POST /v1/chat/completions with stream and include_usage, %d-byte request, %d content chunks %v apart, TTFT 0; "+
 		"%d concurrent streams. TTFT: request sent to first data event received. Chunk delay: receive time minus the send "+
 		"time the fake stamps into each chunk's id, for every data event (%d per stream) received in the measured window. "+
-		"Streams: started in the window; chunks: received in it. Stalled: streams with a gap over %v between two events. %s\n\n",
+		"Streams: started in the window; chunks: received in it. Stalled: streams with a gap over %v between two events. %s "+
+		"This first table is the measured window's, where each of the %d streams starts again as soon as it ends%s.\n\n",
 		len(spec.body), o.streamChunks, itl, spec.concurrency, spec.wantEvents, spec.stallAfter,
-		medianNote("Each p99 median of rounds (TTFT, chunk delay)"))
+		medianNote("Each p99 median of rounds (TTFT, chunk delay)"), spec.concurrency, burstNote(spec))
 	b.WriteString("| target | streams | chunks | errors | stalled | TTFT p50 ms | TTFT p99 ms | TTFT p99 per round ms | TTFT p99 median of rounds ms | " +
 		"chunk delay p50 ms | chunk delay p99 ms | chunk delay p99.9 ms | chunk delay p99 per round ms | chunk delay p99 median of rounds ms | CPU µs/chunk |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---|\n")
@@ -894,20 +967,31 @@ func streamReport(o options, spec loadSpec, itl time.Duration, targets []*target
 			fmtMs(a.delayMs(50)), fmtMs(a.delayMs(99)), fmtMs(a.delayMs(99.9)), msList(a.roundDelayP99), fmtMs(medianMs(a.roundDelayP99)),
 			cpuPer(a, targets[i], a.chunks))
 	}
-	b.WriteString("\nEach proxy against the direct connection (added: the proxy's figure minus direct's; peak RSS: the proxy's own " +
-		"processes, sampled every 250 ms, the aggregator not included; proxy CPU: its own processes per chunk):\n\n")
+	b.WriteString(streamBurstTable(spec, o.streamChunks, itl, targets, aggs))
+	sampled := "sampled every 250 ms in the window"
+	if spec.burst {
+		sampled += " and through the burst as above"
+	}
+	fmt.Fprintf(&b, "\nEach proxy against the direct connection (added: the proxy's figure minus direct's; peak RSS: the proxy's own "+
+		"processes, %s, the aggregator not included; proxy CPU: its own processes per chunk in the window):\n\n", sampled)
 	b.WriteString("| target | added TTFT p50 ms | added TTFT p99 ms | added chunk delay p50 ms | added chunk delay p99 ms | added chunk delay p99.9 ms | " +
-		"added TTFT p99 median of rounds ms | added chunk delay p99 median of rounds ms | longest gap ms | peak RSS MB | proxy CPU µs/chunk |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		"added TTFT p99 median of rounds ms | added chunk delay p99 median of rounds ms | added burst end median of rounds ms | longest gap ms | peak RSS MB | proxy CPU µs/chunk |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	d := aggs[0]
 	for i, p := range aggs[1:] {
 		t := targets[i+1]
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", t.label(),
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", t.label(),
 			fmtAdded(p.latMs(50), d.latMs(50)), fmtAdded(p.latMs(99), d.latMs(99)),
 			fmtAdded(p.delayMs(50), d.delayMs(50)), fmtAdded(p.delayMs(99), d.delayMs(99)), fmtAdded(p.delayMs(99.9), d.delayMs(99.9)),
-			fmtAdded(medianMs(p.roundLatP99), medianMs(d.roundLatP99)), fmtAdded(medianMs(p.roundDelayP99), medianMs(d.roundDelayP99)), fmtMs(float64(p.maxGap)/1e6), proxyRSS(p, t), proxyCPU(p, t, p.chunks))
+			fmtAdded(medianMs(p.roundLatP99), medianMs(d.roundLatP99)), fmtAdded(medianMs(p.roundDelayP99), medianMs(d.roundDelayP99)),
+			fmtAdded(medianMs(p.roundBurstMs), medianMs(d.roundBurstMs)), fmtMs(float64(p.maxGap)/1e6), proxyRSS(p, t), proxyCPU(p, t, p.chunks))
 	}
 	b.WriteString(streamPeersTable(targets, aggs))
 	b.WriteString(errorNotes(targets, aggs))
+	for i, a := range aggs {
+		if a.burstErrors > 0 {
+			fmt.Fprintf(&b, "\n%d burst streams failed via %s; first: `%s`\n", a.burstErrors, targets[i].label(), strings.ReplaceAll(a.burstFirstErr, "`", "'"))
+		}
+	}
 	return b.String()
 }

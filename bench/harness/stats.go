@@ -24,6 +24,15 @@ type aggregate struct {
 	stalls                           int64
 	maxGap                           time.Duration
 	sorted                           bool
+
+	// The stream bursts, one per round (see runBurst); rounds without one
+	// add nothing.
+	burstStreams, burstErrors, burstStalls int64
+	burstFirstErr                          string
+	roundBurstMs                           []float64 // ms: first request sent to the last stream's last byte
+	roundBurstTTFTMaxMs                    []float64
+	burstSpreadMax                         time.Duration
+	burstRSS                               map[string]int64 // peak over the bursts (also in rss)
 }
 
 func (a *aggregate) add(r roundResult) {
@@ -56,6 +65,28 @@ func (a *aggregate) add(r roundResult) {
 	a.stalls += r.stalls
 	a.maxGap = max(a.maxGap, r.maxGap)
 	a.sorted = false
+	if b := r.burst; b != nil {
+		a.burstStreams += b.streams
+		a.burstErrors += b.errors
+		a.burstStalls += b.stalls
+		if a.burstFirstErr == "" {
+			a.burstFirstErr = b.firstErr
+		}
+		a.roundBurstMs = append(a.roundBurstMs, ms(int64(b.elapsed)))
+		ttft := math.NaN() // no stream completed
+		if b.errors < b.streams {
+			ttft = ms(int64(b.ttftMax))
+		}
+		a.roundBurstTTFTMaxMs = append(a.roundBurstTTFTMaxMs, ttft)
+		a.burstSpreadMax = max(a.burstSpreadMax, b.spread)
+		if a.burstRSS == nil {
+			a.burstRSS = map[string]int64{}
+		}
+		for k, v := range b.rss {
+			a.burstRSS[k] = max(a.burstRSS[k], v)
+			a.rss[k] = max(a.rss[k], v)
+		}
+	}
 }
 
 func (a *aggregate) rps() float64 {
