@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/auditproxy/auditproxy/internal/fsutil"
 )
 
 // The cost of one commit of the spool, without the spool (issue #16): a
@@ -89,7 +91,7 @@ func (c *commitFile) next() {
 		err = f.Sync()
 	}
 	if err == nil {
-		err = syncDir(c.dir)
+		err = fsutil.SyncDir(c.dir)
 	}
 	if err != nil {
 		c.b.Fatal(err)
@@ -142,15 +144,6 @@ func writeZeros(f *os.File, size int64) error {
 		}
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // commitRecord is a frame of about 1 KiB: a length, a checksum and a JSON
