@@ -226,10 +226,8 @@ func (m *Models) Refresh(ctx context.Context) error {
 // is polled for first, within ctx, once an Interval at most, unless a poll
 // is already in progress.
 func (m *Models) Await(ctx context.Context, name string) ModelIDs {
-	if listed := m.listed.Load(); listed != nil {
-		if _, ok := (*listed)[name]; ok {
-			return m.Lookup(name)
-		}
+	if m.Listed(name) {
+		return m.Lookup(name)
 	}
 	m.mu.Lock()
 	now := m.now()
@@ -254,6 +252,17 @@ func (m *Models) Await(ctx context.Context, name string) ModelIDs {
 		}
 	}
 	return m.Lookup(name)
+}
+
+// Listed reports whether the last poll of the served models listed name:
+// Await returns at once for such a name.
+func (m *Models) Listed(name string) bool {
+	listed := m.listed.Load()
+	if listed == nil {
+		return false
+	}
+	_, ok := (*listed)[name]
+	return ok
 }
 
 // maxUnlisted bounds the names Await remembers polling for in vain, and

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	aoption "github.com/anthropics/anthropic-sdk-go/v2/option"
@@ -420,7 +421,7 @@ func TestLoRALoadIsRecordedBeforeItsAnswer(t *testing.T) {
 			changes++
 			sums["sql-adapter"] = "blake3:adapter"
 		}
-		c.AwaitModel = func(ctx context.Context, name string) (string, string) {
+		c.AwaitModel = func(name string, wait time.Duration) (string, string) {
 			mu.Lock()
 			defer mu.Unlock()
 			awaits++

@@ -498,9 +498,7 @@ func (p *Proxy) modelsAfterAnswer(x *exchange) {
 			ev.Model.Checksum, ev.Model.BaseChecksum = p.cfg.ModelChecksums(ev.Model.Name) // a loaded adapter's
 		}
 	case ev.Model.Name != "" && ev.Model.Checksum == "" && p.cfg.AwaitModel != nil && modelPaths[pathOnly(ev.Path)]:
-		ctx, cancel := context.WithTimeout(context.Background(), awaitModelWait)
-		ev.Model.Checksum, ev.Model.BaseChecksum = p.cfg.AwaitModel(ctx, ev.Model.Name)
-		cancel()
+		ev.Model.Checksum, ev.Model.BaseChecksum = p.cfg.AwaitModel(ev.Model.Name, awaitModelWait)
 	}
 }
 

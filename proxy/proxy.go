@@ -128,10 +128,12 @@ type Config struct {
 	// AwaitModel, if set, is called when a request vLLM served named a
 	// model whose checksums were unknown when it arrived (an adapter a LoRA
 	// resolver loaded on this very request, say), before the answer's end
-	// is handed out. It may wait, within ctx (a few seconds), for the
+	// is handed out. It may wait, up to wait (a few seconds), for the
 	// served models to be read again, and returns the checksums then
-	// known.
-	AwaitModel func(ctx context.Context, name string) (checksum, base string)
+	// known. It runs on every request to a model served without known
+	// weights (vLLM started from a hub name this host cannot read, say),
+	// so it should not make a deadline before it knows it must poll.
+	AwaitModel func(name string, wait time.Duration) (checksum, base string)
 	// ModelsChanged, if set, is called when vLLM answered 200 to a runtime
 	// LoRA load or unload, before the answer's end is handed out, so that
 	// the change is recorded, and the adapter's checksum known, before the

@@ -782,10 +782,16 @@ func (inst *instance) modelsChanged(ctx context.Context) {
 
 // awaitModel returns the checksums of a name vLLM has just served, reading
 // the served models again if no poll listed it (see identity.Models.Await).
-func (inst *instance) awaitModel(ctx context.Context, name string) (string, string) {
+func (inst *instance) awaitModel(name string, wait time.Duration) (string, string) {
 	if inst.models == nil {
 		return "", ""
 	}
+	if inst.models.Listed(name) { // nothing to wait for: no timer made
+		ids := inst.models.Lookup(name)
+		return ids.Checksum, ids.BaseChecksum
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
 	ids := inst.models.Await(ctx, name)
 	return ids.Checksum, ids.BaseChecksum
 }
