@@ -54,3 +54,14 @@ const (
 	// (a rollout, a GPU tier change, an incident action).
 	TypeAnnotation = "annotation"
 )
+
+// Members are the top-level member names of the events of every type, the
+// log's own ("log", "checkpoint", "log_started") included. Anything else at
+// the top level of a stored record was added after the sidecar wrote it (an
+// aggregator's "@timestamp", "tag" or "date"), and is not part of the event
+// its log hashed; an aggregator member of one of these names would have
+// replaced the event's own.
+var Members = []string{
+	"v", "type", "id", "time", "request_id", "method", "path", "stream", "model", "gpu", "input", "output",
+	"api_key_id", "latency_ms", "status", "source", "payload", "details", "log", "checkpoint", "log_started",
+}

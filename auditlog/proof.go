@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/internal/jcs"
 	"github.com/valyala/fastjson"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -61,9 +62,16 @@ func (p *InclusionProof) Check(known note.Verifiers) (Checkpoint, error) {
 
 // Prover builds inclusion proofs from a log's events, added in any order.
 type Prover struct {
-	p       fastjson.Parser
-	canon   []byte
-	origins map[string]*proverLog
+	// IgnoreMembers are dropped from each event before it is hashed, as
+	// Verifier.IgnoreMembers; a kept event is kept without them, as its
+	// log hashed it.
+	IgnoreMembers []string
+
+	p        fastjson.Parser
+	canon    []byte
+	stripped []byte
+	removed  []bool
+	origins  map[string]*proverLog
 }
 
 type proverLog struct {
@@ -79,6 +87,16 @@ func NewProver() *Prover { return &Prover{origins: map[string]*proverLog{}} }
 // Add reads one event; match says whether to keep it as a proof's subject.
 // Events not in a log are ignored.
 func (pr *Prover) Add(event []byte, keep bool) error {
+	if len(pr.IgnoreMembers) > 0 {
+		if len(pr.removed) != len(pr.IgnoreMembers) {
+			pr.removed = make([]bool, len(pr.IgnoreMembers))
+		}
+		out := jcs.AppendWithout(pr.stripped[:0], event, pr.IgnoreMembers, pr.removed)
+		if len(out) > 0 && len(event) > 0 && &out[0] != &event[0] {
+			pr.stripped = out // the grown scratch, not the caller's event
+		}
+		event = out
+	}
 	v, err := pr.p.ParseBytes(event)
 	if err != nil {
 		return err

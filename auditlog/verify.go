@@ -33,8 +33,16 @@ type Verifier struct {
 	// were exported, say): a log whose newest checkpoint is older than that
 	// by more than its cadence lost its tail.
 	Until time.Time
+	// IgnoreMembers are top-level members an aggregator added to the
+	// records it stored ("@timestamp", "tag", "date"; CheckIgnorable says
+	// which names may be given): each is dropped from an event before it
+	// is hashed, and the report counts the events that had it.
+	IgnoreMembers []string
 
 	p          fastjson.Parser
+	stripped   []byte  // an event without IgnoreMembers
+	removed    []bool  // by IgnoreMembers, for the event being added
+	ignored    []int64 // events that had each of IgnoreMembers
 	canon      []byte
 	vals       []byte
 	sha        hash.Hash
@@ -101,6 +109,9 @@ func (v *Verifier) Add(event []byte) {
 }
 
 func (v *Verifier) add(event []byte) error {
+	if len(v.IgnoreMembers) > 0 {
+		event = v.withoutIgnored(event)
+	}
 	var err error
 	var ends [len(verifiedMembers)]int
 	var canon []byte
@@ -181,6 +192,37 @@ func (v *Verifier) add(event []byte) error {
 	return nil
 }
 
+// withoutIgnored returns event without IgnoreMembers, counting them.
+func (v *Verifier) withoutIgnored(event []byte) []byte {
+	if len(v.removed) != len(v.IgnoreMembers) {
+		v.removed = make([]bool, len(v.IgnoreMembers))
+		v.ignored = make([]int64, len(v.IgnoreMembers))
+	}
+	out := jcs.AppendWithout(v.stripped[:0], event, v.IgnoreMembers, v.removed)
+	if len(out) == 0 || &out[0] == &event[0] {
+		return event // none of them: the caller's bytes, not the scratch
+	}
+	v.stripped = out
+	for i, r := range v.removed {
+		if r {
+			v.ignored[i]++
+		}
+	}
+	return out
+}
+
+// CheckIgnorable says why name cannot be given in IgnoreMembers: a member
+// the sidecar writes (audit.Members) is part of the event its log hashed.
+func CheckIgnorable(name string) error {
+	switch {
+	case name == "":
+		return errors.New("an empty member name")
+	case slices.Contains(audit.Members, name):
+		return fmt.Errorf("%q is a member the sidecar writes, part of every event its log hashed; only members an aggregator adds (such as @timestamp, tag, date) can be ignored", name)
+	}
+	return nil
+}
+
 // leafPrefix starts an RFC 6962 leaf hash; a variable, as a literal passed
 // to Write would be allocated at every call.
 var leafPrefix = []byte{0x00}
@@ -254,7 +296,10 @@ type Report struct {
 	Unchained int            `json:"unchained_events"`
 	Invalid   int            `json:"invalid_events"`
 	Problems  []string       `json:"problems"` // not tied to one origin
-	OK        bool           `json:"ok"`
+	// Ignored counts, for each of IgnoreMembers, the events that had it:
+	// members dropped before hashing as an aggregator's.
+	Ignored map[string]int64 `json:"ignored_members,omitempty"`
+	OK      bool             `json:"ok"`
 }
 
 // OriginReport is the verification of one origin's log.
@@ -276,6 +321,16 @@ type OriginReport struct {
 // Report finishes the verification.
 func (v *Verifier) Report() *Report {
 	r := &Report{Unchained: v.unchained, Invalid: v.invalid, OK: true}
+	if len(v.IgnoreMembers) > 0 {
+		r.Ignored = make(map[string]int64, len(v.IgnoreMembers))
+		for i, name := range v.IgnoreMembers {
+			if i < len(v.ignored) {
+				r.Ignored[name] = v.ignored[i]
+			} else {
+				r.Ignored[name] = 0
+			}
+		}
+	}
 	if v.unchained > 0 {
 		r.Problems = append(r.Problems, fmt.Sprintf("%d events have no \"log\" member: they are in no log and cannot be verified", v.unchained))
 	}

@@ -889,6 +889,7 @@ func TestVerifyProveAndVerifyProof(t *testing.T) {
 	if code := run([]string{"verify", spool}, &out, &errOut); code != 1 || !strings.Contains(out.String(), "signed by no known key") {
 		t.Errorf("verify without a key: %d\n%s", code, out.String())
 	}
+	verifyAggregatorCopy(t, dataDir, pub)
 
 	out.Reset()
 	if code := run([]string{"prove", "--request-id", "prove-me-4", spool}, &out, &errOut); code != 0 {
@@ -1081,5 +1082,44 @@ func TestRequireGPUWithoutNVML(t *testing.T) {
 		"--data-dir", t.TempDir(), "--require-gpu"}, io.Discard, &errOut)
 	if code != 1 || !strings.Contains(errOut.String(), "--require-gpu: gpu: NVML not available") {
 		t.Errorf("serve --require-gpu without NVML: %d %q", code, errOut.String())
+	}
+}
+
+// verifyAggregatorCopy: events as an aggregator stores them (re-encoded,
+// members reordered, "@timestamp" and "tag" added) verify only with those
+// members named in --ignore-member, which the report says; a member the
+// sidecar writes cannot be named.
+func verifyAggregatorCopy(t *testing.T, dataDir, pub string) {
+	t.Helper()
+	var exported, errOut bytes.Buffer
+	if code := run([]string{"export", "--data-dir", dataDir}, &exported, &errOut); code != 0 {
+		t.Fatalf("export: %d %s", code, errOut.String())
+	}
+	var stored bytes.Buffer
+	for line := range bytes.Lines(exported.Bytes()) {
+		var m map[string]any
+		if err := json.Unmarshal(line, &m); err != nil {
+			t.Fatal(err)
+		}
+		m["@timestamp"], m["tag"] = "2026-12-05T10:00:00.000Z", "auditproxy.inference"
+		b, _ := json.Marshal(m) // members sorted by name: reordered
+		stored.Write(append(b, '\n'))
+	}
+	copyFile := filepath.Join(t.TempDir(), "opensearch.ndjson")
+	os.WriteFile(copyFile, stored.Bytes(), 0o600)
+	var out bytes.Buffer
+	if code := run([]string{"verify", "--pubkey", pub, copyFile}, &out, io.Discard); code != 1 {
+		t.Errorf("verify of the aggregator's copy without --ignore-member: %d\n%s", code, out.String())
+	}
+	out.Reset()
+	n := bytes.Count(stored.Bytes(), []byte("\n"))
+	if code := run([]string{"verify", "--pubkey", pub, "--ignore-member", "@timestamp,tag", copyFile}, &out, &errOut); code != 0 ||
+		!strings.Contains(out.String(), fmt.Sprintf("@timestamp in %d events, tag in %d events", n, n)) {
+		t.Errorf("verify --ignore-member @timestamp,tag: %d\n%s%s", code, out.String(), errOut.String())
+	}
+	errOut.Reset()
+	if code := run([]string{"verify", "--pubkey", pub, "--ignore-member", "time", copyFile}, io.Discard, &errOut); code != 2 ||
+		!strings.Contains(errOut.String(), `"time" is a member the sidecar writes`) {
+		t.Errorf("verify --ignore-member time: %d %s", code, errOut.String())
 	}
 }

@@ -16,13 +16,19 @@ func runProve(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("prove", "prove --request-id ID [--event-id ID] PATH...", stderr)
 	requestID := fs.String("request-id", "", "the `id` of the request (X-Request-Id) whose event to prove")
 	eventID := fs.String("event-id", "", "the event's own `id`: to choose among events with the same request id, or instead of it")
+	var ignore ignoredMembers
+	fs.Var(&ignore, "ignore-member", ignoreMemberUsage)
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := ignore.check("prove"); err != nil {
 		return err
 	}
 	if (*requestID == "" && *eventID == "") || fs.NArg() == 0 {
 		return usageError{"prove: give --request-id or --event-id, and at least one PATH"}
 	}
 	pr := auditlog.NewProver()
+	pr.IgnoreMembers = ignore
 	sel := query.NewSelector(*requestID, *eventID)
 	var readErr error
 	for _, path := range fs.Args() {

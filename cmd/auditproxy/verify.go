@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,14 +20,48 @@ type stringList []string
 func (l *stringList) String() string     { return strings.Join(*l, ",") }
 func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
 
+// ignoredMembers is the repeatable --ignore-member flag: top-level members
+// an aggregator added to the records it stored, dropped before hashing.
+type ignoredMembers []string
+
+func (l *ignoredMembers) String() string { return strings.Join(*l, ",") }
+func (l *ignoredMembers) Set(s string) error {
+	for name := range strings.SplitSeq(s, ",") {
+		if name = strings.TrimSpace(name); !slices.Contains(*l, name) {
+			*l = append(*l, name)
+		}
+	}
+	return nil
+}
+
+// check says, as cmd's usage error, why a name cannot be ignored; after
+// parsing, so that the one line is not lost in the usage text.
+func (l ignoredMembers) check(cmd string) error {
+	for _, name := range l {
+		if err := auditlog.CheckIgnorable(name); err != nil {
+			return usageError{fmt.Sprintf("%s: --ignore-member: %v", cmd, err)}
+		}
+	}
+	return nil
+}
+
+// ignoreMemberUsage is the flag's help, shared by the commands that hash
+// events.
+const ignoreMemberUsage = "top-level member `NAME` an aggregator adds to the records it stores (Fluent Bit: @timestamp from its OpenSearch output, date from its S3 and HTTP outputs, a tag with Include_Tag_Key), dropped from each event before it is hashed; repeat or separate with commas"
+
 // runVerify checks logs from their events.
 func runVerify(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("verify", "verify --pubkey FILE [--json] PATH...", stderr)
 	var pubkeys stringList
 	fs.Var(&pubkeys, "pubkey", "verifier key `file` (keygen's FILE.pub) or key text; repeat for several")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
+	var ignore ignoredMembers
+	fs.Var(&ignore, "ignore-member", ignoreMemberUsage)
 	until := fs.String("until", "", "`time` the logs should reach (e.g. when they were exported): an RFC 3339 time, or a duration before now (24h, 90m, 7d); an older newest checkpoint means a cut tail")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := ignore.check("verify"); err != nil {
 		return err
 	}
 	untilTime, err := query.ParseTimeBound(*until, time.Now())
@@ -41,6 +77,7 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	}
 	v := auditlog.NewVerifier(keys)
 	v.Until = untilTime
+	v.IgnoreMembers = ignore
 	var damaged eventsrc.DamageError
 	for _, path := range fs.Args() {
 		if err := damaged.Collect(eventsrc.Read(path, v.Add)); err != nil {
@@ -100,6 +137,14 @@ func printReport(w io.Writer, r *auditlog.Report, noKeys bool) {
 	}
 	for _, p := range r.Problems {
 		fmt.Fprintf(w, "problem: %s\n", p)
+	}
+	if len(r.Ignored) > 0 {
+		names := slices.Sorted(maps.Keys(r.Ignored))
+		var seen []string
+		for _, name := range names {
+			seen = append(seen, fmt.Sprintf("%s in %d events", name, r.Ignored[name]))
+		}
+		fmt.Fprintf(w, "ignored: members dropped before hashing as an aggregator's (--ignore-member): %s\n", strings.Join(seen, ", "))
 	}
 	if noKeys {
 		fmt.Fprintln(w, "note: no --pubkey given, so no checkpoint signature could be verified")
