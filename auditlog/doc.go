@@ -45,7 +45,8 @@
 // itself as the event of type "checkpoint" at seq N, committing to the N
 // events before it. Checkpoints come at a cadence (an interval and a count of
 // events), so a Verifier can tell a log that stopped signing from one that
-// was cut short; a "final" checkpoint closes its epoch.
+// was cut short; a "final" checkpoint marks a stop: the log goes on after
+// it only when the sidecar restarts, which records proxy_started.
 //
 // # Verification
 //
@@ -53,6 +54,9 @@
 // is at least once), and checks for each origin that seqs have no gaps, that
 // each prev is the leaf hash of the event before, that the leaves hash to
 // the root each checkpoint signs, that checkpoints are signed by a known key
-// and come at their cadence, and how much of what the newest checkpoint
-// commits to is present. A Prover gives inclusion proofs of chosen events.
+// and come at their cadence, how much of what the newest checkpoint
+// commits to is present, and which events come after it: uncommitted,
+// signed by nothing yet (a failure with RequireCommitted, and always after
+// a final checkpoint unless the sidecar restarted). A Prover gives
+// inclusion proofs of chosen events.
 package auditlog

@@ -38,6 +38,11 @@ type Verifier struct {
 	// which names may be given): each is dropped from an event before it
 	// is hashed, and the report counts the events that had it.
 	IgnoreMembers []string
+	// RequireCommitted makes events that no checkpoint commits to yet (the
+	// tail after an origin's newest checkpoint) a failure. Off, they are
+	// counted in the report (OriginReport.Uncommitted) and pass: a copy of
+	// a running log always ends with up to a checkpoint interval of them.
+	RequireCommitted bool
 
 	p          fastjson.Parser
 	stripped   []byte  // an event without IgnoreMembers
@@ -72,6 +77,7 @@ type leafRec struct {
 	id      uint64 // maphash of the event id; 0 without one
 	present bool
 	noPrev  bool // prev was "" (seq 0, or a malformed event)
+	started bool // a proxy_started event: the sidecar (re)started
 }
 
 type cpRec struct {
@@ -163,6 +169,7 @@ func (v *Verifier) add(event []byte) error {
 		cp.seq, cp.time = seq, rec.time
 	}
 	rec.hash = leaf
+	rec.started = typ == audit.TypeProxyStarted
 
 	o := v.origins[string(origin)] // no allocation for the lookup
 	if o == nil {
@@ -314,6 +321,15 @@ type OriginReport struct {
 	NewestCheckpointAt  string   `json:"newest_checkpoint_time"` // RFC 3339
 	Committed           int64    `json:"committed_present"`      // events below the newest checkpoint's size that are present
 	Outages             int      `json:"outages"`                // gaps between checkpoints that the later one reports as an outage (the log could not be written)
+	// Uncommitted counts the events present after the newest checkpoint
+	// (all of them when none verifies): no signature vouches for them
+	// yet. UncommittedFrom and UncommittedTo are their first and last seq.
+	Uncommitted     int64 `json:"uncommitted"`
+	UncommittedFrom int64 `json:"uncommitted_from,omitempty"`
+	UncommittedTo   int64 `json:"uncommitted_to,omitempty"`
+	// NewestCheckpointFinal says the newest checkpoint is the one a
+	// sidecar writes as it stops.
+	NewestCheckpointFinal bool `json:"newest_checkpoint_final"`
 	Problems            []string `json:"problems"`
 	OK                  bool     `json:"ok"`
 }
@@ -500,6 +516,35 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 		r.NewestCheckpoint = ck.Size
 		r.NewestCheckpointAt = time.Unix(0, cp.time).UTC().Format(time.RFC3339Nano)
 	}
+	// The uncommitted tail: events after the newest checkpoint that
+	// verified, which nothing signed covers yet.
+	tailFrom := int64(0)
+	if prevCP != nil {
+		tailFrom = prevCP.seq + 1
+		r.NewestCheckpointFinal = prevCP.final
+	}
+	var restarted bool
+	for seq := tailFrom; seq < o.leaves.len(); seq++ {
+		if l := o.leaves.get(seq); l.present {
+			if r.Uncommitted == 0 {
+				r.UncommittedFrom = seq
+			}
+			r.Uncommitted++
+			r.UncommittedTo = seq
+			restarted = restarted || l.started
+		}
+	}
+	switch {
+	case prevCP != nil && prevCP.final && r.Uncommitted > 0 && !restarted:
+		// A final checkpoint is the last event a sidecar writes before it
+		// stops; the log goes on after it only when the sidecar starts
+		// again, and the restart records proxy_started.
+		problem("%d events after the final checkpoint (size %d), seq %d..%d, and no restart (proxy_started) among them: a final checkpoint is the last event before the sidecar stops, so these were appended to a closed log",
+			r.Uncommitted, prevCP.seq, r.UncommittedFrom, r.UncommittedTo)
+	case v.RequireCommitted && r.Uncommitted > 0 && prevCP != nil:
+		problem("%d events after the newest checkpoint (size %d), seq %d..%d, are not committed to by any checkpoint (--require-committed)",
+			r.Uncommitted, prevCP.seq, r.UncommittedFrom, r.UncommittedTo)
+	}
 	if prevCP == nil {
 		problem("no verifiable checkpoint: nothing vouches for these events")
 	} else {
@@ -515,9 +560,15 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 		for seq := prevCP.seq + 1; seq < o.leaves.len(); seq++ {
 			newest = max(newest, o.leaves.get(seq).time)
 		}
-		if cadence > 0 && newest > 0 && time.Duration(newest-prevCP.time) > cadence*3/2+time.Second {
+		since := prevCP.time
+		if prevCP.final && r.Uncommitted > 0 {
+			// Downtime after a stop is no missing checkpoint: the cadence
+			// runs again from the restart.
+			since = o.leaves.get(r.UncommittedFrom).time
+		}
+		if cadence > 0 && newest > 0 && since > 0 && time.Duration(newest-since) > cadence*3/2+time.Second {
 			problem("%d events after the newest checkpoint (size %d) span %s, cadence %s: the checkpoints after it are missing (the log's tail was cut?)",
-				o.leaves.len()-prevCP.seq-1, prevCP.seq, time.Duration(newest-prevCP.time).Round(time.Millisecond), cadence)
+				o.leaves.len()-prevCP.seq-1, prevCP.seq, time.Duration(newest-since).Round(time.Millisecond), cadence)
 		}
 		if !v.Until.IsZero() && !prevCP.final && cadence > 0 && v.Until.Sub(time.Unix(0, prevCP.time)) > cadence*3/2+time.Second {
 			problem("the newest checkpoint (size %d) is from %s, %s before %s, cadence %s: the log's tail was cut",

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -890,6 +891,7 @@ func TestVerifyProveAndVerifyProof(t *testing.T) {
 		t.Errorf("verify without a key: %d\n%s", code, out.String())
 	}
 	verifyAggregatorCopy(t, dataDir, pub)
+	verifyUncommittedCopy(t, dataDir, pub)
 
 	out.Reset()
 	if code := run([]string{"prove", "--request-id", "prove-me-4", spool}, &out, &errOut); code != 0 {
@@ -967,9 +969,28 @@ func TestCapturedPayloadIsReconstructed(t *testing.T) {
 		var out, errOut bytes.Buffer
 		code := run([]string{"show", "--request-id", fmt.Sprintf("complaint-%d", i), "--identity", idFile, "--pubkey", pub, spool}, &out, &errOut)
 		if code != 0 || !strings.Contains(out.String(), prompt) || strings.Count(out.String(), "matches the event") != 2 ||
-			!strings.Contains(out.String(), "in the signed log: event") {
+			!strings.Contains(out.String(), "in the signed log: event") || strings.Contains(out.String(), "NOT YET COMMITTED") {
 			t.Errorf("show complaint-%d: %d\n%s%s", i, code, out.String(), errOut.String())
 		}
+	}
+	// A copy without the checkpoints after the event: show says nothing
+	// signed vouches for it.
+	var exported bytes.Buffer
+	if code := run([]string{"export", "--data-dir", dataDir}, &exported, io.Discard); code != 0 {
+		t.Fatalf("export exited %d", code)
+	}
+	var cut bytes.Buffer
+	for line := range bytes.Lines(exported.Bytes()) {
+		if !bytes.Contains(line, []byte(`"type":"checkpoint"`)) {
+			cut.Write(line)
+		}
+	}
+	cutFile := filepath.Join(dir, "cut.ndjson")
+	os.WriteFile(cutFile, cut.Bytes(), 0o600)
+	var out bytes.Buffer
+	if code := run([]string{"show", "--request-id", "complaint-1", "--identity", idFile, cutFile}, &out, io.Discard); code != 0 ||
+		!strings.Contains(out.String(), "NOT YET COMMITTED: no checkpoint of its log was read") {
+		t.Errorf("show of an event no checkpoint commits to: %d\n%s", code, out.String())
 	}
 	var errOut bytes.Buffer
 	if code := run([]string{"show", "--request-id", "complaint-0", "--identity", strangerFile, spool}, io.Discard, &errOut); code != 1 ||
@@ -1121,5 +1142,32 @@ func verifyAggregatorCopy(t *testing.T, dataDir, pub string) {
 	if code := run([]string{"verify", "--pubkey", pub, "--ignore-member", "time", copyFile}, io.Discard, &errOut); code != 2 ||
 		!strings.Contains(errOut.String(), `"time" is a member the sidecar writes`) {
 		t.Errorf("verify --ignore-member time: %d %s", code, errOut.String())
+	}
+}
+
+// verifyUncommittedCopy: a copy cut before the final checkpoint verifies
+// and names the events after its newest checkpoint as uncommitted;
+// --require-committed fails on them.
+func verifyUncommittedCopy(t *testing.T, dataDir, pub string) {
+	t.Helper()
+	var exported bytes.Buffer
+	if code := run([]string{"export", "--data-dir", dataDir}, &exported, io.Discard); code != 0 {
+		t.Fatalf("export exited %d", code)
+	}
+	lines := bytes.SplitAfter(bytes.TrimSpace(exported.Bytes()), []byte("\n"))
+	if !bytes.Contains(lines[len(lines)-1], []byte(`"final":true`)) {
+		t.Fatalf("the last event is not the final checkpoint: %s", lines[len(lines)-1])
+	}
+	cut := filepath.Join(t.TempDir(), "cut.ndjson")
+	os.WriteFile(cut, bytes.Join(lines[:len(lines)-1], nil), 0o600)
+	var out bytes.Buffer
+	if code := run([]string{"verify", "--pubkey", pub, cut}, &out, io.Discard); code != 0 ||
+		!regexp.MustCompile(`uncommitted: [1-9]\d* events after the newest checkpoint \(size \d+\), seq \d+\.\.\d+`).Match(out.Bytes()) {
+		t.Errorf("verify of a copy cut before its final checkpoint: %d\n%s", code, out.String())
+	}
+	out.Reset()
+	if code := run([]string{"verify", "--pubkey", pub, "--require-committed", cut}, &out, io.Discard); code != 1 ||
+		!strings.Contains(out.String(), "are not committed to by any checkpoint (--require-committed)") {
+		t.Errorf("verify --require-committed: %d\n%s", code, out.String())
 	}
 }

@@ -95,6 +95,7 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 		sorter = eventsrc.NewSorter(querySortMemory)
 		bad    badEvents
 		n      int64 // events read from the current path
+		commit query.Commitment
 	)
 	defer sorter.Close()
 	var damaged eventsrc.DamageError // read past: reported after the output
@@ -106,10 +107,12 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 				return
 			}
 			n++
+			commit.Read(line)
 			v, err := q.MatchValue(&p, line)
 			if err == nil && v != nil {
 				var t time.Time
 				if t, err = query.EventTime(v); err == nil && ids.Add(v.GetStringBytes("id")) {
+					commit.Select(v)
 					if *stats {
 						err = st.Add(v)
 					} else {
@@ -152,6 +155,12 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 	}
 	if err != nil {
 		return fmt.Errorf("query: %w", err)
+	}
+	if n, logs := commit.Uncommitted(); n > 0 {
+		fmt.Fprintf(stderr, "auditproxy: note: %d of the selected events are not yet committed: no checkpoint among the events read commits to them, so nothing signed vouches for them yet (verify counts them as uncommitted):\n", n)
+		for _, l := range logs {
+			fmt.Fprintln(stderr, "  "+l)
+		}
 	}
 	if len(damaged.Files) > 0 {
 		if berr := bad.err(); berr != nil {

@@ -373,3 +373,34 @@ func TestQueryErrors(t *testing.T) {
 		t.Errorf("missing path: %T %v", err, err)
 	}
 }
+
+// TestQueryMarksUncommittedEvents: events after their log's newest
+// checkpoint among those read are printed as found, and a note on stderr
+// says which are not yet committed; committed ones get no note.
+func TestQueryMarksUncommittedEvents(t *testing.T) {
+	s := func(n int) time.Time { return qT0.Add(time.Duration(n) * time.Second) }
+	cp := `{"v":1,"type":"checkpoint","id":"00000000-0000-4000-8000-000000000099","time":"2026-11-23T10:00:05Z","checkpoint":{"note":"a\nb"},"log":{"origin":"h/1","seq":3,"prev":""}}`
+	other := strings.Replace(qEvent(9, s(9), 0, "llama", "", "ok", 1, 0, 1, 1), `"origin":"h/1"`, `"origin":"h/2"`, 1)
+	file := filepath.Join(t.TempDir(), "events.ndjson")
+	os.WriteFile(file, []byte(strings.Join([]string{
+		qEvent(1, s(1), 1, "llama", "", "ok", 1, 0, 1, 1), qEvent(2, s(2), 2, "llama", "", "ok", 1, 0, 1, 1), cp,
+		qEvent(4, s(6), 4, "llama", "", "ok", 1, 0, 1, 1), qEvent(5, s(7), 5, "llama", "", "ok", 1, 0, 1, 1), other,
+	}, "\n")), 0o600)
+
+	out, errOut, err := queryCmd(file)
+	if err != nil || strings.Count(out, "\n") != 6 {
+		t.Fatalf("query: %v, %d lines\n%s", err, strings.Count(out, "\n"), errOut)
+	}
+	for _, want := range []string{"3 of the selected events are not yet committed",
+		"h/1: 2 events, seq 4..5, after its newest checkpoint read (size 3)", "h/2: 1 events, seq 0, no checkpoint of it was read"} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("stderr does not say %q:\n%s", want, errOut)
+		}
+	}
+	if _, errOut, err := queryCmd("--request-id", "req-2", "--request-id", "req-1", file); err != nil || errOut != "" {
+		t.Errorf("committed events: %v, stderr %q", err, errOut)
+	}
+	if _, errOut, _ := queryCmd("--stats", file); !strings.Contains(errOut, "3 of the selected events are not yet committed") {
+		t.Errorf("--stats over uncommitted events: stderr %q", errOut)
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -56,10 +57,12 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 	sel := query.NewSelector(*requestID, *eventID)
 	match := sel.Match
 	var found [][]byte
+	var commit query.Commitment
 	if len(keys) > 0 {
 		// The proof needs every event of the log, in order per file.
 		for _, path := range fs.Args() {
 			err := eventsrc.Read(path, func(ev []byte) {
+				commit.Read(ev)
 				keep := match(ev)
 				if keep {
 					found = append(found, append([]byte(nil), ev...))
@@ -80,6 +83,11 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 		var mu sync.Mutex
 		var hits []hit
 		err := eventsrc.ReadConcurrently(fs.Args(), showReaders(), func(src int, ev []byte) {
+			if bytes.Contains(ev, []byte(`"checkpoint"`)) { // Read's own test, before the lock
+				mu.Lock()
+				commit.Read(ev)
+				mu.Unlock()
+			}
 			if match(ev) {
 				ev = append([]byte(nil), ev...)
 				mu.Lock()
@@ -109,6 +117,9 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 	}
 	if ev.Log != nil {
 		fmt.Fprintf(stdout, "  log %s, seq %d\n", ev.Log.Origin, ev.Log.Seq)
+		if why := commit.Pending(ev.Log.Origin, ev.Log.Seq); why != "" {
+			fmt.Fprintf(stdout, "  NOT YET COMMITTED: %s, so nothing signed vouches for this event yet\n", why)
+		}
 	}
 	if ev.Payload == nil {
 		return fmt.Errorf("show: the event has no captured payload (the sidecar ran without --capture-payloads)")

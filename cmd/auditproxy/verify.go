@@ -51,12 +51,13 @@ const ignoreMemberUsage = "top-level member `NAME` an aggregator adds to the rec
 
 // runVerify checks logs from their events.
 func runVerify(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("verify", "verify --pubkey FILE [--json] PATH...", stderr)
+	fs := newFlagSet("verify", "verify --pubkey FILE [--json] [--require-committed] [--ignore-member NAME] [--until T] PATH...", stderr)
 	var pubkeys stringList
 	fs.Var(&pubkeys, "pubkey", "verifier key `file` (keygen's FILE.pub) or key text; repeat for several")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	var ignore ignoredMembers
 	fs.Var(&ignore, "ignore-member", ignoreMemberUsage)
+	requireCommitted := fs.Bool("require-committed", false, "fail on events no checkpoint commits to yet (the tail after each log's newest checkpoint); off, they are counted and pass, as every copy of a running log ends with up to a checkpoint interval of them")
 	until := fs.String("until", "", "`time` the logs should reach (e.g. when they were exported): an RFC 3339 time, or a duration before now (24h, 90m, 7d); an older newest checkpoint means a cut tail")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -78,6 +79,7 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	v := auditlog.NewVerifier(keys)
 	v.Until = untilTime
 	v.IgnoreMembers = ignore
+	v.RequireCommitted = *requireCommitted
 	var damaged eventsrc.DamageError
 	for _, path := range fs.Args() {
 		if err := damaged.Collect(eventsrc.Read(path, v.Add)); err != nil {
@@ -127,6 +129,14 @@ func printReport(w io.Writer, r *auditlog.Report, noKeys bool) {
 			fmt.Fprintf(w, "  complete: %d of the %d events the newest checkpoint commits to are present\n", o.Committed, o.NewestCheckpoint)
 		} else {
 			fmt.Fprintln(w)
+		}
+		if o.Uncommitted > 0 {
+			after := "no checkpoint verified, so"
+			if o.NewestCheckpoint >= 0 {
+				after = fmt.Sprintf("after the newest checkpoint (size %d),", o.NewestCheckpoint)
+			}
+			fmt.Fprintf(w, "  uncommitted: %d events %s seq %d..%d: no checkpoint commits to them yet, so nothing signed vouches for them (--require-committed fails on them)\n",
+				o.Uncommitted, after, o.UncommittedFrom, o.UncommittedTo)
 		}
 		if o.Outages > 0 {
 			fmt.Fprintf(w, "  outages: %d (the spool could not be written for a while; the checkpoint after each says since when and why)\n", o.Outages)
