@@ -311,16 +311,16 @@ type Report struct {
 
 // OriginReport is the verification of one origin's log.
 type OriginReport struct {
-	Origin              string   `json:"origin"`
-	Events              int64    `json:"events"` // distinct seqs present
-	MaxSeq              int64    `json:"max_seq"`
-	Duplicates          int      `json:"duplicates"` // repeated copies of the same event (at-least-once shipping)
-	Checkpoints         int      `json:"checkpoints"`
-	CheckpointsVerified int      `json:"checkpoints_verified"`
-	NewestCheckpoint    int64    `json:"newest_checkpoint_size"` // -1: none
-	NewestCheckpointAt  string   `json:"newest_checkpoint_time"` // RFC 3339
-	Committed           int64    `json:"committed_present"`      // events below the newest checkpoint's size that are present
-	Outages             int      `json:"outages"`                // gaps between checkpoints that the later one reports as an outage (the log could not be written)
+	Origin              string `json:"origin"`
+	Events              int64  `json:"events"` // distinct seqs present
+	MaxSeq              int64  `json:"max_seq"`
+	Duplicates          int    `json:"duplicates"` // repeated copies of the same event (at-least-once shipping)
+	Checkpoints         int    `json:"checkpoints"`
+	CheckpointsVerified int    `json:"checkpoints_verified"`
+	NewestCheckpoint    int64  `json:"newest_checkpoint_size"` // -1: none
+	NewestCheckpointAt  string `json:"newest_checkpoint_time"` // RFC 3339
+	Committed           int64  `json:"committed_present"`      // events below the newest checkpoint's size that are present
+	Outages             int    `json:"outages"`                // gaps between checkpoints that the later one reports as an outage (the log could not be written)
 	// Uncommitted counts the events present after the newest checkpoint
 	// (all of them when none verifies): no signature vouches for them
 	// yet. UncommittedFrom and UncommittedTo are their first and last seq.
@@ -329,9 +329,9 @@ type OriginReport struct {
 	UncommittedTo   int64 `json:"uncommitted_to,omitempty"`
 	// NewestCheckpointFinal says the newest checkpoint is the one a
 	// sidecar writes as it stops.
-	NewestCheckpointFinal bool `json:"newest_checkpoint_final"`
-	Problems            []string `json:"problems"`
-	OK                  bool     `json:"ok"`
+	NewestCheckpointFinal bool     `json:"newest_checkpoint_final"`
+	Problems              []string `json:"problems"`
+	OK                    bool     `json:"ok"`
 }
 
 // Report finishes the verification.
