@@ -122,6 +122,12 @@ cat <<EOF
 Give \`--until\` the time the export was made: a newest checkpoint much older than that means the tail
 of the log was cut off. \`--json\` prints the report for a ticket.
 
+Events after a log's newest checkpoint, if any, are listed as \`uncommitted\`: no signature covers them
+yet, so anyone with write access to the copy could have appended them. On evidence from a stopped
+sidecar, or to rely on every event, add \`--require-committed\`, which fails on them. Records exported
+from OpenSearch carry an \`@timestamp\` the aggregator added: \`--ignore-member @timestamp\` drops it
+before hashing (the README's table lists what each aggregator output adds).
+
 ## All inferences by API key X
 
 The events record \`api_key_id\`, a keyed hash of the key. \`keyid\` computes it from the key (read from
@@ -167,6 +173,20 @@ inclusion proof and let them check it with only the verifier key:
 EOF
 run ap prove --request-id "$r1" evidence '>' proof.txt
 run ap verify-proof --pubkey signing.key.pub proof.txt
+ap query --type checkpoint evidence | head -1 >kept.checkpoint
+cat <<EOF
+
+## Does today's log extend a checkpoint you kept?
+
+A checkpoint kept from an earlier audit (a line of the checkpoint directory's \`checkpoints.ndjson\`, or
+its signed note) pins the log as it was then. A consistency proof shows that today's log extends it,
+every event it signed unchanged, with O(log n) hashes; the third party checks it with the two signed
+checkpoints and the verifier key, without the log. Here \`kept.checkpoint\` is the log's first
+checkpoint; \`--new-checkpoint FILE\` proves to another checkpoint than the newest:
+
+EOF
+run ap prove --old-checkpoint kept.checkpoint evidence '>' consistency.json
+run ap verify-proof --pubkey signing.key.pub consistency.json
 cat <<EOF
 
 ## All changes in a window

@@ -922,6 +922,26 @@ func TestVerifyProveAndVerifyProof(t *testing.T) {
 	if code := run([]string{"prove", "--request-id", "nobody", spool}, io.Discard, &errOut); code != 1 || !strings.Contains(errOut.String(), `no event with request_id "nobody"`) {
 		t.Errorf("prove of an unknown request: %d %s", code, errOut.String())
 	}
+
+	// The auditor kept the first checkpoint; the log today extends it.
+	oldCP := filepath.Join(t.TempDir(), "old.checkpoint")
+	first, _, _ := bytes.Cut(dirCopies, []byte("\n"))
+	os.WriteFile(oldCP, first, 0o600)
+	out.Reset()
+	if code := run([]string{"prove", "--old-checkpoint", oldCP, spool}, &out, &errOut); code != 0 {
+		t.Fatalf("prove --old-checkpoint: %d %s", code, errOut.String())
+	}
+	consistency := filepath.Join(t.TempDir(), "consistency.json")
+	os.WriteFile(consistency, out.Bytes(), 0o600)
+	out.Reset()
+	if code := run([]string{"verify-proof", "--pubkey", pub, consistency}, &out, &errOut); code != 0 ||
+		!regexp.MustCompile(`verified: log \S+ at size \d+ extends its checkpoint at size \d+`).Match(out.Bytes()) {
+		t.Errorf("verify-proof of a consistency proof: %d %s %s", code, out.String(), errOut.String())
+	}
+	errOut.Reset()
+	if code := run([]string{"prove", "--old-checkpoint", oldCP, "--request-id", "x", spool}, io.Discard, &errOut); code != 2 {
+		t.Errorf("prove --old-checkpoint with --request-id: %d %s", code, errOut.String())
+	}
 }
 
 // TestCapturedPayloadIsReconstructed: with payload capture on, the spool

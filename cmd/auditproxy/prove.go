@@ -11,11 +11,14 @@ import (
 	"github.com/auditproxy/auditproxy/query"
 )
 
-// runProve prints an inclusion proof for the events of one request.
+// runProve prints an inclusion proof for the events of one request, or a
+// consistency proof between two checkpoints of a log.
 func runProve(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("prove", "prove --request-id ID [--event-id ID] PATH...", stderr)
+	fs := newFlagSet("prove", "prove --request-id ID [--event-id ID] PATH... | prove --old-checkpoint FILE [--new-checkpoint FILE] PATH...", stderr)
 	requestID := fs.String("request-id", "", "the `id` of the request (X-Request-Id) whose event to prove")
 	eventID := fs.String("event-id", "", "the event's own `id`: to choose among events with the same request id, or instead of it")
+	oldCP := fs.String("old-checkpoint", "", "prove that the log extends this checkpoint: a `file` holding its signed note or its checkpoint event (a line of checkpoints.ndjson)")
+	newCP := fs.String("new-checkpoint", "", "with --old-checkpoint: the later checkpoint `file` to prove from (default: the newest checkpoint of that log among the events read)")
 	var ignore ignoredMembers
 	fs.Var(&ignore, "ignore-member", ignoreMemberUsage)
 	if err := fs.Parse(args); err != nil {
@@ -23,6 +26,12 @@ func runProve(args []string, stdout, stderr io.Writer) error {
 	}
 	if err := ignore.check("prove"); err != nil {
 		return err
+	}
+	if *oldCP != "" || *newCP != "" {
+		if *requestID != "" || *eventID != "" || *oldCP == "" || fs.NArg() == 0 {
+			return usageError{"prove: a consistency proof takes --old-checkpoint (and --new-checkpoint), no --request-id or --event-id, and at least one PATH"}
+		}
+		return proveConsistency(*oldCP, *newCP, ignore, fs.Args(), stdout, stderr)
 	}
 	if (*requestID == "" && *eventID == "") || fs.NArg() == 0 {
 		return usageError{"prove: give --request-id or --event-id, and at least one PATH"}
@@ -60,6 +69,52 @@ func runProve(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// proveConsistency prints the consistency proof from the checkpoint in
+// oldFile to the one in newFile, or to the newest of its log in paths.
+func proveConsistency(oldFile, newFile string, ignore []string, paths []string, stdout, stderr io.Writer) error {
+	readCP := func(name string) ([]byte, auditlog.Checkpoint, error) {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			return nil, auditlog.Checkpoint{}, err
+		}
+		msg, cp, err := auditlog.ReadCheckpoint(b)
+		if err != nil {
+			return nil, cp, fmt.Errorf("%s: %w", name, err)
+		}
+		return msg, cp, nil
+	}
+	oldNote, old, err := readCP(oldFile)
+	if err != nil {
+		return fmt.Errorf("prove: %w", err)
+	}
+	var newNote []byte
+	if newFile != "" {
+		if newNote, _, err = readCP(newFile); err != nil {
+			return fmt.Errorf("prove: %w", err)
+		}
+	}
+	pr := auditlog.NewProver()
+	pr.IgnoreMembers = ignore
+	for _, path := range paths {
+		err := eventsrc.Read(path, func(ev []byte) { _ = pr.Add(ev, false) })
+		if err := warnDamaged(stderr, err); err != nil {
+			return fmt.Errorf("prove: %w", err)
+		}
+	}
+	if newNote == nil {
+		if newNote = pr.NewestCheckpoint(old.Origin); newNote == nil {
+			return fmt.Errorf("prove: no checkpoint of log %s among the events read", old.Origin)
+		}
+	}
+	proof, err := pr.ProveConsistency(oldNote, newNote)
+	if err != nil {
+		return fmt.Errorf("prove: %w", err)
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetEscapeHTML(false)
+	return enc.Encode(proof)
+}
+
 // runVerifyProof checks proofs printed by prove.
 func runVerifyProof(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("verify-proof", "verify-proof --pubkey FILE [PROOF-FILE | -]", stderr)
@@ -87,8 +142,29 @@ func runVerifyProof(args []string, stdout, stderr io.Writer) error {
 	dec := json.NewDecoder(in)
 	n := 0
 	for dec.More() {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return fmt.Errorf("verify-proof: not a proof printed by auditproxy prove: %w", err)
+		}
+		var kind struct {
+			OldCheckpoint *string `json:"old_checkpoint"`
+		}
+		if json.Unmarshal(raw, &kind) == nil && kind.OldCheckpoint != nil {
+			var proof auditlog.ConsistencyProof
+			if err := json.Unmarshal(raw, &proof); err != nil {
+				return fmt.Errorf("verify-proof: not a consistency proof printed by auditproxy prove: %w", err)
+			}
+			from, to, err := proof.Check(keys)
+			if err != nil {
+				return fmt.Errorf("verify-proof: %w", err)
+			}
+			fmt.Fprintf(stdout, "verified: log %s at size %d extends its checkpoint at size %d (consistency proof of %d hashes)\n",
+				to.Origin, to.Size, from.Size, len(proof.Proof))
+			n++
+			continue
+		}
 		var proof auditlog.InclusionProof
-		if err := dec.Decode(&proof); err != nil {
+		if err := json.Unmarshal(raw, &proof); err != nil {
 			return fmt.Errorf("verify-proof: not a proof printed by auditproxy prove: %w", err)
 		}
 		cp, err := proof.Check(keys)
