@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"unicode"
 
 	"golang.org/x/mod/sumdb/note"
 
@@ -18,7 +19,7 @@ import (
 func runKeygen(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("keygen", "keygen --out FILE [--name NAME]", stderr)
 	host, _ := os.Hostname()
-	name := fs.String("name", "auditproxy-"+host, "key `name`, shown in every signature line (no spaces or '+')")
+	name := fs.String("name", keyNameFor(host), "key `name`, shown in every signature line (no spaces or '+'): the --log-name of the sidecar that will sign with it (default, like --log-name's, this host's name), the first part of its log's origin NAME/EPOCH")
 	out := fs.String("out", "", "`file` for the private key (mode 0600, never overwritten); the verifier key goes to FILE.pub and stdout")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -95,4 +96,33 @@ func loadVerifiers(specs []string) (note.Verifiers, error) {
 		}
 	}
 	return note.VerifierList(vs...), nil
+}
+
+// keyNameFor returns the name of the signing key of the log named logName:
+// the log name, with the characters a note key name cannot hold ('+' and
+// spaces) made '-'.
+//
+// C2SP tlog-checkpoint says a log's key name SHOULD match its checkpoints'
+// origin. The origin is NAME/EPOCH, and a new epoch is a new origin: a new
+// tree, started when the old one cannot be continued (lost state), which
+// no checkpoint of the old origin may be inconsistent with. The key, and
+// the verifier key auditors and witnesses hold, outlive epochs, so the key
+// is named after the log, the part of the origin that stays.
+func keyNameFor(logName string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '+' || unicode.IsSpace(r) {
+			return '-'
+		}
+		return r
+	}, logName)
+}
+
+// keyNameWarning says why a signing key named keyName does not suit the
+// log named logName, or "".
+func keyNameWarning(keyName, logName string) string {
+	if want := keyNameFor(logName); keyName != want {
+		return fmt.Sprintf("the checkpoint signing key is named %q, not after the log %q: C2SP tlog-checkpoint says a checkpoint's key name SHOULD match its origin (%s/EPOCH here); make a key with auditproxy keygen --name %s, or run with --log-name %s",
+			keyName, logName, logName, want, keyName)
+	}
+	return ""
 }

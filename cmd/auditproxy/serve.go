@@ -18,7 +18,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-	"unicode"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -682,13 +681,7 @@ func openSigner(c serveConfig, logger *slog.Logger) (note.Signer, error) {
 	if path == "" {
 		path = filepath.Join(c.dataDir, "signing.key")
 		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-			name := strings.Map(func(r rune) rune {
-				if r == '+' || unicode.IsSpace(r) {
-					return '-'
-				}
-				return r
-			}, c.logName)
-			vkey, err := writeSigningKey(path, name)
+			vkey, err := writeSigningKey(path, keyNameFor(c.logName))
 			if err != nil {
 				return nil, err
 			}
@@ -696,7 +689,13 @@ func openSigner(c serveConfig, logger *slog.Logger) (note.Signer, error) {
 				"key", path, "verifier_key", vkey)
 		}
 	}
-	return loadSigner(path)
+	s, err := loadSigner(path)
+	if err == nil {
+		if w := keyNameWarning(s.Name(), c.logName); w != "" {
+			logger.Warn(w)
+		}
+	}
+	return s, err
 }
 
 // startIdentity starts reading the GPU identity and the served models (the
