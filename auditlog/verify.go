@@ -43,21 +43,29 @@ type Verifier struct {
 	// counted in the report (OriginReport.Uncommitted) and pass: a copy of
 	// a running log always ends with up to a checkpoint interval of them.
 	RequireCommitted bool
+	// Witnesses, if set, verify the cosignatures given to AddCosignature
+	// (C2SP tlog-cosignature keys, cosignature/v1): every log must then
+	// have a checkpoint a witness cosigned, with the root its events hash
+	// to.
+	Witnesses note.Verifiers
 
-	p          fastjson.Parser
-	stripped   []byte  // an event without IgnoreMembers
-	removed    []bool  // by IgnoreMembers, for the event being added
-	ignored    []int64 // events that had each of IgnoreMembers
-	canon      []byte
-	vals       []byte
-	sha        hash.Hash
-	origins    map[string]*originLog
-	originList []*originLog // by index
-	ids        idTable
-	seed       maphash.Seed
-	unchained  int
-	invalid    int
-	firstBad   []string
+	p        fastjson.Parser
+	stripped []byte  // an event without IgnoreMembers
+	removed  []bool  // by IgnoreMembers, for the event being added
+	ignored  []int64 // events that had each of IgnoreMembers
+
+	cosigned       map[string][]cosigned // by origin
+	cosignProblems map[string][]string   // by origin
+	canon          []byte
+	vals           []byte
+	sha            hash.Hash
+	origins        map[string]*originLog
+	originList     []*originLog // by index
+	ids            idTable
+	seed           maphash.Seed
+	unchained      int
+	invalid        int
+	firstBad       []string
 }
 
 // originLog is what a Verifier gathered about one origin.
@@ -329,9 +337,15 @@ type OriginReport struct {
 	UncommittedTo   int64 `json:"uncommitted_to,omitempty"`
 	// NewestCheckpointFinal says the newest checkpoint is the one a
 	// sidecar writes as it stops.
-	NewestCheckpointFinal bool     `json:"newest_checkpoint_final"`
-	Problems              []string `json:"problems"`
-	OK                    bool     `json:"ok"`
+	NewestCheckpointFinal bool `json:"newest_checkpoint_final"`
+	// With Verifier.Witnesses: how many of the log's checkpoints a
+	// witness cosigned (with the root the events hash to), the newest
+	// such size (-1: none), and the witnesses' key names.
+	Cosigned       int      `json:"cosigned_checkpoints,omitempty"`
+	NewestCosigned int64    `json:"newest_cosigned_size,omitempty"`
+	Witnesses      []string `json:"witnesses,omitempty"`
+	Problems       []string `json:"problems"`
+	OK             bool     `json:"ok"`
 }
 
 // Report finishes the verification.
@@ -363,6 +377,9 @@ func (v *Verifier) Report() *Report {
 		or := v.verifyOrigin(v.origins[name])
 		r.Origins = append(r.Origins, or)
 		r.OK = r.OK && or.OK
+	}
+	for _, origin := range v.cosignedOrigins() {
+		r.Problems = append(r.Problems, fmt.Sprintf("cosignatures of log %s, but none of its events were given", origin))
 	}
 	if len(r.Problems) > 0 || len(r.Origins) == 0 {
 		r.OK = false
@@ -458,6 +475,7 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 	var stored []tlog.Hash
 	treeOK := true // every leaf so far present
 	var prevCP *cpRec
+	roots := map[int64]tlog.Hash{} // of the checkpoints that verified
 	for i := range o.checkpoints {
 		cp := &o.checkpoints[i]
 		for tree.Size() < cp.seq && treeOK {
@@ -494,6 +512,7 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 			problem("checkpoint at size %d: the events do not hash to its signed root (an event before it was changed, removed, inserted or reordered)", ck.Size)
 		} else {
 			r.CheckpointsVerified++
+			roots[ck.Size] = ck.Root
 		}
 		if prevCP != nil && !prevCP.final && prevCP.time > 0 && cp.time > 0 {
 			gap := time.Duration(cp.time - prevCP.time)
@@ -576,6 +595,7 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 				v.Until.UTC().Format(time.RFC3339), cadence)
 		}
 	}
+	v.checkCosigned(o, roots, &r, problem)
 	r.OK = len(r.Problems) == 0
 	return r
 }

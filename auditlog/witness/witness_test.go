@@ -71,6 +71,7 @@ type witnessTestLog struct {
 	hashes *witnessTestHashes
 	tag    string
 	n      int
+	lines  [][]byte // the log's events, checkpoints included, in seq order
 }
 
 func newWitnessTestLog(t *testing.T, origin string, signer note.Signer, tag string) *witnessTestLog {
@@ -88,9 +89,11 @@ func (l *witnessTestLog) grow(t *testing.T, n int) {
 	for range n {
 		l.n++
 		ev := fmt.Appendf(nil, `{"v":1,"type":"test","n":%d,"tag":%q}`, l.n, l.tag)
-		if _, err := l.chain.Append(nil, ev); err != nil {
+		line, err := l.chain.Append(nil, ev)
+		if err != nil {
 			t.Fatal(err)
 		}
+		l.lines = append(l.lines, line)
 	}
 	l.hashes.add(l.chain.TakeStored())
 }
@@ -104,6 +107,7 @@ func (l *witnessTestLog) checkpoint(t *testing.T) ([]byte, int64) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	l.lines = append(l.lines, ev)
 	l.hashes.add(l.chain.TakeStored())
 	return ev, size
 }

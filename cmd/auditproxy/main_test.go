@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"filippo.io/age"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/auditlog"
@@ -1189,5 +1190,69 @@ func verifyUncommittedCopy(t *testing.T, dataDir, pub string) {
 	if code := run([]string{"verify", "--pubkey", pub, "--require-committed", cut}, &out, io.Discard); code != 1 ||
 		!strings.Contains(out.String(), "are not committed to by any checkpoint (--require-committed)") {
 		t.Errorf("verify --require-committed: %d\n%s", code, out.String())
+	}
+}
+
+// TestServeWithOmniwitness: a sidecar submits its checkpoints to an
+// independent C2SP tlog-witness (transparency-dev's omniwitness, its own
+// process), and verify checks the cosignatures it kept against the log.
+func TestServeWithOmniwitness(t *testing.T) {
+	_, upstream := startFake(t, fakevllm.Config{})
+	dataDir := t.TempDir()
+	request := func(p *served) {
+		resp, err := http.Post("http://"+p.listen+"/v1/chat/completions", "application/json",
+			strings.NewReader(`{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"user","content":"hi"}]}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	args := []string{"--data-dir", dataDir, "--log-level", "warn", "--log-name", "witnessed-node", "--checkpoint-every", "3"}
+	// The first start makes the log, whose origin the witness must know.
+	p := startServe(t, upstream, nil, args...)
+	request(p)
+	if err := p.stop(); err != nil {
+		t.Fatal(err)
+	}
+	var exported bytes.Buffer
+	run([]string{"export", "--data-dir", dataDir}, &exported, io.Discard)
+	var first struct {
+		Log struct{ Origin string } `json:"log"`
+	}
+	line, _, _ := bytes.Cut(exported.Bytes(), []byte("\n"))
+	if err := json.Unmarshal(line, &first); err != nil || first.Log.Origin == "" {
+		t.Fatalf("no origin in %s: %v", line, err)
+	}
+	pub := filepath.Join(dataDir, "signing.key.pub")
+	logVKey, _ := os.ReadFile(pub)
+	url, _, witnessVKey := testutil.Omniwitness(t, first.Log.Origin, strings.TrimSpace(string(logVKey)))
+
+	p = startServe(t, upstream, nil, append(args, "--witness-url", url)...)
+	for range 7 {
+		request(p)
+	}
+	if err := p.stop(); err != nil {
+		t.Fatal(err)
+	}
+	witnessKey := filepath.Join(t.TempDir(), "witness.pub")
+	os.WriteFile(witnessKey, []byte(witnessVKey+"\n"), 0o644)
+	cosignatures := filepath.Join(dataDir, "cosignatures.ndjson")
+	var out, errOut bytes.Buffer
+	if code := run([]string{"verify", "--pubkey", pub, "--witness-key", witnessKey, "--cosignatures", cosignatures, filepath.Join(dataDir, "spool")}, &out, &errOut); code != 0 ||
+		!regexp.MustCompile(`cosigned: [1-9]\d* checkpoints by omniwitness.test, the newest at size \d+`).Match(out.Bytes()) {
+		t.Fatalf("verify with the witness's cosignatures: %d\n%s%s", code, out.String(), errOut.String())
+	}
+	_, strangerVKey, _ := note.GenerateKey(cryptorand.Reader, "stranger.example")
+	out.Reset()
+	if code := run([]string{"verify", "--pubkey", pub, "--witness-key", strangerVKey, "--cosignatures", cosignatures, filepath.Join(dataDir, "spool")}, &out, io.Discard); code != 1 ||
+		!strings.Contains(out.String(), "cosigned by no witness key given (") {
+		t.Errorf("verify with another witness's key: %d\n%s", code, out.String())
+	}
+	skey, _, _ := note.GenerateKey(cryptorand.Reader, "oops")
+	errOut.Reset()
+	if code := run([]string{"verify", "--pubkey", pub, "--witness-key", skey, "--cosignatures", cosignatures, dataDir}, io.Discard, &errOut); code != 2 ||
+		!strings.Contains(errOut.String(), "is a private key") || strings.Contains(errOut.String(), skey) {
+		t.Errorf("verify with a private key as the witness key: %d %s", code, errOut.String())
 	}
 }

@@ -1,13 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"time"
+
+	fnote "github.com/transparency-dev/formats/note"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/eventsrc"
@@ -57,6 +63,9 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	var ignore ignoredMembers
 	fs.Var(&ignore, "ignore-member", ignoreMemberUsage)
+	var witnessKeys, cosignatureFiles stringList
+	fs.Var(&witnessKeys, "witness-key", "verifier key `file` (or key text) of a C2SP tlog-witness whose cosignatures to check (its cosignature/v1 or Ed25519 note verifier key); every log must then have a checkpoint it cosigned; repeat for several")
+	fs.Var(&cosignatureFiles, "cosignatures", "`file` of cosigned checkpoints the sidecar's witness client kept (DATA-DIR/cosignatures.ndjson), checked with --witness-key; repeat for several")
 	requireCommitted := fs.Bool("require-committed", false, "fail on events no checkpoint commits to yet (the tail after each log's newest checkpoint); off, they are counted and pass, as every copy of a running log ends with up to a checkpoint interval of them")
 	until := fs.String("until", "", "`time` the logs should reach (e.g. when they were exported): an RFC 3339 time, or a duration before now (24h, 90m, 7d); an older newest checkpoint means a cut tail")
 	if err := fs.Parse(args); err != nil {
@@ -76,7 +85,31 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError{"verify: " + err.Error()}
 	}
+	if len(cosignatureFiles) > 0 && len(witnessKeys) == 0 {
+		return usageError{"verify: --cosignatures needs --witness-key, the key to check them with"}
+	}
 	v := auditlog.NewVerifier(keys)
+	if len(witnessKeys) > 0 {
+		if v.Witnesses, err = loadWitnessKeys(witnessKeys); err != nil {
+			return usageError{"verify: " + err.Error()}
+		}
+	}
+	for _, name := range cosignatureFiles {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			return fmt.Errorf("verify: %w", err)
+		}
+		n := 0
+		for line := range bytes.Lines(b) {
+			n++
+			if line = bytes.TrimSpace(line); len(line) == 0 {
+				continue
+			}
+			if err := v.AddCosignature(line); err != nil {
+				return fmt.Errorf("verify: %s line %d: %w", name, n, err)
+			}
+		}
+	}
 	v.Until = untilTime
 	v.IgnoreMembers = ignore
 	v.RequireCommitted = *requireCommitted
@@ -138,6 +171,9 @@ func printReport(w io.Writer, r *auditlog.Report, noKeys bool) {
 			fmt.Fprintf(w, "  uncommitted: %d events %s seq %d..%d: no checkpoint commits to them yet, so nothing signed vouches for them (--require-committed fails on them)\n",
 				o.Uncommitted, after, o.UncommittedFrom, o.UncommittedTo)
 		}
+		if len(o.Witnesses) > 0 {
+			fmt.Fprintf(w, "  cosigned: %d checkpoints by %s, the newest at size %d\n", o.Cosigned, strings.Join(o.Witnesses, ", "), o.NewestCosigned)
+		}
 		if o.Outages > 0 {
 			fmt.Fprintf(w, "  outages: %d (the spool could not be written for a while; the checkpoint after each says since when and why)\n", o.Outages)
 		}
@@ -175,4 +211,37 @@ func warnDamaged(stderr io.Writer, err error) error {
 		fmt.Fprintln(stderr, "auditproxy: warning:", d.Error())
 	}
 	return err
+}
+
+// loadWitnessKeys reads witness verifier keys, one per line of each file
+// or given as text. A line that is not a verifier key is named by its
+// place, never printed: it may be a private key.
+func loadWitnessKeys(specs []string) (note.Verifiers, error) {
+	var vs []note.Verifier
+	for _, spec := range specs {
+		text, where := spec, "the key given"
+		if b, err := os.ReadFile(spec); err == nil {
+			text, where = string(b), spec
+		} else if !strings.Contains(spec, "+") {
+			return nil, fmt.Errorf("--witness-key %s: %w", spec, err)
+		}
+		for i, line := range strings.Split(text, "\n") {
+			line = strings.TrimSpace(line)
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			if strings.HasPrefix(line, "PRIVATE+KEY+") {
+				return nil, fmt.Errorf("--witness-key: line %d of %s is a private key; give the witness's verifier key (its operator publishes it)", i+1, where)
+			}
+			v, err := fnote.NewVerifierForCosignatureV1(line)
+			if err != nil {
+				return nil, fmt.Errorf("--witness-key: line %d of %s is not a witness verifier key (NAME+HASH+KEY, Ed25519): %v", i+1, where, err)
+			}
+			vs = append(vs, v)
+		}
+	}
+	if len(vs) == 0 {
+		return nil, errors.New("--witness-key: no key in it")
+	}
+	return note.VerifierList(vs...), nil
 }
