@@ -79,6 +79,9 @@ type proverLog struct {
 	have   []bool
 	events map[int64][]byte // only those asked for
 	cps    map[int64]string // size -> signed note
+	// cosigned: size -> the signed note with witnesses' cosignatures
+	// (AddCosigned); proofs are then made against the newest of them.
+	cosigned map[int64]string
 }
 
 // NewProver returns an empty Prover.
@@ -134,35 +137,67 @@ func (pr *Prover) Add(event []byte, keep bool) error {
 	return nil
 }
 
+// AddCosigned offers a checkpoint note that witnesses cosigned (a line's
+// note in the witness client's cosignatures file): Prove then proves each
+// event of its log against the newest cosigned checkpoint, whose note,
+// cosignatures included, goes into the proof. The signatures are checked
+// by whoever checks the proof.
+func (pr *Prover) AddCosigned(msg []byte) error {
+	cp, err := checkpointOfNote(msg)
+	if err != nil {
+		return err
+	}
+	o := pr.origins[cp.Origin]
+	if o == nil {
+		o = &proverLog{events: map[int64][]byte{}, cps: map[int64]string{}}
+		pr.origins[cp.Origin] = o
+	}
+	if o.cosigned == nil {
+		o.cosigned = map[int64]string{}
+	}
+	o.cosigned[cp.Size] = string(msg)
+	return nil
+}
+
 // Prove returns proofs for every kept event, each against the newest
-// checkpoint of its log that commits to it.
+// checkpoint of its log, or the newest cosigned one (AddCosigned), that
+// commits to it.
 func (pr *Prover) Prove() ([]InclusionProof, error) {
 	var out []InclusionProof
 	for origin, o := range pr.origins {
 		if len(o.events) == 0 {
 			continue
 		}
+		cps, which := o.cps, "checkpoint"
+		if len(o.cosigned) > 0 {
+			cps, which = o.cosigned, "cosigned checkpoint"
+		}
 		var newest int64 = -1
-		for size := range o.cps {
+		for size := range cps {
 			newest = max(newest, size)
 		}
 		var stored memStore
 		var tree Tree
 		for i := int64(0); i < newest; i++ {
-			if !o.have[i] {
+			if i >= int64(len(o.have)) || !o.have[i] {
 				return nil, fmt.Errorf("log %s: event %d is missing, so no proof against the checkpoint at size %d", origin, i, newest)
 			}
 			stored = tree.Append(o.leaves[i], stored)
 		}
+		if newest > 0 {
+			if cp, err := checkpointOfNote([]byte(cps[newest])); err != nil || cp.Root != tree.Root() {
+				return nil, fmt.Errorf("log %s: the events read do not hash to the root of the %s at size %d", origin, which, newest)
+			}
+		}
 		for seq, ev := range o.events {
 			if seq >= newest {
-				return nil, fmt.Errorf("log %s: event %d is not yet committed to by a checkpoint (newest size %d)", origin, seq, max(newest, 0))
+				return nil, fmt.Errorf("log %s: event %d is not yet committed to by a %s (newest size %d)", origin, seq, which, max(newest, 0))
 			}
 			proof, err := tlog.ProveRecord(newest, seq, stored)
 			if err != nil {
 				return nil, err
 			}
-			out = append(out, InclusionProof{Event: ev, LeafIndex: seq, TreeSize: newest, Proof: proof, Checkpoint: o.cps[newest]})
+			out = append(out, InclusionProof{Event: ev, LeafIndex: seq, TreeSize: newest, Proof: proof, Checkpoint: cps[newest]})
 		}
 	}
 	return out, nil

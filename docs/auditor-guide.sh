@@ -173,6 +173,25 @@ inclusion proof and let them check it with only the verifier key:
 EOF
 run ap prove --request-id "$r1" evidence '>' proof.txt
 run ap verify-proof --pubkey signing.key.pub proof.txt
+cat <<EOF
+
+To hand the proof to someone with nothing else, write it as one C2SP tlog-proof file
+(https://c2sp.org/tlog-proof): the event (base64, in its \`extra\` line), its index, the inclusion proof
+and the signed checkpoint. With \`--cosignatures DATA-DIR/cosignatures.ndjson\` the proof is made
+against the newest checkpoint a witness cosigned and carries its cosignatures, which
+\`verify-proof --witness-key\` requires:
+
+EOF
+run ap prove --request-id "$r1" --format tlog-proof evidence '>' "$r1.tlog-proof"
+cat <<EOF
+
+Its lines after the first two (the header and the event): the index, the proof's hashes, an empty line,
+the checkpoint and its signature:
+
+EOF
+run tail -n +3 "$r1.tlog-proof"
+echo
+run ap verify-proof --pubkey signing.key.pub "$r1.tlog-proof"
 ap query --type checkpoint evidence | head -1 >kept.checkpoint
 cat <<EOF
 

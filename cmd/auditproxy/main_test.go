@@ -1199,9 +1199,14 @@ func verifyUncommittedCopy(t *testing.T, dataDir, pub string) {
 func TestServeWithOmniwitness(t *testing.T) {
 	_, upstream := startFake(t, fakevllm.Config{})
 	dataDir := t.TempDir()
-	request := func(p *served) {
-		resp, err := http.Post("http://"+p.listen+"/v1/chat/completions", "application/json",
+	request := func(p *served, id string) {
+		req, _ := http.NewRequest("POST", "http://"+p.listen+"/v1/chat/completions",
 			strings.NewReader(`{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"user","content":"hi"}]}`))
+		req.Header.Set("Content-Type", "application/json")
+		if id != "" {
+			req.Header.Set("X-Request-Id", id)
+		}
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1211,7 +1216,7 @@ func TestServeWithOmniwitness(t *testing.T) {
 	args := []string{"--data-dir", dataDir, "--log-level", "warn", "--log-name", "witnessed-node", "--checkpoint-every", "3"}
 	// The first start makes the log, whose origin the witness must know.
 	p := startServe(t, upstream, nil, args...)
-	request(p)
+	request(p, "")
 	if err := p.stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -1230,7 +1235,11 @@ func TestServeWithOmniwitness(t *testing.T) {
 
 	p = startServe(t, upstream, nil, append(args, "--witness-url", url)...)
 	for range 7 {
-		request(p)
+		request(p, "")
+	}
+	request(p, "bundle-me")
+	for range 3 {
+		request(p, "")
 	}
 	if err := p.stop(); err != nil {
 		t.Fatal(err)
@@ -1243,7 +1252,27 @@ func TestServeWithOmniwitness(t *testing.T) {
 		!regexp.MustCompile(`cosigned: [1-9]\d* checkpoints by omniwitness.test, the newest at size \d+`).Match(out.Bytes()) {
 		t.Fatalf("verify with the witness's cosignatures: %d\n%s%s", code, out.String(), errOut.String())
 	}
+	// The offline bundle: the event, its proof and the cosigned checkpoint
+	// in one C2SP tlog-proof a third party checks with the two keys.
+	var bundle bytes.Buffer
+	errOut.Reset()
+	if code := run([]string{"prove", "--request-id", "bundle-me", "--format", "tlog-proof", "--cosignatures", cosignatures, filepath.Join(dataDir, "spool")}, &bundle, &errOut); code != 0 ||
+		!bytes.HasPrefix(bundle.Bytes(), []byte("c2sp.org/tlog-proof@v1\nextra ")) {
+		t.Fatalf("prove --format tlog-proof: %d %s\n%s", code, errOut.String(), bundle.String())
+	}
+	proofFile := filepath.Join(t.TempDir(), "bundle-me.tlog-proof")
+	os.WriteFile(proofFile, bundle.Bytes(), 0o600)
+	out.Reset()
+	if code := run([]string{"verify-proof", "--pubkey", pub, "--witness-key", witnessKey, proofFile}, &out, &errOut); code != 0 ||
+		!regexp.MustCompile(`verified: event \d+ of log witnessed-node/\S+ is in the \d+ events its signed checkpoint commits to, cosigned by omniwitness.test`).Match(out.Bytes()) {
+		t.Errorf("verify-proof of the tlog-proof: %d %s %s", code, out.String(), errOut.String())
+	}
 	_, strangerVKey, _ := note.GenerateKey(cryptorand.Reader, "stranger.example")
+	errOut.Reset()
+	if code := run([]string{"verify-proof", "--pubkey", pub, "--witness-key", strangerVKey, proofFile}, io.Discard, &errOut); code != 1 ||
+		!strings.Contains(errOut.String(), "not cosigned by stranger.example") {
+		t.Errorf("verify-proof requiring another witness: %d %s", code, errOut.String())
+	}
 	out.Reset()
 	if code := run([]string{"verify", "--pubkey", pub, "--witness-key", strangerVKey, "--cosignatures", cosignatures, filepath.Join(dataDir, "spool")}, &out, io.Discard); code != 1 ||
 		!strings.Contains(out.String(), "cosigned by no witness key given (") {

@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"strings"
+
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/eventsrc"
@@ -14,15 +18,21 @@ import (
 // runProve prints an inclusion proof for the events of one request, or a
 // consistency proof between two checkpoints of a log.
 func runProve(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("prove", "prove --request-id ID [--event-id ID] PATH... | prove --old-checkpoint FILE [--new-checkpoint FILE] PATH...", stderr)
+	fs := newFlagSet("prove", "prove --request-id ID [--event-id ID] [--format tlog-proof] [--cosignatures FILE] PATH... | prove --old-checkpoint FILE [--new-checkpoint FILE] PATH...", stderr)
 	requestID := fs.String("request-id", "", "the `id` of the request (X-Request-Id) whose event to prove")
 	eventID := fs.String("event-id", "", "the event's own `id`: to choose among events with the same request id, or instead of it")
 	oldCP := fs.String("old-checkpoint", "", "prove that the log extends this checkpoint: a `file` holding its signed note or its checkpoint event (a line of checkpoints.ndjson)")
 	newCP := fs.String("new-checkpoint", "", "with --old-checkpoint: the later checkpoint `file` to prove from (default: the newest checkpoint of that log among the events read)")
+	format := fs.String("format", "json", "`format` of an inclusion proof: json (one JSON object a line, for verify-proof), or tlog-proof (C2SP tlog-proof: one self-contained proof, the event in its extra line, checked by verify-proof or any tlog-proof verifier; save it as NAME.tlog-proof)")
+	var cosignatureFiles stringList
+	fs.Var(&cosignatureFiles, "cosignatures", "`file` of cosigned checkpoints (DATA-DIR/cosignatures.ndjson): prove against the newest checkpoint a witness cosigned, and put its cosignatures in the proof")
 	var ignore ignoredMembers
 	fs.Var(&ignore, "ignore-member", ignoreMemberUsage)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *format != "json" && *format != "tlog-proof" {
+		return usageError{fmt.Sprintf("prove: --format %q: want json or tlog-proof", *format)}
 	}
 	if err := ignore.check("prove"); err != nil {
 		return err
@@ -38,6 +48,11 @@ func runProve(args []string, stdout, stderr io.Writer) error {
 	}
 	pr := auditlog.NewProver()
 	pr.IgnoreMembers = ignore
+	for _, name := range cosignatureFiles {
+		if err := addCosigned(pr, name); err != nil {
+			return fmt.Errorf("prove: %w", err)
+		}
+	}
 	sel := query.NewSelector(*requestID, *eventID)
 	var readErr error
 	for _, path := range fs.Args() {
@@ -59,11 +74,44 @@ func runProve(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("prove: %w", err)
 	}
+	if *format == "tlog-proof" {
+		if len(proofs) != 1 {
+			return usageError{fmt.Sprintf("prove: %d events match, and a tlog-proof holds one: choose it with --event-id", len(proofs))}
+		}
+		_, err := stdout.Write(proofs[0].MarshalTLogProof())
+		return err
+	}
 	enc := json.NewEncoder(stdout)
 	enc.SetEscapeHTML(false)
 	for _, proof := range proofs {
 		if err := enc.Encode(proof); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// addCosigned offers pr the cosigned checkpoints of a witness client's
+// cosignatures file.
+func addCosigned(pr *auditlog.Prover, name string) error {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for line := range bytes.Lines(b) {
+		n++
+		if line = bytes.TrimSpace(line); len(line) == 0 {
+			continue
+		}
+		var c struct {
+			Note string `json:"note"`
+		}
+		if err := json.Unmarshal(line, &c); err != nil || c.Note == "" {
+			return fmt.Errorf("%s line %d: not a cosignature line", name, n)
+		}
+		if err := pr.AddCosigned([]byte(c.Note)); err != nil {
+			return fmt.Errorf("%s line %d: %w", name, n, err)
 		}
 	}
 	return nil
@@ -117,9 +165,10 @@ func proveConsistency(oldFile, newFile string, ignore []string, paths []string, 
 
 // runVerifyProof checks proofs printed by prove.
 func runVerifyProof(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("verify-proof", "verify-proof --pubkey FILE [PROOF-FILE | -]", stderr)
-	var pubkeys stringList
+	fs := newFlagSet("verify-proof", "verify-proof --pubkey FILE [--witness-key FILE] [PROOF-FILE | -]", stderr)
+	var pubkeys, witnessKeys stringList
 	fs.Var(&pubkeys, "pubkey", "verifier key `file` (keygen's FILE.pub) or key text; repeat for several")
+	fs.Var(&witnessKeys, "witness-key", "verifier key `file` (or text) of a witness that must have cosigned the checkpoint of an inclusion proof; repeat for several")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -130,6 +179,12 @@ func runVerifyProof(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError{"verify-proof: " + err.Error()}
 	}
+	var witnesses []note.Verifier
+	if len(witnessKeys) > 0 {
+		if witnesses, err = loadWitnessKeys(witnessKeys); err != nil {
+			return usageError{"verify-proof: " + err.Error()}
+		}
+	}
 	var in io.Reader = os.Stdin
 	if fs.NArg() == 1 && fs.Arg(0) != "-" {
 		f, err := os.Open(fs.Arg(0))
@@ -139,7 +194,34 @@ func runVerifyProof(args []string, stdout, stderr io.Writer) error {
 		defer f.Close()
 		in = f
 	}
-	dec := json.NewDecoder(in)
+	input, err := io.ReadAll(io.LimitReader(in, 64<<20))
+	if err != nil {
+		return fmt.Errorf("verify-proof: %w", err)
+	}
+	inclusion := func(proof auditlog.InclusionProof) error {
+		cp, err := proof.Check(keys)
+		if err != nil {
+			return fmt.Errorf("verify-proof: %w", err)
+		}
+		cosigners, err := proof.Cosigners(witnesses)
+		if err != nil {
+			return fmt.Errorf("verify-proof: %w", err)
+		}
+		fmt.Fprintf(stdout, "verified: event %d of log %s is in the %d events its signed checkpoint commits to", proof.LeafIndex, cp.Origin, cp.Size)
+		if len(cosigners) > 0 {
+			fmt.Fprintf(stdout, ", cosigned by %s", strings.Join(cosigners, ", "))
+		}
+		fmt.Fprintln(stdout)
+		return nil
+	}
+	if bytes.HasPrefix(input, []byte(auditlog.TLogProofHeader+"\n")) {
+		proof, err := auditlog.UnmarshalTLogProof(input)
+		if err != nil {
+			return fmt.Errorf("verify-proof: %w", err)
+		}
+		return inclusion(proof)
+	}
+	dec := json.NewDecoder(bytes.NewReader(input))
 	n := 0
 	for dec.More() {
 		var raw json.RawMessage
@@ -167,12 +249,9 @@ func runVerifyProof(args []string, stdout, stderr io.Writer) error {
 		if err := json.Unmarshal(raw, &proof); err != nil {
 			return fmt.Errorf("verify-proof: not a proof printed by auditproxy prove: %w", err)
 		}
-		cp, err := proof.Check(keys)
-		if err != nil {
-			return fmt.Errorf("verify-proof: %w", err)
+		if err := inclusion(proof); err != nil {
+			return err
 		}
-		fmt.Fprintf(stdout, "verified: event %d of log %s is in the %d events its signed checkpoint commits to\n",
-			proof.LeafIndex, cp.Origin, cp.Size)
 		n++
 	}
 	if n == 0 {

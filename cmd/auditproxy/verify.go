@@ -90,9 +90,11 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	}
 	v := auditlog.NewVerifier(keys)
 	if len(witnessKeys) > 0 {
-		if v.Witnesses, err = loadWitnessKeys(witnessKeys); err != nil {
+		ws, err := loadWitnessKeys(witnessKeys)
+		if err != nil {
 			return usageError{"verify: " + err.Error()}
 		}
+		v.Witnesses = note.VerifierList(ws...)
 	}
 	for _, name := range cosignatureFiles {
 		b, err := os.ReadFile(name)
@@ -216,7 +218,7 @@ func warnDamaged(stderr io.Writer, err error) error {
 // loadWitnessKeys reads witness verifier keys, one per line of each file
 // or given as text. A line that is not a verifier key is named by its
 // place, never printed: it may be a private key.
-func loadWitnessKeys(specs []string) (note.Verifiers, error) {
+func loadWitnessKeys(specs []string) ([]note.Verifier, error) {
 	var vs []note.Verifier
 	for _, spec := range specs {
 		text, where := spec, "the key given"
@@ -243,5 +245,5 @@ func loadWitnessKeys(specs []string) (note.Verifiers, error) {
 	if len(vs) == 0 {
 		return nil, errors.New("--witness-key: no key in it")
 	}
-	return note.VerifierList(vs...), nil
+	return vs, nil
 }
