@@ -21,6 +21,7 @@ import (
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/internal/fakevllm"
+	"github.com/auditproxy/auditproxy/internal/testutil"
 	"github.com/auditproxy/auditproxy/payload"
 	"github.com/auditproxy/auditproxy/proxy"
 )
@@ -464,6 +465,9 @@ func TestEarlyAnswerAfterTheWholeBody(t *testing.T) {
 	if code != 401 || !strings.Contains(string(answer), "Unauthorized") || ev.Status.Code != 401 {
 		t.Fatalf("%d %s, event %+v", code, answer, ev.Status)
 	}
+	// The upstream counts the body once it has read it all, which may be
+	// after the client has its answer and the event is recorded.
+	testutil.WaitFor(t, "the upstream to read the whole body", func() bool { return got.Load() != 0 })
 	if got.Load() != int64(len(body)) || ev.Input.Bytes != int64(len(body)) || ev.Model.Name != testModel || !ev.Stream {
 		t.Errorf("upstream read %d of %d bytes; event input %d, model %q, stream %v", got.Load(), len(body), ev.Input.Bytes, ev.Model.Name, ev.Stream)
 	}
