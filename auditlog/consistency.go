@@ -65,14 +65,9 @@ func ReadCheckpoint(b []byte) ([]byte, Checkpoint, error) {
 		return sc.Note, sc.Checkpoint, nil
 	}
 	msg := append(bytes.Clone(b), '\n') // a note ends with a newline, which TrimSpace took
-	_, err := note.Open(msg, nil)
-	var unverified *note.UnverifiedNoteError
-	if !errors.As(err, &unverified) {
-		return nil, Checkpoint{}, fmt.Errorf("not a signed checkpoint note nor a checkpoint event: %v", err)
-	}
-	cp, err := ParseCheckpoint(unverified.Note.Text)
+	cp, err := checkpointOfNote(msg)
 	if err != nil {
-		return nil, Checkpoint{}, err
+		return nil, Checkpoint{}, fmt.Errorf("not a signed checkpoint note nor a checkpoint event: %v", err)
 	}
 	return msg, cp, nil
 }
