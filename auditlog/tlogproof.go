@@ -46,6 +46,11 @@ func (p *InclusionProof) MarshalTLogProof() []byte {
 
 // UnmarshalTLogProof reads a proof in the C2SP tlog-proof format written by
 // MarshalTLogProof. Nothing is verified: call Check.
+//
+// Not transparency-dev/formats' proof.TLogProof (against which the tests
+// check this format both ways): it reads lines with a bufio.Scanner's
+// 64 KiB limit, and an event with a captured payload is longer in base64.
+// Nor does it refuse an index with leading zeroes, which the spec forbids.
 func UnmarshalTLogProof(b []byte) (InclusionProof, error) {
 	var p InclusionProof
 	head, checkpoint, ok := bytes.Cut(b, []byte("\n\n"))

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	fproof "github.com/transparency-dev/formats/proof"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -120,4 +121,40 @@ func FuzzUnmarshalTLogProof(f *testing.F) {
 			t.Fatalf("round trip of %q: %+v, %v", b, q, err)
 		}
 	})
+}
+
+// TestTLogProofMatchesFormats: the proofs written here read back with
+// transparency-dev/formats' tlog-proof parser, an independent reading of
+// the spec, to the same index, hashes, checkpoint and event; and its
+// writer's output reads back here.
+func TestTLogProofMatchesFormats(t *testing.T) {
+	lg := newTestLog(t, "auditproxy/formats/20261123T100000Z", 25)
+	pr := NewProver()
+	for i, l := range lg.lines {
+		pr.Add(l, i == 3)
+	}
+	proofs, err := pr.Prove()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours := proofs[0]
+	var theirs fproof.TLogProof
+	if err := theirs.Unmarshal(ours.MarshalTLogProof()); err != nil {
+		t.Fatal(err)
+	}
+	if theirs.Index != uint64(ours.LeafIndex) || len(theirs.Hashes) != len(ours.Proof) || string(theirs.Checkpoint) != ours.Checkpoint || !bytes.Equal(theirs.ExtraData, ours.Event) {
+		t.Fatalf("formats reads %+v", theirs)
+	}
+	for i := range theirs.Hashes {
+		if theirs.Hashes[i] != ours.Proof[i] {
+			t.Errorf("hash %d differs", i)
+		}
+	}
+	back, err := UnmarshalTLogProof(theirs.Marshal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := back.Check(lg.keys); err != nil {
+		t.Errorf("formats' output does not check here: %v", err)
+	}
 }
