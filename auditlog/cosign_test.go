@@ -113,3 +113,36 @@ func TestVerifyChecksCosignatures(t *testing.T) {
 		t.Error("a cosignature was read without witness keys")
 	}
 }
+
+// TestCosignedProofsFromAnOlderExport: the witness client's file grows
+// after an export; prove uses the newest cosigned checkpoint whose events
+// were all read. A cosignature line naming a log with no events says what
+// is wrong with it.
+func TestCosignedProofsFromAnOlderExport(t *testing.T) {
+	lg := newTestLog(t, "auditproxy/older/20261123T100000Z", 50) // checkpoints at 10, 21, 32, 43, 54
+	witness, witnessKey := newCosigner(t, "witness.example")
+	pr := NewProver()
+	for i, l := range lg.lines[:34] { // exported up to seq 33
+		pr.Add(l, i == 5)
+	}
+	for _, cp := range lg.cps {
+		var c cosignatureLine
+		c.parse(t, cosign(t, cp, witness))
+		pr.AddCosigned([]byte(c.Note))
+	}
+	proofs, err := pr.Prove()
+	if err != nil || len(proofs) != 1 || proofs[0].TreeSize != 32 {
+		t.Fatalf("Prove: %v, %+v", err, proofs)
+	}
+
+	v := NewVerifier(lg.keys)
+	v.Witnesses = note.VerifierList(witnessKey)
+	for _, l := range lg.lines {
+		v.Add(l)
+	}
+	line := strings.Replace(string(cosign(t, lg.cps[0], witness)), `"origin":"auditproxy/older/20261123T100000Z"`, `"origin":"typo"`, 1)
+	v.AddCosignature([]byte(line))
+	if p := allProblems(v.Report()); !strings.Contains(p, "log typo: cosignature line of size 10: its fields disagree with its note") {
+		t.Errorf("a cosignature line of another log:\n%s", p)
+	}
+}

@@ -176,6 +176,23 @@ func (pr *Prover) Prove() ([]InclusionProof, error) {
 		for size := range cps {
 			newest = max(newest, size)
 		}
+		if len(o.cosigned) > 0 {
+			// A witness client's file grows after an export: take the
+			// newest cosigned checkpoint whose events were all read.
+			present := int64(0)
+			for present < int64(len(o.have)) && o.have[present] {
+				present++
+			}
+			best := int64(-1)
+			for size := range cps {
+				if size <= present {
+					best = max(best, size)
+				}
+			}
+			if best >= 0 {
+				newest = best
+			}
+		}
 		var stored memStore
 		var tree Tree
 		for i := int64(0); i < newest; i++ {

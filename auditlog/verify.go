@@ -380,6 +380,9 @@ func (v *Verifier) Report() *Report {
 	}
 	for _, origin := range v.cosignedOrigins() {
 		r.Problems = append(r.Problems, fmt.Sprintf("cosignatures of log %s, but none of its events were given", origin))
+		for _, p := range v.cosignProblems[origin] {
+			r.Problems = append(r.Problems, fmt.Sprintf("log %s: %s", origin, p))
+		}
 	}
 	if len(r.Problems) > 0 || len(r.Origins) == 0 {
 		r.OK = false

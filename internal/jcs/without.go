@@ -65,6 +65,9 @@ func appendWithout(dst, js []byte, names []string, removed []bool) ([]byte, bool
 			return nil, false
 		}
 		if k := memberIndex(key, names); k >= 0 {
+			if !json.Valid(js[skipWS(js, i+1):end]) {
+				return nil, false // a broken value must not go unseen with its member
+			}
 			removed[k], any = true, true
 		} else {
 			keep = append(keep, span{start, end})

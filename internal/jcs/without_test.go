@@ -26,6 +26,7 @@ func TestAppendWithout(t *testing.T) {
 		{"truncated", `{"tag":1,"a":`, `{"tag":1,"a":`, []bool{false, false, false}},
 		{"trailing bytes", `{"tag":1} x`, `{"tag":1} x`, []bool{false, false, false}},
 		{"missing colon", `{"tag" 1}`, `{"tag" 1}`, []bool{false, false, false}},
+		{"a removed value that is not JSON", `{"tag":{"model":"evil"],"a":1}`, `{"tag":{"model":"evil"],"a":1}`, []bool{false, false, false}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			removed := make([]bool, len(aggregatorMembers))
