@@ -52,37 +52,7 @@ func BenchmarkChainAppend(b *testing.B) {
 // first). For one core, run it with -cpu 1 under taskset.
 func BenchmarkVerify(b *testing.B) {
 	s, keys := benchSigner(b)
-	c, _ := auditlog.NewChain(auditlog.ChainState{Origin: "gpu-node-17/20261123T100000Z"})
-	const n = 100_000
-	lines := make([][]byte, 0, n+n/1000)
-	reencoded := make([][]byte, 0, n+n/1000)
-	t := time.Now()
-	var p fastjson.Parser
-	for i := range n {
-		ev := realisticEvent(int64(i), t).AppendJSON(nil)
-		line, err := c.Append(nil, ev)
-		if err != nil {
-			b.Fatal(err)
-		}
-		lines = append(lines, line)
-		// The event's own member order, with "log" last.
-		v, err := p.ParseBytes(line)
-		if err != nil {
-			b.Fatal(err)
-		}
-		re := append(ev[:len(ev)-1:len(ev)-1], `,"log":`...)
-		re = append(v.Get("log").MarshalTo(re), '}')
-		reencoded = append(reencoded, re)
-		c.TakeStored()
-		if (i+1)%1000 == 0 {
-			cp, err := c.AppendCheckpointEvent(nil, s, t, 10*time.Second, i == n-1, audit.Source{Host: "h"})
-			if err != nil {
-				b.Fatal(err)
-			}
-			lines = append(lines, cp)
-			reencoded = append(reencoded, cp)
-		}
-	}
+	lines, reencoded := benchLog(b, s, 100_000)
 	b.Run("as-written", func(b *testing.B) { benchVerify(b, keys, lines) })
 	b.Run("reencoded", func(b *testing.B) { benchVerify(b, keys, reencoded) })
 }
@@ -109,4 +79,41 @@ func benchVerify(b *testing.B, keys note.Verifiers, lines [][]byte) {
 		b.Fatalf("log does not verify: %+v", r)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+}
+
+// benchLog returns a log of n realistic events with a checkpoint every
+// 1,000 (a final one last), as lines: canonical, as the spool and export
+// write them, and re-encoded, each event's members in the order its type
+// declares them with "log" last, as an aggregator may give them back.
+func benchLog(b *testing.B, s note.Signer, n int) (canonical, reencoded [][]byte) {
+	c, _ := auditlog.NewChain(auditlog.ChainState{Origin: "gpu-node-17/20261123T100000Z"})
+	canonical = make([][]byte, 0, n+n/1000)
+	reencoded = make([][]byte, 0, n+n/1000)
+	t := time.Now()
+	var p fastjson.Parser
+	for i := range n {
+		ev := realisticEvent(int64(i), t).AppendJSON(nil)
+		line, err := c.Append(nil, ev)
+		if err != nil {
+			b.Fatal(err)
+		}
+		canonical = append(canonical, line)
+		v, err := p.ParseBytes(line)
+		if err != nil {
+			b.Fatal(err)
+		}
+		re := append(ev[:len(ev)-1:len(ev)-1], `,"log":`...)
+		re = append(v.Get("log").MarshalTo(re), '}')
+		reencoded = append(reencoded, re)
+		c.TakeStored()
+		if (i+1)%1000 == 0 {
+			cp, err := c.AppendCheckpointEvent(nil, s, t, 10*time.Second, i == n-1, audit.Source{Host: "h"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			canonical = append(canonical, cp)
+			reencoded = append(reencoded, cp)
+		}
+	}
+	return canonical, reencoded
 }

@@ -9,11 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/valyala/fastjson"
 	"golang.org/x/mod/sumdb/note"
-
-	"github.com/auditproxy/auditproxy/audit"
-	"github.com/auditproxy/auditproxy/auditlog"
 )
 
 // BenchmarkVerifyCommand: `auditproxy verify --pubkey KEY FILE` as an
@@ -46,32 +42,10 @@ func BenchmarkVerifyCommand(b *testing.B) {
 	os.WriteFile(pub, []byte(vkey+"\n"), 0o600)
 
 	const n = 205_000
-	c, _ := auditlog.NewChain(auditlog.ChainState{Origin: "gpu-node-17/20261123T100000Z"})
-	var canonical, reencoded bytes.Buffer
-	var p fastjson.Parser
-	t := time.Now()
-	for i := range n {
-		ev := realisticEvent(int64(i), t).AppendJSON(nil)
-		line, err := c.Append(nil, ev)
-		if err != nil {
-			b.Fatal(err)
-		}
-		canonical.Write(append(line, '\n'))
-		v, _ := p.ParseBytes(line)
-		re := append(ev[:len(ev)-1:len(ev)-1], `,"log":`...)
-		re = append(v.Get("log").MarshalTo(re), '}', '\n')
-		reencoded.Write(re)
-		c.TakeStored()
-		if (i+1)%1000 == 0 {
-			cp, err := c.AppendCheckpointEvent(nil, s, t, 10*time.Second, i == n-1, audit.Source{Host: "h"})
-			if err != nil {
-				b.Fatal(err)
-			}
-			canonical.Write(append(cp, '\n'))
-			reencoded.Write(append(cp, '\n'))
-		}
-	}
-	for name, content := range map[string][]byte{"canonical": canonical.Bytes(), "reencoded": reencoded.Bytes()} {
+	lines, reencodedLines := benchLog(b, s, n)
+	canonical := bytes.Join(append(lines, nil), []byte("\n"))
+	reencoded := bytes.Join(append(reencodedLines, nil), []byte("\n"))
+	for name, content := range map[string][]byte{"canonical": canonical, "reencoded": reencoded} {
 		file := filepath.Join(dir, name+".ndjson")
 		if err := os.WriteFile(file, content, 0o600); err != nil {
 			b.Fatal(err)
