@@ -23,19 +23,42 @@ import (
 //	<root hash, standard base64>\n
 //
 // It is signed as a signed note (golang.org/x/mod/sumdb/note, Ed25519).
+//
+// The checkpoint a sidecar writes as it stops has one extension line,
+//
+//	final\n
+//
+// Final says the log was closed at this size: events after it in the log
+// are valid only after a restart (proxy_started). C2SP discourages
+// extension lines because monitors cannot audit them; this one is there
+// because the claim must be signed with the tree it closes. Outside the
+// note (a member of the checkpoint event), nothing would sign it for the
+// newest checkpoint: a copy rolled back to any checkpoint could claim to
+// end at a stop, and one with events appended after a stop could drop the
+// claim. Witnesses cosign the whole note (cosignature/v1) but vouch only
+// for its first three lines.
 type Checkpoint struct {
 	Origin string
 	Size   int64
 	Root   tlog.Hash
+	Final  bool
 }
+
+// finalExtension is the extension line of a final checkpoint.
+const finalExtension = "final\n"
 
 // Text returns the checkpoint's note text.
 func (c Checkpoint) Text() string {
-	return c.Origin + "\n" + strconv.FormatInt(c.Size, 10) + "\n" + base64.StdEncoding.EncodeToString(c.Root[:]) + "\n"
+	text := c.Origin + "\n" + strconv.FormatInt(c.Size, 10) + "\n" + base64.StdEncoding.EncodeToString(c.Root[:]) + "\n"
+	if c.Final {
+		text += finalExtension
+	}
+	return text
 }
 
 // ParseCheckpoint parses a checkpoint's note text. Extension lines after the
-// root are allowed and ignored, as C2SP tlog-checkpoint says.
+// root must be non-empty lines, as C2SP tlog-checkpoint says; "final" sets
+// Final and others are ignored.
 func ParseCheckpoint(text string) (Checkpoint, error) {
 	var c Checkpoint
 	lines := strings.SplitAfterN(text, "\n", 4)
@@ -57,6 +80,17 @@ func ParseCheckpoint(text string) (Checkpoint, error) {
 		return c, fmt.Errorf("checkpoint: root hash %q is not %d bytes of base64", strings.TrimSuffix(lines[2], "\n"), tlog.HashSize)
 	}
 	copy(c.Root[:], root)
+	if len(lines) == 4 {
+		for ext := range strings.SplitAfterSeq(lines[3], "\n") {
+			switch {
+			case ext == "":
+			case ext == "\n" || !strings.HasSuffix(ext, "\n"):
+				return c, fmt.Errorf("checkpoint: extension line %q is empty or has no newline", ext)
+			case ext == finalExtension:
+				c.Final = true
+			}
+		}
+	}
 	return c, nil
 }
 
@@ -80,14 +114,15 @@ func OpenCheckpoint(msg []byte, known note.Verifiers) (Checkpoint, *note.Note, e
 // CheckpointRecord is the "checkpoint" member of a checkpoint event. Origin,
 // Size and Root repeat the signed note's body for readers; the note is what
 // counts. IntervalMS is the sidecar's checkpoint interval: a verifier flags
-// longer gaps between checkpoints. Final marks the checkpoint a sidecar
-// writes as it stops: the gap after it is downtime, not missing checkpoints.
+// longer gaps between checkpoints. Final repeats the note's final extension
+// line (Checkpoint.Final): the checkpoint a sidecar writes as it stops, so
+// the gap after it is downtime, not missing checkpoints.
 //
 // Outage is set on the first checkpoint committed after the log could not
 // commit for a while (a full or failing disk): checkpoints due meanwhile
 // were attempted and failed, so the gap before this one is an outage that
-// the sidecar reports, not checkpoints removed from the log. Like Final, it
-// is covered by the next checkpoint's root, not by its own note.
+// the sidecar reports, not checkpoints removed from the log. It is covered
+// by the next checkpoint's root, not by its own note.
 type CheckpointRecord struct {
 	Origin     string            `json:"origin"`
 	Size       int64             `json:"size"`
@@ -147,7 +182,7 @@ func (c *Chain) AppendCheckpointEventAfter(dst []byte, s note.Signer, now time.T
 // appendCheckpointEvent is AppendCheckpointEventAfter; it also returns the
 // checkpoint appended, signed, its Event the bytes appended.
 func (c *Chain) appendCheckpointEvent(dst []byte, s note.Signer, now time.Time, interval time.Duration, final bool, outage *CheckpointOutage, src audit.Source) ([]byte, SignedCheckpoint, error) {
-	cp := Checkpoint{Origin: c.origin, Size: c.tree.n, Root: c.tree.Root()}
+	cp := Checkpoint{Origin: c.origin, Size: c.tree.n, Root: c.tree.Root(), Final: final}
 	signed, err := SignCheckpoint(cp, s)
 	if err != nil {
 		return dst, SignedCheckpoint{}, fmt.Errorf("sign checkpoint: %w", err)

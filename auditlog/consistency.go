@@ -41,12 +41,19 @@ func (p *ConsistencyProof) Check(known note.Verifiers) (from, to Checkpoint, err
 		return from, to, fmt.Errorf("the checkpoints are of two logs, %q and %q: a log's new epoch is a new tree, which no proof relates to the old one", from.Origin, to.Origin)
 	case from.Size > to.Size:
 		return from, to, fmt.Errorf("the old checkpoint (size %d) is larger than the new one (size %d)", from.Size, to.Size)
+	case from.Size == 0:
+		return from, to, errEmptyOld
 	}
 	if err := tlog.CheckTree(p.Proof, to.Size, to.Root, from.Size, from.Root); err != nil {
 		return from, to, fmt.Errorf("the log of the new checkpoint (size %d) does not extend the old one (size %d): the events the old one signed were changed, removed or reordered, or the log was forked (%v)", to.Size, from.Size, err)
 	}
 	return from, to, nil
 }
+
+// errEmptyOld refuses a proof from an empty tree, which every tree
+// extends: such a proof would say nothing (and a sidecar signs no
+// checkpoint of size 0, its log_started being event 0).
+var errEmptyOld = errors.New("the old checkpoint is of an empty tree (size 0), which every tree extends: there is nothing to prove; give a checkpoint of a larger size")
 
 // ReadCheckpoint reads a signed checkpoint as an auditor keeps one: its
 // signed note as text, or a checkpoint event (a line of a checkpoint
@@ -91,6 +98,9 @@ func (pr *Prover) ProveConsistency(oldNote, newNote []byte) (ConsistencyProof, e
 	if from.Size > to.Size {
 		from, to = to, from
 		oldNote, newNote = newNote, oldNote
+	}
+	if from.Size == 0 {
+		return out, errEmptyOld
 	}
 	o := pr.origins[to.Origin]
 	if o == nil {

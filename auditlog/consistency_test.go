@@ -1,6 +1,7 @@
 package auditlog
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -96,6 +97,21 @@ func TestConsistencyProof(t *testing.T) {
 	}
 	if _, _, err := proof.Check(nil); err == nil {
 		t.Error("verified without the log's key")
+	}
+
+	// A checkpoint of the empty tree (signed by the key, though a sidecar
+	// signs none) proves nothing: refused, saying so.
+	empty, err := SignCheckpoint(Checkpoint{Origin: origin, Root: tlog.Hash(sha256.Sum256(nil))}, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pr.ProveConsistency(empty, newNote); err == nil || !strings.Contains(err.Error(), "empty tree (size 0)") {
+		t.Errorf("prove from a size-0 checkpoint: %v", err)
+	}
+	fromEmpty := proof
+	fromEmpty.OldCheckpoint, fromEmpty.Proof = string(empty), nil
+	if _, _, err := fromEmpty.Check(keys); err == nil || !strings.Contains(err.Error(), "empty tree (size 0)") {
+		t.Errorf("check from a size-0 checkpoint: %v", err)
 	}
 
 	// Another epoch of the log is another tree.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -49,7 +50,7 @@ func (v *Verifier) AddCosignature(line []byte) error {
 		v.cosignProblem(c.Origin, fmt.Sprintf("cosigned checkpoint of size %d: not a checkpoint signed by the log's key (%v)", c.Size, err))
 		return nil
 	}
-	n, err := note.Open([]byte(c.Note), v.Witnesses)
+	n, err := note.Open([]byte(c.Note), note.VerifierList(v.Witnesses...))
 	var unknown *note.UnverifiedNoteError
 	switch {
 	case errors.As(err, &unknown):
@@ -94,6 +95,7 @@ func (v *Verifier) checkCosigned(o *originLog, roots map[int64]tlog.Hash, r *Ori
 	}
 	r.NewestCosigned = -1
 	seen := map[int64]bool{}
+	newestBy := map[string]int64{}
 	for _, c := range v.cosigned[o.origin] {
 		root, ok := roots[c.size]
 		switch {
@@ -108,6 +110,7 @@ func (v *Verifier) checkCosigned(o *originLog, roots map[int64]tlog.Hash, r *Ori
 			if !slices.Contains(r.Witnesses, s) {
 				r.Witnesses = append(r.Witnesses, s)
 			}
+			newestBy[s] = max(newestBy[s], c.size)
 		}
 		if !seen[c.size] {
 			seen[c.size] = true
@@ -118,6 +121,16 @@ func (v *Verifier) checkCosigned(o *originLog, roots map[int64]tlog.Hash, r *Ori
 	slices.Sort(r.Witnesses)
 	if r.Cosigned == 0 {
 		problem("no checkpoint of this log is cosigned by a witness key given: nothing outside the sidecar vouches that it showed everyone the same log")
+		return
+	}
+	var missing []string
+	for _, w := range v.Witnesses {
+		if _, ok := newestBy[w.Name()]; !ok && !slices.Contains(missing, w.Name()) {
+			missing = append(missing, w.Name())
+		}
+	}
+	for _, name := range missing {
+		problem("witness %s cosigned no checkpoint of this log (every --witness-key given must; others did: %s)", name, strings.Join(r.Witnesses, ", "))
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -54,8 +55,9 @@ func newCosigner(t *testing.T, name string) (note.Signer, note.Verifier) {
 
 // TestVerifyChecksCosignatures: with witness keys, each log needs a
 // checkpoint a witness cosigned with the root its events hash to; a
-// witness shown another tree, an unknown witness, a broken cosignature and
-// a log nobody cosigned are each reported.
+// witness shown another tree, an unknown witness, a broken cosignature, a
+// log nobody cosigned and a witness given that cosigned none of it are each
+// reported.
 func TestVerifyChecksCosignatures(t *testing.T) {
 	const origin = "auditproxy/cosign/20261123T100000Z"
 	s, keys := newTestKeys(t, "cosign-log")
@@ -69,25 +71,33 @@ func TestVerifyChecksCosignatures(t *testing.T) {
 	_, forkCPs, _ := buildLog(t, fork, s, end.Add(time.Hour), 500, 10, false)
 
 	witness, witnessKey := newCosigner(t, "witness.example")
-	stranger, _ := newCosigner(t, "stranger.example")
+	stranger, strangerKey := newCosigner(t, "stranger.example")
+	_, rotatedKey := newCosigner(t, "witness.example") // the same witness's next key
 	good := [][]byte{cosign(t, baseCPs[0], witness), cosign(t, restCPs[0], witness)}
 	broken := []byte(strings.Replace(string(good[1]), `\n— witness.example `, `\n— witness.example AAAA`, 1))
 
 	for _, tc := range []struct {
-		name     string
-		cosigs   [][]byte
-		want     string // in the problems; "" means it verifies
-		cosigned int
+		name      string
+		cosigs    [][]byte
+		want      string // in the problems; "" means it verifies
+		cosigned  int
+		witnesses []note.Verifier // default witnessKey
 	}{
-		{"two checkpoints cosigned", good, "", 2},
-		{"the witness was shown another tree", append(good[:1:1], cosign(t, forkCPs[0], witness)), "whose root is not the one these events hash to", 1},
-		{"cosigned by a witness not given", [][]byte{cosign(t, restCPs[0], stranger)}, "cosigned by no witness key given", 0},
-		{"a cosignature that does not verify", [][]byte{good[0], broken}, "checkpoint of size 32", 1},
-		{"no cosignature", nil, "no checkpoint of this log is cosigned", 0},
+		{"two checkpoints cosigned", good, "", 2, nil},
+		{"the witness was shown another tree", append(good[:1:1], cosign(t, forkCPs[0], witness)), "whose root is not the one these events hash to", 1, nil},
+		{"cosigned by a witness not given", [][]byte{cosign(t, restCPs[0], stranger)}, "cosigned by no witness key given", 0, nil},
+		{"a cosignature that does not verify", [][]byte{good[0], broken}, "checkpoint of size 32", 1, nil},
+		{"no cosignature", nil, "no checkpoint of this log is cosigned", 0, nil},
+		{"two witnesses given, one cosigned", good, "witness stranger.example cosigned no checkpoint of this log", 2, []note.Verifier{witnessKey, strangerKey}},
+		{"two witnesses given, both cosigned", append(good[:2:2], cosign(t, baseCPs[0], stranger)), "", 2, []note.Verifier{witnessKey, strangerKey}},
+		{"two keys of one witness, one used", good, "", 2, []note.Verifier{witnessKey, rotatedKey}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := NewVerifier(keys)
-			v.Witnesses = note.VerifierList(witnessKey)
+			v.Witnesses = []note.Verifier{witnessKey}
+			if tc.witnesses != nil {
+				v.Witnesses = tc.witnesses
+			}
 			for _, l := range lines {
 				v.Add(l)
 			}
@@ -104,7 +114,7 @@ func TestVerifyChecksCosignatures(t *testing.T) {
 			case tc.want != "" && (r.OK || !strings.Contains(problems, tc.want)):
 				t.Errorf("ok %v; problems do not mention %q:\n%s", r.OK, tc.want, problems)
 			}
-			if o := r.Origins[0]; o.Cosigned != tc.cosigned || tc.cosigned > 0 && (o.Witnesses[0] != "witness.example" || o.NewestCosigned < 10) {
+			if o := r.Origins[0]; o.Cosigned != tc.cosigned || tc.cosigned > 0 && (!slices.Contains(o.Witnesses, "witness.example") || o.NewestCosigned < 10) {
 				t.Errorf("cosigned %d by %v (newest %d), want %d", o.Cosigned, o.Witnesses, o.NewestCosigned, tc.cosigned)
 			}
 		})
@@ -136,7 +146,7 @@ func TestCosignedProofsFromAnOlderExport(t *testing.T) {
 	}
 
 	v := NewVerifier(lg.keys)
-	v.Witnesses = note.VerifierList(witnessKey)
+	v.Witnesses = []note.Verifier{witnessKey}
 	for _, l := range lg.lines {
 		v.Add(l)
 	}

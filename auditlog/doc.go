@@ -45,8 +45,9 @@
 // itself as the event of type "checkpoint" at seq N, committing to the N
 // events before it. Checkpoints come at a cadence (an interval and a count of
 // events), so a Verifier can tell a log that stopped signing from one that
-// was cut short; a "final" checkpoint marks a stop: the log goes on after
-// it only when the sidecar restarts, which records proxy_started.
+// was cut short; a final checkpoint (its note's extension line "final")
+// marks a stop: the log goes on after it only when the sidecar restarts,
+// which records proxy_started first.
 //
 // # Verification
 //

@@ -10,6 +10,7 @@ import (
 	"hash/maphash"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/auditproxy/auditproxy/audit"
@@ -44,10 +45,12 @@ type Verifier struct {
 	// a running log always ends with up to a checkpoint interval of them.
 	RequireCommitted bool
 	// Witnesses, if set, verify the cosignatures given to AddCosignature
-	// (C2SP tlog-cosignature keys, cosignature/v1): every log must then
-	// have a checkpoint a witness cosigned, with the root its events hash
-	// to.
-	Witnesses note.Verifiers
+	// (C2SP tlog-cosignature keys, cosignature/v1). Every witness named
+	// (a key's name; several keys of one name are one witness rotating
+	// keys) must then have cosigned a checkpoint of every log with the
+	// root its events hash to: each witness given is one whose word the
+	// auditor requires, as InclusionProof.Cosigners requires for a proof.
+	Witnesses []note.Verifier
 
 	p        fastjson.Parser
 	stripped []byte  // an event without IgnoreMembers
@@ -338,6 +341,16 @@ type OriginReport struct {
 	// NewestCheckpointFinal says the newest checkpoint is the one a
 	// sidecar writes as it stops.
 	NewestCheckpointFinal bool `json:"newest_checkpoint_final"`
+	// UnsignedFinal says the newest checkpoint's event claims it is final
+	// but its note does not sign the claim (a log written before notes
+	// carried it, or an edited copy), so it is taken as not final.
+	UnsignedFinal bool `json:"unsigned_final,omitempty"`
+	// SignedBy are the keys (name+hash) whose signature on a checkpoint of
+	// the log verified. A sidecar's key is named after its log, the NAME
+	// of the origin NAME/EPOCH (C2SP tlog-checkpoint: a key name SHOULD
+	// match the origin); any key given verifies any log, so a report
+	// whose key is named otherwise is worth a look (KeyNamedForOrigin).
+	SignedBy []string `json:"signed_by,omitempty"`
 	// With Verifier.Witnesses: how many of the log's checkpoints a
 	// witness cosigned (with the root the events hash to), the newest
 	// such size (-1: none), and the witnesses' key names.
@@ -489,7 +502,15 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 			}
 			stored = tree.Append(l.hash, stored[:0]) // not kept; reused so it does not allocate
 		}
-		ck, _, err := OpenCheckpoint([]byte(cp.rec.Note), v.Keys)
+		newest := i == len(o.checkpoints)-1
+		ck, n, err := OpenCheckpoint([]byte(cp.rec.Note), v.Keys)
+		if err == nil {
+			for _, sig := range n.Sigs {
+				if signer := fmt.Sprintf("%s+%08x", sig.Name, sig.Hash); !slices.Contains(r.SignedBy, signer) {
+					r.SignedBy = append(r.SignedBy, signer)
+				}
+			}
+		}
 		var unknown *note.UnverifiedNoteError
 		switch {
 		case errors.As(err, &unknown):
@@ -508,7 +529,16 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 			continue
 		case cp.rec.Size != ck.Size || cp.rec.Origin != ck.Origin:
 			problem("checkpoint at seq %d: its fields disagree with its signed note", cp.seq)
+		case ck.Final && !cp.final:
+			problem("checkpoint at seq %d: its signed note is final, its event says it is not", cp.seq)
+		case cp.final && !ck.Final && newest:
+			// A final member that the note does not sign is trusted only
+			// where a later checkpoint's root covers it (logs written
+			// before notes carried it); on the newest checkpoint anyone
+			// could have added it.
+			r.UnsignedFinal = true
 		}
+		cp.final = ck.Final || cp.final && !newest
 		if !treeOK {
 			problem("checkpoint at size %d: cannot check its root, events before it are missing", ck.Size)
 		} else if root := tree.Root(); root != ck.Root {
@@ -601,6 +631,16 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 	v.checkCosigned(o, roots, &r, problem)
 	r.OK = len(r.Problems) == 0
 	return r
+}
+
+// KeyNamedForOrigin reports whether a key of that name is named for the
+// log of origin: the whole origin, or its NAME before "/EPOCH".
+func KeyNamedForOrigin(keyName, origin string) bool {
+	if keyName == origin {
+		return true
+	}
+	i := strings.LastIndexByte(origin, '/')
+	return i > 0 && keyName == origin[:i]
 }
 
 func signerNames(n *note.Note) string {

@@ -257,7 +257,21 @@ func TestCheckpointNoteRoundTrip(t *testing.T) {
 	if !strings.HasPrefix(string(msg), "example.com/log\n42\nBwAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n\n— k ") {
 		t.Errorf("note text:\n%s", msg)
 	}
-	for _, bad := range []string{"", "o\n", "o\n-1\nAA==\n", "o\n01\n" + strings.Repeat("A", 44) + "\n", "o\n1\nnot base64\n", "\n1\n" + strings.Repeat("A", 43) + "=\n"} {
+	c.Final = true
+	msg, err = SignCheckpoint(c, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := OpenCheckpoint(msg, keys); err != nil || got != c || !strings.HasPrefix(string(msg), "example.com/log\n42\nBwAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\nfinal\n\n— k ") {
+		t.Fatalf("the final checkpoint's note:\n%s\nopened to %+v, %v", msg, got, err)
+	}
+	root := strings.Repeat("A", 43) + "=\n"
+	for ext, final := range map[string]bool{"other\n": false, "final\nother\n": true, "other\nfinal\n": true, "finally\n": false} {
+		if got, err := ParseCheckpoint("o\n1\n" + root + ext); err != nil || got.Final != final {
+			t.Errorf("ParseCheckpoint with extension lines %q = %+v, %v; want final %v", ext, got, err, final)
+		}
+	}
+	for _, bad := range []string{"o\n1\n" + root + "\n", "o\n1\n" + root + "final", "o\n1\n" + root + "final\n\n", "", "o\n", "o\n-1\nAA==\n", "o\n01\n" + strings.Repeat("A", 44) + "\n", "o\n1\nnot base64\n", "\n1\n" + strings.Repeat("A", 43) + "=\n"} {
 		if _, err := ParseCheckpoint(bad); err == nil {
 			t.Errorf("ParseCheckpoint(%q) succeeded", bad)
 		}
@@ -310,6 +324,7 @@ func FuzzParseCheckpoint(f *testing.F) {
 	f.Add("example.com/log\n42\nBwAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n")
 	f.Add("o\n0\n" + strings.Repeat("A", 43) + "=\nextension line\n")
 	f.Add("o\n-1\n\n")
+	f.Add("o\n7\n" + strings.Repeat("A", 43) + "=\nfinal\n")
 	f.Fuzz(func(t *testing.T, text string) {
 		c, err := ParseCheckpoint(text)
 		if err != nil {

@@ -10,12 +10,12 @@ import (
 	"github.com/auditproxy/auditproxy/gpu"
 )
 
-// GPUOptions configure StartGPU.
+// GPUOptions configure OpenGPU.
 type GPUOptions struct {
 	// Visible is the GPU selection as gpu.Open takes it (e.g. a --gpus
 	// flag); nil selects from the environment.
 	Visible []string
-	// Require makes StartGPU fail when the identity cannot be read, rather
+	// Require makes OpenGPU fail when the identity cannot be read, rather
 	// than go on without one.
 	Require bool
 	// Interval between re-reads of the identity. Default 1 min.
@@ -58,19 +58,23 @@ type GPU struct {
 	opts   GPUOptions
 	r      gpuReader // nil without an identity
 	cur    atomic.Pointer[string]
+	first  *gpu.Identity // read by OpenGPU
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
-// StartGPU reads the GPU identity, records gpu_identity, and re-reads it
-// every Interval until Close, recording gpu_changed when it changes; a
-// failed re-read is logged, and the last identity read stays current.
+// OpenGPU reads the GPU identity; Start records it and watches it.
 //
 // Where the identity cannot be read (no NVML: no driver, no GPU, a build
-// without cgo; or a selection naming no device) StartGPU fails with Require,
+// without cgo; or a selection naming no device) OpenGPU fails with Require,
 // and otherwise logs one warning and returns a GPU whose Current is nil, so
 // that events record "gpu": null.
-func StartGPU(opts GPUOptions) (*GPU, error) {
+//
+// Reading and recording are apart so that the sidecar records what started
+// (proxy_started, which names Current) before any event of the run: a run
+// is opened by proxy_started (auditlog's verifier relies on it after a
+// final checkpoint).
+func OpenGPU(opts GPUOptions) (*GPU, error) {
 	if opts.Interval <= 0 {
 		opts.Interval = time.Minute
 	}
@@ -95,14 +99,24 @@ func StartGPU(opts GPUOptions) (*GPU, error) {
 		opts.Logger.Warn("no GPU identity: events record \"gpu\": null", "err", err)
 		return g, nil
 	}
-	g.r = r
+	g.r, g.first = r, id
 	digest := id.Digest()
-	g.record(audit.TypeGPUIdentity, map[string]any{"digest": digest, "identity": id})
 	g.cur.Store(&digest)
+	return g, nil
+}
+
+// Start records gpu_identity, the identity OpenGPU read, and re-reads it
+// every Interval until Close, recording gpu_changed when it changes; a
+// failed re-read is logged, and the last identity read stays current.
+// Without an identity it does nothing.
+func (g *GPU) Start() {
+	if g == nil || g.r == nil || g.done != nil {
+		return
+	}
+	g.record(audit.TypeGPUIdentity, map[string]any{"digest": *g.cur.Load(), "identity": g.first})
 	ctx, cancel := context.WithCancel(context.Background())
 	g.cancel, g.done = cancel, make(chan struct{})
-	go g.watch(ctx, id)
-	return g, nil
+	go g.watch(ctx, g.first)
 }
 
 // Current returns the digest of the GPU identity last read; nil without
@@ -119,8 +133,10 @@ func (g *GPU) Close() error {
 	if g == nil || g.r == nil {
 		return nil
 	}
-	g.cancel()
-	<-g.done
+	if g.done != nil {
+		g.cancel()
+		<-g.done
+	}
 	return g.r.Close()
 }
 

@@ -94,8 +94,9 @@ func digestIn(ev map[string]any, side string) any {
 	return d["digest"]
 }
 
-// TestGPUFollowsTheIdentity: the identity read at start is recorded and
-// current; a re-read that finds another one records gpu_changed with both
+// TestGPUFollowsTheIdentity: the identity OpenGPU read is current at
+// once and recorded only by Start (the sidecar records proxy_started
+// between the two); a re-read that finds another one records gpu_changed with both
 // and makes it current; a failed re-read is logged and changes nothing; a
 // re-read of the same identity records nothing; Close stops the re-reads
 // and closes the reader.
@@ -104,7 +105,7 @@ func TestGPUFollowsTheIdentity(t *testing.T) {
 	fake := &fakeGPU{id: first}
 	var evs events
 	var logs testutil.LogBuffer
-	g, err := StartGPU(GPUOptions{Visible: []string{"0"}, Interval: 5 * time.Millisecond, Record: evs.record,
+	g, err := OpenGPU(GPUOptions{Visible: []string{"0"}, Interval: 5 * time.Millisecond, Record: evs.record,
 		Source: audit.Source{Host: "h"}, Logger: logs.Logger(),
 		open: func(visible []string) (gpuReader, error) {
 			if fmt.Sprint(visible) != "[0]" {
@@ -119,6 +120,10 @@ func TestGPUFollowsTheIdentity(t *testing.T) {
 	if cur := g.Current(); cur == nil || *cur != first.Digest() {
 		t.Fatalf("Current %v, want the first identity's digest", cur)
 	}
+	if got := evs.get(); len(got) != 0 {
+		t.Fatalf("OpenGPU recorded %v", got)
+	}
+	g.Start()
 	got := evs.get()
 	if len(got) != 1 || got[0]["type"] != audit.TypeGPUIdentity || digestIn(got[0], "") != first.Digest() {
 		t.Fatalf("at start recorded %v, want one gpu_identity", got)
@@ -167,7 +172,7 @@ func TestGPUFollowsTheIdentity(t *testing.T) {
 	}
 }
 
-// TestGPUWithoutIdentity: where the identity cannot be read, StartGPU
+// TestGPUWithoutIdentity: where the identity cannot be read, OpenGPU
 // logs a warning and events record "gpu": null (Current is nil), or, with
 // Require, fails with the reason; a reader that opened but could not read
 // is closed.
@@ -191,7 +196,7 @@ func TestGPUWithoutIdentity(t *testing.T) {
 				}
 				var evs events
 				var logs testutil.LogBuffer
-				g, err := StartGPU(GPUOptions{Require: require, Record: evs.record, Logger: logs.Logger(), open: open})
+				g, err := startGPU(GPUOptions{Require: require, Record: evs.record, Logger: logs.Logger(), open: open})
 				if !tc.openFails {
 					if _, closed := reader.state(); !closed {
 						t.Errorf("require=%v: the reader that could not read was left open", require)
@@ -228,17 +233,24 @@ func TestGPUWithoutIdentity(t *testing.T) {
 }
 
 // TestGPUWithoutNVML: the default reader is NVML's; on a machine without
-// it StartGPU goes on without an identity.
+// it OpenGPU goes on without an identity.
 func TestGPUWithoutNVML(t *testing.T) {
 	if _, err := exec.LookPath("nvidia-smi"); err == nil {
 		t.Skip("this machine has an NVIDIA driver")
 	}
-	g, err := StartGPU(GPUOptions{})
+	g, err := startGPU(GPUOptions{})
 	if err != nil || g.Current() != nil {
-		t.Fatalf("StartGPU without NVML: %v, %v", g.Current(), err)
+		t.Fatalf("OpenGPU without NVML: %v, %v", g.Current(), err)
 	}
 	g.Close()
-	if _, err := StartGPU(GPUOptions{Require: true}); !errors.Is(err, gpu.ErrUnavailable) {
-		t.Errorf("StartGPU with Require without NVML: %v, want ErrUnavailable", err)
+	if _, err := startGPU(GPUOptions{Require: true}); !errors.Is(err, gpu.ErrUnavailable) {
+		t.Errorf("OpenGPU with Require without NVML: %v, want ErrUnavailable", err)
 	}
+}
+
+// startGPU is OpenGPU, then Start.
+func startGPU(opts GPUOptions) (*GPU, error) {
+	g, err := OpenGPU(opts)
+	g.Start()
+	return g, err
 }

@@ -76,7 +76,7 @@ func TestAgainstOmniwitness(t *testing.T) {
 
 	// An auditor's verify checks the cosignatures against the events.
 	v := auditlog.NewVerifier(note.VerifierList(logV))
-	v.Witnesses = note.VerifierList(witnessKey)
+	v.Witnesses = []note.Verifier{witnessKey}
 	for _, l := range lg.lines {
 		v.Add(l)
 	}

@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -208,6 +209,9 @@ func TestServeProcess(t *testing.T) {
 	inferenceAt := -1
 	for i, typ := range eventTypes(t, out.Bytes()) {
 		if typ == "upstream_version" {
+			if !slices.Contains(types, audit.TypeProxyStarted) {
+				t.Errorf("upstream_version recorded before proxy_started: %v", types)
+			}
 			continue
 		}
 		if typ == audit.TypeInference {
@@ -217,6 +221,10 @@ func TestServeProcess(t *testing.T) {
 	}
 	if strings.Join(types, ",") != "log_started,proxy_started,inference,proxy_stopped,checkpoint" {
 		t.Errorf("exported event types %v", types)
+	}
+	lines := bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n"))
+	if last := lines[len(lines)-1]; !bytes.Contains(last, []byte(`"final":true`)) || !bytes.Contains(last, []byte(`=\nfinal\n\n—`)) {
+		t.Errorf("the checkpoint at shutdown is not final in its signed note: %s", last)
 	}
 	if !bytes.Contains(out.Bytes(), []byte(`"gpu":null`)) {
 		t.Error(`events lack "gpu":null without NVML`)
@@ -1251,6 +1259,12 @@ func TestServeWithOmniwitness(t *testing.T) {
 	if code := run([]string{"verify", "--pubkey", pub, "--witness-key", witnessKey, "--cosignatures", cosignatures, filepath.Join(dataDir, "spool")}, &out, &errOut); code != 0 ||
 		!regexp.MustCompile(`cosigned: [1-9]\d* checkpoints by omniwitness.test, the newest at size \d+`).Match(out.Bytes()) {
 		t.Fatalf("verify with the witness's cosignatures: %d\n%s%s", code, out.String(), errOut.String())
+	}
+	// The final checkpoint, whose note has the extension line "final", is
+	// cosigned too: the witness takes such a note.
+	newest := regexp.MustCompile(`newest: size (\d+) at \S+ \(final`).FindSubmatch(out.Bytes())
+	if newest == nil || !strings.Contains(out.String(), "the newest at size "+string(newest[1])+"\n") {
+		t.Errorf("the final checkpoint is not the newest cosigned:\n%s", out.String())
 	}
 	// The offline bundle: the event, its proof and the cosigned checkpoint
 	// in one C2SP tlog-proof a third party checks with the two keys.

@@ -2,12 +2,18 @@ package main
 
 import (
 	"bytes"
+	cryptorand "crypto/rand"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"filippo.io/age"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/auditlog"
 )
 
 // TestOneRequestIDMatcher: query, prove and show find the same events for a
@@ -90,9 +96,24 @@ func TestOneRequestIDMatcher(t *testing.T) {
 // TestTimeBoundsAcceptTheSameForms: verify's --until takes what query's
 // --since and --until take: RFC 3339 times and durations before now.
 func TestTimeBoundsAcceptTheSameForms(t *testing.T) {
-	fixture := filepath.Join("..", "..", "auditlog", "testdata", "release-376d1b2")
-	pub := filepath.Join(fixture, "signing.key.pub")
-	spoolDir := filepath.Join(fixture, "spool")
+	// A stopped log: an event, then the final checkpoint, at 08:07:53.
+	skey, vkey, err := note.GenerateKey(cryptorand.Reader, "stopped-node")
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, _ := note.NewSigner(skey)
+	at := time.Date(2026, 12, 5, 8, 7, 53, 0, time.UTC)
+	c, _ := auditlog.NewChain(auditlog.ChainState{Origin: "stopped-node/20261205T080000Z"})
+	log, _ := c.Append(nil, []byte(`{"v":1,"type":"inference","id":"e0","time":"2026-12-05T08:07:52Z"}`))
+	log = append(log, '\n')
+	log, err = c.AppendCheckpointEvent(log, signer, at, time.Hour, true, audit.Source{Host: "h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	pub, spoolDir := filepath.Join(dir, "signing.key.pub"), filepath.Join(dir, "events.ndjson")
+	os.WriteFile(pub, []byte(vkey+"\n"), 0o644)
+	os.WriteFile(spoolDir, append(log, '\n'), 0o644)
 	for _, tc := range []struct {
 		until string
 		ok    bool

@@ -707,13 +707,18 @@ func (inst *instance) startIdentity(reg prometheus.Registerer, undo *closers) er
 	if c.gpus != "" {
 		visible = strings.Split(c.gpus, ",")
 	}
-	g, err := identity.StartGPU(identity.GPUOptions{Visible: visible, Require: c.requireGPU, Interval: c.gpuRefresh,
+	g, err := identity.OpenGPU(identity.GPUOptions{Visible: visible, Require: c.requireGPU, Interval: c.gpuRefresh,
 		Record: inst.spool.Append, Source: inst.source, Logger: inst.log})
 	if err != nil {
 		return fmt.Errorf("--require-gpu: %w", err)
 	}
 	inst.gpu = g
 	undo.push(g.Close)
+	// proxy_started opens the run's events, before the identity's own.
+	inst.recordOps(audit.TypeProxyStarted, map[string]any{"version": buildVersion(), "config_digest": c.digest(),
+		"gpu": inst.gpu.Current(), "upstream": c.upstream, "listen": c.listen, "hash": c.hash, "durability": c.durability,
+		"forward": c.forward, "capture_payloads": c.capturePayloads})
+	g.Start()
 	dirs := map[string]string{}
 	for _, spec := range c.modelDirs {
 		name, dir, named := strings.Cut(spec, "=")
@@ -728,13 +733,7 @@ func (inst *instance) startIdentity(reg prometheus.Registerer, undo *closers) er
 		APIKey: inst.upstreamKey, UnauthorizedHint: unauthorizedHint(c.upstreamAPIKeyFile)})
 	inst.models = models
 	undo.push(func() error { models.Close(); return nil })
-	if err := models.Register(reg); err != nil {
-		return err
-	}
-	inst.recordOps(audit.TypeProxyStarted, map[string]any{"version": buildVersion(), "config_digest": c.digest(),
-		"gpu": inst.gpu.Current(), "upstream": c.upstream, "listen": c.listen, "hash": c.hash, "durability": c.durability,
-		"forward": c.forward, "capture_payloads": c.capturePayloads})
-	return nil
+	return models.Register(reg)
 }
 
 // gpuDigest is the digest of the current GPU identity, for events; nil

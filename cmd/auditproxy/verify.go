@@ -64,7 +64,7 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	var ignore ignoredMembers
 	fs.Var(&ignore, "ignore-member", ignoreMemberUsage)
 	var witnessKeys, cosignatureFiles stringList
-	fs.Var(&witnessKeys, "witness-key", "verifier key `file` (or key text) of a C2SP tlog-witness whose cosignatures to check (its cosignature/v1 or Ed25519 note verifier key); every log must then have a checkpoint it cosigned; repeat for several")
+	fs.Var(&witnessKeys, "witness-key", "verifier key `file` (or key text) of a C2SP tlog-witness whose cosignatures to check (its cosignature/v1 or Ed25519 note verifier key); every log must then have a checkpoint cosigned by each witness given (by key name); repeat for several")
 	fs.Var(&cosignatureFiles, "cosignatures", "`file` of cosigned checkpoints the sidecar's witness client kept (DATA-DIR/cosignatures.ndjson), checked with --witness-key; repeat for several")
 	requireCommitted := fs.Bool("require-committed", false, "fail on events no checkpoint commits to yet (the tail after each log's newest checkpoint); off, they are counted and pass, as every copy of a running log ends with up to a checkpoint interval of them")
 	until := fs.String("until", "", "`time` the logs should reach (e.g. when they were exported): an RFC 3339 time, or a duration before now (24h, 90m, 7d); an older newest checkpoint means a cut tail")
@@ -94,7 +94,7 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return usageError{"verify: " + err.Error()}
 		}
-		v.Witnesses = note.VerifierList(ws...)
+		v.Witnesses = ws
 	}
 	for _, name := range cosignatureFiles {
 		b, err := os.ReadFile(name)
@@ -160,10 +160,25 @@ func printReport(w io.Writer, r *auditlog.Report, noKeys bool) {
 		fmt.Fprintf(w, "  events: %d (seq 0..%d), duplicates: %d\n", o.Events, o.MaxSeq, o.Duplicates)
 		fmt.Fprintf(w, "  checkpoints: %d, verified: %d", o.Checkpoints, o.CheckpointsVerified)
 		if o.NewestCheckpoint >= 0 {
-			fmt.Fprintf(w, ", newest: size %d at %s\n", o.NewestCheckpoint, o.NewestCheckpointAt)
+			final := ""
+			if o.NewestCheckpointFinal {
+				final = " (final: the sidecar stopped there)"
+			}
+			fmt.Fprintf(w, ", newest: size %d at %s%s\n", o.NewestCheckpoint, o.NewestCheckpointAt, final)
+			if o.UnsignedFinal {
+				fmt.Fprintln(w, "  note: the newest checkpoint's event says final, its signed note does not: it is taken as not final (a log from before notes carried final, or an edited copy)")
+			}
 			fmt.Fprintf(w, "  complete: %d of the %d events the newest checkpoint commits to are present\n", o.Committed, o.NewestCheckpoint)
 		} else {
 			fmt.Fprintln(w)
+		}
+		if len(o.SignedBy) > 0 {
+			fmt.Fprintf(w, "  signed by: %s\n", strings.Join(o.SignedBy, ", "))
+			for _, k := range o.SignedBy {
+				if name, _, _ := strings.Cut(k, "+"); !auditlog.KeyNamedForOrigin(name, o.Origin) {
+					fmt.Fprintf(w, "  note: key %s is not named after this log (a sidecar's key is named after the NAME of its origin NAME/EPOCH); every --pubkey given verifies every log, so make sure it is this log's key\n", k)
+				}
+			}
 		}
 		if o.Uncommitted > 0 {
 			after := "no checkpoint verified, so"
