@@ -61,14 +61,20 @@ type Verifier struct {
 	cosignProblems map[string][]string   // by origin
 	canon          []byte
 	vals           []byte
-	sha            hash.Hash
-	origins        map[string]*originLog
-	originList     []*originLog // by index
-	ids            idTable
-	seed           maphash.Seed
-	unchained      int
-	invalid        int
-	firstBad       []string
+	// reencoded says the last event added was not in canonical form: the
+	// next is canonicalized without checking it first.
+	reencoded  bool
+	sha        hash.Hash
+	sum        []byte
+	hourText   [len("2006-01-02T15:")]byte
+	hourNanos  int64 // unix nanos of hourText's hour; 0: none yet
+	origins    map[string]*originLog
+	originList []*originLog // by index
+	ids        idTable
+	seed       maphash.Seed
+	unchained  int
+	invalid    int
+	firstBad   []string
 }
 
 // originLog is what a Verifier gathered about one origin.
@@ -79,16 +85,24 @@ type originLog struct {
 	duplicates  int
 	conflicts   []int64 // seqs claimed by two different events
 	checkpoints []cpRec
+	// prevs holds the prev link of an event added before the event it
+	// links to; in a log read in order it stays empty.
+	prevs map[int64]tlog.Hash
 }
 
+// A leafRec is kept for every event of a log, so it holds no prev link (a
+// third more memory, each page of it a fault in a fresh process): an
+// event's link is checked as it is added when the event before it is
+// there, and kept in originLog.prevs otherwise.
 type leafRec struct {
 	hash    tlog.Hash
-	prev    tlog.Hash
 	time    int64  // unix nanos
 	id      uint64 // maphash of the event id; 0 without one
 	present bool
 	noPrev  bool // prev was "" (seq 0, or a malformed event)
 	started bool // a proxy_started event: the sidecar (re)started
+	linked  bool // prev was compared with the event before's hash as it was added
+	badLink bool // ... and differed
 }
 
 type cpRec struct {
@@ -132,12 +146,14 @@ func (v *Verifier) add(event []byte) error {
 	var err error
 	var ends [len(verifiedMembers)]int
 	var canon []byte
-	canon, v.vals, err = jcs.AppendMembers(v.canon[:0], event, verifiedMembers[:], v.vals[:0], ends[:])
+	canon, v.vals, err = jcs.AppendMembers(v.canon[:0], event, verifiedMembers[:], v.vals[:0], ends[:], !v.reencoded)
 	if err != nil {
 		return fmt.Errorf("not JSON (%v)", err)
 	}
-	if len(event) == 0 || &canon[0] != &event[0] {
+	v.reencoded = false
+	if &canon[0] != &event[0] {
 		v.canon = canon // keep the grown scratch
+		v.reencoded = !bytes.Equal(canon, event)
 	}
 	leaf := v.leafHash(canon)
 	f, ok := fieldsFromMembers(v.vals, ends)
@@ -159,18 +175,17 @@ func (v *Verifier) add(event []byte) error {
 		return errors.New(`"log" seq is not a non-negative integer`)
 	}
 	var rec leafRec
+	var prev tlog.Hash
 	rec.present = true
 	if len(f.prev) == 0 {
 		rec.noPrev = true
 	} else if len(f.prev) != 2*tlog.HashSize {
 		return errors.New(`"log" prev is not a 64-digit hex hash`)
-	} else if _, err := hex.Decode(rec.prev[:], f.prev); err != nil {
+	} else if _, err := hex.Decode(prev[:], f.prev); err != nil {
 		return errors.New(`"log" prev is not a 64-digit hex hash`)
 	}
 	id, typ, origin := f.id, f.typ, f.origin
-	if t, err := audit.ParseTime(f.time); err == nil {
-		rec.time = t.UnixNano()
-	}
+	rec.time = v.eventTime(f.time)
 	var cp *cpRec
 	if typ == audit.TypeCheckpoint {
 		if f.cp == nil {
@@ -202,6 +217,16 @@ func (v *Verifier) add(event []byte) error {
 	if len(id) > 0 {
 		rec.id = maphash.Bytes(v.seed, id)
 		v.ids.add(rec.id)
+	}
+	if !rec.noPrev && seq > 0 {
+		if before := o.leaves.at(seq - 1); before != nil && before.present {
+			rec.linked, rec.badLink = true, prev != before.hash
+		} else {
+			if o.prevs == nil {
+				o.prevs = map[int64]tlog.Hash{}
+			}
+			o.prevs[seq] = prev
+		}
 	}
 	o.leaves.set(seq, rec)
 	if cp != nil {
@@ -241,6 +266,41 @@ func CheckIgnorable(name string) error {
 	return nil
 }
 
+// eventTime returns an event's time in unix nanoseconds, 0 when it is not
+// an RFC 3339 time. Events of one hour share the hour's start, kept in
+// hourText and hourNanos: the minutes, seconds and nanoseconds of the
+// sidecar's layout (audit's "2006-01-02T15:04:05.000000000Z") are added
+// to it without building a time.Time for every event.
+func (v *Verifier) eventTime(b []byte) int64 {
+	const hourLen = len("2006-01-02T15:")
+	if len(b) == len("2006-01-02T15:04:05.000000000Z") && v.hourNanos != 0 && string(b[:hourLen]) == string(v.hourText[:]) &&
+		b[16] == ':' && b[19] == '.' && b[29] == 'Z' {
+		n, ok := int64(0), true
+		digits := func(s []byte) int64 {
+			x := int64(0)
+			for _, c := range s {
+				ok = ok && c-'0' < 10
+				x = x*10 + int64(c-'0')
+			}
+			return x
+		}
+		mi, sec, ns := digits(b[14:16]), digits(b[17:19]), digits(b[20:29])
+		if ok && mi < 60 && sec < 60 {
+			n = v.hourNanos + (mi*60+sec)*int64(time.Second) + ns
+			return n
+		}
+	}
+	t, err := audit.ParseTime(b)
+	if err != nil {
+		return 0
+	}
+	if len(b) >= hourLen && t.Location() == time.UTC {
+		copy(v.hourText[:], b[:hourLen])
+		v.hourNanos = t.Truncate(time.Hour).UnixNano()
+	}
+	return t.UnixNano()
+}
+
 // leafPrefix starts an RFC 6962 leaf hash; a variable, as a literal passed
 // to Write would be allocated at every call.
 var leafPrefix = []byte{0x00}
@@ -253,9 +313,10 @@ func (v *Verifier) leafHash(canon []byte) tlog.Hash {
 	v.sha.Reset()
 	v.sha.Write(leafPrefix)
 	v.sha.Write(canon)
-	var h tlog.Hash
-	v.sha.Sum(h[:0])
-	return h
+	// Into a kept buffer: h passed to the interface's Sum would escape
+	// and be allocated for every event.
+	v.sum = v.sha.Sum(v.sum[:0])
+	return tlog.Hash(v.sum)
 }
 
 // The members of an event a Verifier reads, in the order fieldsFromMembers
@@ -410,8 +471,7 @@ func (v *Verifier) Report() *Report {
 func (v *Verifier) duplicateIDs() []string {
 	// Sort the hashes of the ids alone, which is fast; only if two are
 	// the same, look for their places.
-	ids := v.ids.all()
-	slices.Sort(ids)
+	ids := radixSort(v.ids.all())
 	dup := map[uint64]bool{}
 	for i := 1; i < len(ids); i++ {
 		if ids[i] == ids[i-1] {
@@ -480,7 +540,7 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 			problem("seq 0 has a prev link; a log starts with an empty prev")
 		case seq > 0 && l.noPrev:
 			problem("seq %d has no prev link", seq)
-		case seq > 0 && o.leaves.get(seq-1).present && l.prev != o.leaves.get(seq-1).hash:
+		case seq > 0 && (l.linked && l.badLink || !l.linked && o.leaves.get(seq-1).present && o.prevs[seq] != o.leaves.get(seq-1).hash):
 			problem("seq %d: prev does not match event %d (events reordered, modified or inserted)", seq, seq-1)
 		}
 		seq++

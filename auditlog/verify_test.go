@@ -3,7 +3,10 @@ package auditlog
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -193,6 +196,11 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		{"tail cut, events after the last checkpoint kept", [][][]byte{without(lg.lines, 43, 54)}, time.Time{}, lg.keys,
 			"events after the newest checkpoint (size 32)"},
 		{"events reordered", [][][]byte{swapped}, exported, lg.keys, "prev does not match"},
+		// Read newest first, each link is checked when the event it
+		// names arrives, not as its own event is added.
+		{"field modified, read in reverse", [][][]byte{reversed(replaced(lg.lines, 15, `"bytes":114`, `"bytes":115`))}, exported, lg.keys,
+			"seq 16: prev does not match event 15"},
+		{"events reordered, read in reverse", [][][]byte{reversed(swapped)}, exported, lg.keys, "prev does not match"},
 		{"event replayed from another origin", [][][]byte{lg.lines, other.lines[5:6]}, exported, lg.keys,
 			"seq 0..4 missing"},
 		{"one event id in two logs", [][][]byte{lg.lines, other.lines}, exported, lg.keys,
@@ -399,5 +407,54 @@ func TestVerifyAcceptsAReportedOutage(t *testing.T) {
 				t.Errorf("problems:\n%s", allProblems(r))
 			}
 		})
+	}
+}
+
+// reencode returns line with its members in another order and spaces after
+// the separators, as an aggregator that re-encodes events may return it.
+func reencode(t *testing.T, line []byte) []byte {
+	t.Helper()
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(line, &m); err != nil {
+		t.Fatal(err)
+	}
+	names := slices.Sorted(maps.Keys(m))
+	slices.Reverse(names)
+	var b bytes.Buffer
+	b.WriteString("{")
+	for i, n := range names {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%q: %s", n, m[n])
+	}
+	b.WriteString("}")
+	return b.Bytes()
+}
+
+// TestVerifyReencodedLines: events re-encoded by an aggregator verify as
+// the lines the log wrote, whether all of them are re-encoded or some (the
+// verifier skips its in-place check after a re-encoded line, and takes it
+// up again after a canonical one); a re-encoded event whose values were
+// changed does not.
+func TestVerifyReencodedLines(t *testing.T) {
+	lg := newTestLog(t, "auditproxy/reencoded/20261123T100000Z", 35)
+	all := make([][]byte, len(lg.lines))
+	mixed := make([][]byte, len(lg.lines))
+	for i, l := range lg.lines {
+		all[i] = reencode(t, l)
+		mixed[i] = l
+		if i%7 < 3 {
+			mixed[i] = all[i]
+		}
+	}
+	for name, lines := range map[string][][]byte{"all re-encoded": all, "some re-encoded": mixed} {
+		if r := verifyLines(lg.keys, time.Time{}, lines); !r.OK || r.Origins[0].CheckpointsVerified != 3 {
+			t.Errorf("%s: ok %v, %d checkpoints verified:\n%s", name, r.OK, r.Origins[0].CheckpointsVerified, allProblems(r))
+		}
+	}
+	changed := replaced(all, 15, `"bytes":114`, `"bytes":115`)
+	if r := verifyLines(lg.keys, time.Time{}, changed); r.OK || !strings.Contains(allProblems(r), "seq 16: prev does not match event 15") {
+		t.Errorf("a changed re-encoded event: ok %v:\n%s", r.OK, allProblems(r))
 	}
 }

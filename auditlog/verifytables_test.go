@@ -2,8 +2,12 @@ package auditlog
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/auditproxy/auditproxy/audit"
 )
 
 func TestLeafTable(t *testing.T) {
@@ -61,5 +65,60 @@ func TestVerifyAcrossTableChunks(t *testing.T) {
 	}
 	if r.OK || r.Origins[0].Events != int64(len(lg.lines)-2) {
 		t.Errorf("OK %v, %d events; want not OK, %d", r.OK, r.Origins[0].Events, len(lg.lines)-2)
+	}
+}
+
+// TestRadixSort: radixSort sorts as slices.Sort does, at the sizes either
+// way takes, with duplicates and values in every 16-bit digit.
+func TestRadixSort(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for _, n := range []int{0, 1, 100, 1<<12 - 1, 1 << 12, 100_000} {
+		a := make([]uint64, n)
+		for i := range a {
+			switch i % 3 {
+			case 0:
+				a[i] = r.Uint64()
+			case 1:
+				a[i] = r.Uint64() & 0xffff0000ffff0000
+			default:
+				a[i] = a[i/2] // duplicates
+			}
+		}
+		want := slices.Clone(a)
+		slices.Sort(want)
+		if got := radixSort(a); !slices.Equal(got, want) {
+			t.Errorf("n=%d: radixSort differs from slices.Sort", n)
+		}
+	}
+}
+
+// TestEventTime: the verifier's hour cache reads every time as
+// audit.ParseTime does, whatever came before it.
+func TestEventTime(t *testing.T) {
+	times := []string{
+		"2026-12-05T08:07:53.419429137Z",
+		"2026-12-05T08:59:59.999999999Z", // the same hour, from the cache
+		"2026-12-05T08:60:00.000000000Z", // no minute 60
+		"2026-12-05T08:07:5x.000000000Z",
+		"2026-12-05T08:07:53.41942913xZ",
+		"2026-12-05T08:07:53Z",
+		"2026-12-05T09:00:00.000000000Z",
+		"2026-12-05T08:07:53.419429137+01:00", // hour 08 of another zone
+		"2026-12-05T08:07:53.000000000Z",
+		"1970-01-01T00:00:00.000000001Z",
+		"2026-02-30T08:00:00.000000000Z",
+		"not a time",
+	}
+	v := NewVerifier(nil)
+	for range 2 {
+		for _, s := range times {
+			want := int64(0)
+			if tm, err := audit.ParseTime([]byte(s)); err == nil {
+				want = tm.UnixNano()
+			}
+			if got := v.eventTime([]byte(s)); got != want {
+				t.Errorf("eventTime(%q) = %d, want %d", s, got, want)
+			}
+		}
 	}
 }

@@ -93,7 +93,7 @@ func (k *jcsChecker) object(i, depth int) int {
 				return -1
 			}
 		}
-		if !first && string(prev) >= string(name) {
+		if !first && !before(prev, name) {
 			return -1
 		}
 		prev = name
@@ -128,6 +128,16 @@ func (k *jcsChecker) object(i, depth int) int {
 			return -1
 		}
 	}
+}
+
+// before reports whether name a sorts strictly before name b. Most names
+// of an object differ in their first byte, which decides without a call
+// to the runtime's comparison.
+func before(a, b []byte) bool {
+	if len(a) > 0 && len(b) > 0 && a[0] != b[0] {
+		return a[0] < b[0]
+	}
+	return string(a) < string(b)
 }
 
 func (k *jcsChecker) array(i, depth int) int {

@@ -101,19 +101,22 @@ func TestCanonicalMembers(t *testing.T) {
 		`{"type":"t", "log":{"seq":1}, "id":"a"}`, // not: canonicalized
 		`{"type":"t","log":{"seq":1.0},"id":"a"}`, // not: the value is canonicalized
 	} {
-		var ends [4]int
-		canon, vals, err := AppendMembers(nil, []byte(in), names, nil, ends[:])
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(canon) != `{"id":"a","log":{"seq":1},"type":"t"}` {
-			t.Errorf("%s: canonical %s", in, canon)
-		}
-		if got := string(vals); got != `"a""t"{"seq":1}` || ends != [4]int{3, 6, 15, 15} {
-			t.Errorf("%s: values %q ends %v", in, got, ends)
+		// Checked in place first or not, the same answer.
+		for _, likely := range []bool{true, false} {
+			var ends [4]int
+			canon, vals, err := AppendMembers(nil, []byte(in), names, nil, ends[:], likely)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(canon) != `{"id":"a","log":{"seq":1},"type":"t"}` {
+				t.Errorf("%s (likely canonical %v): canonical %s", in, likely, canon)
+			}
+			if got := string(vals); got != `"a""t"{"seq":1}` || ends != [4]int{3, 6, 15, 15} {
+				t.Errorf("%s (likely canonical %v): values %q ends %v", in, likely, got, ends)
+			}
 		}
 	}
-	if _, _, err := AppendMembers(nil, []byte(`{"a":1,"a":2}`), names, nil, make([]int, 4)); err == nil {
+	if _, _, err := AppendMembers(nil, []byte(`{"a":1,"a":2}`), names, nil, make([]int, 4), true); err == nil {
 		t.Error("duplicate key accepted")
 	}
 }

@@ -92,7 +92,13 @@ func Append(dst []byte, p *fastjson.Parser, js []byte) ([]byte, error) {
 // is not an object). The values have canonical tokens, but the members of an
 // object among them may be in the order of js. It spares a caller that reads
 // a few members a second pass over the canonical form.
-func AppendMembers(dst, js []byte, names []string, vals []byte, ends []int) (canon, _ []byte, _ error) {
+//
+// Unless likelyCanonical, js is canonicalized without first being checked in
+// place: a caller that saw its last text was not canonical (an aggregator
+// re-encodes every event alike) spares the check a pass over the whole text
+// that would fail at its last member. A canonical js then comes back as a
+// copy, equal to it.
+func AppendMembers(dst, js []byte, names []string, vals []byte, ends []int, likelyCanonical bool) (canon, _ []byte, _ error) {
 	var spans [8][2]int32
 	if len(names) > len(spans) {
 		panic("jcs: AppendMembers: too many names")
@@ -100,7 +106,7 @@ func AppendMembers(dst, js []byte, names []string, vals []byte, ends []int) (can
 	for i := range names {
 		spans[i] = [2]int32{-1, -1}
 	}
-	if jcsIsCanonical(js, names, spans[:len(names)]) {
+	if likelyCanonical && jcsIsCanonical(js, names, spans[:len(names)]) {
 		for i, sp := range spans[:len(names)] {
 			if sp[0] >= 0 {
 				vals = append(vals, js[sp[0]:sp[1]]...)
