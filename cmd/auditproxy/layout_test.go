@@ -88,6 +88,7 @@ func TestImportsFollowTheDataPath(t *testing.T) {
 		{"query", []string{"spool", "forward", "proxy", "auditlog", "eventsrc", "cmd", "bench"}},
 		{"eventsrc", []string{"forward", "proxy", "identity", "query", "cmd", "bench"}},
 		{"identity", []string{"spool", "forward", "proxy", "auditlog", "cmd", "bench"}},
+		{"change", []string{"spool", "forward", "proxy", "auditlog", "identity", "query", "eventsrc", "cmd", "bench"}},
 		{"hashing", []string{"audit", "spool", "forward", "proxy", "auditlog", "identity", "cmd", "bench"}},
 		{"gpu", []string{""}},
 		{"payload", []string{""}},

@@ -26,6 +26,7 @@ import (
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/auditlog/witness"
+	"github.com/auditproxy/auditproxy/change"
 	"github.com/auditproxy/auditproxy/forward"
 	"github.com/auditproxy/auditproxy/hashing"
 	"github.com/auditproxy/auditproxy/identity"
@@ -72,6 +73,9 @@ type serveConfig struct {
 	checkpointURL       string
 	witnessURL          string
 	capturePayloads     bool
+	allowedSigners      string
+	requireSigned       bool
+	approvalRequired    string
 	payloadRecipients   stringList
 	captureMaxBytes     byteSize
 	gpus                string
@@ -125,6 +129,9 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.StringVar(&c.checkpointDir, "checkpoint-dir", "", "`directory` (another volume) that keeps a second copy of every checkpoint, apart from the spool and the aggregator")
 	fs.StringVar(&c.witnessURL, "witness-url", "", "C2SP tlog-witness `URL` to submit each checkpoint to (with a consistency proof); cosignatures are kept in DATA-DIR/cosignatures.ndjson")
 	fs.StringVar(&c.checkpointURL, "checkpoint-url", "", "`URL` that receives a copy of every checkpoint event by HTTP POST (JSON), apart from the spool and the aggregator")
+	fs.StringVar(&c.allowedSigners, "allowed-signers", "", "OpenSSH allowed-signers `file` (principals [options] key, as git's gpg.ssh.allowedSignersFile): who may sign change records submitted to the annotations API (auditproxy annotate submit)")
+	fs.BoolVar(&c.requireSigned, "require-signed-annotations", false, "refuse unsigned annotations: only change records signed by their actor (and approver) under --allowed-signers are recorded")
+	fs.StringVar(&c.approvalRequired, "approval-required", "", "comma-separated change `types` (e.g. model_rollout,gpu_tier_change) whose records must be signed by an approver other than the actor too (the two-person rule)")
 	fs.BoolVar(&c.capturePayloads, "capture-payloads", false, "encrypt each request's bodies into its event, to the --payload-recipient keys (auditproxy show decrypts them)")
 	fs.Var(&c.payloadRecipients, "payload-recipient", "age public `key` (age1...) the captured bodies are encrypted to; repeat for several; the sidecar holds no key that decrypts them")
 	c.captureMaxBytes = 1 << 20
@@ -175,10 +182,12 @@ type instance struct {
 	// own requests to vLLM; kept out of cfg, whose values are logged and
 	// digested.
 	upstreamKey string
-	ln          net.Listener
-	admin       *http.Server
-	adminLn     net.Listener
-	serveErr    chan error
+	// changes is how the annotations API checks signed change records.
+	changes  change.HandlerOptions
+	ln       net.Listener
+	admin    *http.Server
+	adminLn  net.Listener
+	serveErr chan error
 }
 
 // settings are what checkFlags makes of the flags for the later steps.
@@ -320,7 +329,39 @@ func (inst *instance) checkFlags(stderr io.Writer) (settings, error) {
 			return s, err
 		}
 	}
+	if err := inst.checkChangeFlags(); err != nil {
+		return s, err
+	}
 	return s, nil
+}
+
+// checkChangeFlags reads --allowed-signers and the policy on change
+// records.
+func (inst *instance) checkChangeFlags() error {
+	c := inst.cfg
+	o := &inst.changes
+	o.RequireSigned = c.requireSigned
+	for _, t := range strings.Split(c.approvalRequired, ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			o.Policy.ApprovalRequired = append(o.Policy.ApprovalRequired, t)
+		}
+	}
+	switch {
+	case c.allowedSigners == "" && (c.requireSigned || len(o.Policy.ApprovalRequired) > 0):
+		return usageError{"--require-signed-annotations and --approval-required need --allowed-signers, the file of who may sign"}
+	case c.allowedSigners != "" && c.adminListen == "":
+		return usageError{"--allowed-signers without --admin-listen, where annotations are submitted"}
+	case c.allowedSigners == "":
+		return nil
+	}
+	b, err := os.ReadFile(c.allowedSigners)
+	if err != nil {
+		return usageError{"--allowed-signers: " + err.Error()}
+	}
+	if o.Allowed, err = change.ParseAllowedSigners(c.allowedSigners, b); err != nil {
+		return usageError{"--allowed-signers: " + err.Error()}
+	}
+	return nil
 }
 
 // listen binds the client listener and the admin one.
@@ -532,7 +573,9 @@ func (inst *instance) startAdmin(reg prometheus.Gatherer, undo *closers) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/", inst.proxy.AdminHandler(reg, adminOpts))
-	mux.Handle(identity.AnnotationPath, identity.AnnotationHandler(token, inst.spool.Append, inst.source))
+	changes := inst.changes
+	changes.Token, changes.Record, changes.Source = token, inst.spool.Append, inst.source
+	mux.Handle(change.AnnotationPath, change.Handler(changes))
 	inst.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	undo.push(inst.admin.Close)
 	go func() {

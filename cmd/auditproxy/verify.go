@@ -16,6 +16,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/auditproxy/auditproxy/auditlog"
+	"github.com/auditproxy/auditproxy/change"
 	"github.com/auditproxy/auditproxy/eventsrc"
 	"github.com/auditproxy/auditproxy/query"
 )
@@ -67,6 +68,8 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	fs.Var(&witnessKeys, "witness-key", "verifier key `file` (or key text) of a C2SP tlog-witness whose cosignatures to check (its cosignature/v1 or Ed25519 note verifier key); every log must then have a checkpoint cosigned by each witness given (by key name); repeat for several")
 	fs.Var(&cosignatureFiles, "cosignatures", "`file` of cosigned checkpoints the sidecar's witness client kept (DATA-DIR/cosignatures.ndjson), checked with --witness-key; repeat for several")
 	requireCommitted := fs.Bool("require-committed", false, "fail on events no checkpoint commits to yet (the tail after each log's newest checkpoint); off, they are counted and pass, as every copy of a running log ends with up to a checkpoint interval of them")
+	allowedSigners := fs.String("allowed-signers", "", "OpenSSH allowed-signers `file`: check the signatures of the change records in annotation events again (signed by their actor, and approver, as the sidecar checked them)")
+	approvalRequired := fs.String("approval-required", "", "comma-separated change `types` whose records must have an approver other than the actor (besides those the sidecar's policy marked)")
 	until := fs.String("until", "", "`time` the logs should reach (e.g. when they were exported): an RFC 3339 time, or a duration before now (24h, 90m, 7d); an older newest checkpoint means a cut tail")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -115,13 +118,44 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	v.Until = untilTime
 	v.IgnoreMembers = ignore
 	v.RequireCommitted = *requireCommitted
+	var changes *change.Auditor
+	if *allowedSigners != "" {
+		b, err := os.ReadFile(*allowedSigners)
+		if err != nil {
+			return usageError{"verify: --allowed-signers: " + err.Error()}
+		}
+		changes = &change.Auditor{}
+		if changes.Allowed, err = change.ParseAllowedSigners(*allowedSigners, b); err != nil {
+			return usageError{"verify: --allowed-signers: " + err.Error()}
+		}
+		for _, t := range strings.Split(*approvalRequired, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				changes.Policy.ApprovalRequired = append(changes.Policy.ApprovalRequired, t)
+			}
+		}
+	} else if *approvalRequired != "" {
+		return usageError{"verify: --approval-required needs --allowed-signers"}
+	}
+	add := v.Add
+	if changes != nil {
+		add = func(line []byte) {
+			v.Add(line)
+			changes.Add(line)
+		}
+	}
 	var damaged eventsrc.DamageError
 	for _, path := range fs.Args() {
-		if err := damaged.Collect(eventsrc.Read(path, v.Add)); err != nil {
+		if err := damaged.Collect(eventsrc.Read(path, add)); err != nil {
 			return fmt.Errorf("verify: %w", err)
 		}
 	}
 	r := v.Report()
+	var changeReport *change.AuditReport
+	if changes != nil {
+		cr := changes.Report()
+		changeReport = &cr
+		r.OK = r.OK && len(cr.Problems) == 0
+	}
 	for _, d := range damaged.Files {
 		// Every intact event of the file was verified; those in the
 		// damaged ranges show above as missing seqs.
@@ -131,11 +165,14 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(r); err != nil {
+		if err := enc.Encode(struct {
+			*auditlog.Report
+			Changes *change.AuditReport `json:"change_records,omitempty"`
+		}{r, changeReport}); err != nil {
 			return err
 		}
 	} else {
-		printReport(stdout, r, len(pubkeys) == 0)
+		printReport(stdout, r, len(pubkeys) == 0, changeReport)
 	}
 	if !r.OK {
 		return errVerifyFailed
@@ -150,7 +187,7 @@ type silentError struct{ msg string }
 
 func (e silentError) Error() string { return e.msg }
 
-func printReport(w io.Writer, r *auditlog.Report, noKeys bool) {
+func printReport(w io.Writer, r *auditlog.Report, noKeys bool, changes *change.AuditReport) {
 	for _, o := range r.Origins {
 		status := "OK"
 		if !o.OK {
@@ -208,6 +245,12 @@ func printReport(w io.Writer, r *auditlog.Report, noKeys bool) {
 			seen = append(seen, fmt.Sprintf("%s in %d events", name, r.Ignored[name]))
 		}
 		fmt.Fprintf(w, "ignored: members dropped before hashing as an aggregator's (--ignore-member): %s\n", strings.Join(seen, ", "))
+	}
+	if changes != nil {
+		fmt.Fprintf(w, "change records: %d signed, their signatures checked with --allowed-signers; %d unsigned annotations (only the admin token vouches for them)\n", changes.Signed, changes.Unsigned)
+		for _, p := range changes.Problems {
+			fmt.Fprintf(w, "problem: %s\n", p)
+		}
 	}
 	if noKeys {
 		fmt.Fprintln(w, "note: no --pubkey given, so no checkpoint signature could be verified")
