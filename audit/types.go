@@ -51,8 +51,15 @@ const (
 	TypeModelIdentityRestored    = "model_identity_restored"
 
 	// TypeAnnotation is what an operator records about an external change
-	// (a rollout, a GPU tier change, an incident action).
+	// (a rollout, a GPU tier change, an incident action): a change record
+	// signed by its actor and approver, or an unsigned annotation
+	// (package change).
 	TypeAnnotation = "annotation"
+	// TypeChangeOutcome: the requests of a window before and a window
+	// after a change (model_changed, gpu_changed, an annotation) as the
+	// sidecar recorded them: counts, error rate, latency and TTFT
+	// percentiles (package change).
+	TypeChangeOutcome = "change_outcome"
 )
 
 // Members are the top-level member names of the events of every type, the

@@ -53,8 +53,8 @@ const (
 
 // Modes and outcomes a record may name.
 var (
-	Modes    = []string{"planned", "emergency"}
-	Outcomes = []string{"applied", "failed", "rolled_back"}
+	ModeValues    = []string{"planned", "emergency"}
+	OutcomeValues = []string{"applied", "failed", "rolled_back"}
 )
 
 // Validate says what is missing, too long or not one of the values
@@ -78,12 +78,12 @@ func (r *Record) Validate() error {
 	if _, err := time.Parse(time.RFC3339, r.Created); err != nil {
 		return fmt.Errorf("change record: created %q is not an RFC 3339 time", r.Created)
 	}
-	if r.Mode != "" && !oneOf(r.Mode, Modes) {
-		return fmt.Errorf("change record: mode %q: want %s", r.Mode, strings.Join(Modes, " or "))
+	if r.Mode != "" && !oneOf(r.Mode, ModeValues) {
+		return fmt.Errorf("change record: mode %q: want %s", r.Mode, strings.Join(ModeValues, " or "))
 	}
 	switch {
-	case r.Outcome != "" && !oneOf(r.Outcome, Outcomes):
-		return fmt.Errorf("change record: outcome %q: want %s", r.Outcome, strings.Join(Outcomes, ", "))
+	case r.Outcome != "" && !oneOf(r.Outcome, OutcomeValues):
+		return fmt.Errorf("change record: outcome %q: want %s", r.Outcome, strings.Join(OutcomeValues, ", "))
 	case r.Outcome != "" && r.Follows == "":
 		return errors.New("change record: an outcome needs follows, the event id of the change it follows")
 	case r.Follows != "" && r.Outcome == "":

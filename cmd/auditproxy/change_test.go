@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -27,7 +28,8 @@ func TestSignedChangeRecordsThroughServe(t *testing.T) {
 	_, upstream := startFake(t, fakevllm.Config{})
 	dataDir := t.TempDir()
 	p := startServe(t, upstream, nil, "--data-dir", dataDir, "--log-level", "warn",
-		"--allowed-signers", allowed, "--require-signed-annotations", "--approval-required", "model_rollout,gpu_tier_change")
+		"--allowed-signers", allowed, "--require-signed-annotations", "--approval-required", "model_rollout,gpu_tier_change",
+		"--change-outcome-window", "1s")
 	admin := []string{"--admin", "http://" + p.admin, "--token-file", filepath.Join(dataDir, "admin.token")}
 
 	prepare := func(name string, args ...string) string {
@@ -103,8 +105,13 @@ func TestSignedChangeRecordsThroughServe(t *testing.T) {
 	// Offline: the recorded record checks again; an edited copy does not.
 	var exported bytes.Buffer
 	run([]string{"export", "--data-dir", dataDir}, &exported, io.Discard)
-	if n := bytes.Count(exported.Bytes(), []byte(`"type":"annotation"`)); n != 1 {
+	if n := bytes.Count(exported.Bytes(), []byte(`"type":"annotation","v":1}`)); n != 1 {
 		t.Fatalf("%d annotation events, want the one accepted:\n%s", n, exported.String())
+	}
+	// Its outcome follows it: the requests of a second before and after.
+	annotationID := regexp.MustCompile(`"id":"([^"]+)","log":\{[^\n]*"type":"annotation","v":1\}`).FindSubmatch(exported.Bytes())
+	if annotationID == nil || !regexp.MustCompile(`"details":\{"after":\{[^\n]*"change":\{"id":"`+string(annotationID[1])+`","time":"[^"]+","type":"annotation"\}[^\n]*"type":"change_outcome"`).Match(exported.Bytes()) {
+		t.Errorf("no change_outcome event for the annotation:\n%s", exported.String())
 	}
 	pub := filepath.Join(dataDir, "signing.key.pub")
 	events := filepath.Join(dir, "events.ndjson")

@@ -1113,7 +1113,7 @@ func TestAnnotateRecordsAnOperatorsChange(t *testing.T) {
 	}
 	var exported bytes.Buffer
 	run([]string{"export", "--data-dir", dataDir}, &exported, io.Discard)
-	if n := bytes.Count(exported.Bytes(), []byte(`"type":"annotation"`)); n != 1 ||
+	if n := bytes.Count(exported.Bytes(), []byte(`"type":"annotation","v":1}`)); n != 1 ||
 		!bytes.Contains(exported.Bytes(), []byte(`"details":{"actor":"alice","approver":"bob","justification":"quarterly model refresh","ticket":"CHG-1234","type":"model_rollout"}`)) {
 		t.Errorf("%d annotation events:\n%s", n, exported.String())
 	}

@@ -76,6 +76,7 @@ type serveConfig struct {
 	allowedSigners      string
 	requireSigned       bool
 	approvalRequired    string
+	changeOutcomeWindow time.Duration
 	payloadRecipients   stringList
 	captureMaxBytes     byteSize
 	gpus                string
@@ -132,6 +133,7 @@ func (c *serveConfig) register(fs *flag.FlagSet, listenDefault string) {
 	fs.StringVar(&c.allowedSigners, "allowed-signers", "", "OpenSSH allowed-signers `file` (principals [options] key, as git's gpg.ssh.allowedSignersFile): who may sign change records submitted to the annotations API (auditproxy annotate submit)")
 	fs.BoolVar(&c.requireSigned, "require-signed-annotations", false, "refuse unsigned annotations: only change records signed by their actor (and approver) under --allowed-signers are recorded")
 	fs.StringVar(&c.approvalRequired, "approval-required", "", "comma-separated change `types` (e.g. model_rollout,gpu_tier_change) whose records must be signed by an approver other than the actor too (the two-person rule)")
+	fs.DurationVar(&c.changeOutcomeWindow, "change-outcome-window", 10*time.Minute, "after each change (model_changed, gpu_changed, an annotation), record a change_outcome event comparing the requests of this `duration` before and after it: counts, error rate, latency and TTFT p50/p99; 0 disables")
 	fs.BoolVar(&c.capturePayloads, "capture-payloads", false, "encrypt each request's bodies into its event, to the --payload-recipient keys (auditproxy show decrypts them)")
 	fs.Var(&c.payloadRecipients, "payload-recipient", "age public `key` (age1...) the captured bodies are encrypted to; repeat for several; the sidecar holds no key that decrypts them")
 	c.captureMaxBytes = 1 << 20
@@ -183,7 +185,10 @@ type instance struct {
 	// digested.
 	upstreamKey string
 	// changes is how the annotations API checks signed change records.
-	changes  change.HandlerOptions
+	changes change.HandlerOptions
+	// outcomes follows requests around changes; nil with
+	// --change-outcome-window 0.
+	outcomes *change.Outcomes
 	ln       net.Listener
 	admin    *http.Server
 	adminLn  net.Listener
@@ -232,6 +237,11 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if err := inst.openLog(s, signer, reg, &undo); err != nil {
 		return nil, err
+	}
+	if c.changeOutcomeWindow > 0 {
+		inst.outcomes = change.StartOutcomes(change.OutcomesOptions{Window: c.changeOutcomeWindow,
+			Record: inst.appendChange, Source: inst.source, Logger: inst.log})
+		undo.push(func() error { inst.outcomes.Close(); return nil })
 	}
 	if err := inst.buildProxy(s, keyIDer, reg, tee); err != nil {
 		return nil, err
@@ -528,7 +538,12 @@ func (inst *instance) buildProxy(s settings, keyIDer *hashing.KeyIDer, reg prome
 		return err
 	}
 	var rec audit.Recorder = inst.spool
-	if tee != nil {
+	switch {
+	case inst.outcomes != nil && tee != nil:
+		rec = teeRecorder{spool: inst.spool, tee: func(ev *audit.Event) { inst.outcomes.Observe(ev); tee(ev) }}
+	case inst.outcomes != nil:
+		rec = teeRecorder{spool: inst.spool, tee: inst.outcomes.Observe}
+	case tee != nil:
 		rec = teeRecorder{spool: inst.spool, tee: tee}
 	}
 	var err error
@@ -574,7 +589,7 @@ func (inst *instance) startAdmin(reg prometheus.Gatherer, undo *closers) error {
 	mux := http.NewServeMux()
 	mux.Handle("/", inst.proxy.AdminHandler(reg, adminOpts))
 	changes := inst.changes
-	changes.Token, changes.Record, changes.Source = token, inst.spool.Append, inst.source
+	changes.Token, changes.Record, changes.Source = token, inst.appendChange, inst.source
 	mux.Handle(change.AnnotationPath, change.Handler(changes))
 	inst.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	undo.push(inst.admin.Close)
@@ -647,6 +662,9 @@ func (inst *instance) shutdown() error {
 	if inst.models != nil {
 		inst.models.Close()
 	}
+	if inst.outcomes != nil {
+		inst.outcomes.Close() // the changes still in their window, cut short
+	}
 	inst.recordOps(audit.TypeProxyStopped, map[string]any{"reason": reason, "events_recorded": inst.spool.Recorded()})
 	if inst.admin != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -699,6 +717,16 @@ func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	}
 	return nil, usageError{fmt.Sprintf("--log-format %q: want json or text", format)}
+}
+
+// appendChange records an event of the identity pollers or the annotations
+// API, and shows it to the change outcomes: some are changes.
+func (inst *instance) appendChange(ev []byte) error {
+	err := inst.spool.Append(ev)
+	if err == nil && inst.outcomes != nil {
+		inst.outcomes.Noticed(ev)
+	}
+	return err
 }
 
 // teeRecorder records to the spool, then shows the event to tee.
@@ -772,7 +800,7 @@ func (inst *instance) startIdentity(reg prometheus.Registerer, undo *closers) er
 	}
 	models := identity.StartModels(identity.ModelsOptions{Upstream: c.upstream, Dirs: dirs,
 		CacheFile: filepath.Join(c.dataDir, "manifest-cache.json"), Interval: c.modelPoll,
-		Record: inst.spool.Append, Source: inst.source, Logger: inst.log,
+		Record: inst.appendChange, Source: inst.source, Logger: inst.log,
 		APIKey: inst.upstreamKey, UnauthorizedHint: unauthorizedHint(c.upstreamAPIKeyFile)})
 	inst.models = models
 	undo.push(func() error { models.Close(); return nil })
