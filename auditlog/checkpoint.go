@@ -33,10 +33,10 @@ import (
 // extension lines because monitors cannot audit them; this one is there
 // because the claim must be signed with the tree it closes. Outside the
 // note (a member of the checkpoint event), nothing would sign it for the
-// newest checkpoint: a copy rolled back to any checkpoint could claim to
-// end at a stop, and one with events appended after a stop could drop the
-// claim. Witnesses cosign the whole note (cosignature/v1) but vouch only
-// for its first three lines.
+// newest checkpoint: a copy rolled back to any checkpoint could claim a
+// stop there (and the downtime after it), and one with events appended
+// after a stop could drop the claim. Witnesses cosign the whole note
+// (cosignature/v1) but vouch only for its first three lines.
 type Checkpoint struct {
 	Origin string
 	Size   int64

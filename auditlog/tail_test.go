@@ -106,6 +106,17 @@ func TestVerifyUncommittedTail(t *testing.T) {
 		restarted = append(restarted, line)
 	}
 
+	// A log of the release before notes carried final (the event's member
+	// alone says so), restarted three hours later, no checkpoint since:
+	// the downtime is no missing checkpoint.
+	cl, legacy := rechained(t, origin, closed, len(closed)-1, setFinal(true))
+	line, _ = cl.Append(nil, proxyStartedJSON(end.Add(3*time.Hour)))
+	legacy = append(legacy, line)
+	for i := range 3 {
+		line, _ := cl.Append(nil, inferenceJSON(4000+i, end.Add(3*time.Hour+time.Second)))
+		legacy = append(legacy, line)
+	}
+
 	// The events appended after the stop, with the final checkpoint's
 	// "final" member removed (its note still says final) and the chain
 	// recomputed after it.
@@ -136,6 +147,7 @@ func TestVerifyUncommittedTail(t *testing.T) {
 		{"the same, its signed note named", unfinal, false,
 			"checkpoint at seq 27: its signed note is final, its event says it is not", 3, 28, 30, true},
 		{"restarted after the final checkpoint, not yet checkpointed", restarted, false, "", 4, 28, 31, true},
+		{"restarted after an unsigned final of the release before", legacy, false, "", 4, 33, 36, false},
 		{"the same, --require-committed", restarted, true, "4 events after the newest checkpoint (size 27), seq 28..31, are not committed", 4, 28, 31, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -166,6 +178,19 @@ func TestVerifyUncommittedTail(t *testing.T) {
 // kept elsewhere, or, without them, by the time the copy should reach.
 func TestVerifyRollback(t *testing.T) {
 	lg := newTestLog(t, "auditproxy/rollback/20261123T100000Z", 55)
+	// A sidecar that stopped (a final checkpoint), then ran an hour more
+	// after a restart; the copy holds only the first run.
+	var stopped struct {
+		lines [][]byte
+		until time.Time
+	}
+	{
+		c, _ := NewChain(ChainState{Origin: "auditproxy/rollback/20261123T100000Z"})
+		var end time.Time
+		stopped.lines, _, end = buildLog(t, c, lg.signer, t0, 0, 25, true)
+		c.Append(nil, proxyStartedJSON(end.Add(time.Minute)))
+		_, _, stopped.until = buildLog(t, c, lg.signer, end.Add(time.Minute), 100, 3600, false)
+	}
 	rolledBack := lg.lines[:33] // up to the checkpoint at size 32
 	for _, tc := range []struct {
 		name  string
@@ -175,6 +200,8 @@ func TestVerifyRollback(t *testing.T) {
 	}{
 		{"with the checkpoint directory", [][][]byte{rolledBack, lg.cps}, time.Time{}, "checkpoint at size 43: cannot check its root, events before it are missing"},
 		{"without it, given when the copy was made", [][][]byte{rolledBack}, lg.end.Add(time.Second), "the newest checkpoint (size 32) is from 2026-11-23T10:00:29Z"},
+		// A copy cut back to a real stop: the log went on after a restart.
+		{"cut back to an earlier stop", [][][]byte{stopped.lines}, stopped.until, "(a stop: if the sidecar did not run after it"},
 		// Claiming the sidecar stopped there does not excuse the missing
 		// tail: the claim is not in the checkpoint's signed note.
 		{"the same, its newest checkpoint made final", [][][]byte{replaced(rolledBack, 32, `"interval_ms":`, `"final":true,"interval_ms":`)},

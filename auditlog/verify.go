@@ -10,6 +10,7 @@ import (
 	"hash/maphash"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -294,7 +295,9 @@ func (v *Verifier) eventTime(b []byte) int64 {
 	if err != nil {
 		return 0
 	}
-	if len(b) >= hourLen && t.Location() == time.UTC {
+	// Only a time in the sidecar's layout gives the cache its hour: the
+	// hour of another RFC 3339 form (one digit, an offset) is elsewhere.
+	if len(b) == len("2006-01-02T15:04:05.000000000Z") && b[4] == '-' && b[7] == '-' && b[10] == 'T' && b[13] == ':' && t.Location() == time.UTC {
 		copy(v.hourText[:], b[:hourLen])
 		v.hourNanos = t.Truncate(time.Hour).UnixNano()
 	}
@@ -636,6 +639,7 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 		r.NewestCheckpointFinal = prevCP.final
 	}
 	var restarted bool
+	var restartAt, newestBefore, newest int64 // the latest restart in the tail; the newest event before it, and of all
 	for seq := tailFrom; seq < o.leaves.len(); seq++ {
 		if l := o.leaves.get(seq); l.present {
 			if r.Uncommitted == 0 {
@@ -643,7 +647,10 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 			}
 			r.Uncommitted++
 			r.UncommittedTo = seq
-			restarted = restarted || l.started
+			if l.started {
+				restarted, restartAt, newestBefore = true, l.time, max(newestBefore, newest)
+			}
+			newest = max(newest, l.time)
 		}
 	}
 	switch {
@@ -666,26 +673,41 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 			}
 		}
 		// Events after the newest checkpoint: its successor should have come
-		// within the cadence of the newest of them.
+		// within the cadence of the newest of them, or, after a restart
+		// among them, within the cadence of the restart (the time between
+		// is downtime, not missing checkpoints).
 		cadence := time.Duration(prevCP.rec.IntervalMS) * time.Millisecond
-		var newest int64
-		for seq := prevCP.seq + 1; seq < o.leaves.len(); seq++ {
-			newest = max(newest, o.leaves.get(seq).time)
+		late := cadence*3/2 + time.Second
+		since, last := prevCP.time, newest
+		if restarted {
+			since = restartAt
+			if newestBefore > 0 && prevCP.time > 0 && time.Duration(newestBefore-prevCP.time) > late && cadence > 0 {
+				problem("events after the newest checkpoint (size %d) and before the restart span %s, cadence %s: the checkpoints after it are missing (the log's tail was cut?)",
+					prevCP.seq, time.Duration(newestBefore-prevCP.time).Round(time.Millisecond), cadence)
+			}
 		}
-		since := prevCP.time
-		if prevCP.final && r.Uncommitted > 0 {
-			// Downtime after a stop is no missing checkpoint: the cadence
-			// runs again from the restart.
-			since = o.leaves.get(r.UncommittedFrom).time
-		}
-		if cadence > 0 && newest > 0 && since > 0 && time.Duration(newest-since) > cadence*3/2+time.Second {
+		if cadence > 0 && last > 0 && since > 0 && time.Duration(last-since) > late {
 			problem("%d events after the newest checkpoint (size %d) span %s, cadence %s: the checkpoints after it are missing (the log's tail was cut?)",
-				o.leaves.len()-prevCP.seq-1, prevCP.seq, time.Duration(newest-since).Round(time.Millisecond), cadence)
+				o.leaves.len()-prevCP.seq-1, prevCP.seq, time.Duration(last-since).Round(time.Millisecond), cadence)
 		}
-		if !v.Until.IsZero() && !prevCP.final && cadence > 0 && v.Until.Sub(time.Unix(0, prevCP.time)) > cadence*3/2+time.Second {
-			problem("the newest checkpoint (size %d) is from %s, %s before %s, cadence %s: the log's tail was cut",
-				prevCP.seq, time.Unix(0, prevCP.time).UTC().Format(time.RFC3339), v.Until.Sub(time.Unix(0, prevCP.time)).Round(time.Second),
-				v.Until.UTC().Format(time.RFC3339), cadence)
+		// With the time the log should reach: a checkpoint should be
+		// there within the cadence of it. A final newest checkpoint is no
+		// excuse: a copy cut back to an earlier stop (every restart leaves
+		// one) ends at a final checkpoint too; a sidecar stopped since is
+		// verified with --until at its stop.
+		ref := max(prevCP.time, restartAt)
+		if !v.Until.IsZero() && cadence > 0 && ref > 0 && v.Until.Sub(time.Unix(0, ref)) > late {
+			what := "the newest checkpoint (size " + strconv.FormatInt(prevCP.seq, 10) + ") is from"
+			if restartAt > prevCP.time {
+				what = "the sidecar restarted after the newest checkpoint (size " + strconv.FormatInt(prevCP.seq, 10) + ") at"
+			}
+			stop := ""
+			if prevCP.final && restartAt == 0 {
+				stop = " (a stop: if the sidecar did not run after it, give --until at or before its stop)"
+			}
+			problem("%s %s, %s before %s, cadence %s: the log's tail was cut%s",
+				what, time.Unix(0, ref).UTC().Format(time.RFC3339), v.Until.Sub(time.Unix(0, ref)).Round(time.Second),
+				v.Until.UTC().Format(time.RFC3339), cadence, stop)
 		}
 	}
 	v.checkCosigned(o, roots, &r, problem)

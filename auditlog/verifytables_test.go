@@ -108,6 +108,8 @@ func TestEventTime(t *testing.T) {
 		"1970-01-01T00:00:00.000000001Z",
 		"2026-02-30T08:00:00.000000000Z",
 		"not a time",
+		"2026-11-23T1:05:06.5Z", // a one-digit hour, which time.Parse takes
+		"2026-11-23T1:012:34.000000000Z",
 	}
 	v := NewVerifier(nil)
 	for range 2 {

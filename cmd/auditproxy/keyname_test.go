@@ -2,11 +2,14 @@ package main
 
 import (
 	"bytes"
+	cryptorand "crypto/rand"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/mod/sumdb/note"
 )
 
 // TestKeyNameFollowsTheLog: the signing key is named after the log, the
@@ -31,5 +34,27 @@ func TestKeyNameFollowsTheLog(t *testing.T) {
 		if got := keyNameWarning(tc.key, tc.log); tc.want == "" && got != "" || !strings.Contains(got, tc.want) {
 			t.Errorf("keyNameWarning(%q, %q) = %q, want %q", tc.key, tc.log, got, tc.want)
 		}
+	}
+}
+
+// TestWitnessKeysGivenTwice: one witness key given twice is one key (not
+// an ambiguous pair that fails every cosignature); two keys of one name
+// are noted as one witness.
+func TestWitnessKeysGivenTwice(t *testing.T) {
+	_, a, _ := note.GenerateKey(cryptorand.Reader, "witness.example")
+	_, b, _ := note.GenerateKey(cryptorand.Reader, "witness.example")
+	_, c, _ := note.GenerateKey(cryptorand.Reader, "other.example")
+	file := filepath.Join(t.TempDir(), "witness.pub")
+	os.WriteFile(file, []byte(a+"\n"), 0o644)
+	vs, err := loadWitnessKeys([]string{file, a, c})
+	if err != nil || len(vs) != 2 {
+		t.Fatalf("the same key as a file and as text: %d keys, %v", len(vs), err)
+	}
+	if n := sharedWitnessNames(vs); n != "" {
+		t.Errorf("noted %q for keys of two names", n)
+	}
+	vs, _ = loadWitnessKeys([]string{a, b, c})
+	if n := sharedWitnessNames(vs); !strings.Contains(n, "share a name: they count as one witness") || strings.Contains(n, "other.example") {
+		t.Errorf("two keys named witness.example: noted %q", n)
 	}
 }

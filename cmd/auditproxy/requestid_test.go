@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	cryptorand "crypto/rand"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -96,17 +97,18 @@ func TestOneRequestIDMatcher(t *testing.T) {
 // TestTimeBoundsAcceptTheSameForms: verify's --until takes what query's
 // --since and --until take: RFC 3339 times and durations before now.
 func TestTimeBoundsAcceptTheSameForms(t *testing.T) {
-	// A stopped log: an event, then the final checkpoint, at 08:07:53.
+	// A log whose newest checkpoint is from now: each --until below is no
+	// later than it.
 	skey, vkey, err := note.GenerateKey(cryptorand.Reader, "stopped-node")
 	if err != nil {
 		t.Fatal(err)
 	}
 	signer, _ := note.NewSigner(skey)
-	at := time.Date(2026, 12, 5, 8, 7, 53, 0, time.UTC)
+	at := time.Now()
 	c, _ := auditlog.NewChain(auditlog.ChainState{Origin: "stopped-node/20261205T080000Z"})
-	log, _ := c.Append(nil, []byte(`{"v":1,"type":"inference","id":"e0","time":"2026-12-05T08:07:52Z"}`))
+	log, _ := c.Append(nil, fmt.Appendf(nil, `{"v":1,"type":"inference","id":"e0","time":%q}`, at.Add(-time.Second).UTC().Format(time.RFC3339Nano)))
 	log = append(log, '\n')
-	log, err = c.AppendCheckpointEvent(log, signer, at, time.Hour, true, audit.Source{Host: "h"})
+	log, err = c.AppendCheckpointEvent(log, signer, at, time.Hour, false, audit.Source{Host: "h"})
 	if err != nil {
 		t.Fatal(err)
 	}

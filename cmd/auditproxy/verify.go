@@ -98,6 +98,7 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 			return usageError{"verify: " + err.Error()}
 		}
 		v.Witnesses = ws
+		fmt.Fprint(stderr, sharedWitnessNames(ws))
 	}
 	for _, name := range cosignatureFiles {
 		b, err := os.ReadFile(name)
@@ -178,6 +179,30 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 		return errVerifyFailed
 	}
 	return nil
+}
+
+// sharedWitnessNames says which witness keys given share a name: verify
+// counts them as one witness (a key rotation), so a cosignature by any of
+// them satisfies it, and the key names are the witnesses' own choice.
+func sharedWitnessNames(vs []note.Verifier) string {
+	byName := map[string][]string{}
+	var names []string
+	for _, v := range vs {
+		if byName[v.Name()] == nil {
+			names = append(names, v.Name())
+		}
+		byName[v.Name()] = append(byName[v.Name()], fmt.Sprintf("%s+%08x", v.Name(), v.KeyHash()))
+	}
+	var out []string
+	for _, n := range names {
+		if len(byName[n]) > 1 {
+			out = append(out, strings.Join(byName[n], " and "))
+		}
+	}
+	if out == nil {
+		return ""
+	}
+	return "note: witness keys " + strings.Join(out, "; ") + " share a name: they count as one witness (a key rotation), and a cosignature by any of them satisfies it; give only the keys of witnesses you trust\n"
 }
 
 // errVerifyFailed makes verify exit 1 after its report, without another line.
@@ -278,6 +303,7 @@ func warnDamaged(stderr io.Writer, err error) error {
 // place, never printed: it may be a private key.
 func loadWitnessKeys(specs []string) ([]note.Verifier, error) {
 	var vs []note.Verifier
+	seen := map[string]bool{} // one key given twice (a file and its text) is one key
 	for _, spec := range specs {
 		text, where := spec, "the key given"
 		if b, err := os.ReadFile(spec); err == nil {
@@ -297,7 +323,10 @@ func loadWitnessKeys(specs []string) ([]note.Verifier, error) {
 			if err != nil {
 				return nil, fmt.Errorf("--witness-key: line %d of %s is not a witness verifier key (NAME+HASH+KEY, Ed25519): %v", i+1, where, err)
 			}
-			vs = append(vs, v)
+			if !seen[line] {
+				seen[line] = true
+				vs = append(vs, v)
+			}
 		}
 	}
 	if len(vs) == 0 {
