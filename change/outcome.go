@@ -16,7 +16,7 @@ import (
 // changes it records (Noticed: model_changed, gpu_changed, annotations), and
 // a Window after each change records a change_outcome event:
 //
-//	{"change":{"id","type","time"},"window_s":W,"cut_short":false,
+//	{"change":{"id","type","time","resource"},"window_s":W,"cut_short":false,
 //	 "before":{figures},"after":{figures}}
 //
 // with the figures of the requests that ended in the Window before the
@@ -73,6 +73,9 @@ type changeRef struct {
 	ID   string `json:"id"`
 	Type string `json:"type"`
 	Time string `json:"time"`
+	// Resource is what changed, for query --resource: an annotation's
+	// record's resource, the served model name of a model_changed.
+	Resource string `json:"resource,omitempty"`
 }
 
 // Figures are the requests of one window.
@@ -213,24 +216,30 @@ func (oc *Outcomes) Noticed(event []byte) {
 		Time    string `json:"time"`
 		Details struct {
 			Record *struct {
-				Outcome string `json:"outcome"`
+				Outcome  string `json:"outcome"`
+				Resource string `json:"resource"`
 			} `json:"record"`
+			Model string `json:"model"`
 		} `json:"details"`
 	}
 	if json.Unmarshal(event, &ev) != nil {
 		return
 	}
+	ref := changeRef{ID: ev.ID, Type: ev.Type, Time: ev.Time}
 	switch {
-	case ev.Type == audit.TypeModelChanged, ev.Type == audit.TypeGPUChanged:
-	case ev.Type == audit.TypeAnnotation && (ev.Details.Record == nil || ev.Details.Record.Outcome == ""):
-		// A change; a record of an earlier change's outcome is none.
+	case ev.Type == audit.TypeModelChanged:
+		ref.Resource = ev.Details.Model
+	case ev.Type == audit.TypeGPUChanged:
+	case ev.Type == audit.TypeAnnotation && ev.Details.Record == nil:
+	case ev.Type == audit.TypeAnnotation && ev.Details.Record.Outcome == "":
+		ref.Resource = ev.Details.Record.Resource
 	default:
-		return
+		return // a record of an earlier change's outcome is no change
 	}
 	now := oc.now()
 	oc.mu.Lock()
 	defer oc.mu.Unlock()
-	oc.pending = append(oc.pending, pendingChange{change: changeRef{ID: ev.ID, Type: ev.Type, Time: ev.Time},
+	oc.pending = append(oc.pending, pendingChange{change: ref,
 		at: now, before: oc.figures(now.Add(-oc.window), now)})
 }
 

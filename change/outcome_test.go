@@ -105,7 +105,7 @@ func TestChangeOutcomeFigures(t *testing.T) {
 	o := got[0]
 	var ch struct{ ID string }
 	json.Unmarshal(change, &ch)
-	if o.Change.ID != ch.ID || o.Change.Type != audit.TypeModelChanged || o.WindowS != 60 || o.CutShort {
+	if o.Change.ID != ch.ID || o.Change.Type != audit.TypeModelChanged || o.Change.Resource != "m" || o.WindowS != 60 || o.CutShort {
 		t.Errorf("outcome of %+v, window %v, cut short %v", o.Change, o.WindowS, o.CutShort)
 	}
 	b, a := o.Before, o.After
@@ -141,7 +141,7 @@ func TestChangeOutcomeEdges(t *testing.T) {
 	}
 	clock.t = clock.t.Add(12 * time.Second)
 	oc.Due()
-	oc.Noticed(opsEvent(t, audit.TypeAnnotation, map[string]any{"type": "incident_action"}))
+	oc.Noticed(opsEvent(t, audit.TypeAnnotation, map[string]any{"record": map[string]any{"type": "incident_action", "resource": "prod/llama"}}))
 	clock.t = clock.t.Add(3 * time.Second)
 	oc.Close()
 	got := recorded(t, events)
@@ -155,7 +155,7 @@ func TestChangeOutcomeEdges(t *testing.T) {
 	if busy.OK != 3*perSecondSamples || !busy.Sampled || busy.LatencyMS.P50 == nil || *busy.ErrorRate != 0 {
 		t.Errorf("a busy second: ok %d sampled %v", busy.OK, busy.Sampled)
 	}
-	if cut := got[1]; !cut.CutShort || cut.Change.Type != audit.TypeAnnotation || cut.After.To != clock.t.UTC().Format(time.RFC3339) {
+	if cut := got[1]; !cut.CutShort || cut.Change.Type != audit.TypeAnnotation || cut.Change.Resource != "prod/llama" || cut.After.To != clock.t.UTC().Format(time.RFC3339) {
 		t.Errorf("the change pending at Close: %+v", cut)
 	}
 }

@@ -5,11 +5,12 @@
 #   1. builds auditproxy, makes a checkpoint signing key and an auditor's age
 #      key, and starts `auditproxy demo` (a simulated vLLM behind the proxy)
 #      with payload capture encrypted to the auditor's key;
-#   2. sends requests as two API keys and records an operator's change;
+#   2. sends requests as two API keys and records an operator's change,
+#      signed with ssh-keygen by who made it and who approved it;
 #   3. stops the demo (Ctrl-C) and runs each command of the guide on its
 #      spool, pasting the command and its output.
 #
-# Usage: docs/auditor-guide.sh [OUTPUT]   (from anywhere; needs go and curl)
+# Usage: docs/auditor-guide.sh [OUTPUT]   (from anywhere; needs go, curl and ssh-keygen)
 # CI runs it into a temporary file (TestAuditorGuideScript) so it cannot rot.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,11 +39,17 @@ ap keygen --name gpu-node-7 --out signing.key >/dev/null
 mkdir -p models/Llama-3.1-8B-Instruct
 printf '{"architectures":["LlamaForCausalLM"],"num_hidden_layers":32}\n' >models/Llama-3.1-8B-Instruct/config.json
 head -c 65536 /dev/zero | tr '\0' 'w' >models/Llama-3.1-8B-Instruct/model-00001-of-00001.safetensors
+# The platform team's SSH keys, and the allowed-signers file that says whose
+# they are (kept by the operator; auditors get a copy).
+for who in alice carol; do ssh-keygen -q -t ed25519 -N '' -C "$who@example.com" -f "$who.id_ed25519"; done
+for who in alice carol; do echo "$who@example.com $(cut -d' ' -f1,2 "$who.id_ed25519.pub")"; done >allowed_signers
 
 "$work/auditproxy" demo --data-dir data --signing-key signing.key --log-name gpu-node-7 \
   --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
   --model-dir meta-llama/Llama-3.1-8B-Instruct=models/Llama-3.1-8B-Instruct \
-  --capture-payloads --payload-recipient "$recipient" --checkpoint-interval 2s >demo.out 2>&1 &
+  --capture-payloads --payload-recipient "$recipient" --checkpoint-interval 2s \
+  --allowed-signers allowed_signers --require-signed-annotations --approval-required model_rollout \
+  --change-outcome-window 2s >demo.out 2>&1 &
 demo_pid=$!
 for _ in $(seq 1 300); do
   grep -q 'keeps serving until Ctrl-C' demo.out && break
@@ -65,11 +72,16 @@ ask() { # ask KEY STREAM CONTENT: prints the X-Request-Id
 r1=$(ask "$alice_key" false "What is the refund policy for order 1182?")
 ask "$bob_key" true "Summarise this contract clause." >/dev/null
 ask "$alice_key" true "Draft a reply to the customer." >/dev/null
-ap annotate --admin "$admin" --token-file data/admin.token --type model_rollout \
-  --actor alice@example.com --approver carol@example.com --ticket CHG-2291 \
-  --justification "Roll out Llama-3.1-8B-Instruct weights rev 2024-09 to gpu-node-7" >/dev/null
+ap annotate prepare --type model_rollout --resource gpu-node-7/Llama-3.1-8B-Instruct \
+  --actor alice@example.com --approver carol@example.com --ticket CHG-2291 --mode planned \
+  --justification "Roll out Llama-3.1-8B-Instruct weights rev 2024-09 to gpu-node-7" \
+  --before '{"weights":"rev 2024-07"}' --after '{"weights":"rev 2024-09"}' --out change.json 2>/dev/null
+ssh-keygen -q -Y sign -n auditproxy-change -f alice.id_ed25519 change.json && mv change.json.sig alice.sig
+ssh-keygen -q -Y sign -n auditproxy-change -f carol.id_ed25519 change.json && mv change.json.sig carol.sig
+ap annotate submit --record change.json --signature alice.sig --signature carol.sig \
+  --admin "$admin" --token-file data/admin.token >/dev/null
 ask "$bob_key" false "Classify this support ticket." >/dev/null
-sleep 2.5 # one more checkpoint interval
+sleep 2.5 # one more checkpoint interval, and the change's outcome window
 kill -INT "$demo_pid"
 wait "$demo_pid" || { echo "demo exited with an error" >&2; cat demo.out >&2; exit 1; }
 demo_pid=
@@ -212,14 +224,42 @@ cat <<EOF
 
 Changes of the serving stack are events of their own: \`model_changed\` (other weights behind a served
 name), \`gpu_changed\`, \`upstream_version\` (vLLM's version), \`proxy_started\` / \`proxy_stopped\`, and
-\`annotation\` for an operator's change recorded with \`auditproxy annotate\` (who, who approved, ticket,
-why). A span in which the sidecar could not identify the served model (vLLM refused or did not answer
+\`annotation\` for an operator's change (its change record: resource, before and after, planned or
+emergency, ticket, why, signed by who made it and who approved it). A span in which the sidecar could not identify the served model (vLLM refused or did not answer
 its \`/v1/models\`, so events carry no model checksum) lies between \`model_identity_unavailable\` (with
 the reason) and \`model_identity_restored\`:
 
 EOF
 run ap query --since "$since" --type annotation --type model_changed --type gpu_changed --type upstream_version --type proxy_started --type proxy_stopped evidence
 cat <<EOF
+
+## Who changed this deployment, who approved it, and did it help?
+
+Each change of one resource, with its approvals and its outcome: the \`annotation\` holds the record as
+its actor and approver signed it (with \`ssh-keygen -Y sign\`), and the \`change_outcome\` the sidecar
+wrote a window (\`--change-outcome-window\`) later compares the requests it recorded before and after
+the change: counts, error rate, latency and TTFT p50/p99.
+
+EOF
+run ap query --resource gpu-node-7/Llama-3.1-8B-Instruct evidence
+cat <<EOF
+
+The signatures prove who made and who approved the change only if they are checked against who may
+sign. With the operator's allowed-signers file (OpenSSH's format: an identity and a public SSH key per
+line), \`verify\` checks each change record again: that each signature verifies over the record as it
+is in the log, that the signer is allowed for the actor or approver the record names, and that a change
+the sidecar's policy required approval for has an approver other than its actor:
+
+EOF
+run ap verify --pubkey signing.key.pub --allowed-signers allowed_signers evidence
+cat <<EOF
+
+The same check with OpenSSH alone, for one signature: the record is the \`record\` member of the
+event's \`details\` (its canonical JSON, exactly as signed), the signature its \`sshsig\`:
+
+\`\`\`sh
+ssh-keygen -Y verify -f allowed_signers -I alice@example.com -n auditproxy-change -s alice.sig < change.json
+\`\`\`
 
 ## Reconstruct request R from eight months ago
 

@@ -46,6 +46,10 @@ type Filter struct {
 	IDs []string
 	// Outcomes selects on "status"."outcome"; each must be one of audit.Outcomes().
 	Outcomes []audit.Outcome
+	// Resources selects change records and their outcomes on the resource
+	// changed: "details"."record"."resource" of an annotation, or
+	// "details"."change"."resource" of a change_outcome.
+	Resources []string
 }
 
 // Query is a compiled Filter. It keeps no state between events and is safe
@@ -55,9 +59,11 @@ type Query struct {
 	fields       []fieldFilter
 }
 
-// fieldFilter is one string criterion.
+// fieldFilter is one string criterion: the value at path, or at any of
+// paths when there are several.
 type fieldFilter struct {
 	path   []string
+	paths  [][]string
 	values [][]byte
 	// needles are the values as JSON strings ("value", quotes included),
 	// for the raw pre-check; nil when a value is "" (which also matches an
@@ -96,11 +102,15 @@ func NewQuery(f Filter) (*Query, error) {
 		{f.Models, []string{"model", "name"}},
 		{outcomes, []string{"status", "outcome"}},
 		{f.Types, []string{"type"}},
+		{f.Resources, nil},
 	} {
 		if len(c.values) == 0 {
 			continue
 		}
 		ff := fieldFilter{path: c.path}
+		if c.path == nil {
+			ff.paths = [][]string{{"details", "record", "resource"}, {"details", "change", "resource"}}
+		}
 		usable := true
 		for _, v := range c.values {
 			ff.values = append(ff.values, []byte(v))
@@ -229,6 +239,14 @@ func containsAnchored(s, needle []byte, k int) bool {
 }
 
 func (ff *fieldFilter) match(v *fastjson.Value) bool {
+	if ff.paths != nil {
+		for _, p := range ff.paths {
+			if (&fieldFilter{path: p, values: ff.values}).match(v) {
+				return true
+			}
+		}
+		return false
+	}
 	var got []byte // absent and null read as ""
 	if m := v.Get(ff.path...); m != nil {
 		switch m.Type() {

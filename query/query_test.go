@@ -333,3 +333,39 @@ func TestStatsEmptyAndErrors(t *testing.T) {
 		t.Errorf("models %+v", sum.Models)
 	}
 }
+
+// TestQueryResource: --resource selects the change records of a resource
+// and the outcomes of its changes, not events that hold the name
+// elsewhere.
+func TestQueryResource(t *testing.T) {
+	lines := []queryLine{
+		{"rollout", `{"type":"annotation","time":"2026-11-23T10:00:00Z","details":{"record":{"resource":"prod/a","type":"model_rollout"}}}`},
+		{"outcome", `{"type":"change_outcome","time":"2026-11-23T10:10:00Z","details":{"change":{"id":"x","resource":"prod/a","type":"annotation"}}}`},
+		{"other", `{"type":"annotation","time":"2026-11-23T10:00:01Z","details":{"record":{"resource":"prod/b"}}}`},
+		{"elsewhere", `{"type":"annotation","time":"2026-11-23T10:00:02Z","details":{"record":{"justification":"prod/a"}}}`},
+		{"model", `{"type":"inference","time":"2026-11-23T10:00:03Z","model":{"name":"prod/a"}}`},
+		{"escaped", `{"type":"annotation","time":"2026-11-23T10:00:04Z","details":{"record":{"resource":"prod\/a"}}}`},
+	}
+	for _, tc := range []struct {
+		f    Filter
+		want string
+	}{
+		{Filter{Resources: []string{"prod/a"}}, "rollout outcome escaped"},
+		{Filter{Resources: []string{"prod/a", "prod/b"}, Types: []string{audit.TypeAnnotation}}, "rollout other escaped"},
+		{Filter{Resources: []string{"prod"}}, ""},
+	} {
+		q := mustQuery(t, tc.f)
+		var p fastjson.Parser
+		var got []string
+		for _, l := range lines {
+			if ok, err := q.Match(&p, []byte(l.event)); err != nil {
+				t.Fatalf("%s: %v", l.name, err)
+			} else if ok {
+				got = append(got, l.name)
+			}
+		}
+		if strings.Join(got, " ") != tc.want {
+			t.Errorf("%+v matched %q, want %q", tc.f, strings.Join(got, " "), tc.want)
+		}
+	}
+}

@@ -110,8 +110,16 @@ func TestSignedChangeRecordsThroughServe(t *testing.T) {
 	}
 	// Its outcome follows it: the requests of a second before and after.
 	annotationID := regexp.MustCompile(`"id":"([^"]+)","log":\{[^\n]*"type":"annotation","v":1\}`).FindSubmatch(exported.Bytes())
-	if annotationID == nil || !regexp.MustCompile(`"details":\{"after":\{[^\n]*"change":\{"id":"`+string(annotationID[1])+`","time":"[^"]+","type":"annotation"\}[^\n]*"type":"change_outcome"`).Match(exported.Bytes()) {
+	if annotationID == nil || !regexp.MustCompile(`"details":\{"after":\{[^\n]*"change":\{"id":"`+string(annotationID[1])+`","resource":"prod-cluster/vllm-llama-70b","time":"[^"]+","type":"annotation"\}[^\n]*"type":"change_outcome"`).Match(exported.Bytes()) {
 		t.Errorf("no change_outcome event for the annotation:\n%s", exported.String())
+	}
+	// All changes to the deployment, with approvals and outcomes: the
+	// annotation (its signatures) and its change_outcome; nothing else.
+	var changes bytes.Buffer
+	if code := run([]string{"query", "--resource", "prod-cluster/vllm-llama-70b", dataDir}, &changes, io.Discard); code != 0 ||
+		strings.Count(changes.String(), "\n") != 2 || !strings.Contains(changes.String(), `"role":"approver"`) ||
+		!strings.Contains(changes.String(), `"type":"change_outcome"`) {
+		t.Errorf("query --resource: %d\n%s", code, changes.String())
 	}
 	pub := filepath.Join(dataDir, "signing.key.pub")
 	events := filepath.Join(dir, "events.ndjson")

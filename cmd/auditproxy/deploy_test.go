@@ -11,6 +11,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/auditproxy/auditproxy/internal/testutil"
 )
 
 // repoRoot is the repository's top directory, from this package's.
@@ -212,6 +214,7 @@ func TestAuditorGuideScript(t *testing.T) {
 			t.Skipf("%s not installed", tool)
 		}
 	}
+	testutil.NeedSSHKeygen(t) // the operators sign their change record
 	out := filepath.Join(t.TempDir(), "guide.md")
 	cmd := exec.Command("bash", filepath.Join(repoRoot, "docs", "auditor-guide.sh"), out)
 	if b, err := cmd.CombinedOutput(); err != nil {
@@ -228,6 +231,9 @@ func TestAuditorGuideScript(t *testing.T) {
 		"matches the event",                         // show: a decrypted body against its digest
 		"verified: event",                           // verify-proof
 		`"type":"model_rollout"`,                    // the operator's annotation in the window
+		`"role":"approver"`,                         // query --resource: the change and its approval
+		`"type":"change_outcome"`,                   // ... and its outcome
+		"change records: 1 signed",                  // verify --allowed-signers
 		"model checksum: blake3:",                   // checksum of the weights
 		"in the signed log: event",                  // show --pubkey
 		"What is the refund policy for order 1182?", // the reconstructed request body

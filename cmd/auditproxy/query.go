@@ -21,7 +21,7 @@ import (
 	"github.com/auditproxy/auditproxy/query"
 )
 
-const querySynopsis = "query PATH... [--since T] [--until T] [--model M] [--api-key-id K] [--request-id R] [--outcome O] [--type T] [--stats] [--json]"
+const querySynopsis = "query PATH... [--since T] [--until T] [--model M] [--api-key-id K] [--request-id R] [--outcome O] [--type T] [--resource R] [--stats] [--json]"
 
 // runQuery prints the events that match a filter, or statistics over them.
 //
@@ -42,11 +42,12 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("query", querySynopsis, stderr)
 	since := fs.String("since", "", "select events at or after `T`: an RFC 3339 time, or a duration before now (24h, 90m, 7d)")
 	until := fs.String("until", "", "select events before `T` (exclusive): an RFC 3339 time, or a duration before now")
-	var types, models, keyIDs, requestIDs, outcomes stringList
+	var types, models, keyIDs, requestIDs, outcomes, resources stringList
 	fs.Var(&models, "model", "select events for model `M` (model.name); repeat for any of several")
 	fs.Var(&keyIDs, "api-key-id", "select events of API key id `K` (\"k1:<hex>\", the api_key_id field; not the key itself); repeat for any of several")
 	fs.Var(&requestIDs, "request-id", "select the events of request `R` (X-Request-Id); repeat for any of several")
 	fs.Var(&outcomes, "outcome", "select events with outcome `O` (ok, upstream_error, upstream_unreachable, upstream_timeout, client_cancelled, rejected); repeat for any of several")
+	fs.Var(&resources, "resource", "select change records and their outcomes for resource `R` (an annotation's record.resource, a change_outcome's change.resource: the served model name of a model_changed); repeat for any of several")
 	fs.Var(&types, "type", "select events of type `T` (inference, checkpoint, log_started, proxy_started, model_changed, annotation, ...); repeat for any of several (default all)")
 	stats := fs.Bool("stats", false, "print a summary of the matching inference events instead of the events")
 	asJSON := fs.Bool("json", false, "with --stats, print the summary as JSON")
@@ -58,7 +59,7 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 		return usageError{"query: give at least one PATH (event files, directories, spool segments, or - for stdin)"}
 	}
 	now := time.Now()
-	f := query.Filter{Types: types, Models: models, APIKeyIDs: keyIDs, RequestIDs: requestIDs}
+	f := query.Filter{Types: types, Models: models, APIKeyIDs: keyIDs, RequestIDs: requestIDs, Resources: resources}
 	if f.Since, err = query.ParseTimeBound(*since, now); err != nil {
 		return usageError{fmt.Sprintf("query: --since %q: %v", *since, err)}
 	}
