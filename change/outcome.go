@@ -317,7 +317,10 @@ func (oc *Outcomes) Close() {
 	oc.mu.Lock()
 	var due []Outcome
 	for _, p := range oc.pending {
-		due = append(due, Outcome{Change: p.change, WindowS: oc.window.Seconds(), CutShort: true, Before: p.before, After: oc.figures(p.at, now)})
+		// Up to the stop: the second it is in, which has ended for the
+		// requests it counts.
+		end := now.Truncate(time.Second).Add(time.Second)
+		due = append(due, Outcome{Change: p.change, WindowS: oc.window.Seconds(), CutShort: true, Before: p.before, After: oc.figures(p.at, end)})
 	}
 	oc.pending = nil
 	oc.mu.Unlock()

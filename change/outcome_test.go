@@ -2,6 +2,7 @@ package change
 
 import (
 	"encoding/json"
+	"sync"
 	"testing"
 	"time"
 
@@ -155,7 +156,40 @@ func TestChangeOutcomeEdges(t *testing.T) {
 	if busy.OK != 3*perSecondSamples || !busy.Sampled || busy.LatencyMS.P50 == nil || *busy.ErrorRate != 0 {
 		t.Errorf("a busy second: ok %d sampled %v", busy.OK, busy.Sampled)
 	}
-	if cut := got[1]; !cut.CutShort || cut.Change.Type != audit.TypeAnnotation || cut.Change.Resource != "prod/llama" || cut.After.To != clock.t.UTC().Format(time.RFC3339) {
+	if cut := got[1]; !cut.CutShort || cut.Change.Type != audit.TypeAnnotation || cut.Change.Resource != "prod/llama" || cut.After.To != clock.t.Add(time.Second).UTC().Format(time.RFC3339) {
 		t.Errorf("the change pending at Close: %+v", cut)
+	}
+}
+
+// TestChangeOutcomesConcurrently: requests recorded from many goroutines
+// while changes come and the ticker runs (go test -race); every request is
+// counted once.
+func TestChangeOutcomesConcurrently(t *testing.T) {
+	var mu sync.Mutex
+	var events [][]byte
+	oc := StartOutcomes(OutcomesOptions{Window: time.Second, Record: func(ev []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		events = append(events, ev)
+		return nil
+	}})
+	oc.Noticed(opsEvent(t, audit.TypeGPUChanged, map[string]any{}))
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 500 {
+				oc.Observe(inference(audit.OutcomeOK, 1, nil))
+			}
+		}()
+	}
+	wg.Wait()
+	oc.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	got := recorded(t, events)
+	if len(got) != 1 || got[0].After.Requests != 4000 {
+		t.Fatalf("%d outcomes; after: %+v", len(got), got)
 	}
 }
