@@ -2,8 +2,8 @@ package change
 
 import (
 	"bytes"
-	"testing"
 	"strings"
+	"testing"
 	"time"
 )
 
