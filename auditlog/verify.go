@@ -45,6 +45,12 @@ type Verifier struct {
 	// counted in the report (OriginReport.Uncommitted) and pass: a copy of
 	// a running log always ends with up to a checkpoint interval of them.
 	RequireCommitted bool
+	// Observe, if set, is shown each event read, in its canonical form
+	// (RFC 8785, without IgnoreMembers), for checks of what events say
+	// beyond the log (change records): in that form a string has one
+	// spelling, so an event cannot hide its type behind escapes. The
+	// bytes are valid only during the call.
+	Observe func(canon []byte)
 	// Witnesses, if set, verify the cosignatures given to AddCosignature
 	// (C2SP tlog-cosignature keys, cosignature/v1). Every witness named
 	// (a key's name; several keys of one name are one witness rotating
@@ -157,6 +163,9 @@ func (v *Verifier) add(event []byte) error {
 		v.reencoded = !bytes.Equal(canon, event)
 	}
 	leaf := v.leafHash(canon)
+	if v.Observe != nil {
+		v.Observe(canon)
+	}
 	f, ok := fieldsFromMembers(v.vals, ends)
 	if !ok || f.typ == audit.TypeCheckpoint {
 		// Escapes in the fields, or a checkpoint: read them with a parser.

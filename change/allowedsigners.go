@@ -71,8 +71,10 @@ func parseAllowedSigner(line string) (allowedSigner, error) {
 		}
 		principals, line = line[:i], line[i:]
 	}
+	// As OpenSSH reads them: split at commas, nothing trimmed ("a, b"
+	// lists "a" and " b").
 	for _, p := range strings.Split(principals, ",") {
-		if p = strings.TrimSpace(p); p != "" {
+		if p != "" {
 			e.principals = append(e.principals, p)
 		}
 	}
@@ -87,9 +89,14 @@ func parseAllowedSigner(line string) (allowedSigner, error) {
 		return e, fmt.Errorf("more than one key on the line")
 	}
 	e.key = key
+	seen := map[string]bool{}
 	for _, o := range options {
 		name, value, hasValue := strings.Cut(o, "=")
 		value = strings.Trim(value, `"`)
+		if seen[strings.ToLower(name)] {
+			return e, fmt.Errorf("option %s given twice", name) // as ssh-keygen refuses it
+		}
+		seen[strings.ToLower(name)] = true
 		switch strings.ToLower(name) {
 		case "namespaces":
 			if !hasValue {
@@ -115,12 +122,17 @@ func parseAllowedSigner(line string) (allowedSigner, error) {
 	return e, nil
 }
 
-// parseSSHTime reads the times of valid-after and valid-before: YYYYMMDD or
-// YYYYMMDDHHMM[SS], local time, or UTC with a trailing Z.
+// parseSSHTime reads the times of valid-after and valid-before as OpenSSH
+// does: YYYYMMDD or YYYYMMDDHHMM[SS], in local time, or in UTC with a
+// trailing Z (or z, or UTC). Local time makes the file mean different
+// instants on machines in different zones: write Z.
 func parseSSHTime(s string) (time.Time, error) {
 	loc := time.Local
-	if z, ok := strings.CutSuffix(s, "Z"); ok {
-		s, loc = z, time.UTC
+	for _, suffix := range []string{"Z", "z", "UTC"} {
+		if z, ok := strings.CutSuffix(s, suffix); ok {
+			s, loc = z, time.UTC
+			break
+		}
 	}
 	for _, layout := range []string{"20060102", "200601021504", "20060102150405"} {
 		if len(s) == len(layout) {
@@ -132,30 +144,40 @@ func parseSSHTime(s string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("%q is not YYYYMMDD[HHMM[SS]][Z]", s)
 }
 
-// Principals returns the identities key may sign for in namespace at time
-// at: the principals (patterns as the file gives them) of each line that
-// lists key and allows both.
-func (as *AllowedSigners) Principals(key ssh.PublicKey, namespace string, at time.Time) []string {
-	want := key.Marshal()
-	var out []string
-	for _, e := range as.entries {
-		if !bytes.Equal(e.key.Marshal(), want) {
-			continue
-		}
-		if e.namespaces != nil && !matchList(namespace, e.namespaces) {
-			continue
-		}
-		if !e.after.IsZero() && at.Before(e.after) || !e.before.IsZero() && !at.Before(e.before) {
-			continue
-		}
-		out = append(out, e.principals...)
-	}
-	return out
+// Listed reports whether some line lists key for namespace at time at.
+func (as *AllowedSigners) Listed(key ssh.PublicKey, namespace string, at time.Time) bool {
+	return as.find(key, namespace, at, func(allowedSigner) bool { return true })
 }
 
-// Allows reports whether key may sign for identity in namespace at time at.
+// Allows reports whether key may sign for identity in namespace at time at:
+// whether some line lists the key, allows the namespace and the time, and
+// has a principal pattern list that identity matches. Each line is taken
+// on its own, as ssh-keygen -Y verify takes them: a negation on one line
+// does not undo another line.
 func (as *AllowedSigners) Allows(key ssh.PublicKey, identity, namespace string, at time.Time) bool {
-	return matchList(identity, as.Principals(key, namespace, at))
+	return as.find(key, namespace, at, func(e allowedSigner) bool { return matchList(identity, e.principals) })
+}
+
+func (as *AllowedSigners) find(key ssh.PublicKey, namespace string, at time.Time, ok func(allowedSigner) bool) bool {
+	want := key.Marshal()
+	for _, e := range as.entries {
+		switch {
+		case !bytes.Equal(e.key.Marshal(), want):
+		case e.namespaces != nil && !matchList(namespace, e.namespaces):
+		case !e.after.IsZero() && at.Before(e.after), !e.before.IsZero() && at.After(e.before):
+		case ok(e):
+			return true
+		}
+	}
+	return false
+}
+
+// principalsOf lists the principal patterns of the lines that list key for
+// namespace at time at, for messages.
+func (as *AllowedSigners) principalsOf(key ssh.PublicKey, namespace string, at time.Time) []string {
+	var out []string
+	as.find(key, namespace, at, func(e allowedSigner) bool { out = append(out, e.principals...); return false })
+	return out
 }
 
 // matchList reports whether s matches the pattern list as OpenSSH's
@@ -176,32 +198,29 @@ func matchList(s string, patterns []string) bool {
 }
 
 // wildcard matches s against a pattern of literal bytes, '*' (any run) and
-// '?' (any one byte).
+// '?' (any one byte), in O(len(p)*len(s)) at worst: on a mismatch it only
+// lets the last '*' take one byte more, never backtracking further (a
+// pattern like *a*a*a*b is not exponential).
 func wildcard(p, s string) bool {
-	for len(p) > 0 {
-		switch p[0] {
-		case '*':
-			for p = p[1:]; len(p) > 0 && p[0] == '*'; p = p[1:] {
-			}
-			if p == "" {
-				return true
-			}
-			for i := 0; i <= len(s); i++ {
-				if wildcard(p, s[i:]) {
-					return true
-				}
-			}
-			return false
-		case '?':
-			if s == "" {
-				return false
-			}
+	pi, si := 0, 0
+	star, mark := -1, 0
+	for si < len(s) {
+		switch {
+		case pi < len(p) && (p[pi] == '?' || p[pi] != '*' && p[pi] == s[si]):
+			pi++
+			si++
+		case pi < len(p) && p[pi] == '*':
+			star, mark = pi, si
+			pi++
+		case star >= 0:
+			mark++
+			pi, si = star+1, mark
 		default:
-			if s == "" || s[0] != p[0] {
-				return false
-			}
+			return false
 		}
-		p, s = p[1:], s[1:]
 	}
-	return s == ""
+	for pi < len(p) && p[pi] == '*' {
+		pi++
+	}
+	return pi == len(p)
 }

@@ -29,18 +29,27 @@ type AuditReport struct {
 	Problems []string `json:"problems"`
 }
 
-// Add reads one event; events other than annotations are skipped.
-func (a *Auditor) Add(event []byte) {
-	if !bytes.Contains(event, []byte(audit.TypeAnnotation)) {
+// Add reads one event in canonical form (RFC 8785, as auditlog.Verifier's
+// Observe shows it, where "annotation" has one spelling); events other
+// than annotations are skipped. An annotation that cannot be read as one
+// is a problem, not skipped: a record hidden so would escape the check.
+func (a *Auditor) Add(canon []byte) {
+	if !bytes.Contains(canon, []byte(`"`+audit.TypeAnnotation+`"`)) {
+		return
+	}
+	var typ struct {
+		Type string `json:"type"`
+	}
+	if json.Unmarshal(canon, &typ) != nil || typ.Type != audit.TypeAnnotation {
 		return
 	}
 	var ev struct {
-		Type    string          `json:"type"`
 		ID      string          `json:"id"`
 		Time    string          `json:"time"`
 		Details json.RawMessage `json:"details"`
 	}
-	if json.Unmarshal(event, &ev) != nil || ev.Type != audit.TypeAnnotation {
+	if err := json.Unmarshal(canon, &ev); err != nil {
+		a.problem("an annotation event that cannot be read as one (%v): %.120s", err, canon)
 		return
 	}
 	if a.events == nil {
@@ -50,10 +59,12 @@ func (a *Auditor) Add(event []byte) {
 		return
 	}
 	a.events[ev.ID] = true
-	var probe struct {
-		Record json.RawMessage `json:"record"`
+	var probe map[string]json.RawMessage
+	if err := json.Unmarshal(ev.Details, &probe); err != nil {
+		a.problem("annotation %s: its details are not a JSON object (%v)", ev.ID, err)
+		return
 	}
-	if json.Unmarshal(ev.Details, &probe) != nil || probe.Record == nil {
+	if _, signed := probe["record"]; !signed {
 		a.report.Unsigned++
 		return
 	}

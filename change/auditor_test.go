@@ -67,6 +67,8 @@ func TestAuditorChecksEachEventAgain(t *testing.T) {
 		event("replayed", &replay, true, actor, approver),
 		[]byte(`{"type":"annotation","id":"unsigned","time":"2026-12-05T14:30:00Z","details":{"type":"x","actor":"a","justification":"j"}}`),
 		[]byte(`{"type":"inference","id":"not-a-change","time":"2026-12-05T14:30:00Z"}`),
+		[]byte(`{"details":{"record":{}},"id":7,"time":"2026-12-05T14:30:00Z","type":"annotation"}`), // hidden by a numeric id
+		[]byte(`{"details":"x","id":"odd","time":"2026-12-05T14:30:00Z","type":"annotation"}`),
 	} {
 		a.Add(ev)
 	}
@@ -78,13 +80,15 @@ func TestAuditorChecksEachEventAgain(t *testing.T) {
 		"annotation unknown-signer: signature 1: by key SHA256:",
 		"annotation tampered: signature 1: by key SHA256:",
 		"annotation relabelled: signature 1: the event says approver marcus@example.com",
+		"an annotation event that cannot be read as one",
+		"annotation odd: its details are not a JSON object",
 		"change record 0b6f6e7a-8d7c-4a43-9a3b-2f0d6c1d9e10 is in annotations good and replayed",
 	} {
 		if !strings.Contains(problems, want) {
 			t.Errorf("problems do not say %q:\n%s", want, problems)
 		}
 	}
-	if r.Signed != 1 || r.Unsigned != 1 || len(r.Problems) != 6 {
+	if r.Signed != 1 || r.Unsigned != 1 || len(r.Problems) != 8 {
 		t.Errorf("signed %d, unsigned %d, %d problems:\n%s", r.Signed, r.Unsigned, len(r.Problems), problems)
 	}
 }

@@ -35,6 +35,8 @@ type Signature struct {
 	Key string `json:"key"`
 	// SSHSIG is the signature, armored as ssh-keygen -Y sign writes it.
 	SSHSIG string `json:"sshsig"`
+
+	pub ssh.PublicKey
 }
 
 // Signed is a checked record with its signatures: the details of an
@@ -60,6 +62,7 @@ func Check(r *Record, canon []byte, armored []string, allowed *AllowedSigners, p
 	}
 	out := &Signed{Record: canon, ApprovalRequired: oneOf(r.Type, policy.ApprovalRequired)}
 	var actorKey, approverKey string
+	var actorPub, approverPub ssh.PublicKey
 	for i, a := range armored {
 		sig, err := sshsig.Unarmor([]byte(a))
 		if err != nil {
@@ -74,12 +77,12 @@ func Check(r *Record, canon []byte, armored []string, allowed *AllowedSigners, p
 			if actorKey != "" {
 				return nil, fmt.Errorf("signature %d: the actor %s signed twice", i+1, r.Actor)
 			}
-			actorKey = s.Key
+			actorKey, actorPub = s.Key, s.pub
 		case "approver":
 			if approverKey != "" {
 				return nil, fmt.Errorf("signature %d: the approver %s signed twice", i+1, r.Approver)
 			}
-			approverKey = s.Key
+			approverKey, approverPub = s.Key, s.pub
 		}
 		out.Signatures = append(out.Signatures, s)
 	}
@@ -95,6 +98,10 @@ func Check(r *Record, canon []byte, armored []string, allowed *AllowedSigners, p
 		return nil, fmt.Errorf("no signature of the approver %s: an approval must be signed by its approver", r.Approver)
 	case needsApproval && approverKey == actorKey:
 		return nil, fmt.Errorf("the actor and the approver signed with one key (%s): a %s change needs two people", actorKey, r.Type)
+	case needsApproval && allowed.Allows(actorPub, r.Approver, Namespace, at):
+		return nil, fmt.Errorf("the actor's key %s is also allowed for the approver %s: one person holds both identities, and a %s change needs two people", actorKey, r.Approver, r.Type)
+	case needsApproval && allowed.Allows(approverPub, r.Actor, Namespace, at):
+		return nil, fmt.Errorf("the approver's key %s is also allowed for the actor %s: one person holds both identities, and a %s change needs two people", approverKey, r.Actor, r.Type)
 	}
 	return out, nil
 }
@@ -108,18 +115,18 @@ func checkOne(r *Record, canon []byte, sig *sshsig.Signature, allowed *AllowedSi
 	if err := sshsig.Verify(bytes.NewReader(canon), sig, sig.PublicKey, sig.HashAlgorithm, Namespace); err != nil {
 		return Signature{}, fmt.Errorf("by key %s: does not verify over the record (%v): it signs other bytes than the record's canonical form", fp, err)
 	}
-	principals := allowed.Principals(sig.PublicKey, Namespace, at)
-	if len(principals) == 0 {
+	if !allowed.Listed(sig.PublicKey, Namespace, at) {
 		return Signature{}, fmt.Errorf("by key %s, which the allowed-signers file does not list (for namespace %s at %s)", fp, Namespace, at.UTC().Format(time.RFC3339))
 	}
 	armored := string(sshsig.Armor(sig))
 	switch {
-	case matchList(r.Actor, principals):
-		return Signature{Role: "actor", Principal: r.Actor, Key: fp, SSHSIG: armored}, nil
-	case r.Approver != "" && matchList(r.Approver, principals):
-		return Signature{Role: "approver", Principal: r.Approver, Key: fp, SSHSIG: armored}, nil
+	case allowed.Allows(sig.PublicKey, r.Actor, Namespace, at):
+		return Signature{Role: "actor", Principal: r.Actor, Key: fp, SSHSIG: armored, pub: sig.PublicKey}, nil
+	case r.Approver != "" && allowed.Allows(sig.PublicKey, r.Approver, Namespace, at):
+		return Signature{Role: "approver", Principal: r.Approver, Key: fp, SSHSIG: armored, pub: sig.PublicKey}, nil
 	}
-	return Signature{}, fmt.Errorf("by key %s, allowed for %s, which is neither the actor %s nor the approver %q", fp, strings.Join(principals, ","), r.Actor, r.Approver)
+	return Signature{}, fmt.Errorf("by key %s, allowed for %s, which is neither the actor %s nor the approver %q", fp,
+		strings.Join(allowed.principalsOf(sig.PublicKey, Namespace, at), ","), r.Actor, r.Approver)
 }
 
 // CheckSigned verifies an annotation event's details again, offline: the

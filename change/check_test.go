@@ -63,6 +63,19 @@ func TestCheckSignedRecords(t *testing.T) {
 	annotationCanon := canonical(t, annotation)
 	forgedApproval := testRecord("sarah@example.com", "oncall@example.com") // marcus's key is allowed for oncall too
 	forgedCanon := canonical(t, forgedApproval)
+	// One person, two identities and two keys: sarah's second key is
+	// listed for sarah.admin too.
+	sarah2 := testutil.NewSSHKey(t, "sarah2")
+	aliasAllowed, err := ParseAllowedSigners("allowed_signers", []byte("sarah@example.com,sarah.admin@example.com "+sarah2.Public+"\nsarah@example.com "+sarah.Public+"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	alias := testRecord("sarah.admin@example.com", "sarah@example.com")
+	aliasCanon := canonical(t, alias)
+	if _, err := Check(alias, aliasCanon, []string{sarah2.Sign(t, aliasCanon, Namespace), sarah.Sign(t, aliasCanon, Namespace)}, aliasAllowed, policy, at); err == nil ||
+		!strings.Contains(err.Error(), "one person holds both identities") {
+		t.Errorf("one person approving their own change under another name: %v", err)
+	}
 	bossApproved := testRecord("sarah@example.com", "boss@example.com")
 	bossCanon := canonical(t, bossApproved)
 
@@ -142,6 +155,11 @@ func TestAllowedSignersAgreeWithOpenSSH(t *testing.T) {
 	os.WriteFile(file, data, 0o600)
 	os.WriteFile(sigFile, []byte(sig), 0o600)
 	for _, line := range []string{
+		`"alice@example.com, bob@example.com" ` + k.Public,                     // OpenSSH trims nothing: " bob@example.com"
+		"alice@example.com " + k.Public + "\n*,!alice@example.com " + k.Public, // lines taken one by one
+		"*,!alice@example.com " + k.Public + "\nalice@example.com " + k.Public,
+		`alice@example.com valid-after="20200101UTC" ` + k.Public,
+		`alice@example.com valid-before="20991231z" ` + k.Public,
 		"alice@example.com " + k.Public,
 		"*@example.com " + k.Public,
 		"alice@example.com,bob@example.com " + k.Public,
@@ -155,7 +173,9 @@ func TestAllowedSignersAgreeWithOpenSSH(t *testing.T) {
 		`?lice@example.com ` + k.Public,
 	} {
 		allowedFile := filepath.Join(dir, "allowed")
-		os.WriteFile(allowedFile, []byte(line+"\n"), 0o600)
+		if err := os.WriteFile(allowedFile, []byte(line+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 		for _, who := range []string{"alice@example.com", "bob@example.com"} {
 			cmd := exec.Command("ssh-keygen", "-Y", "verify", "-f", allowedFile, "-I", who, "-n", Namespace, "-s", sigFile)
 			cmd.Stdin = bytes.NewReader(data)
@@ -179,6 +199,7 @@ func TestAllowedSignersAgreeWithOpenSSH(t *testing.T) {
 		"alice@example.com cert-authority " + k.Public,
 		`alice@example.com verify-required ` + k.Public,
 		`alice@example.com valid-after="yesterday" ` + k.Public,
+		`alice@example.com namespaces="git",namespaces="auditproxy-change" ` + k.Public,
 		`"alice@example.com ` + k.Public,
 	} {
 		if _, err := ParseAllowedSigners("allowed", []byte(bad)); err == nil {
@@ -206,6 +227,30 @@ func TestParseRecordRefuses(t *testing.T) {
 	} {
 		if _, _, err := ParseRecord([]byte(tc.in)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%.80s: %v, want an error saying %q", tc.in, err, tc.want)
+		}
+	}
+}
+
+// TestWildcardIsNotExponential: a pattern of many stars against a long
+// identity (actor and approver may be 4 KiB) answers at once, as a
+// backtracking matcher would not; and the matcher agrees with a plain
+// reading of *, ? and literals.
+func TestWildcardIsNotExponential(t *testing.T) {
+	long := strings.Repeat("a", MaxTextBytes)
+	if wildcard(strings.Repeat("*a", 20)+"*b", long) {
+		t.Error("matched a b that is not there")
+	}
+	for _, tc := range []struct {
+		p, s string
+		want bool
+	}{
+		{"*", "", true}, {"", "", true}, {"", "a", false}, {"a*", "abc", true}, {"*c", "abc", true},
+		{"a?c", "abc", true}, {"a?c", "ac", false}, {"*@example.com", "alice@example.com", true},
+		{"*@example.com", "alice@example.comx", false}, {"a*b*c", "aXbYc", true}, {"a*b*c", "aXcYb", false},
+		{"**", "x", true}, {"?*", "", false},
+	} {
+		if got := wildcard(tc.p, tc.s); got != tc.want {
+			t.Errorf("wildcard(%q, %q) = %v", tc.p, tc.s, got)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/auditproxy/auditproxy/audit"
@@ -82,10 +83,17 @@ const (
 // valid, 400; signatures that do not satisfy the allowed signers and the
 // policy, 403; an event the log cannot take, 503. Errors are OpenAI-style
 // JSON, {"error":{"message":…}}.
+//
+// A record already recorded (the same id) is refused with 409: a replay of
+// a signed record would count as a second change. The ids are kept while a
+// record can be submitted (maxRecordAge), in memory: across a restart,
+// verify finds replays.
 func Handler(o HandlerOptions) http.Handler {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	var mu sync.Mutex
+	seen := map[string]seenRecord{}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", http.MethodPost)
@@ -113,6 +121,7 @@ func Handler(o HandlerOptions) http.Handler {
 		}
 		var details any
 		now := o.Now()
+		var recordID string
 		if _, signed := probe["record"]; signed {
 			s, code, err := o.checkSubmission(body, now)
 			if err != nil {
@@ -120,6 +129,23 @@ func Handler(o HandlerOptions) http.Handler {
 				return
 			}
 			details = s
+			var r Record
+			json.Unmarshal(s.Record, &r)
+			recordID = r.ID
+			mu.Lock()
+			for id, sr := range seen {
+				if now.Sub(sr.created) > maxRecordAge {
+					delete(seen, id)
+				}
+			}
+			if sr, dup := seen[recordID]; dup {
+				mu.Unlock()
+				httpError(w, http.StatusConflict, fmt.Sprintf("change record %s was recorded already (annotation %s): a signed record counts once", recordID, sr.event))
+				return
+			}
+			created, _ := time.Parse(time.RFC3339, r.Created)
+			seen[recordID] = seenRecord{created: created, event: "being recorded"}
+			mu.Unlock()
 		} else {
 			if o.RequireSigned {
 				httpError(w, http.StatusForbidden, "this sidecar takes only signed change records (--require-signed-annotations): write one with auditproxy annotate prepare, sign it with ssh-keygen -Y sign -n "+Namespace+", submit it with auditproxy annotate submit")
@@ -142,16 +168,32 @@ func Handler(o HandlerOptions) http.Handler {
 		if err == nil {
 			err = o.Record(ev)
 		}
+		var id struct{ ID string }
+		json.Unmarshal(ev, &id)
+		if recordID != "" {
+			mu.Lock()
+			if err != nil {
+				delete(seen, recordID) // not recorded: it may be submitted again
+			} else {
+				seen[recordID] = seenRecord{created: seen[recordID].created, event: id.ID}
+			}
+			mu.Unlock()
+		}
 		if err != nil {
 			httpError(w, http.StatusServiceUnavailable, "annotation not recorded: "+err.Error())
 			return
 		}
-		var id struct{ ID string }
-		json.Unmarshal(ev, &id)
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusCreated)
 		json.NewEncoder(w).Encode(map[string]string{"id": id.ID})
 	})
+}
+
+// seenRecord is a record the handler recorded: when it was prepared, and
+// the id of its annotation event.
+type seenRecord struct {
+	created time.Time
+	event   string
 }
 
 // checkSubmission reads and checks a signed submission; the int is the

@@ -62,6 +62,7 @@ func TestHandlerRefuses(t *testing.T) {
 		{"dated ahead", "POST", "t", signedBody(&ahead), false, 400, "ahead of this sidecar's clock"},
 		{"the log cannot take it", "POST", "t", good, true, 503, "spool full"},
 		{"accepted", "POST", "t", good, false, 201, `"id":`},
+		{"replayed", "POST", "t", good, false, 409, "was recorded already"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := recorded

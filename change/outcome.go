@@ -1,6 +1,7 @@
 package change
 
 import (
+	"cmp"
 	"encoding/json"
 	"log/slog"
 	"math/rand/v2"
@@ -31,9 +32,11 @@ import (
 // is of the ok requests, TTFT of the ok ones that had a first token. A
 // figure with nothing to compute it from is null. from is when the
 // sidecar started when that is later than the Window before the change.
-// Past perSecondSamples requests ending in one second, percentiles come
-// from a uniform sample of that second's requests, and sampled says so;
-// counts are always exact.
+// Past perSecondSamples requests ending in one second, that second's
+// percentiles come from a uniform sample of its requests, each weighing as
+// many requests as it stands for, and sampled says so; counts are always
+// exact. A window summed so late that its first seconds were dropped says
+// truncated.
 //
 // Windows are in whole seconds. A change whose Window has not passed when
 // the sidecar stops gets its event then, the after figures up to the stop,
@@ -59,8 +62,8 @@ const perSecondSamples = 2048
 type second struct {
 	unix                                 int64
 	requests, ok, errors, cancelled, rej int
-	latency, ttft                        []float64
-	okSeen, ttftSeen                     int
+	latency, ttft                        []float64 // samples of at most perSecondSamples
+	okSeen, ttftSeen                     int       // the values the samples were drawn from
 }
 
 type pendingChange struct {
@@ -80,21 +83,25 @@ type changeRef struct {
 
 // Figures are the requests of one window.
 type Figures struct {
-	From            string       `json:"from"`
-	To              string       `json:"to"`
-	Requests        int          `json:"requests"`
-	OK              int          `json:"ok"`
-	Errors          int          `json:"errors"`
-	ClientCancelled int          `json:"client_cancelled"`
-	Rejected        int          `json:"rejected"`
-	ErrorRate       *float64     `json:"error_rate"`
-	LatencyMS       Percentiles  `json:"latency_ms"`
-	TTFTMS          Percentiles  `json:"ttft_ms"`
-	Sampled         bool         `json:"sampled"`
-	samples         samplesOfWin // not on the wire
+	From            string      `json:"from"`
+	To              string      `json:"to"`
+	Requests        int         `json:"requests"`
+	OK              int         `json:"ok"`
+	Errors          int         `json:"errors"`
+	ClientCancelled int         `json:"client_cancelled"`
+	Rejected        int         `json:"rejected"`
+	ErrorRate       *float64    `json:"error_rate"`
+	LatencyMS       Percentiles `json:"latency_ms"`
+	TTFTMS          Percentiles `json:"ttft_ms"`
+	Sampled         bool        `json:"sampled"`
+	// Truncated says seconds of the window were no longer held when it
+	// was summed (the summing ran late: a blocked log); the figures are
+	// of the rest.
+	Truncated bool `json:"truncated"`
 }
 
-type samplesOfWin struct{ latency, ttft []float64 }
+// weighted is a sampled value and how many values it stands for.
+type weighted struct{ v, w float64 }
 
 // Percentiles of a window; null when it had no such request.
 type Percentiles struct {
@@ -240,19 +247,24 @@ func (oc *Outcomes) Noticed(event []byte) {
 	oc.mu.Lock()
 	defer oc.mu.Unlock()
 	oc.pending = append(oc.pending, pendingChange{change: ref,
-		at: now, before: oc.figures(now.Add(-oc.window), now)})
+		at: now, before: oc.figures(now.Add(-oc.window), now, now)})
 }
 
 // figures sums the whole seconds from from's to the one before to's, that
-// the ring still holds: a request counts in the second it ended, and the
-// second a change happens in counts after it.
-func (oc *Outcomes) figures(from, to time.Time) Figures {
+// the ring still holds at now: a request counts in the second it ended, and
+// the second a change happens in counts after it.
+func (oc *Outcomes) figures(from, to, now time.Time) Figures {
 	if from.Before(oc.started) {
 		from = oc.started
 	}
 	f := Figures{From: from.UTC().Format(time.RFC3339), To: to.UTC().Format(time.RFC3339)}
-	var latency, ttft []float64
+	var latency, ttft []weighted
+	oldest := now.Unix() - int64(len(oc.secs)) + 1 // the oldest second the ring can still hold
 	for u := from.Unix(); u < to.Unix(); u++ {
+		if u < oldest {
+			f.Truncated = true
+			continue
+		}
 		s := &oc.secs[u%int64(len(oc.secs))]
 		if s.unix != u {
 			continue
@@ -263,8 +275,8 @@ func (oc *Outcomes) figures(from, to time.Time) Figures {
 		f.ClientCancelled += s.cancelled
 		f.Rejected += s.rej
 		f.Sampled = f.Sampled || s.okSeen > perSecondSamples || s.ttftSeen > perSecondSamples
-		latency = append(latency, s.latency...)
-		ttft = append(ttft, s.ttft...)
+		latency = appendWeighted(latency, s.latency, s.okSeen)
+		ttft = appendWeighted(ttft, s.ttft, s.ttftSeen)
 	}
 	if n := f.OK + f.Errors; n > 0 {
 		r := float64(f.Errors) / float64(n)
@@ -274,16 +286,42 @@ func (oc *Outcomes) figures(from, to time.Time) Figures {
 	return f
 }
 
-// percentiles are nearest-rank percentiles of v.
-func percentiles(v []float64) Percentiles {
+// appendWeighted adds a second's sample of seen values: each stands for
+// seen/len(sample) of them, so that a busy second's sample weighs as much
+// as its requests, not as its sample's size.
+func appendWeighted(dst []weighted, sample []float64, seen int) []weighted {
+	if len(sample) == 0 {
+		return dst
+	}
+	w := float64(seen) / float64(len(sample))
+	for _, v := range sample {
+		dst = append(dst, weighted{v, w})
+	}
+	return dst
+}
+
+// percentiles are weighted nearest-rank percentiles of v: the smallest
+// value whose cumulative weight reaches p of the total. With every weight
+// 1 (no second sampled) they are the exact nearest-rank percentiles.
+func percentiles(v []weighted) Percentiles {
 	if len(v) == 0 {
 		return Percentiles{}
 	}
-	slices.Sort(v)
+	slices.SortFunc(v, func(a, b weighted) int { return cmp.Compare(a.v, b.v) })
+	var total float64
+	for _, x := range v {
+		total += x.w
+	}
 	rank := func(p float64) *float64 {
-		i := int(p*float64(len(v))+0.999999999) - 1
-		x := v[max(0, min(i, len(v)-1))]
-		return &x
+		want, sum := p*total, 0.0
+		for _, x := range v {
+			if sum += x.w; sum >= want-1e-9*total {
+				r := x.v
+				return &r
+			}
+		}
+		r := v[len(v)-1].v
+		return &r
 	}
 	return Percentiles{P50: rank(0.50), P99: rank(0.99)}
 }
@@ -299,7 +337,7 @@ func (oc *Outcomes) Due() {
 			keep = append(keep, p)
 			continue
 		}
-		due = append(due, Outcome{Change: p.change, WindowS: oc.window.Seconds(), Before: p.before, After: oc.figures(p.at, p.at.Add(oc.window))})
+		due = append(due, Outcome{Change: p.change, WindowS: oc.window.Seconds(), Before: p.before, After: oc.figures(p.at, p.at.Add(oc.window), now)})
 	}
 	oc.pending = keep
 	oc.mu.Unlock()
@@ -318,9 +356,12 @@ func (oc *Outcomes) Close() {
 	var due []Outcome
 	for _, p := range oc.pending {
 		// Up to the stop: the second it is in, which has ended for the
-		// requests it counts.
+		// requests it counts; never past the window.
 		end := now.Truncate(time.Second).Add(time.Second)
-		due = append(due, Outcome{Change: p.change, WindowS: oc.window.Seconds(), CutShort: true, Before: p.before, After: oc.figures(p.at, end)})
+		if limit := p.at.Add(oc.window); end.Unix() > limit.Unix() {
+			end = limit
+		}
+		due = append(due, Outcome{Change: p.change, WindowS: oc.window.Seconds(), CutShort: true, Before: p.before, After: oc.figures(p.at, end, now)})
 	}
 	oc.pending = nil
 	oc.mu.Unlock()

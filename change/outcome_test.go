@@ -193,3 +193,72 @@ func TestChangeOutcomesConcurrently(t *testing.T) {
 		t.Fatalf("%d outcomes; after: %+v", len(got), got)
 	}
 }
+
+// TestChangeOutcomeSampledAndLate: a busy second's sample weighs as many
+// requests as it stands for; a window summed after its seconds were
+// dropped says truncated; a change cut short counts no more than its
+// window.
+func TestChangeOutcomeSampledAndLate(t *testing.T) {
+	clock := &outcomeClock{t: time.Unix(1_800_000_000, 0)}
+	var events [][]byte
+	oc := StartOutcomes(OutcomesOptions{Window: 10 * time.Second, Now: clock.now,
+		Record: func(ev []byte) error { events = append(events, ev); return nil }})
+	oc.Noticed(opsEvent(t, audit.TypeGPUChanged, map[string]any{}))
+	// After: 4,000 requests of 10 ms in one second (sampled to 2,048),
+	// then 3,048 of 1,000 ms over two seconds: the median is 10 ms.
+	clock.t = clock.t.Add(time.Second)
+	for range 4000 {
+		oc.Observe(inference(audit.OutcomeOK, 10, nil))
+	}
+	for s := range 2 {
+		clock.t = clock.t.Add(time.Second)
+		for range 1524 + s {
+			oc.Observe(inference(audit.OutcomeOK, 1000, nil))
+		}
+	}
+	clock.t = time.Unix(1_800_000_000, 0).Add(11 * time.Second)
+	oc.Due()
+	// A second change whose window is summed 30 s late: its first
+	// seconds are gone from the ring.
+	oc.Noticed(opsEvent(t, audit.TypeGPUChanged, map[string]any{}))
+	for range 5 {
+		oc.Observe(inference(audit.OutcomeOK, 1, nil))
+	}
+	clock.t = clock.t.Add(40 * time.Second)
+	oc.Due()
+	// A third, cut short at Close 0.9 s into a 10 s window.
+	oc.Noticed(opsEvent(t, audit.TypeGPUChanged, map[string]any{}))
+	clock.t = clock.t.Add(900 * time.Millisecond)
+	oc.Close()
+	got := recorded(t, events)
+	if len(got) != 3 {
+		t.Fatalf("%d outcomes, want 3", len(got))
+	}
+	if a := got[0].After; a.OK != 7049 || !a.Sampled || *a.LatencyMS.P50 != 10 || *a.LatencyMS.P99 != 1000 || a.Truncated {
+		t.Errorf("the sampled window: ok %d sampled %v p50 %v p99 %v truncated %v", a.OK, a.Sampled, *a.LatencyMS.P50, *a.LatencyMS.P99, a.Truncated)
+	}
+	if a := got[1].After; !a.Truncated || a.Requests != 0 {
+		t.Errorf("the window summed late: truncated %v, %d requests", a.Truncated, a.Requests)
+	}
+	if c := got[2]; !c.CutShort {
+		t.Errorf("cut short: %+v", c)
+	}
+
+	// Cut short never counts past the window: a 1 s window from x.9, the
+	// sidecar stopping at x+1.8: the second x only.
+	events = nil
+	x := time.Unix(1_800_000_100, 0)
+	clock.t = x.Add(900 * time.Millisecond)
+	short := StartOutcomes(OutcomesOptions{Window: time.Second, Now: clock.now,
+		Record: func(ev []byte) error { events = append(events, ev); return nil }})
+	short.Noticed(opsEvent(t, audit.TypeGPUChanged, map[string]any{}))
+	short.Observe(inference(audit.OutcomeOK, 1, nil))
+	clock.t = x.Add(1500 * time.Millisecond)
+	short.Observe(inference(audit.OutcomeOK, 1, nil))
+	short.Observe(inference(audit.OutcomeOK, 1, nil))
+	clock.t = x.Add(1800 * time.Millisecond)
+	short.Close()
+	if got := recorded(t, events); len(got) != 1 || got[0].After.Requests != 1 {
+		t.Errorf("cut short past its window: %+v", got)
+	}
+}

@@ -129,6 +129,15 @@ func TestSignedChangeRecordsThroughServe(t *testing.T) {
 		!strings.Contains(out.String(), "change records: 1 signed, their signatures checked with --allowed-signers; 0 unsigned") {
 		t.Errorf("verify --allowed-signers: %d\n%s", code, out.String())
 	}
+	// An escape cannot hide the annotation from the check: the chain is
+	// verified on the canonical form, and so are change records.
+	escaped := filepath.Join(dir, "escaped.ndjson")
+	os.WriteFile(escaped, bytes.Replace(exported.Bytes(), []byte(`"type":"annotation","v":1}`), []byte(`"type":"annot\u0061tion","v":1}`), 1), 0o644)
+	out.Reset()
+	if code := run([]string{"verify", "--pubkey", pub, "--allowed-signers", allowed, escaped}, &out, io.Discard); code != 0 ||
+		!strings.Contains(out.String(), "change records: 1 signed") {
+		t.Errorf("verify of a copy with the annotation's type escaped: %d\n%s", code, out.String())
+	}
 	edited := filepath.Join(dir, "edited.ndjson")
 	os.WriteFile(edited, bytes.Replace(exported.Bytes(), []byte(`"llama-3.3-70b"`), []byte(`"llama-3.3-8b"`), 1), 0o644)
 	out.Reset()

@@ -137,16 +137,12 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	} else if *approvalRequired != "" {
 		return usageError{"verify: --approval-required needs --allowed-signers"}
 	}
-	add := v.Add
 	if changes != nil {
-		add = func(line []byte) {
-			v.Add(line)
-			changes.Add(line)
-		}
+		v.Observe = changes.Add
 	}
 	var damaged eventsrc.DamageError
 	for _, path := range fs.Args() {
-		if err := damaged.Collect(eventsrc.Read(path, add)); err != nil {
+		if err := damaged.Collect(eventsrc.Read(path, v.Add)); err != nil {
 			return fmt.Errorf("verify: %w", err)
 		}
 	}
