@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/auditproxy/auditproxy/internal/redact"
 )
 
 // AllowedSigners is an OpenSSH allowed-signers file: which keys may sign
@@ -31,6 +33,9 @@ type allowedSigner struct {
 // is an error, not ignored: a line the file's author meant to restrict must
 // not be read as unrestricted.
 func ParseAllowedSigners(name string, b []byte) (*AllowedSigners, error) {
+	if kind := redact.SecretKind(string(b)); kind != "" {
+		return nil, fmt.Errorf("%s is %s, not an allowed-signers file (principals [options] public key, one per line)", name, kind)
+	}
 	var as AllowedSigners
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)

@@ -200,6 +200,7 @@ func TestAllowedSignersAgreeWithOpenSSH(t *testing.T) {
 		`alice@example.com verify-required ` + k.Public,
 		`alice@example.com valid-after="yesterday" ` + k.Public,
 		`alice@example.com namespaces="git",namespaces="auditproxy-change" ` + k.Public,
+		"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
 		`"alice@example.com ` + k.Public,
 	} {
 		if _, err := ParseAllowedSigners("allowed", []byte(bad)); err == nil {

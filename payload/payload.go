@@ -24,6 +24,8 @@ import (
 	"strings"
 
 	"filippo.io/age"
+
+	"github.com/auditproxy/auditproxy/internal/redact"
 )
 
 const magic = "auditproxy-payload-v1\n"
@@ -32,6 +34,11 @@ const magic = "auditproxy-payload-v1\n"
 func ParseRecipients(specs []string) ([]age.Recipient, error) {
 	var out []age.Recipient
 	for _, s := range specs {
+		if kind := redact.SecretKind(s); kind != "" {
+			// Never printed: an identity given here is the key that
+			// decrypts every capture.
+			return nil, fmt.Errorf("a payload recipient is %s, which must not be shared: give its public recipient (age1...)", kind)
+		}
 		r, err := age.ParseX25519Recipient(strings.TrimSpace(s))
 		if err != nil {
 			return nil, fmt.Errorf("payload recipient %q: %w", s, err)

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/auditproxy/auditproxy/internal/fsutil"
+	"github.com/auditproxy/auditproxy/internal/redact"
 )
 
 // runKeygen writes a new checkpoint signing key.
@@ -83,14 +84,23 @@ func loadVerifiers(specs []string) (note.Verifiers, error) {
 		} else if !strings.Contains(spec, "+") {
 			return nil, fmt.Errorf("--pubkey %s: %w", spec, err)
 		}
-		for _, line := range strings.Split(text, "\n") {
+		where := spec
+		if text == spec {
+			where = "the key given"
+		}
+		for i, line := range strings.Split(text, "\n") {
 			line = strings.TrimSpace(line)
 			if line == "" || strings.HasPrefix(line, "#") {
 				continue
 			}
+			// The line is never printed: given by mistake, it may be a
+			// secret.
+			if kind := redact.SecretKind(line); kind != "" {
+				return nil, fmt.Errorf("--pubkey: line %d of %s is %s, which must not be shared: give the checkpoint verifier key (signing.key.pub, NAME+HASH+KEY)", i+1, where, kind)
+			}
 			v, err := note.NewVerifier(line)
 			if err != nil {
-				return nil, fmt.Errorf("--pubkey %s: %q is not a verifier key (%v)", spec, line, err)
+				return nil, fmt.Errorf("--pubkey: line %d of %s is not a checkpoint verifier key (NAME+HASH+KEY, as auditproxy keygen writes FILE.pub): %v", i+1, where, err)
 			}
 			vs = append(vs, v)
 		}

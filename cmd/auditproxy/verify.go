@@ -17,6 +17,7 @@ import (
 
 	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/change"
+	"github.com/auditproxy/auditproxy/internal/redact"
 	"github.com/auditproxy/auditproxy/eventsrc"
 	"github.com/auditproxy/auditproxy/query"
 )
@@ -312,8 +313,8 @@ func loadWitnessKeys(specs []string) ([]note.Verifier, error) {
 			if line == "" || strings.HasPrefix(line, "#") {
 				continue
 			}
-			if strings.HasPrefix(line, "PRIVATE+KEY+") {
-				return nil, fmt.Errorf("--witness-key: line %d of %s is a private key; give the witness's verifier key (its operator publishes it)", i+1, where)
+			if kind := redact.SecretKind(line); kind != "" {
+				return nil, fmt.Errorf("--witness-key: line %d of %s is %s; give the witness's verifier key (its operator publishes it)", i+1, where, kind)
 			}
 			v, err := fnote.NewVerifierForCosignatureV1(line)
 			if err != nil {

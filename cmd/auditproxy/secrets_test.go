@@ -1,0 +1,54 @@
+package main
+
+import (
+	"bytes"
+	cryptorand "crypto/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"filippo.io/age"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// TestSecretsGivenAsKeysAreNotPrinted: a private signing key or an age
+// identity given where a public key belongs is refused with what it is and
+// what to give instead, and the secret is not in the message.
+func TestSecretsGivenAsKeysAreNotPrinted(t *testing.T) {
+	dir := t.TempDir()
+	skey, vkey, _ := note.GenerateKey(cryptorand.Reader, "gpu-node-7")
+	signingKey := filepath.Join(dir, "signing.key")
+	os.WriteFile(signingKey, []byte(skey+"\n"), 0o600)
+	id, _ := age.GenerateX25519Identity()
+	identityFile := filepath.Join(dir, "auditor.agekey")
+	os.WriteFile(identityFile, []byte("# created: 2026-12-05T10:00:00Z\n# public key: "+id.Recipient().String()+"\n"+id.String()+"\n"), 0o600)
+	events := filepath.Join(dir, "events.ndjson")
+	os.WriteFile(events, []byte("{}\n"), 0o600)
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		secret string
+		want   string
+	}{
+		{"verify --pubkey the signing key", []string{"verify", "--pubkey", signingKey, events}, skey, "line 1 of " + signingKey + " is a private signing key"},
+		{"verify --pubkey the key text", []string{"verify", "--pubkey", skey, events}, skey, "line 1 of the key given is a private signing key"},
+		{"verify --pubkey an age identity", []string{"verify", "--pubkey", identityFile, events}, id.String(), "line 3 of " + identityFile + " is an age identity"},
+		{"verify-proof --pubkey the signing key", []string{"verify-proof", "--pubkey", signingKey, events}, skey, "is a private signing key"},
+		{"verify --witness-key an age identity", []string{"verify", "--pubkey", vkey, "--witness-key", identityFile, events}, id.String(), "is an age identity"},
+		{"serve --payload-recipient an identity", []string{"serve", "--upstream", "http://127.0.0.1:1", "--capture-payloads", "--payload-recipient", id.String()}, id.String(), "is an age identity"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			code := run(tc.args, &out, &errOut)
+			all := out.String() + errOut.String()
+			if code != 2 || !strings.Contains(all, tc.want) {
+				t.Errorf("exit %d, want 2 and %q:\n%s", code, tc.want, all)
+			}
+			secretPart := tc.secret[len(tc.secret)-20:]
+			if strings.Contains(all, secretPart) {
+				t.Errorf("the secret is printed:\n%s", all)
+			}
+		})
+	}
+}
