@@ -17,8 +17,8 @@ import (
 
 	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/change"
-	"github.com/auditproxy/auditproxy/internal/redact"
 	"github.com/auditproxy/auditproxy/eventsrc"
+	"github.com/auditproxy/auditproxy/internal/redact"
 	"github.com/auditproxy/auditproxy/query"
 )
 
