@@ -62,6 +62,15 @@ const (
 	TypeChangeOutcome = "change_outcome"
 )
 
+// Types are the event types the sidecar writes, every one of the Type
+// constants: a filter on another type (a typo) selects nothing.
+var Types = []string{
+	TypeInference, TypeLogStarted, TypeCheckpoint, TypeSegmentDamaged,
+	TypeProxyStarted, TypeProxyStopped, TypeGPUIdentity, TypeGPUChanged,
+	TypeModelChanged, TypeUpstreamVersion, TypeModelLoaded, TypeModelUnloaded,
+	TypeModelIdentityUnavailable, TypeModelIdentityRestored, TypeAnnotation, TypeChangeOutcome,
+}
+
 // Members are the top-level member names of the events of every type, the
 // log's own ("log", "checkpoint", "log_started") included. Anything else at
 // the top level of a stored record was added after the sidecar wrote it (an

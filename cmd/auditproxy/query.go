@@ -73,6 +73,9 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 		}
 		f.Outcomes = append(f.Outcomes, oc)
 	}
+	if err := checkSelectors(f); err != nil {
+		return err
+	}
 	if *stats && len(f.Types) == 0 {
 		f.Types = []string{audit.TypeInference} // the only type --stats counts
 	}
@@ -134,6 +137,9 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 		if err = damaged.Collect(err); err != nil {
 			return fmt.Errorf("query: %w", err)
 		}
+		if n == 0 && path != "-" {
+			fmt.Fprintf(stderr, "auditproxy: note: %s holds no events (give the spool directory, DATA-DIR/spool, or event files)\n", path)
+		}
 		if err := sorter.Err(); err != nil {
 			return fmt.Errorf("query: sorting the events: %w", err)
 		}
@@ -170,6 +176,48 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("query: %w", &damaged)
 	}
 	return bad.err()
+}
+
+// checkSelectors refuses values no event can match, said without
+// printing a value that may be a secret: a type the sidecar never writes,
+// an API key given instead of its id, a model checksum given as a model
+// name.
+func checkSelectors(f query.Filter) error {
+	for _, t := range f.Types {
+		if !slices.Contains(audit.Types, t) {
+			hint := ""
+			for _, known := range audit.Types {
+				if strings.HasPrefix(known, t) || strings.HasPrefix(t, known) {
+					hint = fmt.Sprintf(" (did you mean %s?)", known)
+					break
+				}
+			}
+			return usageError{fmt.Sprintf("query: --type %q is not an event type%s; the types are %s", t, hint, strings.Join(audit.Types, ", "))}
+		}
+	}
+	for i, k := range f.APIKeyIDs {
+		if !strings.HasPrefix(k, "k1:") {
+			return usageError{fmt.Sprintf("query: --api-key-id (the %s given) is not a key id (k1:<hex>, the api_key_id of events); if it is the API key itself, find its id with: auditproxy keyid --key-id-secret-file FILE, the key on standard input", ordinal(i+1))}
+		}
+	}
+	for _, m := range f.Models {
+		if strings.HasPrefix(m, "blake3:") || strings.HasPrefix(m, "sha256:") {
+			return usageError{fmt.Sprintf("query: --model %q is a checksum; --model takes the model name a request asked for (model.name); the weights' checksum is model.checksum in each event", m)}
+		}
+	}
+	return nil
+}
+
+func ordinal(n int) string {
+	switch n {
+	case 1:
+		return "first"
+	case 2:
+		return "second"
+	case 3:
+		return "third"
+	}
+	return strconv.Itoa(n) + "th"
 }
 
 // badEvents counts the lines that are not events and keeps the first.

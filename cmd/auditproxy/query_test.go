@@ -356,6 +356,10 @@ func TestQueryErrors(t *testing.T) {
 		{[]string{"query", "--colour", dir}, 2, "flag provided but not defined: -colour"},
 		{[]string{"query", dir, filepath.Join(dir, "missing")}, 1, "auditproxy: query: stat " + filepath.Join(dir, "missing") + ": no such file or directory\n"},
 		{[]string{"query", "--help"}, 0, "Usage: auditproxy query PATH..."},
+		// Values no event can match are refused, not answered with nothing.
+		{[]string{"query", "--type", "model_change", dir}, 2, `--type "model_change" is not an event type (did you mean model_changed?)`},
+		{[]string{"query", "--api-key-id", "sk-live-secret-123", dir}, 2, "--api-key-id (the first given) is not a key id (k1:<hex>"},
+		{[]string{"query", "--model", "blake3:0123abcd", dir}, 2, `--model "blake3:0123abcd" is a checksum`},
 	} {
 		var out, errOut bytes.Buffer
 		if code := run(tc.args, &out, &errOut); code != tc.code || !strings.Contains(errOut.String(), tc.want) {
@@ -364,6 +368,15 @@ func TestQueryErrors(t *testing.T) {
 		if tc.code != 0 && out.Len() != 0 {
 			t.Errorf("%v printed %q", tc.args, out.String())
 		}
+		if strings.Contains(errOut.String(), "sk-live-secret") {
+			t.Errorf("%v printed the API key: %s", tc.args, errOut.String())
+		}
+	}
+	// A path with no events is named on stderr.
+	empty := t.TempDir()
+	var out, errOut bytes.Buffer
+	if code := run([]string{"query", empty}, &out, &errOut); code != 0 || !strings.Contains(errOut.String(), empty+" holds no events") {
+		t.Errorf("query of an empty directory: %d %q", code, errOut.String())
 	}
 	// The same through runQuery: usage errors are usageErrors.
 	if _, _, err := queryCmd("--since", "yesterday", dir); !errors.As(err, new(usageError)) {
