@@ -564,6 +564,7 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 	treeOK := true // every leaf so far present
 	var prevCP *cpRec
 	roots := map[int64]tlog.Hash{} // of the checkpoints that verified
+	unknownSigned, unknownSigners := 0, []string(nil)
 	for i := range o.checkpoints {
 		cp := &o.checkpoints[i]
 		for tree.Size() < cp.seq && treeOK {
@@ -586,7 +587,12 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 		var unknown *note.UnverifiedNoteError
 		switch {
 		case errors.As(err, &unknown):
-			problem("checkpoint at seq %d: signed by no known key (%s)", cp.seq, signerNames(unknown.Note))
+			unknownSigned++
+			for _, name := range signerIDs(unknown.Note) {
+				if !slices.Contains(unknownSigners, name) {
+					unknownSigners = append(unknownSigners, name)
+				}
+			}
 			continue
 		case err != nil:
 			problem("checkpoint at seq %d: %v", cp.seq, err)
@@ -639,6 +645,16 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 		prevCP = cp
 		r.NewestCheckpoint = ck.Size
 		r.NewestCheckpointAt = time.Unix(0, cp.time).UTC().Format(time.RFC3339Nano)
+	}
+	if unknownSigned > 0 {
+		// One line, not one per checkpoint: what the auditor lacks is a
+		// key, named here by the id its holder can look up.
+		who := "no signature"
+		if len(unknownSigners) > 0 {
+			who = "key " + strings.Join(unknownSigners, ", ")
+		}
+		problem("%d checkpoints signed by no key given: signed by %s; ask the operator for its verifier key (the line of signing.key.pub starting %s+) and give it with --pubkey",
+			unknownSigned, who, firstOr(unknownSigners, "NAME+HASH"))
 	}
 	// The uncommitted tail: events after the newest checkpoint that
 	// verified, which nothing signed covers yet.
@@ -732,6 +748,25 @@ func KeyNamedForOrigin(keyName, origin string) bool {
 	}
 	i := strings.LastIndexByte(origin, '/')
 	return i > 0 && keyName == origin[:i]
+}
+
+// signerIDs are the key ids (name+hash) of a note's signatures.
+func signerIDs(n *note.Note) []string {
+	if n == nil {
+		return nil
+	}
+	var ids []string
+	for _, s := range n.UnverifiedSigs {
+		ids = append(ids, fmt.Sprintf("%s+%08x", s.Name, s.Hash))
+	}
+	return ids
+}
+
+func firstOr(s []string, or string) string {
+	if len(s) == 0 {
+		return or
+	}
+	return s[0]
 }
 
 func signerNames(n *note.Note) string {

@@ -207,7 +207,7 @@ func TestVerifyDetectsTampering(t *testing.T) {
 			"one event id appears at auditproxy/test/20261123T100000Z seq 0 and at auditproxy/other/20261123T100000Z seq 0"},
 		{"forged event inserted", [][][]byte{forged}, exported, lg.keys, "seq 20: two different events claim it"},
 		{"rolled back and rewritten", [][][]byte{lg.lines, forkLines}, exported, lg.keys, "seq 33: two different events claim it"},
-		{"signed by an unknown key", [][][]byte{lg.lines}, exported, otherKeys, "signed by no known key"},
+		{"signed by an unknown key", [][][]byte{lg.lines}, exported, otherKeys, "5 checkpoints signed by no key given: signed by key test-signer+"},
 		{"checkpoint from another log", [][][]byte{append(without(lg.lines, 32), withLogOf(other.cps[0], lg.lines[32]))}, time.Time{}, lg.keys,
 			`checkpoint at seq 32 is for origin "auditproxy/other/20261123T100000Z"`},
 		{"unchained event", [][][]byte{lg.lines, {[]byte(`{"v":1,"type":"inference","id":"x"}`)}}, exported, lg.keys, "have no \"log\" member"},

@@ -137,9 +137,14 @@ func ReadConcurrently(paths []string, workers int, add func(src int, ev []byte))
 	return damaged.OrNil()
 }
 
+// CosignaturesFile is the name of the witness client's file of cosigned
+// checkpoints in a data dir (DATA-DIR/cosignatures.ndjson): not events.
+const CosignaturesFile = "cosignatures.ndjson"
+
 // Sources returns the files Read reads for path, in the order it reads
 // them: path itself (or - for stdin), or the event files under the
-// directory path.
+// directory path. Given a data dir, it reads the spool in it, not the
+// sidecar's state files beside it.
 func Sources(path string) ([]string, error) {
 	if path == Stdin {
 		return []string{path}, nil
@@ -170,9 +175,14 @@ func Sources(path string) ([]string, error) {
 	})
 	kept := files[:0]
 	for i, p := range files {
+		dir := filepath.Dir(p)
 		switch {
-		case strings.HasSuffix(p, ".json") && spoolDirs[filepath.Dir(p)]:
+		case strings.HasSuffix(p, ".json") && spoolDirs[dir]:
 			// The spool's state or its log's, beside the segments.
+		case spoolDirs[filepath.Join(dir, spool.DirName)] && (strings.HasSuffix(p, ".json") || filepath.Base(p) == CosignaturesFile):
+			// A data dir given for its spool: the sidecar's own state
+			// beside it (the manifest cache, the witness client's state
+			// and cosignatures) holds no events.
 		case segments[p] && listedSealed(files[i+1:], p, segments):
 			// Being sealed: read the sealed form, listed after it.
 		default:

@@ -109,6 +109,11 @@ func TestSources(t *testing.T) {
 	}
 	write("data/spool/log.json", `{"origin":"h/1"}`) // the log's own, beside the segments
 	write("data/spool/notes.ndjson", "")
+	// The sidecar's state beside its spool: not events.
+	write("data/manifest-cache.json", `{}`)
+	write("data/witness.json", `{}`)
+	write("data/"+CosignaturesFile, `{"origin":"h/1","size":1,"note":"x"}`)
+	write("data/checkpoints/checkpoints.ndjson", "") // a checkpoint dir inside: events
 	write("evidence/"+seg, "")        // a copy of a spool, under another name
 	write("evidence/"+seg+".zst", "") // ... taken while the segment was being sealed
 	write("evidence/state.json", "")  // ... with its state
@@ -131,7 +136,7 @@ func TestSources(t *testing.T) {
 		path string
 		want []string
 	}{
-		{"data", []string{"data/spool/" + seg, "data/spool/notes.ndjson"}},
+		{"data", []string{"data/checkpoints/checkpoints.ndjson", "data/spool/" + seg, "data/spool/notes.ndjson"}},
 		{"data/spool", []string{"data/spool/" + seg, "data/spool/notes.ndjson"}},
 		{"data/spool/log.json", []string{"data/spool/log.json"}}, // named: read
 		{"evidence", []string{"evidence/" + seg + ".zst", "evidence/more.jsonl"}},

@@ -27,6 +27,7 @@ import (
 	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/auditlog/witness"
 	"github.com/auditproxy/auditproxy/change"
+	"github.com/auditproxy/auditproxy/eventsrc"
 	"github.com/auditproxy/auditproxy/forward"
 	"github.com/auditproxy/auditproxy/hashing"
 	"github.com/auditproxy/auditproxy/identity"
@@ -456,7 +457,7 @@ func (inst *instance) openLog(s settings, signer note.Signer, reg prometheus.Reg
 	// checkpoints reach it, and started once the log is open.
 	if c.witnessURL != "" {
 		wc, err := witness.New(witness.Options{URL: c.witnessURL,
-			StateFile: filepath.Join(c.dataDir, "witness.json"), CosignatureFile: filepath.Join(c.dataDir, "cosignatures.ndjson"),
+			StateFile: filepath.Join(c.dataDir, "witness.json"), CosignatureFile: filepath.Join(c.dataDir, eventsrc.CosignaturesFile),
 			Logger: logger})
 		if err != nil {
 			return usageError{"--witness-url: " + err.Error()}
