@@ -114,10 +114,10 @@ func TestSources(t *testing.T) {
 	write("data/witness.json", `{}`)
 	write("data/"+CosignaturesFile, `{"origin":"h/1","size":1,"note":"x"}`)
 	write("data/checkpoints/checkpoints.ndjson", "") // a checkpoint dir inside: events
-	write("evidence/"+seg, "")        // a copy of a spool, under another name
-	write("evidence/"+seg+".zst", "") // ... taken while the segment was being sealed
-	write("evidence/state.json", "")  // ... with its state
-	write("evidence/more.jsonl", "")  // and events beside it
+	write("evidence/"+seg, "")                       // a copy of a spool, under another name
+	write("evidence/"+seg+".zst", "")                // ... taken while the segment was being sealed
+	write("evidence/state.json", "")                 // ... with its state
+	write("evidence/more.jsonl", "")                 // and events beside it
 	write("exports/a.ndjson", "")
 	write("exports/b.jsonl", "")
 	write("exports/c.json", "")

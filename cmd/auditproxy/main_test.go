@@ -1295,7 +1295,7 @@ func TestServeWithOmniwitness(t *testing.T) {
 	skey, _, _ := note.GenerateKey(cryptorand.Reader, "oops")
 	errOut.Reset()
 	if code := run([]string{"verify", "--pubkey", pub, "--witness-key", skey, "--cosignatures", cosignatures, dataDir}, io.Discard, &errOut); code != 2 ||
-		!strings.Contains(errOut.String(), "is a private key") || strings.Contains(errOut.String(), skey) {
+		!strings.Contains(errOut.String(), "is a private signing key") || strings.Contains(errOut.String(), skey) {
 		t.Errorf("verify with a private key as the witness key: %d %s", code, errOut.String())
 	}
 }
