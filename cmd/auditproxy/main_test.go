@@ -993,6 +993,13 @@ func TestCapturedPayloadIsReconstructed(t *testing.T) {
 			t.Fatalf("the prompt is in %s in clear", seg)
 		}
 	}
+	// proxy_started names the recipients, so an auditor knows which
+	// identity decrypts the run's captures.
+	var started bytes.Buffer
+	run([]string{"query", "--type", "proxy_started", spool}, &started, io.Discard)
+	if !strings.Contains(started.String(), `"payload_recipients":["`+auditor.Recipient().String()+`"]`) {
+		t.Errorf("proxy_started does not name the payload recipient:\n%s", started.String())
+	}
 	pub := filepath.Join(dataDir, "signing.key.pub")
 	for i := range 2 {
 		var out, errOut bytes.Buffer

@@ -720,6 +720,20 @@ func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 	return nil, usageError{fmt.Sprintf("--log-format %q: want json or text", format)}
 }
 
+// recipientsOf lists the age recipients captured bodies are encrypted to
+// (public keys): an auditor finds in proxy_started which identity decrypts
+// a run's captures. Empty without capture.
+func recipientsOf(c serveConfig) []string {
+	if !c.capturePayloads {
+		return []string{}
+	}
+	out := make([]string, 0, len(c.payloadRecipients))
+	for _, r := range c.payloadRecipients {
+		out = append(out, strings.TrimSpace(r))
+	}
+	return out
+}
+
 // appendChange records an event of the identity pollers or the annotations
 // API, and shows it to the change outcomes: some are changes.
 func (inst *instance) appendChange(ev []byte) error {
@@ -789,7 +803,7 @@ func (inst *instance) startIdentity(reg prometheus.Registerer, undo *closers) er
 	// proxy_started opens the run's events, before the identity's own.
 	inst.recordOps(audit.TypeProxyStarted, map[string]any{"version": buildVersion(), "config_digest": c.digest(),
 		"gpu": inst.gpu.Current(), "upstream": c.upstream, "listen": c.listen, "hash": c.hash, "durability": c.durability,
-		"forward": c.forward, "capture_payloads": c.capturePayloads})
+		"forward": c.forward, "capture_payloads": c.capturePayloads, "payload_recipients": recipientsOf(c)})
 	g.Start()
 	dirs := map[string]string{}
 	for _, spec := range c.modelDirs {
