@@ -19,17 +19,34 @@ import (
 const Stdin = "-"
 
 // DamageError names the spool segments that were read past damage: their
-// intact events were read, the damaged ranges not.
+// intact events were read, the damaged ranges not. Torn are the segments
+// that end in bytes that are not a whole record: a copy taken while the
+// sidecar was committing them, or cut short; the events before were read.
 type DamageError struct {
 	Files []*spool.DamagedSegmentError
+	Torn  []*TornError
 }
 
 func (e *DamageError) Error() string {
-	msgs := make([]string, len(e.Files))
-	for i, f := range e.Files {
-		msgs[i] = f.Error()
+	var msgs []string
+	for _, f := range e.Files {
+		msgs = append(msgs, f.Error())
+	}
+	for _, t := range e.Torn {
+		msgs = append(msgs, t.Error())
 	}
 	return strings.Join(msgs, "; ")
+}
+
+// TornError is a segment file that ends in Bytes bytes that are not a
+// whole record.
+type TornError struct {
+	File  string
+	Bytes int64
+}
+
+func (e *TornError) Error() string {
+	return fmt.Sprintf("%s ends in %d bytes that are not a whole record (a copy taken while the sidecar was committing them, or cut short): the events in them were not read", e.File, e.Bytes)
 }
 
 // Collect adds err to e when it is damage read past (a *DamageError or a
@@ -37,12 +54,17 @@ func (e *DamageError) Error() string {
 func (e *DamageError) Collect(err error) error {
 	var dse *spool.DamagedSegmentError
 	var de *DamageError
+	var te *TornError
 	switch {
 	case errors.As(err, &de):
 		e.Files = append(e.Files, de.Files...)
+		e.Torn = append(e.Torn, de.Torn...)
 		return nil
 	case errors.As(err, &dse):
 		e.Files = append(e.Files, dse)
+		return nil
+	case errors.As(err, &te):
+		e.Torn = append(e.Torn, te)
 		return nil
 	}
 	return err
@@ -50,7 +72,7 @@ func (e *DamageError) Collect(err error) error {
 
 // OrNil returns e, or nil when it names no file.
 func (e *DamageError) OrNil() error {
-	if len(e.Files) == 0 {
+	if len(e.Files) == 0 && len(e.Torn) == 0 {
 		return nil
 	}
 	return e
@@ -222,7 +244,10 @@ func isEventFileName(name string) bool {
 func readFile(path string, add func([]byte)) error {
 	if spool.IsSegmentFile(path) {
 		read := func(path string) error {
-			_, err := spool.ReadSegmentFile(path, func(rec []byte) error { add(rec); return nil })
+			torn, err := spool.ReadSegmentFile(path, func(rec []byte) error { add(rec); return nil })
+			if err == nil && torn > 0 {
+				return &TornError{File: path, Bytes: torn}
+			}
 			return err
 		}
 		err := read(path)

@@ -1,6 +1,7 @@
 package eventsrc
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -177,5 +178,39 @@ func TestReadConcurrently(t *testing.T) {
 		if got := slices.Concat(bySrc...); err != nil || !slices.Equal(got, want) {
 			t.Errorf("%d workers: %d events, %v", workers, len(got), err)
 		}
+	}
+}
+
+// TestReadReportsATornEnd: a segment copied while a record was being
+// committed (or cut short) ends in bytes that are not a whole record: the
+// events before it are read, and the error names the file and the bytes.
+func TestReadReportsATornEnd(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	sp, err := spool.Open(dir, spool.Options{MinFreeBytes: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := sp.Append(testutil.Event(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sp.Close()
+	segs, _ := filepath.Glob(filepath.Join(dir, spool.DirName, "*.seg"))
+	if len(segs) != 1 {
+		t.Fatalf("segments %v", segs)
+	}
+	fi, _ := os.Stat(segs[0])
+	if err := os.Truncate(segs[0], fi.Size()-5); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	err = Read(dir, func([]byte) { n++ })
+	var d *DamageError
+	if !errors.As(err, &d) || len(d.Torn) != 1 || d.Torn[0].File != segs[0] || d.Torn[0].Bytes <= 0 || len(d.Files) != 0 {
+		t.Fatalf("Read of a torn segment: %v", err)
+	}
+	if n != 2 || !strings.Contains(err.Error(), "bytes that are not a whole record") {
+		t.Errorf("%d events read; error %q", n, err)
 	}
 }

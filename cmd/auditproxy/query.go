@@ -169,6 +169,9 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintln(stderr, "  "+l)
 		}
 	}
+	for _, t := range damaged.Torn {
+		fmt.Fprintln(stderr, "auditproxy: note:", t.Error())
+	}
 	if len(damaged.Files) > 0 {
 		if berr := bad.err(); berr != nil {
 			fmt.Fprintln(stderr, "auditproxy:", berr)

@@ -10,6 +10,9 @@ import (
 
 	"filippo.io/age"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/auditproxy/auditproxy/internal/testutil"
+	"github.com/auditproxy/auditproxy/spool"
 )
 
 // TestSecretsGivenAsKeysAreNotPrinted: a private signing key or an age
@@ -50,5 +53,37 @@ func TestSecretsGivenAsKeysAreNotPrinted(t *testing.T) {
 				t.Errorf("the secret is printed:\n%s", all)
 			}
 		})
+	}
+}
+
+// TestVerifyNotesWhatItCouldNotCheck: a copy whose last segment is torn
+// says so, and without --until verify says that completeness after the
+// newest checkpoint was not checked, and how to check it.
+func TestVerifyNotesWhatItCouldNotCheck(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	sp, err := spool.Open(dir, spool.Options{MinFreeBytes: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		sp.Append(testutil.Event(i))
+	}
+	sp.Close()
+	segs, _ := filepath.Glob(filepath.Join(dir, spool.DirName, "*.seg"))
+	fi, _ := os.Stat(segs[0])
+	os.Truncate(segs[0], fi.Size()-5)
+	for _, until := range []string{"", "1h"} {
+		args := []string{"verify", dir}
+		if until != "" {
+			args = []string{"verify", "--until", until, dir}
+		}
+		var out bytes.Buffer
+		run(args, &out, &bytes.Buffer{})
+		if !strings.Contains(out.String(), "note: "+segs[0]+" ends in ") {
+			t.Errorf("verify %v does not note the torn segment:\n%s", args, out.String())
+		}
+		if noted := strings.Contains(out.String(), "completeness after each log's newest checkpoint was not checked"); noted != (until == "") {
+			t.Errorf("verify %v: completeness note %v:\n%s", args, noted, out.String())
+		}
 	}
 }

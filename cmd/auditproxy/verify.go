@@ -160,17 +160,25 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 		r.Problems = append(r.Problems, d.Error()+"; events lost in it show as missing seqs")
 		r.OK = false
 	}
+	var notes []string
+	for _, t := range damaged.Torn {
+		notes = append(notes, t.Error())
+	}
+	if untilTime.IsZero() {
+		notes = append(notes, "completeness after each log's newest checkpoint was not checked: events and checkpoints cut from the end of this copy would not show; give --until (when the copy was made), or the checkpoints kept apart (--checkpoint-dir's checkpoints.ndjson, the witness's --cosignatures)")
+	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(struct {
 			*auditlog.Report
 			Changes *change.AuditReport `json:"change_records,omitempty"`
-		}{r, changeReport}); err != nil {
+			Notes   []string            `json:"notes,omitempty"`
+		}{r, changeReport, notes}); err != nil {
 			return err
 		}
 	} else {
-		printReport(stdout, r, len(pubkeys) == 0, changeReport)
+		printReport(stdout, r, len(pubkeys) == 0, changeReport, notes)
 	}
 	if !r.OK {
 		return errVerifyFailed
@@ -209,7 +217,7 @@ type silentError struct{ msg string }
 
 func (e silentError) Error() string { return e.msg }
 
-func printReport(w io.Writer, r *auditlog.Report, noKeys bool, changes *change.AuditReport) {
+func printReport(w io.Writer, r *auditlog.Report, noKeys bool, changes *change.AuditReport, notes []string) {
 	for _, o := range r.Origins {
 		status := "OK"
 		if !o.OK {
@@ -277,6 +285,9 @@ func printReport(w io.Writer, r *auditlog.Report, noKeys bool, changes *change.A
 	if noKeys {
 		fmt.Fprintln(w, "note: no --pubkey given, so no checkpoint signature could be verified")
 	}
+	for _, n := range notes {
+		fmt.Fprintln(w, "note: "+n)
+	}
 	if r.OK {
 		fmt.Fprintln(w, "verified")
 	} else {
@@ -289,7 +300,7 @@ func printReport(w io.Writer, r *auditlog.Report, noKeys bool, changes *change.A
 // the damaged events.
 func warnDamaged(stderr io.Writer, err error) error {
 	var d eventsrc.DamageError
-	if err = d.Collect(err); err == nil && len(d.Files) > 0 {
+	if err = d.Collect(err); err == nil && (len(d.Files) > 0 || len(d.Torn) > 0) {
 		fmt.Fprintln(stderr, "auditproxy: warning:", d.Error())
 	}
 	return err
