@@ -25,8 +25,7 @@ trap cleanup EXIT
 
 cd "$repo"
 go build -o "$work/auditproxy" ./cmd/auditproxy
-go run filippo.io/age/cmd/age-keygen -o "$work/auditor.agekey" 2>"$work/age-keygen.out"
-recipient=$(grep -o 'age1[0-9a-z]*' "$work/age-keygen.out")
+recipient=$("$work/auditproxy" keygen --age --out "$work/auditor.agekey")
 
 # The guide shows paths as an auditor would have them: the exported spool in
 # ./evidence, the keys beside it. Commands run in $work.

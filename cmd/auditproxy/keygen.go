@@ -8,8 +8,10 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"time"
 	"unicode"
 
+	"filippo.io/age"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/auditproxy/auditproxy/internal/fsutil"
@@ -18,21 +20,44 @@ import (
 
 // runKeygen writes a new checkpoint signing key.
 func runKeygen(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("keygen", "keygen --out FILE [--name NAME]", stderr)
+	fs := newFlagSet("keygen", "keygen --out FILE [--name NAME] | keygen --age --out FILE", stderr)
 	host, _ := os.Hostname()
 	name := fs.String("name", keyNameFor(host), "key `name`, shown in every signature line (no spaces or '+'): the --log-name of the sidecar that will sign with it (default, like --log-name's, this host's name), the first part of its log's origin NAME/EPOCH")
 	out := fs.String("out", "", "`file` for the private key (mode 0600, never overwritten); the verifier key goes to FILE.pub and stdout")
+	ageKey := fs.Bool("age", false, "make an age identity for an auditor instead (as age-keygen does): the identity in FILE (mode 0600), its recipient (age1..., for serve's --payload-recipient) on stdout; show --identity FILE decrypts captured bodies with it")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *out == "" {
 		return usageError{"keygen: --out is required"}
 	}
+	if *ageKey {
+		return writeAgeIdentity(*out, stdout)
+	}
 	vkey, err := writeSigningKey(*out, *name)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintln(stdout, vkey)
+	return nil
+}
+
+// writeAgeIdentity writes a new age X25519 identity to path in age-keygen's
+// format (mode 0600, refusing to overwrite), and prints its recipient.
+func writeAgeIdentity(path string, stdout io.Writer) error {
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		return err
+	}
+	text := fmt.Sprintf("# created: %s\n# public key: %s\n%s\n", time.Now().UTC().Format(time.RFC3339), id.Recipient(), id)
+	err = fsutil.CreateSecretFile(path, []byte(text))
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("keygen: %s exists; not overwriting it", path)
+	}
+	if err != nil {
+		return fmt.Errorf("keygen: %w", err)
+	}
+	fmt.Fprintln(stdout, id.Recipient())
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/auditproxy/auditproxy/eventsrc"
 	"github.com/auditproxy/auditproxy/hashing"
 )
 
@@ -16,8 +17,9 @@ import (
 // standard input, never from the command line, where it would stay in shell
 // history and in the process list.
 func runKeyID(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := newFlagSet("keyid", "keyid --key-id-secret-file FILE < api-key", stderr)
+	fs := newFlagSet("keyid", "keyid --key-id-secret-file FILE [--log PATH] < api-key", stderr)
 	secretFile := fs.String("key-id-secret-file", "./auditproxy-data/key-id.secret", "`file` with the sidecars' key id secret (serve's --key-id-secret-file, default DATA-DIR/key-id.secret)")
+	logPath := fs.String("log", "", "events (`path`: files, directories, spool segments) to look the id up in: a note says when no event has it (a wrong secret gives an id no event has)")
 	if err := parseFlags(fs, args); err != nil {
 		if fs.NArg() > 0 {
 			return usageError{"keyid: the API key is read from standard input, not from arguments"}
@@ -42,7 +44,22 @@ func runKeyID(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(key) == 0 {
 		return usageError{"keyid: no API key on standard input"}
 	}
-	fmt.Fprintln(stdout, k.ID(key))
+	id := k.ID(key)
+	fmt.Fprintln(stdout, id)
+	if *logPath != "" {
+		needle := []byte(`"api_key_id":"` + id + `"`)
+		found, events := false, 0
+		err := eventsrc.Read(*logPath, func(ev []byte) {
+			events++
+			found = found || bytes.Contains(ev, needle)
+		})
+		if err = warnDamaged(stderr, err); err != nil {
+			return fmt.Errorf("keyid: --log: %w", err)
+		}
+		if !found {
+			fmt.Fprintf(stderr, "auditproxy: note: none of the %d events in %s has this key id: the key made no request there, or %s is not the secret its sidecars used\n", events, *logPath, *secretFile)
+		}
+	}
 	return nil
 }
 

@@ -252,6 +252,21 @@ func TestServeProcess(t *testing.T) {
 			t.Errorf("keyid of %q exited %d: %q%s, the event recorded %s", in, code, idOut.String(), idErr.String(), *ev.APIKeyID)
 		}
 	}
+	// With the log: the right secret finds the key's events, another
+	// secret gives an id no event has, and keyid says so.
+	wrongSecret := filepath.Join(t.TempDir(), "other.secret")
+	os.WriteFile(wrongSecret, []byte(strings.Repeat("ab", 32)+"\n"), 0o600)
+	for _, tc := range []struct {
+		secret string
+		noted  bool
+	}{{filepath.Join(dataDir, "key-id.secret"), false}, {wrongSecret, true}} {
+		stdin = strings.NewReader("sk-process-test\n")
+		var idOut, idErr bytes.Buffer
+		code := run([]string{"keyid", "--key-id-secret-file", tc.secret, "--log", dataDir}, &idOut, &idErr)
+		if noted := strings.Contains(idErr.String(), "has this key id"); code != 0 || noted != tc.noted {
+			t.Errorf("keyid --log with %s: exit %d, noted %v: %s", tc.secret, code, noted, idErr.String())
+		}
+	}
 	stdin = os.Stdin
 	for _, secret := range []string{"sk-process-test", "hello"} {
 		if strings.Contains(out.String()+stderr.String(), secret) {

@@ -87,3 +87,30 @@ func TestVerifyNotesWhatItCouldNotCheck(t *testing.T) {
 		}
 	}
 }
+
+// TestKeygenAge: keygen --age makes an auditor's age identity (mode 0600,
+// age-keygen's format) and prints its recipient, which serve takes as
+// --payload-recipient; it never overwrites a key.
+func TestKeygenAge(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "auditor.agekey")
+	var out, errOut bytes.Buffer
+	if code := run([]string{"keygen", "--age", "--out", file}, &out, &errOut); code != 0 {
+		t.Fatalf("keygen --age: %d %s", code, errOut.String())
+	}
+	recipient := strings.TrimSpace(out.String())
+	b, err := os.ReadFile(file)
+	fi, _ := os.Stat(file)
+	if err != nil || fi.Mode().Perm() != 0o600 || !strings.Contains(string(b), "# public key: "+recipient+"\n") {
+		t.Fatalf("identity file (%v, %v):\n%s", fi.Mode(), err, b)
+	}
+	ids, err := age.ParseIdentities(bytes.NewReader(b))
+	if err != nil || len(ids) != 1 || ids[0].(*age.X25519Identity).Recipient().String() != recipient {
+		t.Fatalf("the identity does not parse to the recipient printed: %v", err)
+	}
+	if _, err := age.ParseX25519Recipient(recipient); err != nil {
+		t.Errorf("printed %q, not a recipient: %v", recipient, err)
+	}
+	if code := run([]string{"keygen", "--age", "--out", file}, &bytes.Buffer{}, &errOut); code != 1 || !strings.Contains(errOut.String(), "not overwriting it") {
+		t.Errorf("keygen --age over an existing key: %d %s", code, errOut.String())
+	}
+}
