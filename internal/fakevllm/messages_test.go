@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/anthropics/anthropic-sdk-go/v2/option"
@@ -272,8 +273,14 @@ func TestMessagesErrorsWithAnthropicSDK(t *testing.T) {
 			}
 		})
 	}
-	if st := s.Stats(); st.StreamsCompleted != 2 || st.CompletionTokens != 4 {
-		t.Errorf("stats %+v: streams ended by an error event are completed", st)
+	// The client stops at the error event; the handler counts the stream
+	// as it returns, a moment later.
+	deadline := time.Now().Add(5 * time.Second)
+	for st := s.Stats(); st.StreamsCompleted != 2 || st.CompletionTokens != 4; st = s.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("stats %+v: streams ended by an error event are completed", st)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
