@@ -17,6 +17,11 @@ func TestParseTimeBound(t *testing.T) {
 		{"30m", now.Add(-30 * time.Minute)},
 		{"0s", now},
 		{"7d", now.Add(-7 * 24 * time.Hour)},
+		{"0d", now},
+		{"2w", now.AddDate(0, 0, -14)},
+		{"8mo", time.Date(2026, 3, 23, 10, 0, 0, 0, time.UTC)}, // on the calendar: 8 months before 2026-11-23
+		{"1y", time.Date(2025, 11, 23, 10, 0, 0, 0, time.UTC)},
+		{"2026-11-23", time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)},
 		{"2026-11-23T10:00:00Z", queryT0},
 		{"2026-11-23T11:00:00.5+01:00", queryT0.Add(500 * time.Millisecond)},
 	} {
@@ -25,8 +30,8 @@ func TestParseTimeBound(t *testing.T) {
 			t.Errorf("ParseTimeBound(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
 		}
 	}
-	for _, in := range []string{"yesterday", "-1h", "1.5d", "-2d", "0d", "d", "100001d", "2026-11-23", "2026-11-23 10:00:00Z"} {
-		if _, err := ParseTimeBound(in, now); err == nil || err.Error() != "want an RFC 3339 time or a duration like 24h" {
+	for _, in := range []string{"yesterday", "-1h", "1.5d", "-2d", "+2d", "d", "mo", "100001d", "8 mo", "2026-11-31", "2026-11-23 10:00:00Z", "23.11.2026"} {
+		if _, err := ParseTimeBound(in, now); err == nil || err.Error() != "want an RFC 3339 time (2026-12-04T09:30:00Z), a date (2026-12-04, from its start in UTC), or a span before now (90m, 24h, 30d, 2w, 8mo, 1y)" {
 			t.Errorf("ParseTimeBound(%q): %v", in, err)
 		}
 	}

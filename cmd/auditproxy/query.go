@@ -40,8 +40,8 @@ const querySynopsis = "query PATH... [--since T] [--until T] [--model M] [--api-
 // parsed, so they are not checked.
 func runQuery(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("query", querySynopsis, stderr)
-	since := fs.String("since", "", "select events at or after `T`: an RFC 3339 time, or a duration before now (24h, 90m, 7d)")
-	until := fs.String("until", "", "select events before `T` (exclusive): an RFC 3339 time, or a duration before now")
+	since := fs.String("since", "", "select events at or after `T`: an RFC 3339 time, a date (2026-12-04, UTC), or a span before now (90m, 24h, 30d, 2w, 8mo, 1y)")
+	until := fs.String("until", "", "select events before `T` (exclusive): an RFC 3339 time, a date (UTC), or a span before now")
 	var types, models, keyIDs, requestIDs, outcomes, resources stringList
 	fs.Var(&models, "model", "select events for model `M` (model.name); repeat for any of several")
 	fs.Var(&keyIDs, "api-key-id", "select events of API key id `K` (\"k1:<hex>\", the api_key_id field; not the key itself); repeat for any of several")

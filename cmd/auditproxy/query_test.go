@@ -347,8 +347,8 @@ func TestQueryErrors(t *testing.T) {
 		want string // on stderr
 	}{
 		{[]string{"query"}, 2, "auditproxy: query: give at least one PATH"},
-		{[]string{"query", "--since", "yesterday", dir}, 2, `auditproxy: query: --since "yesterday": want an RFC 3339 time or a duration like 24h` + "\n"},
-		{[]string{"query", "--until", "2026-11-23", dir}, 2, `auditproxy: query: --until "2026-11-23": want an RFC 3339 time or a duration like 24h` + "\n"},
+		{[]string{"query", "--since", "yesterday", dir}, 2, `auditproxy: query: --since "yesterday": want an RFC 3339 time (2026-12-04T09:30:00Z), a date (2026-12-04, from its start in UTC), or a span before now (90m, 24h, 30d, 2w, 8mo, 1y)` + "\n"},
+		{[]string{"query", "--until", "2026-11-31", dir}, 2, `auditproxy: query: --until "2026-11-31": want an RFC 3339 time`},
 		{[]string{"query", "--outcome", "fine", dir}, 2, `auditproxy: query: --outcome: unknown outcome "fine": want one of ok, upstream_error, upstream_unreachable, upstream_timeout, client_cancelled, rejected` + "\n"},
 		{[]string{"query", "--since", "2026-11-24T00:00:00Z", "--until", "2026-11-23T00:00:00Z", dir}, 2,
 			"auditproxy: query: --since and --until: since 2026-11-24T00:00:00Z is not before until 2026-11-23T00:00:00Z\n"},

@@ -128,17 +128,19 @@ func TestTimeBoundsAcceptTheSameForms(t *testing.T) {
 		{"7d", true},
 		{"yesterday", false},
 		{"-1h", false},
-		{"2026-12-05", false},
+		{"2026-12-05", true},
+		{"8mo", true},
+		{"2026-12-32", false},
 	} {
 		var out, errOut bytes.Buffer
 		code := run([]string{"verify", "--pubkey", pub, "--until", tc.until, spoolDir}, &out, &errOut)
-		if tc.ok && code != 0 || !tc.ok && (code != 2 || !strings.Contains(errOut.String(), `verify: --until "`+tc.until+`": want an RFC 3339 time or a duration like 24h`)) {
+		if tc.ok && code != 0 || !tc.ok && (code != 2 || !strings.Contains(errOut.String(), `verify: --until "`+tc.until+`": want an RFC 3339 time (2026-12-04T09:30:00Z)`)) {
 			t.Errorf("verify --until %q: exit %d %q %s", tc.until, code, errOut.String(), out.String())
 		}
 		out.Reset()
 		errOut.Reset()
 		code = run([]string{"query", "--until", tc.until, spoolDir}, &out, &errOut)
-		if tc.ok && code != 0 || !tc.ok && (code != 2 || !strings.Contains(errOut.String(), `query: --until "`+tc.until+`": want an RFC 3339 time or a duration like 24h`)) {
+		if tc.ok && code != 0 || !tc.ok && (code != 2 || !strings.Contains(errOut.String(), `query: --until "`+tc.until+`": want an RFC 3339 time (2026-12-04T09:30:00Z)`)) {
 			t.Errorf("query --until %q: exit %d %q", tc.until, code, errOut.String())
 		}
 	}

@@ -71,7 +71,7 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	requireCommitted := fs.Bool("require-committed", false, "fail on events no checkpoint commits to yet (the tail after each log's newest checkpoint); off, they are counted and pass, as every copy of a running log ends with up to a checkpoint interval of them")
 	allowedSigners := fs.String("allowed-signers", "", "OpenSSH allowed-signers `file`: check the signatures of the change records in annotation events again (signed by their actor, and approver, as the sidecar checked them)")
 	approvalRequired := fs.String("approval-required", "", "comma-separated change `types` whose records must have an approver other than the actor (besides those the sidecar's policy marked)")
-	until := fs.String("until", "", "`time` the logs should reach (e.g. when they were exported): an RFC 3339 time, or a duration before now (24h, 90m, 7d); an older newest checkpoint means a cut tail")
+	until := fs.String("until", "", "`time` the logs should reach (e.g. when they were exported): an RFC 3339 time, a date (UTC), or a span before now (24h, 7d, 8mo); an older newest checkpoint means a cut tail")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
