@@ -1,6 +1,7 @@
 package query
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -35,4 +36,25 @@ func TestParseTimeBound(t *testing.T) {
 			t.Errorf("ParseTimeBound(%q): %v", in, err)
 		}
 	}
+}
+
+// FuzzParseTimeBound: never panics; a span is never after now, and what is
+// refused gets the one message with the examples.
+func FuzzParseTimeBound(f *testing.F) {
+	for _, s := range []string{"24h", "8mo", "2026-12-04", "2026-12-04T09:30:00Z", "1y", "-1d", "99999y"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		now := queryT0
+		got, err := ParseTimeBound(s, now)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "want an RFC 3339 time") {
+				t.Fatalf("%q: %v", s, err)
+			}
+			return
+		}
+		if _, rfc := time.Parse(time.RFC3339Nano, s); rfc != nil && len(s) != len(time.DateOnly) && got.After(now) {
+			t.Fatalf("the span %q ends after now: %v", s, got)
+		}
+	})
 }
