@@ -98,39 +98,54 @@ func loadSigner(path string) (note.Signer, error) {
 	return s, nil
 }
 
-// loadVerifiers reads verifier keys (keygen's FILE.pub, one key per line;
-// a line may also be given directly as the key text).
+// loadVerifiers reads checkpoint verifier keys (keygen's FILE.pub, one
+// key per line; a line may also be given directly as the key text).
 func loadVerifiers(specs []string) (note.Verifiers, error) {
+	if len(specs) == 0 {
+		return note.VerifierList(), nil
+	}
+	vs, err := loadKeys("--pubkey", "the checkpoint verifier key (signing.key.pub, NAME+HASH+KEY, as auditproxy keygen writes FILE.pub)", specs, note.NewVerifier)
+	return note.VerifierList(vs...), err
+}
+
+// loadKeys reads the verifier keys a flag names, one per line of each
+// file, or each given as text, with parse; what says what the flag takes.
+// A line that is not such a key is named by its place, never printed: given
+// by mistake, it may be a secret. A key given twice (a file and its text)
+// is one key: note.VerifierList would call a repeated key ambiguous and
+// verify nothing with it.
+func loadKeys(flag, what string, specs []string, parse func(string) (note.Verifier, error)) ([]note.Verifier, error) {
 	var vs []note.Verifier
+	seen := map[string]bool{}
 	for _, spec := range specs {
-		text := spec
+		text, where := spec, "the key given"
 		if b, err := os.ReadFile(spec); err == nil {
-			text = string(b)
+			text, where = string(b), spec
 		} else if !strings.Contains(spec, "+") {
-			return nil, fmt.Errorf("--pubkey %s: %w", spec, err)
-		}
-		where := spec
-		if text == spec {
-			where = "the key given"
+			return nil, fmt.Errorf("%s %s: %w", flag, spec, err)
 		}
 		for i, line := range strings.Split(text, "\n") {
 			line = strings.TrimSpace(line)
 			if line == "" || strings.HasPrefix(line, "#") {
 				continue
 			}
-			// The line is never printed: given by mistake, it may be a
-			// secret.
 			if kind := redact.SecretKind(line); kind != "" {
-				return nil, fmt.Errorf("--pubkey: line %d of %s is %s, which must not be shared: give the checkpoint verifier key (signing.key.pub, NAME+HASH+KEY)", i+1, where, kind)
+				return nil, fmt.Errorf("%s: line %d of %s is %s, which must not be shared: give %s", flag, i+1, where, kind, what)
 			}
-			v, err := note.NewVerifier(line)
+			v, err := parse(line)
 			if err != nil {
-				return nil, fmt.Errorf("--pubkey: line %d of %s is not a checkpoint verifier key (NAME+HASH+KEY, as auditproxy keygen writes FILE.pub): %v", i+1, where, err)
+				return nil, fmt.Errorf("%s: line %d of %s is not %s: %v", flag, i+1, where, what, err)
 			}
-			vs = append(vs, v)
+			if !seen[line] {
+				seen[line] = true
+				vs = append(vs, v)
+			}
 		}
 	}
-	return note.VerifierList(vs...), nil
+	if len(vs) == 0 {
+		return nil, fmt.Errorf("%s: no key in it", flag)
+	}
+	return vs, nil
 }
 
 // keyNameFor returns the name of the signing key of the log named logName:

@@ -53,6 +53,20 @@ func TestWitnessKeysGivenTwice(t *testing.T) {
 	if n := sharedWitnessNames(vs); n != "" {
 		t.Errorf("noted %q for keys of two names", n)
 	}
+	// The same for --pubkey: a log's key given twice still verifies its
+	// checkpoints.
+	skey, vkey, _ := note.GenerateKey(cryptorand.Reader, "gpu-node-7")
+	signer, _ := note.NewSigner(skey)
+	msg, _ := note.Sign(&note.Note{Text: "gpu-node-7/1\n1\nAAAA\n"}, signer)
+	pubFile := filepath.Join(t.TempDir(), "signing.key.pub")
+	os.WriteFile(pubFile, []byte(vkey+"\n"), 0o644)
+	keys, err := loadVerifiers([]string{pubFile, vkey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := note.Open(msg, keys); err != nil {
+		t.Errorf("a note signed by a key given twice: %v", err)
+	}
 	vs, _ = loadWitnessKeys([]string{a, b, c})
 	if n := sharedWitnessNames(vs); !strings.Contains(n, "share a name: they count as one witness") || strings.Contains(n, "other.example") {
 		t.Errorf("two keys named witness.example: noted %q", n)

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -18,7 +17,6 @@ import (
 	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/change"
 	"github.com/auditproxy/auditproxy/eventsrc"
-	"github.com/auditproxy/auditproxy/internal/redact"
 	"github.com/auditproxy/auditproxy/query"
 )
 
@@ -306,39 +304,8 @@ func warnDamaged(stderr io.Writer, err error) error {
 	return err
 }
 
-// loadWitnessKeys reads witness verifier keys, one per line of each file
-// or given as text. A line that is not a verifier key is named by its
-// place, never printed: it may be a private key.
+// loadWitnessKeys reads witness verifier keys (cosignature/v1, or their
+// Ed25519 note keys), as loadKeys reads keys.
 func loadWitnessKeys(specs []string) ([]note.Verifier, error) {
-	var vs []note.Verifier
-	seen := map[string]bool{} // one key given twice (a file and its text) is one key
-	for _, spec := range specs {
-		text, where := spec, "the key given"
-		if b, err := os.ReadFile(spec); err == nil {
-			text, where = string(b), spec
-		} else if !strings.Contains(spec, "+") {
-			return nil, fmt.Errorf("--witness-key %s: %w", spec, err)
-		}
-		for i, line := range strings.Split(text, "\n") {
-			line = strings.TrimSpace(line)
-			if line == "" || strings.HasPrefix(line, "#") {
-				continue
-			}
-			if kind := redact.SecretKind(line); kind != "" {
-				return nil, fmt.Errorf("--witness-key: line %d of %s is %s; give the witness's verifier key (its operator publishes it)", i+1, where, kind)
-			}
-			v, err := fnote.NewVerifierForCosignatureV1(line)
-			if err != nil {
-				return nil, fmt.Errorf("--witness-key: line %d of %s is not a witness verifier key (NAME+HASH+KEY, Ed25519): %v", i+1, where, err)
-			}
-			if !seen[line] {
-				seen[line] = true
-				vs = append(vs, v)
-			}
-		}
-	}
-	if len(vs) == 0 {
-		return nil, errors.New("--witness-key: no key in it")
-	}
-	return vs, nil
+	return loadKeys("--witness-key", "a witness verifier key (NAME+HASH+KEY, Ed25519; its operator publishes it)", specs, fnote.NewVerifierForCosignatureV1)
 }
