@@ -838,12 +838,12 @@ func scanMembers(c []byte, fn func(key, val []byte) bool) bool {
 		return true
 	}
 	for {
-		kEnd := skipString(c, i)
+		kEnd := jcs.SkipString(c, i)
 		if kEnd < 0 || kEnd >= len(c) || c[kEnd] != ':' {
 			return false
 		}
 		key := c[i+1 : kEnd-1]
-		vEnd := skipValue(c, kEnd+1)
+		vEnd := jcs.SkipValue(c, kEnd+1)
 		if vEnd < 0 || vEnd >= len(c) {
 			return false
 		}
@@ -859,62 +859,6 @@ func scanMembers(c []byte, fn func(key, val []byte) bool) bool {
 			return false
 		}
 	}
-}
-
-// skipString returns the index after the string starting at c[i], or -1.
-func skipString(c []byte, i int) int {
-	if i >= len(c) || c[i] != '"' {
-		return -1
-	}
-	// Most strings hold no escape: find the closing quote with IndexByte.
-	if k := bytes.IndexByte(c[i+1:], '"'); k >= 0 && bytes.IndexByte(c[i+1:i+1+k], '\\') < 0 {
-		return i + 2 + k
-	}
-	for j := i + 1; j < len(c); j++ {
-		switch c[j] {
-		case '\\':
-			j++
-		case '"':
-			return j + 1
-		}
-	}
-	return -1
-}
-
-// skipValue returns the index after the value starting at c[i], or -1.
-func skipValue(c []byte, i int) int {
-	if i >= len(c) {
-		return -1
-	}
-	switch c[i] {
-	case '"':
-		return skipString(c, i)
-	case '{', '[':
-		depth := 0
-		for j := i; j < len(c); j++ {
-			switch c[j] {
-			case '"':
-				j = skipString(c, j) - 1
-				if j < 0 {
-					return -1
-				}
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return j + 1
-				}
-			}
-		}
-		return -1
-	}
-	for j := i; j < len(c); j++ {
-		if c[j] == ',' || c[j] == '}' || c[j] == ']' {
-			return j
-		}
-	}
-	return len(c)
 }
 
 // plainString returns a JSON string's contents when it has no escape.

@@ -9,6 +9,7 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/auditproxy/auditproxy/audit"
+	"github.com/auditproxy/auditproxy/internal/jcs"
 )
 
 // A request body is read the way vLLM reads it, so that the event names the
@@ -102,7 +103,7 @@ func scanObject(text []byte, fn func(m jsonMember)) (end int, ok bool) {
 		}
 		var m jsonMember
 		m.keyStart = i + 1
-		if i = skipJSONString(text, i); i < 0 {
+		if i = jcs.SkipString(text, i); i < 0 {
 			return 0, false
 		}
 		m.keyEnd = i - 1
@@ -111,7 +112,7 @@ func scanObject(text []byte, fn func(m jsonMember)) (end int, ok bool) {
 			return 0, false
 		}
 		m.valueStart = skipJSONSpace(text, i+1)
-		if m.valueEnd = skipJSONValue(text, m.valueStart); m.valueEnd < 0 {
+		if m.valueEnd = jcs.SkipValue(text, m.valueStart); m.valueEnd < 0 {
 			return 0, false
 		}
 		fn(m)
@@ -136,67 +137,6 @@ func trailerIsSpace(text []byte, i int) bool { return skipJSONSpace(text, i) == 
 func skipJSONSpace(b []byte, i int) int {
 	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
 		i++
-	}
-	return i
-}
-
-// skipJSONString returns the offset after the string that starts at b[i]
-// (a quote), or -1 if it does not end. A quote ends the string unless an
-// odd number of backslashes precedes it.
-func skipJSONString(b []byte, i int) int {
-	for i++; ; {
-		q := bytes.IndexByte(b[i:], '"')
-		if q < 0 {
-			return -1
-		}
-		end := i + q
-		n := 0
-		for j := end - 1; j >= i && b[j] == '\\'; j-- {
-			n++
-		}
-		if n%2 == 0 {
-			return end + 1
-		}
-		i = end + 1
-	}
-}
-
-// skipJSONValue returns the offset after the value that starts at b[i], or
-// -1 if there is none.
-func skipJSONValue(b []byte, i int) int {
-	if i >= len(b) {
-		return -1
-	}
-	switch b[i] {
-	case '"':
-		return skipJSONString(b, i)
-	case '{', '[':
-		depth := 0
-		for ; i < len(b); i++ {
-			switch b[i] {
-			case '"':
-				if i = skipJSONString(b, i); i < 0 {
-					return -1
-				}
-				i--
-			case '{', '[':
-				depth++
-			case '}', ']':
-				if depth--; depth == 0 {
-					return i + 1
-				}
-			}
-		}
-		return -1
-	}
-	// A number or a literal: true, false, null, NaN, Infinity, -Infinity.
-	start := i
-	for i < len(b) && (b[i] == '+' || b[i] == '-' || b[i] == '.' ||
-		'0' <= b[i] && b[i] <= '9' || 'a' <= b[i] && b[i] <= 'z' || 'A' <= b[i] && b[i] <= 'Z') {
-		i++
-	}
-	if i == start {
-		return -1
 	}
 	return i
 }

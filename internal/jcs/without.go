@@ -51,7 +51,7 @@ func appendWithout(dst, js []byte, names []string, removed []bool) ([]byte, bool
 	}
 	for {
 		start := i
-		keyEnd := skipJSONString(js, i)
+		keyEnd := SkipString(js, i)
 		if keyEnd < 0 {
 			return nil, false
 		}
@@ -60,7 +60,7 @@ func appendWithout(dst, js []byte, names []string, removed []bool) ([]byte, bool
 		if i >= len(js) || js[i] != ':' {
 			return nil, false
 		}
-		end := skipJSONValue(js, skipWS(js, i+1))
+		end := SkipValue(js, skipWS(js, i+1))
 		if end < 0 {
 			return nil, false
 		}
@@ -146,59 +146,4 @@ func skipWS(js []byte, i int) int {
 		i++
 	}
 	return i
-}
-
-// skipJSONString returns the index after the string starting at js[i], or
-// -1.
-func skipJSONString(js []byte, i int) int {
-	if i >= len(js) || js[i] != '"' {
-		return -1
-	}
-	for j := i + 1; j < len(js); j++ {
-		switch js[j] {
-		case '\\':
-			j++
-		case '"':
-			return j + 1
-		}
-	}
-	return -1
-}
-
-// skipJSONValue returns the index after the value starting at js[i], or
-// -1. It finds where the value ends, not whether it is valid.
-func skipJSONValue(js []byte, i int) int {
-	if i >= len(js) {
-		return -1
-	}
-	switch js[i] {
-	case '"':
-		return skipJSONString(js, i)
-	case '{', '[':
-		depth := 0
-		for j := i; j < len(js); j++ {
-			switch js[j] {
-			case '"':
-				if j = skipJSONString(js, j); j < 0 {
-					return -1
-				}
-				j--
-			case '{', '[':
-				depth++
-			case '}', ']':
-				if depth--; depth == 0 {
-					return j + 1
-				}
-			}
-		}
-		return -1
-	}
-	j := i
-	for j < len(js) && js[j] != ',' && js[j] != '}' && js[j] != ']' && js[j] != ' ' && js[j] != '\t' && js[j] != '\n' && js[j] != '\r' {
-		j++
-	}
-	if j == i {
-		return -1
-	}
-	return j
 }
