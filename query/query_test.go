@@ -2,7 +2,9 @@ package query
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -32,24 +34,24 @@ type queryLine struct {
 //	r7    llama  k1:cc       upstream_timeout  700    70    14/24          T0+6s
 func queryEvents() []queryLine {
 	type row struct {
-		model, key, outcome string
-		total, ttft         float64 // ttft 0: none
-		in, out             int64   // -1: null
+		model, sum, key, outcome string
+		total, ttft              float64 // ttft 0: none
+		in, out                  int64   // -1: null
 	}
 	rows := []row{
-		{"llama", "k1:aa", "ok", 100, 10, 10, 20},
-		{"llama", "k1:bb", "ok", 200, 20, 11, 21},
-		{"llama", "k1:aa", "upstream_error", 300, 0, 12, -1},
-		{"mist", "k1:aa", "ok", 400, 0, 13, 23},
-		{"mist", "", "client_cancelled", 500, 50, -1, -1},
-		{"", "", "rejected", 1, 0, -1, -1},
-		{"llama", "k1:cc", "upstream_timeout", 700, 70, 14, 24},
+		{"llama", "sha256:a1", "k1:aa", "ok", 100, 10, 10, 20},
+		{"llama", "sha256:a1", "k1:bb", "ok", 200, 20, 11, 21},
+		{"llama", "sha256:a2", "k1:aa", "upstream_error", 300, 0, 12, -1},
+		{"mist", "pending", "k1:aa", "ok", 400, 0, 13, 23},
+		{"mist", "", "", "client_cancelled", 500, 50, -1, -1},
+		{"", "", "", "rejected", 1, 0, -1, -1},
+		{"llama", "sha256:a2", "k1:cc", "upstream_timeout", 700, 70, 14, 24},
 	}
 	lines := []queryLine{{"ls", `{"v":1,"type":"log_started","id":"00000000-0000-4000-8000-000000000000","time":"2026-11-23T09:59:59.000000000Z","source":{"host":"h","version":"t"},"log":{"origin":"h/1","seq":0,"prev":""}}`}}
 	for i, r := range rows {
 		ev := audit.Event{V: 1, Type: audit.TypeInference, ID: "00000000-0000-4000-8000-00000000000" + string(rune('1'+i)),
 			Time: audit.Timestamp(queryT0.Add(time.Duration(i) * time.Second)), RequestID: "r" + string(rune('1'+i)),
-			Method: "POST", Path: "/v1/chat/completions", Model: audit.Model{Name: r.model},
+			Method: "POST", Path: "/v1/chat/completions", Model: audit.Model{Name: r.model, Checksum: r.sum},
 			Latency: audit.Latency{Total: r.total, Upstream: r.total},
 			Status:  audit.Status{Code: 200, Outcome: audit.Outcome(r.outcome)},
 			Log:     &audit.LogRef{Origin: "h/1", Seq: int64(i + 1), Prev: "ab"}}
@@ -236,11 +238,30 @@ func TestNearestRank(t *testing.T) {
 	}
 }
 
-func TestStats(t *testing.T) {
+// figuresLine is a Figures in one line, for tables of expected rows:
+// events ok errors cancelled rejected, error rate, latency and TTFT as
+// count/p50/p95/p99, tokens as sum/unknown.
+func figuresLine(f Figures) string {
+	rate := "null"
+	if f.ErrorRate != nil {
+		rate = strconv.FormatFloat(*f.ErrorRate, 'g', 4, 64)
+	}
+	pct := func(p *Percentiles) string {
+		if p == nil {
+			return "null"
+		}
+		return fmt.Sprintf("%d/%g/%g/%g", p.Count, p.P50, p.P95, p.P99)
+	}
+	return fmt.Sprintf("n=%d ok=%d err=%d cc=%d rej=%d rate=%s lat=%s ttft=%s in=%d/%d out=%d/%d",
+		f.Events, f.OK, f.Errors, f.ClientCancelled, f.Rejected, rate, pct(f.Latency.Total), pct(f.Latency.TTFT),
+		f.InputTokens, f.InputTokensUnknown, f.OutputTokens, f.OutputTokensUnknown)
+}
+
+func addAll(t *testing.T, s *Stats, events []queryLine) {
+	t.Helper()
 	var p fastjson.Parser
-	var s Stats
 	ids := map[string]bool{}
-	for _, l := range queryEvents() { // checkpoint and log_started are ignored
+	for _, l := range events { // checkpoint and log_started are ignored
 		v, err := p.Parse(l.event)
 		if err != nil {
 			t.Fatal(err)
@@ -254,61 +275,176 @@ func TestStats(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got := s.Summary()
-	pct := func(n int64, p50, p95, p99 float64) *Percentiles { return &Percentiles{n, p50, p95, p99} }
-	// By hand, from the table in queryEvents' comment: totals sorted
-	// 1 100 200 300 400 500 700: ranks ceil(.5*7)=4, ceil(.95*7)=7,
-	// ceil(.99*7)=7. TTFT 10 20 50 70: ranks 2, 4, 4.
-	want := StatsSummary{
-		StatsGroup: StatsGroup{Events: 7, First: audit.Timestamp(queryT0), Last: audit.Timestamp(queryT0.Add(6 * time.Second)),
-			Errors: 4, ErrorRate: 4.0 / 7,
-			Outcomes: map[string]int64{"ok": 3, "upstream_error": 1, "client_cancelled": 1, "rejected": 1, "upstream_timeout": 1},
-			Latency:  LatencyStats{Total: pct(7, 300, 700, 700), TTFT: pct(4, 20, 70, 70)},
-			// 10+11+12+13+14; 20+21+23+24
-			InputTokens: 60, OutputTokens: 88},
-		Models: []ModelStats{
-			// llama: r1 r2 r3 r7; totals 100 200 300 700 (ranks 2, 4, 4), TTFT 10 20 70 (ranks 2, 3, 3)
-			{"llama", StatsGroup{Events: 4, First: audit.Timestamp(queryT0), Last: audit.Timestamp(queryT0.Add(6 * time.Second)),
-				Errors: 2, ErrorRate: 0.5, Outcomes: map[string]int64{"ok": 2, "upstream_error": 1, "upstream_timeout": 1},
-				Latency:     LatencyStats{Total: pct(4, 200, 700, 700), TTFT: pct(3, 20, 70, 70)},
-				InputTokens: 47, OutputTokens: 65}},
-			// mist: r4 r5; totals 400 500 (ranks 1, 2, 2), TTFT 50
-			{"mist", StatsGroup{Events: 2, First: audit.Timestamp(queryT0.Add(3 * time.Second)), Last: audit.Timestamp(queryT0.Add(4 * time.Second)),
-				Errors: 1, ErrorRate: 0.5, Outcomes: map[string]int64{"ok": 1, "client_cancelled": 1},
-				Latency:     LatencyStats{Total: pct(2, 400, 500, 500), TTFT: pct(1, 50, 50, 50)},
-				InputTokens: 13, OutputTokens: 23}},
-			// no model: r6 alone, no TTFT, no tokens
-			{"", StatsGroup{Events: 1, First: audit.Timestamp(queryT0.Add(5 * time.Second)), Last: audit.Timestamp(queryT0.Add(5 * time.Second)),
-				Errors: 1, ErrorRate: 1, Outcomes: map[string]int64{"rejected": 1},
-				Latency: LatencyStats{Total: pct(1, 1, 1, 1)}}},
-		},
-	}
-	gotJSON, _ := json.MarshalIndent(got, "", " ")
-	wantJSON, _ := json.MarshalIndent(want, "", " ")
-	if string(gotJSON) != string(wantJSON) {
-		t.Errorf("summary:\n%s\nwant:\n%s", gotJSON, wantJSON)
-	}
-	if again, _ := json.MarshalIndent(s.Summary(), "", " "); string(again) != string(gotJSON) {
-		t.Errorf("a second Summary differs:\n%s", again)
-	}
+}
 
-	// The JSON form, as query --stats --json prints it.
+func TestStats(t *testing.T) {
+	s, err := NewStats([]Grouping{ByModel, ByKey, ByOutcome, ByHour, ByModel}, time.UTC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addAll(t, s, queryEvents())
+	got, err := s.Summary(time.Time{}, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// By hand, from the table in queryEvents: ok r1 r2 r4, errors r3 r7,
+	// error rate 2/(3+2). Latency of the ok ones 100 200 400: nearest
+	// ranks ceil(.5*3)=2, ceil(.95*3)=3, 3; their TTFT 10 20: ranks 1, 2, 2.
+	// Input tokens 10+11+12+13+14, r5 r6 unknown; output 20+21+23+24, r3
+	// r5 r6 unknown.
+	if want := "n=7 ok=3 err=2 cc=1 rej=1 rate=0.4 lat=3/200/400/400 ttft=2/10/20/20 in=60/2 out=88/3"; figuresLine(got.Figures) != want {
+		t.Errorf("totals:\n%s\nwant\n%s", figuresLine(got.Figures), want)
+	}
+	if w := got.Window; w.Since != nil || w.Until != nil || !w.First.Equal(queryT0) || !w.Last.Equal(queryT0.Add(6*time.Second)) || w.TZ != "UTC" {
+		t.Errorf("window %+v", w)
+	}
+	var rows []string
+	for _, r := range got.Groups.Model {
+		rows = append(rows, fmt.Sprintf("%q %s %s", r.Model, deref(r.Checksum), figuresLine(r.Figures)))
+	}
+	// A "pending" checksum is unknown (null), as is a missing one; nulls
+	// sort first among equals.
+	wantRows := []string{
+		`"llama" ` + "\x00" + `sha256:a1 n=2 ok=2 err=0 cc=0 rej=0 rate=0 lat=2/100/200/200 ttft=2/10/20/20 in=21/0 out=41/0`,
+		`"llama" ` + "\x00" + `sha256:a2 n=2 ok=0 err=2 cc=0 rej=0 rate=1 lat=null ttft=null in=26/0 out=24/1`,
+		`"mist"  n=2 ok=1 err=0 cc=1 rej=0 rate=0 lat=1/400/400/400 ttft=null in=13/1 out=23/1`,
+		`""  n=1 ok=0 err=0 cc=0 rej=1 rate=null lat=null ttft=null in=0/1 out=0/1`,
+	}
+	if !slices.Equal(rows, wantRows) {
+		t.Errorf("by model:\n%s\nwant\n%s", strings.Join(rows, "\n"), strings.Join(wantRows, "\n"))
+	}
+	rows = nil
+	for _, r := range got.Groups.Key {
+		rows = append(rows, fmt.Sprintf("%s %s", deref(r.APIKeyID), figuresLine(r.Figures)))
+	}
+	wantRows = []string{
+		"\x00k1:aa n=3 ok=2 err=1 cc=0 rej=0 rate=0.3333 lat=2/100/400/400 ttft=1/10/10/10 in=35/0 out=43/1",
+		" n=2 ok=0 err=0 cc=1 rej=1 rate=null lat=null ttft=null in=0/2 out=0/2",
+		"\x00k1:bb n=1 ok=1 err=0 cc=0 rej=0 rate=0 lat=1/200/200/200 ttft=1/20/20/20 in=11/0 out=21/0",
+		"\x00k1:cc n=1 ok=0 err=1 cc=0 rej=0 rate=1 lat=null ttft=null in=14/0 out=24/0",
+	}
+	if !slices.Equal(rows, wantRows) {
+		t.Errorf("by key:\n%q\nwant\n%q", rows, wantRows)
+	}
+	rows = nil
+	for _, r := range got.Groups.Outcome {
+		rows = append(rows, fmt.Sprintf("%s %d", r.Outcome, r.Events))
+	}
+	if want := "ok 3,client_cancelled 1,rejected 1,upstream_error 1,upstream_timeout 1"; strings.Join(rows, ",") != want {
+		t.Errorf("by outcome: %s", strings.Join(rows, ","))
+	}
+	if h := got.Groups.Hour; len(h) != 1 || !h[0].From.Equal(queryT0) || !h[0].To.Equal(queryT0.Add(time.Hour)) || h[0].Events != 7 {
+		t.Errorf("by hour %+v", h)
+	}
+	if got.Groups.Day != nil {
+		t.Errorf("by day not asked for, got %+v", got.Groups.Day)
+	}
+	// Asked twice, a grouping is listed once, and the JSON has every member.
+	b, _ := json.Marshal(got)
 	var back map[string]any
-	json.Unmarshal(gotJSON, &back)
-	for _, k := range []string{"events", "first", "last", "errors", "error_rate", "outcomes", "latency_ms", "input_tokens", "output_tokens", "models"} {
+	json.Unmarshal(b, &back)
+	for _, k := range []string{"window", "events", "ok", "errors", "client_cancelled", "rejected", "error_rate", "outcomes", "latency_ms", "input_tokens", "output_tokens", "input_tokens_unknown", "output_tokens_unknown", "groups"} {
 		if _, ok := back[k]; !ok {
 			t.Errorf("summary JSON lacks %q", k)
 		}
 	}
-	if m := back["models"].([]any)[2].(map[string]any); m["latency_ms"].(map[string]any)["ttft"] != nil {
-		t.Errorf("no-model ttft = %v, want null", m["latency_ms"])
+	if g := back["groups"].(map[string]any); len(g) != 4 {
+		t.Errorf("groups %v", g)
+	}
+	if again, _ := s.Summary(time.Time{}, time.Time{}); figuresLine(again.Figures) != figuresLine(got.Figures) {
+		t.Errorf("a second Summary differs")
+	}
+}
+
+// TestStatsTimeBuckets: every bucket of the window is listed, empty ones
+// too, cut on the clock of the zone asked for: a half-hour zone, and the
+// night Paris puts its clocks back (two 02:00 hours, a 25-hour day).
+func TestStatsTimeBuckets(t *testing.T) {
+	zone := func(name string) *time.Location {
+		l, err := time.LoadLocation(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	at := func(s string) time.Time {
+		tm, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tm
+	}
+	ev := func(tm string) queryLine {
+		return queryLine{tm, `{"type":"inference","id":"` + tm + `","time":"` + tm + `","status":{"outcome":"ok"},"latency_ms":{"total":1}}`}
+	}
+	for _, tc := range []struct {
+		name         string
+		by           Grouping
+		loc          string
+		since, until string
+		events       []string
+		want         []string // from to events
+	}{
+		{"window wider than the events", ByHour, "UTC", "2026-11-23T09:00:00Z", "2026-11-23T12:00:00Z",
+			[]string{"2026-11-23T10:00:00Z", "2026-11-23T10:59:59Z"},
+			[]string{"2026-11-23T09:00:00Z 2026-11-23T10:00:00Z 0", "2026-11-23T10:00:00Z 2026-11-23T11:00:00Z 2", "2026-11-23T11:00:00Z 2026-11-23T12:00:00Z 0"}},
+		{"open window: first to last event", ByDay, "UTC", "", "",
+			[]string{"2026-11-21T23:59:59Z", "2026-11-23T00:00:00Z"},
+			[]string{"2026-11-21T00:00:00Z 2026-11-22T00:00:00Z 1", "2026-11-22T00:00:00Z 2026-11-23T00:00:00Z 0", "2026-11-23T00:00:00Z 2026-11-24T00:00:00Z 1"}},
+		{"half-hour zone", ByHour, "Asia/Kolkata", "", "",
+			[]string{"2026-11-23T10:00:00Z", "2026-11-23T10:29:59Z", "2026-11-23T10:30:00Z"},
+			[]string{"2026-11-23T15:00:00+05:30 2026-11-23T16:00:00+05:30 2", "2026-11-23T16:00:00+05:30 2026-11-23T17:00:00+05:30 1"}},
+		{"clocks back: two 02:00 hours", ByHour, "Europe/Paris", "", "",
+			[]string{"2026-10-25T00:30:00Z", "2026-10-25T01:30:00Z"},
+			[]string{"2026-10-25T02:00:00+02:00 2026-10-25T02:00:00+01:00 1", "2026-10-25T02:00:00+01:00 2026-10-25T03:00:00+01:00 1"}},
+		{"clocks back: a 25-hour day", ByDay, "Europe/Paris", "2026-10-24T22:00:00Z", "2026-10-26T23:00:00Z",
+			[]string{"2026-10-24T22:00:00Z", "2026-10-25T22:59:59Z", "2026-10-25T23:00:00Z"},
+			[]string{"2026-10-25T00:00:00+02:00 2026-10-26T00:00:00+01:00 2", "2026-10-26T00:00:00+01:00 2026-10-27T00:00:00+01:00 1"}},
+		{"no events, open window", ByDay, "UTC", "", "", nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := NewStats([]Grouping{tc.by}, zone(tc.loc))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var lines []queryLine
+			for _, e := range tc.events {
+				lines = append(lines, ev(e))
+			}
+			addAll(t, s, lines)
+			var since, until time.Time
+			if tc.since != "" {
+				since, until = at(tc.since), at(tc.until)
+			}
+			sum, err := s.Summary(since, until)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rows := append(sum.Groups.Hour, sum.Groups.Day...)
+			var got []string
+			for _, r := range rows {
+				got = append(got, fmt.Sprintf("%s %s %d", r.From.Format(time.RFC3339), r.To.Format(time.RFC3339), r.Events))
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("rows:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+		})
+	}
+
+	s, _ := NewStats([]Grouping{ByHour}, time.UTC)
+	if _, err := s.Summary(at("2000-01-01T00:00:00Z"), at("2026-01-01T00:00:00Z")); err == nil || !strings.Contains(err.Error(), "more than 100000 hours") {
+		t.Errorf("26 years by hour: %v", err)
+	}
+	if _, err := NewStats([]Grouping{"week"}, time.UTC); err == nil || err.Error() != `cannot group by "week": want one of model, key, outcome, hour, day` {
+		t.Errorf("by week: %v", err)
 	}
 }
 
 func TestStatsEmptyAndErrors(t *testing.T) {
-	var s Stats
-	b, _ := json.Marshal(s.Summary())
-	if want := `{"events":0,"errors":0,"error_rate":0,"outcomes":{},"latency_ms":{"total":null,"ttft":null},"input_tokens":0,"output_tokens":0,"models":[]}`; string(b) != want {
+	s, _ := NewStats([]Grouping{ByModel}, time.UTC)
+	sum, _ := s.Summary(time.Time{}, time.Time{})
+	b, _ := json.Marshal(sum)
+	if want := `{"window":{"since":null,"until":null,"first":null,"last":null,"tz":"UTC"},"events":0,"ok":0,"errors":0,"client_cancelled":0,"rejected":0,"error_rate":null,"outcomes":{},"latency_ms":{"total":null,"ttft":null},"input_tokens":0,"output_tokens":0,"input_tokens_unknown":0,"output_tokens_unknown":0,"groups":{"model":[]}}`; string(b) != want {
 		t.Errorf("empty summary:\n%s\nwant\n%s", b, want)
 	}
 	var p fastjson.Parser
@@ -321,16 +457,16 @@ func TestStatsEmptyAndErrors(t *testing.T) {
 		t.Errorf("Add of a checkpoint: %v", err)
 	}
 	// Members of the wrong type are left out, not guessed.
-	v, _ = p.Parse(`{"type":"inference","time":"2026-11-23T10:00:00Z","latency_ms":{"total":"5","ttft":null},"input":{"tokens":"3"},"status":{"outcome":"ok"}}`)
+	v, _ = p.Parse(`{"type":"inference","time":"2026-11-23T10:00:00Z","latency_ms":{"total":"5","ttft":null},"input":{"tokens":"3"},"model":{"checksum":7},"api_key_id":5,"status":{"outcome":"ok"}}`)
 	if err := s.Add(v); err != nil {
 		t.Fatal(err)
 	}
-	sum := s.Summary()
-	if sum.Events != 1 || sum.Errors != 0 || sum.Latency.Total != nil || sum.Latency.TTFT != nil || sum.InputTokens != 0 {
-		t.Errorf("summary %+v", sum.StatsGroup)
+	sum, _ = s.Summary(time.Time{}, time.Time{})
+	if want := "n=1 ok=1 err=0 cc=0 rej=0 rate=0 lat=null ttft=null in=0/1 out=0/1"; figuresLine(sum.Figures) != want {
+		t.Errorf("summary %s", figuresLine(sum.Figures))
 	}
-	if !slices.Equal([]string{sum.Models[0].Model}, []string{""}) {
-		t.Errorf("models %+v", sum.Models)
+	if m := sum.Groups.Model; len(m) != 1 || m[0].Model != "" || m[0].Checksum != nil {
+		t.Errorf("models %+v", m)
 	}
 }
 

@@ -9,18 +9,20 @@ import (
 
 // ParseTimeBound parses a bound of a time range, as the --since and --until
 // flags of the auditor's commands take it: "" (no bound: the zero time), an
-// RFC 3339 time, a date (2026-12-04: its start, in UTC), or a span (not
-// negative) before now: time.ParseDuration's form (90m, 24h), or a whole
-// number of days (30d), weeks (2w), months (8mo) or years (1y), counted on
-// the calendar from now (8mo before 2026-12-04 is 2026-04-04).
-func ParseTimeBound(s string, now time.Time) (time.Time, error) {
+// RFC 3339 time, a date (2026-12-04: its start in loc, which auditors set
+// with --tz), or a span (not negative) before now: time.ParseDuration's
+// form (90m, 24h), or a whole number of days (30d), weeks (2w), months
+// (8mo) or years (1y), counted on loc's calendar from now (8mo before
+// 2026-12-04 is 2026-04-04).
+func ParseTimeBound(s string, now time.Time, loc *time.Location) (time.Time, error) {
+	now = now.In(loc)
 	if s == "" {
 		return time.Time{}, nil
 	}
 	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
 		return t, nil
 	}
-	if t, err := time.Parse(time.DateOnly, s); err == nil {
+	if t, err := time.ParseInLocation(time.DateOnly, s, loc); err == nil {
 		return t, nil
 	}
 	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
@@ -36,5 +38,5 @@ func ParseTimeBound(s string, now time.Time) (time.Time, error) {
 			}
 		}
 	}
-	return time.Time{}, errors.New("want an RFC 3339 time (2026-12-04T09:30:00Z), a date (2026-12-04, from its start in UTC), or a span before now (90m, 24h, 30d, 2w, 8mo, 1y)")
+	return time.Time{}, errors.New("want an RFC 3339 time (2026-12-04T09:30:00Z), a date (2026-12-04, from its start in UTC or --tz), or a span before now (90m, 24h, 30d, 2w, 8mo, 1y)")
 }

@@ -26,13 +26,27 @@ func TestParseTimeBound(t *testing.T) {
 		{"2026-11-23T10:00:00Z", queryT0},
 		{"2026-11-23T11:00:00.5+01:00", queryT0.Add(500 * time.Millisecond)},
 	} {
-		got, err := ParseTimeBound(tc.in, now)
+		got, err := ParseTimeBound(tc.in, now, time.UTC)
 		if err != nil || !got.Equal(tc.want) {
 			t.Errorf("ParseTimeBound(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
 		}
 	}
+	// With --tz, a date is that day in the zone, and a span counts that
+	// zone's calendar days: 1d before 2026-03-29T10:00 in Paris crosses
+	// the change to summer time, so it is 23 hours.
+	paris, err := time.LoadLocation("Europe/Paris")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ParseTimeBound("2026-11-23", now, paris); err != nil || !got.Equal(time.Date(2026, 11, 22, 23, 0, 0, 0, time.UTC)) {
+		t.Errorf("a date in Paris: %v, %v", got, err)
+	}
+	spring := time.Date(2026, 3, 29, 8, 0, 0, 0, time.UTC)
+	if got, err := ParseTimeBound("1d", spring, paris); err != nil || spring.Sub(got) != 23*time.Hour {
+		t.Errorf("1d across the change of time in Paris: %v, %v", got, err)
+	}
 	for _, in := range []string{"yesterday", "-1h", "1.5d", "-2d", "+2d", "d", "mo", "100001d", "8 mo", "2026-11-31", "2026-11-23 10:00:00Z", "23.11.2026"} {
-		if _, err := ParseTimeBound(in, now); err == nil || err.Error() != "want an RFC 3339 time (2026-12-04T09:30:00Z), a date (2026-12-04, from its start in UTC), or a span before now (90m, 24h, 30d, 2w, 8mo, 1y)" {
+		if _, err := ParseTimeBound(in, now, time.UTC); err == nil || err.Error() != "want an RFC 3339 time (2026-12-04T09:30:00Z), a date (2026-12-04, from its start in UTC or --tz), or a span before now (90m, 24h, 30d, 2w, 8mo, 1y)" {
 			t.Errorf("ParseTimeBound(%q): %v", in, err)
 		}
 	}
@@ -46,7 +60,7 @@ func FuzzParseTimeBound(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		now := queryT0
-		got, err := ParseTimeBound(s, now)
+		got, err := ParseTimeBound(s, now, time.UTC)
 		if err != nil {
 			if !strings.HasPrefix(err.Error(), "want an RFC 3339 time") {
 				t.Fatalf("%q: %v", s, err)

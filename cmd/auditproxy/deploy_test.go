@@ -227,7 +227,7 @@ func TestAuditorGuideScript(t *testing.T) {
 	guide := string(b)
 	for _, want := range []string{
 		"\nverified\n",                              // verify: the whole log
-		"inference events: 2,",                      // query --stats of one key's requests
+		"inference events: 2: ok 2,",                // query --stats of one key's requests
 		"matches the event",                         // show: a decrypted body against its digest
 		"verified: event",                           // verify-proof
 		`"type":"model_rollout"`,                    // the operator's annotation in the window

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -11,8 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
 
@@ -21,7 +18,7 @@ import (
 	"github.com/auditproxy/auditproxy/query"
 )
 
-const querySynopsis = "query PATH... [--since T] [--until T] [--model M] [--api-key-id K] [--request-id R] [--outcome O] [--type T] [--resource R] [--stats] [--json]"
+const querySynopsis = "query PATH... [--since T] [--until T] [--model M] [--api-key-id K] [--request-id R] [--outcome O] [--type T] [--resource R] [--stats [--by G] [--format text|json|csv]] [--tz ZONE]"
 
 // runQuery prints the events that match a filter, or statistics over them.
 //
@@ -32,7 +29,8 @@ const querySynopsis = "query PATH... [--since T] [--until T] [--model M] [--api-
 // matching events are held for the sort, up to querySortMemory bytes, beyond
 // which sorted runs go to a temporary file and are merged at the end; the
 // ids of matching events are kept for dropping repeats. With --stats, no
-// event is held: only two float64s per matching inference event.
+// event is held: only two float64s per matching inference event, and two
+// more per --by grouping (see query.Stats).
 //
 // Lines that are not events (not JSON, no RFC 3339 "time") are skipped and
 // counted; after the output, a line on stderr names the first, and the exit
@@ -40,8 +38,8 @@ const querySynopsis = "query PATH... [--since T] [--until T] [--model M] [--api-
 // parsed, so they are not checked.
 func runQuery(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("query", querySynopsis, stderr)
-	since := fs.String("since", "", "select events at or after `T`: an RFC 3339 time, a date (2026-12-04, UTC), or a span before now (90m, 24h, 30d, 2w, 8mo, 1y)")
-	until := fs.String("until", "", "select events before `T` (exclusive): an RFC 3339 time, a date (UTC), or a span before now")
+	since := fs.String("since", "", "select events at or after `T`: an RFC 3339 time, a date (2026-12-04, from its start in UTC or --tz), or a span before now (90m, 24h, 30d, 2w, 8mo, 1y)")
+	until := fs.String("until", "", "select events before `T` (exclusive): an RFC 3339 time, a date (UTC or --tz), or a span before now")
 	var types, models, keyIDs, requestIDs, outcomes, resources stringList
 	fs.Var(&models, "model", "select events for model `M` (model.name); repeat for any of several")
 	fs.Var(&keyIDs, "api-key-id", "select events of API key id `K` (\"k1:<hex>\", the api_key_id field; not the key itself); repeat for any of several")
@@ -49,8 +47,12 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 	fs.Var(&outcomes, "outcome", "select events with outcome `O` (ok, upstream_error, upstream_unreachable, upstream_timeout, client_cancelled, rejected); repeat for any of several")
 	fs.Var(&resources, "resource", "select change records and their outcomes for resource `R` (an annotation's record.resource, a change_outcome's change.resource: the served model name of a model_changed); repeat for any of several")
 	fs.Var(&types, "type", "select events of type `T` (inference, checkpoint, log_started, proxy_started, model_changed, annotation, ...); repeat for any of several (default all)")
-	stats := fs.Bool("stats", false, "print a summary of the matching inference events instead of the events")
-	asJSON := fs.Bool("json", false, "with --stats, print the summary as JSON")
+	stats := fs.Bool("stats", false, "print a summary of the matching inference events instead of the events: counts by outcome (errors, client give-ups and refusals apart), error rate, latency of the ok requests, tokens")
+	var by stringList
+	fs.Var(&by, "by", "with --stats, also group the figures by `G`: model (name and weights checksum), key (api_key_id), outcome, hour or day (in --tz; every one of the window, empty ones too); repeat or separate with commas (default model)")
+	format := fs.String("format", "text", "with --stats, print the summary as `F`: text, json, or csv (one row per group, the totals first)")
+	asJSON := fs.Bool("json", false, "with --stats, the same as --format json")
+	tz := fs.String("tz", "UTC", "time `zone` to read dates in and to show times and cut hours and days in: an IANA name (Europe/Paris, America/New_York), UTC, or Local")
 	paths, err := parseFlagsAndArgs(fs, args)
 	if err != nil {
 		return err
@@ -58,12 +60,38 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 	if len(paths) == 0 {
 		return usageError{"query: give at least one PATH (event files, directories, spool segments, or - for stdin)"}
 	}
+	loc, err := loadZone(*tz)
+	if err != nil {
+		return usageError{"query: " + err.Error()}
+	}
+	if *asJSON {
+		*format = "json"
+	}
+	if !slices.Contains([]string{"text", "json", "csv"}, *format) {
+		return usageError{fmt.Sprintf("query: --format %q: want text, json or csv", *format)}
+	}
+	if !*stats && (len(by) > 0 || *format != "text") {
+		return usageError{"query: --by, --format and --json shape the summary of --stats; without --stats, query prints the matching events as NDJSON"}
+	}
+	var groupings []query.Grouping
+	for _, b := range by {
+		for g := range strings.SplitSeq(b, ",") {
+			groupings = append(groupings, query.Grouping(strings.TrimSpace(g)))
+		}
+	}
+	if len(groupings) == 0 {
+		groupings = []query.Grouping{query.ByModel}
+	}
+	st, err := query.NewStats(groupings, loc)
+	if err != nil {
+		return usageError{"query: --by: " + err.Error()}
+	}
 	now := time.Now()
 	f := query.Filter{Types: types, Models: models, APIKeyIDs: keyIDs, RequestIDs: requestIDs, Resources: resources}
-	if f.Since, err = query.ParseTimeBound(*since, now); err != nil {
+	if f.Since, err = query.ParseTimeBound(*since, now, loc); err != nil {
 		return usageError{fmt.Sprintf("query: --since %q: %v", *since, err)}
 	}
-	if f.Until, err = query.ParseTimeBound(*until, now); err != nil {
+	if f.Until, err = query.ParseTimeBound(*until, now, loc); err != nil {
 		return usageError{fmt.Sprintf("query: --until %q: %v", *until, err)}
 	}
 	for _, o := range outcomes {
@@ -95,7 +123,6 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 	var (
 		p      fastjson.Parser
 		ids    eventsrc.IDSet
-		st     query.Stats
 		sorter = eventsrc.NewSorter(querySortMemory)
 		bad    badEvents
 		n      int64 // events read from the current path
@@ -146,15 +173,13 @@ func runQuery(args []string, stdout, stderr io.Writer) error {
 	}
 
 	w := bufio.NewWriterSize(stdout, 64<<10)
-	switch {
-	case *stats && *asJSON:
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.SetEscapeHTML(false)
-		err = enc.Encode(st.Summary())
-	case *stats:
-		err = printStats(w, st.Summary())
-	default:
+	if *stats {
+		var sum query.Summary
+		if sum, err = st.Summary(f.Since, f.Until); err != nil {
+			return usageError{"query: --by: " + err.Error()}
+		}
+		err = writeStats(w, *format, sum)
+	} else {
 		err = sorter.WriteSorted(w)
 	}
 	if ferr := w.Flush(); err == nil {
@@ -248,103 +273,6 @@ func (b *badEvents) err() error {
 		return fmt.Errorf("query: skipped 1 line that is not an event: %s", b.first)
 	}
 	return fmt.Errorf("query: skipped %d lines that are not events; the first: %s", b.count, b.first)
-}
-
-// printStats writes a summary as text: the totals, then a table by model.
-func printStats(w io.Writer, s query.StatsSummary) error {
-	if s.Events == 0 {
-		_, err := fmt.Fprintln(w, "inference events: 0")
-		return err
-	}
-	g := s.StatsGroup
-	fmt.Fprintf(w, "inference events: %d, %s to %s\n", g.Events,
-		time.Time(g.First).Format(time.RFC3339Nano), time.Time(g.Last).Format(time.RFC3339Nano))
-	fmt.Fprintf(w, "errors:           %d (%s)", g.Errors, percent(g.ErrorRate))
-	var outcomes, unknown []string // not ok: known ones in declaration order, then the others
-	for _, o := range audit.Outcomes() {
-		if n := g.Outcomes[string(o)]; n > 0 && o != audit.OutcomeOK {
-			outcomes = append(outcomes, fmt.Sprintf("%s %d", o, n))
-		}
-	}
-	for o, n := range g.Outcomes {
-		if _, err := audit.ParseOutcome(o); err != nil {
-			unknown = append(unknown, fmt.Sprintf("%q %d", o, n))
-		}
-	}
-	slices.Sort(unknown)
-	outcomes = append(outcomes, unknown...)
-	if len(outcomes) > 0 {
-		fmt.Fprintf(w, ": %s", strings.Join(outcomes, ", "))
-	}
-	fmt.Fprintln(w)
-	fmt.Fprintf(w, "latency total ms: %s\n", percentilesText(g.Latency.Total, "events"))
-	fmt.Fprintf(w, "latency ttft ms:  %s\n", percentilesText(g.Latency.TTFT, "streamed events"))
-	fmt.Fprintf(w, "tokens:           input %d, output %d\n\n", g.InputTokens, g.OutputTokens)
-
-	rows := [][]string{{"MODEL", "EVENTS", "ERRORS", "ERROR%", "TOTAL P50", "P95", "P99",
-		"TTFT P50", "P95", "P99", "INPUT TOKENS", "OUTPUT TOKENS"}}
-	for _, m := range s.Models {
-		name := m.Model
-		if name == "" {
-			name = "(none)"
-		} else if strings.ContainsFunc(name, func(r rune) bool { return !unicode.IsPrint(r) }) {
-			name = strconv.Quote(name) // the client chose it: no control characters to the terminal
-		}
-		row := []string{name, strconv.FormatInt(m.Events, 10), strconv.FormatInt(m.Errors, 10), percent(m.ErrorRate)}
-		row = append(row, percentileCells(m.Latency.Total)...)
-		row = append(row, percentileCells(m.Latency.TTFT)...)
-		rows = append(rows, append(row, strconv.FormatInt(m.InputTokens, 10), strconv.FormatInt(m.OutputTokens, 10)))
-	}
-	return writeTable(w, rows)
-}
-
-// writeTable writes rows as columns two spaces apart: the first aligned
-// left, the others (numbers) right.
-func writeTable(w io.Writer, rows [][]string) error {
-	widths := make([]int, len(rows[0]))
-	for _, row := range rows {
-		for i, cell := range row {
-			widths[i] = max(widths[i], utf8.RuneCountInString(cell))
-		}
-	}
-	var b strings.Builder
-	for _, row := range rows {
-		for i, cell := range row {
-			pad := strings.Repeat(" ", widths[i]-utf8.RuneCountInString(cell))
-			switch {
-			case i == 0:
-				b.WriteString(cell)
-				if len(row) > 1 {
-					b.WriteString(pad)
-				}
-			default:
-				b.WriteString("  ")
-				b.WriteString(pad)
-				b.WriteString(cell)
-			}
-		}
-		b.WriteByte('\n')
-	}
-	_, err := io.WriteString(w, b.String())
-	return err
-}
-
-func percent(rate float64) string { return strconv.FormatFloat(rate*100, 'f', 2, 64) + "%" }
-
-func ms(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
-
-func percentilesText(p *query.Percentiles, what string) string {
-	if p == nil {
-		return "none"
-	}
-	return fmt.Sprintf("p50 %s  p95 %s  p99 %s  (%s: %d)", ms(p.P50), ms(p.P95), ms(p.P99), what, p.Count)
-}
-
-func percentileCells(p *query.Percentiles) []string {
-	if p == nil {
-		return []string{"-", "-", "-"}
-	}
-	return []string{ms(p.P50), ms(p.P95), ms(p.P99)}
 }
 
 // querySortMemory is how many bytes of matching events query holds before

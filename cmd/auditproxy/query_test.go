@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -251,64 +252,119 @@ func TestQuerySpills(t *testing.T) {
 
 func TestQueryStats(t *testing.T) {
 	dir, _ := queryFixture(t)
-	out, _, err := queryCmd("--stats", "--json", dir)
+	out, _, err := queryCmd("--stats", "--format", "json", "--by", "model,key", "--by", "day", dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var s query.StatsSummary
+	var s query.Summary
 	if err := json.Unmarshal([]byte(out), &s); err != nil {
 		t.Fatal(err)
 	}
 	// By hand: six distinct inference events (the checkpoint is not
-	// counted); totals 100..600: nearest ranks ceil(.5*6)=3, ceil(.95*6)=6,
-	// ceil(.99*6)=6; TTFT 10 20 50 60: ranks 2, 4, 4; two errors.
-	if s.Events != 6 || s.Errors != 2 || s.ErrorRate != 2.0/6 || s.InputTokens != 75 || s.OutputTokens != 113 ||
-		time.Time(s.First) != qT0 || time.Time(s.Last) != qT0.Add(4*time.Second) {
-		t.Errorf("summary %+v", s.StatsGroup)
+	// counted): ok req-1 2 4 6, an error req-3, a give-up req-5; error
+	// rate 1/(4+1). Latency of the ok ones 100 200 400 600: nearest ranks
+	// ceil(.5*4)=2, 4, 4; their TTFT 10 20 60: ranks 2, 3, 3.
+	if s.Events != 6 || s.OK != 4 || s.Errors != 1 || s.ClientCancelled != 1 || *s.ErrorRate != 0.2 || s.InputTokens != 75 || s.OutputTokens != 113 ||
+		!s.Window.First.Equal(qT0) || !s.Window.Last.Equal(qT0.Add(4*time.Second)) || s.Window.Since != nil {
+		t.Errorf("summary %+v", s)
 	}
-	if l := s.Latency.Total; l == nil || *l != (query.Percentiles{Count: 6, P50: 300, P95: 600, P99: 600}) {
+	if l := s.Latency.Total; l == nil || *l != (query.Percentiles{Count: 4, P50: 200, P95: 600, P99: 600}) {
 		t.Errorf("latency %+v", l)
 	}
-	if l := s.Latency.TTFT; l == nil || *l != (query.Percentiles{Count: 4, P50: 20, P95: 60, P99: 60}) {
+	if l := s.Latency.TTFT; l == nil || *l != (query.Percentiles{Count: 3, P50: 20, P95: 60, P99: 60}) {
 		t.Errorf("ttft %+v", l)
 	}
-	if len(s.Models) != 2 || s.Models[0].Model != "llama" || s.Models[0].Events != 4 || s.Models[0].Errors != 1 ||
-		s.Models[1].Model != "mistral" || s.Models[1].Events != 2 || s.Models[1].Errors != 1 {
-		t.Errorf("by model %+v", s.Models)
+	if m := s.Groups.Model; len(m) != 2 || m[0].Model != "llama" || m[0].Events != 4 || m[0].Errors != 1 || m[0].Checksum != nil ||
+		m[1].Model != "mistral" || m[1].Events != 2 || m[1].ClientCancelled != 1 {
+		t.Errorf("by model %+v", m)
+	}
+	if k := s.Groups.Key; len(k) != 4 || *k[0].APIKeyID != "k1:aa" || k[0].Events != 3 || k[1].APIKeyID != nil || k[1].Events != 1 {
+		t.Errorf("by key %+v", k)
+	}
+	if d := s.Groups.Day; len(d) != 1 || d[0].Events != 6 || !d[0].From.Equal(time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)) {
+		t.Errorf("by day %+v", d)
 	}
 
 	out, _, err = queryCmd("--stats", dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// llama: totals 100 200 300 600 (ranks 2, 4, 4), TTFT 10 20 60 (2, 3, 3);
-	// mistral: 400 500 (1, 2, 2), TTFT 50.
-	want := `inference events: 6, 2026-11-23T10:00:00Z to 2026-11-23T10:00:04Z
-errors:           2 (33.33%): upstream_error 1, client_cancelled 1
-latency total ms: p50 300  p95 600  p99 600  (events: 6)
-latency ttft ms:  p50 20  p95 60  p99 60  (streamed events: 4)
+	// llama: ok totals 100 200 600 (ranks 2, 3, 3), TTFT 10 20 60;
+	// mistral: 400; its give-up is not an error.
+	want := `window:           all events read; events from 2026-11-23T10:00:00Z to 2026-11-23T10:00:04Z (times in UTC)
+inference events: 6: ok 4, errors 1, client gave up 1, rejected by the sidecar 0
+error rate:       20.00% of the ok and errors; not ok: upstream_error 1, client_cancelled 1
+latency ms (ok):  p50 200  p95 600  p99 600  (ok events: 4)
+ttft ms (ok):     p50 20  p95 60  p99 60  (ok streamed events: 3)
 tokens:           input 75, output 113
 
-MODEL    EVENTS  ERRORS  ERROR%  TOTAL P50  P95  P99  TTFT P50  P95  P99  INPUT TOKENS  OUTPUT TOKENS
-llama         4       1  25.00%        200  600  600        20   60   60            48             66
-mistral       2       1  50.00%        400  500  500        50   50   50            27             47
+MODEL    CHECKSUM  EVENTS  OK  ERRORS  GAVE UP  REJECTED  ERROR%  LATENCY P50  P95  P99  TTFT P50  P95  P99  IN TOKENS  OUT TOKENS
+llama    unknown        4   3       1        0         0  25.00%          200  600  600        20   60   60         48          66
+mistral  unknown        2   1       0        1         0   0.00%          400  400  400         -    -    -         27          47
 `
 	if out != want {
 		t.Errorf("text stats:\n%s\nwant:\n%s", out, want)
 	}
 
+	out, _, err = queryCmd("--stats", "--format", "csv", "--by", "outcome,hour", "--since", "2026-11-23T09:00:00Z", "--until", "2026-11-23", "--tz", "Europe/Paris", dir)
+	if err == nil || !strings.Contains(err.Error(), "--since and --until") {
+		t.Errorf("until before since: %v", err)
+	}
+	out, _, err = queryCmd("--stats", "--format", "csv", "--by", "outcome,hour", "--since", "2026-11-23T09:00:00Z", "--until", "2026-11-24", "--tz", "Europe/Paris", "--model", "mistral", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// --until 2026-11-24 is midnight in Paris: 23:00 UTC on the 23rd, so
+	// hours 10:00 to 23:00 Paris time; mistral's two events at 11:00:03.
+	rows, err := csv.NewReader(strings.NewReader(out)).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 1+1+2+14 || strings.Join(rows[0], ",") != strings.Join(statsCSVHeader, ",") {
+		t.Fatalf("%d rows:\n%s", len(rows), out)
+	}
+	for i, want := range []string{
+		"total,,,,,2026-11-23T10:00:00+01:00,2026-11-24T00:00:00+01:00,2,1,0,1,0,0,1,400,400,400,0,,,,27,0,47,0",
+		"outcome,,,,client_cancelled,,,1,0,0,1,0,,0,,,,0,,,,14,0,24,0",
+		"outcome,,,,ok,,,1,1,0,0,0,0,1,400,400,400,0,,,,13,0,23,0",
+		"hour,,,,,2026-11-23T10:00:00+01:00,2026-11-23T11:00:00+01:00,0,0,0,0,0,,0,,,,0,,,,0,0,0,0",
+		"hour,,,,,2026-11-23T11:00:00+01:00,2026-11-23T12:00:00+01:00,2,1,0,1,0,0,1,400,400,400,0,,,,27,0,47,0",
+	} {
+		if got := strings.Join(rows[1+i], ","); got != want {
+			t.Errorf("row %d:\n%s\nwant\n%s", 1+i, got, want)
+		}
+	}
+	if last := strings.Join(rows[len(rows)-1], ","); !strings.HasPrefix(last, "hour,,,,,2026-11-23T23:00:00+01:00,2026-11-24T00:00:00+01:00,0,") {
+		t.Errorf("last row %s", last)
+	}
+
 	out, _, err = queryCmd("--stats", "--model", "mistral", "--outcome", "ok", dir)
-	if err != nil || !strings.HasPrefix(out, "inference events: 1, 2026-11-23T10:00:03Z to 2026-11-23T10:00:03Z\nerrors:           0 (0.00%)\n") ||
-		!strings.Contains(out, "latency ttft ms:  none\n") || !strings.Contains(out, "\nmistral       1       0   0.00%        400  400  400         -    -    -") {
+	if err != nil || !strings.Contains(out, "\ninference events: 1: ok 1, errors 0, client gave up 0, rejected by the sidecar 0\nerror rate:       0.00% of the ok and errors\n") ||
+		!strings.Contains(out, "ttft ms (ok):     none\n") || !strings.Contains(out, "\nmistral  unknown        1   1       0        0         0   0.00%          400  400  400         -    -    -         13          23\n") {
 		t.Errorf("stats of one event: %v\n%s", err, out)
 	}
 	out, _, err = queryCmd("--stats", "--type", "checkpoint", dir)
-	if err != nil || out != "inference events: 0\n" {
+	if err != nil || !strings.HasSuffix(out, "; no events (times in UTC)\ninference events: 0: ok 0, errors 0, client gave up 0, rejected by the sidecar 0\n") {
 		t.Errorf("stats of no inference event: %v %q", err, out)
 	}
 	out, _, err = queryCmd("--stats", "--json", "--request-id", "none", dir)
-	if err != nil || !strings.Contains(out, `"events": 0,`) || !strings.Contains(out, `"models": []`) {
+	if err != nil || !strings.Contains(out, `"events": 0,`) || !strings.Contains(out, `"model": []`) || !strings.Contains(out, `"error_rate": null`) {
 		t.Errorf("JSON stats of nothing: %v\n%s", err, out)
+	}
+}
+
+// TestQueryStatsCSVFormulas: a model name a client chose cannot become a
+// spreadsheet formula in the CSV an auditor opens.
+func TestQueryStatsCSVFormulas(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "e.ndjson")
+	os.WriteFile(path, []byte(qEvent(1, qT0, 1, `=HYPERLINK("http://x","y")`, "", "ok", 1, 0, 1, 1)+"\n"), 0o600)
+	out, _, err := queryCmd("--stats", "--format", "csv", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, _ := csv.NewReader(strings.NewReader(out)).ReadAll()
+	if len(rows) != 3 || rows[2][1] != `'=HYPERLINK("http://x","y")` {
+		t.Errorf("%q", rows)
 	}
 }
 
@@ -347,7 +403,7 @@ func TestQueryErrors(t *testing.T) {
 		want string // on stderr
 	}{
 		{[]string{"query"}, 2, "auditproxy: query: give at least one PATH"},
-		{[]string{"query", "--since", "yesterday", dir}, 2, `auditproxy: query: --since "yesterday": want an RFC 3339 time (2026-12-04T09:30:00Z), a date (2026-12-04, from its start in UTC), or a span before now (90m, 24h, 30d, 2w, 8mo, 1y)` + "\n"},
+		{[]string{"query", "--since", "yesterday", dir}, 2, `auditproxy: query: --since "yesterday": want an RFC 3339 time (2026-12-04T09:30:00Z), a date (2026-12-04, from its start in UTC or --tz), or a span before now (90m, 24h, 30d, 2w, 8mo, 1y)` + "\n"},
 		{[]string{"query", "--until", "2026-11-31", dir}, 2, `auditproxy: query: --until "2026-11-31": want an RFC 3339 time`},
 		{[]string{"query", "--outcome", "fine", dir}, 2, `auditproxy: query: --outcome: unknown outcome "fine": want one of ok, upstream_error, upstream_unreachable, upstream_timeout, client_cancelled, rejected` + "\n"},
 		{[]string{"query", "--since", "2026-11-24T00:00:00Z", "--until", "2026-11-23T00:00:00Z", dir}, 2,

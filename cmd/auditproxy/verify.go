@@ -76,7 +76,7 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	if err := ignore.check("verify"); err != nil {
 		return err
 	}
-	untilTime, err := query.ParseTimeBound(*until, time.Now())
+	untilTime, err := query.ParseTimeBound(*until, time.Now(), time.UTC)
 	if err != nil {
 		return usageError{fmt.Sprintf("verify: --until %q: %v", *until, err)}
 	}
