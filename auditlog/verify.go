@@ -628,7 +628,7 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 		if prevCP != nil && !prevCP.final && prevCP.time > 0 && cp.time > 0 {
 			gap := time.Duration(cp.time - prevCP.time)
 			cadence := time.Duration(prevCP.rec.IntervalMS) * time.Millisecond
-			late := cadence*3/2 + time.Second
+			late := CheckpointOverdue(cadence)
 			switch {
 			case cadence <= 0 || gap <= late:
 			case cp.outageSince > 0 && cp.outageSince <= prevCP.time+int64(late) && i < len(o.checkpoints)-1:
@@ -739,6 +739,11 @@ func (v *Verifier) verifyOrigin(o *originLog) OriginReport {
 	r.OK = len(r.Problems) == 0
 	return r
 }
+
+// CheckpointOverdue is how long after a checkpoint the next one, due an
+// interval later, may come before the checkpoints between them count as
+// missing: half an interval and a second of slack for a busy host.
+func CheckpointOverdue(interval time.Duration) time.Duration { return interval*3/2 + time.Second }
 
 // KeyNamedForOrigin reports whether a key of that name is named for the
 // log of origin: the whole origin, or its NAME before "/EPOCH".

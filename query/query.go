@@ -165,24 +165,34 @@ func (q *Query) MatchValue(p *fastjson.Parser, event []byte) (*fastjson.Value, e
 	if err != nil {
 		return nil, fmt.Errorf("not JSON: %w", err)
 	}
+	if ok, err := q.MatchParsed(v); !ok {
+		return nil, err
+	}
+	return v, nil
+}
+
+// MatchParsed reports whether an event, parsed, is selected by the query:
+// for a caller that parsed it for its own reasons. Its errors are
+// MatchValue's.
+func (q *Query) MatchParsed(v *fastjson.Value) (bool, error) {
 	if v.Type() != fastjson.TypeObject {
-		return nil, errors.New("not a JSON object")
+		return false, errors.New("not a JSON object")
 	}
 	for i := range q.fields {
 		if !q.fields[i].match(v) {
-			return nil, nil
+			return false, nil
 		}
 	}
 	if !q.since.IsZero() || !q.until.IsZero() {
 		t, err := EventTime(v)
 		if err != nil {
-			return nil, err
+			return false, err
 		}
 		if !q.since.IsZero() && t.Before(q.since) || !q.until.IsZero() && !t.Before(q.until) {
-			return nil, nil
+			return false, nil
 		}
 	}
-	return v, nil
+	return true, nil
 }
 
 func (ff *fieldFilter) containsAny(event []byte) bool {

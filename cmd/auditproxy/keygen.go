@@ -101,11 +101,25 @@ func loadSigner(path string) (note.Signer, error) {
 // loadVerifiers reads checkpoint verifier keys (keygen's FILE.pub, one
 // key per line; a line may also be given directly as the key text).
 func loadVerifiers(specs []string) (note.Verifiers, error) {
-	if len(specs) == 0 {
-		return note.VerifierList(), nil
-	}
-	vs, err := loadKeys("--pubkey", "the checkpoint verifier key (signing.key.pub, NAME+HASH+KEY, as auditproxy keygen writes FILE.pub)", specs, note.NewVerifier)
+	vs, err := loadVerifierKeys(specs)
 	return note.VerifierList(vs...), err
+}
+
+// loadVerifierKeys reads --pubkey keys, as loadKeys reads keys.
+func loadVerifierKeys(specs []string) ([]note.Verifier, error) {
+	if len(specs) == 0 {
+		return nil, nil
+	}
+	return loadKeys("--pubkey", "the checkpoint verifier key (signing.key.pub, NAME+HASH+KEY, as auditproxy keygen writes FILE.pub)", specs, note.NewVerifier)
+}
+
+// keyIDs names keys as notes do: NAME+HASH.
+func keyIDs(vs []note.Verifier) []string {
+	var ids []string
+	for _, v := range vs {
+		ids = append(ids, fmt.Sprintf("%s+%08x", v.Name(), v.KeyHash()))
+	}
+	return ids
 }
 
 // loadKeys reads the verifier keys a flag names, one per line of each

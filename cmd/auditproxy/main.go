@@ -14,6 +14,7 @@
 //	auditproxy verify-proof  check such a proof with only the verifier key
 //	auditproxy show     reconstruct one request: decrypted bodies, hashes, proof
 //	auditproxy query    select events by time, model, key id, request, outcome, type; --stats
+//	auditproxy report   write an HTML audit report: integrity, checkpoint and change timelines, traffic
 //	auditproxy keyid    print the api_key_id of an API key read from stdin
 //	auditproxy healthcheck  ask a running sidecar whether it is ready (for container HEALTHCHECKs)
 //	auditproxy version  print the version
@@ -53,6 +54,7 @@ Usage:
   auditproxy verify-proof --pubkey FILE.pub [PROOF]           check a proof without the log
   auditproxy show --request-id ID --identity F PATH...        reconstruct a request from the log
   auditproxy query [--since T --model M ...] [--stats] PATH... select events, or their statistics
+  auditproxy report --html OUT --pubkey FILE.pub PATH...       an audit report to file: integrity, timelines, traffic
   auditproxy keyid --key-id-secret-file FILE < api-key        the api_key_id events record for a key
   auditproxy healthcheck [--admin-listen ADDRESS]             ask a running sidecar whether it is ready
   auditproxy version                                          print the version
@@ -86,6 +88,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runVerify(rest, stdout, stderr)
 	case "prove":
 		err = runProve(rest, stdout, stderr)
+	case "report":
+		err = runReport(rest, stdout, stderr)
 	case "query":
 		err = runQuery(rest, stdout, stderr)
 	case "show":

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -58,51 +59,106 @@ const ignoreMemberUsage = "top-level member `NAME` an aggregator adds to the rec
 // runVerify checks logs from their events.
 func runVerify(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("verify", "verify --pubkey FILE [--json] [--require-committed] [--ignore-member NAME] [--until T] PATH...", stderr)
-	var pubkeys stringList
-	fs.Var(&pubkeys, "pubkey", "verifier key `file` (keygen's FILE.pub) or key text; repeat for several")
+	var opts verifyOptions
+	opts.register(fs)
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	var ignore ignoredMembers
-	fs.Var(&ignore, "ignore-member", ignoreMemberUsage)
-	var witnessKeys, cosignatureFiles stringList
-	fs.Var(&witnessKeys, "witness-key", "verifier key `file` (or key text) of a C2SP tlog-witness whose cosignatures to check (its cosignature/v1 or Ed25519 note verifier key); every log must then have a checkpoint cosigned by each witness given (by key name); repeat for several")
-	fs.Var(&cosignatureFiles, "cosignatures", "`file` of cosigned checkpoints the sidecar's witness client kept (DATA-DIR/cosignatures.ndjson), checked with --witness-key; repeat for several")
-	requireCommitted := fs.Bool("require-committed", false, "fail on events no checkpoint commits to yet (the tail after each log's newest checkpoint); off, they are counted and pass, as every copy of a running log ends with up to a checkpoint interval of them")
-	allowedSigners := fs.String("allowed-signers", "", "OpenSSH allowed-signers `file`: check the signatures of the change records in annotation events again (signed by their actor, and approver, as the sidecar checked them)")
-	approvalRequired := fs.String("approval-required", "", "comma-separated change `types` whose records must have an approver other than the actor (besides those the sidecar's policy marked)")
-	until := fs.String("until", "", "`time` the logs should reach (e.g. when they were exported): an RFC 3339 time, a date (UTC), or a span before now (24h, 7d, 8mo); an older newest checkpoint means a cut tail")
 	if err := fs.Parse(args); err != nil {
 		return err
-	}
-	if err := ignore.check("verify"); err != nil {
-		return err
-	}
-	untilTime, err := query.ParseTimeBound(*until, time.Now(), time.UTC)
-	if err != nil {
-		return usageError{fmt.Sprintf("verify: --until %q: %v", *until, err)}
 	}
 	if fs.NArg() == 0 {
 		return usageError{"verify: give at least one PATH (event files, directories, spool segments, or - for stdin)"}
 	}
-	keys, err := loadVerifiers(pubkeys)
+	vr, err := opts.start("verify", stderr)
 	if err != nil {
-		return usageError{"verify: " + err.Error()}
+		return err
 	}
-	if len(cosignatureFiles) > 0 && len(witnessKeys) == 0 {
-		return usageError{"verify: --cosignatures needs --witness-key, the key to check them with"}
+	var damaged eventsrc.DamageError
+	for _, path := range fs.Args() {
+		if err := damaged.Collect(eventsrc.Read(path, vr.v.Add)); err != nil {
+			return fmt.Errorf("verify: %w", err)
+		}
 	}
-	v := auditlog.NewVerifier(keys)
-	if len(witnessKeys) > 0 {
-		ws, err := loadWitnessKeys(witnessKeys)
+	r, changeReport, notes := vr.finish(damaged)
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(struct {
+			*auditlog.Report
+			Changes *change.AuditReport `json:"change_records,omitempty"`
+			Notes   []string            `json:"notes,omitempty"`
+		}{r, changeReport, notes}); err != nil {
+			return err
+		}
+	} else {
+		printReport(stdout, r, len(opts.pubkeys) == 0, changeReport, notes)
+	}
+	if !r.OK {
+		return errVerifyFailed
+	}
+	return nil
+}
+
+// verifyOptions are the flags of the commands that verify logs: verify,
+// and report, which verifies before it reports.
+type verifyOptions struct {
+	pubkeys, witnessKeys, cosignatureFiles stringList
+	ignore                                 ignoredMembers
+	requireCommitted                       bool
+	allowedSigners, approvalRequired       string
+	until                                  string
+}
+
+func (o *verifyOptions) register(fs *flag.FlagSet) {
+	fs.Var(&o.pubkeys, "pubkey", "verifier key `file` (keygen's FILE.pub) or key text; repeat for several")
+	fs.Var(&o.ignore, "ignore-member", ignoreMemberUsage)
+	fs.Var(&o.witnessKeys, "witness-key", "verifier key `file` (or key text) of a C2SP tlog-witness whose cosignatures to check (its cosignature/v1 or Ed25519 note verifier key); every log must then have a checkpoint cosigned by each witness given (by key name); repeat for several")
+	fs.Var(&o.cosignatureFiles, "cosignatures", "`file` of cosigned checkpoints the sidecar's witness client kept (DATA-DIR/cosignatures.ndjson), checked with --witness-key; repeat for several")
+	fs.BoolVar(&o.requireCommitted, "require-committed", false, "fail on events no checkpoint commits to yet (the tail after each log's newest checkpoint); off, they are counted and pass, as every copy of a running log ends with up to a checkpoint interval of them")
+	fs.StringVar(&o.allowedSigners, "allowed-signers", "", "OpenSSH allowed-signers `file`: check the signatures of the change records in annotation events again (signed by their actor, and approver, as the sidecar checked them)")
+	fs.StringVar(&o.approvalRequired, "approval-required", "", "comma-separated change `types` whose records must have an approver other than the actor (besides those the sidecar's policy marked)")
+	fs.StringVar(&o.until, "until", "", "`time` the logs should reach (e.g. when they were exported): an RFC 3339 time, a date (UTC), or a span before now (24h, 7d, 8mo); an older newest checkpoint means a cut tail")
+}
+
+// verifyRun is a verification under way: feed the events to v.Add.
+type verifyRun struct {
+	v               *auditlog.Verifier
+	changes         *change.Auditor
+	until           time.Time
+	keys, witnesses []string // NAME+HASH
+}
+
+// start checks the options and makes the verifier; its errors are the
+// command's (cmd) to return.
+func (o *verifyOptions) start(cmd string, stderr io.Writer) (*verifyRun, error) {
+	if err := o.ignore.check(cmd); err != nil {
+		return nil, err
+	}
+	untilTime, err := query.ParseTimeBound(o.until, time.Now(), time.UTC)
+	if err != nil {
+		return nil, usageError{fmt.Sprintf("%s: --until %q: %v", cmd, o.until, err)}
+	}
+	keys, err := loadVerifierKeys(o.pubkeys)
+	if err != nil {
+		return nil, usageError{cmd + ": " + err.Error()}
+	}
+	if len(o.cosignatureFiles) > 0 && len(o.witnessKeys) == 0 {
+		return nil, usageError{cmd + ": --cosignatures needs --witness-key, the key to check them with"}
+	}
+	v := auditlog.NewVerifier(note.VerifierList(keys...))
+	vr := &verifyRun{v: v, until: untilTime, keys: keyIDs(keys)}
+	if len(o.witnessKeys) > 0 {
+		ws, err := loadWitnessKeys(o.witnessKeys)
 		if err != nil {
-			return usageError{"verify: " + err.Error()}
+			return nil, usageError{cmd + ": " + err.Error()}
 		}
 		v.Witnesses = ws
+		vr.witnesses = keyIDs(ws)
 		fmt.Fprint(stderr, sharedWitnessNames(ws))
 	}
-	for _, name := range cosignatureFiles {
+	for _, name := range o.cosignatureFiles {
 		b, err := os.ReadFile(name)
 		if err != nil {
-			return fmt.Errorf("verify: %w", err)
+			return nil, fmt.Errorf("%s: %w", cmd, err)
 		}
 		n := 0
 		for line := range bytes.Lines(b) {
@@ -111,44 +167,42 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 				continue
 			}
 			if err := v.AddCosignature(line); err != nil {
-				return fmt.Errorf("verify: %s line %d: %w", name, n, err)
+				return nil, fmt.Errorf("%s: %s line %d: %w", cmd, name, n, err)
 			}
 		}
 	}
 	v.Until = untilTime
-	v.IgnoreMembers = ignore
-	v.RequireCommitted = *requireCommitted
-	var changes *change.Auditor
-	if *allowedSigners != "" {
-		b, err := os.ReadFile(*allowedSigners)
+	v.IgnoreMembers = o.ignore
+	v.RequireCommitted = o.requireCommitted
+	if o.allowedSigners != "" {
+		b, err := os.ReadFile(o.allowedSigners)
 		if err != nil {
-			return usageError{"verify: --allowed-signers: " + err.Error()}
+			return nil, usageError{cmd + ": --allowed-signers: " + err.Error()}
 		}
-		changes = &change.Auditor{}
-		if changes.Allowed, err = change.ParseAllowedSigners(*allowedSigners, b); err != nil {
-			return usageError{"verify: --allowed-signers: " + err.Error()}
+		changes := &change.Auditor{}
+		if changes.Allowed, err = change.ParseAllowedSigners(o.allowedSigners, b); err != nil {
+			return nil, usageError{cmd + ": --allowed-signers: " + err.Error()}
 		}
-		for _, t := range strings.Split(*approvalRequired, ",") {
+		for _, t := range strings.Split(o.approvalRequired, ",") {
 			if t = strings.TrimSpace(t); t != "" {
 				changes.Policy.ApprovalRequired = append(changes.Policy.ApprovalRequired, t)
 			}
 		}
-	} else if *approvalRequired != "" {
-		return usageError{"verify: --approval-required needs --allowed-signers"}
-	}
-	if changes != nil {
 		v.Observe = changes.Add
+		vr.changes = changes
+	} else if o.approvalRequired != "" {
+		return nil, usageError{cmd + ": --approval-required needs --allowed-signers"}
 	}
-	var damaged eventsrc.DamageError
-	for _, path := range fs.Args() {
-		if err := damaged.Collect(eventsrc.Read(path, v.Add)); err != nil {
-			return fmt.Errorf("verify: %w", err)
-		}
-	}
-	r := v.Report()
+	return vr, nil
+}
+
+// finish reports the verification of the events fed to it, damage read
+// past among its problems, and what it could not check among its notes.
+func (vr *verifyRun) finish(damaged eventsrc.DamageError) (*auditlog.Report, *change.AuditReport, []string) {
+	r := vr.v.Report()
 	var changeReport *change.AuditReport
-	if changes != nil {
-		cr := changes.Report()
+	if vr.changes != nil {
+		cr := vr.changes.Report()
 		changeReport = &cr
 		r.OK = r.OK && len(cr.Problems) == 0
 	}
@@ -162,26 +216,10 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	for _, t := range damaged.Torn {
 		notes = append(notes, t.Error())
 	}
-	if untilTime.IsZero() {
+	if vr.until.IsZero() {
 		notes = append(notes, "completeness after each log's newest checkpoint was not checked: events and checkpoints cut from the end of this copy would not show; give --until (when the copy was made), or the checkpoints kept apart (--checkpoint-dir's checkpoints.ndjson, the witness's --cosignatures)")
 	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(struct {
-			*auditlog.Report
-			Changes *change.AuditReport `json:"change_records,omitempty"`
-			Notes   []string            `json:"notes,omitempty"`
-		}{r, changeReport, notes}); err != nil {
-			return err
-		}
-	} else {
-		printReport(stdout, r, len(pubkeys) == 0, changeReport, notes)
-	}
-	if !r.OK {
-		return errVerifyFailed
-	}
-	return nil
+	return r, changeReport, notes
 }
 
 // sharedWitnessNames says which witness keys given share a name: verify
