@@ -158,8 +158,23 @@ echo
 run ap query --api-key-id "$alice_id" evidence
 cat <<EOF
 
-\`--since\` and \`--until\` take RFC 3339 times or durations before now (\`90d\`); \`--model\`,
-\`--outcome\` and \`--request-id\` narrow further, and each can be repeated.
+\`--since\` and \`--until\` take RFC 3339 times, dates (\`2026-12-04\`, from its start in UTC or in
+\`--tz\`) or spans before now (\`90m\`, \`30d\`, \`8mo\`); \`--model\`, \`--outcome\` and
+\`--request-id\` narrow further, and each can be repeated.
+
+## Error rates and latency, per key, model version, day
+
+\`--stats\` counts errors (the upstream failed), client give-ups and the sidecar's own refusals apart,
+and gives the latency of the successful requests only. \`--by\` splits the same figures by \`key\`,
+\`model\` (name and weights checksum), \`outcome\`, \`hour\` or \`day\` (every one of the window,
+those without traffic too, cut on the \`--tz\` clock); \`--format csv\` or \`json\` for a spreadsheet
+or a ticket:
+
+EOF
+run ap query --stats --by key,day --tz Europe/Paris evidence
+echo
+run ap query --stats --by model --format csv evidence
+cat <<EOF
 
 ## Which model version and which GPU processed request R
 
@@ -217,6 +232,21 @@ checkpoint; \`--new-checkpoint FILE\` proves to another checkpoint than the newe
 EOF
 run ap prove --old-checkpoint kept.checkpoint evidence '>' consistency.json
 run ap verify-proof --pubkey signing.key.pub consistency.json
+cat <<EOF
+
+## A report for the audit file
+
+\`report\` verifies the logs as \`verify\` does and writes one HTML page to attach to the audit file:
+the verdict and each log's completeness (the events its checkpoints commit to against those present)
+and signatures; the checkpoint timeline with its gaps (the sidecar stopped, an outage it reported, or
+checkpoints missing); the change timeline, with who made and approved each change record; and volume,
+error rate, latency and tokens per day, API key id, model version and outcome, the very figures of
+\`query --stats --by day,key,model,outcome --format json\` for the same window. The page loads nothing
+from the network and runs no script, so it reads the same offline and prints; it ends with the commands
+that recompute it. The exit status is 1 when the logs do not verify, and the page is written anyway:
+
+EOF
+run ap report --html report.html --pubkey signing.key.pub --allowed-signers allowed_signers --tz Europe/Paris evidence
 cat <<EOF
 
 ## All changes in a window

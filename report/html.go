@@ -61,7 +61,9 @@ type view struct {
 	ChangeRows []changeView
 	More       int
 	Coverage   []coverageView
-	Span       struct{ From, To string }
+	// ManyLogs says the changes come from more than one log, so the
+	// change timeline names each one's.
+	ManyLogs bool
 }
 
 type cell struct{ Name, Value, Text string }
@@ -127,6 +129,7 @@ func build(d Data) view {
 		changes, more := d.Timeline.Changes()
 		for _, c := range changes {
 			v.ChangeRows = append(v.ChangeRows, changeView{c, c.Time.In(loc).Format(time.RFC3339)})
+			v.ManyLogs = v.ManyLogs || c.Origin != changes[0].Origin
 		}
 		v.More = more
 		v.Coverage = coverageViews(d.Timeline.Coverage(), loc)

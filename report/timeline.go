@@ -131,7 +131,7 @@ func (tl *Timeline) Add(v *fastjson.Value) {
 			ch.Problem = true
 		}
 	case audit.TypeProxyStarted:
-		ch.What = fmt.Sprintf("sidecar %s started, upstream %s, hash %s, payload capture %v", str("version"), str("upstream"), str("hash"), d.GetBool("capture_payloads"))
+		ch.What = fmt.Sprintf("sidecar %s started, upstream %s, hash %s, payload capture %s", str("version"), str("upstream"), str("hash"), map[bool]string{true: "on", false: "off"}[d.GetBool("capture_payloads")])
 		if g := str("gpu"); g != "" {
 			ch.What += ", GPU " + g
 		} else {

@@ -228,6 +228,9 @@ func TestAuditorGuideScript(t *testing.T) {
 	for _, want := range []string{
 		"\nverified\n",                              // verify: the whole log
 		"inference events: 2: ok 2,",                // query --stats of one key's requests
+		"\nDAY FROM ",                               // query --stats --by key,day
+		"\ngrouping,model,checksum,",                // ... --format csv
+		"in the window: verified\n",                 // report --html
 		"matches the event",                         // show: a decrypted body against its digest
 		"verified: event",                           // verify-proof
 		`"type":"model_rollout"`,                    // the operator's annotation in the window

@@ -294,13 +294,13 @@ func TestQueryStats(t *testing.T) {
 	want := `window:           all events read; events from 2026-11-23T10:00:00Z to 2026-11-23T10:00:04Z (times in UTC)
 inference events: 6: ok 4, errors 1, client gave up 1, rejected by the sidecar 0
 error rate:       20.00% of the ok and errors; not ok: upstream_error 1, client_cancelled 1
-latency ms (ok):  p50 200  p95 600  p99 600  (ok events: 4)
-ttft ms (ok):     p50 20  p95 60  p99 60  (ok streamed events: 3)
+latency ms (ok):  p50 200.0  p95 600.0  p99 600.0  (ok events: 4)
+ttft ms (ok):     p50 20.0  p95 60.0  p99 60.0  (ok streamed events: 3)
 tokens:           input 75, output 113
 
-MODEL    CHECKSUM  EVENTS  OK  ERRORS  GAVE UP  REJECTED  ERROR%  LATENCY P50  P95  P99  TTFT P50  P95  P99  IN TOKENS  OUT TOKENS
-llama    unknown        4   3       1        0         0  25.00%          200  600  600        20   60   60         48          66
-mistral  unknown        2   1       0        1         0   0.00%          400  400  400         -    -    -         27          47
+MODEL    CHECKSUM  EVENTS  OK  ERRORS  GAVE UP  REJECTED  ERROR%  LATENCY P50    P95    P99  TTFT P50   P95   P99  IN TOKENS  OUT TOKENS
+llama    unknown        4   3       1        0         0  25.00%        200.0  600.0  600.0      20.0  60.0  60.0         48          66
+mistral  unknown        2   1       0        1         0   0.00%        400.0  400.0  400.0         -     -     -         27          47
 `
 	if out != want {
 		t.Errorf("text stats:\n%s\nwant:\n%s", out, want)
@@ -340,7 +340,7 @@ mistral  unknown        2   1       0        1         0   0.00%          400  4
 
 	out, _, err = queryCmd("--stats", "--model", "mistral", "--outcome", "ok", dir)
 	if err != nil || !strings.Contains(out, "\ninference events: 1: ok 1, errors 0, client gave up 0, rejected by the sidecar 0\nerror rate:       0.00% of the ok and errors\n") ||
-		!strings.Contains(out, "ttft ms (ok):     none\n") || !strings.Contains(out, "\nmistral  unknown        1   1       0        0         0   0.00%          400  400  400         -    -    -         13          23\n") {
+		!strings.Contains(out, "ttft ms (ok):     none\n") || !strings.Contains(out, "\nmistral  unknown        1   1       0        0         0   0.00%        400.0  400.0  400.0         -    -    -         13          23\n") {
 		t.Errorf("stats of one event: %v\n%s", err, out)
 	}
 	out, _, err = queryCmd("--stats", "--type", "checkpoint", dir)

@@ -67,7 +67,8 @@ func windowText(w query.Window) string {
 }
 
 // writeStatsText writes a summary for people: the window, the totals, then
-// a table per grouping.
+// a table per grouping; latencies to a tenth of a millisecond (json and
+// csv give them exactly).
 func writeStatsText(w io.Writer, s query.Summary) error {
 	fmt.Fprintln(w, windowText(s.Window))
 	f := s.Figures
@@ -183,7 +184,7 @@ func unknownText(n int64) string {
 	if n == 0 {
 		return ""
 	}
-	return fmt.Sprintf(" (unknown for %d events)", n)
+	return fmt.Sprintf(" (%d events with no count)", n)
 }
 
 // tokensCell is a token sum, marked when some events reported none.
@@ -253,20 +254,24 @@ func rateText(rate *float64) string {
 	return strconv.FormatFloat(*rate*100, 'f', 2, 64) + "%"
 }
 
+// ms is a latency exactly, for machines (CSV).
 func ms(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
+
+// msText is a latency for people: to a tenth of a millisecond.
+func msText(f float64) string { return strconv.FormatFloat(f, 'f', 1, 64) }
 
 func percentilesText(p *query.Percentiles, what string) string {
 	if p == nil {
 		return "none"
 	}
-	return fmt.Sprintf("p50 %s  p95 %s  p99 %s  (%s: %d)", ms(p.P50), ms(p.P95), ms(p.P99), what, p.Count)
+	return fmt.Sprintf("p50 %s  p95 %s  p99 %s  (%s: %d)", msText(p.P50), msText(p.P95), msText(p.P99), what, p.Count)
 }
 
 func percentileCells(p *query.Percentiles) []string {
 	if p == nil {
 		return []string{"-", "-", "-"}
 	}
-	return []string{ms(p.P50), ms(p.P95), ms(p.P99)}
+	return []string{msText(p.P50), msText(p.P95), msText(p.P99)}
 }
 
 // statsCSVHeader names the columns of query --stats --format csv.
