@@ -99,7 +99,7 @@ func TestReadHostileStreams(t *testing.T) {
 		{"no [DONE]", chunk(`"a"`), "a", false, []string{"the stream has no end event"}},
 		{"cut inside an event", chunk(`"a"`) + `data: {"choices":[{"index":0,"delta":{"content":"b`, "a", false,
 			[]string{"the stream has no end event", "the body ends inside an event"}},
-		{"a 10 MB delta", chunk(`"` + big + `"`) + "data: [DONE]\n\n", big, true, nil},
+		{"a 10 MB delta", chunk(`"`+big+`"`) + "data: [DONE]\n\n", big, true, nil},
 		{"escapes and control characters kept as sent", chunk(`"\u001b[31mred\u001b[0m\r\u0007"`) + "data: [DONE]\n\n", "\x1b[31mred\x1b[0m\r\a", true, nil},
 		{"bytes that are not UTF-8", chunk("\"a\xff\xfeb\"") + "data: [DONE]\n\n", "a\ufffd\ufffdb", true, nil},
 		{"events after [DONE]", "data: [DONE]\n\n" + chunk(`"late"`), "late", true, nil},
