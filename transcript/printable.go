@@ -72,3 +72,31 @@ func unsafeRune(r rune) bool {
 	}
 	return false
 }
+
+// EscapeJSON returns the JSON text b with the characters Printable
+// escapes that JSON allows raw in a string (C1 controls, bidirectional
+// formatting characters, line and paragraph separators) written as \uXXXX
+// escapes: the same JSON value, safe to print on a terminal. b must be
+// valid JSON in UTF-8 (encoding/json's output is): JSON allows no raw C0
+// control, and outside strings these characters cannot stand.
+func EscapeJSON(b []byte) []byte {
+	var out []byte
+	last := 0
+	for i := 0; i < len(b); {
+		if b[i] < utf8.RuneSelf {
+			i++
+			continue
+		}
+		r, n := utf8.DecodeRune(b[i:])
+		if unsafeRune(r) {
+			out = append(out, b[last:i]...)
+			out = fmt.Appendf(out, `\u%04x`, r)
+			last = i + n
+		}
+		i += n
+	}
+	if out == nil {
+		return b
+	}
+	return append(out, b[last:]...)
+}

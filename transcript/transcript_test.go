@@ -2,6 +2,7 @@ package transcript
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -232,4 +233,19 @@ func FuzzRead(f *testing.F) {
 			t.Fatalf("split at %d: %d events, whole %d", i, len(p), len(w))
 		}
 	})
+}
+
+func TestEscapeJSON(t *testing.T) {
+	in := []byte(`{"a":"x` + "\u009b" + `y` + "\u202e" + `z","b":"ü"}`)
+	got := EscapeJSON(in)
+	if string(got) != `{"a":"x\u009by\u202ez","b":"ü"}` {
+		t.Errorf("EscapeJSON = %s", got)
+	}
+	var v1, v2 any
+	if json.Unmarshal(in, &v1) != nil || json.Unmarshal(got, &v2) != nil || !reflect.DeepEqual(v1, v2) {
+		t.Errorf("EscapeJSON changed the value: %v %v", v1, v2)
+	}
+	if plain := []byte(`{"a":1}`); &EscapeJSON(plain)[0] != &plain[0] {
+		t.Error("EscapeJSON copied a text with nothing to escape")
+	}
 }
