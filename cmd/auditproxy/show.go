@@ -165,9 +165,12 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 		bodyErr = errors.New("the event has no captured payload (the sidecar ran without --capture-payloads)")
 	default:
 		if req, resp, bodyErr = payload.Open(ev.Payload.Age, ids); bodyErr == nil {
-			rep.Request, bodyErr = checkBody("request", req, ev.Input, ev.Payload.Truncated)
+			rep.Request, bodyErr = checkBody("the decrypted request", req, ev.Input, ev.Payload.Truncated)
 			if bodyErr == nil {
-				rep.Response, bodyErr = checkBody("response", resp, ev.Output, ev.Payload.Truncated)
+				rep.Response, bodyErr = checkBody("the decrypted response", resp, ev.Output, ev.Payload.Truncated)
+			}
+			if bodyErr != nil {
+				bodyErr = fmt.Errorf("%w: the capture is not of this exchange", bodyErr)
 			}
 		}
 	}
@@ -246,8 +249,9 @@ type bodyReport struct {
 	Answer *transcript.Answer `json:"answer,omitempty"`
 }
 
-// checkBody checks a decrypted body against the event's hash of it. A
-// capture cut at its limit cannot be: the hash covers the whole body.
+// checkBody checks a body against the event's hash of it; name says which
+// body in an error. A capture cut at its limit cannot be checked: the hash
+// covers the whole body.
 func checkBody(name string, body []byte, want audit.Body, truncated bool) (*bodyReport, error) {
 	r := &bodyReport{Bytes: len(body), Hash: want.Hash}
 	if truncated && int64(len(body)) < want.Bytes {
@@ -260,7 +264,7 @@ func checkBody(name string, body []byte, want audit.Body, truncated bool) (*body
 		return nil, fmt.Errorf("%s hash %q: %w", name, want.Hash, err)
 	}
 	if got := hashing.Sum(a, body); got != want.Hash {
-		return nil, fmt.Errorf("%s: the decrypted bytes hash to %s, the event says %s: the capture is not of this exchange", name, got, want.Hash)
+		return nil, fmt.Errorf("%s hashes to %s, the event says %s", name, got, want.Hash)
 	}
 	r.Check = "matches"
 	return r, nil
