@@ -76,9 +76,11 @@ func unsafeRune(r rune) bool {
 // EscapeJSON returns the JSON text b with the characters Printable
 // escapes that JSON allows raw in a string (C1 controls, bidirectional
 // formatting characters, line and paragraph separators) written as \uXXXX
-// escapes: the same JSON value, safe to print on a terminal. b must be
-// valid JSON in UTF-8 (encoding/json's output is): JSON allows no raw C0
-// control, and outside strings these characters cannot stand.
+// escapes: the same JSON value, safe to print on a terminal. A byte that
+// is not UTF-8 (encoding/json copies a json.RawMessage as it is) becomes
+// \ufffd, as encoding/json writes such a byte in a string. b must be valid
+// JSON: JSON allows no raw C0 control, and outside strings none of these
+// can stand.
 func EscapeJSON(b []byte) []byte {
 	var out []byte
 	last := 0
@@ -88,7 +90,7 @@ func EscapeJSON(b []byte) []byte {
 			continue
 		}
 		r, n := utf8.DecodeRune(b[i:])
-		if unsafeRune(r) {
+		if unsafeRune(r) || (r == utf8.RuneError && n == 1) {
 			out = append(out, b[last:i]...)
 			out = fmt.Appendf(out, `\u%04x`, r)
 			last = i + n

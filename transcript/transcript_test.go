@@ -241,6 +241,9 @@ func TestEscapeJSON(t *testing.T) {
 	if string(got) != `{"a":"x\u009by\u202ez","b":"ü"}` {
 		t.Errorf("EscapeJSON = %s", got)
 	}
+	if got := EscapeJSON([]byte("[\"a\xffb\"]")); string(got) != `["a\ufffdb"]` {
+		t.Errorf("EscapeJSON of a byte that is not UTF-8 = %q", got)
+	}
 	var v1, v2 any
 	if json.Unmarshal(in, &v1) != nil || json.Unmarshal(got, &v2) != nil || !reflect.DeepEqual(v1, v2) {
 		t.Errorf("EscapeJSON changed the value: %v %v", v1, v2)

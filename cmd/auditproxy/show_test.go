@@ -45,7 +45,7 @@ var captureRequests = []struct{ id, path, body string }{
 	{"hostile-model", "/v1/chat/completions", `{"model":"\u001b]0;pwned\u0007\u001b[2J","messages":[{"role":"user","content":"hi"}]}`},
 }
 
-func newCaptureLog(t *testing.T) captureLog {
+func newCaptureLog(t *testing.T, serveArgs ...string) captureLog {
 	t.Helper()
 	dir := t.TempDir()
 	modelDir := filepath.Join(dir, "model")
@@ -67,7 +67,7 @@ func newCaptureLog(t *testing.T) captureLog {
 
 	_, upstream := startFake(t, fakevllm.Config{Root: modelDir})
 	dataDir := filepath.Join(dir, "data")
-	args := []string{"--data-dir", dataDir, "--log-level", "warn", "--capture-payloads", "--payload-recipient", auditor.Recipient().String()}
+	args := append([]string{"--data-dir", dataDir, "--log-level", "warn", "--capture-payloads", "--payload-recipient", auditor.Recipient().String()}, serveArgs...)
 	_, sshErr := exec.LookPath("ssh-keygen")
 	var sarah, marcus testutil.SSHKey
 	if l.signed = sshErr == nil; l.signed {
@@ -251,6 +251,34 @@ func TestShowIsTheWholeAnswer(t *testing.T) {
 		}
 	})
 
+	t.Run("a capture that is not of the exchange, an event without one", func(t *testing.T) {
+		// Another event's capture spliced into this one's line: its bodies
+		// decrypt, and do not hash to this event's digests.
+		var exported bytes.Buffer
+		run([]string{"export", "--data-dir", filepath.Dir(l.spool)}, &exported, io.Discard)
+		lines := map[string]string{}
+		for line := range strings.Lines(exported.String()) {
+			if m := regexp.MustCompile(`"request_id":"([^"]+)"`).FindStringSubmatch(line); m != nil {
+				lines[m[1]] = strings.TrimSpace(line)
+			}
+		}
+		payloadOf := regexp.MustCompile(`"payload":\{[^}]*\}`)
+		spliced := payloadOf.ReplaceAllString(lines["chat-stream"], payloadOf.FindString(lines["completion"]))
+		noPayload := strings.Replace(payloadOf.ReplaceAllString(lines["completion"], `"payload":null`), `"request_id":"completion"`, `"request_id":"no-capture"`, 1)
+		file := filepath.Join(t.TempDir(), "events.ndjson")
+		os.WriteFile(file, []byte(spliced+"\n"+noPayload+"\n"), 0o600)
+		for _, tc := range []struct{ id, want string }{
+			{"chat-stream", "auditproxy: show: the decrypted request hashes to sha256:"},
+			{"no-capture", "auditproxy: show: the event has no captured payload (the sidecar ran without --capture-payloads)\n"},
+		} {
+			var out, errOut bytes.Buffer
+			code := run([]string{"show", "--request-id", tc.id, "--identity", l.idFile, file}, &out, &errOut)
+			if code != 1 || !strings.HasPrefix(errOut.String(), tc.want) || strings.Count(errOut.String(), "\n") != 1 || !strings.Contains(out.String(), "weights checksum: ") {
+				t.Errorf("show %s: %d, want 1 and %q\n%s%s", tc.id, code, tc.want, out.String(), errOut.String())
+			}
+		}
+	})
+
 	t.Run("without an identity, with a stranger's", func(t *testing.T) {
 		out, _, code := show(t, "chat-stream")
 		if code != 0 || !strings.Contains(out, "bodies: captured, not shown: give --identity") || !strings.Contains(out, "weights checksum: "+l.checksum) {
@@ -363,5 +391,29 @@ func TestShowSaysWhatWasInEffect(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTruncatedCaptureIsSaid: a body longer than --capture-max-bytes is
+// captured in part; show, bundle and verify-proof say it cannot be checked
+// against the event's hash, and show reads what was captured.
+func TestTruncatedCaptureIsSaid(t *testing.T) {
+	l := newCaptureLog(t, "--capture-max-bytes", "300")
+	var out, errOut bytes.Buffer
+	if code := run([]string{"show", "--request-id", "chat-stream", "--identity", l.idFile, l.spool}, &out, &errOut); code != 0 ||
+		!regexp.MustCompile(`\n  request: \d+ bytes, sha256:[0-9a-f]+ matches the event\n  response: 300 of \d+ bytes captured \(truncated\); the hash covers all of them and cannot be checked\n`).MatchString(out.String()) ||
+		!strings.Contains(out.String(), "note: the body ends inside an event (no empty line after it): that event is not read; the capture may be cut\n") {
+		t.Errorf("show of a truncated capture: %d\n%s%s", code, out.String(), errOut.String())
+	}
+	dir := filepath.Join(t.TempDir(), "bundle")
+	if code := run([]string{"bundle", "--request-id", "chat-stream", "--pubkey", l.pub, "--identity", l.idFile, "--out", dir, l.spool}, io.Discard, &errOut); code != 0 {
+		t.Fatalf("bundle: %d %s", code, errOut.String())
+	}
+	readme, _ := os.ReadFile(filepath.Join(dir, "README.txt"))
+	out.Reset()
+	if code := run([]string{"verify-proof", "--pubkey", l.pub, dir}, &out, &errOut); code != 0 ||
+		!regexp.MustCompile(`\n  response.body: 300 of \d+ bytes captured \(truncated\); the hash covers all of them and cannot be checked\n`).MatchString(out.String()) ||
+		!regexp.MustCompile(`NOTE: response.body: 300 of \d+ bytes captured \(truncated\)`).Match(readme) {
+		t.Errorf("verify-proof of a truncated bundle: %d\n%s%s\n%s", code, out.String(), errOut.String(), readme)
 	}
 }
