@@ -195,7 +195,8 @@ func safeForTerminal(s string) bool {
 
 // FuzzRead: any body reads without a panic; the stream's events do not
 // depend on where it was split; every text of the answer, once Printable,
-// is safe for a terminal.
+// is safe for a terminal; a JSON body, once EscapeJSON'd, is the same value
+// and safe too.
 func FuzzRead(f *testing.F) {
 	for _, name := range []string{"chat.sse", "chat.json", "responses.sse", "responses.json", "messages.sse", "messages_error.sse",
 		"chat_n2_tools.sse", "responses_tools.sse", "messages_tools.sse", "completions.sse"} {
@@ -224,6 +225,17 @@ func FuzzRead(f *testing.F) {
 			check("note", s)
 		}
 		check("body", string(body))
+		if json.Valid(body) {
+			// EscapeJSON keeps the value, and leaves nothing for a terminal.
+			e := EscapeJSON(body)
+			var v1, v2 any
+			if json.Unmarshal(body, &v1) != nil || json.Unmarshal(e, &v2) != nil || !reflect.DeepEqual(v1, v2) {
+				t.Fatalf("EscapeJSON(%q) = %q: another value", body, e)
+			}
+			if s := string(e); !utf8.ValidString(s) || strings.ContainsFunc(s, unsafeRune) {
+				t.Fatalf("EscapeJSON(%q) = %q", body, e)
+			}
+		}
 		i := int(split) % (len(body) + 1)
 		var whole, parts Parser
 		whole.Write(body)
