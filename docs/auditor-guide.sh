@@ -70,7 +70,7 @@ ask() { # ask KEY STREAM CONTENT: prints the X-Request-Id
 }
 r1=$(ask "$alice_key" false "What is the refund policy for order 1182?")
 ask "$bob_key" true "Summarise this contract clause." >/dev/null
-ask "$alice_key" true "Draft a reply to the customer." >/dev/null
+r3=$(ask "$alice_key" true "Draft a reply to the customer.")
 ap annotate prepare --type model_rollout --resource gpu-node-7/Llama-3.1-8B-Instruct \
   --actor alice@example.com --approver carol@example.com --ticket CHG-2291 --mode planned \
   --justification "Roll out Llama-3.1-8B-Instruct weights rev 2024-09 to gpu-node-7" \
@@ -293,15 +293,43 @@ ssh-keygen -Y verify -f allowed_signers -I alice@example.com -n auditproxy-chang
 ## Reconstruct request R from eight months ago
 
 With payload capture on, each event carries the request and response bodies encrypted to the auditors'
-age keys. \`show\` decrypts them, checks them against the digests the event recorded when the request
-ran, and with \`--pubkey\` also proves the event is in the signed log:
+age keys. \`show\` is the whole answer: which weights answered (the checksum, and the \`model_changed\`
+rollout and signed change record in effect then), on which GPUs (here unknown: the demo runs without
+NVML) and vLLM version, for which API key, tokens and latency; it decrypts the bodies, checks them
+against the digests the event recorded when the request ran, prints them as readable text, and with
+\`--pubkey\` also proves the event is in the signed log:
 
 EOF
 run ap show --request-id "$r1" --identity auditor.agekey --pubkey signing.key.pub evidence
 cat <<EOF
 
+The change record above names the deployment (\`gpu-node-7/Llama-3.1-8B-Instruct\`) as its resource;
+\`show\` takes a record to be about the model only when its resource is the model's served name, so it
+says none is recorded. A streamed answer is re-assembled from its Server-Sent Events into the text the
+client saw, per choice; \`--raw\` prints the frames as sent, \`--out-dir\` writes the exact bytes and the
+text, \`--json\` prints all of it as one object. Anything from a client or a model is escaped before it
+reaches the terminal. The end of the streamed request's \`show\`:
+
+EOF
+run ap show --request-id "$r3" --identity auditor.agekey evidence '|' sed -n "'/^--- request/,\$p'"
+cat <<EOF
+
 Without capture, the event still holds the SHA-256 or BLAKE3 digest of both bodies: bodies kept
 elsewhere (by the application) can be checked against it with \`sha256sum\` or \`b3sum\`.
+
+## Hand the evidence for request R to a third party
+
+\`bundle\` writes one directory that someone without the log can check with the auditproxy binary alone,
+or with standard tools: the event, its C2SP tlog-proof, the log's public key, the decrypted bodies
+(with \`--identity\`; without it none) and a README.txt that says what each file is and how to check it:
+
+EOF
+run ap bundle --request-id "$r1" --pubkey signing.key.pub --identity auditor.agekey --out "bundle-$r1" evidence
+run sed -n "'/^HOW TO CHECK/,\$p'" "bundle-$r1/README.txt"
+run ap verify-proof --pubkey "bundle-$r1/log.pub" "bundle-$r1"
+run "(cd bundle-$r1 && sha256sum request.body response.body)"
+cat <<EOF
+
 EOF
 } >"$work/guide.md"
 

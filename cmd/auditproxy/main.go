@@ -12,7 +12,8 @@
 //	auditproxy verify   check logs: chains, checkpoints, signatures, completeness
 //	auditproxy prove    print an inclusion proof for one request's event
 //	auditproxy verify-proof  check such a proof with only the verifier key
-//	auditproxy show     reconstruct one request: decrypted bodies, hashes, proof
+//	auditproxy show     one request's whole answer: model version, GPU, vLLM, decrypted bodies as text, proof
+//	auditproxy bundle   write one request's evidence for a third party: event, proof, key, bodies, README
 //	auditproxy query    select events by time, model, key id, request, outcome, type; --stats
 //	auditproxy report   write an HTML audit report: integrity, checkpoint and change timelines, traffic
 //	auditproxy keyid    print the api_key_id of an API key read from stdin
@@ -51,8 +52,9 @@ Usage:
   auditproxy keygen --out FILE [--name NAME]                  make a checkpoint signing key
   auditproxy verify --pubkey FILE.pub PATH...                 verify logs from their events
   auditproxy prove --request-id ID PATH...                    inclusion proof for one request's event
-  auditproxy verify-proof --pubkey FILE.pub [PROOF]           check a proof without the log
-  auditproxy show --request-id ID --identity F PATH...        reconstruct a request from the log
+  auditproxy verify-proof --pubkey FILE.pub [PROOF | BUNDLE]  check a proof (or an evidence bundle) without the log
+  auditproxy show --request-id ID [--identity F] PATH...      which model, GPU, vLLM answered; what was sent and answered
+  auditproxy bundle --request-id ID --pubkey F --out DIR PATH...  one request's evidence for a third party
   auditproxy query [--since T --model M ...] [--stats] PATH... select events, or their statistics
   auditproxy report --html OUT --pubkey FILE.pub PATH...       an audit report to file: integrity, timelines, traffic
   auditproxy keyid --key-id-secret-file FILE < api-key        the api_key_id events record for a key
@@ -94,6 +96,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runQuery(rest, stdout, stderr)
 	case "show":
 		err = runShow(rest, stdout, stderr)
+	case "bundle":
+		err = runBundle(rest, stdout, stderr)
 	case "verify-proof":
 		err = runVerifyProof(rest, stdout, stderr)
 	case "keyid":

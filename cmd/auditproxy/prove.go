@@ -163,9 +163,11 @@ func proveConsistency(oldFile, newFile string, ignore []string, paths []string, 
 	return enc.Encode(proof)
 }
 
-// runVerifyProof checks proofs printed by prove.
+// runVerifyProof checks proofs printed by prove, and the evidence bundles
+// bundle writes (a directory: its proof, then its event and bodies against
+// the proven event).
 func runVerifyProof(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("verify-proof", "verify-proof --pubkey FILE [--witness-key FILE] [PROOF-FILE | -]", stderr)
+	fs := newFlagSet("verify-proof", "verify-proof --pubkey FILE [--witness-key FILE] [PROOF-FILE | BUNDLE-DIR | -]", stderr)
 	var pubkeys, witnessKeys stringList
 	fs.Var(&pubkeys, "pubkey", "verifier key `file` (keygen's FILE.pub) or key text; repeat for several")
 	fs.Var(&witnessKeys, "witness-key", "verifier key `file` (or text) of a witness that must have cosigned the checkpoint of an inclusion proof; repeat for several")
@@ -173,7 +175,7 @@ func runVerifyProof(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if len(pubkeys) == 0 || fs.NArg() > 1 {
-		return usageError{"verify-proof: give --pubkey and at most one PROOF-FILE (default stdin)"}
+		return usageError{"verify-proof: give --pubkey and at most one PROOF-FILE or BUNDLE-DIR (default stdin)"}
 	}
 	keys, err := loadVerifiers(pubkeys)
 	if err != nil {
@@ -184,19 +186,6 @@ func runVerifyProof(args []string, stdout, stderr io.Writer) error {
 		if witnesses, err = loadWitnessKeys(witnessKeys); err != nil {
 			return usageError{"verify-proof: " + err.Error()}
 		}
-	}
-	var in io.Reader = os.Stdin
-	if fs.NArg() == 1 && fs.Arg(0) != "-" {
-		f, err := os.Open(fs.Arg(0))
-		if err != nil {
-			return fmt.Errorf("verify-proof: %w", err)
-		}
-		defer f.Close()
-		in = f
-	}
-	input, err := io.ReadAll(io.LimitReader(in, 64<<20))
-	if err != nil {
-		return fmt.Errorf("verify-proof: %w", err)
 	}
 	inclusion := func(proof auditlog.InclusionProof) error {
 		cp, err := proof.Check(keys)
@@ -213,6 +202,26 @@ func runVerifyProof(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintln(stdout)
 		return nil
+	}
+	if fs.NArg() == 1 {
+		// A directory is an evidence bundle (auditproxy bundle): its proof,
+		// and its event and bodies against the proven event.
+		if fi, err := os.Stat(fs.Arg(0)); err == nil && fi.IsDir() {
+			return verifyBundle(fs.Arg(0), inclusion, stdout)
+		}
+	}
+	var in io.Reader = os.Stdin
+	if fs.NArg() == 1 && fs.Arg(0) != "-" {
+		f, err := os.Open(fs.Arg(0))
+		if err != nil {
+			return fmt.Errorf("verify-proof: %w", err)
+		}
+		defer f.Close()
+		in = f
+	}
+	input, err := io.ReadAll(io.LimitReader(in, 64<<20))
+	if err != nil {
+		return fmt.Errorf("verify-proof: %w", err)
 	}
 	if bytes.HasPrefix(input, []byte(auditlog.TLogProofHeader+"\n")) {
 		proof, err := auditlog.UnmarshalTLogProof(input)
