@@ -110,7 +110,10 @@ func BenchmarkQuery(b *testing.B) {
 			b.SetBytes(bytesTotal)
 			b.ReportAllocs()
 			for b.Loop() {
-				var st query.Stats
+				st, err := query.NewStats([]query.Grouping{query.ByModel}, time.UTC) // query --stats' default
+				if err != nil {
+					b.Fatal(err)
+				}
 				var each func(*fastjson.Value)
 				if tc.stats {
 					each = func(v *fastjson.Value) {
@@ -123,7 +126,7 @@ func BenchmarkQuery(b *testing.B) {
 					b.Fatalf("%d matches, want %d", n, tc.want)
 				}
 				if tc.stats {
-					if s := st.Summary(); s.Events != queryBenchEvents {
+					if s, _ := st.Summary(time.Time{}, time.Time{}); s.Events != queryBenchEvents {
 						b.Fatalf("stats of %d events", s.Events)
 					}
 				}

@@ -2,6 +2,7 @@ package query
 
 import (
 	"cmp"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"slices"
@@ -39,7 +40,8 @@ type Stats struct {
 	by     []Grouping
 	loc    *time.Location
 	total  acc
-	groups []map[groupKey]*acc // one per by
+	groups []map[string]*acc // one per by, keyed by groupKey.appendTo
+	key    []byte            // scratch for the key of a row
 }
 
 // Grouping is a way to split the figures: by model version, API key id,
@@ -81,7 +83,7 @@ func NewStats(by []Grouping, loc *time.Location) (*Stats, error) {
 			continue
 		}
 		s.by = append(s.by, g)
-		s.groups = append(s.groups, map[groupKey]*acc{})
+		s.groups = append(s.groups, map[string]*acc{})
 	}
 	return s, nil
 }
@@ -95,15 +97,35 @@ func joinGroupings() string {
 }
 
 // groupKey names one row of a grouping: a and b are the model name and
-// checksum, the key id, the outcome, or the bucket's start (unix nanos in
-// a); null says the member was null or absent.
+// checksum, the key id or the outcome; t the bucket's start in unix
+// nanoseconds; null says the member was null or absent. Its fields are
+// the event's bytes until the row is made.
 type groupKey struct {
-	a, b string
+	a, b []byte
 	null bool
 	t    int64
 }
 
+// appendTo writes the key as a map key: no two keys write the same bytes.
+func (k *groupKey) appendTo(dst []byte) []byte {
+	dst = binary.BigEndian.AppendUint64(dst, uint64(k.t))
+	if k.null {
+		dst = append(dst, 0)
+	} else {
+		dst = append(dst, 1)
+	}
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(k.a)))
+	dst = append(dst, k.a...)
+	return append(dst, k.b...)
+}
+
 type acc struct {
+	// label names the row (a grouping's), copied from its first event.
+	label struct {
+		a, b string
+		null bool
+		t    int64
+	}
 	events, ok, errors, cancelled, rejected int64
 	outcomes                                []outcomeCount // few: a slice, so counting allocates nothing
 	first, last                             time.Time
@@ -120,7 +142,7 @@ type outcomeCount struct {
 // sample is what Add reads from one event.
 type sample struct {
 	t             time.Time
-	outcome       string
+	outcome       []byte
 	latency, ttft float64
 	hasLatency    bool
 	hasTTFT       bool
@@ -140,7 +162,7 @@ func (s *Stats) Add(v *fastjson.Value) error {
 	if err != nil {
 		return err
 	}
-	sm := sample{t: t, outcome: string(v.GetStringBytes("status", "outcome"))}
+	sm := sample{t: t, outcome: v.GetStringBytes("status", "outcome")}
 	sm.latency, sm.hasLatency = number(v, "latency_ms", "total")
 	sm.ttft, sm.hasTTFT = number(v, "latency_ms", "ttft")
 	var f float64
@@ -155,28 +177,30 @@ func (s *Stats) Add(v *fastjson.Value) error {
 		var k groupKey
 		switch g {
 		case ByModel:
-			k.a = string(v.GetStringBytes("model", "name"))
+			k.a = v.GetStringBytes("model", "name")
 			c := v.Get("model", "checksum")
 			if c == nil || c.Type() != fastjson.TypeString || len(c.GetStringBytes()) == 0 || string(c.GetStringBytes()) == "pending" {
 				k.null = true // unknown to the sidecar then, or still being hashed
 			} else {
-				k.b = string(c.GetStringBytes())
+				k.b = c.GetStringBytes()
 			}
 		case ByKey:
 			if id := v.Get("api_key_id"); id != nil && id.Type() == fastjson.TypeString {
-				k.a = string(id.GetStringBytes())
+				k.a = id.GetStringBytes()
 			} else {
 				k.null = true
 			}
 		case ByOutcome:
-			k.a = sm.outcome
+			k.a = v.GetStringBytes("status", "outcome")
 		case ByHour, ByDay:
 			k.t = s.bucketStart(g, t).UnixNano()
 		}
-		a := s.groups[i][k]
+		s.key = k.appendTo(s.key[:0])
+		a := s.groups[i][string(s.key)] // no allocation to look up
 		if a == nil {
 			a = &acc{}
-			s.groups[i][k] = a
+			a.label.a, a.label.b, a.label.null, a.label.t = string(k.a), string(k.b), k.null, k.t
+			s.groups[i][string(s.key)] = a
 		}
 		a.add(&sm)
 	}
@@ -192,7 +216,7 @@ func (a *acc) add(sm *sample) {
 	}
 	a.events++
 	a.count(sm.outcome, 1)
-	switch audit.Outcome(sm.outcome) {
+	switch audit.Outcome(sm.outcome) { // no allocation: a conversion for a comparison
 	case audit.OutcomeOK:
 		a.ok++
 		if sm.hasLatency {
@@ -220,14 +244,14 @@ func (a *acc) add(sm *sample) {
 	}
 }
 
-func (a *acc) count(outcome string, n int64) {
+func (a *acc) count(outcome []byte, n int64) {
 	for i := range a.outcomes {
-		if a.outcomes[i].outcome == outcome {
+		if a.outcomes[i].outcome == string(outcome) {
 			a.outcomes[i].n += n
 			return
 		}
 	}
-	a.outcomes = append(a.outcomes, outcomeCount{outcome, n})
+	a.outcomes = append(a.outcomes, outcomeCount{string(outcome), n})
 }
 
 func number(v *fastjson.Value, path ...string) (float64, bool) {
@@ -386,10 +410,10 @@ func (s *Stats) Summary(since, until time.Time) (Summary, error) {
 		switch g {
 		case ByModel:
 			sum.Groups.Model = []ModelRow{}
-			for k, a := range rows {
-				r := ModelRow{Model: k.a, Figures: a.figures()}
-				if !k.null {
-					r.Checksum = &k.b
+			for _, a := range rows {
+				r := ModelRow{Model: a.label.a, Figures: a.figures()}
+				if !a.label.null {
+					r.Checksum = &a.label.b
 				}
 				sum.Groups.Model = append(sum.Groups.Model, r)
 			}
@@ -398,10 +422,10 @@ func (s *Stats) Summary(since, until time.Time) (Summary, error) {
 			})
 		case ByKey:
 			sum.Groups.Key = []KeyRow{}
-			for k, a := range rows {
+			for _, a := range rows {
 				r := KeyRow{Figures: a.figures()}
-				if !k.null {
-					r.APIKeyID = &k.a
+				if !a.label.null {
+					r.APIKeyID = &a.label.a
 				}
 				sum.Groups.Key = append(sum.Groups.Key, r)
 			}
@@ -410,8 +434,8 @@ func (s *Stats) Summary(since, until time.Time) (Summary, error) {
 			})
 		case ByOutcome:
 			sum.Groups.Outcome = []OutcomeRow{}
-			for k, a := range rows {
-				sum.Groups.Outcome = append(sum.Groups.Outcome, OutcomeRow{Outcome: k.a, Figures: a.figures()})
+			for _, a := range rows {
+				sum.Groups.Outcome = append(sum.Groups.Outcome, OutcomeRow{Outcome: a.label.a, Figures: a.figures()})
 			}
 			slices.SortFunc(sum.Groups.Outcome, func(x, y OutcomeRow) int {
 				return cmp.Or(cmp.Compare(y.Events, x.Events), strings.Compare(x.Outcome, y.Outcome))
@@ -441,7 +465,11 @@ func deref(s *string) string {
 
 // timeRows lists every bucket from the one holding the window's start to
 // the one holding its end, empty ones too.
-func (s *Stats) timeRows(g Grouping, rows map[groupKey]*acc, since, until time.Time) ([]TimeRow, error) {
+func (s *Stats) timeRows(g Grouping, rows map[string]*acc, since, until time.Time) ([]TimeRow, error) {
+	byStart := make(map[int64]*acc, len(rows))
+	for _, a := range rows {
+		byStart[a.label.t] = a
+	}
 	out := []TimeRow{}
 	if since.IsZero() {
 		if s.total.events == 0 {
@@ -465,7 +493,7 @@ func (s *Stats) timeRows(g Grouping, rows map[groupKey]*acc, since, until time.T
 	for start := s.bucketStart(g, since); !start.After(last); {
 		end := s.bucketEnd(g, start)
 		r := TimeRow{From: start, To: end}
-		if a := rows[groupKey{t: start.UnixNano()}]; a != nil {
+		if a := byStart[start.UnixNano()]; a != nil {
 			r.Figures = a.figures()
 		} else {
 			r.Figures = (&acc{}).figures()
