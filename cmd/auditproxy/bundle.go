@@ -61,10 +61,11 @@ func runBundle(args []string, stdout, stderr io.Writer) error {
 	out := fs.String("out", "", "the `directory` to write: new, or empty")
 	var ignore ignoredMembers
 	fs.Var(&ignore, "ignore-member", ignoreMemberUsage)
-	if err := fs.Parse(args); err != nil {
+	paths, err := parseFlagsAndArgs(fs, args)
+	if err != nil {
 		return err
 	}
-	if (*requestID == "" && *eventID == "") || len(pubkeys) == 0 || *out == "" || fs.NArg() == 0 {
+	if (*requestID == "" && *eventID == "") || len(pubkeys) == 0 || *out == "" || len(paths) == 0 {
 		return usageError{"bundle: give --request-id or --event-id, --pubkey, --out and at least one PATH"}
 	}
 	if err := ignore.check("bundle"); err != nil {
@@ -102,7 +103,7 @@ func runBundle(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	sel := query.NewSelector(*requestID, *eventID)
-	for _, path := range fs.Args() {
+	for _, path := range paths {
 		err := eventsrc.Read(path, func(ev []byte) { _ = pr.Add(ev, sel.Match(ev)) })
 		if err := warnDamaged(stderr, err); err != nil {
 			return fmt.Errorf("bundle: %w", err)

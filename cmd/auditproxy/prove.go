@@ -28,7 +28,8 @@ func runProve(args []string, stdout, stderr io.Writer) error {
 	fs.Var(&cosignatureFiles, "cosignatures", "`file` of cosigned checkpoints (DATA-DIR/cosignatures.ndjson): prove against the newest checkpoint a witness cosigned, and put its cosignatures in the proof")
 	var ignore ignoredMembers
 	fs.Var(&ignore, "ignore-member", ignoreMemberUsage)
-	if err := fs.Parse(args); err != nil {
+	paths, err := parseFlagsAndArgs(fs, args)
+	if err != nil {
 		return err
 	}
 	if *format != "json" && *format != "tlog-proof" {
@@ -38,12 +39,12 @@ func runProve(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *oldCP != "" || *newCP != "" {
-		if *requestID != "" || *eventID != "" || *oldCP == "" || fs.NArg() == 0 {
+		if *requestID != "" || *eventID != "" || *oldCP == "" || len(paths) == 0 {
 			return usageError{"prove: a consistency proof takes --old-checkpoint (and --new-checkpoint), no --request-id or --event-id, and at least one PATH"}
 		}
-		return proveConsistency(*oldCP, *newCP, ignore, fs.Args(), stdout, stderr)
+		return proveConsistency(*oldCP, *newCP, ignore, paths, stdout, stderr)
 	}
-	if (*requestID == "" && *eventID == "") || fs.NArg() == 0 {
+	if (*requestID == "" && *eventID == "") || len(paths) == 0 {
 		return usageError{"prove: give --request-id or --event-id, and at least one PATH"}
 	}
 	pr := auditlog.NewProver()
@@ -55,7 +56,7 @@ func runProve(args []string, stdout, stderr io.Writer) error {
 	}
 	sel := query.NewSelector(*requestID, *eventID)
 	var readErr error
-	for _, path := range fs.Args() {
+	for _, path := range paths {
 		err := eventsrc.Read(path, func(ev []byte) {
 			// verify reports unreadable events; prove only needs the
 			// readable ones.
@@ -171,10 +172,11 @@ func runVerifyProof(args []string, stdout, stderr io.Writer) error {
 	var pubkeys, witnessKeys stringList
 	fs.Var(&pubkeys, "pubkey", "verifier key `file` (keygen's FILE.pub) or key text; repeat for several")
 	fs.Var(&witnessKeys, "witness-key", "verifier key `file` (or text) of a witness that must have cosigned the checkpoint of an inclusion proof; repeat for several")
-	if err := fs.Parse(args); err != nil {
+	paths, err := parseFlagsAndArgs(fs, args)
+	if err != nil {
 		return err
 	}
-	if len(pubkeys) == 0 || fs.NArg() > 1 {
+	if len(pubkeys) == 0 || len(paths) > 1 {
 		return usageError{"verify-proof: give --pubkey and at most one PROOF-FILE or BUNDLE-DIR (default stdin)"}
 	}
 	keys, err := loadVerifiers(pubkeys)
@@ -203,16 +205,16 @@ func runVerifyProof(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout)
 		return nil
 	}
-	if fs.NArg() == 1 {
+	if len(paths) == 1 {
 		// A directory is an evidence bundle (auditproxy bundle): its proof,
 		// and its event and bodies against the proven event.
-		if fi, err := os.Stat(fs.Arg(0)); err == nil && fi.IsDir() {
-			return verifyBundle(fs.Arg(0), inclusion, stdout)
+		if fi, err := os.Stat(paths[0]); err == nil && fi.IsDir() {
+			return verifyBundle(paths[0], inclusion, stdout)
 		}
 	}
 	var in io.Reader = os.Stdin
-	if fs.NArg() == 1 && fs.Arg(0) != "-" {
-		f, err := os.Open(fs.Arg(0))
+	if len(paths) == 1 && paths[0] != "-" {
+		f, err := os.Open(paths[0])
 		if err != nil {
 			return fmt.Errorf("verify-proof: %w", err)
 		}

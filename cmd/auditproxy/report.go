@@ -30,10 +30,11 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	out := fs.String("html", "", "write the report to this `file` (one self-contained HTML page; - for stdout)")
 	since := fs.String("since", "", "the window's start, for the change timeline and the traffic figures: an RFC 3339 time, a date (from its start in --tz), or a span before now (30d, 8mo); the whole log is verified whatever the window")
 	tz := fs.String("tz", "UTC", "time `zone` to show times and cut days in: an IANA name (Europe/Paris), UTC, or Local")
-	if err := fs.Parse(args); err != nil {
+	paths, err := parseFlagsAndArgs(fs, args)
+	if err != nil {
 		return err
 	}
-	if *out == "" || fs.NArg() == 0 {
+	if *out == "" || len(paths) == 0 {
 		return usageError{"report: give --html OUT and at least one PATH (event files, directories, spool segments, or - for stdin)"}
 	}
 	loc, err := loadZone(*tz)
@@ -71,7 +72,7 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 		bad     badEvents
 		damaged eventsrc.DamageError
 	)
-	for _, path := range fs.Args() {
+	for _, path := range paths {
 		var n int64
 		err := eventsrc.Read(path, func(line []byte) {
 			vr.v.Add(line)
@@ -109,7 +110,7 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	}
 
 	var inputs []string
-	for _, p := range fs.Args() {
+	for _, p := range paths {
 		if abs, err := filepath.Abs(p); err == nil && p != "-" {
 			p = abs
 		}
@@ -117,7 +118,7 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	}
 	d := report.Data{Generated: now, Version: buildVersion(), Inputs: inputs, Keys: vr.keys, Witnesses: vr.witnesses,
 		Verify: r, Changes: changeReport, Notes: notes, Stats: sum, Timeline: tl,
-		Commands: reportCommands(opts, f, *tz, fs.Args())}
+		Commands: reportCommands(opts, f, *tz, paths)}
 	var buf bytes.Buffer
 	if err := report.Write(&buf, d); err != nil {
 		return fmt.Errorf("report: %w", err)

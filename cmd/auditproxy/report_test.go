@@ -384,3 +384,28 @@ func TestReportOfABrokenLog(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditorCommandsReadTheEnvironment: as --help says, every flag of the
+// auditor's commands can come from its AUDITPROXY_ variable, and flags may
+// follow the paths (verify, prove, show, bundle and report parsed only
+// the command line, flags first, before).
+func TestAuditorCommandsReadTheEnvironment(t *testing.T) {
+	logFile, pub := reportLog(t)
+	t.Setenv("AUDITPROXY_PUBKEY", pub)
+	for _, args := range [][]string{
+		{"verify", logFile},
+		{"prove", "--request-id", "req-2", logFile},
+		{"show", logFile, "--request-id", "req-2"},
+		{"report", logFile, "--html", filepath.Join(t.TempDir(), "r.html")},
+	} {
+		var out, errOut bytes.Buffer
+		if code := run(args, &out, &errOut); code != 0 {
+			t.Errorf("%q with $AUDITPROXY_PUBKEY: exit %d\n%s%s", args, code, out.String(), errOut.String())
+		}
+	}
+	t.Setenv("AUDITPROXY_PUBKEY", logFile) // not a key: the variable is read
+	var errOut bytes.Buffer
+	if code := run([]string{"verify", logFile}, io.Discard, &errOut); code != 2 || !strings.Contains(errOut.String(), "is not the checkpoint verifier key") {
+		t.Errorf("verify with a wrong $AUDITPROXY_PUBKEY: exit %d %s", code, errOut.String())
+	}
+}

@@ -45,11 +45,12 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 	outDir := fs.String("out-dir", "", "write the bodies to this `directory` instead of printing them: request.body and response.body (the exact bytes the event's hashes cover) and transcript.txt (readable text)")
 	raw := fs.Bool("raw", false, "print the bodies' exact bytes (a stream as its frames) instead of readable text; written to a terminal they are escaped, so redirect to a file (or use --out-dir) for the bytes")
 	asJSON := fs.Bool("json", false, "print the whole answer as one JSON object (for tools): the event, what was in effect, the checks, the bodies and the re-assembled answer")
-	if err := fs.Parse(args); err != nil {
+	paths, err := parseFlagsAndArgs(fs, args)
+	if err != nil {
 		return err
 	}
 	switch {
-	case (*requestID == "" && *eventID == "") || fs.NArg() == 0:
+	case (*requestID == "" && *eventID == "") || len(paths) == 0:
 		return usageError{"show: give --request-id or --event-id, and at least one PATH"}
 	case *raw && *asJSON:
 		return usageError{"show: --raw and --json are two ways to print the bodies: give one"}
@@ -81,7 +82,7 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 	var ops opsEvents
 	if len(keys) > 0 {
 		// The proof needs every event of the log, in order per file.
-		for i, path := range fs.Args() {
+		for i, path := range paths {
 			err := eventsrc.Read(path, func(ev []byte) {
 				commit.Read(ev)
 				ops.add(i, ev)
@@ -105,7 +106,7 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 		}
 		var mu sync.Mutex
 		var hits []hit
-		err := eventsrc.ReadConcurrently(fs.Args(), showReaders(), func(src int, ev []byte) {
+		err := eventsrc.ReadConcurrently(paths, showReaders(), func(src int, ev []byte) {
 			if bytes.Contains(ev, []byte(`"checkpoint"`)) { // Read's own test, before the lock
 				mu.Lock()
 				commit.Read(ev)

@@ -62,10 +62,11 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	var opts verifyOptions
 	opts.register(fs)
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	if err := fs.Parse(args); err != nil {
+	paths, err := parseFlagsAndArgs(fs, args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() == 0 {
+	if len(paths) == 0 {
 		return usageError{"verify: give at least one PATH (event files, directories, spool segments, or - for stdin)"}
 	}
 	vr, err := opts.start("verify", stderr)
@@ -73,7 +74,7 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	var damaged eventsrc.DamageError
-	for _, path := range fs.Args() {
+	for _, path := range paths {
 		if err := damaged.Collect(eventsrc.Read(path, vr.v.Add)); err != nil {
 			return fmt.Errorf("verify: %w", err)
 		}
