@@ -85,7 +85,7 @@ func TestChangesAreBoundedAndEscaped(t *testing.T) {
 	if len(changes) != 3 || more != 0 {
 		t.Fatalf("%d changes, %d more: %+v", len(changes), more, changes)
 	}
-	if w := changes[0].What; !strings.HasPrefix(w, `model "m\x1b[2J<b>": weights unknown → xxx`) || !strings.HasSuffix(w, "… (1041 bytes)") || len(w) > MaxText+20 {
+	if w := changes[0].What; !strings.HasPrefix(w, `model m\x1b[2J<b>: weights unknown → xxx`) || !strings.HasSuffix(w, "… (1039 bytes)") || len(w) > MaxText+20 {
 		t.Errorf("what %q", w)
 	}
 	if changes[1].What != "restarted the node" || changes[1].Who != "; unsigned" || changes[2].What != `{"a":1}` {

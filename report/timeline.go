@@ -25,7 +25,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
@@ -33,6 +32,7 @@ import (
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/query"
+	"github.com/auditproxy/auditproxy/transcript"
 )
 
 // MaxText bounds every text taken from an event into the page, in bytes.
@@ -217,15 +217,10 @@ func msText(v *fastjson.Value) string {
 	return strconv.FormatFloat(v.GetFloat64(), 'f', 1, 64)
 }
 
-// text makes a value from an event fit for the page: valid UTF-8, no
-// control characters (quoted). What goes on the page is cut after.
-func text(b []byte) string {
-	s := string(b)
-	if !utf8.ValidString(s) || strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) && r != ' ' }) {
-		s = strconv.Quote(s)
-	}
-	return s
-}
+// text makes a value from an event fit for the page: valid UTF-8, its
+// controls and bidirectional formatting escaped as a terminal gets them
+// (transcript.Line). What goes on the page is cut after.
+func text(b []byte) string { return transcript.Line(string(b)) }
 
 // cut bounds a text to MaxText bytes, at a character boundary, and says
 // how long it was.

@@ -10,11 +10,11 @@ import (
 	"strings"
 	"time"
 	_ "time/tzdata" // --tz works on a machine without a zone database
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/query"
+	"github.com/auditproxy/auditproxy/transcript"
 )
 
 // loadZone reads a --tz value.
@@ -207,13 +207,8 @@ func nameCell(name string) string {
 	return printable(name)
 }
 
-// printable quotes s when it holds characters that are not printable.
-func printable(s string) string {
-	if strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) || !utf8.ValidString(s) {
-		return strconv.Quote(s)
-	}
-	return s
-}
+// printable escapes what a value from the log could do to a terminal.
+func printable(s string) string { return transcript.Line(s) }
 
 // writeTable writes rows as columns two spaces apart: the first left
 // columns aligned left, the others (numbers) right.
