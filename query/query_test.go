@@ -400,6 +400,9 @@ func TestStatsTimeBuckets(t *testing.T) {
 		{"clocks back: a 25-hour day", ByDay, "Europe/Paris", "2026-10-24T22:00:00Z", "2026-10-26T23:00:00Z",
 			[]string{"2026-10-24T22:00:00Z", "2026-10-25T22:59:59Z", "2026-10-25T23:00:00Z"},
 			[]string{"2026-10-25T00:00:00+02:00 2026-10-26T00:00:00+01:00 2", "2026-10-26T00:00:00+01:00 2026-10-27T00:00:00+01:00 1"}},
+		{"clocks forward half an hour: an hour of 30 minutes", ByHour, "Australia/Lord_Howe", "", "",
+			[]string{"2026-10-03T15:15:00Z", "2026-10-03T15:45:00Z"}, // 01:45 +10:30, then 02:45 +11:00
+			[]string{"2026-10-04T01:00:00+10:30 2026-10-04T02:30:00+11:00 1", "2026-10-04T02:30:00+11:00 2026-10-04T03:00:00+11:00 1"}},
 		{"no events, open window", ByDay, "UTC", "", "", nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

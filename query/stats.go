@@ -248,7 +248,13 @@ func (s *Stats) bucketStart(g Grouping, t time.Time) time.Time {
 		y, m, d := l.Date()
 		return dayStart(y, m, d, s.loc)
 	}
-	return l.Add(-time.Duration(l.Minute())*time.Minute - time.Duration(l.Second())*time.Second - time.Duration(l.Nanosecond()))
+	h := l.Add(-time.Duration(l.Minute())*time.Minute - time.Duration(l.Second())*time.Second - time.Duration(l.Nanosecond()))
+	if zoneStart, _ := l.ZoneBounds(); h.Before(zoneStart) {
+		// The clocks moved by other than whole hours within this hour
+		// (Australia/Lord_Howe's half hour): it began when they moved.
+		h = zoneStart
+	}
+	return h
 }
 
 // dayStart is the first instant of the day y-m-d (normalized, as by
