@@ -384,3 +384,34 @@ func TestReportOfABrokenLog(t *testing.T) {
 		}
 	}
 }
+
+// TestReportCountsRepeatsAsQueryDoes: a copy of an inference whose "time"
+// is not an RFC 3339 time (an aggregator's rewrite), read before the
+// event itself, is a line that is not an event for both query --stats and
+// report; the report took its id as counted, so the event itself was
+// dropped as a repeat and the page had one inference fewer than query
+// --stats (found by the report review).
+func TestReportCountsRepeatsAsQueryDoes(t *testing.T) {
+	logFile, pub := reportLog(t)
+	b, _ := os.ReadFile(logFile)
+	var bad []byte
+	for l := range bytes.Lines(b) {
+		if bytes.Contains(l, []byte(`"request_id":"req-1"`)) {
+			bad = regexp.MustCompile(`"time":"[^"]*"`).ReplaceAll(l, []byte(`"time":"20 Nov 2026 10:05"`))
+		}
+	}
+	copyFile := filepath.Join(t.TempDir(), "copy.ndjson")
+	os.WriteFile(copyFile, bad, 0o644)
+	var out, errOut bytes.Buffer
+	run([]string{"query", "--stats", "--format", "json", copyFile, logFile}, &out, &errOut)
+	var stats struct{ Events int64 }
+	if err := json.Unmarshal(out.Bytes(), &stats); err != nil || stats.Events != 7 {
+		t.Fatalf("query --stats: %d events, %v", stats.Events, err)
+	}
+	page := filepath.Join(t.TempDir(), "report.html")
+	run([]string{"report", "--html", page, "--pubkey", pub, copyFile, logFile}, io.Discard, &errOut)
+	html, _ := os.ReadFile(page)
+	if m := regexp.MustCompile(`<tr data-key="total"><td class="n" data-figure="events" data-value="(\d+)"`).FindSubmatch(html); m == nil || string(m[1]) != "7" {
+		t.Errorf("the report counts %q inference events, query --stats 7", m)
+	}
+}
