@@ -63,6 +63,9 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	tl := &report.Timeline{Since: f.Since, Until: f.Until}
+	if len(opts.pubkeys) > 0 {
+		tl.Keys = vr.v.Keys // the checkpoints verify counts; with no key, the page says none was verified
+	}
 
 	var (
 		p       fastjson.Parser
