@@ -400,6 +400,9 @@ func TestStatsTimeBuckets(t *testing.T) {
 		{"clocks back: a 25-hour day", ByDay, "Europe/Paris", "2026-10-24T22:00:00Z", "2026-10-26T23:00:00Z",
 			[]string{"2026-10-24T22:00:00Z", "2026-10-25T22:59:59Z", "2026-10-25T23:00:00Z"},
 			[]string{"2026-10-25T00:00:00+02:00 2026-10-26T00:00:00+01:00 2", "2026-10-26T00:00:00+01:00 2026-10-27T00:00:00+01:00 1"}},
+		{"clocks forward half an hour: an hour of 30 minutes", ByHour, "Australia/Lord_Howe", "", "",
+			[]string{"2026-10-03T15:15:00Z", "2026-10-03T15:45:00Z"}, // 01:45 +10:30, then 02:45 +11:00
+			[]string{"2026-10-04T01:00:00+10:30 2026-10-04T02:30:00+11:00 1", "2026-10-04T02:30:00+11:00 2026-10-04T03:00:00+11:00 1"}},
 		{"no events, open window", ByDay, "UTC", "", "", nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -505,3 +508,57 @@ func TestQueryResource(t *testing.T) {
 		}
 	}
 }
+
+// TestStatsDayWhereMidnightIsSkipped: where the clocks go from 24:00 to
+// 01:00 (America/Santiago on 2026-09-06, America/Havana on 2026-03-08),
+// the day starts at 01:00; time.Date's midnight of that day is an instant
+// of the day before, and the listing of the window's days never ended
+// (found by the review of report: query --stats --by day --tz
+// America/Santiago hung, eating memory).
+func TestStatsDayWhereMidnightIsSkipped(t *testing.T) {
+	for _, tc := range []struct {
+		zone, at string
+		want     []string
+	}{
+		{"America/Santiago", "2026-09-06T12:00:00Z", []string{"2026-09-05T00:00:00-04:00 2026-09-06T01:00:00-03:00 0", "2026-09-06T01:00:00-03:00 2026-09-07T00:00:00-03:00 2", "2026-09-07T00:00:00-03:00 2026-09-08T00:00:00-03:00 0"}},
+		{"America/Havana", "2026-03-08T12:00:00Z", []string{"2026-03-07T00:00:00-05:00 2026-03-08T01:00:00-04:00 0", "2026-03-08T01:00:00-04:00 2026-03-09T00:00:00-04:00 2", "2026-03-09T00:00:00-04:00 2026-03-10T00:00:00-04:00 0"}},
+	} {
+		loc, err := time.LoadLocation(tc.zone)
+		if err != nil {
+			t.Fatal(err)
+		}
+		day, _ := time.Parse(time.RFC3339, tc.at)
+		y, m, d := day.Date()
+		s, _ := NewStats([]Grouping{ByDay}, loc)
+		start := time.Date(y, m, d, 1, 0, 0, 0, loc) // the day's first instant
+		addAll(t, s, []queryLine{
+			{"a", `{"type":"inference","id":"a","time":"` + start.UTC().Format(time.RFC3339) + `","status":{"outcome":"ok"}}`},
+			{"b", `{"type":"inference","id":"b","time":"` + tc.at + `","status":{"outcome":"ok"}}`},
+		})
+		done := make(chan []string, 1)
+		go func() {
+			sum, err := s.Summary(time.Date(y, m, d-1, 12, 0, 0, 0, loc), time.Date(y, m, d+1, 12, 0, 0, 0, loc))
+			if err != nil {
+				t.Error(err)
+			}
+			var got []string
+			for _, r := range sum.Groups.Day {
+				got = append(got, fmt.Sprintf("%s %s %d", r.From.Format(time.RFC3339), r.To.Format(time.RFC3339), r.Events))
+			}
+			done <- got
+		}()
+		select {
+		case got := <-done:
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("%s: rows:\n%s\nwant\n%s", tc.zone, strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the days of the window are still being listed after 10s", tc.zone)
+		}
+		if got, err := ParseTimeBound(y4m2d2(day), queryT0, loc); err != nil || !got.Equal(start) {
+			t.Errorf("%s: the date %s read as %v, %v; want %v, the day's first instant", tc.zone, y4m2d2(day), got, err, start)
+		}
+	}
+}
+
+func y4m2d2(t time.Time) string { return t.Format(time.DateOnly) }

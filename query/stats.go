@@ -270,16 +270,36 @@ func (s *Stats) bucketStart(g Grouping, t time.Time) time.Time {
 	l := t.In(s.loc)
 	if g == ByDay {
 		y, m, d := l.Date()
-		return time.Date(y, m, d, 0, 0, 0, 0, s.loc)
+		return dayStart(y, m, d, s.loc)
 	}
-	return l.Add(-time.Duration(l.Minute())*time.Minute - time.Duration(l.Second())*time.Second - time.Duration(l.Nanosecond()))
+	h := l.Add(-time.Duration(l.Minute())*time.Minute - time.Duration(l.Second())*time.Second - time.Duration(l.Nanosecond()))
+	if zoneStart, _ := l.ZoneBounds(); h.Before(zoneStart) {
+		// The clocks moved by other than whole hours within this hour
+		// (Australia/Lord_Howe's half hour): it began when they moved.
+		h = zoneStart
+	}
+	return h
+}
+
+// dayStart is the first instant of the day y-m-d (normalized, as by
+// time.Date) in loc: its midnight, or, where the clocks skip midnight
+// (24:00 to 01:00: America/Santiago, America/Havana), the end of the skip,
+// where time.Date gives an instant of the day before.
+func dayStart(y int, m time.Month, d int, loc *time.Location) time.Time {
+	t := time.Date(y, m, d, 0, 0, 0, 0, loc)
+	if t.Day() != time.Date(y, m, d, 0, 0, 0, 0, time.UTC).Day() {
+		if _, end := t.ZoneBounds(); end.After(t) {
+			t = end
+		}
+	}
+	return t
 }
 
 // bucketEnd is the start of the bucket after the one starting at start.
 func (s *Stats) bucketEnd(g Grouping, start time.Time) time.Time {
 	if g == ByDay {
 		y, m, d := start.Date()
-		return time.Date(y, m, d+1, 0, 0, 0, 0, s.loc)
+		return dayStart(y, m, d+1, s.loc)
 	}
 	return s.bucketStart(ByHour, start.Add(time.Hour+time.Minute)) // the next hour, even one of 30 or 90 minutes
 }
@@ -492,6 +512,9 @@ func (s *Stats) timeRows(g Grouping, rows map[string]*acc, since, until time.Tim
 	}
 	for start := s.bucketStart(g, since); !start.After(last); {
 		end := s.bucketEnd(g, start)
+		if !end.After(start) {
+			return nil, fmt.Errorf("the %s from %s has no end in %s", g, start.Format(time.RFC3339), s.loc) // cannot happen; not a loop forever
+		}
 		r := TimeRow{From: start, To: end}
 		if a := byStart[start.UnixNano()]; a != nil {
 			r.Figures = a.figures()

@@ -22,8 +22,8 @@ func ParseTimeBound(s string, now time.Time, loc *time.Location) (time.Time, err
 	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
 		return t, nil
 	}
-	if t, err := time.ParseInLocation(time.DateOnly, s, loc); err == nil {
-		return t, nil
+	if t, err := time.Parse(time.DateOnly, s); err == nil {
+		return dayStart(t.Year(), t.Month(), t.Day(), loc), nil
 	}
 	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
 		return now.Add(-d), nil

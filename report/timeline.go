@@ -28,6 +28,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/auditlog"
@@ -49,6 +50,11 @@ type Timeline struct {
 	// query.Filter's do; checkpoints are kept whatever their time, for
 	// the whole timeline of each log.
 	Since, Until time.Time
+	// Keys, when set, are the verifier keys: a checkpoint then counts in
+	// the timeline only when its signed note opens with them, for its
+	// origin and size, as verify checks it (verify skips the others, and
+	// reports the gap they would fill).
+	Keys note.Verifiers
 
 	logs    map[string][]checkpoint
 	changes []Change
@@ -102,12 +108,18 @@ func (tl *Timeline) Add(v *fastjson.Value) {
 				cp.outage += ": " + text(e)
 			}
 		}
-		if tl.logs == nil {
-			tl.logs = map[string][]checkpoint{}
-		}
 		name := string(c.GetStringBytes("origin"))
 		if name == "" {
 			name = string(v.GetStringBytes("log", "origin"))
+		}
+		if tl.Keys != nil {
+			ck, _, err := auditlog.OpenCheckpoint(c.GetStringBytes("note"), tl.Keys)
+			if err != nil || ck.Origin != name || ck.Size != cp.size || v.Get("log") == nil {
+				return
+			}
+		}
+		if tl.logs == nil {
+			tl.logs = map[string][]checkpoint{}
 		}
 		tl.logs[name] = append(tl.logs[name], cp)
 		return

@@ -64,6 +64,9 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	tl := &report.Timeline{Since: f.Since, Until: f.Until}
+	if len(opts.pubkeys) > 0 {
+		tl.Keys = vr.v.Keys // the checkpoints verify counts; with no key, the page says none was verified
+	}
 
 	var (
 		p       fastjson.Parser
@@ -87,8 +90,12 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 				return
 			}
 			var counted bool
-			if counted, err = q.MatchParsed(v); counted && ids.Add(v.GetStringBytes("id")) {
-				err = st.Add(v)
+			if counted, err = q.MatchParsed(v); counted {
+				// As query: an event with no time is no event, and does
+				// not take its id from a copy that has one.
+				if _, err = query.EventTime(v); err == nil && ids.Add(v.GetStringBytes("id")) {
+					err = st.Add(v)
+				}
 			} else if !counted && string(v.GetStringBytes("type")) != audit.TypeInference && changes.Add(v.GetStringBytes("id")) {
 				tl.Add(v)
 			}

@@ -409,3 +409,68 @@ func TestAuditorCommandsReadTheEnvironment(t *testing.T) {
 		t.Errorf("verify with a wrong $AUDITPROXY_PUBKEY: exit %d %s", code, errOut.String())
 	}
 }
+
+// TestReportCountsRepeatsAsQueryDoes: a copy of an inference whose "time"
+// is not an RFC 3339 time (an aggregator's rewrite), read before the
+// event itself, is a line that is not an event for both query --stats and
+// report; the report took its id as counted, so the event itself was
+// dropped as a repeat and the page had one inference fewer than query
+// --stats (found by the report review).
+func TestReportCountsRepeatsAsQueryDoes(t *testing.T) {
+	logFile, pub := reportLog(t)
+	b, _ := os.ReadFile(logFile)
+	var bad []byte
+	for l := range bytes.Lines(b) {
+		if bytes.Contains(l, []byte(`"request_id":"req-1"`)) {
+			bad = regexp.MustCompile(`"time":"[^"]*"`).ReplaceAll(l, []byte(`"time":"20 Nov 2026 10:05"`))
+		}
+	}
+	copyFile := filepath.Join(t.TempDir(), "copy.ndjson")
+	os.WriteFile(copyFile, bad, 0o644)
+	var out, errOut bytes.Buffer
+	run([]string{"query", "--stats", "--format", "json", copyFile, logFile}, &out, &errOut)
+	var stats struct{ Events int64 }
+	if err := json.Unmarshal(out.Bytes(), &stats); err != nil || stats.Events != 7 {
+		t.Fatalf("query --stats: %d events, %v", stats.Events, err)
+	}
+	page := filepath.Join(t.TempDir(), "report.html")
+	run([]string{"report", "--html", page, "--pubkey", pub, copyFile, logFile}, io.Discard, &errOut)
+	html, _ := os.ReadFile(page)
+	if m := regexp.MustCompile(`<tr data-key="total"><td class="n" data-figure="events" data-value="(\d+)"`).FindSubmatch(html); m == nil || string(m[1]) != "7" {
+		t.Errorf("the report counts %q inference events, query --stats 7", m)
+	}
+}
+
+// TestReportGapsAsVerifyFindsThem: checkpoints whose signature does not
+// verify do not cover a gap: verify skips them and reports the
+// checkpoints between as missing, and the page showed the gap covered,
+// green, from the forged checkpoints' events (found by the report
+// review).
+func TestReportGapsAsVerifyFindsThem(t *testing.T) {
+	logFile, pub := reportLog(t)
+	b, _ := os.ReadFile(logFile)
+	var forged []byte
+	for l := range bytes.Lines(b) {
+		if bytes.Contains(l, []byte(`"type":"checkpoint"`)) && regexp.MustCompile(`"time":"2026-11-21T0[5-7]:30`).Match(l) {
+			// Another signature: the same key name and hash, other bytes.
+			l = regexp.MustCompile(`(— gpu-node-7 [A-Za-z0-9+/]{8})[A-Za-z0-9+/]{8}`).ReplaceAll(l, []byte("${1}AAAAAAAA"))
+		}
+		forged = append(forged, l...)
+	}
+	if bytes.Equal(forged, b) {
+		t.Fatal("no checkpoint forged")
+	}
+	file := filepath.Join(t.TempDir(), "forged.ndjson")
+	os.WriteFile(file, forged, 0o644)
+	var out, errOut bytes.Buffer
+	run([]string{"verify", "--pubkey", pub, file}, &out, &errOut)
+	if !strings.Contains(out.String(), "are 4h0m0s apart, cadence 1h0m0s: checkpoints between them are missing") {
+		t.Fatalf("verify:\n%s", out.String())
+	}
+	page := filepath.Join(t.TempDir(), "report.html")
+	run([]string{"report", "--html", page, "--pubkey", pub, file}, io.Discard, &errOut)
+	html, _ := os.ReadFile(page)
+	if want := `<tr class="problem"><td>2026-11-21T04:30:00Z</td><td>2026-11-21T08:30:00Z</td><td class="n">4h0m0s</td><td>missing</td>`; !bytes.Contains(html, []byte(want)) {
+		t.Errorf("the report lacks the gap verify reports: %q", want)
+	}
+}
