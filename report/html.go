@@ -71,6 +71,38 @@ type cell struct{ Name, Value, Text string }
 type row struct {
 	Label []string
 	Cells []cell
+	// Folded is a run of days without events shown as one row (Label
+	// says from when to when), with no figures.
+	Folded int
+}
+
+// foldDays is how many days without events in a row the day table shows
+// one by one; a longer run is one row. query --stats lists every day of
+// the window, and a window stretched by one event with a wrong clock
+// (2299) would make the page megabytes of empty rows.
+const foldDays = 3
+
+// maxBars bounds the days the chart draws.
+const maxBars = 1000
+
+func dayRows(days []query.TimeRow) []row {
+	var rows []row
+	for i := 0; i < len(days); {
+		j := i
+		for j < len(days) && days[j].Events == 0 {
+			j++
+		}
+		if j-i > foldDays {
+			last := days[j-1]
+			rows = append(rows, row{Label: []string{days[i].From.Format("2006-01-02") + " to " + last.From.Format("2006-01-02") + ": no inferences"}, Folded: j - i})
+			i = j
+			continue
+		}
+		r := days[i]
+		rows = append(rows, row{Label: []string{r.From.Format("2006-01-02 (Mon) MST")}, Cells: figureCells(r.Figures)})
+		i++
+	}
+	return rows
 }
 
 type logView struct {
@@ -100,9 +132,7 @@ func build(d Data) view {
 		}
 	}
 	v.Totals = figureCells(d.Stats.Figures)
-	for _, r := range d.Stats.Groups.Day {
-		v.Days = append(v.Days, row{[]string{r.From.Format("2006-01-02 (Mon) MST")}, figureCells(r.Figures)})
-	}
+	v.Days = dayRows(d.Stats.Groups.Day)
 	for _, r := range d.Stats.Groups.Model {
 		sum := "unknown"
 		if r.Checksum != nil {
@@ -112,19 +142,22 @@ func build(d Data) view {
 		if r.Model == "" {
 			name = "(none)"
 		}
-		v.Models = append(v.Models, row{[]string{name, sum}, figureCells(r.Figures)})
+		v.Models = append(v.Models, row{Label: []string{name, sum}, Cells: figureCells(r.Figures)})
 	}
 	for _, r := range d.Stats.Groups.Key {
 		id := "(no key)"
 		if r.APIKeyID != nil {
 			id = cut(text([]byte(*r.APIKeyID)))
 		}
-		v.APIKeys = append(v.APIKeys, row{[]string{id}, figureCells(r.Figures)})
+		v.APIKeys = append(v.APIKeys, row{Label: []string{id}, Cells: figureCells(r.Figures)})
 	}
 	for _, r := range d.Stats.Groups.Outcome {
-		v.Outcomes = append(v.Outcomes, row{[]string{cut(text([]byte(r.Outcome)))}, figureCells(r.Figures)})
+		v.Outcomes = append(v.Outcomes, row{Label: []string{cut(text([]byte(r.Outcome)))}, Cells: figureCells(r.Figures)})
 	}
 	v.Chart = dayChart(d.Stats.Groups.Day, loc)
+	if len(v.Chart.Bars) > maxBars {
+		v.Chart = chart{Width: chartWidth, Height: chartHeight, TooMany: len(v.Chart.Bars)}
+	}
 	if d.Timeline != nil {
 		changes, more := d.Timeline.Changes()
 		for _, c := range changes {
@@ -182,6 +215,8 @@ func msCell(name string, ms float64) cell {
 type chart struct {
 	Width, Height int
 	Bars          []bar
+	// TooMany counts the days when there were more than maxBars to draw.
+	TooMany int
 }
 
 type bar struct {

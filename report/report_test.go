@@ -2,6 +2,7 @@ package report
 
 import (
 	"bytes"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -139,4 +140,44 @@ func FuzzTimeline(f *testing.F) {
 			t.Fatalf("%d script elements in the page", n)
 		}
 	})
+}
+
+// TestEmptyDaysFold: one event with a wrong clock stretches the window to
+// centuries; the page folds the runs of days without inferences, so it
+// stays small, and the days with inferences keep their rows.
+func TestEmptyDaysFold(t *testing.T) {
+	st, _ := query.NewStats([]query.Grouping{query.ByDay}, time.UTC)
+	var p fastjson.Parser
+	for _, e := range []string{
+		`{"type":"inference","id":"a","time":"2026-11-20T10:00:00Z","status":{"outcome":"ok"}}`,
+		`{"type":"inference","id":"b","time":"2026-11-22T10:00:00Z","status":{"outcome":"ok"}}`,
+		`{"type":"inference","id":"c","time":"2299-01-01T00:00:00Z","status":{"outcome":"ok"}}`,
+	} {
+		v, _ := p.Parse(e)
+		if err := st.Add(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sum, err := st.Summary(time.Time{}, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sum.Groups.Day) < 99_000 {
+		t.Fatalf("%d days", len(sum.Groups.Day))
+	}
+	var got []string
+	for _, r := range dayRows(sum.Groups.Day) {
+		got = append(got, fmt.Sprintf("%s/%d", r.Label[0], r.Folded))
+	}
+	want := "2026-11-20 (Fri) UTC/0,2026-11-21 (Sat) UTC/0,2026-11-22 (Sun) UTC/0,2026-11-23 to 2298-12-31: no inferences/" + strconv.Itoa(len(sum.Groups.Day)-4) + ",2299-01-01 (Sun) UTC/0"
+	if strings.Join(got, ",") != want {
+		t.Errorf("rows %s\nwant %s", strings.Join(got, ","), want)
+	}
+	var buf bytes.Buffer
+	if err := Write(&buf, Data{Stats: sum, Timeline: &Timeline{}}); err != nil {
+		t.Fatal(err)
+	}
+	if buf.Len() > 100_000 || !bytes.Contains(buf.Bytes(), []byte("days are too many to draw")) {
+		t.Errorf("a page of %d bytes", buf.Len())
+	}
 }

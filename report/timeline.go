@@ -198,7 +198,11 @@ func (tl *Timeline) Add(v *fastjson.Value) {
 			rate(before.Get("error_rate")), rate(after.Get("error_rate")),
 			msText(before.Get("latency_ms", "p50")), msText(after.Get("latency_ms", "p50")),
 			before.GetInt64("requests"), after.GetInt64("requests"))
-		ch.Problem = after.GetInt64("errors") > before.GetInt64("errors")
+		// A higher error rate, not more errors: more traffic alone is
+		// not a problem.
+		if b, a := before.Get("error_rate"), after.Get("error_rate"); b != nil && a != nil && b.Type() == fastjson.TypeNumber && a.Type() == fastjson.TypeNumber {
+			ch.Problem = a.GetFloat64() > b.GetFloat64()
+		}
 	default:
 		if d != nil {
 			ch.What = text(d.MarshalTo(nil))

@@ -473,3 +473,14 @@ func TestQueryMarksUncommittedEvents(t *testing.T) {
 		t.Errorf("--stats over uncommitted events: stderr %q", errOut)
 	}
 }
+
+// TestLocalZoneIsNamed: --tz Local names the machine's zone, so that
+// "times in ..." means something where the output is read.
+func TestLocalZoneIsNamed(t *testing.T) {
+	for tz, want := range map[string]string{"Asia/Tokyo": "Asia/Tokyo", ":Europe/Paris": "Europe/Paris", "": "UTC"} {
+		t.Setenv("TZ", tz)
+		if loc, err := loadZone("Local"); err != nil || loc.String() != want {
+			t.Errorf("TZ=%q: --tz Local is %v, %v; want %s", tz, loc, err, want)
+		}
+	}
+}

@@ -29,7 +29,10 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	opts.register(fs)
 	out := fs.String("html", "", "write the report to this `file` (one self-contained HTML page; - for stdout)")
 	since := fs.String("since", "", "the window's start, for the change timeline and the traffic figures: an RFC 3339 time, a date (from its start in --tz), or a span before now (30d, 8mo); the whole log is verified whatever the window")
-	tz := fs.String("tz", "UTC", "time `zone` to show times and cut days in: an IANA name (Europe/Paris), UTC, or Local")
+	tz := fs.String("tz", "UTC", "time `zone` to read dates in, show times and cut days in: an IANA name (Europe/Paris), UTC, or Local")
+	// The window's end, and as for verify the time the logs must reach;
+	// a date is read in --tz here, as --since is.
+	fs.Lookup("until").Usage = "the window's end (exclusive), and the `time` the logs must reach (an older newest checkpoint means a cut tail, as verify --until): an RFC 3339 time, a date (from its start in --tz), or a span before now (24h, 7d)"
 	paths, err := parseFlagsAndArgs(fs, args)
 	if err != nil {
 		return err

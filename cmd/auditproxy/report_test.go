@@ -179,7 +179,7 @@ func TestReportInBrowser(t *testing.T) {
 	browser := chromium(t)
 	logFile, pub := reportLog(t)
 	page := filepath.Join(t.TempDir(), "report.html")
-	window := []string{"--since", "2026-11-20", "--until", "2026-11-23", "--tz", "Europe/Paris"}
+	window := []string{"--since", "2026-11-10", "--until", "2026-11-23", "--tz", "Europe/Paris"}
 	var out, errOut bytes.Buffer
 	if code := run(append(append([]string{"report", "--html", page, "--pubkey", pub}, window...), logFile), &out, &errOut); code != 0 {
 		t.Fatalf("report: %d %s", code, errOut.String())
@@ -208,24 +208,40 @@ func TestReportInBrowser(t *testing.T) {
 		groups[g] = stats["groups"].(map[string]any)[g].([]any)
 	}
 	tableRE := regexp.MustCompile(`(?s)<table id="[^"]*" data-group="(\w+)">(.*?)</table>`)
-	rowRE := regexp.MustCompile(`(?s)<tr data-key="[^"]*">(.*?)</tr>`)
+	rowRE := regexp.MustCompile(`(?s)<tr (?:class="folded" data-folded="(\d+)"|data-key="[^"]*")>(.*?)</tr>`)
 	cellRE := regexp.MustCompile(`<td class="n" data-figure="(\w+)" data-value="([^"]*)">([^<]*)</td>`)
 	member := map[string]string{"latency_p50": "latency_ms.total.p50", "latency_p95": "latency_ms.total.p95", "latency_p99": "latency_ms.total.p99",
 		"ttft_p50": "latency_ms.ttft.p50", "ttft_p95": "latency_ms.ttft.p95", "ttft_p99": "latency_ms.ttft.p99"}
-	checked := 0
+	checked, folded := 0, 0
 	tables := tableRE.FindAllStringSubmatch(dom, -1)
 	if len(tables) != 5 {
 		t.Fatalf("%d figure tables in the page, want 5", len(tables))
 	}
 	for _, tm := range tables {
 		rows := rowRE.FindAllStringSubmatch(tm[2], -1)
-		want := groups[tm[1]]
+		var want []any
+		for i, r := range rows { // a run of days without inferences is one row
+			if r[1] == "" {
+				continue
+			}
+			n, _ := strconv.Atoi(r[1])
+			rows = append(rows[:i:i], rows[i+1:]...)
+			for j := 0; j < n; j++ {
+				if day := groups[tm[1]][i+j].(map[string]any); day["events"].(float64) != 0 {
+					t.Errorf("a folded row holds %v, a day with inferences", day["from"])
+				}
+			}
+			groups[tm[1]] = append(groups[tm[1]][:i:i], groups[tm[1]][i+n:]...)
+			folded += n
+			break // one run in this window
+		}
+		want = groups[tm[1]]
 		if len(rows) != len(want) {
 			t.Errorf("table %s: %d rows, query has %d", tm[1], len(rows), len(want))
 			continue
 		}
 		for i, r := range rows {
-			cells := cellRE.FindAllStringSubmatch(r[1], -1)
+			cells := cellRE.FindAllStringSubmatch(r[2], -1)
 			if len(cells) != 14 {
 				t.Errorf("table %s row %d: %d figures", tm[1], i, len(cells))
 			}
@@ -274,9 +290,10 @@ func TestReportInBrowser(t *testing.T) {
 		}
 	}
 	// 1 total + 3 days (the 20th to the 22nd in Paris: from 23:00 UTC on
-	// the 19th) + 4 keys + 3 model versions + 4 outcomes, 14 figures each.
-	if checked != (1+3+4+3+4)*14 {
-		t.Errorf("%d figures checked", checked)
+	// the 19th) + 4 keys + 3 model versions + 4 outcomes, 14 figures each;
+	// the 10 days before the log began, one row.
+	if checked != (1+3+4+3+4)*14 || folded != 10 {
+		t.Errorf("%d figures checked, %d days folded", checked, folded)
 	}
 
 	// The stop is a gap of its own kind; the changes are listed with who

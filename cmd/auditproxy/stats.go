@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,11 +23,41 @@ func loadZone(name string) (*time.Location, error) {
 	if name == "" {
 		return nil, fmt.Errorf("--tz is empty: want an IANA zone name (Europe/Paris), UTC, or Local")
 	}
+	if name == "Local" {
+		// Named, so that what the output says ("times in ...") means
+		// something on another machine.
+		if local := localZoneName(); local != "" {
+			name = local
+		}
+	}
 	loc, err := time.LoadLocation(name)
 	if err != nil {
 		return nil, fmt.Errorf("--tz %q is not a known time zone: want an IANA zone name (Europe/Paris, America/New_York), UTC, or Local", name)
 	}
 	return loc, nil
+}
+
+// localZoneName is the IANA name of this machine's zone: $TZ, or where
+// /etc/localtime links into a zoneinfo directory; "" when unknown.
+func localZoneName() string {
+	if tz, ok := os.LookupEnv("TZ"); ok {
+		tz = strings.TrimPrefix(tz, ":")
+		if tz == "" {
+			return "UTC"
+		}
+		if _, err := time.LoadLocation(tz); err == nil && !strings.HasPrefix(tz, "/") {
+			return tz
+		}
+		return ""
+	}
+	if target, err := os.Readlink("/etc/localtime"); err == nil {
+		if _, zone, ok := strings.Cut(target, "zoneinfo/"); ok {
+			if _, err := time.LoadLocation(zone); err == nil {
+				return zone
+			}
+		}
+	}
+	return ""
 }
 
 // writeStats writes a summary in format: text, json or csv.
