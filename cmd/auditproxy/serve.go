@@ -250,6 +250,12 @@ func start(c serveConfig, stderr io.Writer, tee func(*audit.Event)) (_ *instance
 	if err := inst.startIdentity(reg, &undo); err != nil {
 		return nil, err
 	}
+	// Catch the signals before /readyz can say ready: a SIGTERM right
+	// after it (an orchestrator's rollout) then shuts the sidecar down
+	// rather than killing it; one during the last steps waits for them.
+	inst.sig = make(chan os.Signal, 1)
+	signal.Notify(inst.sig, syscall.SIGINT, syscall.SIGTERM)
+	undo.push(func() error { signal.Stop(inst.sig); return nil })
 	if err := inst.startAdmin(reg, &undo); err != nil {
 		return nil, err
 	}
@@ -617,10 +623,6 @@ func (inst *instance) serve(s settings) {
 			"spool", sp.Dir())
 	}
 	go func() { inst.serveErr <- inst.proxy.Serve(inst.ln) }()
-	// Catch the signals before anyone is told the proxy serves, so that
-	// a Ctrl-C right after shuts it down rather than killing it.
-	inst.sig = make(chan os.Signal, 1)
-	signal.Notify(inst.sig, syscall.SIGINT, syscall.SIGTERM)
 	logger.Info("auditproxy serving", "version", buildVersion(), "listen", inst.ln.Addr().String(),
 		"admin", c.adminListen, "upstream", c.upstream, "data_dir", c.dataDir, "hash", string(s.alg),
 		"durability", string(s.durability), "fsync_interval", c.fsyncInterval.String(),
