@@ -99,7 +99,7 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 				if _, err = query.EventTime(v); err == nil && ids.Add(v.GetStringBytes("id")) {
 					err = st.Add(v)
 				}
-			} else if !counted && string(v.GetStringBytes("type")) != audit.TypeInference && changes.Add(v.GetStringBytes("id")) {
+			} else if string(v.GetStringBytes("type")) != audit.TypeInference && changes.Add(v.GetStringBytes("id")) {
 				tl.Add(v)
 			}
 			if err != nil {
