@@ -295,7 +295,10 @@ func fillBodies(rq, rs *bodyReport, req, resp []byte) {
 // transcriptFile is the readable text --out-dir and bundle write.
 const transcriptFile = "transcript.txt"
 
-// writeBodies writes the exact bodies and their readable text to dir.
+// writeBodies writes the exact bodies and their readable text to dir. Each
+// is a new 0600 file renamed into place: a file already there by that name
+// is replaced, never written into (it would keep its mode, 0644 say), and
+// a symlink is replaced, not followed.
 func writeBodies(dir string, req, resp []byte, readable string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -304,11 +307,31 @@ func writeBodies(dir string, req, resp []byte, readable string) error {
 		name string
 		b    []byte
 	}{{"request.body", req}, {"response.body", resp}, {transcriptFile, []byte(readable)}} {
-		if err := os.WriteFile(filepath.Join(dir, f.name), f.b, 0o600); err != nil {
+		if err := writeNewFile(filepath.Join(dir, f.name), f.b); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// writeNewFile writes b to a new file (0600, os.CreateTemp's mode) beside
+// name and renames it to name.
+func writeNewFile(name string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), name)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
 }
 
 // printShow prints what show found, every value that came from a client,

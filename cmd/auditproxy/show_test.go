@@ -251,6 +251,30 @@ func TestShowIsTheWholeAnswer(t *testing.T) {
 		}
 	})
 
+	t.Run("out-dir over files there", func(t *testing.T) {
+		// Bodies written again into a directory that holds a world-readable
+		// file and a symlink by those names: the decrypted bodies are new
+		// 0600 files, and the symlink's target is left alone.
+		dir := t.TempDir()
+		victim := filepath.Join(t.TempDir(), "victim")
+		os.WriteFile(victim, []byte("precious"), 0o644)
+		os.WriteFile(filepath.Join(dir, "request.body"), nil, 0o644)
+		os.Symlink(victim, filepath.Join(dir, "response.body"))
+		out, errOut, code := show(t, "chat-stream", "--identity", l.idFile, "--out-dir", dir)
+		if code != 0 {
+			t.Fatalf("show --out-dir: %d\n%s%s", code, out, errOut)
+		}
+		if b, _ := os.ReadFile(victim); string(b) != "precious" {
+			t.Errorf("show --out-dir wrote through the symlink response.body: the file it points at now holds %.40q", b)
+		}
+		for _, name := range []string{"request.body", "response.body", "transcript.txt"} {
+			fi, err := os.Lstat(filepath.Join(dir, name))
+			if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o600 {
+				t.Errorf("%s: %v %v, want a regular file, 0600", name, fi.Mode(), err)
+			}
+		}
+	})
+
 	t.Run("a capture that is not of the exchange, an event without one", func(t *testing.T) {
 		// Another event's capture spliced into this one's line: its bodies
 		// decrypt, and do not hash to this event's digests.
