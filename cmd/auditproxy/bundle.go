@@ -144,11 +144,11 @@ func runBundle(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("bundle: %w", err)
 		}
-		rq, err := checkBody("the decrypted request", req, ev.Input, ev.Payload.Truncated)
+		rq, err := checkBody("the decrypted request", req, ev.Input, capturedBytes(ev.Payload, ev.Payload.InputBytes, ev.Input))
 		if err != nil {
 			return fmt.Errorf("bundle: %w", err)
 		}
-		rs, err := checkBody("the decrypted response", resp, ev.Output, ev.Payload.Truncated)
+		rs, err := checkBody("the decrypted response", resp, ev.Output, capturedBytes(ev.Payload, ev.Payload.OutputBytes, ev.Output))
 		if err != nil {
 			return fmt.Errorf("bundle: %w", err)
 		}
@@ -380,12 +380,16 @@ func verifyBundle(dir string, check func(auditlog.InclusionProof) error, stdout 
 	}
 	fmt.Fprintf(stdout, "  request %s at %s, model %s, weights %s\n", transcript.Line(ev.RequestID),
 		time.Time(ev.Time).UTC().Format(time.RFC3339Nano), transcript.Line(ev.Model.Name), transcript.Line(orUnknown(ev.Model.Checksum)))
-	truncated := ev.Payload != nil && ev.Payload.Truncated
+	var inCaptured, outCaptured int64
+	if ev.Payload != nil {
+		inCaptured, outCaptured = ev.Payload.InputBytes, ev.Payload.OutputBytes
+	}
 	n := 0
 	for _, f := range []struct {
 		name, member string
 		want         audit.Body
-	}{{bundleRequest, "input.hash", ev.Input}, {bundleResponse, "output.hash", ev.Output}} {
+		captured     int64
+	}{{bundleRequest, "input.hash", ev.Input, inCaptured}, {bundleResponse, "output.hash", ev.Output, outCaptured}} {
 		body, err := os.ReadFile(filepath.Join(dir, f.name))
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -394,7 +398,7 @@ func verifyBundle(dir string, check func(auditlog.InclusionProof) error, stdout 
 			return fmt.Errorf("verify-proof: %w", err)
 		}
 		n++
-		r, err := checkBody(f.name, body, f.want, truncated)
+		r, err := checkBody(f.name, body, f.want, capturedBytes(ev.Payload, f.captured, f.want))
 		if err != nil {
 			return fmt.Errorf("verify-proof: %w: it was altered, or is another exchange's", err)
 		}

@@ -166,9 +166,9 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 		bodyErr = errors.New("the event has no captured payload (the sidecar ran without --capture-payloads)")
 	default:
 		if req, resp, bodyErr = payload.Open(ev.Payload.Age, ids); bodyErr == nil {
-			rep.Request, bodyErr = checkBody("the decrypted request", req, ev.Input, ev.Payload.Truncated)
+			rep.Request, bodyErr = checkBody("the decrypted request", req, ev.Input, capturedBytes(ev.Payload, ev.Payload.InputBytes, ev.Input))
 			if bodyErr == nil {
-				rep.Response, bodyErr = checkBody("the decrypted response", resp, ev.Output, ev.Payload.Truncated)
+				rep.Response, bodyErr = checkBody("the decrypted response", resp, ev.Output, capturedBytes(ev.Payload, ev.Payload.OutputBytes, ev.Output))
 			}
 			if bodyErr != nil {
 				bodyErr = fmt.Errorf("%w: the capture is not of this exchange", bodyErr)
@@ -252,10 +252,15 @@ type bodyReport struct {
 
 // checkBody checks a body against the event's hash of it; name says which
 // body in an error. A capture cut at its limit cannot be checked: the hash
-// covers the whole body.
-func checkBody(name string, body []byte, want audit.Body, truncated bool) (*bodyReport, error) {
+// covers the whole body. cut is how many bytes of the body a truncated
+// capture holds (the payload's input_bytes or output_bytes), or -1 where
+// it holds the whole body (capturedBytes): a cut body must be that long.
+func checkBody(name string, body []byte, want audit.Body, cut int64) (*bodyReport, error) {
 	r := &bodyReport{Bytes: len(body), Hash: want.Hash}
-	if truncated && int64(len(body)) < want.Bytes {
+	if cut >= 0 {
+		if int64(len(body)) != cut {
+			return nil, fmt.Errorf("%s is %d bytes, and the event says %d of its %d bytes were captured (truncated)", name, len(body), cut, want.Bytes)
+		}
 		r.Check = fmt.Sprintf("%d of %d bytes captured (truncated); the hash covers all of them and cannot be checked", len(body), want.Bytes)
 		return r, nil
 	}
@@ -269,6 +274,17 @@ func checkBody(name string, body []byte, want audit.Body, truncated bool) (*body
 	}
 	r.Check = "matches"
 	return r, nil
+}
+
+// capturedBytes is checkBody's cut for a body of p: the bytes captured
+// where the capture is truncated and holds less than the body (want), else
+// -1. A body captured whole in a truncated capture (the other was cut) is
+// checked against its hash.
+func capturedBytes(p *audit.Payload, captured int64, want audit.Body) int64 {
+	if p == nil || !p.Truncated || captured >= want.Bytes {
+		return -1
+	}
+	return captured
 }
 
 // fillBodies puts the bodies' content and the re-assembled answer in

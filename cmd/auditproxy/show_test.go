@@ -440,4 +440,20 @@ func TestTruncatedCaptureIsSaid(t *testing.T) {
 		!regexp.MustCompile(`NOTE: response.body: 300 of \d+ bytes captured \(truncated\)`).Match(readme) {
 		t.Errorf("verify-proof of a truncated bundle: %d\n%s%s\n%s", code, out.String(), errOut.String(), readme)
 	}
+	// The request was captured whole (only the response was cut): it is
+	// checked against its hash, however short a substitute; the response
+	// must be the bytes the event says were captured.
+	for _, tc := range []struct{ file, body, want string }{
+		{"request.body", `{"model":"x","messages":[{"role":"user","content":"forged"}]}`, "verify-proof: request.body hashes to sha256:"},
+		{"response.body", `data: {"choices":[{"index":0,"delta":{"content":"forged"}}]}` + "\n\n", "verify-proof: response.body is 62 bytes, and the event says 300 of its "},
+	} {
+		copyDir := filepath.Join(t.TempDir(), "copy")
+		testutil.CopyDir(t, dir, copyDir)
+		os.WriteFile(filepath.Join(copyDir, tc.file), []byte(tc.body), 0o600)
+		out.Reset()
+		errOut.Reset()
+		if code := run([]string{"verify-proof", "--pubkey", l.pub, copyDir}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), tc.want) {
+			t.Errorf("verify-proof of a truncated bundle with another %s: %d, want 1 and %q\n%s%s", tc.file, code, tc.want, out.String(), errOut.String())
+		}
+	}
 }
