@@ -350,8 +350,10 @@ func orUnknown(s string) string {
 
 // verifyBundle checks a bundle directory: its proof (as verify-proof
 // checks any), that event.json is the event proven, and that the bodies
-// hash to the proven event's hashes.
-func verifyBundle(dir string, check func(auditlog.InclusionProof) error, stdout io.Writer) error {
+// hash to the proven event's hashes. keyText is the --pubkey keys, one a
+// line: the one that signed the checkpoint is named, for the reader to
+// compare with the operator's (a log.pub may hold others beside it).
+func verifyBundle(dir string, check func(auditlog.InclusionProof) error, keyText string, stdout io.Writer) error {
 	b, err := os.ReadFile(filepath.Join(dir, bundleProof))
 	if err != nil {
 		return fmt.Errorf("verify-proof: %s is not an evidence bundle (auditproxy bundle): %w", dir, err)
@@ -411,6 +413,26 @@ func verifyBundle(dir string, check func(auditlog.InclusionProof) error, stdout 
 	if n == 0 {
 		fmt.Fprintf(stdout, "  no bodies in the bundle: only the event and its place in the log were checked\n")
 	}
-	fmt.Fprintf(stdout, "  compare %s's key with the one the operator publishes: the proof is only as good as the key\n", bundleKey)
+	keys := strings.Fields(keyText)
+	var signers []string
+	for _, k := range keys {
+		v, err := note.NewVerifier(k)
+		if err == nil && signedBy(proof.Checkpoint, v) {
+			signers = append(signers, k)
+		}
+	}
+	for _, k := range signers {
+		fmt.Fprintf(stdout, "  checkpoint signed by %s\n", transcript.Line(k))
+	}
+	if len(keys) > len(signers) {
+		fmt.Fprintf(stdout, "  --pubkey holds %d keys: only the one named above signed\n", len(keys))
+	}
+	fmt.Fprintf(stdout, "  compare the key that signed with the one the operator publishes: the proof is only as good as the key\n")
 	return nil
+}
+
+// signedBy reports whether the signed note msg carries v's signature.
+func signedBy(msg string, v note.Verifier) bool {
+	_, err := note.Open([]byte(msg), note.VerifierList(v))
+	return err == nil
 }

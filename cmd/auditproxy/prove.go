@@ -209,7 +209,11 @@ func runVerifyProof(args []string, stdout, stderr io.Writer) error {
 		// A directory is an evidence bundle (auditproxy bundle): its proof,
 		// and its event and bodies against the proven event.
 		if fi, err := os.Stat(paths[0]); err == nil && fi.IsDir() {
-			return verifyBundle(paths[0], inclusion, stdout)
+			keyText, err := verifierKeyText(pubkeys)
+			if err != nil {
+				return fmt.Errorf("verify-proof: %w", err)
+			}
+			return verifyBundle(paths[0], inclusion, keyText, stdout)
 		}
 	}
 	var in io.Reader = os.Stdin
