@@ -300,7 +300,8 @@ func bundleReadmeText(ev *audit.Event, cp auditlog.Checkpoint, bodies *bundleBod
 	p("")
 	p("   It checks that the checkpoint is signed by log.pub's key, that the event is in the log the")
 	p("   checkpoint commits to (the inclusion proof), that event.json is that event, and that")
-	p("   request.body and response.body hash to the hashes the event records. It says what it checked,")
+	p("   request.body and response.body hash to the hashes the event records, that transcript.txt is")
+	p("   their readable text, and that the directory holds no other file. It says what it checked,")
 	p("   and fails with the reason when anything was altered.")
 	p("")
 	p("3. The bodies, by hand, without auditproxy: the event's \"input\" and \"output\" members hold")
@@ -358,6 +359,20 @@ func verifyBundle(dir string, check func(auditlog.InclusionProof) error, keyText
 	if err != nil {
 		return fmt.Errorf("verify-proof: %s is not an evidence bundle (auditproxy bundle): %w", dir, err)
 	}
+	// Only the files bundle writes: anything else would be read as part
+	// of the evidence, unchecked.
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("verify-proof: %w", err)
+	}
+	for _, e := range entries {
+		switch e.Name() {
+		case bundleEvent, bundleProof, bundleKey, bundleRequest, bundleResponse, transcriptFile, bundleReadme:
+		default:
+			return fmt.Errorf("verify-proof: %s is no file of a bundle: a bundle holds %s and nothing else, so none of it is checked",
+				transcript.Line(e.Name()), strings.Join([]string{bundleEvent, bundleProof, bundleKey, bundleRequest, bundleResponse, transcriptFile, bundleReadme}, ", "))
+		}
+	}
 	proof, err := auditlog.UnmarshalTLogProof(b)
 	if err != nil {
 		return fmt.Errorf("verify-proof: %s: %w", bundleProof, err)
@@ -387,7 +402,9 @@ func verifyBundle(dir string, check func(auditlog.InclusionProof) error, keyText
 		inCaptured, outCaptured = ev.Payload.InputBytes, ev.Payload.OutputBytes
 	}
 	n := 0
-	for _, f := range []struct {
+	var bodies [2][]byte
+	var reports [2]*bodyReport
+	for i, f := range []struct {
 		name, member string
 		want         audit.Body
 		captured     int64
@@ -404,6 +421,7 @@ func verifyBundle(dir string, check func(auditlog.InclusionProof) error, keyText
 		if err != nil {
 			return fmt.Errorf("verify-proof: %w: it was altered, or is another exchange's", err)
 		}
+		bodies[i], reports[i] = body, r
 		if r.Check == "matches" {
 			fmt.Fprintf(stdout, "  %s: %d bytes, %s matches the event's %s\n", f.name, r.Bytes, transcript.Line(r.Hash), f.member)
 		} else {
@@ -412,6 +430,25 @@ func verifyBundle(dir string, check func(auditlog.InclusionProof) error, keyText
 	}
 	if n == 0 {
 		fmt.Fprintf(stdout, "  no bodies in the bundle: only the event and its place in the log were checked\n")
+	}
+	text, err := os.ReadFile(filepath.Join(dir, transcriptFile))
+	switch {
+	case n == 1 && reports[0] != nil:
+		return fmt.Errorf("verify-proof: the bundle holds %s and not %s: bundle writes both or neither", bundleRequest, bundleResponse)
+	case n == 1:
+		return fmt.Errorf("verify-proof: the bundle holds %s and not %s: bundle writes both or neither", bundleResponse, bundleRequest)
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return fmt.Errorf("verify-proof: %w", err)
+	case n == 0:
+		return fmt.Errorf("verify-proof: the bundle holds %s and no bodies: it is their readable text, and cannot be checked without them", transcriptFile)
+	default:
+		fillBodies(reports[0], reports[1], bodies[0], bodies[1])
+		if string(text) != readableBodies(reports[0], reports[1], bodies[0], bodies[1]) {
+			return fmt.Errorf("verify-proof: %s is not the readable text of %s and %s (as auditproxy %s writes it): it was altered, or written by another version; read the bodies",
+				transcriptFile, bundleRequest, bundleResponse, transcript.Line(buildVersion()))
+		}
+		fmt.Fprintf(stdout, "  %s: the readable text of the bodies\n", transcriptFile)
 	}
 	keys := strings.Fields(keyText)
 	var signers []string

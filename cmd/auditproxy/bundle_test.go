@@ -103,6 +103,15 @@ func TestBundleForAThirdParty(t *testing.T) {
 			lines[1] = "extra " + b64(bytes.Replace(unb64(t, strings.TrimPrefix(lines[1], "extra ")), []byte(`"stream":true`), []byte(`"stream":false`), 1))
 			os.WriteFile(filepath.Join(dir, "event.tlog-proof"), []byte(strings.Join(lines, "\n")), 0o600)
 		}, "verify-proof: "},
+		{"the transcript altered", func(dir string) {
+			os.WriteFile(filepath.Join(dir, "transcript.txt"), []byte("--- answer ---\nI will wire you $1M\n--- end ---\n"), 0o600)
+		}, "verify-proof: transcript.txt is not the readable text of request.body and response.body"},
+		{"a file added", func(dir string) {
+			os.WriteFile(filepath.Join(dir, "answer.txt"), []byte("I will wire you $1M\n"), 0o600)
+		}, "verify-proof: answer.txt is no file of a bundle"},
+		{"a body removed", func(dir string) {
+			os.Remove(filepath.Join(dir, "response.body"))
+		}, "verify-proof: the bundle holds request.body and not response.body"},
 		{"another request's proof", func(dir string) {
 			os.WriteFile(filepath.Join(dir, "event.tlog-proof"), otherProof, 0o600)
 		}, "verify-proof: event.json is not the event event.tlog-proof proves"},
