@@ -270,7 +270,7 @@ func checkBody(name string, body []byte, want audit.Body, cut int64) (*bodyRepor
 		return nil, fmt.Errorf("%s hash %q: %w", name, want.Hash, err)
 	}
 	if got := hashing.Sum(a, body); got != want.Hash {
-		return nil, fmt.Errorf("%s hashes to %s, the event says %s", name, got, want.Hash)
+		return nil, fmt.Errorf("%s hashes to %s, the event says %s", name, got, transcript.Line(want.Hash))
 	}
 	r.Check = "matches"
 	return r, nil

@@ -289,17 +289,33 @@ func TestShowIsTheWholeAnswer(t *testing.T) {
 		payloadOf := regexp.MustCompile(`"payload":\{[^}]*\}`)
 		spliced := payloadOf.ReplaceAllString(lines["chat-stream"], payloadOf.FindString(lines["completion"]))
 		noPayload := strings.Replace(payloadOf.ReplaceAllString(lines["completion"], `"payload":null`), `"request_id":"completion"`, `"request_id":"no-capture"`, 1)
+		// A hash that would set the window title and clear the screen, and
+		// two events of one request whose ids and times would.
+		hostileHash := regexp.MustCompile(`("input":\{"bytes":\d+,"hash":)"sha256:[0-9a-f]+"`).ReplaceAllString(
+			strings.Replace(lines["completion"], `"request_id":"completion"`, `"request_id":"hostile-hash"`, 1), `${1}"sha256:\u001b]0;pwned\u0007\u001b[2J"`)
+		dup := func(id string) string {
+			return `{"v":1,"type":"inference","id":"` + id + `","time":"\u001b[2J","request_id":"twice","model":{"name":"m"}}`
+		}
 		file := filepath.Join(t.TempDir(), "events.ndjson")
-		os.WriteFile(file, []byte(spliced+"\n"+noPayload+"\n"), 0o600)
+		os.WriteFile(file, []byte(spliced+"\n"+noPayload+"\n"+hostileHash+"\n"+dup("a\u001b]0;x\u0007")+"\n"+dup("b\u202e")+"\n"), 0o600)
 		for _, tc := range []struct{ id, want string }{
 			{"chat-stream", "auditproxy: show: the decrypted request hashes to sha256:"},
 			{"no-capture", "auditproxy: show: the event has no captured payload (the sidecar ran without --capture-payloads)\n"},
+			{"hostile-hash", `, the event says sha256:\x1b]0;pwned\x07\x1b[2J: the capture is not of this exchange`},
 		} {
 			var out, errOut bytes.Buffer
 			code := run([]string{"show", "--request-id", tc.id, "--identity", l.idFile, file}, &out, &errOut)
-			if code != 1 || !strings.HasPrefix(errOut.String(), tc.want) || strings.Count(errOut.String(), "\n") != 1 || !strings.Contains(out.String(), "weights checksum: ") {
+			if code != 1 || !strings.HasPrefix(errOut.String(), "auditproxy: show: ") || !strings.Contains(errOut.String(), tc.want) || strings.Count(errOut.String(), "\n") != 1 || !strings.Contains(out.String(), "weights checksum: ") {
 				t.Errorf("show %s: %d, want 1 and %q\n%s%s", tc.id, code, tc.want, out.String(), errOut.String())
 			}
+			if strings.ContainsAny(out.String()+errOut.String(), "\x1b\a\u202e") {
+				t.Errorf("show %s printed a raw control character: %q", tc.id, errOut.String())
+			}
+		}
+		var out, errOut bytes.Buffer
+		if code := run([]string{"show", "--request-id", "twice", file}, &out, &errOut); code != 2 ||
+			!strings.Contains(errOut.String(), `a\x1b]0;x\x07 (\x1b[2J), b\u202e (\x1b[2J)`) || strings.ContainsAny(errOut.String(), "\x1b\a\u202e") {
+			t.Errorf("show of a request id two events have: %d %q", code, errOut.String())
 		}
 	})
 
