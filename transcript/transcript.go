@@ -131,7 +131,10 @@ type choice struct {
 	Choice
 	text, reasoning, refusal strings.Builder
 	calls                    map[int]*ToolCall
-	lastCall                 int
+	// args are the chat calls' argument deltas, by call index, joined at
+	// the end: appended to a string, each delta copied the whole.
+	args     map[int]*strings.Builder
+	lastCall int
 }
 
 // part is a Responses content part, or a Messages content block.
@@ -149,7 +152,7 @@ func NewStream() *Stream {
 func (s *Stream) choice(i int) *choice {
 	c := s.choices[i]
 	if c == nil {
-		c = &choice{Choice: Choice{Index: i}, calls: map[int]*ToolCall{}, lastCall: -1}
+		c = &choice{Choice: Choice{Index: i}, calls: map[int]*ToolCall{}, args: map[int]*strings.Builder{}, lastCall: -1}
 		s.choices[i] = c
 	}
 	return c
@@ -331,7 +334,14 @@ func addMessage(c *choice, m *message) {
 		if tc.Function.Name != "" {
 			call.Name = tc.Function.Name
 		}
-		call.Arguments += tc.Function.Arguments
+		if tc.Function.Arguments != "" {
+			b := c.args[i]
+			if b == nil {
+				b = &strings.Builder{}
+				c.args[i] = b
+			}
+			b.WriteString(tc.Function.Arguments)
+		}
 		c.lastCall = i
 	}
 }
@@ -570,8 +580,12 @@ func finish(m map[int]*choice) []Choice {
 		ch := c.Choice
 		ch.Text, ch.Reasoning, ch.Refusal = c.text.String(), c.reasoning.String(), c.refusal.String()
 		ch.ToolCalls = nil
-		for _, call := range c.calls {
-			ch.ToolCalls = append(ch.ToolCalls, *call)
+		for i, call := range c.calls {
+			tc := *call
+			if b := c.args[i]; b != nil {
+				tc.Arguments += b.String()
+			}
+			ch.ToolCalls = append(ch.ToolCalls, tc)
 		}
 		sort.Slice(ch.ToolCalls, func(i, j int) bool { return ch.ToolCalls[i].Index < ch.ToolCalls[j].Index })
 		out = append(out, ch)

@@ -144,11 +144,11 @@ func runBundle(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("bundle: %w", err)
 		}
-		rq, err := checkBody("the decrypted request", req, ev.Input, ev.Payload.Truncated)
+		rq, err := checkBody("the decrypted request", req, ev.Input, capturedBytes(ev.Payload, ev.Payload.InputBytes, ev.Input))
 		if err != nil {
 			return fmt.Errorf("bundle: %w", err)
 		}
-		rs, err := checkBody("the decrypted response", resp, ev.Output, ev.Payload.Truncated)
+		rs, err := checkBody("the decrypted response", resp, ev.Output, capturedBytes(ev.Payload, ev.Payload.OutputBytes, ev.Output))
 		if err != nil {
 			return fmt.Errorf("bundle: %w", err)
 		}
@@ -300,7 +300,8 @@ func bundleReadmeText(ev *audit.Event, cp auditlog.Checkpoint, bodies *bundleBod
 	p("")
 	p("   It checks that the checkpoint is signed by log.pub's key, that the event is in the log the")
 	p("   checkpoint commits to (the inclusion proof), that event.json is that event, and that")
-	p("   request.body and response.body hash to the hashes the event records. It says what it checked,")
+	p("   request.body and response.body hash to the hashes the event records, that transcript.txt is")
+	p("   their readable text, and that the directory holds no other file. It says what it checked,")
 	p("   and fails with the reason when anything was altered.")
 	p("")
 	p("3. The bodies, by hand, without auditproxy: the event's \"input\" and \"output\" members hold")
@@ -350,11 +351,27 @@ func orUnknown(s string) string {
 
 // verifyBundle checks a bundle directory: its proof (as verify-proof
 // checks any), that event.json is the event proven, and that the bodies
-// hash to the proven event's hashes.
-func verifyBundle(dir string, check func(auditlog.InclusionProof) error, stdout io.Writer) error {
+// hash to the proven event's hashes. keyText is the --pubkey keys, one a
+// line: the one that signed the checkpoint is named, for the reader to
+// compare with the operator's (a log.pub may hold others beside it).
+func verifyBundle(dir string, check func(auditlog.InclusionProof) error, keyText string, stdout io.Writer) error {
 	b, err := os.ReadFile(filepath.Join(dir, bundleProof))
 	if err != nil {
 		return fmt.Errorf("verify-proof: %s is not an evidence bundle (auditproxy bundle): %w", dir, err)
+	}
+	// Only the files bundle writes: anything else would be read as part
+	// of the evidence, unchecked.
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("verify-proof: %w", err)
+	}
+	for _, e := range entries {
+		switch e.Name() {
+		case bundleEvent, bundleProof, bundleKey, bundleRequest, bundleResponse, transcriptFile, bundleReadme:
+		default:
+			return fmt.Errorf("verify-proof: %s is no file of a bundle: a bundle holds %s and nothing else, so none of it is checked",
+				transcript.Line(e.Name()), strings.Join([]string{bundleEvent, bundleProof, bundleKey, bundleRequest, bundleResponse, transcriptFile, bundleReadme}, ", "))
+		}
 	}
 	proof, err := auditlog.UnmarshalTLogProof(b)
 	if err != nil {
@@ -380,12 +397,18 @@ func verifyBundle(dir string, check func(auditlog.InclusionProof) error, stdout 
 	}
 	fmt.Fprintf(stdout, "  request %s at %s, model %s, weights %s\n", transcript.Line(ev.RequestID),
 		time.Time(ev.Time).UTC().Format(time.RFC3339Nano), transcript.Line(ev.Model.Name), transcript.Line(orUnknown(ev.Model.Checksum)))
-	truncated := ev.Payload != nil && ev.Payload.Truncated
+	var inCaptured, outCaptured int64
+	if ev.Payload != nil {
+		inCaptured, outCaptured = ev.Payload.InputBytes, ev.Payload.OutputBytes
+	}
 	n := 0
-	for _, f := range []struct {
+	var bodies [2][]byte
+	var reports [2]*bodyReport
+	for i, f := range []struct {
 		name, member string
 		want         audit.Body
-	}{{bundleRequest, "input.hash", ev.Input}, {bundleResponse, "output.hash", ev.Output}} {
+		captured     int64
+	}{{bundleRequest, "input.hash", ev.Input, inCaptured}, {bundleResponse, "output.hash", ev.Output, outCaptured}} {
 		body, err := os.ReadFile(filepath.Join(dir, f.name))
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -394,10 +417,11 @@ func verifyBundle(dir string, check func(auditlog.InclusionProof) error, stdout 
 			return fmt.Errorf("verify-proof: %w", err)
 		}
 		n++
-		r, err := checkBody(f.name, body, f.want, truncated)
+		r, err := checkBody(f.name, body, f.want, capturedBytes(ev.Payload, f.captured, f.want))
 		if err != nil {
 			return fmt.Errorf("verify-proof: %w: it was altered, or is another exchange's", err)
 		}
+		bodies[i], reports[i] = body, r
 		if r.Check == "matches" {
 			fmt.Fprintf(stdout, "  %s: %d bytes, %s matches the event's %s\n", f.name, r.Bytes, transcript.Line(r.Hash), f.member)
 		} else {
@@ -407,6 +431,45 @@ func verifyBundle(dir string, check func(auditlog.InclusionProof) error, stdout 
 	if n == 0 {
 		fmt.Fprintf(stdout, "  no bodies in the bundle: only the event and its place in the log were checked\n")
 	}
-	fmt.Fprintf(stdout, "  compare %s's key with the one the operator publishes: the proof is only as good as the key\n", bundleKey)
+	text, err := os.ReadFile(filepath.Join(dir, transcriptFile))
+	switch {
+	case n == 1 && reports[0] != nil:
+		return fmt.Errorf("verify-proof: the bundle holds %s and not %s: bundle writes both or neither", bundleRequest, bundleResponse)
+	case n == 1:
+		return fmt.Errorf("verify-proof: the bundle holds %s and not %s: bundle writes both or neither", bundleResponse, bundleRequest)
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return fmt.Errorf("verify-proof: %w", err)
+	case n == 0:
+		return fmt.Errorf("verify-proof: the bundle holds %s and no bodies: it is their readable text, and cannot be checked without them", transcriptFile)
+	default:
+		fillBodies(reports[0], reports[1], bodies[0], bodies[1])
+		if string(text) != readableBodies(reports[0], reports[1], bodies[0], bodies[1]) {
+			return fmt.Errorf("verify-proof: %s is not the readable text of %s and %s (as auditproxy %s writes it): it was altered, or written by another version; read the bodies",
+				transcriptFile, bundleRequest, bundleResponse, transcript.Line(buildVersion()))
+		}
+		fmt.Fprintf(stdout, "  %s: the readable text of the bodies\n", transcriptFile)
+	}
+	keys := strings.Fields(keyText)
+	var signers []string
+	for _, k := range keys {
+		v, err := note.NewVerifier(k)
+		if err == nil && signedBy(proof.Checkpoint, v) {
+			signers = append(signers, k)
+		}
+	}
+	for _, k := range signers {
+		fmt.Fprintf(stdout, "  checkpoint signed by %s\n", transcript.Line(k))
+	}
+	if len(keys) > len(signers) {
+		fmt.Fprintf(stdout, "  --pubkey holds %d keys: only the one named above signed\n", len(keys))
+	}
+	fmt.Fprintf(stdout, "  compare the key that signed with the one the operator publishes: the proof is only as good as the key\n")
 	return nil
+}
+
+// signedBy reports whether the signed note msg carries v's signature.
+func signedBy(msg string, v note.Verifier) bool {
+	_, err := note.Open([]byte(msg), note.VerifierList(v))
+	return err == nil
 }

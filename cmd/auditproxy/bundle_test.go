@@ -103,6 +103,15 @@ func TestBundleForAThirdParty(t *testing.T) {
 			lines[1] = "extra " + b64(bytes.Replace(unb64(t, strings.TrimPrefix(lines[1], "extra ")), []byte(`"stream":true`), []byte(`"stream":false`), 1))
 			os.WriteFile(filepath.Join(dir, "event.tlog-proof"), []byte(strings.Join(lines, "\n")), 0o600)
 		}, "verify-proof: "},
+		{"the transcript altered", func(dir string) {
+			os.WriteFile(filepath.Join(dir, "transcript.txt"), []byte("--- answer ---\nI will wire you $1M\n--- end ---\n"), 0o600)
+		}, "verify-proof: transcript.txt is not the readable text of request.body and response.body"},
+		{"a file added", func(dir string) {
+			os.WriteFile(filepath.Join(dir, "answer.txt"), []byte("I will wire you $1M\n"), 0o600)
+		}, "verify-proof: answer.txt is no file of a bundle"},
+		{"a body removed", func(dir string) {
+			os.Remove(filepath.Join(dir, "response.body"))
+		}, "verify-proof: the bundle holds request.body and not response.body"},
 		{"another request's proof", func(dir string) {
 			os.WriteFile(filepath.Join(dir, "event.tlog-proof"), otherProof, 0o600)
 		}, "verify-proof: event.json is not the event event.tlog-proof proves"},
@@ -117,6 +126,31 @@ func TestBundleForAThirdParty(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("a forged log's bundle, its key beside the genuine one", func(t *testing.T) {
+		// Anyone can run a sidecar with a key of their own, and make a log
+		// that says what they like: its bundle verifies with its own key.
+		// Put beside the genuine key in log.pub, a reader who compares
+		// log.pub with the published key finds it there; verify-proof must
+		// name the key that signed, and that is not the genuine one.
+		forged := newCaptureLog(t)
+		dir := filepath.Join(t.TempDir(), "forged")
+		var out, errOut bytes.Buffer
+		if code := run([]string{"bundle", "--request-id", "chat-stream", "--pubkey", forged.pub, "--identity", forged.idFile, "--out", dir, forged.spool}, &out, &errOut); code != 0 {
+			t.Fatalf("bundle of the forged log: %d %s", code, errOut.String())
+		}
+		forgedKey, _ := os.ReadFile(forged.pub)
+		os.WriteFile(filepath.Join(dir, "log.pub"), []byte(strings.TrimSpace(string(pub))+"\n"+strings.TrimSpace(string(forgedKey))+"\n"), 0o644)
+		out2, errOut2, code := verify(t, dir)
+		if code != 0 || !strings.Contains(out2, "  checkpoint signed by "+strings.TrimSpace(string(forgedKey))+"\n") ||
+			strings.Contains(out2, strings.TrimSpace(string(pub))) || !strings.Contains(out2, "--pubkey holds 2 keys: only the one named above signed") {
+			t.Errorf("verify-proof does not name the key that signed:\n%d %s%s", code, out2, errOut2)
+		}
+		out2, _, _ = verify(t, full)
+		if !strings.Contains(out2, "  checkpoint signed by "+strings.TrimSpace(string(pub))+"\n") || strings.Contains(out2, "only the one named above") {
+			t.Errorf("verify-proof of the genuine bundle does not name its key:\n%s", out2)
+		}
+	})
 
 	t.Run("without an identity", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "no-bodies")

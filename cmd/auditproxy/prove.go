@@ -13,6 +13,7 @@ import (
 	"github.com/auditproxy/auditproxy/auditlog"
 	"github.com/auditproxy/auditproxy/eventsrc"
 	"github.com/auditproxy/auditproxy/query"
+	"github.com/auditproxy/auditproxy/transcript"
 )
 
 // runProve prints an inclusion proof for the events of one request, or a
@@ -198,7 +199,7 @@ func runVerifyProof(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("verify-proof: %w", err)
 		}
-		fmt.Fprintf(stdout, "verified: event %d of log %s is in the %d events its signed checkpoint commits to", proof.LeafIndex, cp.Origin, cp.Size)
+		fmt.Fprintf(stdout, "verified: event %d of log %s is in the %d events its signed checkpoint commits to", proof.LeafIndex, transcript.Line(cp.Origin), cp.Size)
 		if len(cosigners) > 0 {
 			fmt.Fprintf(stdout, ", cosigned by %s", strings.Join(cosigners, ", "))
 		}
@@ -209,7 +210,11 @@ func runVerifyProof(args []string, stdout, stderr io.Writer) error {
 		// A directory is an evidence bundle (auditproxy bundle): its proof,
 		// and its event and bodies against the proven event.
 		if fi, err := os.Stat(paths[0]); err == nil && fi.IsDir() {
-			return verifyBundle(paths[0], inclusion, stdout)
+			keyText, err := verifierKeyText(pubkeys)
+			if err != nil {
+				return fmt.Errorf("verify-proof: %w", err)
+			}
+			return verifyBundle(paths[0], inclusion, keyText, stdout)
 		}
 	}
 	var in io.Reader = os.Stdin
@@ -252,7 +257,7 @@ func runVerifyProof(args []string, stdout, stderr io.Writer) error {
 				return fmt.Errorf("verify-proof: %w", err)
 			}
 			fmt.Fprintf(stdout, "verified: log %s at size %d extends its checkpoint at size %d (consistency proof of %d hashes)\n",
-				to.Origin, to.Size, from.Size, len(proof.Proof))
+				transcript.Line(to.Origin), to.Size, from.Size, len(proof.Proof))
 			n++
 			continue
 		}

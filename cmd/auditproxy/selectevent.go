@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/auditproxy/auditproxy/query"
+	"github.com/auditproxy/auditproxy/transcript"
 )
 
 // checkSelected returns an error unless sel selected exactly one event: none
@@ -20,7 +21,7 @@ func checkSelected(cmd string, sel *query.Selector) error {
 	}
 	list := make([]string, len(m))
 	for i, e := range m {
-		list[i] = e.ID + " (" + e.Time + ")"
+		list[i] = transcript.Line(e.ID) + " (" + transcript.Line(e.Time) + ")"
 	}
 	return usageError{fmt.Sprintf("%s: %d events have %s (a client sent it more than once): %s; give --event-id to choose one",
 		cmd, len(m), sel.Describe(), strings.Join(list, ", "))}

@@ -166,9 +166,9 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 		bodyErr = errors.New("the event has no captured payload (the sidecar ran without --capture-payloads)")
 	default:
 		if req, resp, bodyErr = payload.Open(ev.Payload.Age, ids); bodyErr == nil {
-			rep.Request, bodyErr = checkBody("the decrypted request", req, ev.Input, ev.Payload.Truncated)
+			rep.Request, bodyErr = checkBody("the decrypted request", req, ev.Input, capturedBytes(ev.Payload, ev.Payload.InputBytes, ev.Input))
 			if bodyErr == nil {
-				rep.Response, bodyErr = checkBody("the decrypted response", resp, ev.Output, ev.Payload.Truncated)
+				rep.Response, bodyErr = checkBody("the decrypted response", resp, ev.Output, capturedBytes(ev.Payload, ev.Payload.OutputBytes, ev.Output))
 			}
 			if bodyErr != nil {
 				bodyErr = fmt.Errorf("%w: the capture is not of this exchange", bodyErr)
@@ -252,10 +252,15 @@ type bodyReport struct {
 
 // checkBody checks a body against the event's hash of it; name says which
 // body in an error. A capture cut at its limit cannot be checked: the hash
-// covers the whole body.
-func checkBody(name string, body []byte, want audit.Body, truncated bool) (*bodyReport, error) {
+// covers the whole body. cut is how many bytes of the body a truncated
+// capture holds (the payload's input_bytes or output_bytes), or -1 where
+// it holds the whole body (capturedBytes): a cut body must be that long.
+func checkBody(name string, body []byte, want audit.Body, cut int64) (*bodyReport, error) {
 	r := &bodyReport{Bytes: len(body), Hash: want.Hash}
-	if truncated && int64(len(body)) < want.Bytes {
+	if cut >= 0 {
+		if int64(len(body)) != cut {
+			return nil, fmt.Errorf("%s is %d bytes, and the event says %d of its %d bytes were captured (truncated)", name, len(body), cut, want.Bytes)
+		}
 		r.Check = fmt.Sprintf("%d of %d bytes captured (truncated); the hash covers all of them and cannot be checked", len(body), want.Bytes)
 		return r, nil
 	}
@@ -265,10 +270,21 @@ func checkBody(name string, body []byte, want audit.Body, truncated bool) (*body
 		return nil, fmt.Errorf("%s hash %q: %w", name, want.Hash, err)
 	}
 	if got := hashing.Sum(a, body); got != want.Hash {
-		return nil, fmt.Errorf("%s hashes to %s, the event says %s", name, got, want.Hash)
+		return nil, fmt.Errorf("%s hashes to %s, the event says %s", name, got, transcript.Line(want.Hash))
 	}
 	r.Check = "matches"
 	return r, nil
+}
+
+// capturedBytes is checkBody's cut for a body of p: the bytes captured
+// where the capture is truncated and holds less than the body (want), else
+// -1. A body captured whole in a truncated capture (the other was cut) is
+// checked against its hash.
+func capturedBytes(p *audit.Payload, captured int64, want audit.Body) int64 {
+	if p == nil || !p.Truncated || captured >= want.Bytes {
+		return -1
+	}
+	return captured
 }
 
 // fillBodies puts the bodies' content and the re-assembled answer in
@@ -295,7 +311,10 @@ func fillBodies(rq, rs *bodyReport, req, resp []byte) {
 // transcriptFile is the readable text --out-dir and bundle write.
 const transcriptFile = "transcript.txt"
 
-// writeBodies writes the exact bodies and their readable text to dir.
+// writeBodies writes the exact bodies and their readable text to dir. Each
+// is a new 0600 file renamed into place: a file already there by that name
+// is replaced, never written into (it would keep its mode, 0644 say), and
+// a symlink is replaced, not followed.
 func writeBodies(dir string, req, resp []byte, readable string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -304,11 +323,31 @@ func writeBodies(dir string, req, resp []byte, readable string) error {
 		name string
 		b    []byte
 	}{{"request.body", req}, {"response.body", resp}, {transcriptFile, []byte(readable)}} {
-		if err := os.WriteFile(filepath.Join(dir, f.name), f.b, 0o600); err != nil {
+		if err := writeNewFile(filepath.Join(dir, f.name), f.b); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// writeNewFile writes b to a new file (0600, os.CreateTemp's mode) beside
+// name and renames it to name.
+func writeNewFile(name string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), name)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
 }
 
 // printShow prints what show found, every value that came from a client,

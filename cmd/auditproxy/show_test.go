@@ -251,6 +251,30 @@ func TestShowIsTheWholeAnswer(t *testing.T) {
 		}
 	})
 
+	t.Run("out-dir over files there", func(t *testing.T) {
+		// Bodies written again into a directory that holds a world-readable
+		// file and a symlink by those names: the decrypted bodies are new
+		// 0600 files, and the symlink's target is left alone.
+		dir := t.TempDir()
+		victim := filepath.Join(t.TempDir(), "victim")
+		os.WriteFile(victim, []byte("precious"), 0o644)
+		os.WriteFile(filepath.Join(dir, "request.body"), nil, 0o644)
+		os.Symlink(victim, filepath.Join(dir, "response.body"))
+		out, errOut, code := show(t, "chat-stream", "--identity", l.idFile, "--out-dir", dir)
+		if code != 0 {
+			t.Fatalf("show --out-dir: %d\n%s%s", code, out, errOut)
+		}
+		if b, _ := os.ReadFile(victim); string(b) != "precious" {
+			t.Errorf("show --out-dir wrote through the symlink response.body: the file it points at now holds %.40q", b)
+		}
+		for _, name := range []string{"request.body", "response.body", "transcript.txt"} {
+			fi, err := os.Lstat(filepath.Join(dir, name))
+			if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o600 {
+				t.Errorf("%s: %v %v, want a regular file, 0600", name, fi.Mode(), err)
+			}
+		}
+	})
+
 	t.Run("a capture that is not of the exchange, an event without one", func(t *testing.T) {
 		// Another event's capture spliced into this one's line: its bodies
 		// decrypt, and do not hash to this event's digests.
@@ -265,17 +289,33 @@ func TestShowIsTheWholeAnswer(t *testing.T) {
 		payloadOf := regexp.MustCompile(`"payload":\{[^}]*\}`)
 		spliced := payloadOf.ReplaceAllString(lines["chat-stream"], payloadOf.FindString(lines["completion"]))
 		noPayload := strings.Replace(payloadOf.ReplaceAllString(lines["completion"], `"payload":null`), `"request_id":"completion"`, `"request_id":"no-capture"`, 1)
+		// A hash that would set the window title and clear the screen, and
+		// two events of one request whose ids and times would.
+		hostileHash := regexp.MustCompile(`("input":\{"bytes":\d+,"hash":)"sha256:[0-9a-f]+"`).ReplaceAllString(
+			strings.Replace(lines["completion"], `"request_id":"completion"`, `"request_id":"hostile-hash"`, 1), `${1}"sha256:\u001b]0;pwned\u0007\u001b[2J"`)
+		dup := func(id string) string {
+			return `{"v":1,"type":"inference","id":"` + id + `","time":"\u001b[2J","request_id":"twice","model":{"name":"m"}}`
+		}
 		file := filepath.Join(t.TempDir(), "events.ndjson")
-		os.WriteFile(file, []byte(spliced+"\n"+noPayload+"\n"), 0o600)
+		os.WriteFile(file, []byte(spliced+"\n"+noPayload+"\n"+hostileHash+"\n"+dup("a\u001b]0;x\u0007")+"\n"+dup("b\u202e")+"\n"), 0o600)
 		for _, tc := range []struct{ id, want string }{
 			{"chat-stream", "auditproxy: show: the decrypted request hashes to sha256:"},
 			{"no-capture", "auditproxy: show: the event has no captured payload (the sidecar ran without --capture-payloads)\n"},
+			{"hostile-hash", `, the event says sha256:\x1b]0;pwned\x07\x1b[2J: the capture is not of this exchange`},
 		} {
 			var out, errOut bytes.Buffer
 			code := run([]string{"show", "--request-id", tc.id, "--identity", l.idFile, file}, &out, &errOut)
-			if code != 1 || !strings.HasPrefix(errOut.String(), tc.want) || strings.Count(errOut.String(), "\n") != 1 || !strings.Contains(out.String(), "weights checksum: ") {
+			if code != 1 || !strings.HasPrefix(errOut.String(), "auditproxy: show: ") || !strings.Contains(errOut.String(), tc.want) || strings.Count(errOut.String(), "\n") != 1 || !strings.Contains(out.String(), "weights checksum: ") {
 				t.Errorf("show %s: %d, want 1 and %q\n%s%s", tc.id, code, tc.want, out.String(), errOut.String())
 			}
+			if strings.ContainsAny(out.String()+errOut.String(), "\x1b\a\u202e") {
+				t.Errorf("show %s printed a raw control character: %q", tc.id, errOut.String())
+			}
+		}
+		var out, errOut bytes.Buffer
+		if code := run([]string{"show", "--request-id", "twice", file}, &out, &errOut); code != 2 ||
+			!strings.Contains(errOut.String(), `a\x1b]0;x\x07 (\x1b[2J), b\u202e (\x1b[2J)`) || strings.ContainsAny(errOut.String(), "\x1b\a\u202e") {
+			t.Errorf("show of a request id two events have: %d %q", code, errOut.String())
 		}
 	})
 
@@ -415,5 +455,21 @@ func TestTruncatedCaptureIsSaid(t *testing.T) {
 		!regexp.MustCompile(`\n  response.body: 300 of \d+ bytes captured \(truncated\); the hash covers all of them and cannot be checked\n`).MatchString(out.String()) ||
 		!regexp.MustCompile(`NOTE: response.body: 300 of \d+ bytes captured \(truncated\)`).Match(readme) {
 		t.Errorf("verify-proof of a truncated bundle: %d\n%s%s\n%s", code, out.String(), errOut.String(), readme)
+	}
+	// The request was captured whole (only the response was cut): it is
+	// checked against its hash, however short a substitute; the response
+	// must be the bytes the event says were captured.
+	for _, tc := range []struct{ file, body, want string }{
+		{"request.body", `{"model":"x","messages":[{"role":"user","content":"forged"}]}`, "verify-proof: request.body hashes to sha256:"},
+		{"response.body", `data: {"choices":[{"index":0,"delta":{"content":"forged"}}]}` + "\n\n", "verify-proof: response.body is 62 bytes, and the event says 300 of its "},
+	} {
+		copyDir := filepath.Join(t.TempDir(), "copy")
+		testutil.CopyDir(t, dir, copyDir)
+		os.WriteFile(filepath.Join(copyDir, tc.file), []byte(tc.body), 0o600)
+		out.Reset()
+		errOut.Reset()
+		if code := run([]string{"verify-proof", "--pubkey", l.pub, copyDir}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), tc.want) {
+			t.Errorf("verify-proof of a truncated bundle with another %s: %d, want 1 and %q\n%s%s", tc.file, code, tc.want, out.String(), errOut.String())
+		}
 	}
 }
