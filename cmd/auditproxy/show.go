@@ -431,6 +431,7 @@ func printShow(w io.Writer, ev *audit.Event, rep *showReport) {
 		}
 		p("%s", line)
 		p("    record %s, annotation event %s at %s", L(a.RecordID), L(a.ID), a.Time)
+		p("    as recorded: show does not check its signatures; verify --allowed-signers does")
 		if a.Outcome != "" {
 			p("    outcome recorded before the request: %s", L(a.Outcome))
 		}

@@ -397,7 +397,7 @@ func TestShowSaysWhatWasInEffect(t *testing.T) {
 			ops("upstream_version", 40, "h1/A", `{"after":"0.12.0","before":"0.11.0"}`),
 		}, []string{
 			"rollout in effect: model_changed at 2026-12-01T10:03:00Z (event ops-model_changed-3, log h1/A): weights blake3:aa, before them blake3:bb, dir /models/m\n",
-			"change record in effect: model_rollout of m by sarah, approved by marcus, ticket OPS-1\n    record rec-1, annotation event ops-annotation-6 at 2026-12-01T10:06:00Z\n    outcome recorded before the request: rolled_back\n",
+			"change record in effect: model_rollout of m by sarah, approved by marcus, ticket OPS-1\n    record rec-1, annotation event ops-annotation-6 at 2026-12-01T10:06:00Z\n    as recorded: show does not check its signatures; verify --allowed-signers does\n    outcome recorded before the request: rolled_back\n",
 			"gpu: " + digest + "\n  driver 550.54.15, CUDA 12.4, 1 GPU(s) (gpu_identity at 2026-12-01T10:01:00Z, event ops-gpu_identity-1)\n    0: NVIDIA H100 80GB HBM3 GPU-1234, serial 1650, 00000000:17:00.0, MIG disabled\n",
 			"vLLM version: 0.11.0 (upstream_version at 2026-12-01T10:05:00Z, event ops-upstream_version-5, log h1/A)\n",
 		}},
@@ -412,6 +412,11 @@ func TestShowSaysWhatWasInEffect(t *testing.T) {
 			"(gpu_changed at 2026-12-01T10:45:00Z, event ops-gpu_changed-45)",
 			"NOTE: recorded in another log, or after the event, than the event's",
 		}},
+		{"another sidecar's rollout and change record", []string{
+			strings.Replace(ops("model_changed", 1, "h2/B", `{"model":"m","dir":"/models/m","after":"blake3:aa","files":2}`), `"host":"h1"`, `"host":"h2"`, 1),
+			strings.Replace(ops("annotation", 6, "h2/B", record("rec-9", "m", "", "")), `"host":"h1"`, `"host":"h2"`, 1),
+			inference(""),
+		}, []string{"rollout in effect: none recorded in the logs read", "change record in effect: none recorded in the logs read"}},
 		{"an altered GPU identity", []string{
 			ops("gpu_identity", 1, "h1/A", `{"digest":"`+digest+`","identity":`+strings.Replace(string(idJSON), "GPU-1234", "GPU-9999", 1)+`}`),
 			inference(digest),

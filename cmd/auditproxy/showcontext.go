@@ -121,6 +121,9 @@ type annotationInEffect struct {
 	// Outcome is the outcome a later record gave it (applied, failed,
 	// rolled_back) before the inference; "" when none was recorded.
 	Outcome string `json:"outcome,omitempty"`
+	// SignaturesChecked is false: show reports the record as the log has
+	// it; verify --allowed-signers checks who signed it.
+	SignaturesChecked bool `json:"signatures_checked"`
 }
 
 // gpuInEffect is what the event's gpu digest stands for.
@@ -162,6 +165,11 @@ func resolve(ev *audit.Event, evs []*opsEvent) inEffect {
 	for _, o := range evs {
 		if time.Time(o.Time).After(at) {
 			break
+		}
+		if o.Type != audit.TypeUpstreamVersion && o.origin() != origin && o.Source.Host != ev.Source.Host {
+			// Another sidecar's rollout or change record is about
+			// another deployment, whatever model it names.
+			continue
 		}
 		switch o.Type {
 		case audit.TypeModelChanged, audit.TypeModelLoaded:
