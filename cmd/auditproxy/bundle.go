@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"filippo.io/age"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/auditproxy/auditproxy/audit"
@@ -82,17 +81,9 @@ func runBundle(args []string, stdout, stderr io.Writer) error {
 	if err := checkEmptyDir(*out); err != nil {
 		return usageError{"bundle: " + err.Error()}
 	}
-	var ids []age.Identity
-	if *identity != "" {
-		f, err := os.Open(*identity)
-		if err != nil {
-			return fmt.Errorf("bundle: %w", err)
-		}
-		ids, err = payload.ParseIdentities(f)
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("bundle: %s: %w", *identity, err)
-		}
+	ids, err := loadIdentities(*identity)
+	if err != nil {
+		return fmt.Errorf("bundle: %w", err)
 	}
 
 	pr := auditlog.NewProver()

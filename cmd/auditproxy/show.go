@@ -57,17 +57,9 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 	case (*raw || *outDir != "") && *identity == "":
 		return usageError{"show: --raw and --out-dir need --identity, the age identity that decrypts the captured bodies"}
 	}
-	var ids []age.Identity
-	if *identity != "" {
-		idFile, err := os.Open(*identity)
-		if err != nil {
-			return fmt.Errorf("show: %w", err)
-		}
-		ids, err = payload.ParseIdentities(idFile)
-		idFile.Close()
-		if err != nil {
-			return fmt.Errorf("show: %s: %w", *identity, err)
-		}
+	ids, err := loadIdentities(*identity)
+	if err != nil {
+		return fmt.Errorf("show: %w", err)
 	}
 	keys := []string(pubkeys)
 	verifiers, err := loadVerifiers(keys)
@@ -209,6 +201,24 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 		io.WriteString(stdout, readableBodies(rep.Request, rep.Response, req, resp))
 	}
 	return nil
+}
+
+// loadIdentities reads the age identities of an --identity file; none
+// for no file.
+func loadIdentities(name string) ([]age.Identity, error) {
+	if name == "" {
+		return nil, nil
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	ids, err := payload.ParseIdentities(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return ids, nil
 }
 
 // showReaders is how many files show reads at once: one per core, each
