@@ -16,7 +16,6 @@ import (
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/auditlog"
-	"github.com/auditproxy/auditproxy/eventsrc"
 	"github.com/auditproxy/auditproxy/hashing"
 	"github.com/auditproxy/auditproxy/payload"
 	"github.com/auditproxy/auditproxy/query"
@@ -94,18 +93,9 @@ func runBundle(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	sel := query.NewSelector(*requestID, *eventID)
-	for _, path := range paths {
-		err := eventsrc.Read(path, func(ev []byte) { _ = pr.Add(ev, sel.Match(ev)) })
-		if err := warnDamaged(stderr, err); err != nil {
-			return fmt.Errorf("bundle: %w", err)
-		}
-	}
-	if err := checkSelected("bundle", sel); err != nil {
-		return err
-	}
-	proofs, err := pr.Prove()
+	proofs, err := proveSelected("bundle", pr, sel, paths, stderr)
 	if err != nil {
-		return fmt.Errorf("bundle: %w", err)
+		return err
 	}
 	if len(proofs) != 1 {
 		return usageError{fmt.Sprintf("bundle: %d events match, and a bundle holds one: choose it with --event-id", len(proofs))}

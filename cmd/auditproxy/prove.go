@@ -56,25 +56,9 @@ func runProve(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	sel := query.NewSelector(*requestID, *eventID)
-	var readErr error
-	for _, path := range paths {
-		err := eventsrc.Read(path, func(ev []byte) {
-			// verify reports unreadable events; prove only needs the
-			// readable ones.
-			if err := pr.Add(ev, sel.Match(ev)); err != nil && readErr == nil {
-				readErr = err
-			}
-		})
-		if err := warnDamaged(stderr, err); err != nil {
-			return fmt.Errorf("prove: %w", err)
-		}
-	}
-	if err := checkSelected("prove", sel); err != nil {
-		return err
-	}
-	proofs, err := pr.Prove()
+	proofs, err := proveSelected("prove", pr, sel, paths, stderr)
 	if err != nil {
-		return fmt.Errorf("prove: %w", err)
+		return err
 	}
 	if *format == "tlog-proof" {
 		if len(proofs) != 1 {

@@ -2,8 +2,11 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"strings"
 
+	"github.com/auditproxy/auditproxy/auditlog"
+	"github.com/auditproxy/auditproxy/eventsrc"
 	"github.com/auditproxy/auditproxy/query"
 	"github.com/auditproxy/auditproxy/transcript"
 )
@@ -25,4 +28,25 @@ func checkSelected(cmd string, sel *query.Selector) error {
 	}
 	return usageError{fmt.Sprintf("%s: %d events have %s (a client sent it more than once): %s; give --event-id to choose one",
 		cmd, len(m), sel.Describe(), strings.Join(list, ", "))}
+}
+
+// proveSelected reads the events of paths into pr, the ones sel selects
+// marked, and proves those: for a command (cmd) that needs exactly what sel
+// names. verify reports unreadable events; a proof needs only the
+// readable ones, so pr.Add's errors are not the command's.
+func proveSelected(cmd string, pr *auditlog.Prover, sel *query.Selector, paths []string, stderr io.Writer) ([]auditlog.InclusionProof, error) {
+	for _, path := range paths {
+		err := eventsrc.Read(path, func(ev []byte) { _ = pr.Add(ev, sel.Match(ev)) })
+		if err := warnDamaged(stderr, err); err != nil {
+			return nil, fmt.Errorf("%s: %w", cmd, err)
+		}
+	}
+	if err := checkSelected(cmd, sel); err != nil {
+		return nil, err
+	}
+	proofs, err := pr.Prove()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cmd, err)
+	}
+	return proofs, nil
 }
