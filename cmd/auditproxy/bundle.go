@@ -38,7 +38,7 @@ const (
 //
 //	event.json        the event, exactly as the log holds it (one line)
 //	event.tlog-proof  its inclusion proof and signed checkpoint (C2SP tlog-proof), self-contained
-//	log.pub           the log's verifier key(s) given with --pubkey (public keys only)
+//	log.pub           the verifier key(s) given with --pubkey that signed the checkpoint
 //	request.body      with --identity: the decrypted bodies, the exact bytes the event's hashes cover,
 //	response.body
 //	transcript.txt    and their readable text (the request indented, the answer re-assembled)
@@ -105,6 +105,16 @@ func runBundle(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("bundle: the proof does not check with the --pubkey given: %w", err)
 	}
+	// log.pub holds the keys that signed the checkpoint, no other: a
+	// reader who finds the operator's key in it must be able to take it
+	// that this key signed.
+	var signing strings.Builder
+	for k := range strings.FieldsSeq(keyText) {
+		if v, err := note.NewVerifier(k); err == nil && signedBy(proof.Checkpoint, v) {
+			signing.WriteString(k + "\n")
+		}
+	}
+	keyText = signing.String()
 	var ev audit.Event
 	if err := json.Unmarshal(proof.Event, &ev); err != nil {
 		return fmt.Errorf("bundle: the event is not readable: %w", err)

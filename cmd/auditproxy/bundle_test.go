@@ -152,6 +152,17 @@ func TestBundleForAThirdParty(t *testing.T) {
 		}
 	})
 
+	t.Run("log.pub holds the key that signed, no other given", func(t *testing.T) {
+		other := newCaptureLog(t) // another log's key, given too
+		dir := filepath.Join(t.TempDir(), "two-keys")
+		if _, errOut, code := bundle(t, "--request-id", "chat-stream", "--pubkey", other.pub, "--pubkey", l.pub, "--out", dir); code != 0 {
+			t.Fatalf("bundle: %d %s", code, errOut)
+		}
+		if got, _ := os.ReadFile(filepath.Join(dir, "log.pub")); strings.TrimSpace(string(got)) != strings.TrimSpace(string(pub)) {
+			t.Errorf("log.pub:\n%s\nwant only the signing key:\n%s", got, pub)
+		}
+	})
+
 	t.Run("without an identity", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "no-bodies")
 		out, errOut, code := bundle(t, "--request-id", "chat-stream", "--pubkey", l.pub, "--out", dir)
