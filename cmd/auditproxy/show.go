@@ -19,6 +19,7 @@ import (
 
 	"github.com/auditproxy/auditproxy/audit"
 	"github.com/auditproxy/auditproxy/auditlog"
+	"github.com/auditproxy/auditproxy/change"
 	"github.com/auditproxy/auditproxy/eventsrc"
 	"github.com/auditproxy/auditproxy/hashing"
 	"github.com/auditproxy/auditproxy/payload"
@@ -45,6 +46,7 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 	outDir := fs.String("out-dir", "", "write the bodies to this `directory` instead of printing them: request.body and response.body (the exact bytes the event's hashes cover) and transcript.txt (readable text)")
 	raw := fs.Bool("raw", false, "print the bodies' exact bytes (a stream as its frames) instead of readable text; written to a terminal they are escaped, so redirect to a file (or use --out-dir) for the bytes")
 	asJSON := fs.Bool("json", false, "print the whole answer as one JSON object (for tools): the event, what was in effect, the checks, the bodies and the re-assembled answer")
+	allowedSigners := fs.String("allowed-signers", "", "OpenSSH allowed-signers `file`: check the signatures of the change record in effect (as verify --allowed-signers does)")
 	paths, err := parseFlagsAndArgs(fs, args)
 	if err != nil {
 		return err
@@ -56,6 +58,12 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 		return usageError{"show: --raw and --json are two ways to print the bodies: give one"}
 	case (*raw || *outDir != "") && *identity == "":
 		return usageError{"show: --raw and --out-dir need --identity, the age identity that decrypts the captured bodies"}
+	}
+	var allowed *change.AllowedSigners
+	if *allowedSigners != "" {
+		if allowed, err = loadAllowedSigners(*allowedSigners); err != nil {
+			return usageError{"show: " + err.Error()}
+		}
 	}
 	ids, err := loadIdentities(*identity)
 	if err != nil {
@@ -128,6 +136,12 @@ func runShow(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("show: the event is not readable: %w", err)
 	}
 	rep := showReport{Event: found[0], InEffect: resolve(&ev, ops.sorted())}
+	if a := rep.InEffect.Annotation; a != nil && allowed != nil {
+		a.SignaturesChecked = true
+		if _, err := change.CheckSigned(a.details, allowed, change.Policy{}, time.Time(a.at)); err != nil {
+			a.SignatureProblem = err.Error()
+		}
+	}
 	if ev.Log != nil {
 		rep.NotCommitted = commit.Pending(ev.Log.Origin, ev.Log.Seq)
 	}
@@ -441,7 +455,14 @@ func printShow(w io.Writer, ev *audit.Event, rep *showReport) {
 		}
 		p("%s", line)
 		p("    record %s, annotation event %s at %s", L(a.RecordID), L(a.ID), a.Time)
-		p("    as recorded: show does not check its signatures; verify --allowed-signers does")
+		switch {
+		case !a.SignaturesChecked:
+			p("    as recorded: its signatures are not checked without --allowed-signers")
+		case a.SignatureProblem != "":
+			p("    SIGNATURES DO NOT VERIFY with --allowed-signers: %s", L(a.SignatureProblem))
+		default:
+			p("    signatures checked with --allowed-signers: signed by whom it names")
+		}
 		if a.Outcome != "" {
 			p("    outcome recorded before the request: %s", L(a.Outcome))
 		}

@@ -33,6 +33,9 @@ type captureLog struct {
 	spool, pub, idFile, strangerFile string
 	checksum                         string // the model's weights checksum
 	signed                           bool   // a signed change record is in the log
+	// allowed is the allowed-signers file the sidecar checked the record
+	// with; relabelled lists the actor's key under another identity.
+	allowed, relabelled string
 }
 
 // captureRequests are the requests newCaptureLog sends, by request id.
@@ -72,9 +75,10 @@ func newCaptureLog(t *testing.T, serveArgs ...string) captureLog {
 	var sarah, marcus testutil.SSHKey
 	if l.signed = sshErr == nil; l.signed {
 		sarah, marcus = testutil.NewSSHKey(t, "sarah"), testutil.NewSSHKey(t, "marcus")
-		allowed := filepath.Join(dir, "allowed_signers")
-		os.WriteFile(allowed, []byte("sarah@example.com "+sarah.Public+"\nmarcus@example.com "+marcus.Public+"\n"), 0o644)
-		args = append(args, "--allowed-signers", allowed, "--approval-required", "model_rollout")
+		l.allowed, l.relabelled = filepath.Join(dir, "allowed_signers"), filepath.Join(dir, "relabelled_signers")
+		os.WriteFile(l.allowed, []byte("sarah@example.com "+sarah.Public+"\nmarcus@example.com "+marcus.Public+"\n"), 0o644)
+		os.WriteFile(l.relabelled, []byte("mallory@example.com "+sarah.Public+"\nmarcus@example.com "+marcus.Public+"\n"), 0o644)
+		args = append(args, "--allowed-signers", l.allowed, "--approval-required", "model_rollout")
 	}
 	p := startServe(t, upstream, nil, args...)
 	waitUntil(t, "model_changed and upstream_version in the log", 10*time.Second, func() bool {
@@ -141,6 +145,23 @@ func TestShowIsTheWholeAnswer(t *testing.T) {
 	annotation := `  change record in effect: none recorded in the logs read`
 	if l.signed {
 		annotation = "  change record in effect: model_rollout of " + fakeModel + " by sarah@example.com, approved by marcus@example.com, ticket OPS-2891, planned\n    record "
+	}
+	if l.signed {
+		t.Run("the change record's signatures", func(t *testing.T) {
+			for _, tc := range []struct {
+				flags []string
+				want  string
+			}{
+				{nil, "    as recorded: its signatures are not checked without --allowed-signers\n"},
+				{[]string{"--allowed-signers", l.allowed}, "    signatures checked with --allowed-signers: signed by whom it names\n"},
+				{[]string{"--allowed-signers", l.relabelled}, "    SIGNATURES DO NOT VERIFY with --allowed-signers: "},
+			} {
+				out, errOut, code := show(t, "completion", tc.flags...)
+				if code != 0 || !strings.Contains(out, tc.want) {
+					t.Errorf("show %q: %d, want %q\n%s%s", tc.flags, code, tc.want, out, errOut)
+				}
+			}
+		})
 	}
 	common := []string{
 		"model \"" + fakeModel + "\"\n  weights checksum: " + l.checksum + "\n",
@@ -397,7 +418,7 @@ func TestShowSaysWhatWasInEffect(t *testing.T) {
 			ops("upstream_version", 40, "h1/A", `{"after":"0.12.0","before":"0.11.0"}`),
 		}, []string{
 			"rollout in effect: model_changed at 2026-12-01T10:03:00Z (event ops-model_changed-3, log h1/A): weights blake3:aa, before them blake3:bb, dir /models/m\n",
-			"change record in effect: model_rollout of m by sarah, approved by marcus, ticket OPS-1\n    record rec-1, annotation event ops-annotation-6 at 2026-12-01T10:06:00Z\n    as recorded: show does not check its signatures; verify --allowed-signers does\n    outcome recorded before the request: rolled_back\n",
+			"change record in effect: model_rollout of m by sarah, approved by marcus, ticket OPS-1\n    record rec-1, annotation event ops-annotation-6 at 2026-12-01T10:06:00Z\n    as recorded: its signatures are not checked without --allowed-signers\n    outcome recorded before the request: rolled_back\n",
 			"gpu: " + digest + "\n  driver 550.54.15, CUDA 12.4, 1 GPU(s) (gpu_identity at 2026-12-01T10:01:00Z, event ops-gpu_identity-1)\n    0: NVIDIA H100 80GB HBM3 GPU-1234, serial 1650, 00000000:17:00.0, MIG disabled\n",
 			"vLLM version: 0.11.0 (upstream_version at 2026-12-01T10:05:00Z, event ops-upstream_version-5, log h1/A)\n",
 		}},

@@ -121,9 +121,15 @@ type annotationInEffect struct {
 	// Outcome is the outcome a later record gave it (applied, failed,
 	// rolled_back) before the inference; "" when none was recorded.
 	Outcome string `json:"outcome,omitempty"`
-	// SignaturesChecked is false: show reports the record as the log has
-	// it; verify --allowed-signers checks who signed it.
-	SignaturesChecked bool `json:"signatures_checked"`
+	// SignaturesChecked says the record's signatures were checked with
+	// show --allowed-signers (as verify --allowed-signers does); without
+	// it the record is as the log has it. SignatureProblem says why they
+	// do not verify.
+	SignaturesChecked bool   `json:"signatures_checked"`
+	SignatureProblem  string `json:"signature_problem,omitempty"`
+
+	details json.RawMessage // the annotation's, to check its signatures
+	at      audit.Timestamp
 }
 
 // gpuInEffect is what the event's gpu digest stands for.
@@ -208,7 +214,7 @@ func resolve(ev *audit.Event, evs []*opsEvent) inEffect {
 				continue
 			}
 			a := &annotationInEffect{eventRef: refOf(o), RecordID: rec.ID, Type: rec.Type, Resource: rec.Resource,
-				Ticket: rec.Ticket, Actor: rec.Actor, Approver: rec.Approver, Mode: rec.Mode}
+				Ticket: rec.Ticket, Actor: rec.Actor, Approver: rec.Approver, Mode: rec.Mode, details: o.Details, at: o.Time}
 			annotations[o.ID] = a
 			r.Annotation = a
 		case audit.TypeUpstreamVersion:

@@ -176,13 +176,9 @@ func (o *verifyOptions) start(cmd string, stderr io.Writer) (*verifyRun, error) 
 	v.IgnoreMembers = o.ignore
 	v.RequireCommitted = o.requireCommitted
 	if o.allowedSigners != "" {
-		b, err := os.ReadFile(o.allowedSigners)
-		if err != nil {
-			return nil, usageError{cmd + ": --allowed-signers: " + err.Error()}
-		}
 		changes := &change.Auditor{}
-		if changes.Allowed, err = change.ParseAllowedSigners(o.allowedSigners, b); err != nil {
-			return nil, usageError{cmd + ": --allowed-signers: " + err.Error()}
+		if changes.Allowed, err = loadAllowedSigners(o.allowedSigners); err != nil {
+			return nil, usageError{cmd + ": " + err.Error()}
 		}
 		for _, t := range strings.Split(o.approvalRequired, ",") {
 			if t = strings.TrimSpace(t); t != "" {
@@ -195,6 +191,19 @@ func (o *verifyOptions) start(cmd string, stderr io.Writer) (*verifyRun, error) 
 		return nil, usageError{cmd + ": --approval-required needs --allowed-signers"}
 	}
 	return vr, nil
+}
+
+// loadAllowedSigners reads an --allowed-signers file.
+func loadAllowedSigners(name string) (*change.AllowedSigners, error) {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return nil, fmt.Errorf("--allowed-signers: %w", err)
+	}
+	allowed, err := change.ParseAllowedSigners(name, b)
+	if err != nil {
+		return nil, fmt.Errorf("--allowed-signers: %w", err)
+	}
+	return allowed, nil
 }
 
 // finish reports the verification of the events fed to it, damage read
