@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -113,15 +112,9 @@ func newCaptureLog(t *testing.T, serveArgs ...string) captureLog {
 		}
 	}
 	for _, r := range captureRequests {
-		req, _ := http.NewRequest("POST", "http://"+p.listen+r.path, strings.NewReader(r.body))
-		req.Header.Set("X-Request-Id", r.id)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
+		if code, answer := postJSON(t, p.listen, r.path, r.id, r.body); code == 0 {
+			t.Fatalf("%s: %s", r.id, answer)
 		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
 	}
 	if err := p.stop(); err != nil {
 		t.Fatal(err)

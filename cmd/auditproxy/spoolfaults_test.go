@@ -32,9 +32,16 @@ import (
 // status and body.
 func postChat(t *testing.T, listen, requestID string) (int, []byte) {
 	t.Helper()
-	req, _ := http.NewRequest("POST", "http://"+listen+"/v1/chat/completions",
-		strings.NewReader(`{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"user","content":"hi"}]}`))
+	return postJSON(t, listen, "/v1/chat/completions", requestID, `{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"user","content":"hi"}]}`)
+}
+
+// postJSON posts body to the proxy at listen with request id requestID,
+// and returns the status and the answer, or 0 and the transport error.
+func postJSON(t *testing.T, listen, path, requestID, body string) (int, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://"+listen+path, strings.NewReader(body))
 	req.Header.Set("X-Request-Id", requestID)
+	req.Header.Set("Content-Type", "application/json")
 	client := &http.Client{Timeout: 10 * time.Second}
 	resp, err := client.Do(req)
 	if err != nil {
